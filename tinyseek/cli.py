@@ -1,0 +1,77 @@
+"""The `tinyseek` command: one subcommand per pipeline stage.
+
+Each subcommand lives next to the code it drives, as a function `f(argv) -> int` that builds its own
+argparse parser (so `tinyseek CMD --help` lists every flag). This table is the only registry; modules are
+imported only when their command runs, so `tinyseek --help` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module:function, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("tinyseek.hf:cli_init", "write a randomly initialised checkpoint from a preset"),
+    "export": ("tinyseek.hf:cli_export", "export a checkpoint to transformers' DeepseekV3 format"),
+    "import": ("tinyseek.hf:cli_import", "import a transformers DeepseekV3 directory as a checkpoint"),
+    "cost": ("tinyseek.cost:cli_cost", "parameters, active parameters and training FLOPs of a preset or checkpoint"),
+    "tasks": ("tinyseek.tasks:cli_tasks", "list the verifiable tasks, or print sample problems"),
+    "tokenizer": ("tinyseek.tokenizer:cli_tokenizer", "train the byte-level BPE tokenizer"),
+    "pretrain": ("tinyseek.train.pretrain:cli_pretrain", "pretrain a model on a reasoning corpus"),
+    "sft": ("tinyseek.train.sft:cli_sft", "supervised fine-tuning (cold start) on chat or prompt/completion data"),
+    "grpo": ("tinyseek.train.grpo:cli_grpo", "reinforcement learning with rule-based rewards (GRPO)"),
+    "sample": ("tinyseek.train.sample:cli_sample", "rejection sampling: keep verified completions as an SFT dataset"),
+    "distill": ("tinyseek.train.distill:cli_distill", "distil a teacher into a (dense) student"),
+    "eval": ("tinyseek.evaluate:cli_eval", "pass@1 / pass@k / cons@k on held-out problems"),
+    "generate": ("tinyseek.engine:cli_generate", "generate text from a prompt (streams to the console)"),
+    "chat": ("tinyseek.engine:cli_chat", "interactive multi-turn chat"),
+    "serve": ("tinyseek.serve.app:cli_serve", "DeepSeek/OpenAI-compatible HTTP API and chat page"),
+    "usage": ("tinyseek.serve.ledger:cli_usage", "usage totals per key and day from a server's ledger"),
+    "run": ("tinyseek.recipe:cli_run", "run a recipe (a TOML list of stages) into a run directory"),
+    "report": ("tinyseek.report:cli_report", "write the report card (JSON, Markdown, plots) for a run"),
+    "demo": ("tinyseek.recipe:cli_demo", "the whole R1 recipe in miniature, ending in a report card"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: tinyseek COMMAND [options]   (tinyseek COMMAND --help for its flags)", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from tinyseek import __version__
+
+        print(f"tinyseek {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"tinyseek: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, _ = COMMANDS[name]
+    mod_name, fn_name = target.split(":")
+    from tinyseek.errors import TinyseekError
+
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        print(f"tinyseek {name}: not available in this build ({e})", file=sys.stderr)
+        return 2
+    try:
+        return int(fn(rest) or 0)
+    except TinyseekError as e:
+        print(f"tinyseek {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ntinyseek {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
