@@ -1,0 +1,264 @@
+"""Byte-level BPE tokenizer (Hugging Face `tokenizers`), the special tokens, and the R1 chat template.
+
+Why these choices:
+- Byte level: the base alphabet is the 256 byte values, so any string (Chinese, emoji, control
+  characters) encodes and decodes back exactly; there is no unknown token. The cost is that the
+  vocabulary can never be smaller than 256 bytes + the special tokens (265).
+- Digits split one by one before BPE: a tiny model learns carry arithmetic far more easily when
+  "1234" is always the four tokens 1,2,3,4 than when BPE merges frequent digit runs into arbitrary
+  chunks ("12", "34", "123") whose boundaries shift from number to number.
+- The special tokens are "added tokens": they are matched before BPE runs, so `<think>` or
+  `<｜User｜>` in a text is always exactly one token and never merges with its neighbours. (The
+  flip side: a user text that contains `<think>` literally is read as the special token; the chat
+  formats here rely on that.)
+
+The chat template is DeepSeek-R1's:
+
+    <｜begin▁of▁sentence｜>{system}<｜User｜>{user}<｜Assistant｜>{completion}<｜end▁of▁sentence｜>...
+
+where a completion is `<think>...</think><answer>...</answer>`. As in R1's template, assistant turns
+in the history are reduced to what follows their last `</think>` (the reasoning is dropped), and a
+generation prompt is the bare `<｜Assistant｜>`. `CHAT_TEMPLATE` is the same thing in jinja, written
+into exported model directories (`hf_tokenizer_files`) so transformers' `apply_chat_template` matches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tinyseek.errors import TinyseekError
+
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+USER = "<｜User｜>"
+ASSISTANT = "<｜Assistant｜>"
+THINK, THINK_END = "<think>", "</think>"
+ANSWER, ANSWER_END = "<answer>", "</answer>"
+PAD = "<｜pad｜>"
+SPECIAL_TOKENS = [BOS, EOS, USER, ASSISTANT, THINK, THINK_END, ANSWER, ANSWER_END, PAD]
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+
+TOKENIZER_FILE = "tokenizer.json"
+
+# The jinja twin of Tokenizer.chat (checked against it in tests/test_tokenizer.py).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}"
+    "{% set c = m['content'] %}{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}"
+    "{{ '<｜Assistant｜>' + c + eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
+)
+
+
+def strip_reasoning(content: str) -> str:
+    """What R1's template keeps of an assistant turn in the history: the text after the last `</think>`."""
+    return content.split(THINK_END)[-1] if THINK_END in content else content
+
+
+def render_chat(messages: list[dict], add_generation_prompt: bool = True, where: str = "messages") -> str:
+    """The R1 chat template in Python (equal in effect to CHAT_TEMPLATE). `where` names the source in errors."""
+    if not isinstance(messages, list):
+        raise TinyseekError(f"{where}: expected a list of messages, got {type(messages).__name__}")
+    parts = [BOS]
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant"):
+            raise TinyseekError(f"{where}[{i}]: a message needs role system|user|assistant and a string content")
+    parts += [m["content"] for m in messages if m["role"] == "system"]
+    for m in messages:
+        if m["role"] == "user":
+            parts.append(USER + m["content"])
+        elif m["role"] == "assistant":
+            parts.append(ASSISTANT + strip_reasoning(m["content"]) + EOS)
+    if add_generation_prompt:
+        parts.append(ASSISTANT)
+    return "".join(parts)
+
+
+def _read_lines(files: Iterable[str | Path]) -> Iterator[str]:
+    for f in files:
+        p = Path(f)
+        if not p.is_file():
+            raise TinyseekError(f"{p}: no such corpus file")
+        try:
+            with open(p, encoding="utf-8") as fh:
+                yield from fh
+        except UnicodeDecodeError as e:
+            raise TinyseekError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+class Tokenizer:
+    """A thin wrapper over a `tokenizers.Tokenizer` that knows tinyseek's special tokens and chat format."""
+
+    def __init__(self, hf_tok, path: Path | None = None):
+        self.hf = hf_tok
+        self.path = path  # the tokenizer.json this came from / was saved to (checkpoints copy it)
+        vocab = hf_tok.get_vocab(with_added_tokens=True)
+        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+        if missing:
+            raise TinyseekError(f"{path or 'tokenizer'}: not a tinyseek tokenizer (no special token {missing[0]!r})")
+        self.special_ids = {t: vocab[t] for t in SPECIAL_TOKENS}
+        self.bos_id, self.eos_id, self.pad_id = vocab[BOS], vocab[EOS], vocab[PAD]
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "Tokenizer":
+        """Train byte-level BPE on `texts` to (at most) `vocab_size` tokens, special tokens included."""
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+        if vocab_size < MIN_VOCAB:
+            raise TinyseekError(f"vocab_size: must be >= {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special tokens), got {vocab_size}")
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2, show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tokenizer":
+        """From a tokenizer.json file or a directory holding one (a checkpoint, an export)."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        p = Path(path)
+        if p.is_dir():
+            p = p / TOKENIZER_FILE
+        if not p.is_file():
+            raise TinyseekError(f"{p}: no such tokenizer file")
+        try:
+            hf = HFTokenizer.from_file(str(p))
+        except Exception as e:  # tokenizers raises a bare Exception for a bad file
+            raise TinyseekError(f"{p}: unreadable tokenizer ({str(e).splitlines()[0]})") from None
+        return cls(hf, path=p)
+
+    def save(self, out: str | Path) -> Path:
+        """Write `tokenizer.json` into directory `out` (created if needed); returns the file's path."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        f = out / TOKENIZER_FILE
+        self.hf.save(str(f))
+        self.path = f
+        return f
+
+    # -- use ----------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def token_id(self, token: str) -> int:
+        i = self.hf.token_to_id(token)
+        if i is None:
+            raise TinyseekError(f"tokenizer: no token {token!r}")
+        return i
+
+    def encode(self, text: str, add_special: bool = False) -> list[int]:
+        """Token ids of `text`; `add_special` prepends the begin-of-sentence token."""
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        return [self.bos_id] + ids if add_special else ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int], skip_special: bool = False) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special)
+
+    def chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The R1 chat format of `messages` (see the module docstring) as text; encode() it for ids."""
+        return render_chat(messages, add_generation_prompt)
+
+    def prompt(self, user: str, system: str = "") -> str:
+        """A single user turn, ready for generation."""
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return render_chat(msgs, add_generation_prompt=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# transformers compatibility
+
+
+def hf_tokenizer_files(tokenizer_json_path: str | Path) -> dict[str, str]:
+    """The extra files (name -> text) that make `AutoTokenizer.from_pretrained(dir)` load tokenizer.json
+    with tinyseek's special tokens and chat template. The caller copies tokenizer.json itself."""
+    tok = Tokenizer.load(tokenizer_json_path)
+    special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
+    added = {
+        str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+        for t, i in sorted(tok.special_ids.items(), key=lambda kv: kv[1])
+    }
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **special,
+        "added_tokens_decoder": added,
+        "additional_special_tokens": [t for t in SPECIAL_TOKENS if t not in (BOS, EOS, PAD)],
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1 << 20,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    return {
+        "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+        "special_tokens_map.json": json.dumps(special, indent=2, ensure_ascii=False) + "\n",
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# the command
+
+
+def task_texts(names: list[str], n: int, seed: int = 0) -> list[str]:
+    """Prompt + completion text of `n` training problems of each named task (the tokenizer's task corpus)."""
+    from tinyseek import tasks
+
+    out = []
+    for name in names:
+        try:
+            task = tasks.get(name)
+        except KeyError:
+            raise TinyseekError(f"--tasks: unknown task {name!r} (known: {', '.join(tasks.names())})") from None
+        for rec in task.generate(n, seed=seed, split="train"):
+            out.append(rec["prompt"] + "\n" + tasks.completion_text(rec))
+    return out
+
+
+def cli_tokenizer(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="tinyseek tokenizer", description="Train the byte-level BPE tokenizer.")
+    ap.add_argument("--corpus", nargs="*", default=[], help="UTF-8 text files to train on")
+    ap.add_argument("--tasks", default="", help="comma-separated task names whose problems and traces are added to the corpus")
+    ap.add_argument("--n-per-task", type=int, default=5000, help="problems generated per task for --tasks")
+    ap.add_argument("--vocab-size", type=int, default=4096, help=f"vocabulary size, special tokens included (>= {MIN_VOCAB})")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the task problems")
+    ap.add_argument("--out", required=True, help="directory to write tokenizer.json (+ transformers' config files) into")
+    a = ap.parse_args(argv)
+    names = [t for t in a.tasks.split(",") if t]
+    if not a.corpus and not names:
+        raise TinyseekError("give --corpus FILES and/or --tasks NAMES")
+    texts: list[str] = task_texts(names, a.n_per_task, a.seed) if names else []
+    lines = list(_read_lines(a.corpus))  # read (and check) every file before anything is written
+    tok = Tokenizer.train(texts + lines, a.vocab_size)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # each file is written to a temporary name and renamed, so a crash leaves no half-written file
+    tmp = out / f".{TOKENIZER_FILE}.tmp"
+    tok.hf.save(str(tmp))
+    files = hf_tokenizer_files(tmp)
+    os.replace(tmp, out / TOKENIZER_FILE)
+    for name, text in files.items():
+        (out / f".{name}.tmp").write_text(text, encoding="utf-8")
+        os.replace(out / f".{name}.tmp", out / name)
+    print(f"tokenizer: {tok.vocab_size} tokens -> {out / TOKENIZER_FILE}")
+    return 0
