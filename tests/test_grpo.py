@@ -1,0 +1,149 @@
+"""GRPO: the loss maths against hand-computed values, advantages, KL, clipping, chunked log-probs, and
+end-to-end learning of a trivially learnable reward."""
+
+import math
+
+import pytest
+import torch
+
+from tinyseek.config import ConfigError
+from tinyseek.train.grpo import group_advantages, grpo_loss, kl_k3, selective_log_softmax, token_logprobs
+
+# ----------------------------------------------------------------------------------------------
+# a constructed batch: 2 sequences, 3 completion slots, the last slot of row 0 is padding.
+#   row 0, A=+1: ratios 1.5, 1.0   -> 1.5 is above 1+eps_high=1.28, clipped: -min(1.5, 1.28) = -1.28; -1.0
+#   row 1, A=-1: ratios 0.5, 1.1, 1 -> 0.5 clipped to 0.8: -min(-0.5, -0.8) = 0.8; 1.1; 1.0
+EPS, EPS_HIGH = 0.2, 0.28
+
+
+def _batch():
+    old = torch.log(torch.tensor([[0.2, 0.3, 0.4], [0.6, 0.5, 0.1]]))
+    ratio = torch.tensor([[1.5, 1.0, 1.0], [0.5, 1.1, 1.0]])
+    logp = (old + torch.log(ratio)).requires_grad_(True)
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    return logp, old, adv, mask
+
+
+@pytest.mark.parametrize("loss_type,expected", [
+    ("grpo", ((-1.28 - 1.0) / 2 + (0.8 + 1.1 + 1.0) / 3) / 2),  # per-sequence mean, then batch mean
+    ("dapo", (-1.28 - 1.0 + 0.8 + 1.1 + 1.0) / 5),  # token mean over the 5 real tokens
+    ("dr_grpo", (-1.28 - 1.0 + 0.8 + 1.1 + 1.0) / (2 * 4)),  # sum / (batch * max_completion_len=4)
+])
+def test_loss_types_match_hand_computed(loss_type, expected):
+    logp, old, adv, mask = _batch()
+    out = grpo_loss(logp, old, adv, mask, epsilon=EPS, epsilon_high=EPS_HIGH, loss_type=loss_type, max_completion_len=4)
+    assert out.loss.item() == pytest.approx(expected, abs=1e-6)
+    # one low-clipped token (row 1, ratio 0.5, A<0) and one high-clipped (row 0, ratio 1.5, A>0) out of 5
+    assert out.stats["clip_low"] == pytest.approx(0.2)
+    assert out.stats["clip_high"] == pytest.approx(0.2)
+
+
+def test_kl_penalty_adds_hand_computed_k3():
+    logp, old, adv, mask = _batch()
+    # reference assigns half the policy's probability everywhere: k3 = r - log r - 1 with r = 0.5
+    ref = logp.detach() + math.log(0.5)
+    k3 = 0.5 - math.log(0.5) - 1
+    base = grpo_loss(logp, old, adv, mask, epsilon=EPS, epsilon_high=EPS_HIGH, loss_type="dapo").loss.item()
+    out = grpo_loss(logp, old, adv, mask, ref_logp=ref, beta=0.1, epsilon=EPS, epsilon_high=EPS_HIGH, loss_type="dapo")
+    assert out.loss.item() == pytest.approx(base + 0.1 * k3, abs=1e-6)
+    assert out.stats["kl"] == pytest.approx(k3, abs=1e-6)
+
+
+def test_kl_zero_when_policy_equals_reference():
+    logp = torch.log_softmax(torch.randn(4, 7, 11), -1)[..., 0]
+    assert torch.equal(kl_k3(logp, logp.clone()), torch.zeros_like(logp))
+    mask = torch.ones(4, 7)
+    adv = torch.randn(4)
+    with_kl = grpo_loss(logp, logp, adv, mask, ref_logp=logp.clone(), beta=0.5)
+    without = grpo_loss(logp, logp, adv, mask)
+    assert with_kl.stats["kl"] == 0.0
+    assert with_kl.loss.item() == pytest.approx(without.loss.item(), abs=1e-7)
+    # and the estimator is positive when they differ
+    assert (kl_k3(logp, logp + 0.3) > 0).all()
+
+
+def test_clipping_bounds_the_ratio_asymmetrically():
+    """No gradient flows through a token whose ratio left [1-eps, 1+eps_high] in the direction the advantage
+    pushes; a ratio between 1+eps and 1+eps_high still moves when eps_high > eps."""
+    old = torch.zeros(1, 4)
+    ratio = torch.tensor([[1.25, 1.35, 0.75, 1.0]])
+    for adv, expect_grad in ((1.0, [True, False, True, True]), (-1.0, [True, True, False, True])):
+        logp = torch.log(ratio).requires_grad_(True)
+        grpo_loss(logp, old, torch.tensor([adv]), torch.ones(1, 4), epsilon=0.2, epsilon_high=0.3, loss_type="dapo").loss.backward()
+        assert [bool(g != 0) for g in logp.grad[0]] == expect_grad
+    # symmetric clipping (epsilon_high None) stops 1.25 as well
+    logp = torch.log(ratio).requires_grad_(True)
+    grpo_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 4), epsilon=0.2, loss_type="dapo").loss.backward()
+    assert logp.grad[0, 0] == 0 and logp.grad[0, 3] != 0
+
+
+def test_on_policy_gradient_is_advantage_over_length():
+    """With ratio 1 (one update per batch), d loss / d logp_t = -A_i / (|o_i| * B) for loss_type grpo."""
+    logp = torch.randn(2, 3, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    grpo_loss(logp, logp.detach(), torch.tensor([2.0, -1.0]), mask).loss.backward()
+    expected = torch.tensor([[-2 / 2 / 2, -2 / 2 / 2, 0], [1 / 3 / 2] * 3])
+    assert torch.allclose(logp.grad, expected)
+
+
+def test_bad_loss_type_is_one_line_config_error():
+    logp, old, adv, mask = _batch()
+    with pytest.raises(ConfigError, match="loss_type"):
+        grpo_loss(logp, old, adv, mask, loss_type="ppo")
+    with pytest.raises(ConfigError, match="max_completion_len"):
+        grpo_loss(logp, old, adv, mask, loss_type="dr_grpo")
+
+
+# ----------------------------------------------------------------------------------------------
+# advantages
+
+
+def test_group_advantages_hand_computed():
+    adv, std, informative = group_advantages(torch.tensor([1.0, 0, 0, 0, 0.5, 0.5, 0.5, 0.5]), 4)
+    s = 0.5  # unbiased std of [1,0,0,0]: sqrt((0.75^2 + 3 * 0.25^2) / 3)
+    assert torch.allclose(adv[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]) / (s + 1e-4))
+    assert torch.equal(adv[4:], torch.zeros(4))  # identical rewards: zero advantage
+    assert informative.tolist() == [True, False]
+    assert std[0].item() == pytest.approx(s)
+
+
+def test_group_advantages_scale_modes():
+    r = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    adv, _, inf = group_advantages(r, 2, scale_rewards="batch")
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, 0, 0]) / (0.5 + 1e-4))  # batch std of [1,0,1,1] is 0.5
+    adv, _, _ = group_advantages(r, 2, scale_rewards="none")
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, 0, 0]))
+    with pytest.raises(ConfigError, match="scale_rewards"):
+        group_advantages(r, 2, scale_rewards="rank")
+
+
+def test_float_noise_group_gets_zero_advantage():
+    """The collapse in the CPU notes: std ~ float noise must not be divided into a full-size advantage."""
+    r = torch.tensor([1.0, 1.0 + 1e-7, 1.0, 1.0])
+    adv, _, informative = group_advantages(r, 4, std_threshold=1e-6)
+    assert torch.equal(adv, torch.zeros(4)) and not informative.any()
+    adv, _, informative = group_advantages(r, 4, std_threshold=0.0)  # without the rule it would be O(1e-3)
+    assert informative.all() and adv.abs().max() > 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# chunked log-probs (fast path) against the full-logits reference
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_logprobs_match_full_reference(temperature):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    h = torch.randn(37, 16, requires_grad=True)
+    ids = torch.randint(0, 50, (37,))
+    lp_full, ent_full = token_logprobs(h, ids, head, temperature, impl="full", want_entropy=True)
+    g_full = torch.autograd.grad(lp_full.sum(), [h, head.weight])
+    lp, ent = token_logprobs(h, ids, head, temperature, chunk_tokens=8, impl="chunked", want_entropy=True)
+    g = torch.autograd.grad(lp.sum(), [h, head.weight])
+    assert torch.allclose(lp, lp_full, atol=1e-5)
+    assert torch.allclose(ent, ent_full, atol=1e-5)
+    for a, b in zip(g, g_full):
+        assert torch.allclose(a, b, atol=1e-5)
+    ref = torch.log_softmax(head(h).float() / temperature, -1).gather(-1, ids[:, None])[:, 0]
+    assert torch.allclose(selective_log_softmax(head(h) / temperature, ids), ref, atol=1e-5)
