@@ -1,0 +1,603 @@
+"""The DeepSeek-V3 transformer (report 2412.19437 §2): RMSNorm, RoPE/YaRN, MLA, DeepSeekMoE, MTP.
+
+One file, single device, plain PyTorch; precision, `torch.compile` and parallelism are applied from
+outside. Semantics follow DeepSeek's public inference code and, where the two could differ, transformers'
+`DeepseekV3ForCausalLM` (so that `tinyseek/hf.py` exports give the same logits to 1e-4):
+
+- RMSNorm is computed in float32 and cast back before the weight multiply. `q_norm` and `kv_norm` use a
+  fixed eps of 1e-6 (as both references do); the other norms use `cfg.norm_eps`.
+- RoPE touches only the `qk_rope_head_dim` part. The checkpoint layout is DeepSeek's interleaved pairs
+  `(x0, x1), (x2, x3), ...`; like transformers' `rope_interleave=True` we rotate the even/odd slices and
+  write the result de-interleaved (`[rotated evens, rotated odds]`). Queries and keys get the same
+  permutation, so every dot product (and the output) equals the complex-multiply form.
+- YaRN is on when `max_seq_len > original_seq_len and rope_factor > 1` (DeepSeek's condition): the inverse
+  frequencies are blended with a linear ramp between the `beta_fast`/`beta_slow` correction dims
+  (floor/ceil, as both references), and `cfg.softmax_scale` carries `mscale^2`. In transformers terms this
+  is `rope_type="yarn"` with `mscale == mscale_all_dim == cfg.mscale` (so cos/sin are not rescaled).
+- MLA: `wq` (q_lora_rank 0) or `wq_a -> q_norm -> wq_b`; `wkv_a -> [latent | k_pe]`, `kv_norm` on the
+  latent, `wkv_b -> per-head [k_nope | v]`; output `wo`. Two paths behind `cfg.mla_impl`:
+  `naive` up-projects K and V (and caches them), `absorbed` folds W_UK into the query and W_UV after the
+  attention, so it attends over the cached latent + rotated k_pe (`cfg.latent_cache_dim` values per token).
+- MoE gate (V3): sigmoid (or softmax) scores in float32; the correction bias `gate.bias` only picks the
+  experts; with groups, a group's score is the sum of its top-2 biased scores and only `n_limited_groups`
+  groups are kept; weights are the unbiased scores of the chosen experts, normalised to sum 1 for sigmoid,
+  times `route_scale`. Shared experts (one MLP of `n_shared_experts * moe_inter_dim`) are always added.
+  Dispatch `loop` (reference) or `sorted` (`torch._grouped_mm`).
+
+Additions to docs/design.md's contract (names there are kept):
+
+- `out.residual` [B, T, dim]: the last layer's output *before* the final norm. MTP depth 1 starts from
+  it (as DeepSeek's MTP consumes the main model's pre-norm hidden state).
+- MTP runs inside `forward` only when `targets` are given. Depth k (1-based) at position i combines
+  `h^{k-1}_i` with the embedding of token i+k and predicts token i+k+1, so `out.mtp_logits[k-1]` is
+  `[B, T-k, vocab]` (the positions that have a target). The MTP input is
+  `eh_proj(cat[enorm(embed(t_{i+k})), hnorm(h^{k-1}_i)])`: embedding first, as DeepSeek's released
+  checkpoint (layer 61) and vLLM/SGLang use it (the paper writes the two the other way round).
+- `out.expert_load` has one row per MoE block that exists: the main MoE layers first
+  (`cfg.n_moe_layers` rows), then the MoE blocks of the MTP modules (rows of zeros when MTP did not run).
+  `update_expert_bias` accepts either all rows or only the main ones. `out.aux_loss` is the mean over the
+  MoE blocks that ran of the sequence-wise balance loss (eqs. 17-20, without alpha).
+- `model.mtp_step(k, hidden_prev, tokens, cache=None, rows=None, start=None) -> (hidden_k, logits_k)`:
+  one MTP depth for speculative drafting. `hidden_prev` [B, T, dim] is `out.residual` (k=1) or the
+  previous depth's `hidden_k`, at positions `start .. start+T-1` (default `cache.pos[rows] - T`: the
+  tokens a main forward has just cached); `tokens` [B, T] are the tokens one step ahead. With a cache,
+  depth k's block uses cache layer `n_layers + k - 1` (`KVCache` allocates `n_layers + mtp_depth`
+  layers); it writes those positions and does not move `cache.pos` (the main forward owns it).
+- A forward with a cache reads `cache.pos` to the host once (the attended length); nothing else syncs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinyseek.config import ModelConfig
+from tinyseek.errors import TinyseekError
+
+LATENT_NORM_EPS = 1e-6  # q_norm / kv_norm eps in both references (not cfg.norm_eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs and cache
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor | None = None  # [B, T, vocab]
+    hidden: torch.Tensor | None = None  # [B, T, dim] after the final norm
+    residual: torch.Tensor | None = None  # [B, T, dim] before the final norm (MTP input)
+    loss: torch.Tensor | None = None
+    ce_loss: torch.Tensor | None = None
+    mtp_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    expert_load: torch.Tensor | None = None  # [n_moe_blocks, n_routed_experts]
+    mtp_logits: list[torch.Tensor] = field(default_factory=list)  # depth k: [B, T-k, vocab]
+
+
+class KVCache:
+    """Preallocated per-layer cache with a per-row fill level `pos` [B].
+
+    absorbed MLA: `kv[l]` [B, S, kv_lora_rank] (normalised latent) and `pe[l]` [B, S, qk_rope_head_dim]
+    (rotated RoPE key). naive MLA: `k[l]` [B, S, H, qk_head_dim] and `v[l]` [B, S, H, v_head_dim].
+    Layers `n_layers .. n_layers + mtp_depth - 1` belong to the MTP blocks.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None, impl: str | None = None):
+        if batch_size < 1 or max_len < 1:
+            raise TinyseekError(f"KVCache: batch_size and max_len must be positive (got {batch_size}, {max_len})")
+        self.impl = impl or cfg.mla_impl
+        self.batch_size, self.max_len = batch_size, max_len
+        self.n_layers = cfg.n_layers + cfg.mtp_depth
+        dtype = dtype or torch.get_default_dtype()
+        B, S, H = batch_size, max_len, cfg.n_heads
+        if self.impl == "absorbed":
+            self.kv = [torch.zeros(B, S, cfg.kv_lora_rank, device=device, dtype=dtype) for _ in range(self.n_layers)]
+            self.pe = [torch.zeros(B, S, cfg.qk_rope_head_dim, device=device, dtype=dtype) for _ in range(self.n_layers)]
+        else:
+            self.k = [torch.zeros(B, S, H, cfg.qk_head_dim, device=device, dtype=dtype) for _ in range(self.n_layers)]
+            self.v = [torch.zeros(B, S, H, cfg.v_head_dim, device=device, dtype=dtype) for _ in range(self.n_layers)]
+        self.pos = torch.zeros(B, dtype=torch.long, device=device)
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return self.kv + self.pe if self.impl == "absorbed" else self.k + self.v
+
+    @property
+    def values_per_token(self) -> int:
+        """Cached values per token per layer (absorbed: kv_lora_rank + qk_rope_head_dim)."""
+        t = self._tensors()
+        return sum(x[0, 0].numel() for x in t) // self.n_layers
+
+    def copy_rows(self, src, dst) -> None:
+        """Copy rows `src` (cache and pos) into rows `dst`: G samples sharing one prompt prefill."""
+        src = torch.as_tensor(src, device=self.pos.device).view(-1)
+        dst = torch.as_tensor(dst, device=self.pos.device).view(-1)
+        if src.numel() == 1:
+            src = src.expand(dst.numel())
+        for x in self._tensors():
+            x[dst] = x[src]
+        self.pos[dst] = self.pos[src]
+
+    def reset(self, rows=None) -> None:
+        """Free rows (all by default): their fill level goes back to 0; stale values are masked out."""
+        if rows is None:
+            self.pos.zero_()
+        else:
+            self.pos[torch.as_tensor(rows, device=self.pos.device).view(-1)] = 0
+
+
+@dataclass
+class _Step:
+    """What every layer of one forward needs: RoPE angles, and with a cache the rows/positions/mask."""
+
+    cos: torch.Tensor  # [T, rope/2] or [B, T, rope/2]
+    sin: torch.Tensor
+    cache: KVCache | None = None
+    rows: torch.Tensor | None = None  # [B]
+    positions: torch.Tensor | None = None  # [B, T] absolute positions of the new tokens
+    length: int = 0  # keys attended: cache slots 0 .. length-1
+    mask: torch.Tensor | None = None  # [B, 1, T, length] bool, True = attend
+    want_aux: bool = False
+    loads: list = field(default_factory=list)  # per MoE block: [E] token counts
+    auxes: list = field(default_factory=list)  # per MoE block: scalar
+
+
+# ----------------------------------------------------------------------------------------------
+# norms, RoPE
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # float32 statistics, cast back, then the weight (transformers' order; matters in bf16)
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """[rope/2] float32 inverse frequencies, YaRN-corrected when the context is extended."""
+    d, base = cfg.qk_rope_head_dim, cfg.rope_theta
+    inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float) / d))
+    if cfg.max_seq_len > cfg.original_seq_len and cfg.rope_factor > 1:
+
+        def corr_dim(rot: float) -> float:  # the dim whose wavelength fits `rot` times in original_seq_len
+            return d * math.log(cfg.original_seq_len / (rot * 2 * math.pi)) / (2 * math.log(base))
+
+        low = max(math.floor(corr_dim(cfg.beta_fast)), 0)
+        high = min(math.ceil(corr_dim(cfg.beta_slow)), d - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(d // 2, dtype=torch.float) - low) / (high - low)).clamp(0, 1)
+        inv = (inv / cfg.rope_factor) * ramp + inv * (1 - ramp)
+    return inv
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of x [..., T, (heads,) rope]; cos/sin broadcast as [..., T, (1,) rope/2].
+
+    Output is de-interleaved ([rotated evens | rotated odds]), as transformers' `rope_interleave`."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# attention (MLA)
+
+
+class MLA(nn.Module):
+    def __init__(self, cfg: ModelConfig, cache_layer: int):
+        super().__init__()
+        self.cfg, self.cache_layer = cfg, cache_layer
+        H, dn, dr, dv, r = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+        self.H, self.dn, self.dr, self.dv, self.r = H, dn, dr, dv, r
+        if cfg.q_lora_rank == 0:
+            self.wq = nn.Linear(cfg.dim, H * (dn + dr), bias=False)
+        else:
+            self.wq_a = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=False)
+            self.q_norm = RMSNorm(cfg.q_lora_rank, LATENT_NORM_EPS)
+            self.wq_b = nn.Linear(cfg.q_lora_rank, H * (dn + dr), bias=False)
+        self.wkv_a = nn.Linear(cfg.dim, r + dr, bias=False)
+        self.kv_norm = RMSNorm(r, LATENT_NORM_EPS)
+        self.wkv_b = nn.Linear(r, H * (dn + dv), bias=False)
+        self.wo = nn.Linear(H * dv, cfg.dim, bias=False)
+        self.scale = cfg.softmax_scale
+
+    def forward(self, x: torch.Tensor, st: _Step) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, dn, dr, dv, r = self.H, self.dn, self.dr, self.dv, self.r
+        q = self.wq(x) if self.cfg.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
+        q = q.view(B, T, H, dn + dr)
+        q_nope, q_pe = q.split([dn, dr], dim=-1)
+        cos, sin = st.cos.unsqueeze(-2), st.sin.unsqueeze(-2)  # [(B,) T, 1, dr/2]
+        q_pe = apply_rope(q_pe, cos, sin)  # [B, T, H, dr]
+        kv, k_pe = self.wkv_a(x).split([r, dr], dim=-1)
+        kv = self.kv_norm(kv)  # [B, T, r]
+        k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)  # [B, T, dr]
+        impl = st.cache.impl if st.cache is not None else self.cfg.mla_impl
+        if impl == "naive":
+            o = self._naive(q_nope, q_pe, kv, k_pe, st)
+        else:
+            o = self._absorbed(q_nope, q_pe, kv, k_pe, st)
+        return self.wo(o.reshape(B, T, H * dv))
+
+    def _naive(self, q_nope, q_pe, kv, k_pe, st: _Step) -> torch.Tensor:
+        B, T, H, _ = q_nope.shape
+        k_nope, v = self.wkv_b(kv).view(B, T, H, self.dn + self.dv).split([self.dn, self.dv], dim=-1)
+        q = torch.cat([q_nope, q_pe], dim=-1)  # [B, T, H, dqk]
+        k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(B, T, H, self.dr)], dim=-1)
+        if st.cache is None:
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=True, scale=self.scale)
+            return o.transpose(1, 2)  # [B, T, H, dv]
+        ck, cv = st.cache.k[self.cache_layer], st.cache.v[self.cache_layer]
+        rows_bt = st.rows[:, None].expand(B, T)
+        ck[rows_bt, st.positions] = k.to(ck.dtype)
+        cv[rows_bt, st.positions] = v.to(cv.dtype)
+        k_all, v_all = ck[st.rows, : st.length], cv[st.rows, : st.length]  # [B, L, H, d]
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k_all.transpose(1, 2).to(q.dtype),
+                                           v_all.transpose(1, 2).to(q.dtype), attn_mask=st.mask, scale=self.scale)
+        return o.transpose(1, 2)
+
+    def _absorbed(self, q_nope, q_pe, kv, k_pe, st: _Step) -> torch.Tensor:
+        B, T, H, _ = q_nope.shape
+        w = self.wkv_b.weight.view(H, self.dn + self.dv, self.r)
+        w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]  # [H, dn, r], [H, dv, r]
+        q_lat = torch.einsum("bthd,hdc->bthc", q_nope, w_uk)  # [B, T, H, r]
+        # every head shares one key/value (the latent): fold heads into the query axis, t-major
+        q = torch.cat([q_lat, q_pe], dim=-1).reshape(B, 1, T * H, self.r + self.dr)
+        if st.cache is None:
+            k_lat, k_rope = kv, k_pe
+            mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+            mask = mask.repeat_interleave(H, dim=0)  # [T*H, T]
+        else:
+            ckv, cpe = st.cache.kv[self.cache_layer], st.cache.pe[self.cache_layer]
+            rows_bt = st.rows[:, None].expand(B, T)
+            ckv[rows_bt, st.positions] = kv.to(ckv.dtype)
+            cpe[rows_bt, st.positions] = k_pe.to(cpe.dtype)
+            k_lat = ckv[st.rows, : st.length].to(q.dtype)  # [B, L, r]
+            k_rope = cpe[st.rows, : st.length].to(q.dtype)  # [B, L, dr]
+            mask = st.mask.repeat_interleave(H, dim=2)  # [B, 1, T*H, L]
+        k = torch.cat([k_lat, k_rope], dim=-1).unsqueeze(1)  # [B, 1, L, r + dr]
+        o = F.scaled_dot_product_attention(q, k, k_lat.unsqueeze(1), attn_mask=mask, scale=self.scale)
+        o = o.view(B, T, H, self.r)
+        return torch.einsum("bthc,hdc->bthd", o, w_uv)  # [B, T, H, dv]
+
+
+# ----------------------------------------------------------------------------------------------
+# feed-forward: dense SwiGLU and DeepSeekMoE
+
+
+class MLP(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x); w1 = gate, w3 = up, w2 = down."""
+
+    def __init__(self, dim: int, inter: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, inter, bias=False)
+        self.w2 = nn.Linear(inter, dim, bias=False)
+        self.w3 = nn.Linear(dim, inter, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Gate(nn.Module):
+    """V3 router. `bias` (float32 buffer, saved) only chooses experts; it is moved by `update_expert_bias`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.dim))
+        self.register_buffer("bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
+
+    def _apply(self, fn, recurse=True):
+        # model.to(bf16) must not round the correction bias: keep it float32 (transformers does the same)
+        old = self.bias
+        super()._apply(fn, recurse)
+        if self.bias.dtype != torch.float32:
+            self.bias = old.to(device=self.bias.device, dtype=torch.float32)
+        return self
+
+    def forward(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> weights_TK (float32), experts_TK (long), scores_TE (float32, unbiased)."""
+        cfg = self.cfg
+        logits_TE = F.linear(x_TD.float(), self.weight.float())
+        scores_TE = logits_TE.sigmoid() if cfg.score_func == "sigmoid" else logits_TE.softmax(dim=-1)
+        choice_TE = scores_TE + self.bias
+        G = cfg.n_expert_groups
+        if G > 1:
+            T, E = choice_TE.shape
+            grouped = choice_TE.view(T, G, E // G)
+            group_TG = grouped.topk(min(2, E // G), dim=-1).values.sum(dim=-1)
+            keep_TG = torch.zeros_like(group_TG, dtype=torch.bool)
+            keep_TG.scatter_(1, group_TG.topk(cfg.n_limited_groups, dim=-1).indices, True)
+            choice_TE = grouped.masked_fill(~keep_TG.unsqueeze(-1), float("-inf")).view(T, E)
+        experts_TK = choice_TE.topk(cfg.n_activated_experts, dim=-1).indices
+        weights_TK = scores_TE.gather(1, experts_TK)
+        if cfg.score_func == "sigmoid":
+            weights_TK = weights_TK / (weights_TK.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights_TK * cfg.route_scale, experts_TK, scores_TE
+
+
+_GROUPED_MM_OK: dict = {}
+
+
+def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Probe once per (device type, dtype) whether this build runs torch._grouped_mm (fwd and bwd)."""
+    key = (device.type, dtype)
+    if key not in _GROUPED_MM_OK:
+        try:
+            x = torch.randn(4, 8, device=device, dtype=dtype, requires_grad=True)
+            w = torch.randn(2, 8, 16, device=device, dtype=dtype, requires_grad=True)
+            offs = torch.tensor([1, 4], device=device, dtype=torch.int32)
+            torch._grouped_mm(x, w, offs=offs).backward(torch.ones(4, 16, device=device, dtype=dtype))
+            _GROUPED_MM_OK[key] = True
+        except Exception:
+            _GROUPED_MM_OK[key] = False
+    return _GROUPED_MM_OK[key]
+
+
+class Experts(nn.Module):
+    """Routed experts as 3D weights: w1/w3 [E, F, D] (gate/up), w2 [E, D, F] (down).
+
+    Shape suffixes: T tokens, K experts per token, N = T*K routed rows, E experts, D dim, F moe_inter_dim."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        E, D, Fi = cfg.n_routed_experts, cfg.dim, cfg.moe_inter_dim
+        self.w1 = nn.Parameter(torch.empty(E, Fi, D))
+        self.w3 = nn.Parameter(torch.empty(E, Fi, D))
+        self.w2 = nn.Parameter(torch.empty(E, D, Fi))
+
+    def loop(self, x_TD, weights_TK, experts_TK) -> torch.Tensor:
+        """Reference: one plain SwiGLU per expert over the tokens that chose it."""
+        out_TD = torch.zeros_like(x_TD)
+        for e in range(self.w1.shape[0]):
+            tok, k = torch.where(experts_TK == e)
+            h = x_TD[tok]
+            y = (F.silu(h @ self.w1[e].t()) * (h @ self.w3[e].t())) @ self.w2[e].t()
+            out_TD.index_add_(0, tok, y * weights_TK[tok, k, None].to(y.dtype))
+        return out_TD
+
+    def sorted(self, x_TD, weights_TK, experts_TK, counts_E) -> torch.Tensor:
+        """Fast path: rows sorted by expert, one grouped matmul per projection, no host sync."""
+        T, K = experts_TK.shape
+        order_N = experts_TK.view(-1).argsort(stable=True)  # routed row n -> flat (t, k) index
+        x_ND = x_TD[order_N // K]
+        if _grouped_mm_works(x_TD.device, x_TD.dtype):
+            offs_E = counts_E.cumsum(0).to(torch.int32)
+            w13 = torch.cat([self.w1, self.w3], dim=1).transpose(1, 2)  # [E, D, 2F]
+            g_NF, u_NF = torch._grouped_mm(x_ND, w13, offs=offs_E).chunk(2, dim=-1)
+            y_ND = torch._grouped_mm(F.silu(g_NF) * u_NF, self.w2.transpose(1, 2), offs=offs_E)
+        else:
+            y_ND = self._padded(x_ND, experts_TK.view(-1)[order_N], counts_E)
+        y_NKD = torch.empty_like(y_ND).index_copy_(0, order_N, y_ND).view(T, K, -1)  # back to (t, k) order
+        return (y_NKD * weights_TK.unsqueeze(-1).to(y_ND.dtype)).sum(dim=1)
+
+    def _padded(self, x_ND, expert_N, counts_E) -> torch.Tensor:
+        """Fallback without grouped_mm: pad each expert's rows to the largest count and bmm.
+
+        One host sync (the capacity); only used where torch._grouped_mm is missing."""
+        E = counts_E.shape[0]
+        cap = int(counts_E.max())
+        starts_E = counts_E.cumsum(0) - counts_E
+        slot_N = torch.arange(x_ND.shape[0], device=x_ND.device) - starts_E[expert_N]
+        xp = x_ND.new_zeros(E, cap, x_ND.shape[1])
+        xp[expert_N, slot_N] = x_ND
+        h = F.silu(torch.bmm(xp, self.w1.transpose(1, 2))) * torch.bmm(xp, self.w3.transpose(1, 2))
+        return torch.bmm(h, self.w2.transpose(1, 2))[expert_N, slot_N]
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.gate = Gate(cfg)
+        self.experts = Experts(cfg)
+        self.shared = MLP(cfg.dim, cfg.n_shared_experts * cfg.moe_inter_dim) if cfg.n_shared_experts > 0 else None
+
+    def forward(self, x: torch.Tensor, st: _Step) -> torch.Tensor:
+        B, T, D = x.shape
+        E, K = self.cfg.n_routed_experts, self.cfg.n_activated_experts
+        x_TD = x.reshape(B * T, D)
+        weights_TK, experts_TK, scores_TE = self.gate(x_TD)
+        with torch.no_grad():
+            counts_BE = torch.zeros(B, E, device=x.device, dtype=torch.long)
+            counts_BE.scatter_add_(1, experts_TK.view(B, T * K), torch.ones_like(experts_TK).view(B, T * K))
+            counts_E = counts_BE.sum(0)
+        if self.cfg.moe_impl == "loop":
+            y_TD = self.experts.loop(x_TD, weights_TK, experts_TK)
+        else:
+            y_TD = self.experts.sorted(x_TD, weights_TK, experts_TK, counts_E)
+        if self.shared is not None:
+            y_TD = y_TD + self.shared(x_TD)
+        st.loads.append(counts_E.float())
+        if st.want_aux:
+            st.auxes.append(seq_balance_loss(scores_TE.view(B, T, E), counts_BE, K, self.cfg.score_func))
+        return y_TD.view(B, T, D)
+
+
+def seq_balance_loss(scores_BTE: torch.Tensor, counts_BE: torch.Tensor, k: int, score_func: str) -> torch.Tensor:
+    """Complementary sequence-wise balance loss (V3 eqs. 17-20), averaged over sequences, without alpha.
+
+    f_i = E / (K T) * (tokens of the sequence routed to i), P_i = mean_t s'_{i,t}, with s' the scores
+    normalised over experts; L = sum_i f_i P_i. f carries no gradient (a count)."""
+    B, T, E = scores_BTE.shape
+    s = scores_BTE / scores_BTE.sum(dim=-1, keepdim=True) if score_func == "sigmoid" else scores_BTE
+    f_BE = counts_BE.to(s.dtype) * (E / (k * T))
+    return (f_BE * s.mean(dim=1)).sum(dim=-1).mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# blocks, MTP, the model
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, moe: bool, cache_layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = MLA(cfg, cache_layer)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = MoE(cfg) if moe else MLP(cfg.dim, cfg.inter_dim)
+        self.is_moe = moe
+
+    def forward(self, x: torch.Tensor, st: _Step) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), st)
+        h = self.ffn_norm(x)
+        return x + (self.ffn(h, st) if self.is_moe else self.ffn(h))
+
+
+class MTPModule(nn.Module):
+    """One MTP depth: eh_proj(cat[enorm(embed(next token)), hnorm(h_prev)]) -> block -> (own) norm."""
+
+    def __init__(self, cfg: ModelConfig, depth: int):
+        super().__init__()
+        self.enorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.hnorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.eh_proj = nn.Linear(2 * cfg.dim, cfg.dim, bias=False)
+        self.block = Block(cfg, cfg.layer_is_moe(cfg.n_layers - 1), cfg.n_layers + depth)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, h_prev: torch.Tensor, emb: torch.Tensor, st: _Step) -> torch.Tensor:
+        return self.block(self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h_prev)], dim=-1)), st)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, cfg.layer_is_moe(i), i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.mtp = nn.ModuleList(MTPModule(cfg, k) for k in range(cfg.mtp_depth))
+        self._inv_freq = rope_inv_freq(cfg)  # float32 on purpose: not a buffer, so .to(bf16) cannot round it
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) for every matrix (as transformers' DeepseekV3 init), ones for norms, zero bias."""
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                nn.init.normal_(p, 0.0, std)
+            else:
+                nn.init.ones_(p)
+        for m in self.modules():
+            if isinstance(m, Gate):
+                m.bias.zero_()
+
+    @property
+    def moe_blocks(self) -> list[MoE]:
+        blocks = [layer.ffn for layer in self.layers if layer.is_moe]
+        return blocks + [m.block.ffn for m in self.mtp if m.block.is_moe]
+
+    # -- helpers the engine and trainers use ------------------------------------------------
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        ang = positions.float().unsqueeze(-1) * self._inv_freq.to(positions.device)
+        return ang.cos().to(dtype), ang.sin().to(dtype)
+
+    def _step(self, B: int, T: int, device, dtype, cache, rows, start=None, want_aux=False) -> _Step:
+        if cache is None:
+            cos, sin = self._rope(torch.arange(T, device=device), dtype)
+            return _Step(cos, sin, want_aux=want_aux)
+        if rows is None:
+            if B > cache.batch_size:
+                raise TinyseekError(f"cache: batch of {B} rows does not fit a cache of {cache.batch_size} rows")
+            rows = torch.arange(B, device=device)
+        rows = torch.as_tensor(rows, device=device).view(-1)
+        if rows.numel() != B:
+            raise TinyseekError(f"rows: expected {B} row ids, got {rows.numel()}")
+        start = cache.pos[rows] if start is None else start
+        positions = start[:, None] + torch.arange(T, device=device)  # [B, T]
+        length = int(positions[:, -1].max()) + 1  # the one host sync of a cached forward
+        if length > cache.max_len:
+            raise TinyseekError(f"cache: {length} positions needed, cache max_len is {cache.max_len}")
+        mask = (torch.arange(length, device=device) <= positions[:, :, None]).unsqueeze(1)  # [B, 1, T, L]
+        cos, sin = self._rope(positions, dtype)
+        return _Step(cos, sin, cache=cache, rows=rows, positions=positions, length=length, mask=mask, want_aux=want_aux)
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                rows: torch.Tensor | None = None, compute_logits: bool = True) -> ModelOutput:
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
+            raise TinyseekError(f"tokens: expected a LongTensor [B, T], got {getattr(tokens, 'dtype', type(tokens))} {tuple(getattr(tokens, 'shape', ()))}")
+        B, T = tokens.shape
+        if targets is not None and targets.shape != tokens.shape:
+            raise TinyseekError(f"targets: expected shape {tuple(tokens.shape)}, got {tuple(targets.shape)}")
+        if cache is not None and cache.impl != self.cfg.mla_impl:
+            raise TinyseekError(f"cache: built for mla_impl={cache.impl!r}, model uses {self.cfg.mla_impl!r}")
+        h = self.embed(tokens)
+        st = self._step(B, T, tokens.device, h.dtype, cache, rows, want_aux=targets is not None)
+        for layer in self.layers:
+            h = layer(h, st)
+        if cache is not None:
+            cache.pos[st.rows] = st.positions[:, -1] + 1
+        out = ModelOutput(residual=h, hidden=self.norm(h))
+        if compute_logits or targets is not None:
+            out.logits = self.head(out.hidden)
+        if targets is not None:
+            out.ce_loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            out.loss = out.ce_loss
+            if self.mtp:
+                out.mtp_logits, out.mtp_loss = self._mtp_train(h, tokens, targets, st)
+                out.loss = out.loss + self.cfg.mtp_loss_weight * out.mtp_loss
+            if st.auxes:
+                out.aux_loss = torch.stack(st.auxes).mean()
+                out.loss = out.loss + self.cfg.seq_aux_alpha * out.aux_loss
+        n_blocks, E = len(self.moe_blocks), self.cfg.n_routed_experts
+        missing = [torch.zeros(E, device=h.device)] * (n_blocks - len(st.loads))  # MTP blocks that did not run
+        out.expert_load = torch.stack(st.loads + missing) if n_blocks else torch.zeros(0, E, device=h.device)
+        if not compute_logits:
+            out.logits = None
+        return out
+
+    def _mtp_train(self, h, tokens, targets, st: _Step):
+        """Depth k (1..D): position i < T-k sees h^{k-1}_i and token i+k and predicts token i+k+1."""
+        B, T = tokens.shape
+        logits, losses = [], []
+        for k, mod in enumerate(self.mtp, start=1):
+            if T - k < 1:
+                break
+            sub = _Step(st.cos[..., : T - k, :], st.sin[..., : T - k, :], want_aux=st.want_aux, loads=st.loads, auxes=st.auxes)
+            h = mod(h[:, : T - k], self.embed(tokens[:, k:]), sub)
+            lg = self.head(mod.norm(h))
+            logits.append(lg)
+            losses.append(F.cross_entropy(lg.flatten(0, 1).float(), targets[:, k:].flatten(), ignore_index=-100))
+        loss = torch.stack(losses).mean() if losses else h.new_zeros(())
+        return logits, loss
+
+    def mtp_step(self, k: int, hidden_prev: torch.Tensor, tokens: torch.Tensor, cache: KVCache | None = None,
+                 rows: torch.Tensor | None = None, start: torch.Tensor | None = None):
+        """Run MTP depth k (1-based) for drafting -> (hidden_k [B, T, dim] pre-norm, logits_k [B, T, vocab]).
+
+        `hidden_prev` sits at positions start..start+T-1 (default: the T tokens the main forward has just
+        cached, `cache.pos[rows] - T`); `tokens` are the tokens one position ahead. See the module docstring."""
+        if not 1 <= k <= len(self.mtp):
+            raise TinyseekError(f"mtp_step: depth k={k} outside 1..{len(self.mtp)}")
+        B, T = tokens.shape
+        if cache is not None and start is None:
+            r = torch.arange(B, device=tokens.device) if rows is None else torch.as_tensor(rows, device=tokens.device).view(-1)
+            start = cache.pos[r] - T
+        st = self._step(B, T, tokens.device, hidden_prev.dtype, cache, rows, start=start)
+        mod = self.mtp[k - 1]
+        h = mod(hidden_prev, self.embed(tokens), st)
+        return h, self.head(mod.norm(h))
+
+    @torch.no_grad()
+    def update_expert_bias(self, load: torch.Tensor) -> None:
+        """Auxiliary-loss-free balancing: bias_e += gamma * sign(mean load - load_e), per MoE block.
+
+        `load` [n_blocks or n_moe_layers, E]: token counts (e.g. out.expert_load summed over a step)."""
+        blocks = self.moe_blocks
+        if load.dim() != 2 or load.shape[0] not in (len(blocks), self.cfg.n_moe_layers) or load.shape[1] != self.cfg.n_routed_experts:
+            raise TinyseekError(f"load: expected [{len(blocks)} or {self.cfg.n_moe_layers}, {self.cfg.n_routed_experts}], got {tuple(load.shape)}")
+        for moe, l_E in zip(blocks, load):
+            l_E = l_E.to(moe.gate.bias.device, torch.float32)
+            ran = (l_E.sum() > 0).float()  # an MTP block that did not run keeps its bias (no host sync)
+            moe.gate.bias += self.cfg.bias_update_speed * ran * torch.sign(l_E.mean() - l_E)
