@@ -1,0 +1,432 @@
+"""Recipes: a TOML list of stages, run in order into one run directory, resumable at any point.
+
+A recipe file looks like
+
+    name = "demo"
+    [[stage]]
+    kind = "pretrain"            # tasks | tokenizer | pretrain | sft | grpo | sample | distill | eval
+    name = "pretrain"            # its directory: RUN/pretrain/
+    config = "pretrain.toml"     # optional: a config file (relative to the recipe), overlaid by the fields below
+    steps = 300                  # any field of the stage's own config
+    data = "{run}/tasks/sft.jsonl"
+    [stage.quick]                # optional: fields overridden under --quick (same stages, smaller)
+    steps = 20
+
+`{run}` in a string value is the run directory and `{recipe}` the recipe file's directory, so a stage
+names what an earlier one wrote (`init = "{run}/sft/final"`).
+
+Why the runner looks the way it does:
+- A stage is complete when its marker `RUN/<name>/stage.json` exists; it is written last, after the
+  stage's own outputs, and holds a hash of the stage's resolved config. A complete stage with the same
+  config is skipped; a changed config re-runs that stage and every later one.
+- A stage directory without a marker was interrupted. Training stages get their own `--resume` (they
+  continue from their last checkpoint with optimizer, RNG and data position restored); the others are
+  cheap and atomic and simply run again.
+- Stages run in this process (one torch import, not nine). Each starts from the same global RNG state
+  (seeded from its name), so a stage resumed in a fresh process sees exactly what it would have seen in
+  an uninterrupted run: resumed runs end with the same numbers.
+- Training kinds are driven through their commands (`cli_pretrain(["--config", F, "--out", D])`), the
+  same path a user types, so a recipe can do nothing a user cannot. `tasks` and `eval` are small and live
+  here, because the recipe needs them to write fixed files (`RUN/tasks/*.jsonl`, `RUN/<eval>/eval.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tinyseek.config import ConfigError, read_file, write_toml
+from tinyseek.errors import TinyseekError
+
+MARKER = "stage.json"  # written last into RUN/<name>/: the stage is complete
+RECIPE_COPY = "recipe.json"  # the resolved recipe, written into RUN/ (the report reads the stage list from it)
+KINDS = ("tasks", "tokenizer", "pretrain", "sft", "grpo", "sample", "distill", "eval")
+TRAINING_KINDS = ("pretrain", "sft", "grpo", "distill")  # have --resume
+_RESERVED = ("kind", "name", "config", "quick")
+
+
+@dataclass
+class Stage:
+    kind: str
+    name: str
+    fields: dict[str, Any]  # the stage config: config file overlaid by the inline fields, {run} substituted
+    where: str  # "recipe.toml stage 3 (sft)", for error messages
+
+    @property
+    def config_hash(self) -> str:
+        blob = json.dumps({"kind": self.kind, "fields": self.fields}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Recipe:
+    name: str
+    path: Path
+    stages: list[Stage] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# finding and reading recipes
+
+
+def recipes_dir() -> Path:
+    """The directory holding the shipped recipes.
+
+    Inside the package (`tinyseek/recipes/`, a wheel's package data) or beside it (the repo root's
+    `recipes/`, an editable install or a checkout). The first that holds `demo.toml` wins.
+    """
+    pkg = Path(__file__).resolve().parent
+    candidates = [pkg / "recipes", pkg.parent / "recipes"]
+    env = os.environ.get("TINYSEEK_RECIPES")
+    if env:
+        candidates.insert(0, Path(env))
+    for c in candidates:
+        if (c / "demo.toml").is_file():
+            return c
+    raise TinyseekError(f"recipes: no directory with demo.toml among {', '.join(str(c) for c in candidates)}")
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A path to a TOML file, or the name of a shipped recipe (`demo` -> recipes/demo.toml)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    if p.suffix != ".toml" and os.sep not in name_or_path:
+        shipped = recipes_dir() / f"{name_or_path}.toml"
+        if shipped.is_file():
+            return shipped
+    raise TinyseekError(f"{name_or_path}: no such recipe file")
+
+
+def _substitute(value: Any, run: Path, recipe_dir: Path) -> Any:
+    if isinstance(value, str):
+        return value.replace("{run}", str(run)).replace("{recipe}", str(recipe_dir))
+    if isinstance(value, list):
+        return [_substitute(v, run, recipe_dir) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, run, recipe_dir) for k, v in value.items()}
+    return value
+
+
+def load_recipe(path: str | Path, run: str | Path, quick: bool = False) -> Recipe:
+    """Parse and check a recipe; every error names the file and the stage."""
+    path = Path(path)
+    data = read_file(path)
+    run = Path(run)
+    stages_raw = data.get("stage")
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise ConfigError(f"{path}: no [[stage]] tables")
+    unknown_top = set(data) - {"name", "description", "stage"}
+    if unknown_top:
+        raise ConfigError(f"{path}: unknown top-level field {sorted(unknown_top)[0]!r} (known: name, description, stage)")
+    recipe = Recipe(name=str(data.get("name", path.stem)), path=path)
+    seen: set[str] = set()
+    for i, raw in enumerate(stages_raw, 1):
+        where = f"{path} stage {i}"
+        kind = raw.get("kind")
+        if kind not in KINDS:
+            raise ConfigError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
+        name = raw.get("name", kind)
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise ConfigError(f"{where}: name {name!r} must be a plain directory name")
+        if name in seen:
+            raise ConfigError(f"{where}: name {name!r} is used by an earlier stage")
+        seen.add(name)
+        where = f"{path} stage {i} ({name})"
+        fields_: dict[str, Any] = {}
+        if "config" in raw:
+            cfg_path = Path(raw["config"])
+            if not cfg_path.is_absolute():
+                cfg_path = path.parent / cfg_path
+            fields_.update(read_file(cfg_path))
+        fields_.update({k: v for k, v in raw.items() if k not in _RESERVED})
+        q = raw.get("quick", {})
+        if not isinstance(q, dict):
+            raise ConfigError(f"{where}: quick must be a table of overrides")
+        if quick:
+            fields_.update(q)
+        fields_ = _substitute(fields_, run, path.parent.resolve())
+        recipe.stages.append(Stage(kind=kind, name=name, fields=fields_, where=where))
+    return recipe
+
+
+# ----------------------------------------------------------------------------------------------
+# stage runners: (stage, out_dir, resume) -> None
+
+
+def _write_config(stage: Stage, out: Path) -> Path:
+    """The stage's fields as a TOML file beside its run dir (not inside: the stage may build that atomically)."""
+    cfg_dir = out.parent / ".recipe"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    f = cfg_dir / f"{stage.name}.toml"
+    write_toml(stage.fields, f)
+    return f
+
+
+def _command(kind: str) -> Callable[[list[str]], int]:
+    from importlib import import_module
+
+    from tinyseek.cli import COMMANDS
+
+    mod, fn = COMMANDS[kind][0].split(":")
+    return getattr(import_module(mod), fn)
+
+
+def _has_checkpoint(out: Path) -> bool:
+    ck = out / "checkpoints"
+    return ck.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in ck.iterdir())
+
+
+def _run_training(stage: Stage, out: Path, resume: bool) -> None:
+    argv = ["--config", str(_write_config(stage, out)), "--out", str(out)]
+    if resume and _has_checkpoint(out):
+        argv.append("--resume")
+    elif out.exists():
+        shutil.rmtree(out)  # interrupted before its first checkpoint: start clean
+    rc = _command(stage.kind)(argv)
+    if rc:
+        raise TinyseekError(f"{stage.where}: tinyseek {stage.kind} exited with status {rc}")
+
+
+def _run_sample(stage: Stage, out: Path, resume: bool) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    _run_training(stage, out, resume=False)
+
+
+def _run_tokenizer(stage: Stage, out: Path, resume: bool) -> None:
+    """Fields: corpus (a file or list of files), vocab_size."""
+    f = dict(stage.fields)
+    corpus = f.pop("corpus", None)
+    vocab = f.pop("vocab_size", None)
+    if corpus is None or vocab is None:
+        raise ConfigError(f"{stage.where}: a tokenizer stage needs corpus and vocab_size")
+    if f:
+        raise ConfigError(f"{stage.where}: unknown field {sorted(f)[0]!r} for a tokenizer stage (known: corpus, vocab_size)")
+    corpus = corpus if isinstance(corpus, list) else [corpus]
+    argv = ["--corpus", *map(str, corpus), "--vocab-size", str(vocab), "--out", str(out)]
+    rc = _command("tokenizer")(argv)
+    if rc:
+        raise TinyseekError(f"{stage.where}: tinyseek tokenizer exited with status {rc}")
+
+
+TASKS_FIELDS = {"tasks": ["arithmetic"], "seed": 0, "difficulty": None, "splits": {}, "test": 200, "corpus_from": []}
+
+
+def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
+    """Generate disjoint problem sets: RUN/tasks/<split>.jsonl for each named train split, and test.jsonl.
+
+    Fields: tasks (names), splits (name -> count, drawn from the tasks' train split in order, disjoint),
+    test (count, from the held-out split), seed, difficulty, corpus_from (split names whose full traces,
+    prompt + completion, become corpus.txt, one document per line, for the tokenizer and pretraining).
+    Counts are per task.
+    """
+    f = {**TASKS_FIELDS, **stage.fields}
+    unknown = set(f) - set(TASKS_FIELDS)
+    if unknown:
+        raise ConfigError(f"{stage.where}: unknown field {sorted(unknown)[0]!r} for a tasks stage (known: {', '.join(TASKS_FIELDS)})")
+    from tinyseek import tasks as T
+    from tinyseek.checkpoint import atomic_dir
+
+    names = f["tasks"] if isinstance(f["tasks"], list) else [f["tasks"]]
+    for n in names:
+        if n not in T.names():
+            raise ConfigError(f"{stage.where}: tasks: unknown task {n!r} (known: {', '.join(T.names())})")
+    splits: dict[str, int] = {k: int(v) for k, v in f["splits"].items()}
+    if "test" in splits:
+        raise ConfigError(f"{stage.where}: splits: 'test' is reserved for the held-out problems (use the test field)")
+    for s in f["corpus_from"]:
+        if s not in splits:
+            raise ConfigError(f"{stage.where}: corpus_from: {s!r} is not a split")
+    out_recs: dict[str, list[dict]] = {k: [] for k in splits}
+    test: list[dict] = []
+    for name in names:
+        task = T.get(name)
+        total = sum(splits.values())
+        train = task.generate(total, seed=int(f["seed"]), split="train", difficulty=f["difficulty"])
+        if len(train) < total:
+            raise ConfigError(f"{stage.where}: task {name!r} produced {len(train)} train problems, the splits need {total}")
+        i = 0
+        for k, n in splits.items():
+            out_recs[k] += train[i:i + n]
+            i += n
+        test += task.generate(int(f["test"]), seed=int(f["seed"]), split="test", difficulty=f["difficulty"])
+    # the held-out problems must be unseen: drop any train record whose prompt is in the test set
+    test_prompts = {r["prompt"] for r in test}
+    with atomic_dir(out) as tmp:
+        for k, recs in out_recs.items():
+            _write_jsonl(tmp / f"{k}.jsonl", [r for r in recs if r["prompt"] not in test_prompts])
+        _write_jsonl(tmp / "test.jsonl", test)
+        if f["corpus_from"]:
+            with open(tmp / "corpus.txt", "w", encoding="utf-8") as fh:
+                for s in f["corpus_from"]:
+                    for r in out_recs[s]:
+                        fh.write(json.dumps({"text": r["prompt"] + "\n" + T.completion_text(r)}, ensure_ascii=False) + "\n")
+
+
+def _write_jsonl(path: Path, recs: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in recs:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+EVAL_FIELDS = {"model": None, "data": None, "n": 0, "samples": 8, "temperature": 1.0, "top_p": 1.0,
+               "max_new_tokens": 128, "seed": 0, "greedy": True, "batch": 64}
+
+
+def _run_eval(stage: Stage, out: Path, resume: bool) -> None:
+    """pass@1 (mean over `samples` samples at `temperature`), pass@k, cons@k and greedy accuracy -> eval.json.
+
+    Fields: model (checkpoint dir), data (records JSONL), n (first n records; 0 = all), samples,
+    temperature, top_p, max_new_tokens, seed, greedy (also score greedy decoding), batch.
+    """
+    from tinyseek.evaluate import run_eval
+
+    f = {**EVAL_FIELDS, **stage.fields}
+    unknown = set(f) - set(EVAL_FIELDS)
+    if unknown:
+        raise ConfigError(f"{stage.where}: unknown field {sorted(unknown)[0]!r} for an eval stage (known: {', '.join(EVAL_FIELDS)})")
+    for k in ("model", "data"):
+        if not f[k]:
+            raise ConfigError(f"{stage.where}: an eval stage needs {k}")
+    run_eval(f, out)
+
+
+RUNNERS: dict[str, Callable[[Stage, Path, bool], None]] = {
+    "tasks": _run_tasks,
+    "tokenizer": _run_tokenizer,
+    "pretrain": _run_training,
+    "sft": _run_training,
+    "grpo": _run_training,
+    "distill": _run_training,
+    "sample": _run_sample,
+    "eval": _run_eval,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# the runner
+
+
+def read_marker(out: Path) -> dict | None:
+    f = out / MARKER
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None  # a torn marker (should not happen: it is renamed into place) counts as not complete
+
+
+def _write_marker(out: Path, stage: Stage, wall_s: float) -> None:
+    data = {"kind": stage.kind, "name": stage.name, "config_hash": stage.config_hash, "wall_s": round(wall_s, 3),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tmp = out / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / MARKER)
+
+
+def _seed_everything(name: str) -> None:
+    """The same global RNG state at the start of a stage, whether the process ran earlier stages or not."""
+    import torch
+
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = print) -> list[dict]:
+    """Run every stage in order; returns one status dict per stage (name, kind, status, wall_s)."""
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    resolved = {"name": recipe.name, "recipe": str(recipe.path),
+                "stages": [{"kind": s.kind, "name": s.name, "config_hash": s.config_hash, "fields": s.fields} for s in recipe.stages]}
+    tmp = run / f".{RECIPE_COPY}.tmp"
+    tmp.write_text(json.dumps(resolved, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, run / RECIPE_COPY)
+    statuses = []
+    dirty = False  # an earlier stage re-ran: everything after it is stale
+    for i, stage in enumerate(recipe.stages, 1):
+        out = run / stage.name
+        marker = read_marker(out)
+        head = f"[{i}/{len(recipe.stages)}] {stage.kind} -> {out}"
+        if marker and marker.get("config_hash") == stage.config_hash and not dirty:
+            log(f"{head}: complete, skipped")
+            statuses.append({"name": stage.name, "kind": stage.kind, "status": "skipped", "wall_s": marker.get("wall_s")})
+            continue
+        resume = out.exists() and marker is None and not dirty
+        if marker is not None or (out.exists() and dirty):  # complete but stale: start it over
+            shutil.rmtree(out)
+            resume = False
+        log(f"{head}: {'resuming' if resume else 'running'}")
+        _seed_everything(stage.name)
+        t0 = time.perf_counter()
+        try:
+            RUNNERS[stage.kind](stage, out, resume)
+        except ConfigError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(str(recipe.path)) else f"{stage.where}: {msg}") from None
+        wall = time.perf_counter() - t0
+        if not out.is_dir():
+            raise TinyseekError(f"{stage.where}: the stage finished but wrote no {out}")
+        _write_marker(out, stage, wall)
+        dirty = True
+        statuses.append({"name": stage.name, "kind": stage.kind, "status": "resumed" if resume else "ran", "wall_s": round(wall, 3)})
+    return statuses
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+
+
+def _run_and_report(recipe_path: Path, out: Path, quick: bool, report: bool) -> int:
+    recipe = load_recipe(recipe_path, out, quick=quick)
+    t0 = time.perf_counter()
+    run_recipe(recipe, out)
+    print(f"recipe {recipe.name}: all {len(recipe.stages)} stages complete in {out} ({time.perf_counter() - t0:.1f} s this invocation)")
+    if report:
+        from tinyseek.report import write_report
+
+        rep = write_report(out)
+        print(rep["console"])
+    return 0
+
+
+def cli_run(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="tinyseek run", description="Run a recipe (a TOML list of stages) into a run directory; "
+                                "complete stages are skipped and an interrupted one resumes.")
+    p.add_argument("recipe", help="a recipe TOML file, or the name of a shipped recipe (demo)")
+    p.add_argument("--out", required=True, help="the run directory; stage NAME writes OUT/NAME/")
+    p.add_argument("--quick", action="store_true", help="apply each stage's [stage.quick] overrides (same stages, smaller)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report card at the end")
+    a = p.parse_args(argv)
+    return _run_and_report(find_recipe(a.recipe), Path(a.out), a.quick, not a.no_report)
+
+
+def cli_demo(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="tinyseek demo", description="The whole R1 recipe in miniature (tasks, tokenizer, MoE teacher "
+                                "pretrain, cold-start SFT, GRPO, rejection sampling, distillation into a dense student, "
+                                "evaluation), ending in a report card. Same as `tinyseek run demo --out OUT`.")
+    p.add_argument("--out", default="runs/demo", help="the run directory (default runs/demo; runs/demo-quick with --quick)")
+    p.add_argument("--quick", action="store_true", help="the same stages, much smaller (about a minute; used by the tests)")
+    a = p.parse_args(argv)
+    out = a.out
+    if a.quick and a.out == "runs/demo":
+        out = "runs/demo-quick"
+    return _run_and_report(recipes_dir() / "demo.toml", Path(out), a.quick, True)
