@@ -1,0 +1,644 @@
+"""The training loop every stage shares: optimizer, schedule, precision, DDP, checkpoints, metrics, cost.
+
+A stage (pretrain, sft, grpo, distill) is an object with one required method and three optional ones:
+
+    class MyStage:
+        def train_step(self, loop: Loop) -> dict:          # one optimizer step; returns metrics (see below)
+        def evaluate(self, loop: Loop) -> dict:            # optional; held-out metrics, called every eval_every
+        def state_dict(self) -> dict: ...                  # optional; data position etc., saved in checkpoints
+        def load_state_dict(self, d: dict) -> None: ...    # optional; restores it on --resume
+
+and a command runs it as
+
+    cfg = load_stage_config(MyConfig, argv)                 # a dataclass that subclasses TrainConfig
+    seed_everything(cfg.seed)
+    model = build_model(...)                                # a plain single-device tinyseek Transformer
+    loop = Loop(cfg, model, run_dir, tokenizer_file=..., resume=args.resume, stage_name="grpo")
+    loop.run(MyStage(...))                                  # returns the summary dict (also RUN/summary.json)
+
+`train_step` does its forward/backward passes through `loop.model` (the wrapped model: DDP and/or
+torch.compile applied) inside `loop.autocast()`, and ends with exactly one `loop.optimizer_step(loss)`.
+Two ways to write it:
+
+- Supervised batches (pretrain, SFT, distillation): `return loop.supervised_step(micro_batches,
+  extra_loss=None)`. `micro_batches` is this rank's list of `grad_accum` dicts with `tokens` [b, T] and
+  `targets` [b, T] (-100 = no loss); `loop.split_batch(items)` cuts a global batch of `cfg.batch_size`
+  items into exactly that. Distillation passes `extra_loss(out, mb) -> (scalar, {name: float})`,
+  e.g. a KL term against teacher logits carried in `mb`; the loss backpropagated is
+  `out.loss + extra`.
+- Anything else (GRPO: rollouts, then one or more updates): generate with `loop.raw_model` (unwrapped;
+  call `loop.raw_model.eval()`/`.train()` around it), then for each update: forward through
+  `loop.model` under `loop.autocast()` (use `loop.no_sync(last)` around forward+backward for all but the
+  last micro-batch of an update when accumulating under DDP), `loop.backward(loss)`, and
+  `loop.optimizer_step(loss_value, expert_load=..., tokens=...)`. Return a dict with at least "loss"
+  and "tokens" (tokens processed this step, for throughput and FLOPs; already summed over ranks via
+  `loop.all_sum` if you count per rank).
+
+What the loop does around `train_step` (and what a stage therefore must not do itself):
+- the learning rate: linear warmup then cosine to `min_lr_ratio * lr`, set before every step (`lr_at`);
+  AdamW with decoupled weight decay only on matrices (no decay on norms, biases, embeddings; the MoE
+  correction bias is a buffer, never seen by the optimizer);
+- gradient clipping, the non-finite guard (a non-finite loss or gradient norm skips the optimizer step
+  and is counted; `max_bad_steps` in a row stop the run with a checkpoint of the last good weights),
+  and the auxiliary-loss-free MoE bias update with the step's expert load summed over micro-batches
+  and ranks — all inside `optimizer_step`;
+- checkpoints every `ckpt_every` steps into RUN/checkpoints/step-N (keeping the last `keep_last`) and
+  RUN/final at the end, each with the tokenizer and (in step-N) `trainer_state.pt`: optimizer, step,
+  RNG states, the stage's `state_dict()` and the counters, so `--resume` continues bitwise on CPU;
+- RUN/metrics.jsonl (one object a step: the stage's metrics plus lr, grad_norm, tokens/s, MFU, expert
+  balance, elapsed, cumulative FLOPs and cost), a console line with ETA, TensorBoard when installed,
+  RUN/config.toml (resolved config) and RUN/summary.json (cost meter, throughput, final metrics).
+- DDP: under `torchrun` the process group is set up here (gloo on CPU, NCCL on GPU); only rank 0
+  writes; `wrap_model` is the one place that applies parallelism and compile (FSDP2 would go there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from tinyseek.checkpoint import TRAINER_STATE_FILE, check_state_dict, read_weights, save_checkpoint
+from tinyseek.config import ConfigError, write_toml
+from tinyseek.errors import TinyseekError
+
+
+class TrainingStopped(TinyseekError):
+    """The run stopped on purpose (too many non-finite steps); a checkpoint of the last good state exists."""
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration shared by every stage
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of the loop. Stage configs subclass this and add their model/data fields."""
+
+    max_steps: int = 200
+    batch_size: int = 16  # sequences per optimizer step, over all ranks and micro-steps together
+    grad_accum: int = 1  # micro-steps per optimizer step
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 = no clipping (the norm is still measured)
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (autocast; master weights stay fp32)
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    log_every: int = 1  # console line every N steps (metrics.jsonl always gets every step)
+    eval_every: int = 0  # 0 = only at the end
+    eval_batches: int = 4
+    ckpt_every: int = 0  # 0 = only the final checkpoint
+    keep_last: int = 2
+    max_bad_steps: int = 5  # this many non-finite steps in a row stop the run
+    peak_tflops: float = 0.0  # per device, for MFU; 0 = a rough default for the device (see peak_flops)
+    gpu_hour_price: float = 2.0  # $ per GPU-hour (DeepSeek-V3 report: $2 per H800-hour)
+    cpu_hour_price: float = 0.05  # $ per CPU-machine-hour
+    progress: bool = True  # print the console line
+
+    def validate(self) -> None:
+        def need(cond: bool, name: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{name}: {msg} (got {getattr(self, name)!r})")
+
+        for name in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_batches", "max_bad_steps", "keep_last"):
+            need(getattr(self, name) >= 1, name, "must be >= 1")
+        for name in ("warmup_steps", "eval_every", "ckpt_every", "weight_decay", "grad_clip", "peak_tflops", "gpu_hour_price", "cpu_hour_price", "adam_eps"):
+            need(getattr(self, name) >= 0, name, "must be >= 0")
+        need(self.lr > 0, "lr", "must be positive")
+        need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be between 0 and 1")
+        need(0 <= self.beta1 < 1, "beta1", "must be in [0, 1)")
+        need(0 <= self.beta2 < 1, "beta2", "must be in [0, 1)")
+        need(self.dtype in ("float32", "bfloat16"), "dtype", "must be float32 or bfloat16")
+        need(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
+        need(self.batch_size % self.grad_accum == 0, "batch_size", f"must be a multiple of grad_accum={self.grad_accum}")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to lr * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on weight matrices only.
+
+    Norm gains, biases and embeddings are not decayed: pulling a norm gain or a bias toward 0 has no
+    regularising meaning, and decaying the embedding penalises rare tokens whose rows get few updates.
+    Parameters are sorted by name so the optimizer state's order is the same in every process.
+    """
+    decay, no_decay = [], []
+    for name, p in sorted(model.named_parameters()):
+        if not p.requires_grad:
+            continue
+        is_embedding = name == "embed.weight" or name.endswith(".embed.weight")
+        (decay if p.ndim >= 2 and not is_embedding else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused_ok = all(p.is_cuda for p in decay + no_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused_ok or None)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# devices and parallelism
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Read torchrun's environment; start the process group (NCCL on GPU, gloo on CPU) when world > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise TinyseekError("device: cuda was asked for but no GPU is available")
+    dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank=rank, world=world, local_rank=local, device=dev)
+
+
+def wrap_model(model: torch.nn.Module, cfg: TrainConfig, d: DistInfo) -> torch.nn.Module:
+    """The one place where parallelism and compilation are applied to the single-device model.
+
+    Today: DDP when world > 1, then torch.compile if asked. FSDP2 would replace the DDP line here
+    (`fully_shard` per block, then the root) without the loop changing: the loop only ever calls the
+    returned module's forward, `no_sync`-style accumulation through `Loop.no_sync`, and keeps the
+    unwrapped model for checkpoints and generation.
+    """
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    return model
+
+
+def peak_flops(cfg: TrainConfig, device: torch.device) -> float:
+    """Peak FLOP/s of one device for MFU. Configured, or a rough default: 989 TFLOP/s (H100/H800 dense bf16)
+    on a GPU; on a CPU 0.1 TFLOP/s per thread (AVX-512 FMA at ~3 GHz is ~0.1-0.2 fp32) — a guess, so CPU
+    MFU figures are only comparable with each other."""
+    if cfg.peak_tflops > 0:
+        return cfg.peak_tflops * 1e12
+    if device.type == "cuda":
+        return 989e12
+    return 0.1e12 * torch.get_num_threads()
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), from tinyseek.cost when it offers it, else 6 * N_active
+    + attention (12 * layers * heads * head_dim * seq_len / 2 for causal attention)."""
+    cfg = getattr(model, "cfg", None)
+    try:
+        from tinyseek import cost
+
+        for fn_name in ("train_flops_per_token", "training_flops_per_token", "flops_per_token"):
+            fn = getattr(cost, fn_name, None)
+            if fn is not None:
+                return float(fn(cfg, seq_len))
+    except Exception:  # cost.py absent or with another signature: fall back to the estimate below
+        pass
+    n_active = 0
+    for name, p in model.named_parameters():
+        if name == "embed.weight":
+            continue  # a lookup, no matmul
+        n = p.numel()
+        if cfg is not None and ".experts." in name and getattr(cfg, "n_routed_experts", 0):
+            n = n * cfg.n_activated_experts / cfg.n_routed_experts
+        n_active += n
+    attn = 0.0
+    if cfg is not None:
+        attn = 6 * cfg.n_layers * cfg.n_heads * (cfg.qk_head_dim + cfg.v_head_dim) * seq_len / 2
+    return 6.0 * n_active + attn
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+def _fmt_time(s: float) -> str:
+    s = int(max(0, s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """RUN/checkpoints/step-N with the largest N that holds trainer state, or None."""
+    best, best_n = None, -1
+    d = Path(run_dir) / "checkpoints"
+    if d.is_dir():
+        for p in d.iterdir():
+            if p.name.startswith("step-") and (p / TRAINER_STATE_FILE).is_file():
+                try:
+                    n = int(p.name[5:])
+                except ValueError:
+                    continue
+                if n > best_n:
+                    best, best_n = p, n
+    return best
+
+
+class Loop:
+    """Owns the model's training machinery for one stage run; see the module docstring for the protocol."""
+
+    def __init__(self, cfg: TrainConfig, model: torch.nn.Module, run_dir: str | Path, *, tokenizer_file: str | Path | None = None,
+                 resolved_config: dict | None = None, resume: bool = False, stage_name: str = "train", seq_len: int = 0):
+        self.cfg = cfg
+        self.dist = init_distributed(cfg.device)
+        self.device = self.dist.device
+        self.run_dir = Path(run_dir)
+        self.tokenizer_file = Path(tokenizer_file) if tokenizer_file else None
+        self.resolved_config = resolved_config
+        self.resume_requested = resume
+        self.stage_name = stage_name
+        self.raw_model = model.to(device=self.device, dtype=torch.float32)  # fp32 master weights
+        self.raw_model.train()
+        self.model = wrap_model(self.raw_model, cfg, self.dist)
+        self.optimizer = build_optimizer(self.raw_model, cfg)
+        self.micro_batch_size = cfg.batch_size // cfg.grad_accum // self.dist.world
+        if cfg.batch_size % (cfg.grad_accum * self.dist.world):
+            raise ConfigError(f"batch_size: {cfg.batch_size} must be a multiple of grad_accum x processes = {cfg.grad_accum * self.dist.world}")
+        self.seq_len = seq_len
+        self.flops_per_token = flops_per_token(self.raw_model, seq_len or 1)
+        self.peak = peak_flops(cfg, self.device)
+        self.price = cfg.gpu_hour_price if self.device.type == "cuda" else cfg.cpu_hour_price
+        # counters (saved in checkpoints)
+        self.step = 0
+        self.tokens = 0
+        self.flops = 0.0
+        self.elapsed = 0.0
+        self.bad_steps = 0
+        self.bad_in_a_row = 0
+        self.last_metrics: dict = {}
+        self.last_eval: dict = {}
+        self._t_start = 0.0
+        self._tb = None
+
+    # -- helpers for stages --------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def autocast(self):
+        """bf16 autocast when dtype = bfloat16 (matmuls in bf16, master weights and reductions in fp32)."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bfloat16")
+
+    def no_sync(self, last: bool):
+        """Skip DDP's gradient all-reduce on all but the last micro-batch of an optimizer step."""
+        if self.dist.enabled and not last and hasattr(self.model, "no_sync"):
+            return self.model.no_sync()
+        m = getattr(self.model, "_orig_mod", None)  # a compiled DDP module
+        if self.dist.enabled and not last and m is not None and hasattr(m, "no_sync"):
+            return m.no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def all_sum(self, x: torch.Tensor | float) -> torch.Tensor | float:
+        """Sum over ranks (identity on one process)."""
+        if not self.dist.enabled:
+            return x
+        t = torch.as_tensor(x, dtype=torch.float64 if not torch.is_tensor(x) else x.dtype, device=self.device).clone()
+        torch_dist.all_reduce(t)
+        return t if torch.is_tensor(x) else t.item()
+
+    def split_batch(self, items: list) -> list[list]:
+        """Cut a global batch (cfg.batch_size items, the same on every rank) into this rank's grad_accum
+        micro-batches. Micro-step k on rank r gets items [(k*world + r)*mb : ... + mb]."""
+        if len(items) != self.cfg.batch_size:
+            raise ValueError(f"split_batch: expected {self.cfg.batch_size} items, got {len(items)}")
+        mb, w, r = self.micro_batch_size, self.dist.world, self.dist.rank
+        return [items[(k * w + r) * mb:(k * w + r + 1) * mb] for k in range(self.cfg.grad_accum)]
+
+    def optimizer_step(self, loss: float, expert_load: torch.Tensor | None = None) -> dict:
+        """Clip, guard, step, update MoE biases. Returns {"grad_norm", "skipped"}; call once per train_step."""
+        params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True).item()
+        ok = float(math.isfinite(loss) and math.isfinite(grad_norm))
+        if self.dist.enabled:  # every rank must take the same decision
+            ok = float(self.all_sum(ok) == self.dist.world)
+        if not ok:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            self.bad_in_a_row += 1
+            return {"grad_norm": grad_norm, "skipped": 1}
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if expert_load is not None and hasattr(self.raw_model, "update_expert_bias") and expert_load.numel():
+            load = self.all_sum(expert_load.detach().float())
+            self.raw_model.update_expert_bias(load)
+        self.bad_in_a_row = 0
+        return {"grad_norm": grad_norm, "skipped": 0}
+
+    def supervised_step(self, micro_batches: list[dict], extra_loss: Callable | None = None) -> dict:
+        """Forward/backward over this rank's micro-batches and one optimizer step.
+
+        Each micro-batch: {"tokens": LongTensor [b, T], "targets": LongTensor [b, T], ...}. The loss
+        backpropagated is the mean over micro-batches of `out.loss` (CE + MTP + aux, from the model)
+        plus `extra_loss(out, mb)` when given, which returns (scalar tensor, {name: float}).
+        """
+        n = len(micro_batches)
+        sums: dict[str, float] = {}
+        load = None
+        tokens = loss_tokens = 0
+        loss_total = 0.0
+
+        def add(k: str, v: Any) -> None:
+            if v is not None:
+                sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / n
+
+        for i, mb in enumerate(micro_batches):
+            x = mb["tokens"].to(self.device, non_blocking=True)
+            y = mb["targets"].to(self.device, non_blocking=True)
+            with self.no_sync(last=i == n - 1):
+                with self.autocast():
+                    out = self.model(x, targets=y)
+                    loss = out.loss
+                    if extra_loss is not None:
+                        extra, extra_metrics = extra_loss(out, mb)
+                        loss = loss + extra
+                        for k, v in extra_metrics.items():
+                            add(k, v)
+                self.backward(loss.float() / n)
+            loss_total += loss.item() / n
+            add("ce", getattr(out, "ce_loss", None))
+            add("mtp_loss", getattr(out, "mtp_loss", None))
+            add("aux", getattr(out, "aux_loss", None))
+            el = getattr(out, "expert_load", None)
+            if el is not None:
+                load = el.detach().float() if load is None else load + el.detach().float()
+            tokens += x.numel()
+            loss_tokens += int((y != -100).sum())
+        if self.dist.enabled:  # report the global mean loss and global token counts
+            loss_total = self.all_sum(loss_total) / self.dist.world
+            sums = {k: self.all_sum(v) / self.dist.world for k, v in sums.items()}
+            tokens, loss_tokens = int(self.all_sum(tokens)), int(self.all_sum(loss_tokens))
+        st = self.optimizer_step(loss_total, load)
+        m = {"loss": loss_total, **sums, "tokens": tokens, "loss_tokens": loss_tokens, **st}
+        if load is not None:
+            m["expert_load"] = load  # popped by the loop into balance metrics
+        return m
+
+    @torch.no_grad()
+    def eval_loss(self, batches: list[dict]) -> dict:
+        """Mean `out.loss` / `out.ce_loss` over held-out batches (the same on every rank; no sharding)."""
+        self.raw_model.eval()
+        loss = ce = 0.0
+        for mb in batches:
+            with self.autocast():
+                out = self.raw_model(mb["tokens"].to(self.device), targets=mb["targets"].to(self.device))
+            loss += out.loss.item() / len(batches)
+            ce += float(out.ce_loss if getattr(out, "ce_loss", None) is not None else out.loss) / len(batches)
+        self.raw_model.train()
+        return {"eval_loss": loss, "eval_ce": ce}
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _trainer_state(self, stage: Any) -> dict:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"step": self.step, "lr": lr_at(self.step, self.cfg)},  # the schedule is a function of step
+            "rng": rng_state(),
+            "data": stage.state_dict() if hasattr(stage, "state_dict") else None,
+            "counters": {"tokens": self.tokens, "flops": self.flops, "elapsed": self.elapsed, "bad_steps": self.bad_steps,
+                         "bad_in_a_row": self.bad_in_a_row},
+            "metrics": {"last": self.last_metrics, "eval": self.last_eval},
+            "stage": self.stage_name,
+        }
+
+    def save(self, stage: Any, final: bool = False) -> Path | None:
+        """Write RUN/checkpoints/step-N (with trainer state) or RUN/final; rank 0 only; prunes old ones."""
+        out = None
+        if self.is_main:
+            if final:
+                out = save_checkpoint(self.raw_model, self.run_dir / "final", self.tokenizer_file)
+            else:
+                out = save_checkpoint(self.raw_model, self.run_dir / "checkpoints" / f"step-{self.step}", self.tokenizer_file,
+                                      trainer_state=self._trainer_state(stage))
+                steps = sorted((int(p.name[5:]), p) for p in (self.run_dir / "checkpoints").iterdir()
+                               if p.name.startswith("step-") and p.name[5:].isdigit())
+                for _, p in steps[:-self.cfg.keep_last]:
+                    shutil.rmtree(p, ignore_errors=True)
+        if self.dist.enabled:
+            torch_dist.barrier()
+        return out
+
+    def load(self, ckpt: Path, stage: Any) -> None:
+        sd = read_weights(ckpt)
+        check_state_dict(self.raw_model.state_dict(), sd, str(ckpt))
+        self.raw_model.load_state_dict(sd)
+        try:
+            st = torch.load(ckpt / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise TinyseekError(f"{ckpt / TRAINER_STATE_FILE}: unreadable trainer state ({e})") from None
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.step = st["step"]
+        c = st["counters"]
+        self.tokens, self.flops, self.elapsed = c["tokens"], c["flops"], c["elapsed"]
+        self.bad_steps, self.bad_in_a_row = c["bad_steps"], c["bad_in_a_row"]
+        self.last_metrics, self.last_eval = st["metrics"]["last"], st["metrics"]["eval"]
+        if st.get("data") is not None and hasattr(stage, "load_state_dict"):
+            stage.load_state_dict(st["data"])
+        set_rng_state(st["rng"])
+
+    # -- logging ----------------------------------------------------------------------------------
+    def _open_metrics(self) -> None:
+        """On resume, drop metrics lines past the checkpoint's step (written after it by the killed run)."""
+        f = self.run_dir / "metrics.jsonl"
+        if f.exists():
+            keep = []
+            for line in f.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= self.step:
+                        keep.append(line)
+                except json.JSONDecodeError:
+                    break  # a line cut short by the kill
+            f.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        except Exception:
+            self._tb = None
+
+    def _log(self, rec: dict) -> None:
+        rec = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}  # strict JSON
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        if self._tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._tb.add_scalar(k, v, rec["step"])
+
+    def cost(self) -> dict:
+        hours = self.elapsed / 3600 * self.dist.world
+        return {"flops": self.flops, "elapsed_s": self.elapsed, "device": self.device.type, "n_devices": self.dist.world,
+                "device_hours": hours, "price_per_device_hour": self.price, "cost_usd": hours * self.price}
+
+    # -- the run ------------------------------------------------------------------------------------
+    def run(self, stage: Any) -> dict:
+        cfg = self.cfg
+        if self.resume_requested:
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is not None:
+                self.load(ckpt, stage)
+                if self.is_main:
+                    print(f"resumed from {ckpt} (step {self.step})", flush=True)
+            elif self.is_main:
+                print(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; starting from step 0", flush=True)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.resolved_config is not None:
+                write_toml(self.resolved_config, self.run_dir / "config.toml")
+            self._open_metrics()
+        t_prev = time.perf_counter()
+        steps_this_run = 0
+        time_this_run = 0.0
+        while self.step < cfg.max_steps:
+            lr = lr_at(self.step, cfg)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            m = stage.train_step(self)
+            self.step += 1
+            now = time.perf_counter()
+            dt = now - t_prev
+            t_prev = now
+            self.elapsed += dt
+            time_this_run += dt
+            steps_this_run += 1
+            tokens = int(m.pop("tokens", 0))
+            self.tokens += tokens
+            step_flops = self.flops_per_token * tokens
+            self.flops += step_flops
+            rec: dict[str, Any] = {"step": self.step, **{k: v for k, v in m.items() if k != "expert_load"}, "lr": lr}
+            load = m.get("expert_load")
+            if load is not None:
+                mean = load.mean(dim=-1).clamp_min(1e-9)
+                rec["moe_maxvio"] = [round(float(v), 4) for v in (load.max(dim=-1).values / mean - 1)]
+                rec["moe_cv"] = [round(float(v), 4) for v in (load.std(dim=-1) / mean)]
+            rec["tokens_per_s"] = tokens / dt if dt > 0 else 0.0
+            rec["mfu"] = step_flops / dt / (self.peak * self.dist.world) if dt > 0 else 0.0
+            rec.update(elapsed_s=self.elapsed, total_tokens=self.tokens, total_flops=self.flops, cost_usd=self.cost()["cost_usd"],
+                       bad_steps=self.bad_steps)
+            if self.bad_in_a_row >= cfg.max_bad_steps:
+                if self.is_main:
+                    self._log(rec)
+                self.save(stage)  # skipped steps leave the weights alone: these are the last good step's weights
+                good = self.step - self.bad_in_a_row
+                raise TrainingStopped(f"loss: {cfg.max_bad_steps} non-finite steps in a row (steps {good + 1}-{self.step}); "
+                                      f"stopped, the weights of step {good} are saved in {self.run_dir / 'checkpoints' / f'step-{self.step}'}")
+            last = self.step == cfg.max_steps
+            if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
+                if hasattr(stage, "evaluate"):
+                    self.last_eval = stage.evaluate(self)
+                    rec.update(self.last_eval)
+                t_prev = time.perf_counter()  # evaluation time is not training time
+            self.last_metrics = rec
+            if self.is_main:
+                self._log(rec)
+                if cfg.progress and (self.step % cfg.log_every == 0 or last):
+                    self._print(rec, time_this_run / steps_this_run)
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not last:
+                self.save(stage)
+                t_prev = time.perf_counter()
+        if steps_this_run == 0 and self.is_main:
+            print(f"nothing to do: already at step {self.step} of max_steps={cfg.max_steps}", flush=True)
+        self.save(stage)  # the last step's trainer state (so a longer --max-steps can continue)
+        self.save(stage, final=True)
+        summary = self.summary()
+        if self.is_main:
+            tmp = self.run_dir / ".summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, self.run_dir / "summary.json")
+            if self._tb is not None:
+                self._tb.close()
+            if cfg.progress:
+                c = summary["cost"]
+                print(f"done: {self.step} steps, {self.tokens:,} tokens, {summary['tokens_per_s']:,.0f} tokens/s, "
+                      f"MFU {summary['mfu']:.2%}, {c['flops']:.3g} FLOPs, {c['device_hours']:.4f} {c['device']}-hours, "
+                      f"${c['cost_usd']:.4f} -> {self.run_dir}", flush=True)
+        return summary
+
+    def _print(self, rec: dict, sec_per_step: float) -> None:
+        eta = (self.cfg.max_steps - self.step) * sec_per_step
+        extra = f" | eval {rec['eval_loss']:.4f}" if "eval_loss" in rec else ""
+        skipped = f" | skipped {self.bad_steps}" if self.bad_steps else ""
+        print(f"{self.stage_name} step {self.step}/{self.cfg.max_steps} | loss {rec.get('loss', float('nan')):.4f}{extra} | "
+              f"lr {rec['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s | MFU {rec['mfu']:.2%} | ${rec['cost_usd']:.4f} | "
+              f"ETA {_fmt_time(eta)}{skipped}", file=sys.stdout, flush=True)
+
+    def summary(self) -> dict:
+        c = self.cost()
+        tps = self.tokens / self.elapsed if self.elapsed > 0 else 0.0
+        return {
+            "stage": self.stage_name,
+            "steps": self.step,
+            "tokens": self.tokens,
+            "tokens_per_s": tps,
+            "mfu": tps * self.flops_per_token / (self.peak * self.dist.world) if self.peak else 0.0,
+            "flops_per_token": self.flops_per_token,
+            "peak_flops_per_device": self.peak,
+            "bad_steps": self.bad_steps,
+            "cost": c,
+            "final": self.last_metrics,
+            "eval": self.last_eval,
+        }
