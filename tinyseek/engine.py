@@ -1,0 +1,667 @@
+"""The inference engine: batched generation on the preallocated KV cache, continuous batching, MTP drafts.
+
+How a request runs. Every sequence owns one row of a `KVCache` (MLA's absorbed path: only the latent and
+the RoPE key are cached, `cfg.latent_cache_dim` values per token per layer). A request is admitted when a
+row is free: its prompt is prefilled once (`model(prompt, cache, rows)`), and the n samples of a group
+get the prompt's rows by `cache.copy_rows` instead of recomputing it. Then every `step()` feeds each
+running sequence its last token, samples the next one for all rows at once (`tinyseek.sampling`: per-row
+parameters, counter-based seeds), and retires rows that hit a stop token, a stop string or their token
+budget. A retired row costs nothing from the next step on (the forward runs on `rows=` the running ones
+only) and the next queued request takes it: continuous batching.
+
+Host syncs. Each step reads the sampled tokens to the host once (stop checks and streaming need them);
+the model's cached forward reads `cache.pos` once more (the attended length). Nothing else syncs.
+
+What `logprobs` holds: the model's log-probability of each sampled token at the sampling temperature
+(T = 1 for greedy), before penalties and truncation — see `tinyseek/sampling.py`.
+Token ids include the stop token that ended a sequence (RL needs the model to learn to stop), the text
+does not; a stop string is cut from the text (the ids keep the token that completed it).
+
+Speculative decoding (`speculative=True`, greedy requests only, any batch size). The model's first MTP
+module drafts one token: MTP at position j reads the main model's pre-norm hidden state h_j and the token
+t_{j+1} and predicts t_{j+2}. A step feeds [pending token, draft] (T = 2) to the main model; if its
+argmax at the first position equals the draft, both the draft and the argmax at the second position are
+kept (two tokens for one forward), otherwise only the correction. Rows that rejected roll their
+`cache.pos` back by one (the stale entry is masked out and overwritten). Greedy output is identical to
+plain decoding; `engine.stats["accepted"] / stats["drafted"]` is the acceptance rate.
+
+The prefix-cache hooks (for the server):
+- `add_request(prompt_ids, params, capture_prompt_cache=True)`: once the prompt is prefilled, its cache
+  rows are copied out into a `PromptCache` (token ids + one tensor per cache tensor, each `[n, ...]` —
+  for absorbed MLA `[n, kv_lora_rank]` latents and `[n, qk_rope_head_dim]` RoPE keys, main layers then
+  MTP layers). It arrives on the request's first `StepEvent.prompt_cache` and stays readable through
+  `engine.prompt_cache(rid)` until the request finishes.
+- `add_request(prompt_ids, params, prefix=pc)`: `pc.token_ids` must be a prefix of `prompt_ids`; its
+  tensors are written into the new row and only the rest of the prompt is prefilled. (If it covers the
+  whole prompt its last token is recomputed, because sampling needs that position's logits.) A prefix
+  made by a cache of another layout (dtype aside) is refused with a one-line error.
+
+Reference path: `Engine(..., recompute=True)` runs the full sequence through the model without a cache
+at every step; tests hold the cached path to it (logits within 1e-4).
+"""
+
+from __future__ import annotations
+
+import array
+import itertools
+import os
+import random
+import sys
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tinyseek.errors import TinyseekError
+from tinyseek.sampling import BatchParams, SamplingParams, derive_seed, sample
+
+__all__ = ["SamplingParams", "Completion", "StepEvent", "PromptCache", "Engine", "load_engine", "cli_generate", "cli_chat"]
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    logprobs: list[float] | None
+    finish_reason: str  # "stop" | "length" | "abort"
+    text: str | None = None
+    prompt_tokens: int = 0
+
+
+@dataclass
+class StepEvent:
+    """What one step did for one request: new tokens (0, 1, or 2 with speculation), the new text, the end."""
+
+    rid: int
+    token_ids: list[int]
+    logprobs: list[float] | None
+    text: str = ""  # new text since the last event (streaming; "" without a tokenizer)
+    finish_reason: str | None = None
+    prompt_cache: "PromptCache | None" = None
+
+
+@dataclass
+class PromptCache:
+    """The cached state of the first n tokens of a prompt, one tensor per KVCache tensor, each [n, ...]."""
+
+    token_ids: tuple[int, ...]
+    tensors: list[torch.Tensor]
+
+    @property
+    def n(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors)
+
+
+@dataclass
+class _Seq:
+    rid: int
+    prompt: list[int]
+    params: SamplingParams
+    seed: int
+    stream: bool = True
+    prefix: PromptCache | None = None
+    capture: bool = False
+    group: int = 0  # sequences of one group share a prefill
+    row: int = -1
+    out: list[int] = field(default_factory=list)
+    lps: list[float] = field(default_factory=list)
+    pending: int | None = None  # last sampled token, not yet in the cache
+    draft: int | None = None  # speculative: the MTP's guess for the token after `pending`
+    finish: str | None = None
+    budget: int = 0  # max new tokens after capping at the cache length
+    sent: int = 0  # characters of text already streamed
+    text: str = ""
+    prompt_cache: PromptCache | None = None
+
+
+class Engine:
+    """Generation for a tinyseek `Transformer` (see the module docstring)."""
+
+    def __init__(self, model, tokenizer=None, max_batch: int = 64, max_len: int | None = None, speculative: bool = False,
+                 dtype: torch.dtype | None = None, recompute: bool = False):
+        if dtype is not None:
+            model.to(dtype=dtype)
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_len = max_len or self.cfg.max_seq_len
+        self.speculative = speculative
+        self.recompute = recompute
+        if speculative and not len(getattr(model, "mtp", [])):
+            raise TinyseekError(f"speculative: the model has no MTP module (mtp_depth={self.cfg.mtp_depth})")
+        if speculative and recompute:
+            raise TinyseekError("speculative: not available with recompute=True (the reference path)")
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        from tinyseek.model import KVCache
+
+        # speculation writes one position past the last kept token
+        self.cache = KVCache(self.cfg, max_batch, self.max_len + int(speculative), device=self.device, dtype=self.dtype)
+        self.eos_id = getattr(tokenizer, "eos_id", None)
+        self.free_rows = list(range(max_batch - 1, -1, -1))
+        self.waiting: deque[list[_Seq]] = deque()  # groups not yet admitted
+        self.running: dict[int, _Seq] = {}  # by rid
+        self.seqs: dict[int, _Seq] = {}  # every known request until collected
+        self._rid = itertools.count()
+        self._group = itertools.count()
+        self._rng = random.Random(int.from_bytes(os.urandom(8), "little"))
+        self._bp_key: tuple | None = None
+        self._bp: BatchParams | None = None
+        self._seen: torch.Tensor | None = None  # [max_batch, V] bool: prompt + output tokens (repetition penalty)
+        self._counts: torch.Tensor | None = None  # [max_batch, V] int32: output token counts (presence/frequency)
+        self.logit_hook = None  # tests: called as hook(rids, logits [B, V]) for every sampling step
+        self.stats = {"steps": 0, "forward_tokens": 0, "drafted": 0, "accepted": 0}
+
+    # -- requests --------------------------------------------------------------------------------
+    def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None, prefix: PromptCache | None = None,
+                    capture_prompt_cache: bool = False, stream: bool = True) -> int:
+        """Queue one sequence; returns its request id. See the module docstring for `prefix`/`capture_prompt_cache`."""
+        return self._add_group(prompt_ids, params or SamplingParams(), 1, prefix, capture_prompt_cache, stream)[0]
+
+    def _add_group(self, prompt_ids, params: SamplingParams, n: int, prefix=None, capture=False, stream=True) -> list[int]:
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise TinyseekError("prompt: empty (at least one token is needed)")
+        V = self.cfg.vocab_size
+        bad = next((t for t in prompt if not 0 <= t < V), None)
+        if bad is not None:
+            raise TinyseekError(f"prompt: token id {bad} outside the vocabulary 0..{V - 1}")
+        if len(prompt) >= self.max_len:
+            raise TinyseekError(f"prompt: {len(prompt)} tokens leave no room in the engine's max_len={self.max_len}")
+        if self.speculative and (not params.greedy or params.uses_penalties):
+            raise TinyseekError("speculative: only greedy requests without penalties (temperature=0) are supported")
+        if prefix is not None:
+            self._check_prefix(prefix, prompt)
+        # the prompt is mixed into the seed: one seed over a batch of prompts must not give correlated draws
+        base = derive_seed(params.seed, zlib.crc32(array.array("q", prompt).tobytes())) if params.seed is not None \
+            else self._rng.getrandbits(62)
+        g = next(self._group)
+        budget = min(params.max_new_tokens, self.max_len - len(prompt))
+        group = []
+        for i in range(n):
+            s = _Seq(next(self._rid), prompt, params, derive_seed(base, i),
+                     stream=stream, prefix=prefix, capture=capture, group=g, budget=budget)
+            self.seqs[s.rid] = s
+            group.append(s)
+        # a group larger than the batch is admitted in pieces (each piece prefills once)
+        for i in range(0, n, self.max_batch):
+            self.waiting.append(group[i: i + self.max_batch])
+        return [s.rid for s in group]
+
+    def _check_prefix(self, prefix: PromptCache, prompt: list[int]) -> None:
+        if tuple(prompt[: prefix.n]) != tuple(prefix.token_ids):
+            raise TinyseekError(f"prefix: its {prefix.n} token ids are not a prefix of the prompt")
+        mine = self.cache._tensors()
+        if len(prefix.tensors) != len(mine) or any(tuple(p.shape[1:]) != tuple(m.shape[2:]) or p.shape[0] != prefix.n
+                                                   for p, m in zip(prefix.tensors, mine)):
+            raise TinyseekError("prefix: its tensors do not match this engine's cache layout")
+
+    def abort(self, rid: int) -> Completion | None:
+        """Stop a request now (queued or running); returns what it produced, or None for an unknown id."""
+        s = self.seqs.get(rid)
+        if s is None:
+            return None
+        for grp in self.waiting:
+            if s in grp:
+                grp.remove(s)
+        if s.finish is None:
+            s.finish = "abort"
+        self._retire(s)
+        return self.collect(rid)
+
+    def prompt_cache(self, rid: int) -> PromptCache | None:
+        s = self.seqs.get(rid)
+        return None if s is None else s.prompt_cache
+
+    def has_unfinished(self) -> bool:
+        return bool(self.running) or any(self.waiting)
+
+    def collect(self, rid: int) -> Completion | None:
+        """The finished request's completion (and forget it); None while it runs."""
+        s = self.seqs.get(rid)
+        if s is None or s.finish is None:
+            return None
+        del self.seqs[rid]
+        text = self._text(s) if self.tokenizer is not None else None
+        return Completion(list(s.out), list(s.lps) if s.params.logprobs else None, s.finish, text, len(s.prompt))
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Prompt ids for a chat with the tokenizer's template (R1 format for tinyseek's tokenizer)."""
+        if self.tokenizer is None:
+            raise TinyseekError("engine: no tokenizer, cannot build a chat prompt")
+        return self.tokenizer.encode(self.tokenizer.chat(messages, add_generation_prompt=True))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    # -- the batch API -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
+                 n: int = 1) -> list[list[Completion]]:
+        """n samples for each prompt (prefill shared within a prompt's group); results in prompt order."""
+        params = params or SamplingParams()
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise TinyseekError(f"params: {len(plist)} given for {len(prompts)} prompts")
+        if n < 1:
+            raise TinyseekError(f"n: must be >= 1, got {n}")
+        rids = [self._add_group(p, sp, n, stream=False) for p, sp in zip(prompts, plist)]
+        while self.has_unfinished():
+            self.step()
+        return [[self.collect(r) for r in group] for group in rids]
+
+    # -- one step ------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[StepEvent]:
+        """Admit and prefill what fits, then advance every running sequence by one token (two when a draft is
+        accepted). Returns one event per request that produced tokens or finished."""
+        events: dict[int, StepEvent] = {}
+        decoding = [s for s in self.running.values() if s.pending is not None]
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted, events)
+        if decoding:
+            if self.speculative:
+                self._decode_speculative(decoding, events)
+            else:
+                self._decode(decoding, events)
+        self.stats["steps"] += 1
+        return list(events.values())
+
+    def _admit(self) -> list[list[_Seq]]:
+        groups = []
+        while self.waiting and len(self.waiting[0]) <= len(self.free_rows):
+            grp = self.waiting.popleft()
+            if not grp:
+                continue
+            for s in grp:
+                s.row = self.free_rows.pop()
+                self.running[s.rid] = s
+            groups.append(grp)
+        return groups
+
+    def _prefill(self, groups: list[list[_Seq]], events) -> None:
+        """Prefill one row per group (equal-length remainders batched together), copy it to the group's other
+        rows, and sample each sequence's first token."""
+        heads = [g[0] for g in groups]
+        for s in heads:
+            self.cache.reset([s.row])
+            if s.prefix is not None:
+                n = min(s.prefix.n, len(s.prompt) - 1)
+                for x, p in zip(self.cache._tensors(), s.prefix.tensors):
+                    x[s.row, :n] = p[:n].to(x.dtype)
+                self.cache.pos[s.row] = n
+        by_len: dict[int, list[int]] = {}
+        for i, s in enumerate(heads):
+            start = min(s.prefix.n, len(s.prompt) - 1) if s.prefix is not None else 0
+            by_len.setdefault(len(s.prompt) - start, []).append(i)
+        last_logits: list[torch.Tensor | None] = [None] * len(heads)
+        for T, idx in by_len.items():
+            hs = [heads[i] for i in idx]
+            tokens = torch.tensor([s.prompt[len(s.prompt) - T:] for s in hs], device=self.device)  # [k, T]
+            if self.recompute:
+                logits = self._full_logits([s.prompt for s in hs])
+            else:
+                rows = torch.tensor([s.row for s in hs], device=self.device)
+                out = self.model(tokens, cache=self.cache, rows=rows)
+                logits = out.logits[:, -1]  # [k, V]
+                if self.speculative:
+                    for j, s in enumerate(hs):
+                        s._residual = out.residual[j]  # [T, dim] for the MTP prefill below
+                self.stats["forward_tokens"] += tokens.numel()
+            for j, i in enumerate(idx):
+                last_logits[i] = logits[j]
+        members, rows_logits = [], []
+        for grp, lg in zip(groups, last_logits):
+            head = grp[0]
+            if head.capture:
+                n = int(self.cache.pos[head.row])
+                pc = PromptCache(tuple(head.prompt[:n]), [x[head.row, :n].clone() for x in self.cache._tensors()])
+                for s in grp:
+                    s.prompt_cache = pc
+            if len(grp) > 1 and not self.recompute:
+                self.cache.copy_rows(head.row, [s.row for s in grp[1:]])
+            for s in grp:
+                self._reset_penalty_rows(s)
+                members.append(s)
+                rows_logits.append(lg)
+        logits = torch.stack(rows_logits)  # [M, V]
+        toks, lps = self._sample(members, logits)
+        if self.speculative:
+            self._mtp_prefill(groups, toks)
+        self._emit(members, [[t] for t in toks], [[x] for x in lps] if lps is not None else None, events)
+        for s in members:
+            if s.prompt_cache is not None and s.rid in events:
+                events[s.rid].prompt_cache = s.prompt_cache
+
+    def _decode(self, seqs: list[_Seq], events) -> None:
+        if self.recompute:
+            logits = self._full_logits([s.prompt + s.out for s in seqs])
+        else:
+            tokens = torch.tensor([[s.pending] for s in seqs], device=self.device)  # [B, 1]
+            rows = torch.tensor([s.row for s in seqs], device=self.device)
+            logits = self.model(tokens, cache=self.cache, rows=rows).logits[:, -1]  # [B, V]
+            self.stats["forward_tokens"] += len(seqs)
+        toks, lps = self._sample(seqs, logits)
+        self._emit(seqs, [[t] for t in toks], [[x] for x in lps] if lps is not None else None, events)
+
+    def _full_logits(self, seqs_tokens: list[list[int]]) -> torch.Tensor:
+        """Reference path: the last position's logits of each full sequence, no cache."""
+        out = []
+        for toks in seqs_tokens:
+            t = torch.tensor([toks], device=self.device)
+            out.append(self.model(t).logits[0, -1])
+            self.stats["forward_tokens"] += len(toks)
+        return torch.stack(out)
+
+    # -- sampling -------------------------------------------------------------------------------------
+    def _batch_params(self, seqs: list[_Seq]) -> BatchParams:
+        key = tuple(s.rid for s in seqs)
+        if key != self._bp_key:
+            self._bp = BatchParams.build([s.params for s in seqs], [s.seed for s in seqs], self.device)
+            self._bp_key = key
+        return self._bp
+
+    def _reset_penalty_rows(self, s: _Seq) -> None:
+        if not s.params.uses_penalties:
+            return
+        V = self.cfg.vocab_size
+        if self._seen is None:
+            self._seen = torch.zeros(self.max_batch, V, dtype=torch.bool, device=self.device)
+            self._counts = torch.zeros(self.max_batch, V, dtype=torch.int32, device=self.device)
+        self._seen[s.row] = False
+        self._counts[s.row] = 0
+        self._seen[s.row, torch.tensor(s.prompt, device=self.device)] = True
+
+    def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> tuple[list[int], list[float] | None]:
+        """Sample one token per sequence; the one host sync of the step."""
+        if self.logit_hook is not None:
+            self.logit_hook([s.rid for s in seqs], logits)
+        bp = self._batch_params(seqs)
+        counters = torch.tensor([len(s.out) for s in seqs], device=self.device)
+        track = self._seen is not None and any(s.params.uses_penalties for s in seqs)
+        rows = torch.tensor([s.row for s in seqs], device=self.device) if track else None
+        seen = self._seen[rows] if track else None
+        counts = self._counts[rows] if track else None
+        want_lp = any(s.params.logprobs for s in seqs)
+        toks, lps = sample(logits, bp, counters, seen=seen, counts=counts, want_logprobs=want_lp)
+        if track:
+            self._seen[rows, toks] = True
+            self._counts[rows, toks] += 1
+        if want_lp:
+            both = torch.stack([toks.double(), lps.double()]).tolist()
+            return [int(t) for t in both[0]], both[1]
+        return toks.tolist(), None
+
+    # -- speculative decoding -----------------------------------------------------------------------------
+    def _mtp_prefill(self, groups: list[list[_Seq]], first_tokens: list[int]) -> None:
+        """Run MTP depth 1 over the prompt so its cache layer is filled, and draft the token after the first one."""
+        i = 0
+        for grp in groups:
+            head = grp[0]
+            T = head._residual.shape[0]
+            n0 = len(head.prompt) - T
+            ahead = head.prompt[n0 + 1:] + [first_tokens[i]]  # tokens one position ahead of the hidden states
+            tokens = torch.tensor([ahead], device=self.device)
+            rows = torch.tensor([head.row], device=self.device)
+            _, lg = self.model.mtp_step(1, head._residual[None], tokens, cache=self.cache, rows=rows)
+            del head._residual
+            head.draft = int(lg[0, -1].argmax())
+            if len(grp) > 1:  # greedy: every member has the same first token and draft; share the MTP rows too
+                self.cache.copy_rows(head.row, [s.row for s in grp[1:]])
+                for s in grp[1:]:
+                    s.draft = head.draft
+            i += len(grp)
+
+    def _decode_speculative(self, seqs: list[_Seq], events) -> None:
+        B = len(seqs)
+        rows = torch.tensor([s.row for s in seqs], device=self.device)
+        tokens = torch.tensor([[s.pending, s.draft] for s in seqs], device=self.device)  # [B, 2]
+        out = self.model(tokens, cache=self.cache, rows=rows)
+        y = out.logits.argmax(-1)  # [B, 2]: the main model's greedy choice after pending and after draft
+        accept = y[:, 0] == tokens[:, 1]
+        # MTP: position of `pending` sees y1; position of the draft sees y2 (only meaningful when accepted)
+        _, mlg = self.model.mtp_step(1, out.residual, y, cache=self.cache, rows=rows)
+        drafts = mlg.argmax(-1)  # [B, 2]
+        new_draft = torch.where(accept, drafts[:, 1], drafts[:, 0])
+        self.cache.pos[rows] -= (~accept).long()  # rejected rows keep only `pending`
+        if self.logit_hook is not None:
+            self.logit_hook([s.rid for s in seqs], out.logits[:, 0])
+        want_lp = any(s.params.logprobs for s in seqs)
+        parts = [y.double(), accept.double()[:, None], new_draft.double()[:, None]]
+        if want_lp:
+            parts.append(torch.log_softmax(out.logits.float(), -1).gather(-1, y[..., None]).squeeze(-1).double())
+        host = torch.cat(parts, dim=1).tolist()  # the one sync: [B, 4 (+2)]
+        self.stats["forward_tokens"] += 2 * B
+        self.stats["drafted"] += B
+        new_toks, new_lps = [], []
+        for s, h in zip(seqs, host):
+            ok = bool(h[2])
+            self.stats["accepted"] += int(ok)
+            new_toks.append([int(h[0]), int(h[1])] if ok else [int(h[0])])
+            if want_lp:
+                new_lps.append([h[4], h[5]] if ok else [h[4]])
+            s.draft = int(h[3])
+        self._emit(seqs, new_toks, new_lps if want_lp else None, events)
+
+    # -- bookkeeping ------------------------------------------------------------------------------------
+    def _emit(self, seqs: list[_Seq], toks: list[list[int]], lps: list[list[float]] | None, events) -> None:
+        """Append new tokens, apply the stop rules, retire finished rows, and fill the events."""
+        for i, s in enumerate(seqs):
+            if s.finish is not None:
+                continue
+            p = s.params
+            added, added_lp = [], []
+            for j, t in enumerate(toks[i]):
+                s.out.append(t)
+                added.append(t)
+                lp = lps[i][j] if lps is not None else None
+                if p.logprobs:
+                    s.lps.append(lp)
+                    added_lp.append(lp)
+                if (t == self.eos_id and not p.ignore_eos) or t in p.stop_token_ids:
+                    s.finish = "stop"
+                elif len(s.out) >= s.budget:
+                    s.finish = "length"
+                if s.finish is None and p.stop_strings and self.tokenizer is not None:
+                    text = self._text(s)
+                    if any(x in text for x in p.stop_strings):
+                        s.finish = "stop"
+                if s.finish is not None:
+                    break
+            s.pending = s.out[-1]
+            ev = StepEvent(s.rid, added, added_lp if p.logprobs else None, finish_reason=s.finish)
+            if s.stream and self.tokenizer is not None:
+                ev.text = self._delta(s)
+            events[s.rid] = ev
+            if s.finish is not None:
+                self._retire(s)
+
+    def _retire(self, s: _Seq) -> None:
+        if s.rid in self.running:
+            del self.running[s.rid]
+            self.cache.reset([s.row])
+            self.free_rows.append(s.row)
+            s.pending = None
+
+    def _text(self, s: _Seq) -> str:
+        """The output text: stop token dropped, cut before the first stop string."""
+        ids = s.out
+        if ids and s.finish == "stop" and ((ids[-1] == self.eos_id and not s.params.ignore_eos) or ids[-1] in s.params.stop_token_ids):
+            ids = ids[:-1]
+        text = self.tokenizer.decode(ids)
+        cuts = [text.find(x) for x in s.params.stop_strings if x in text]
+        return text[: min(cuts)] if cuts else text
+
+    def _delta(self, s: _Seq) -> str:
+        """New streamable text: held back while it ends in a partial UTF-8 character or could start a stop string."""
+        text = self._text(s)
+        if s.finish is None:
+            text = text.rstrip("\ufffd")
+            hold = max((len(x) - 1 for x in s.params.stop_strings), default=0)
+            text = text[: max(s.sent, len(text) - hold)]
+        delta = text[s.sent:]
+        s.sent = len(text)
+        return delta
+
+
+# ----------------------------------------------------------------------------------------------
+# loading and the commands
+
+
+def load_engine(path: str | Path, max_batch: int = 64, max_len: int | None = None, speculative: bool = False,
+                dtype: torch.dtype | None = None, gguf_file: str | None = None):
+    """A tinyseek checkpoint (or exported DeepseekV3 dir) -> `Engine`; any other transformers dir or a .gguf file
+    -> `HFEngine`. The tokenizer comes along (tokenizer.json in a tinyseek checkpoint)."""
+    from tinyseek.checkpoint import CONFIG_FILE, is_hf_dir, load_model
+
+    p = Path(path)
+    if p.is_file() and p.suffix == ".gguf":
+        gguf_file, p = p.name, p.parent
+    if not p.exists():
+        raise TinyseekError(f"{p}: no such checkpoint or model directory")
+    hf_native = False
+    if is_hf_dir(p):
+        import json
+
+        hf_native = json.loads((p / CONFIG_FILE).read_text(encoding="utf-8")).get("model_type") != "deepseek_v3"
+    if gguf_file is not None or hf_native or not (p / CONFIG_FILE).is_file():
+        from tinyseek.hf_engine import HFEngine
+
+        return HFEngine.from_pretrained(p, gguf_file=gguf_file, dtype=dtype)
+    model = load_model(p, dtype=dtype)
+    tok = None
+    if (p / "tokenizer.json").is_file():
+        from tinyseek.tokenizer import Tokenizer
+
+        tok = Tokenizer.load(p)
+    return Engine(model, tok, max_batch=max_batch, max_len=max_len, speculative=speculative)
+
+
+def _dtype_arg(name: str | None) -> torch.dtype | None:
+    table = {None: None, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if name not in table:
+        raise TinyseekError(f"--dtype: unknown dtype {name!r} (fp32, bf16, fp16)")
+    return table[name]
+
+
+def _sampling_flags(ap) -> None:
+    ap.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate at most")
+    ap.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy")
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    ap.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
+    ap.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p * the top probability")
+    ap.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same output)")
+    ap.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: as stored)")
+    ap.add_argument("--speculative", action="store_true", help="MTP speculative decoding (greedy only)")
+
+
+def _params(args) -> SamplingParams:
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, min_p=args.min_p, seed=args.seed)
+
+
+def _stream(engine, prompt_ids: list[int], params: SamplingParams, write) -> str:
+    """Run one request to the end, passing each new piece of text to `write`; returns the whole text."""
+    if hasattr(engine, "stream"):
+        return engine.stream(prompt_ids, params, write)
+    rid = engine.add_request(prompt_ids, params)
+    with torch.inference_mode():
+        while engine.has_unfinished():
+            for ev in engine.step():
+                if ev.rid == rid and ev.text:
+                    write(ev.text)
+    return engine.collect(rid).text or ""
+
+
+def cli_generate(argv: list[str]) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="tinyseek generate", description="Generate from a prompt, streaming tokens to the console.")
+    ap.add_argument("ckpt", help="tinyseek checkpoint, transformers model directory, or .gguf file")
+    ap.add_argument("--prompt", required=True, help="the user message")
+    ap.add_argument("--raw", action="store_true", help="feed the prompt as is (no chat template)")
+    _sampling_flags(ap)
+    args = ap.parse_args(argv)
+    engine = load_engine(args.ckpt, max_batch=1, speculative=args.speculative, dtype=_dtype_arg(args.dtype))
+    if engine.tokenizer is None:
+        raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
+    ids = engine.encode_chat([{"role": "user", "content": args.prompt}]) if not args.raw else engine.tokenizer.encode(args.prompt)
+    _stream(engine, ids, _params(args), lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+    sys.stdout.write("\n")
+    return 0
+
+
+DIM, RESET = "\033[2m", "\033[0m"
+
+
+class _ThinkDimmer:
+    """Writes streamed text, dimming everything between <think> and </think>."""
+
+    def __init__(self, out, color: bool):
+        self.out, self.color, self.inside, self.buf = out, color, False, ""
+
+    def __call__(self, text: str) -> None:
+        self.buf += text
+        while self.buf:
+            tag = "</think>" if self.inside else "<think>"
+            i = self.buf.find(tag)
+            if i < 0:
+                keep = next((k for k in range(len(tag) - 1, 0, -1) if self.buf.endswith(tag[:k])), 0)  # a tag may be split
+                self._write(self.buf[: len(self.buf) - keep])
+                self.buf = self.buf[len(self.buf) - keep:]
+                return
+            self._write(self.buf[:i])
+            self.buf = self.buf[i + len(tag):]
+            self.inside = not self.inside
+
+    def _write(self, s: str) -> None:
+        if s:
+            self.out.write(f"{DIM}{s}{RESET}" if self.inside and self.color else s)
+            self.out.flush()
+
+    def close(self) -> None:
+        self._write(self.buf)
+        self.buf = ""
+
+
+def cli_chat(argv: list[str]) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="tinyseek chat", description="Multi-turn chat; the thinking part is shown dimmed. Ctrl-D to quit, /reset to clear.")
+    ap.add_argument("ckpt", help="tinyseek checkpoint, transformers model directory, or .gguf file")
+    ap.add_argument("--system", default="", help="system message")
+    ap.add_argument("--no-color", action="store_true", help="no ANSI dimming of the thinking part")
+    _sampling_flags(ap)
+    args = ap.parse_args(argv)
+    engine = load_engine(args.ckpt, max_batch=1, speculative=args.speculative, dtype=_dtype_arg(args.dtype))
+    if engine.tokenizer is None:
+        raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    color = not args.no_color and sys.stdout.isatty()
+    while True:
+        try:
+            user = input("> ")
+        except EOFError:
+            print()
+            return 0
+        if user.strip() == "/reset":
+            history = history[:1] if args.system else []
+            continue
+        if not user.strip():
+            continue
+        history.append({"role": "user", "content": user})
+        ids = engine.encode_chat(history)
+        dim = _ThinkDimmer(sys.stdout, color)
+        text = _stream(engine, ids, _params(args), dim)
+        dim.close()
+        print()
+        history.append({"role": "assistant", "content": text})
+
