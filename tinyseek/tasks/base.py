@@ -1,0 +1,139 @@
+"""What every task generator shares: the seeded draw loop and the hash-based train/held-out split.
+
+A task draws a *problem* (a small tuple of numbers and choices) cheaply, names it by a canonical key, and
+only then builds the prompt and the reasoning trace. Which side of the split a problem falls on is decided by
+a real hash (blake2b) of `family|canonical key`, never by the seed or by a formula over the numbers: the same
+problem is on the same side whatever the seed, whatever the task variant (`addition` and `arithmetic` share
+their sums; English and Chinese word problems share their numbers), and the held-out set is not "the problems
+whose last digits look like X" (the linear-hash pitfall in shared/notes/rl-on-cpu-measured.md).
+
+Generation draws problems i.i.d. from the requested side (rejection on the hash), so a split may repeat a
+problem when the problem space is small; `unique=True` asks for n distinct problems and raises a
+TinyseekError when the side cannot supply them. Every loop has a draw budget, so a side that holds few or no
+problems (1-digit sums have 100 problems, about 10 of them held out) fails with a clear message instead of
+spinning forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+from tinyseek.errors import TinyseekError
+
+SPLITS = ("train", "test")
+TEST_FRACTION_PER_MILLE = 100  # 10% of all problems are held out
+
+
+def problem_hash(family: str, key: str) -> int:
+    """A 64-bit blake2b hash of the canonical problem; decides the split and names the record."""
+    return int.from_bytes(hashlib.blake2b(f"{family}|{key}".encode(), digest_size=8).digest(), "big")
+
+
+def side_of(family: str, key: str) -> str:
+    """'test' for the ~10% of problems whose hash falls in the held-out buckets, else 'train'."""
+    return "test" if problem_hash(family, key) % 1000 < TEST_FRACTION_PER_MILLE else "train"
+
+
+def stream_seed(*parts: Any) -> int:
+    """A deterministic integer seed from (task, seed, split, ...): Python's hash() is salted per process."""
+    text = "|".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+class Task:
+    """A verifiable task. Subclasses set the class attributes and implement `draw` and `build`.
+
+    draw(rng, difficulty) -> (key, problem): a random problem and its canonical key (a short string that
+        is the same for the same problem however it is phrased). Called ~10x per held-out record, so cheap.
+    build(rng, problem, difficulty) -> dict with at least prompt, answer (str), solution (str ending in
+        answer) plus task-specific keys (countdown: numbers, target); called only for kept problems, with the
+        same stream, so it may draw the expensive parts (names, a search trace). It may set its own "id".
+    """
+
+    name: str = ""
+    family: str = ""  # the split is shared by every variant of a family
+    description: str = ""
+    difficulties: range = range(1, 2)  # valid difficulty levels
+    default_difficulty: int = 1
+    difficulty_meaning: str = ""
+
+    def draw(self, rng: random.Random, difficulty: int) -> tuple[str, Any]:
+        raise NotImplementedError
+
+    def build(self, rng: random.Random, problem: Any, difficulty: int) -> dict:
+        raise NotImplementedError
+
+    def _levels(self, difficulty) -> list[int]:
+        """None -> the default; an int -> that level; (lo, hi) or a list -> a uniform mix (for curricula)."""
+        if difficulty is None:
+            levels = [self.default_difficulty]
+        elif isinstance(difficulty, int) and not isinstance(difficulty, bool):
+            levels = [difficulty]
+        elif isinstance(difficulty, tuple) and len(difficulty) == 2:
+            levels = list(range(int(difficulty[0]), int(difficulty[1]) + 1))
+        elif isinstance(difficulty, list) and difficulty:
+            levels = [int(d) for d in difficulty]
+        else:
+            raise TinyseekError(f"task {self.name}: difficulty must be an int, (lo, hi) or a list, got {difficulty!r}")
+        lo, hi = self.difficulties.start, self.difficulties.stop - 1
+        for d in levels:
+            if d not in self.difficulties:
+                raise TinyseekError(
+                    f"task {self.name}: difficulty {d} out of range {lo}..{hi} ({self.difficulty_meaning})"
+                )
+        return levels
+
+    def generate(
+        self,
+        n: int,
+        seed: int = 0,
+        split: str = "train",
+        difficulty: int | tuple[int, int] | list[int] | None = None,
+        unique: bool = False,
+    ) -> list[dict]:
+        """n records from one side of the split; the same arguments always give the same records.
+
+        Problems are drawn i.i.d. from `split`'s side, so small problem spaces repeat problems;
+        unique=True returns n distinct problems or raises TinyseekError if the side has fewer.
+        """
+        if split not in SPLITS:
+            raise TinyseekError(f"task {self.name}: split must be 'train' or 'test', got {split!r}")
+        if not isinstance(n, int) or n < 0:
+            raise TinyseekError(f"task {self.name}: n must be a non-negative int, got {n!r}")
+        levels = self._levels(difficulty)
+        rng = random.Random(stream_seed(self.name, seed, split, levels))
+        want_test = split == "test"
+        family, draw, build = self.family or self.name, self.draw, self.build
+        records: list[dict] = []
+        seen: set[str] = set()
+        budget = 200 * n + 10_000  # expected draws: n / 0.9 (train) or n / 0.1 (test)
+        draws = 0
+        while len(records) < n:
+            if draws >= budget:
+                have = len(seen) if unique else len(records)
+                raise TinyseekError(
+                    f"task {self.name}: the {split} split at difficulty {difficulty if difficulty is not None else self.default_difficulty} "
+                    f"supplied only {have} {'distinct ' if unique else ''}problems of {n} after {draws} draws; "
+                    f"ask for fewer, raise the difficulty{', or pass unique=False' if unique else ''}"
+                )
+            draws += 1
+            level = levels[0] if len(levels) == 1 else rng.choice(levels)
+            key, problem = draw(rng, level)
+            h = problem_hash(family, key)
+            if (h % 1000 < TEST_FRACTION_PER_MILLE) != want_test:
+                continue
+            if unique:
+                if key in seen:
+                    continue
+                seen.add(key)
+            rec = {"id": f"{self.name}-{h:016x}", "task": self.name}
+            rec.update(build(rng, problem, level))
+            rec["difficulty"] = level
+            records.append(rec)
+        return records
+
+    def info(self) -> str:
+        lo, hi = self.difficulties.start, self.difficulties.stop - 1
+        return f"{self.description} (difficulty {lo}..{hi}: {self.difficulty_meaning}; default {self.default_difficulty})"
