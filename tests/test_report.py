@@ -1,0 +1,120 @@
+"""The report card: every figure comes from the run's files, comparisons follow the stages' parents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tinyseek.config import ModelConfig
+from tinyseek.errors import TinyseekError
+from tinyseek.report import build_report, read_metrics, write_report
+
+
+def _stage(run: Path, name: str, kind: str, wall: float, metrics=None, summary=None, ev=None, ckpt_cfg=None):
+    d = run / name
+    d.mkdir(parents=True)
+    (d / "stage.json").write_text(json.dumps({"name": name, "kind": kind, "wall_s": wall}))
+    if metrics is not None:
+        (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    if summary is not None:
+        (d / "summary.json").write_text(json.dumps(summary))
+    if ev is not None:
+        (d / "eval.json").write_text(json.dumps(ev))
+    if ckpt_cfg is not None:
+        (d / "final").mkdir()
+        ckpt_cfg.save(d / "final" / "config.json")
+
+
+def _summary(steps, tokens, flops, elapsed):
+    return {"steps": steps, "tokens": tokens, "tokens_per_s": tokens / elapsed, "mfu": 0.01,
+            "cost": {"flops": flops, "elapsed_s": elapsed, "device": "cpu", "n_devices": 1, "price_per_device_hour": 0.05}}
+
+
+def _eval(run, stage, p1, ci, n=100):
+    return {"model": str(run / stage / "final"), "n": n, "samples": 4, "temperature": 1.0, "pass@1": p1,
+            "pass@1_ci95": ci, "cons@k": p1 + 0.01, "pass@k": min(1, p1 + 0.2), "greedy": p1, "generated_tokens": 1000}
+
+
+@pytest.fixture
+def run(tmp_path):
+    run = tmp_path / "run"
+    teacher = ModelConfig.preset("nano")
+    student = ModelConfig.preset("nano", n_routed_experts=0, n_dense_layers=3, mtp_depth=0, dim=32, inter_dim=64)
+    stages = [("sft", "sft", {"init": "x"}), ("grpo", "grpo", {"init": str(run / "sft" / "final")}),
+              ("distill", "distill", {"teacher": str(run / "grpo" / "final")}),
+              ("eval-sft", "eval", {"model": str(run / "sft" / "final")}), ("eval-grpo", "eval", {"model": str(run / "grpo" / "final")}),
+              ("eval-distill", "eval", {"model": str(run / "distill" / "final")})]
+    run.mkdir()
+    (run / "recipe.json").write_text(json.dumps({"name": "t", "stages": [{"name": n, "kind": k, "fields": f} for n, k, f in stages]}))
+    load = lambda i: {"moe_maxvio": [0.5 / i, 0.7 / i], "moe_cv": [0.1, 0.2]}  # noqa: E731
+    _stage(run, "sft", "sft", 10.0, [{"step": i, "loss": 3.0 / i, **load(i)} for i in range(1, 21)], _summary(20, 4000, 1e12, 9.0), ckpt_cfg=teacher)
+    _stage(run, "grpo", "grpo", 30.0, [{"step": i, "loss": 0.1, "reward": i / 30, "accuracy": i / 30, "completion_len": 40 - i, **load(i)}
+                                       for i in range(1, 31)], _summary(30, 9000, 3e12, 28.0), ckpt_cfg=teacher)
+    _stage(run, "distill", "distill", 5.0, [{"step": i, "loss": 2.0 / i, "ce": 1.5 / i, "kd": 0.5 / i} for i in range(1, 11)],
+           _summary(10, 2000, 1e11, 4.5), ckpt_cfg=student)
+    _stage(run, "eval-sft", "eval", 2.0, ev=_eval(run, "sft", 0.20, [0.15, 0.25]))
+    _stage(run, "eval-grpo", "eval", 2.0, ev=_eval(run, "grpo", 0.45, [0.40, 0.50]))
+    _stage(run, "eval-distill", "eval", 2.0, ev=_eval(run, "distill", 0.42, [0.37, 0.47]))
+    # a metrics line torn by a kill at the end of a file must not break the report
+    with open(run / "distill" / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 11, "lo')
+    return run
+
+
+def test_numbers_come_from_the_files(run):
+    rep = build_report(run)
+    ev = {e["stage"]: e for e in rep["evals"]}
+    for name in ("eval-sft", "eval-grpo", "eval-distill"):
+        src = json.loads((run / name / "eval.json").read_text())
+        for k in ("pass@1", "pass@1_ci95", "cons@k", "pass@k", "greedy", "n", "samples"):
+            assert ev[name][k] == src[k]
+    st = {r["name"]: r for r in rep["stages"]}
+    for name in ("sft", "grpo", "distill"):
+        metrics = read_metrics(run / name / "metrics.jsonl")
+        summ = json.loads((run / name / "summary.json").read_text())
+        assert st[name]["final_loss"] == metrics[-1]["loss"]
+        assert st[name]["flops"] == summ["cost"]["flops"]
+        assert st[name]["tokens"] == summ["tokens"]
+    assert rep["totals"]["wall_s"] == pytest.approx(10 + 30 + 5 + 6)
+    assert rep["totals"]["flops"] == pytest.approx(1e12 + 3e12 + 1e11)
+    assert rep["rl"]["reward"] == {"key": "reward", "first": 1 / 30, "last": 1.0}
+
+
+def test_each_stage_is_compared_with_its_parent(run):
+    comps = {c["stage"]: c for c in build_report(run)["comparisons"]}
+    assert set(comps) == {"grpo", "distill"}  # sft's parent is not a stage of this run
+    g = comps["grpo"]
+    assert (g["parent"], g["relation"]) == ("sft", "init")
+    assert g["delta_points"] == pytest.approx(25.0)
+    assert g["ci_disjoint"] is True
+    d = comps["distill"]
+    assert (d["parent"], d["relation"]) == ("grpo", "teacher")
+    assert d["ratio"] == pytest.approx(0.42 / 0.45)
+    assert d["ci_disjoint"] is False
+    from tinyseek import cost
+
+    t = ModelConfig.preset("nano")
+    s = ModelConfig.preset("nano", n_routed_experts=0, n_dense_layers=3, mtp_depth=0, dim=32, inter_dim=64)
+    assert d["active_params_ratio"] == pytest.approx(cost.active_params(s) / cost.active_params(t))
+
+
+def test_write_report_files_and_plots(run):
+    rep = write_report(run)
+    d = run / "report"
+    assert json.loads((d / "report.json").read_text())["evals"] == json.loads(json.dumps(rep["evals"]))
+    md = (d / "report.md").read_text()
+    assert "| eval-grpo | grpo (grpo) |" in md and "45.0" in md and "| 2,788,000 | 5,576,000 |" in md
+    for png in ("accuracy.png", "losses.png", "rl.png", "expert_load.png"):
+        assert (d / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "DeepSeek-V3 (published)" in rep["console"] and "5,576,000" in rep["console"]
+
+
+def test_not_a_run_and_bad_lines_are_named(tmp_path, run):
+    with pytest.raises(TinyseekError, match="no recipe.json"):
+        build_report(tmp_path)
+    p = run / "sft" / "metrics.jsonl"
+    p.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(TinyseekError, match=r"metrics.jsonl:2: invalid JSON"):
+        build_report(run)

@@ -1,0 +1,536 @@
+"""The report card of a run: what every stage achieved and what it cost, as JSON, Markdown and PNG plots.
+
+Every figure is read from the files the stages wrote (`RUN/recipe.json`, and in each stage directory
+`stage.json`, `summary.json`, `metrics.jsonl`, `eval.json`); nothing is typed in by hand. The only
+constants are labelled assumptions: prices per device-hour, the H200 throughputs measured on a lent H200
+(transformers' DeepseekV3 of the `gpu-500m` shape, see dev/LOG.md and the notes it cites), and
+DeepSeek-V3's published budget (2.788M H800-hours, $5.576M, 14.8T tokens; report 2412.19437 §1).
+
+    tinyseek report RUN            # writes RUN/report/{report.json, report.md, *.png}, prints the tables
+
+Stages compare against their parent: an evaluated stage whose config starts from another evaluated
+stage's checkpoint (`init`, or `teacher` for distillation) gets a delta row. That is how the report says
+"GRPO vs the SFT it started from" and "student vs teacher" without knowing the recipe's names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from tinyseek.errors import TinyseekError
+
+REPORT_DIR = "report"
+
+# labelled assumptions (not measurements of this run)
+H200_TRAIN_TOKENS_PER_S = 108_000.0  # transformers DeepseekV3 673M/138M (gpu-500m shape), bf16, grouped_mm, batch 16x1024
+H200_GENERATE_TOKENS_PER_S = 1_390.0  # same model, HF generate, batch 64 x 256 new tokens
+H200_SOURCE = "measured on a lent H200, 2026-11-28 (transformers DeepseekV3 of the gpu-500m shape; /work/shared/notes/h200-measured.md)"
+V3_H800_HOURS = 2.788e6
+V3_COST_USD = 5.576e6
+V3_TOKENS = 14.8e12
+V3_SOURCE = "DeepSeek-V3 technical report (2412.19437), Table 1: 2.788M H800 GPU-hours at $2/hour, 14.8T pretraining tokens"
+
+RL_KEYS = {  # first key present wins; the GRPO stage's metrics.jsonl names
+    "reward": ("reward", "reward_mean", "rewards/mean"),
+    "accuracy": ("accuracy", "acc", "reward_accuracy", "accuracy_reward"),
+    "response length": ("completion_len", "response_len", "completion_length", "mean_completion_len", "length"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# reading a run
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TinyseekError(f"{path}: invalid JSON ({e})") from None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl as a list of dicts; a torn last line (a killed writer) is ignored, any other bad line is an error."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines):
+                break
+            raise TinyseekError(f"{path}:{i}: invalid JSON line") from None
+    return out
+
+
+def _stage_of(path: Any, run: Path) -> str | None:
+    """Which stage of the run a checkpoint path belongs to (RUN/<stage>/...), or None."""
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        rel = Path(path).resolve().relative_to(run.resolve())
+    except ValueError:
+        return None
+    return rel.parts[0] if rel.parts else None
+
+
+def _model_params(ckpt: Path) -> dict | None:
+    from tinyseek import cost
+    from tinyseek.checkpoint import read_config
+
+    try:
+        cfg = read_config(ckpt)
+    except TinyseekError:
+        return None
+    return {"total": cost.total_params(cfg), "active": cost.active_params(cfg), "moe": cfg.is_moe,
+            "dim": cfg.dim, "n_layers": cfg.n_layers, "vocab_size": cfg.vocab_size,
+            "n_routed_experts": cfg.n_routed_experts, "n_activated_experts": cfg.n_activated_experts,
+            "mtp_depth": cfg.mtp_depth}
+
+
+def load_run(run: str | Path) -> dict:
+    """Everything the report needs, read from disk: the stage list and each stage's files."""
+    run = Path(run)
+    recipe = _read_json(run / "recipe.json")
+    if recipe is None:
+        raise TinyseekError(f"{run}: not a recipe run directory (no recipe.json; run `tinyseek run` first)")
+    stages = []
+    for s in recipe["stages"]:
+        d = run / s["name"]
+        stages.append({
+            "name": s["name"], "kind": s["kind"], "fields": s.get("fields", {}), "dir": d,
+            "marker": _read_json(d / "stage.json"),
+            "summary": _read_json(d / "summary.json"),
+            "metrics": read_metrics(d / "metrics.jsonl"),
+            "eval": _read_json(d / "eval.json"),
+        })
+    return {"run": run, "recipe": recipe, "stages": stages}
+
+
+# ----------------------------------------------------------------------------------------------
+# the report
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
+
+
+def _ci_disjoint(a: list[float] | None, b: list[float] | None) -> bool | None:
+    if not a or not b:
+        return None
+    return a[0] > b[1] or b[0] > a[1]
+
+
+def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_price: float | None = None) -> dict:
+    """The report as a JSON-able dict (also the source of the Markdown and the console tables)."""
+    from tinyseek import cost
+    from tinyseek.config import ModelConfig
+    from tinyseek.train.loop import TrainConfig
+
+    data = load_run(run)
+    run = data["run"]
+    defaults = TrainConfig()
+    cpu_price = defaults.cpu_hour_price if cpu_hour_price is None else cpu_hour_price
+    gpu_price = defaults.gpu_hour_price if gpu_hour_price is None else gpu_hour_price
+    by_name = {s["name"]: s for s in data["stages"]}
+
+    # -- stages and costs
+    stage_rows = []
+    for s in data["stages"]:
+        m, summ = s["marker"] or {}, s["summary"] or {}
+        c = summ.get("cost", {})
+        wall = m.get("wall_s")
+        row = {"name": s["name"], "kind": s["kind"], "complete": s["marker"] is not None, "wall_s": wall,
+               "steps": summ.get("steps"), "tokens": summ.get("tokens"), "tokens_per_s": summ.get("tokens_per_s"),
+               "train_s": c.get("elapsed_s"), "flops": c.get("flops"), "mfu": summ.get("mfu")}
+        device = c.get("device", "cpu")
+        price = c.get("price_per_device_hour", gpu_price if device == "cuda" else cpu_price)
+        hours = (wall or 0.0) / 3600 * c.get("n_devices", 1)  # the whole stage's wall time, not only its train steps
+        row.update(device=device, device_hours=hours, cost_usd=hours * price)
+        if s["metrics"]:
+            last = s["metrics"][-1]
+            row["final_loss"] = last.get("loss")
+            row["final_step"] = last.get("step")
+        if s["eval"]:
+            row["generated_tokens"] = s["eval"].get("generated_tokens")
+        stage_rows.append(row)
+
+    # -- evaluations
+    evals = []
+    for s in data["stages"]:
+        e = s["eval"]
+        if not e:
+            continue
+        model_stage = _stage_of(e.get("model") or s["fields"].get("model"), run)
+        ms = by_name.get(model_stage)
+        params = _model_params(Path(e.get("model") or s["fields"].get("model", ""))) if (e.get("model") or s["fields"].get("model")) else None
+        evals.append({
+            "stage": s["name"], "model_stage": model_stage, "model_kind": ms["kind"] if ms else None,
+            "n": e.get("n"), "samples": e.get("samples"), "temperature": e.get("temperature"),
+            "pass@1": e.get("pass@1"), "pass@1_ci95": e.get("pass@1_ci95"),
+            "pass@k": e.get("pass@k"), "cons@k": e.get("cons@k"),
+            "greedy": e.get("greedy"), "greedy_ci95": e.get("greedy_ci95"),
+            "format": e.get("format"), "mean_response_tokens": e.get("mean_response_tokens"),
+            "params": params,
+        })
+
+    # -- each evaluated stage against the evaluated stage it started from
+    eval_of = {e["model_stage"]: e for e in evals if e["model_stage"]}
+    comparisons = []
+    for e in evals:
+        st = by_name.get(e["model_stage"])
+        if st is None:
+            continue
+        for rel in ("init", "teacher"):
+            parent = _stage_of(st["fields"].get(rel), run)
+            pe = eval_of.get(parent)
+            if parent is None or pe is None or pe is e or e["pass@1"] is None or pe["pass@1"] is None:
+                continue
+            comp = {"stage": e["model_stage"], "kind": st["kind"], "parent": parent, "relation": rel,
+                    "pass@1": e["pass@1"], "parent_pass@1": pe["pass@1"],
+                    "delta_points": 100 * (e["pass@1"] - pe["pass@1"]),
+                    "ratio": e["pass@1"] / pe["pass@1"] if pe["pass@1"] else None,
+                    "ci_disjoint": _ci_disjoint(e["pass@1_ci95"], pe["pass@1_ci95"])}
+            if e["params"] and pe["params"]:
+                comp["active_params_ratio"] = e["params"]["active"] / pe["params"]["active"]
+            comparisons.append(comp)
+
+    # -- totals and projections
+    tot_wall = sum(r["wall_s"] or 0 for r in stage_rows)
+    tot_flops = sum(r["flops"] or 0 for r in stage_rows)
+    tot_tokens = sum(r["tokens"] or 0 for r in stage_rows if r["kind"] in ("pretrain", "sft", "distill"))
+    gen_tokens = sum(r.get("generated_tokens") or 0 for r in stage_rows)
+    rl_tokens = sum(r["tokens"] or 0 for r in stage_rows if r["kind"] == "grpo")
+    tot_hours = sum(r["device_hours"] for r in stage_rows)
+    tot_cost = sum(r["cost_usd"] for r in stage_rows)
+    g = ModelConfig.preset("gpu-500m")
+    seq = 1024
+    proj_train_s = (tot_tokens + rl_tokens) / H200_TRAIN_TOKENS_PER_S
+    proj_gen_s = gen_tokens / H200_GENERATE_TOKENS_PER_S
+    proj_hours = (proj_train_s + proj_gen_s) / 3600
+    v3 = ModelConfig.preset("deepseek-v3-671b")
+    v3_flops = V3_TOKENS * cost.train_flops_per_token(v3, 4096)
+    cost_rows = [
+        {"what": "this run (measured)", "flops": tot_flops, "wall_s": tot_wall, "device_hours": tot_hours,
+         "cost_usd": tot_cost, "basis": f"stage wall times; ${cpu_price}/CPU-machine-hour, ${gpu_price}/GPU-hour (configurable)"},
+        {"what": "same token counts, gpu-500m on one H200 (projected)",
+         "flops": (tot_tokens + rl_tokens) * cost.train_flops_per_token(g, seq) + gen_tokens * cost.inference_flops_per_token(g, seq // 2),
+         "wall_s": proj_hours * 3600, "device_hours": proj_hours, "cost_usd": proj_hours * gpu_price,
+         "basis": f"{H200_TRAIN_TOKENS_PER_S:,.0f} training tokens/s and {H200_GENERATE_TOKENS_PER_S:,.0f} generated tokens/s, {H200_SOURCE}; ${gpu_price}/GPU-hour"},
+        {"what": "DeepSeek-V3 (published)", "flops": v3_flops, "wall_s": None, "device_hours": V3_H800_HOURS,
+         "cost_usd": V3_COST_USD, "basis": f"{V3_SOURCE}; FLOPs computed here from the config (6N + attention, 14.8T tokens at 4K)"},
+    ]
+
+    # -- RL curves (first GRPO stage) and expert balance
+    rl = {}
+    for s in data["stages"]:
+        if s["kind"] == "grpo" and s["metrics"]:
+            rl = {"stage": s["name"], "steps": len(s["metrics"])}
+            for label, keys in RL_KEYS.items():
+                k = next((k for k in keys if k in s["metrics"][0]), None)
+                if k:
+                    vals = [r.get(k) for r in s["metrics"]]
+                    rl[label] = {"key": k, "first": vals[0], "last": vals[-1]}
+            break
+
+    rep = {
+        "run": str(run), "recipe": data["recipe"].get("name"), "machine": _machine(),
+        "stages": stage_rows, "evals": evals, "comparisons": comparisons, "cost": cost_rows, "rl": rl,
+        "totals": {"wall_s": tot_wall, "flops": tot_flops, "train_tokens": tot_tokens, "rl_tokens": rl_tokens,
+                   "generated_tokens_eval": gen_tokens, "device_hours": tot_hours, "cost_usd": tot_cost},
+        "prices": {"cpu_hour_usd": cpu_price, "gpu_hour_usd": gpu_price},
+        "plots": [],
+    }
+    return rep
+
+
+# ----------------------------------------------------------------------------------------------
+# text
+
+
+def _f(x: Any, fmt: str = "{:.1f}", none: str = "—") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return none
+    return fmt.format(x)
+
+
+def _pct(x: Any) -> str:
+    return _f(None if x is None else 100 * x, "{:.1f}")
+
+
+def _ci(ci: Any) -> str:
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "—"
+
+
+def _human(x: Any) -> str:
+    if x is None:
+        return "—"
+    for unit, scale in (("e24", 1e24), ("e21", 1e21), ("e18", 1e18), ("e15", 1e15), ("e12", 1e12)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.3g}"
+
+
+def _money(x: Any) -> str:
+    """Hours or dollars: whole numbers with separators when large, 3 significant digits when small."""
+    if x is None:
+        return "—"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def accuracy_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["stage", "model", "params (active / total)", "pass@1 %", "95% CI", "cons@k %", "pass@k %", "greedy %", "k", "n"]
+    rows = []
+    for e in rep["evals"]:
+        p = e["params"]
+        rows.append([e["stage"], f"{e['model_stage']} ({e['model_kind']})",
+                     f"{p['active'] / 1e6:.2f}M / {p['total'] / 1e6:.2f}M" if p else "—",
+                     _pct(e["pass@1"]), _ci(e["pass@1_ci95"]), _pct(e["cons@k"]), _pct(e["pass@k"]), _pct(e["greedy"]),
+                     _f(e["samples"], "{}"), _f(e["n"], "{}")])
+    return head, rows
+
+
+def comparison_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["stage", "vs", "pass@1 %", "vs %", "delta (points)", "ratio", "95% CIs disjoint", "active params ratio"]
+    rows = [[c["stage"], f"{c['parent']} ({c['relation']})", _pct(c["pass@1"]), _pct(c["parent_pass@1"]),
+             _f(c["delta_points"], "{:+.1f}"), _f(c["ratio"], "{:.2f}"),
+             {True: "yes", False: "no", None: "—"}[c["ci_disjoint"]], _f(c.get("active_params_ratio"), "{:.2f}")]
+            for c in rep["comparisons"]]
+    return head, rows
+
+
+def stage_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["stage", "kind", "wall s", "train s", "steps", "tokens", "tokens/s", "FLOPs", "final loss", "device-h", "$"]
+    rows = [[r["name"], r["kind"], _f(r["wall_s"]), _f(r["train_s"]), _f(r["steps"], "{}"), _f(r["tokens"], "{:,}"),
+             _f(r["tokens_per_s"], "{:,.0f}"), _human(r["flops"]), _f(r.get("final_loss"), "{:.3f}"),
+             _f(r["device_hours"], "{:.4f}"), _f(r["cost_usd"], "{:.4f}")] for r in rep["stages"]]
+    return head, rows
+
+
+def cost_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["", "FLOPs", "wall time", "device-hours", "cost $"]
+    rows = []
+    for c in rep["cost"]:
+        wall = c["wall_s"]
+        w = "—" if wall is None else f"{wall:.0f} s" if wall < 3600 else f"{wall / 3600:.1f} h"
+        rows.append([c["what"], _human(c["flops"]), w, _money(c["device_hours"]), _money(c["cost_usd"])])
+    return head, rows
+
+
+def render_markdown(rep: dict) -> str:
+    out = [f"# Report card: {rep['recipe']} ({rep['run']})", "", f"Machine: {rep['machine']}.", ""]
+    t = rep["totals"]
+    out += [f"Total wall time of the stages: {t['wall_s']:.0f} s. Every figure below is read from this run's files "
+            "(stage.json, summary.json, metrics.jsonl, eval.json); the projections' assumptions are stated beside them.", ""]
+    out += ["## Accuracy on the held-out problems", ""] + _table(*accuracy_rows(rep)) + [""]
+    out += ["pass@1 is the mean over k samples per problem; the 95% interval is over problems. cons@k is majority vote "
+            "over the k samples, pass@k any of them; greedy is temperature 0.", ""]
+    if rep["comparisons"]:
+        out += ["## Each stage against the one it started from", ""] + _table(*comparison_rows(rep)) + [""]
+    if rep["rl"]:
+        r = rep["rl"]
+        bits = [f"{k} {_f(v['first'], '{:.3g}')} -> {_f(v['last'], '{:.3g}')}" for k, v in r.items() if isinstance(v, dict)]
+        out += ["## Reinforcement learning", "", f"{r['stage']}: {r['steps']} steps; " + "; ".join(bits) + ".", ""]
+    out += ["## Stages", ""] + _table(*stage_rows(rep)) + [""]
+    out += ["## Cost", ""] + _table(*cost_rows(rep)) + [""]
+    out += [f"- {c['what']}: {c['basis']}." for c in rep["cost"]] + [""]
+    if rep["plots"]:
+        out += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in rep["plots"]] + [""]
+    return "\n".join(out)
+
+
+def render_console(rep: dict) -> str:
+    def fmt(head, rows):
+        w = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
+        line = lambda r: "  ".join(str(x).ljust(n) for x, n in zip(r, w))  # noqa: E731
+        return "\n".join([line(head), line(["-" * n for n in w])] + [line(r) for r in rows])
+
+    parts = [f"report card: {rep['run']}   ({rep['machine']})", "", fmt(*accuracy_rows(rep))]
+    if rep["comparisons"]:
+        parts += ["", fmt(*comparison_rows(rep))]
+    parts += ["", fmt(*stage_rows(rep)), "", fmt(*cost_rows(rep)),
+              "", f"written: {Path(rep['run']) / REPORT_DIR / 'report.md'}"]
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(rep: dict, path: Path) -> bool:
+    evals = [e for e in rep["evals"] if e["pass@1"] is not None]
+    if not evals:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(evals) + 2), 4))
+    xs = range(len(evals))
+    p1 = [100 * e["pass@1"] for e in evals]
+    lo = [100 * (e["pass@1"] - e["pass@1_ci95"][0]) if e["pass@1_ci95"] else 0 for e in evals]
+    hi = [100 * (e["pass@1_ci95"][1] - e["pass@1"]) if e["pass@1_ci95"] else 0 for e in evals]
+    ax.bar(xs, p1, yerr=[lo, hi], capsize=4, color="#4c72b0", label="pass@1 (95% CI)")
+    for key, marker, color in (("cons@k", "D", "#dd8452"), ("greedy", "o", "#55a868")):
+        ys = [100 * e[key] if e[key] is not None else math.nan for e in evals]
+        if any(not math.isnan(y) for y in ys):
+            ax.scatter(xs, ys, marker=marker, color=color, zorder=3, label=key if key != "cons@k" else f"cons@{evals[0]['samples']}")
+    for x, y, h in zip(xs, p1, hi):
+        ax.text(x, y + h + 1.5, f"{y:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(xs), [f"{e['model_stage']}\n({e['model_kind']})" for e in evals], fontsize=8)
+    ax.set_ylabel("% of held-out problems")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"Accuracy per stage (n = {evals[0]['n']} held-out problems)")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_losses(data: dict, path: Path) -> bool:
+    stages = [s for s in data["stages"] if s["kind"] in ("pretrain", "sft", "distill") and s["metrics"]]
+    if not stages:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.2), squeeze=False)
+    for ax, s in zip(axes[0], stages):
+        steps = [r["step"] for r in s["metrics"]]
+        for key, style in (("loss", "-"), ("ce", "--"), ("kd", ":"), ("eval_loss", "o")):
+            ys = [r.get(key) for r in s["metrics"]]
+            pts = [(x, y) for x, y in zip(steps, ys) if isinstance(y, (int, float))]
+            if pts and (key != "ce" or any(r.get("ce") != r.get("loss") for r in s["metrics"])):
+                ax.plot(*zip(*pts), style, label=key, markersize=3)
+        ax.set_title(f"{s['name']} ({s['kind']})", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_rl(data: dict, path: Path) -> bool:
+    s = next((s for s in data["stages"] if s["kind"] == "grpo" and s["metrics"]), None)
+    if s is None:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    steps = [r["step"] for r in s["metrics"]]
+    for ax, (label, keys) in zip(axes, RL_KEYS.items()):
+        k = next((k for k in keys if k in s["metrics"][0]), None)
+        if k is not None:
+            ys = [r.get(k) for r in s["metrics"]]
+            pts = [(x, y) for x, y in zip(steps, ys) if isinstance(y, (int, float))]
+            ax.plot(*zip(*pts), ".", markersize=3, alpha=0.4)
+            w = max(1, len(pts) // 10)  # running mean over a tenth of the run
+            sm = [sum(y for _, y in pts[max(0, i - w + 1):i + 1]) / len(pts[max(0, i - w + 1):i + 1]) for i in range(len(pts))]
+            ax.plot([x for x, _ in pts], sm, "-", color="#c44e52")
+        ax.set_title(f"{label} ({k or 'not logged'})", fontsize=9)
+        ax.set_xlabel(f"{s['name']} step")
+    fig.suptitle("Reinforcement learning on the training problems (rollouts at the sampling temperature)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_expert_load(data: dict, path: Path) -> bool:
+    """MaxVio (max expert load / mean load - 1, the loss-free balancing paper's measure) per MoE layer,
+    over the steps of every MoE training stage laid end to end."""
+    stages = [s for s in data["stages"] if s["metrics"] and any("moe_maxvio" in r for r in s["metrics"])]
+    if not stages:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    offset = 0
+    n_layers = max(len(r["moe_maxvio"]) for s in stages for r in s["metrics"] if "moe_maxvio" in r)
+    colors = plt.cm.viridis([i / max(1, n_layers - 1) for i in range(n_layers)])
+    for si, s in enumerate(stages):
+        rows = [r for r in s["metrics"] if "moe_maxvio" in r]
+        for layer in range(n_layers):
+            pts = [(offset + r["step"], r["moe_maxvio"][layer]) for r in rows if layer < len(r["moe_maxvio"]) and r["moe_maxvio"][layer] is not None]
+            if pts:
+                ax.plot(*zip(*pts), color=colors[layer], lw=1, label=f"MoE layer {layer + 1}" if si == 0 else None)
+        end = offset + max(r["step"] for r in rows)
+        ax.axvline(end, color="gray", lw=0.5, ls="--")
+        ax.text((offset + end) / 2, 1.0, s["name"], transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
+        offset = end
+    ax.set_xlabel("step (stages laid end to end)")
+    ax.set_ylabel("MaxVio (max/mean load - 1)")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+def write_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_price: float | None = None,
+                 plots: bool = True) -> dict:
+    """Build the report and write RUN/report/ (atomically); returns the report with a "console" string added."""
+    from tinyseek.checkpoint import atomic_dir
+
+    run = Path(run)
+    rep = build_report(run, cpu_hour_price, gpu_hour_price)
+    data = load_run(run) if plots else None
+    with atomic_dir(run / REPORT_DIR) as tmp:
+        if plots:
+            for name, fn, arg in (("accuracy.png", plot_accuracy, rep), ("losses.png", plot_losses, data),
+                                  ("rl.png", plot_rl, data), ("expert_load.png", plot_expert_load, data)):
+                if fn(arg, tmp / name):
+                    rep["plots"].append(str(run / REPORT_DIR / name))
+        (tmp / "report.json").write_text(json.dumps(rep, indent=2, default=str) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(render_markdown(rep), encoding="utf-8")
+    rep["console"] = render_console(rep)
+    return rep
+
+
+def cli_report(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="tinyseek report", description="Write the report card of a recipe run: "
+                                "RUN/report/report.json, report.md and PNG plots; prints the tables.")
+    p.add_argument("run", help="a run directory written by `tinyseek run` / `tinyseek demo`")
+    p.add_argument("--cpu-hour-price", type=float, default=None, help="$ per CPU-machine-hour (default: the training loop's)")
+    p.add_argument("--gpu-hour-price", type=float, default=None, help="$ per GPU-hour (default: the training loop's, $2 as DeepSeek-V3's report)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    a = p.parse_args(argv)
+    rep = write_report(a.run, a.cpu_hour_price, a.gpu_hour_price, plots=not a.no_plots)
+    print(rep["console"])
+    return 0
