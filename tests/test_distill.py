@@ -81,8 +81,7 @@ def _examples(n, vocab=40, seed=0):
         L = int(torch.randint(5, 20, (1,), generator=g))
         toks = torch.randint(1, vocab, (L,), generator=g).tolist()
         p = int(torch.randint(1, L - 1, (1,), generator=g))  # prompt length: no loss on the prompt
-        targets = [-100] * (p - 1) + toks[p:] + [-100]
-        out.append((toks, targets))
+        out.append((toks, [-100] * p + toks[p:]))  # (ids, labels) as tinyseek.data makes them
     return out
 
 
@@ -93,11 +92,11 @@ def test_cached_topk_gives_the_same_loss_as_on_the_fly(tmp_path):
     cache = build_teacher_cache(teacher, ex, k=6, temperature=2.0, batch_size=5)
     cache.save(tmp_path / "c.safetensors")
     cache = TeacherCache.load(tmp_path / "c.safetensors", expect={"k": 6, "temperature": 2.0})
-    from tinyseek.train.distill_loss import pad_batch
+    from tinyseek.data import collate
 
     for ids in ([3, 1, 7, 22], [0], list(range(23))):  # batches in a different grouping than the cache's
-        tokens, targets = pad_batch([ex[i] for i in ids])
-        mask = targets != -100
+        mb = collate([ex[i] for i in ids], 0)
+        tokens, mask = mb["tokens"], mb["targets"] != -100
         s_logits = student(tokens).logits[mask]
         with torch.no_grad():
             fly = teacher_topk(teacher(tokens).logits[mask], 6, 2.0)

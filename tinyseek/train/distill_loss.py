@@ -141,46 +141,37 @@ class TeacherCache:
 
 
 def data_hash(examples: list[tuple[list[int], list[int]]]) -> str:
-    """A fingerprint of tokenised examples (tokens, targets): a cache is only valid for the data it was built on."""
+    """A fingerprint of tokenised examples (ids, labels): a cache is only valid for the data it was built on."""
     h = hashlib.sha256()
-    for tokens, targets in examples:
-        h.update(json.dumps([tokens, targets]).encode())
+    for ids, labels in examples:
+        h.update(json.dumps([ids, labels]).encode())
     return h.hexdigest()[:16]
 
 
 @torch.no_grad()
 def build_teacher_cache(teacher: torch.nn.Module, examples: list[tuple[list[int], list[int]]], k: int,
-                        temperature: float, batch_size: int = 16, meta: dict | None = None) -> TeacherCache:
-    """Run the teacher over `examples` (token ids, next-token targets with -100 = not trained) and keep top-k.
+                        temperature: float, batch_size: int = 16, pad_id: int = 0, meta: dict | None = None) -> TeacherCache:
+    """Run the teacher over SFT `examples` ((ids, labels) as tinyseek.data makes them) and keep its top-k.
 
-    Examples go through the teacher one padded batch at a time; padding is on the right and attention is
-    causal, so a position's log-probs do not depend on what pads the batch.
+    Examples go through the teacher one `tinyseek.data.collate` batch at a time; padding is on the right
+    and attention is causal, so a position's log-probs do not depend on what else is in the batch.
     """
+    from tinyseek.data import collate
+
+    was_training = teacher.training
     teacher.eval()
     logps, idxs, counts = [], [], []
     for b in range(0, len(examples), batch_size):
-        chunk = examples[b:b + batch_size]
-        tokens, targets = pad_batch(chunk)
-        out = teacher(tokens)
-        mask = targets != -100  # [B, T]
-        lp, ix = teacher_topk(out.logits[mask], k, temperature)
+        mb = collate(examples[b:b + batch_size], pad_id)
+        mask = mb["targets"] != -100  # [B, T]
+        lp, ix = teacher_topk(teacher(mb["tokens"]).logits[mask], k, temperature)
         logps.append(lp)
         idxs.append(ix.to(torch.int32))
         counts += mask.sum(dim=1).tolist()
+    teacher.train(was_training)
     offsets = torch.zeros(len(examples) + 1, dtype=torch.int64)
     offsets[1:] = torch.tensor(counts, dtype=torch.int64).cumsum(0)
     logp = torch.cat(logps) if logps else torch.zeros(0, k)
     idx = torch.cat(idxs) if idxs else torch.zeros(0, k, dtype=torch.int32)
     info = {"k": k, "temperature": temperature, "data": data_hash(examples), **(meta or {})}
     return TeacherCache(logp, idx, offsets, info)
-
-
-def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """[(tokens, targets)] -> tokens [B, T] (right-padded with pad_id), targets [B, T] (-100 on padding)."""
-    T = max(len(t) for t, _ in examples)
-    tokens = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    targets = torch.full((len(examples), T), -100, dtype=torch.long)
-    for i, (t, y) in enumerate(examples):
-        tokens[i, :len(t)] = torch.tensor(t, dtype=torch.long)
-        targets[i, :len(y)] = torch.tensor(y, dtype=torch.long)
-    return tokens, targets
