@@ -200,3 +200,740 @@ def token_logprobs(hidden: torch.Tensor, ids: torch.Tensor, head: torch.nn.Modul
         z = hidden.new_zeros(0, dtype=torch.float32)
         return z, z
     return torch.cat(outs), torch.cat(ents)
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+from tinyseek.train.loop import TrainConfig  # noqa: E402  (after the pure maths, which needs nothing else)
+
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
+    "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
+    "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
+    "User: {prompt}. Assistant:"
+)  # DeepSeek-R1 paper, Table 1
+
+
+@dataclass
+class GrpoConfig(TrainConfig):
+    """`tinyseek grpo` fields. One loop step = one rollout batch of `batch_size` prompts x `group_size`
+    completions, followed by `num_iterations` optimizer updates on it. Loop fields keep their meaning
+    except `batch_size` (prompts per step, not sequences) and `grad_accum` (unused: `micro_batch` sets the
+    sequences per forward/backward)."""
+
+    # the loop's defaults, re-tuned for RL (notes: AdamW 1e-4 constant was stable, 3e-4 collapsed)
+    max_steps: int = 100
+    batch_size: int = 32  # prompts per step
+    lr: float = 1e-4
+    min_lr_ratio: float = 1.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    beta2: float = 0.99
+    # model and data
+    model: str = ""  # tinyseek checkpoint dir, a transformers model dir, or a .gguf file
+    tokenizer: str = ""  # default: the model's own
+    task: str = "arithmetic"  # prompts from tinyseek.tasks (train split) unless `data` is given
+    difficulty: int | None = None
+    data: str = ""  # prompt records (JSONL / Parquet / datasets dir) with at least `prompt`
+    prompt_template: str = "chat"  # chat | r1-zero | raw | any text holding {prompt}
+    system_prompt: str = ""
+    # rollouts
+    group_size: int = 8  # G completions per prompt
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    rollout_impl: str = "engine"  # engine (KV cache, shared prefill) | plain (reference: full recompute per token)
+    # rewards: names from tinyseek.rewards (accuracy, format, language, length) or `pkg.mod:func` (TRL signature)
+    rewards: list[str] = field(default_factory=lambda: ["accuracy"])
+    reward_weights: list[float] = field(default_factory=list)  # default: 1 each
+    # the objective
+    loss_type: str = "dapo"  # grpo | dr_grpo | dapo
+    epsilon: float = 0.2
+    epsilon_high: float | None = None  # None = epsilon (symmetric)
+    beta: float = 0.0  # KL weight; 0 = no reference model kept
+    scale_rewards: str = "group"  # group | batch | none
+    std_threshold: float = 1e-6  # a group with reward std <= this has zero advantage
+    dynamic_sampling: bool = True  # drop zero-advantage groups from the update
+    mask_truncated_completions: bool = False  # completions cut at max_new_tokens get no loss
+    num_iterations: int = 1  # optimizer updates per rollout batch (old log-probs kept for the ratio)
+    # memory / speed
+    micro_batch: int = 64  # sequences per forward/backward
+    logprob_impl: str = "chunked"  # chunked | full (reference)
+    logprob_chunk: int = 2048  # tokens per head chunk
+    # logging and evaluation
+    sample_every: int = 10  # write RUN/samples/step-N.jsonl every N steps (0 = never)
+    samples_logged: int = 16  # completions per samples file
+    eval_data: str = ""  # held-out records; default: the task's test split
+    eval_n: int = 200
+    eval_samples: int = 1  # pass@1 = mean accuracy over this many samples per problem at eval_temperature
+    eval_temperature: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+
+        def need(cond: bool, name: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{name}: {msg} (got {getattr(self, name)!r})")
+
+        need(bool(self.model), "model", "a checkpoint to train is required")
+        need(self.group_size >= 2, "group_size", "must be >= 2 (advantages are relative to the group)")
+        need(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        need(self.temperature > 0, "temperature", "rollouts must sample (temperature > 0)")
+        need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        need(self.rollout_impl in ("engine", "plain"), "rollout_impl", "must be engine or plain")
+        need(bool(self.rewards), "rewards", "at least one reward function")
+        need(not self.reward_weights or len(self.reward_weights) == len(self.rewards), "reward_weights",
+             f"needs one weight per reward ({len(self.rewards)})")
+        need(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}")
+        need(self.scale_rewards in SCALE_REWARDS, "scale_rewards", f"must be one of {', '.join(SCALE_REWARDS)}")
+        need(0 <= self.epsilon < 1, "epsilon", "must be in [0, 1)")
+        need(self.epsilon_high is None or self.epsilon_high >= 0, "epsilon_high", "must be >= 0")
+        need(self.beta >= 0, "beta", "must be >= 0")
+        need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
+        need(self.micro_batch >= 1, "micro_batch", "must be >= 1")
+        need(self.logprob_impl in ("chunked", "full"), "logprob_impl", "must be chunked or full")
+        need(self.eval_samples >= 1, "eval_samples", "must be >= 1")
+        need(self.prompt_template in ("chat", "r1-zero", "raw") or "{prompt}" in self.prompt_template, "prompt_template",
+             "must be chat, r1-zero, raw, or a text holding {prompt}")
+
+
+# ----------------------------------------------------------------------------------------------
+# the policy: one interface over tinyseek models and transformers causal LMs
+
+
+@dataclass
+class Sample:
+    """One completion of a rollout. `token_ids` are the tokens the loss scores (the end-of-sequence token
+    included when the model stopped on it, so stopping is learned); `text` excludes it."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # stop | length
+
+
+class Policy:
+    """What GRPO needs from a model, for a tinyseek `Transformer` (kind "tinyseek") or a transformers causal
+    LM (kind "hf"): final hidden states and the output head (log-probs are taken from those in chunks),
+    prompt rendering and decoding, sampling, and saving.
+
+    For transformers models the hidden states are the decoder's `last_hidden_state` and the head is
+    `get_output_embeddings()`; that equals the model's logits for Llama-style models (SmolLM2), not for
+    models that post-process logits (soft-capping), which this does not support.
+    """
+
+    def __init__(self, module: torch.nn.Module, tokenizer, kind: str, source: str = ""):
+        self.module, self.tok, self.kind, self.source = module, tokenizer, kind, source
+        self._engine = None
+        self._engine_key = None
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str, tokenizer: str = "") -> "Policy":
+        from pathlib import Path
+
+        from tinyseek.checkpoint import is_hf_dir
+        from tinyseek.errors import TinyseekError
+
+        p = Path(path)
+        if p.suffix == ".gguf" or (p.is_dir() and is_hf_dir(p) and _model_type(p) != "deepseek_v3"):
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            if not p.exists():
+                raise TinyseekError(f"{p}: no such model file")
+            kw = {"gguf_file": p.name} if p.suffix == ".gguf" else {}
+            where = str(p.parent if p.suffix == ".gguf" else p)
+            try:
+                model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kw)
+                tok = AutoTokenizer.from_pretrained(tokenizer or where, **({} if tokenizer else kw))
+            except (OSError, ValueError) as e:
+                raise TinyseekError(f"{p}: cannot load as a transformers model ({str(e).splitlines()[0]})") from None
+            return cls(model, tok, "hf", str(p))
+        from tinyseek import load_model
+        from tinyseek.tokenizer import Tokenizer
+
+        model = load_model(p)
+        tok_path = Path(tokenizer) if tokenizer else p
+        return cls(model, Tokenizer.load(tok_path), "tinyseek", str(p))
+
+    # -- text ------------------------------------------------------------------------------------
+    @property
+    def eos_id(self) -> int:
+        return self.tok.eos_id if self.kind == "tinyseek" else self.tok.eos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        pad = getattr(self.tok, "pad_id", None) if self.kind == "tinyseek" else self.tok.pad_token_id
+        return self.eos_id if pad is None else pad
+
+    def render(self, prompt: str, template: str, system: str = "") -> list[int]:
+        """Prompt token ids: the chat template (generation prompt added), the R1-Zero template, raw text, or
+        a custom template with {prompt}."""
+        if template == "chat":
+            if self.kind == "tinyseek":
+                return self.tok.encode(self.tok.prompt(prompt, system))
+            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            return self.tok.encode(text, add_special_tokens=False)
+        text = R1_ZERO_TEMPLATE.format(prompt=prompt) if template == "r1-zero" else (
+            prompt if template == "raw" else template.replace("{prompt}", prompt))
+        if self.kind == "tinyseek":
+            return self.tok.encode(text, add_special=True)
+        return self.tok.encode(text, add_special_tokens=True)
+
+    def decode(self, ids: list[int]) -> str:
+        if self.kind == "tinyseek":
+            return self.tok.decode(ids)
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    # -- tensors ---------------------------------------------------------------------------------
+    def hidden(self, module: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final hidden states [B, T, D] of right-padded `ids` [B, T] (no mask needed: attention is causal, so
+        a real position never sees the padding after it), and the MoE expert load (tinyseek) or None."""
+        if self.kind == "tinyseek":
+            out = module(ids, compute_logits=False)
+            return out.hidden, out.expert_load
+        base = _unwrap(module).get_decoder()
+        return base(input_ids=ids, use_cache=False).last_hidden_state, None
+
+    def head(self, module: torch.nn.Module) -> torch.nn.Module:
+        m = _unwrap(module)
+        return m.head if self.kind == "tinyseek" else m.get_output_embeddings()
+
+    # -- sampling --------------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
+                 top_k: int = 0, seed: int = 0, impl: str = "engine", max_batch: int = 256) -> list[Sample]:
+        """n samples for each prompt, group after group (prompt p's samples at p*n ... p*n + n - 1)."""
+        module = _unwrap(self.module)
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.inference_mode():
+                if impl == "plain":
+                    raw = _generate_plain(self, module, prompts, n, max_new_tokens, temperature, top_p, top_k, seed)
+                else:
+                    raw = self._generate_engine(module, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, max_batch)
+        finally:
+            module.train(was_training)
+        out = []
+        for ids, reason in raw:
+            text_ids = ids[:-1] if (reason == "stop" and ids and ids[-1] == self.eos_id) else ids
+            out.append(Sample(list(ids), self.decode(text_ids), reason))
+        return out
+
+    def _generate_engine(self, module, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, max_batch):
+        from tinyseek.sampling import SamplingParams
+
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                                stop_token_ids=(self.eos_id,))
+        max_len = max(len(p) for p in prompts) + max_new_tokens + 1
+        key = (id(module), max_len)
+        if self._engine is None or self._engine_key != key:
+            if self.kind == "tinyseek":
+                from tinyseek.engine import Engine
+
+                self._engine = Engine(module, tokenizer=self.tok, max_batch=max_batch, max_len=max_len)
+            else:
+                from tinyseek.hf_engine import HFEngine
+
+                self._engine = HFEngine(module, self.tok)
+            self._engine_key = key
+        groups = self._engine.generate(prompts, params, n=n)
+        out = []
+        for group in groups:
+            for c in group:
+                ids = list(c.token_ids)
+                if c.finish_reason == "stop" and (not ids or ids[-1] != self.eos_id):
+                    ids.append(self.eos_id)  # the engine may leave the stop token out; the loss must see it
+                out.append((ids, c.finish_reason))
+        return out
+
+    # -- saving ----------------------------------------------------------------------------------
+    def save(self, model: torch.nn.Module, out, tokenizer_file=None, trainer_state: dict | None = None):
+        """A checkpoint directory, atomically: tinyseek's format, or `save_pretrained` + the tokenizer files for a
+        transformers model (loadable by `from_pretrained`, and by `tinyseek grpo --model` again)."""
+        from tinyseek.checkpoint import TRAINER_STATE_FILE, atomic_dir, save_checkpoint
+
+        if self.kind == "tinyseek":
+            return save_checkpoint(model, out, tokenizer_file, trainer_state=trainer_state)
+        with atomic_dir(out) as tmp:
+            _unwrap(model).save_pretrained(tmp)
+            self.tok.save_pretrained(tmp)
+            if trainer_state is not None:
+                torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+        return out
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    m = getattr(module, "_orig_mod", module)  # torch.compile
+    return getattr(m, "module", m) if hasattr(m, "no_sync") else m  # DDP
+
+
+def _model_type(path) -> str:
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+    except (OSError, ValueError):
+        return ""
+
+
+def _logits_plain(policy: Policy, module, ids: torch.Tensor) -> torch.Tensor:
+    if policy.kind == "tinyseek":
+        return module(ids).logits
+    return module(input_ids=ids, use_cache=False).logits
+
+
+def _generate_plain(policy: Policy, module, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float,
+                    top_p: float, top_k: int, seed: int) -> list[tuple[list[int], str]]:
+    """The reference rollout: no KV cache, the whole right-padded batch recomputed for every new token.
+
+    Right padding is exact here because attention is causal: the logits at row i's last real position never
+    see the padding behind it. O(T^2) and slow; it exists to check the engine path and to run without it.
+    """
+    rows = [p for p in prompts for _ in range(n)]
+    N = len(rows)
+    lens = torch.tensor([len(p) for p in rows])  # [N]
+    T = int(lens.max()) + max_new_tokens
+    buf = torch.full((N, T), policy.pad_id, dtype=torch.long)
+    for i, p in enumerate(rows):
+        buf[i, :len(p)] = torch.tensor(p, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    done = torch.zeros(N, dtype=torch.bool)
+    new: list[list[int]] = [[] for _ in range(N)]
+    reasons = ["length"] * N
+    for _ in range(max_new_tokens):
+        L = int(lens.max())
+        logits = _logits_plain(policy, module, buf[:, :L]).float()  # [N, L, V]
+        last = logits[torch.arange(N), lens - 1] / temperature  # [N, V]
+        probs = torch.softmax(last, dim=-1)
+        if top_k > 0:
+            kth = probs.topk(min(top_k, probs.size(-1)), dim=-1).values[:, -1:]
+            probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
+        if top_p < 1.0:
+            sp, si = probs.sort(dim=-1, descending=True)
+            keep = (sp.cumsum(-1) - sp) < top_p * sp.sum(-1, keepdim=True)
+            probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
+        tok = torch.multinomial(probs, 1, generator=gen).squeeze(1)  # [N]
+        for i in torch.nonzero(~done).flatten().tolist():
+            t = int(tok[i])
+            new[i].append(t)
+            buf[i, lens[i]] = t
+            lens[i] += 1
+            if t == policy.eos_id:
+                done[i] = True
+                reasons[i] = "stop"
+        if done.all():
+            break
+    return list(zip(new, reasons))
+
+
+# ----------------------------------------------------------------------------------------------
+# rewards and prompts
+
+
+def resolve_reward(name: str):
+    """A reward function: a short name from tinyseek.rewards (accuracy, format, language, length) or an import
+    path `pkg.mod:func` to any function with TRL's signature f(prompts, completions, **columns)."""
+    import importlib
+
+    from tinyseek.errors import TinyseekError
+
+    if ":" in name:
+        mod, fn = name.split(":", 1)
+        try:
+            f = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"rewards: cannot import {name!r} ({e})") from None
+        if not callable(f):
+            raise ConfigError(f"rewards: {name!r} is not callable")
+        return f
+    from tinyseek import rewards
+
+    try:
+        return rewards.get(name)
+    except TinyseekError as e:
+        raise ConfigError(f"rewards: {e}") from None
+
+
+class PromptSource:
+    """The prompt records of step k, a pure function of (seed, k), so `--resume` needs no data position.
+
+    From a task: `batch_size` fresh problems of the train split per step (seeded by the step). From a file:
+    the records in a seeded random order, epoch after epoch.
+    """
+
+    def __init__(self, cfg: GrpoConfig):
+        from tinyseek import tasks
+
+        self.cfg = cfg
+        self.records: list[dict] | None = None
+        if cfg.data:
+            self.records = tasks.load_records(cfg.data)
+            if not self.records:
+                raise ConfigError(f"data: {cfg.data} holds no records")
+            for i, r in enumerate(self.records):
+                if not isinstance(r.get("prompt"), str):
+                    raise ConfigError(f"data: {cfg.data} record {i + 1} has no text field 'prompt'")
+        else:
+            if cfg.task not in tasks.names():
+                raise ConfigError(f"task: unknown task {cfg.task!r} (known: {', '.join(tasks.names())})")
+            self.task = tasks.get(cfg.task)
+
+    def batch(self, step: int, n: int) -> list[dict]:
+        if self.records is None:
+            return self.task.generate(n, seed=self.cfg.seed * 1_000_003 + step, split="train", difficulty=self.cfg.difficulty)
+        import random
+
+        N = len(self.records)
+        out = []
+        for k in range(step * n, step * n + n):
+            epoch, i = divmod(k, N)
+            order = list(range(N))
+            random.Random(self.cfg.seed * 7919 + epoch).shuffle(order)
+            out.append(self.records[order[i]])
+        return out
+
+    def heldout(self) -> list[dict]:
+        from tinyseek import tasks
+
+        if self.cfg.eval_data:
+            recs = tasks.load_records(self.cfg.eval_data)
+        elif self.records is not None:
+            return []
+        else:
+            recs = self.task.generate(self.cfg.eval_n, seed=0, split="test", difficulty=self.cfg.difficulty)
+        return recs[: self.cfg.eval_n]
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    """Record fields as TRL-style columns (lists), the prompt excluded (it is passed on its own)."""
+    keys = sorted({k for r in rows for k in r} - {"prompt"})
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def _mean_ignoring_none(vals) -> float:
+    v = [float(x) for x in vals if x is not None]
+    return sum(v) / len(v) if v else float("nan")
+
+
+def _std_ignoring_none(vals) -> float:
+    v = [float(x) for x in vals if x is not None]
+    if len(v) < 2:
+        return 0.0
+    m = sum(v) / len(v)
+    return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+
+def wilson_interval(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n (k may be fractional: a mean over samples)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+# ----------------------------------------------------------------------------------------------
+# turning a rollout into micro-batches
+
+
+@dataclass
+class MicroBatch:
+    ids: torch.Tensor  # [b, T] prompt + scored completion, right-padded
+    rows: torch.Tensor  # [n] which row each scored token is in
+    pos: torch.Tensor  # [n] the position whose hidden state predicts it (one before the token)
+    slot: torch.Tensor  # [n] its index within the completion
+    tgt: torch.Tensor  # [n] the token
+    mask: torch.Tensor  # [b, L] 1 = the token counts in the loss (L = longest completion here)
+    adv: torch.Tensor  # [b]
+    tokens: int  # real (unpadded) tokens in the batch, for throughput
+    old: torch.Tensor | None = None  # [b, L] log-probs before this batch's first update (num_iterations > 1)
+    ref: torch.Tensor | None = None  # [b, L] reference log-probs (beta > 0)
+
+
+def build_micro_batches(prompts: list[list[int]], completions: list[list[int]], adv: torch.Tensor, loss_mask: list[bool],
+                        micro_batch: int, pad_id: int) -> list[MicroBatch]:
+    """Sequences (prompt_i + completion_i) cut into micro-batches of `micro_batch` rows.
+
+    Rows are sorted by length first so a micro-batch pads little. `loss_mask[i]` False masks a whole
+    completion (a truncated one under mask_truncated_completions); its tokens are still counted nowhere.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
+    out = []
+    for s in range(0, len(order), micro_batch):
+        idx = order[s:s + micro_batch]
+        T = max(len(prompts[i]) + len(completions[i]) for i in idx)
+        L = max(1, max(len(completions[i]) for i in idx))
+        ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
+        mask = torch.zeros(len(idx), L)
+        rows, pos, slot, tgt = [], [], [], []
+        for b, i in enumerate(idx):
+            p, c = prompts[i], completions[i]
+            ids[b, :len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+            rows += [b] * len(c)
+            pos += range(len(p) - 1, len(p) - 1 + len(c))
+            slot += range(len(c))
+            tgt += c
+            if loss_mask[i]:
+                mask[b, :len(c)] = 1.0
+        out.append(MicroBatch(ids, torch.tensor(rows, dtype=torch.long), torch.tensor(pos, dtype=torch.long),
+                              torch.tensor(slot, dtype=torch.long), torch.tensor(tgt, dtype=torch.long), mask,
+                              adv[idx].clone(), sum(len(prompts[i]) + len(completions[i]) for i in idx)))
+    return out
+
+
+def sequence_logprobs(policy: Policy, module: torch.nn.Module, mb: MicroBatch, temperature: float, impl: str, chunk: int,
+                      want_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs [b, L] of the completions in `mb` (zeros at padding), the entropies [b, L]
+    (detached; zeros unless asked) and the MoE expert load of the forward (or None)."""
+    hidden, load = policy.hidden(module, mb.ids)  # [b, T, D]
+    h = hidden[mb.rows, mb.pos]  # [n, D]: only completion positions go through the head
+    lp, ent = token_logprobs(h, mb.tgt, policy.head(module), temperature, chunk, impl, want_entropy)
+    b, L = mb.mask.shape
+    grid = torch.zeros(b, L, dtype=torch.float32, device=lp.device).index_put((mb.rows, mb.slot), lp)
+    ent_grid = torch.zeros(b, L, dtype=torch.float32, device=lp.device).index_put((mb.rows, mb.slot), ent)
+    return grid, ent_grid, load
+
+
+# ----------------------------------------------------------------------------------------------
+# the stage
+
+
+class GrpoStage:
+    """The GRPO stage for `tinyseek.train.loop.Loop`: one `train_step` = rollout, rewards, advantages, updates."""
+
+    def __init__(self, cfg: GrpoConfig, policy: Policy, ref_module: torch.nn.Module | None, run_dir):
+        from pathlib import Path
+
+        from tinyseek import rewards
+
+        self.cfg, self.policy, self.ref = cfg, policy, ref_module
+        self.run_dir = Path(run_dir)
+        funcs = [resolve_reward(n) for n in cfg.rewards]
+        self.reward = rewards.combine(funcs, cfg.reward_weights or None)
+        self.reward_names = list(cfg.rewards)
+        self.prompts = PromptSource(cfg)
+        self._heldout: list[dict] | None = None
+
+    # the prompts are a function of the step, so there is no data position to save
+    def state_dict(self) -> dict:
+        return {"kind": "grpo"}
+
+    def load_state_dict(self, d: dict) -> None:
+        pass
+
+    # -- one step ----------------------------------------------------------------------------------
+    def train_step(self, loop) -> dict:
+        import time
+
+        from tinyseek import rewards as R
+
+        cfg, pol, G = self.cfg, self.policy, self.cfg.group_size
+        recs = self.prompts.batch(loop.step, cfg.batch_size)
+        prompt_ids = [pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt) for r in recs]
+        t0 = time.perf_counter()
+        samples = pol.generate(prompt_ids, G, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
+                               seed=cfg.seed * 1_000_003 + loop.step, impl=cfg.rollout_impl, max_batch=min(256, len(recs) * G))
+        t_roll = time.perf_counter() - t0
+        gen_tokens = sum(len(s.token_ids) for s in samples)
+
+        # rewards and advantages
+        rows = [r for r in recs for _ in range(G)]
+        texts = [s.text for s in samples]
+        cols = _columns(rows)
+        cols["completion_ids"] = [s.token_ids for s in samples]
+        user_prompts = [r["prompt"] for r in rows]
+        total, parts = self.reward(user_prompts, texts, **cols)
+        r_t = torch.tensor(total, dtype=torch.float32)  # [P*G]
+        adv, std, informative = group_advantages(r_t, G, cfg.scale_rewards, cfg.std_threshold)
+        keep = [i for i in range(len(samples)) if not cfg.dynamic_sampling or bool(informative[i // G])]
+        truncated = [s.finish_reason == "length" for s in samples]
+        m: dict = {}
+        m["reward"] = float(r_t.mean())
+        m["reward_std"] = float(r_t.std()) if r_t.numel() > 1 else 0.0
+        for name, key in zip(self.reward_names, self.reward.names):
+            short = name.rsplit(":", 1)[-1]
+            m[f"reward_{short}"] = _mean_ignoring_none(parts[key])
+            m[f"reward_{short}_std"] = _std_ignoring_none(parts[key])
+        acc = parts.get("accuracy_reward") or R.accuracy_reward(user_prompts, texts, **cols)
+        fmt = parts.get("format_reward") or R.format_reward(user_prompts, texts, **cols)
+        m["accuracy"] = _mean_ignoring_none(acc)
+        m["format_rate"] = sum(1.0 for f in fmt if f == 1.0) / len(fmt)
+        lens = [len(s.token_ids) for s in samples]
+        m["len_mean"] = sum(lens) / len(lens)
+        m["len_max"] = max(lens)
+        m["clipped_frac"] = sum(truncated) / len(truncated)
+        m["groups_informative"] = float(informative.float().mean())
+        m["seqs_updated"] = len(keep)
+        a = adv[keep] if keep else torch.zeros(1)
+        m["adv_mean"], m["adv_std"], m["adv_absmax"] = float(a.mean()), float(a.std()) if len(keep) > 1 else 0.0, float(a.abs().max())
+        if cfg.sample_every and (loop.step + 1) % cfg.sample_every == 0 and loop.is_main:
+            self._write_samples(loop.step + 1, rows, samples, total, parts, adv)
+
+        # updates
+        t1 = time.perf_counter()
+        upd = self._update(loop, [prompt_ids[i // G] for i in keep], [samples[i].token_ids for i in keep], adv[keep],
+                           [not (cfg.mask_truncated_completions and truncated[i]) for i in keep])
+        t_upd = time.perf_counter() - t1
+        m.update(upd)
+        m["rollout_s"], m["update_s"] = t_roll, t_upd
+        m["rollout_tok_s"] = gen_tokens / t_roll if t_roll > 0 else 0.0
+        m["update_tok_s"] = upd["tokens"] * cfg.num_iterations / t_upd if t_upd > 0 and keep else 0.0
+        m["completions_per_s"] = len(samples) / (t_roll + t_upd) if t_roll + t_upd > 0 else 0.0
+        return m
+
+    def _update(self, loop, prompts, completions, adv, loss_mask) -> dict:
+        cfg, pol = self.cfg, self.policy
+        if not prompts:  # every group was uninformative: nothing to learn from, no optimizer step
+            return {"loss": 0.0, "tokens": 0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "entropy": float("nan"),
+                    "grad_norm": 0.0, "skipped": 0}
+        dev = loop.device
+        mbs = build_micro_batches(prompts, completions, adv, loss_mask, cfg.micro_batch, pol.pad_id)
+        for mb in mbs:
+            for k in ("ids", "rows", "pos", "slot", "tgt", "mask", "adv"):
+                setattr(mb, k, getattr(mb, k).to(dev))
+        n_seq = sum(mb.ids.size(0) for mb in mbs)
+        n_tok = sum(float(mb.mask.sum()) for mb in mbs)
+        if n_tok == 0:
+            return {"loss": 0.0, "tokens": 0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "entropy": float("nan"),
+                    "grad_norm": 0.0, "skipped": 0}
+        with torch.no_grad():  # fixed targets of the ratio and the KL, computed once per batch
+            for mb in mbs:
+                with loop.autocast():
+                    if cfg.num_iterations > 1:
+                        mb.old = sequence_logprobs(pol, loop.model, mb, cfg.temperature, cfg.logprob_impl, cfg.logprob_chunk)[0]
+                    if cfg.beta > 0:
+                        mb.ref = sequence_logprobs(pol, self.ref, mb, cfg.temperature, cfg.logprob_impl, cfg.logprob_chunk)[0]
+        sums = {"kl": 0.0, "clip_low": 0.0, "clip_high": 0.0}
+        ent_sum = 0.0
+        loss_total = 0.0
+        st = {}
+        for it in range(cfg.num_iterations):
+            load = None
+            loss_it = 0.0
+            for k, mb in enumerate(mbs):
+                with loop.no_sync(last=k == len(mbs) - 1):
+                    with loop.autocast():
+                        logp, ent, el = sequence_logprobs(pol, loop.model, mb, cfg.temperature, cfg.logprob_impl,
+                                                          cfg.logprob_chunk, want_entropy=it == 0)
+                    old = logp.detach() if mb.old is None else mb.old
+                    out = grpo_loss(logp, old, mb.adv, mb.mask, mb.ref, cfg.beta, cfg.epsilon, cfg.epsilon_high,
+                                    cfg.loss_type, cfg.max_new_tokens)
+                    w_tok = float(mb.mask.sum()) / n_tok
+                    # each micro-batch's share of the whole batch's loss (see grpo_loss for the normalisers)
+                    weight = w_tok if cfg.loss_type == "dapo" else mb.ids.size(0) / n_seq
+                    loop.backward(out.loss * weight)
+                loss_it += float(out.loss.detach()) * weight
+                if it == cfg.num_iterations - 1:
+                    for key in sums:
+                        sums[key] += out.stats[key] * w_tok
+                if it == 0:
+                    ent_sum += float((ent * mb.mask).sum())
+                if el is not None:
+                    load = el.detach().float() if load is None else load + el.detach().float()
+            st = loop.optimizer_step(loss_it, load)
+            loss_total += loss_it / cfg.num_iterations
+        tokens = sum(mb.tokens for mb in mbs)
+        return {"loss": loss_total, "tokens": tokens * cfg.num_iterations, **sums, "entropy": ent_sum / n_tok, **st}
+
+    # -- logging and evaluation ----------------------------------------------------------------------
+    def _write_samples(self, step: int, rows, samples, total, parts, adv) -> None:
+        import json
+
+        d = self.run_dir / "samples"
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".step-{step}.jsonl.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for i in range(min(self.cfg.samples_logged, len(samples))):
+                rec = {"step": step, "prompt": rows[i]["prompt"], "answer": rows[i].get("answer"), "completion": samples[i].text,
+                       "finish_reason": samples[i].finish_reason, "tokens": len(samples[i].token_ids), "reward": total[i],
+                       "rewards": {k: v[i] for k, v in parts.items()}, "advantage": float(adv[i])}
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        tmp.replace(d / f"step-{step}.jsonl")
+
+    def evaluate(self, loop) -> dict:
+        if self._heldout is None:
+            self._heldout = self.prompts.heldout()
+        if not self._heldout:
+            return {}
+        return heldout_eval(self.policy, self._heldout, self.cfg, seed=10_000 + loop.step)
+
+
+def heldout_eval(policy: Policy, recs: list[dict], cfg: GrpoConfig, seed: int = 0) -> dict:
+    """pass@1 on held-out records: mean accuracy of `eval_samples` samples per problem at `eval_temperature`,
+    with a 95% Wilson interval over problems (n = problems), plus greedy accuracy and the format rate.
+
+    (Written before tinyseek.evaluate existed; it scores with the same accuracy reward.)
+    """
+    from tinyseek import rewards as R
+
+    prompt_ids = [policy.render(r["prompt"], cfg.prompt_template, cfg.system_prompt) for r in recs]
+    out = {}
+    for name, temp, k in (("greedy", 0.0, 1), ("pass1", cfg.eval_temperature, cfg.eval_samples)):
+        if temp == 0.0:
+            samples = policy.generate(prompt_ids, 1, cfg.max_new_tokens, 1.0, top_k=1, seed=seed, impl=cfg.rollout_impl,
+                                      max_batch=min(256, len(recs)))
+        else:
+            samples = policy.generate(prompt_ids, k, cfg.max_new_tokens, temp, cfg.top_p, seed=seed, impl=cfg.rollout_impl,
+                                      max_batch=min(256, len(recs) * k))
+        rows = [r for r in recs for _ in range(k)]
+        texts = [s.text for s in samples]
+        acc = R.accuracy_reward([r["prompt"] for r in rows], texts, **_columns(rows))
+        per_problem = [sum(a or 0.0 for a in acc[i * k:(i + 1) * k]) / k for i in range(len(recs))]
+        p = sum(per_problem) / len(recs)
+        lo, hi = wilson_interval(p * len(recs), len(recs))
+        out[f"eval_{name}"], out[f"eval_{name}_lo"], out[f"eval_{name}_hi"] = p, lo, hi
+        if name == "pass1":
+            fmt = R.format_reward([r["prompt"] for r in rows], texts)
+            out["eval_format_rate"] = sum(1.0 for f in fmt if f == 1.0) / len(fmt)
+            out["eval_len_mean"] = sum(len(s.token_ids) for s in samples) / len(samples)
+    out["eval_n"] = len(recs)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the command
+
+
+def build_stage(cfg: GrpoConfig, run_dir, resume: bool = False):
+    """(loop, stage) ready to `loop.run(stage)`: the policy loaded, the reference model frozen when beta > 0."""
+    import copy
+
+    from tinyseek.config import to_dict
+    from tinyseek.errors import TinyseekError
+    from tinyseek.train.loop import Loop, seed_everything
+
+    seed_everything(cfg.seed)
+    policy = Policy.load(cfg.model, cfg.tokenizer)
+    if resume and policy.kind == "hf":
+        raise TinyseekError(f"{cfg.model}: --resume is not supported for transformers models (restart from the last checkpoint instead)")
+    ref = None
+    if cfg.beta > 0:
+        ref = copy.deepcopy(policy.module).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+    tok_file = getattr(policy.tok, "path", None) if policy.kind == "tinyseek" else None
+    loop = Loop(cfg, policy.module, run_dir, tokenizer_file=tok_file, resolved_config=to_dict(cfg), resume=resume,
+                stage_name="grpo", seq_len=cfg.max_new_tokens)
+    if ref is not None:
+        ref.to(loop.device)
+    if policy.kind == "hf":
+        loop.save_model = policy.save  # transformers layout instead of tinyseek's
+    return loop, GrpoStage(cfg, policy, ref, run_dir)
+
+
+def cli_grpo(argv: list[str]) -> int:
+    from tinyseek.train.loop import stage_cli
+
+    cfg, run_dir, resume = stage_cli(GrpoConfig, argv, prog="tinyseek grpo",
+                                     description="GRPO with rule-based rewards on a tinyseek checkpoint or a transformers "
+                                                 "model (a directory or a .gguf file).")
+    loop, stage = build_stage(cfg, run_dir, resume=resume)
+    loop.run(stage)
+    return 0
