@@ -128,7 +128,7 @@ def task_documents(task_counts: dict[str, int], seed: int, split: str, fmt: str 
     for name, n in sorted(task_counts.items()):
         try:
             task = tasks.get(name)
-        except KeyError:
+        except TinyseekError:
             raise TinyseekError(f"tasks: unknown task {name!r} (known: {', '.join(tasks.names())})") from None
         for rec in task.generate(int(n), seed=seed, split=split):
             comp = tasks.completion_text(rec)

@@ -228,7 +228,7 @@ def task_texts(names: list[str], n: int, seed: int = 0) -> list[str]:
     for name in names:
         try:
             task = tasks.get(name)
-        except KeyError:
+        except TinyseekError:
             raise TinyseekError(f"--tasks: unknown task {name!r} (known: {', '.join(tasks.names())})") from None
         for rec in task.generate(n, seed=seed, split="train"):
             out.append(rec["prompt"] + "\n" + tasks.completion_text(rec))

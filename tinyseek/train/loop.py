@@ -330,6 +330,9 @@ class Loop:
         self.last_eval: dict = {}
         self._t_start = 0.0
         self._tb = None
+        # how checkpoints are written: save_checkpoint(model, out, tokenizer_file, trainer_state=...). GRPO on a
+        # transformers model swaps in save_pretrained (tinyseek.train.grpo.Policy.save).
+        self.save_model = save_checkpoint
 
     # -- helpers for stages --------------------------------------------------------------------
     @property
@@ -470,9 +473,9 @@ class Loop:
         out = None
         if self.is_main:
             if final:
-                out = save_checkpoint(self.raw_model, self.run_dir / "final", self.tokenizer_file)
+                out = self.save_model(self.raw_model, self.run_dir / "final", self.tokenizer_file)
             else:
-                out = save_checkpoint(self.raw_model, self.run_dir / "checkpoints" / f"step-{self.step}", self.tokenizer_file,
+                out = self.save_model(self.raw_model, self.run_dir / "checkpoints" / f"step-{self.step}", self.tokenizer_file,
                                       trainer_state=self._trainer_state(stage))
                 steps = sorted((int(p.name[5:]), p) for p in (self.run_dir / "checkpoints").iterdir()
                                if p.name.startswith("step-") and p.name[5:].isdigit())
@@ -642,3 +645,94 @@ class Loop:
             "final": self.last_metrics,
             "eval": self.last_eval,
         }
+
+
+# ----------------------------------------------------------------------------------------------
+# what every stage command shares: config from TOML + flags, the model, the run directory
+
+
+def _coerce_cli(cls: type, data: dict) -> dict:
+    """CLI strings to config shapes: `--model.dim 128` -> {"model": {"dim": "128"}}; a dict-typed field given
+    as `--tasks arithmetic=2000,countdown=500` -> {"arithmetic": 2000, "countdown": 500}."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out: dict = {}
+    for k, v in data.items():
+        if "." in k:
+            head, rest = k.split(".", 1)
+            out.setdefault(head, {})
+            if not isinstance(out[head], dict):
+                raise ConfigError(f"--{k}: {head} is not a table")
+            out[head][rest] = v
+            continue
+        if typing.get_origin(hints.get(k)) is dict and isinstance(v, str):
+            table = {}
+            for part in filter(None, v.split(",")):
+                if "=" not in part:
+                    raise ConfigError(f"--{k}: expected name=value[,name=value...], got {v!r}")
+                name, val = part.split("=", 1)
+                table[name.strip()] = int(val) if val.strip().lstrip("-").isdigit() else val.strip()
+            v = table
+        out[k] = v
+    return out
+
+
+def stage_cli(cls: type, argv: list[str], prog: str, description: str) -> tuple[Any, Path, bool]:
+    """Parse `--config FILE.toml --out RUN [--resume] [--field value ...]` into (config, run_dir, resume).
+
+    Fields come from the dataclass defaults, then the file, then the flags (`--max-steps 50`, `--lr 3e-4`,
+    `--model.dim 128`). With `--resume` and no `--config`, RUN/config.toml (the resolved config the run wrote) is used.
+    """
+    import argparse
+    import dataclasses
+
+    from tinyseek.config import from_dict, parse_overrides, read_file
+
+    field_lines = "\n".join(f"  --{f.name.replace('_', '-')} (default {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r})"
+                            for f in dataclasses.fields(cls))
+    ap = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="any config field can be set as a flag (dashes or underscores; `--model.FIELD` for the model):\n" + field_lines)
+    ap.add_argument("--config", help="TOML (or JSON) file with the stage's fields")
+    ap.add_argument("--out", required=True, help="run directory (config.toml, metrics.jsonl, checkpoints/, final/, summary.json)")
+    ap.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    a, rest = ap.parse_known_args(argv)
+    overrides = _coerce_cli(cls, parse_overrides(rest))
+    run_dir = Path(a.out)
+    where = cls.__name__
+    data: dict = {}
+    if a.config:
+        data, where = read_file(a.config), a.config
+    elif a.resume and (run_dir / "config.toml").is_file():
+        data, where = read_file(run_dir / "config.toml"), str(run_dir / "config.toml")
+    dotted = {k.split(".", 1)[0] for k in parse_overrides(rest) if "." in k}
+    for k, v in overrides.items():  # `--model.dim` merges into the file's [model] table; `--tasks a=1` replaces it
+        data[k] = {**data[k], **v} if k in dotted and isinstance(data.get(k), dict) else v
+    cfg = from_dict(cls, data, where=where)
+    return cfg, run_dir, a.resume
+
+
+def build_model(preset: str, model_overrides: dict, init: str, vocab_size: int, seq_len: int):
+    """A random model from `preset` (+ overrides, vocabulary sized to the tokenizer), or the checkpoint `init`.
+    Returns (model, resolved ModelConfig dict). Call `seed_everything` first: the init draws from torch's RNG."""
+    from tinyseek.checkpoint import load_model
+    from tinyseek.config import ModelConfig, from_dict, to_dict
+    from tinyseek.model import Transformer
+
+    if init:
+        model = load_model(init)
+        model.train()
+        if model.cfg.vocab_size < vocab_size:
+            raise ConfigError(f"init: {init} has vocab_size {model.cfg.vocab_size}, smaller than the tokenizer's {vocab_size}")
+    else:
+        fields = {**model_overrides}
+        fields.setdefault("vocab_size", vocab_size)
+        cfg = ModelConfig.preset(preset, **fields) if preset else from_dict(ModelConfig, fields, where="model")
+        if cfg.vocab_size < vocab_size:
+            raise ConfigError(f"model.vocab_size: {cfg.vocab_size} is smaller than the tokenizer's {vocab_size}")
+        model = Transformer(cfg)
+    if seq_len > model.cfg.max_seq_len:
+        raise ConfigError(f"seq_len: {seq_len} is longer than the model's max_seq_len {model.cfg.max_seq_len}")
+    return model, to_dict(model.cfg)

@@ -1,0 +1,127 @@
+"""`tinyseek pretrain`: next-token prediction (plus MTP) on packed documents — task traces and plain text.
+
+The corpus is `tasks` (name -> number of generated training problems, each with its worked solution)
+and `text_files`; held-out loss is measured on the tasks' test side and on every `eval_text_every`-th
+text document (kept out of training). Without a `tokenizer`, one is trained on the training corpus
+(vocabulary `vocab_size`, default the preset's) and saved as RUN/tokenizer.json; it travels into every
+checkpoint. See tinyseek/train/loop.py for everything around the step (checkpoints, resume, metrics, cost).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tinyseek.config import ConfigError, to_dict
+from tinyseek.data import PackedStream, task_documents, text_documents, tokenize_documents
+from tinyseek.tokenizer import MIN_VOCAB, TOKENIZER_FILE, Tokenizer
+from tinyseek.train.loop import Loop, TrainConfig, build_model, seed_everything, stage_cli
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    preset: str = "nano"  # model preset (ignored when init is set)
+    model: dict = field(default_factory=dict)  # ModelConfig fields overriding the preset ([model] table / --model.FIELD)
+    init: str = ""  # start from this checkpoint instead of a random init
+    tokenizer: str = ""  # tokenizer.json (or a dir holding one); "" = train one on the corpus
+    vocab_size: int = 0  # vocabulary of a tokenizer trained here; 0 = the preset's (at least 265)
+    tasks: dict[str, int] = field(default_factory=lambda: {"arithmetic": 4000})  # task -> training problems
+    task_format: str = "plain"  # plain: prompt + newline + completion | chat: the R1 chat rendering
+    text_files: list[str] = field(default_factory=list)  # UTF-8 .txt (paragraph documents) or JSONL with "text"
+    eval_tasks: dict[str, int] = field(default_factory=dict)  # task -> held-out problems; default a tenth of tasks
+    eval_text_every: int = 20  # every N-th text document is held out for evaluation
+    seq_len: int = 128
+    lr: float = 3e-3
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        super().validate()
+        if self.task_format not in ("plain", "chat"):
+            raise ConfigError(f"task_format: must be plain or chat (got {self.task_format!r})")
+        if self.seq_len < 2:
+            raise ConfigError(f"seq_len: must be >= 2 (got {self.seq_len})")
+        if self.eval_text_every < 2:
+            raise ConfigError(f"eval_text_every: must be >= 2 (got {self.eval_text_every})")
+        for k, v in {**self.tasks, **self.eval_tasks}.items():
+            if not isinstance(v, int) or v < 0:
+                raise ConfigError(f"tasks.{k}: expected a count >= 0 (got {v!r})")
+        if not self.init and not self.preset and not self.model:
+            raise ConfigError("preset: give a model preset, [model] fields, or init")
+
+
+class PretrainStage:
+    """Packed rows from a PackedStream; held-out loss on fixed batches."""
+
+    def __init__(self, stream: PackedStream, eval_batches: list[dict]):
+        self.stream = stream
+        self.eval_batches = eval_batches
+
+    def train_step(self, loop: Loop) -> dict:
+        x, y = self.stream.next_rows(loop.cfg.batch_size)  # the global batch, identical on every rank
+        items = list(range(loop.cfg.batch_size))
+        micro = [{"tokens": x[idx[0]:idx[-1] + 1], "targets": y[idx[0]:idx[-1] + 1]} for idx in loop.split_batch(items)]
+        return loop.supervised_step(micro)
+
+    def evaluate(self, loop: Loop) -> dict:
+        return loop.eval_loss(self.eval_batches) if self.eval_batches else {}
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, s: dict) -> None:
+        self.stream.load_state_dict(s)
+
+
+def prepare(cfg: PretrainConfig, run_dir: Path, resume: bool) -> tuple[Tokenizer, PackedStream, list[dict]]:
+    """Documents, tokenizer and streams (train + fixed eval batches)."""
+    train_docs = task_documents(cfg.tasks, cfg.seed, "train", cfg.task_format)
+    eval_counts = cfg.eval_tasks or {k: max(1, v // 10) for k, v in cfg.tasks.items() if v > 0}
+    eval_docs = task_documents(eval_counts, cfg.seed, "test", cfg.task_format)
+    for f in cfg.text_files:
+        for i, d in enumerate(text_documents(f)):
+            (eval_docs if i % cfg.eval_text_every == cfg.eval_text_every - 1 else train_docs).append(d)
+    tok_path = cfg.tokenizer
+    if not tok_path and resume and (run_dir / TOKENIZER_FILE).is_file():
+        tok_path = str(run_dir / TOKENIZER_FILE)
+    if tok_path:
+        tok = Tokenizer.load(tok_path)
+    else:
+        from tinyseek.config import PRESETS
+
+        vocab = cfg.vocab_size or max(MIN_VOCAB, int(cfg.model.get("vocab_size", PRESETS.get(cfg.preset, {}).get("vocab_size", 4096))))
+        tok = Tokenizer.train(train_docs, vocab)
+    train = PackedStream(tokenize_documents(tok, train_docs), cfg.seq_len, tok.eos_id, seed=cfg.seed)
+    eval_batches = []
+    if eval_docs:
+        es = PackedStream(tokenize_documents(tok, eval_docs), cfg.seq_len, tok.eos_id, seed=cfg.seed + 1)
+        mb = max(1, cfg.batch_size // cfg.grad_accum)
+        for _ in range(cfg.eval_batches):
+            x, y = es.next_rows(mb)
+            eval_batches.append({"tokens": x, "targets": y})
+    return tok, train, eval_batches
+
+
+def run(cfg: PretrainConfig, run_dir: Path, resume: bool = False) -> dict:
+    seed_everything(cfg.seed)
+    tok, stream, eval_batches = prepare(cfg, run_dir, resume)
+    seed_everything(cfg.seed)
+    model, model_cfg = build_model(cfg.preset, cfg.model, cfg.init, tok.vocab_size, cfg.seq_len)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    import os
+
+    if tok.path is None or Path(tok.path).resolve() != (run_dir / TOKENIZER_FILE).resolve():
+        if int(os.environ.get("RANK", "0")) == 0:
+            tmp = run_dir / f".{TOKENIZER_FILE}.tmp"
+            tok.hf.save(str(tmp))
+            os.replace(tmp, run_dir / TOKENIZER_FILE)
+    resolved = {**to_dict(cfg), "model": model_cfg, "tokenizer": str(run_dir / TOKENIZER_FILE)}
+    loop = Loop(cfg, model, run_dir, tokenizer_file=run_dir / TOKENIZER_FILE, resolved_config=resolved, resume=resume,
+                stage_name="pretrain", seq_len=cfg.seq_len)
+    return loop.run(PretrainStage(stream, eval_batches))
+
+
+def cli_pretrain(argv: list[str]) -> int:
+    cfg, run_dir, resume = stage_cli(PretrainConfig, argv, "tinyseek pretrain",
+                                     "Pretrain a model on task traces and text (next-token + MTP loss).")
+    run(cfg, run_dir, resume)
+    return 0
