@@ -128,7 +128,10 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     for k in data:
         if k not in known:
             raise ConfigError(f"{prefix}unknown field {k!r} for {cls.__name__} (known: {', '.join(sorted(known))})")
-    kwargs = {k: _coerce(v, hints[k], k) for k, v in data.items()}
+    try:
+        kwargs = {k: _coerce(v, hints[k], k) for k, v in data.items()}
+    except ConfigError as e:  # a wrong type names the file/preset too, like every other error here
+        raise ConfigError(f"{prefix}{e}") from None
     try:
         obj = cls(**kwargs)
     except ConfigError as e:

@@ -343,8 +343,14 @@ def _meta_model(cfg: ModelConfig):
     """The model on the meta device: its state dict gives names and shapes without allocating anything."""
     from tinyseek.model import Transformer
 
-    with torch.device("meta"):
-        return Transformer(cfg)
+    # normal_ on meta tensors imports torch._dynamo (seconds) to fill values that do not exist: skip it
+    normal_ = torch.nn.init.normal_
+    torch.nn.init.normal_ = lambda t, *args, **kwargs: t
+    try:
+        with torch.device("meta"):
+            return Transformer(cfg)
+    finally:
+        torch.nn.init.normal_ = normal_
 
 
 def expected_hf_shapes(cfg: ModelConfig) -> dict[str, torch.Tensor]:
