@@ -470,7 +470,7 @@ class Engine:
                 elif len(s.out) >= s.budget:
                     s.finish = "length"
                 if s.finish is None and p.stop_strings and self.tokenizer is not None:
-                    text = self._text(s)
+                    text = self.tokenizer.decode(s.out[-(self._stop_window(p)):])  # the tail is enough
                     if any(x in text for x in p.stop_strings):
                         s.finish = "stop"
                 if s.finish is not None:
@@ -482,6 +482,11 @@ class Engine:
             events[s.rid] = ev
             if s.finish is not None:
                 self._retire(s)
+
+    @staticmethod
+    def _stop_window(p: SamplingParams) -> int:
+        """Tokens to decode to see a stop string completed by the newest token (a token is >= 1 byte)."""
+        return max(len(x.encode()) for x in p.stop_strings) + 1
 
     def _retire(self, s: _Seq) -> None:
         if s.rid in self.running:

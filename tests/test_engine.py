@@ -1,0 +1,237 @@
+"""The engine: cached decoding equals recomputation, speculation equals plain greedy, seeds reproduce across
+batch compositions, stops and continuous batching behave, the prefix-cache hooks round-trip, and greedy
+output equals transformers' `generate` on the exported weights."""
+
+import pytest
+import torch
+
+from tinyseek.config import ModelConfig
+from tinyseek.engine import Engine, PromptCache
+from tinyseek.errors import TinyseekError
+from tinyseek.model import Transformer
+from tinyseek.sampling import SamplingParams
+
+PROMPTS = [[5, 9, 17, 3, 44, 21, 8], [100, 7], [31, 32, 33, 34], [250]]
+
+
+def _model(seed=0, **over):
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig.preset("nano", **over)).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+def _ids(groups):
+    return [[c.token_ids for c in g] for g in groups]
+
+
+def _record(engine):
+    log = {}
+    engine.logit_hook = lambda rids, lg: [log.setdefault(r, []).append(lg[i].detach().clone()) for i, r in enumerate(rids)]
+    return log
+
+
+@pytest.mark.parametrize("impl", ["absorbed", "naive"])
+def test_cached_decoding_equals_full_recompute(impl):
+    m = _model(mla_impl=impl)
+    params = [SamplingParams(temperature=0, max_new_tokens=12), SamplingParams(temperature=0.9, top_p=0.9, seed=1, max_new_tokens=12),
+              SamplingParams(temperature=0, max_new_tokens=5), SamplingParams(temperature=1.0, seed=2, max_new_tokens=12)]
+    fast, ref = Engine(m, max_batch=8), Engine(m, max_batch=8, recompute=True)
+    lf, lr = _record(fast), _record(ref)
+    out_f = fast.generate(PROMPTS, params, n=2)
+    out_r = ref.generate(PROMPTS, params, n=2)
+    assert _ids(out_f) == _ids(out_r)
+    assert len(lf) == len(lr) == 8
+    for (rf, steps_f), (rr, steps_r) in zip(sorted(lf.items()), sorted(lr.items())):
+        assert len(steps_f) == len(steps_r)
+        for a, b in zip(steps_f, steps_r):
+            assert (a - b).abs().max() < 1e-4
+
+
+def test_logprobs_are_the_models_tempered_logprobs(model):
+    eng = Engine(model, max_batch=4)
+    log = _record(eng)
+    p = SamplingParams(temperature=0.7, top_k=5, seed=3, max_new_tokens=6, logprobs=True)
+    rid = eng.add_request(PROMPTS[0], p, stream=False)
+    while eng.has_unfinished():
+        eng.step()
+    c = eng.collect(rid)
+    expect = [torch.log_softmax(lg / 0.7, -1)[t].item() for lg, t in zip(log[rid], c.token_ids)]
+    assert c.logprobs == pytest.approx(expect, abs=1e-5)
+
+
+def _cycle_model():
+    """nano trained for two steps on a repeating token cycle: main model and MTP head both learn it,
+    so MTP drafts are mostly (not always) accepted and both branches of verification run."""
+    m = _model(seed=1)
+    cyc = torch.tensor([3, 77, 12, 200, 45, 9, 150, 61, 88, 23, 5])
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    m.train()
+    for _ in range(2):  # two steps: drafts are often but not always right (more and the MTP head is always right)
+        starts = torch.randint(0, len(cyc), (8,), generator=g)
+        seq = torch.stack([cyc[(s + torch.arange(49)) % len(cyc)] for s in starts])
+        out = m(seq[:, :-1], targets=seq[:, 1:])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    return m.eval(), cyc
+
+
+def test_speculative_greedy_equals_plain_greedy():
+    m, cyc = _cycle_model()
+    prompts = [cyc[:5].tolist(), cyc[3:10].tolist() + [1, 2], [9, 150], [200, 201, 202]]
+    p = SamplingParams(temperature=0, max_new_tokens=30, logprobs=True)
+    plain = Engine(m, max_batch=8).generate(prompts, p, n=2)
+    spec_engine = Engine(m, max_batch=8, speculative=True)
+    spec = spec_engine.generate(prompts, p, n=2)
+    assert _ids(spec) == _ids(plain)
+    for gs, gp in zip(spec, plain):
+        for a, b in zip(gs, gp):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+            assert a.finish_reason == b.finish_reason
+    st = spec_engine.stats
+    assert 0 < st["accepted"] < st["drafted"]  # both the accept and the reject path ran
+    # batch 1 as well
+    one = Engine(m, max_batch=1, speculative=True).generate(prompts[:1], p)
+    assert _ids(one) == _ids(plain[:1])[:1] or one[0][0].token_ids == plain[0][0].token_ids
+
+
+def test_seeded_sampling_reproducible_in_any_batch(model):
+    p = SamplingParams(temperature=1.0, top_p=0.95, seed=1234, max_new_tokens=15)
+    alone = Engine(model, max_batch=1).generate([PROMPTS[2]], p)[0][0].token_ids
+    eng = Engine(model, max_batch=8)
+    others = [SamplingParams(temperature=0.8, seed=s, max_new_tokens=9) for s in (1, 2, 3)]
+    groups = eng.generate([PROMPTS[0], PROMPTS[2], PROMPTS[1], PROMPTS[3]], [others[0], p, others[1], others[2]], n=1)
+    assert groups[1][0].token_ids == alone
+    # a group of n: samples differ from each other, and the group reproduces
+    g1 = Engine(model, max_batch=8).generate([PROMPTS[2]], p, n=4)[0]
+    g2 = Engine(model, max_batch=3).generate([PROMPTS[0], PROMPTS[2]], [others[0], p], n=4)[1]  # split over 2 admissions
+    assert [c.token_ids for c in g1] == [c.token_ids for c in g2]
+    assert len({tuple(c.token_ids) for c in g1}) == 4
+    # unseeded requests differ from run to run
+    q = SamplingParams(temperature=1.0, max_new_tokens=15)
+    assert Engine(model).generate([PROMPTS[2]], q)[0][0].token_ids != Engine(model).generate([PROMPTS[2]], q)[0][0].token_ids
+
+
+def test_continuous_batching_refills_rows_and_skips_finished(model):
+    budgets = [3, 20, 7, 1, 12, 5]
+    prompts = [PROMPTS[i % 4] for i in range(6)]
+    params = [SamplingParams(temperature=0, max_new_tokens=b, ignore_eos=True) for b in budgets]
+    wide = Engine(model, max_batch=8).generate(prompts, params)
+    narrow_engine = Engine(model, max_batch=2)
+    narrow = narrow_engine.generate(prompts, params)
+    assert _ids(narrow) == _ids(wide)
+    assert [len(g[0].token_ids) for g in narrow] == budgets
+    assert all(g[0].finish_reason == "length" for g in narrow)
+    # compute spent: each prompt once, then one token per generated token after the first; nothing for finished rows
+    expect = sum(len(p) for p in prompts) + sum(b - 1 for b in budgets)
+    assert narrow_engine.stats["forward_tokens"] == expect
+    assert sorted(narrow_engine.free_rows) == [0, 1]
+
+
+def test_stop_tokens_and_stop_strings():
+    from tinyseek.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["the cat sat on the mat " * 20, "a b c d e f g"], vocab_size=300)
+    m = _model(vocab_size=tok.vocab_size)
+    eng = Engine(m, tokenizer=tok, max_batch=4)
+    base = SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True)
+    prompt = tok.encode("the cat")
+    full = eng.generate([prompt], base)[0][0]
+    assert full.finish_reason == "length" and full.text == tok.decode(full.token_ids)
+    stop_tok = full.token_ids[4]
+    first = full.token_ids.index(stop_tok)
+    c = eng.generate([prompt], base.replace(stop_token_ids=(stop_tok,)))[0][0]
+    assert c.finish_reason == "stop" and c.token_ids == full.token_ids[: first + 1]
+    assert c.text == tok.decode(full.token_ids[:first])  # the stop token is not in the text
+    text = full.text
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    c = eng.generate([prompt], base.replace(stop_strings=(stop,)))[0][0]
+    assert c.finish_reason == "stop" and c.text == text[: text.index(stop)]
+    # streamed deltas add up to the final text
+    rid = eng.add_request(prompt, base.replace(stop_strings=(stop,)))
+    pieces = []
+    while eng.has_unfinished():
+        pieces += [e.text for e in eng.step() if e.rid == rid]
+    assert "".join(pieces) == eng.collect(rid).text
+
+
+def test_abort_frees_the_row(model):
+    eng = Engine(model, max_batch=2)
+    p = SamplingParams(temperature=0, max_new_tokens=50, ignore_eos=True)
+    a = eng.add_request(PROMPTS[0], p)
+    b = eng.add_request(PROMPTS[1], p)
+    c = eng.add_request(PROMPTS[2], p)  # queued: no free row
+    for _ in range(3):
+        eng.step()
+    done = eng.abort(a)
+    assert done.finish_reason == "abort" and len(done.token_ids) == 3
+    evs = eng.step()
+    assert any(e.rid == c for e in evs)  # the freed row was refilled
+    assert eng.abort(c).finish_reason == "abort" and eng.abort(b).finish_reason == "abort"
+    assert not eng.has_unfinished() and sorted(eng.free_rows) == [0, 1]
+
+
+def test_prompt_cache_round_trip(model):
+    p = SamplingParams(temperature=0, max_new_tokens=10, ignore_eos=True)
+    eng = Engine(model, max_batch=4)
+    rid = eng.add_request(PROMPTS[0], p, capture_prompt_cache=True)
+    first = eng.step()
+    pc = next(e for e in first if e.rid == rid).prompt_cache
+    assert isinstance(pc, PromptCache) and pc.n == len(PROMPTS[0]) and pc.nbytes > 0
+    assert eng.prompt_cache(rid) is pc
+    while eng.has_unfinished():
+        eng.step()
+    longer = PROMPTS[0] + [60, 61, 62]
+    plain = Engine(model, max_batch=4).generate([longer, PROMPTS[0]], p)
+    eng2 = Engine(model, max_batch=4)
+    log = _record(eng2)
+    r1 = eng2.add_request(longer, p, prefix=pc)
+    r2 = eng2.add_request(PROMPTS[0], p, prefix=pc)  # the whole prompt cached: its last token is recomputed
+    while eng2.has_unfinished():
+        eng2.step()
+    assert [eng2.collect(r1).token_ids, eng2.collect(r2).token_ids] == [plain[0][0].token_ids, plain[1][0].token_ids]
+    assert eng2.stats["forward_tokens"] == (3 + 1) + 2 * 9  # only the uncached prompt tokens were prefilled
+    assert len(log[r1]) == 10
+    with pytest.raises(TinyseekError, match="prefix"):
+        eng2.add_request([1, 2, 3, 4, 5, 6, 7, 8], p, prefix=pc)
+
+
+def test_bad_requests_raise_one_line_errors(model):
+    eng = Engine(model, max_batch=2)
+    with pytest.raises(TinyseekError, match="empty"):
+        eng.add_request([], SamplingParams())
+    with pytest.raises(TinyseekError, match="token id 999"):
+        eng.add_request([1, 999], SamplingParams())
+    with pytest.raises(TinyseekError, match="max_len"):
+        eng.add_request([1] * 300, SamplingParams())
+    spec = Engine(model, speculative=True)
+    with pytest.raises(TinyseekError, match="speculative"):
+        spec.add_request([1, 2], SamplingParams(temperature=0.5))
+    with pytest.raises(TinyseekError, match="MTP"):
+        Engine(_model(mtp_depth=0), speculative=True)
+
+
+def test_greedy_equals_transformers_generate(tmp_path):
+    """Same exported weights, a left-padded batch of prompts of different lengths, token for token."""
+    transformers = pytest.importorskip("transformers")
+    from tinyseek.hf import export_dir
+
+    m = _model(seed=3)
+    export_dir(m.cfg, m.state_dict(), tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    new = 16
+    ours = Engine(m, max_batch=8).generate(PROMPTS, SamplingParams(temperature=0, max_new_tokens=new, ignore_eos=True))
+    L = max(len(p) for p in PROMPTS)
+    pad = 0
+    ids = torch.tensor([[pad] * (L - len(p)) + p for p in PROMPTS])
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in PROMPTS])
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                          pad_token_id=pad, eos_token_id=None)
+    for i, g in enumerate(ours):
+        assert g[0].token_ids == ref[i, L:].tolist(), i
