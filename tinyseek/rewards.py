@@ -244,6 +244,18 @@ def accuracy_reward(prompts, completions, **columns) -> list[float | None]:
 # --------------------------------------------------------------------------------------------------- format
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+# end-of-sequence and other chat markers a decoder may leave at the end (<｜end▁of▁sentence｜>, <|im_end|>, </s>)
+_TRAILING_SPECIAL_RE = re.compile(r"(?:<\|[^|<>\s]{1,40}\|>|<｜[^｜<>]{1,40}｜>|</s>)$")
+
+
+def _strip_trailing_specials(text: str) -> str:
+    """Drop end-of-sequence markers from the end, one at a time (looking only at the tail: no quadratic scan)."""
+    while True:
+        text = text.rstrip()
+        m = _TRAILING_SPECIAL_RE.search(text[-48:])
+        if m is None:
+            return text
+        text = text[: len(text) - (min(len(text), 48) - m.start())]
 _STRICT_RE = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
 _THINK_OPEN_END_RE = re.compile(r"<think>\s*$")
 
@@ -258,7 +270,7 @@ def format_reward(prompts, completions, **columns) -> list[float]:
     """
     out = []
     for i, completion in enumerate(completions):
-        text = _content(completion)
+        text = _strip_trailing_specials(_content(completion))
         prompt = _prompt_text(prompts[i]) if prompts is not None and i < len(prompts) else ""
         if _THINK_OPEN_END_RE.search(prompt[-64:]) and "<think>" not in text:
             text = "<think>" + text
@@ -274,7 +286,7 @@ def format_reward(prompts, completions, **columns) -> list[float]:
 
 _CJK_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN_RE = re.compile(r"[A-Za-z]")
-_TAG_RE = re.compile(r"</?(?:think|answer)>|<｜[^｜]{0,40}｜>")
+_TAG_RE = re.compile(r"</?(?:think|answer)>|<｜[^｜]{0,40}｜>|<\|[^|<>\s]{1,40}\|>")
 
 
 def cjk_share(text: str) -> float | None:

@@ -24,33 +24,19 @@ from tinyseek.errors import TinyseekError
 from tinyseek.tasks.arithmetic import Arithmetic
 from tinyseek.tasks.base import Task
 from tinyseek.tasks.countdown import Countdown
+from tinyseek.tasks.equations import Equations
+from tinyseek.tasks.wordproblems import WordProblems
 
-# name -> factory; variants of a family share its split (addition problems are arithmetic problems)
+# name -> factory; variants of a family share its split (addition problems are arithmetic problems,
+# a Chinese word problem is the same problem as its English twin)
 _REGISTRY = {
     "arithmetic": lambda: Arithmetic("arithmetic", ops="+-*()"),
     "addition": lambda: Arithmetic("addition", ops="+", default_difficulty=4),
     "countdown": Countdown,
+    "equations": Equations,
+    "wordproblems": lambda: WordProblems("wordproblems", lang="en"),
+    "wordproblems_zh": lambda: WordProblems("wordproblems_zh", lang="zh"),
 }
-
-
-def _register_optional():
-    """Tasks in modules that may be added later register here, so the registry is one table."""
-    try:
-        from tinyseek.tasks.equations import Equations
-
-        _REGISTRY["equations"] = Equations
-    except ImportError:
-        pass
-    try:
-        from tinyseek.tasks.wordproblems import WordProblems
-
-        _REGISTRY["wordproblems"] = lambda: WordProblems("wordproblems", lang="en")
-        _REGISTRY["wordproblems_zh"] = lambda: WordProblems("wordproblems_zh", lang="zh")
-    except ImportError:
-        pass
-
-
-_register_optional()
 
 
 def names() -> list[str]:
@@ -70,11 +56,11 @@ def completion_text(rec: dict) -> str:
     return f"<think>\n{rec['solution']}\n</think>\n<answer>{rec['answer']}</answer>"
 
 
-def load_records(path, split: str | None = None) -> list[dict]:
+def load_records(path) -> list[dict]:
     """User data (JSONL, Parquet, or a `datasets` directory) as records; see tinyseek.tasks.userdata."""
     from tinyseek.tasks.userdata import load_records as _load
 
-    return _load(path, split=split)
+    return _load(path)
 
 
 def _write_jsonl_atomic(records, out: str, with_completion: bool):

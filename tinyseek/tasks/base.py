@@ -7,7 +7,7 @@ problem is on the same side whatever the seed, whatever the task variant (`addit
 their sums; English and Chinese word problems share their numbers), and the held-out set is not "the problems
 whose last digits look like X" (the linear-hash pitfall in shared/notes/rl-on-cpu-measured.md).
 
-Generation draws problems i.i.d. from the requested side (rejection on the hash), so a split may repeat a
+Generation draws problems i.i.d. from the requested side (rejection on the hash, in chunks), so a split may repeat a
 problem when the problem space is small; `unique=True` asks for n distinct problems and raises a
 TinyseekError when the side cannot supply them. Every loop has a draw budget, so a side that holds few or no
 problems (1-digit sums have 100 problems, about 10 of them held out) fails with a clear message instead of
@@ -23,17 +23,21 @@ from typing import Any
 from tinyseek.errors import TinyseekError
 
 SPLITS = ("train", "test")
-TEST_FRACTION_PER_MILLE = 100  # 10% of all problems are held out
+TEST_BUCKETS = 6554  # of 65536: the first two digest bytes below this mark a held-out problem (10.0%)
 
 
-def problem_hash(family: str, key: str) -> int:
-    """A 64-bit blake2b hash of the canonical problem; decides the split and names the record."""
-    return int.from_bytes(hashlib.blake2b(f"{family}|{key}".encode(), digest_size=8).digest(), "big")
+def problem_digest(family: str, key: str) -> bytes:
+    """8-byte blake2b digest of the canonical problem; decides the split and names the record."""
+    return hashlib.blake2b(f"{family}|{key}".encode(), digest_size=8).digest()
+
+
+def is_test_digest(digest: bytes) -> bool:
+    return (digest[0] << 8 | digest[1]) < TEST_BUCKETS
 
 
 def side_of(family: str, key: str) -> str:
     """'test' for the ~10% of problems whose hash falls in the held-out buckets, else 'train'."""
-    return "test" if problem_hash(family, key) % 1000 < TEST_FRACTION_PER_MILLE else "train"
+    return "test" if is_test_digest(problem_digest(family, key)) else "train"
 
 
 def stream_seed(*parts: Any) -> int:
@@ -61,6 +65,18 @@ class Task:
 
     def draw(self, rng: random.Random, difficulty: int) -> tuple[str, Any]:
         raise NotImplementedError
+
+    def draw_many(self, rng: random.Random, levels: list[int], m: int) -> list[tuple[str, Any, int]]:
+        """m draws as (key, problem, level), each at a level chosen uniformly from `levels`. Tasks whose draw
+        is a handful of random numbers override this with one comprehension (3x less interpreter overhead)."""
+        if len(levels) == 1:
+            d = levels[0]
+            return [(*self.draw(rng, d), d) for _ in range(m)]
+        out = []
+        for _ in range(m):
+            d = levels[int(rng.random() * len(levels))]
+            out.append((*self.draw(rng, d), d))
+        return out
 
     def build(self, rng: random.Random, problem: Any, difficulty: int) -> dict:
         raise NotImplementedError
@@ -105,7 +121,8 @@ class Task:
         levels = self._levels(difficulty)
         rng = random.Random(stream_seed(self.name, seed, split, levels))
         want_test = split == "test"
-        family, draw, build = self.family or self.name, self.draw, self.build
+        prefix = f"{self.family or self.name}|".encode()
+        blake2b = hashlib.blake2b
         records: list[dict] = []
         seen: set[str] = set()
         budget = 200 * n + 10_000  # expected draws: n / 0.9 (train) or n / 0.1 (test)
@@ -113,25 +130,31 @@ class Task:
         while len(records) < n:
             if draws >= budget:
                 have = len(seen) if unique else len(records)
+                shown = difficulty if difficulty is not None else self.default_difficulty
                 raise TinyseekError(
-                    f"task {self.name}: the {split} split at difficulty {difficulty if difficulty is not None else self.default_difficulty} "
-                    f"supplied only {have} {'distinct ' if unique else ''}problems of {n} after {draws} draws; "
-                    f"ask for fewer, raise the difficulty{', or pass unique=False' if unique else ''}"
+                    f"task {self.name}: the {split} split at difficulty {shown} supplied only {have} "
+                    f"{'distinct ' if unique else ''}problems of {n} after {draws} draws; ask for fewer, "
+                    f"raise the difficulty{', or pass unique=False' if unique else ''}"
                 )
-            draws += 1
-            level = levels[0] if len(levels) == 1 else rng.choice(levels)
-            key, problem = draw(rng, level)
-            h = problem_hash(family, key)
-            if (h % 1000 < TEST_FRACTION_PER_MILLE) != want_test:
-                continue
-            if unique:
-                if key in seen:
+            # draw in chunks sized to what is still missing (~10 draws per held-out record), hash them all
+            missing = n - len(records)
+            m = min(max(16, int(missing * (11 if want_test else 1.2))), 1 << 16, budget - draws)
+            batch = self.draw_many(rng, levels, m)
+            draws += m
+            digests = [blake2b(prefix + key.encode(), digest_size=8).digest() for key, _, _ in batch]
+            for (key, problem, level), dg in zip(batch, digests):
+                if ((dg[0] << 8 | dg[1]) < TEST_BUCKETS) != want_test:
                     continue
-                seen.add(key)
-            rec = {"id": f"{self.name}-{h:016x}", "task": self.name}
-            rec.update(build(rng, problem, level))
-            rec["difficulty"] = level
-            records.append(rec)
+                if unique:
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                rec = {"id": f"{self.name}-{dg.hex()}", "task": self.name}
+                rec.update(self.build(rng, problem, level))
+                rec["difficulty"] = level
+                records.append(rec)
+                if len(records) == n:
+                    break
         return records
 
     def info(self) -> str:

@@ -24,7 +24,7 @@ import re
 from collections import Counter
 from fractions import Fraction
 
-from tinyseek.tasks.base import Task, problem_hash
+from tinyseek.tasks.base import Task, problem_digest
 
 MAX_NUMBER = 25
 MAX_TARGET = 999
@@ -149,14 +149,17 @@ def _combine(rng: random.Random, pool: list[tuple[int, str, int]], steps: list[s
     Precedence: 3 number, 2 product/quotient, 1 sum/difference; parentheses only where needed.
     Only positive integer results are allowed, so every step is a legal Countdown move.
     """
-    i, j = rng.sample(range(len(pool)), 2)
+    r, n = rng.random, len(pool)
+    i = int(r() * n)
+    j = int(r() * (n - 1))
+    j += j >= i  # two distinct indices (cheaper than rng.sample)
     (a, ea, pa), (b, eb, pb) = pool[i], pool[j]
     ops = ["+", "*"]
     if a > b:
         ops.append("-")
     if b > 1 and a % b == 0:
         ops.append("/")
-    op = rng.choice(ops)
+    op = ops[int(r() * len(ops))]
     if op == "+":
         v, e, p = a + b, f"{ea}+{eb}", 1
     elif op == "-":
@@ -195,13 +198,22 @@ class Countdown(Task):
         numbers = [1 + int(rng.random() * MAX_NUMBER) for _ in range(difficulty + 2)]
         return ",".join(map(str, sorted(numbers))), numbers
 
+    def draw_many(self, rng: random.Random, levels: list[int], m: int):
+        r, L = rng.random, len(levels)
+        out = []
+        for _ in range(m):
+            d = levels[int(r() * L)] if L > 1 else levels[0]
+            numbers = [1 + int(r() * MAX_NUMBER) for _ in range(d + 2)]
+            out.append((",".join(map(str, sorted(numbers))), numbers, d))
+        return out
+
     def build(self, rng: random.Random, numbers, difficulty: int) -> dict:
         while True:  # some constructions leave the target range (big products); rebuild those
             target, expr, steps = solve_by_construction(rng, numbers)
             if 1 <= target <= MAX_TARGET:
                 break
         lines = []
-        for _ in range(rng.randint(0, min(difficulty, 2))):  # failed tries: the search
+        for _ in range(int(rng.random() * (min(difficulty, 2) + 1))):  # 0..2 failed tries: the search
             value, _, miss = solve_by_construction(rng, numbers)
             if value != target:
                 lines.append(" ".join(miss) + " no")
@@ -210,7 +222,7 @@ class Countdown(Task):
         shown = " ".join(map(str, numbers))
         key = ",".join(map(str, sorted(numbers))) + f">{target}"
         return {
-            "id": f"countdown-{problem_hash(self.family, key):016x}",
+            "id": f"countdown-{problem_digest(self.family, key).hex()}",
             "prompt": f"Use {shown} to make {target} with + - * /, each number at most once.",
             "answer": expr,
             "solution": "\n".join(lines),
