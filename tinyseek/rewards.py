@@ -65,7 +65,6 @@ def _column(columns: dict, name: str, i: int):
 
 # ----------------------------------------------------------------------------------------- answer extraction
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 _NUMBER_RE = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
 
 
@@ -91,10 +90,13 @@ def extract_answer(text) -> str | None:
     r"""The final answer of a completion: the last closed <answer>...</answer>, else the last \boxed{}, else
     the last number in the text; None if there is none. Accepts a string or a chat list."""
     text = _content(text)
-    matches = _ANSWER_RE.findall(text)
-    if matches:
-        inner = matches[-1].rsplit("<answer>", 1)[-1]  # nested opening tags: keep the innermost content
-        return inner.strip()
+    # string search from the right, not a regex: a non-greedy <answer>(.*?)</answer> over thousands of
+    # unclosed tags is quadratic
+    end = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, end) if end >= 0 else -1
+    if start >= 0:
+        inner = text[start + len("<answer>"):end]
+        return inner.split("</answer>", 1)[0].strip()  # nested tags: the innermost content
     boxed = _last_boxed(text)
     if boxed is not None:
         return boxed
@@ -155,23 +157,30 @@ def parse_number(text) -> Fraction | None:
     return None
 
 
+_LATEX_CMD_RE = re.compile(r"\\[A-Za-z]+|\b(?:sin|cos|tan|log|ln|exp|sqrt|pi|inf|infty)\b")
+_WORD_RE = re.compile(r"[A-Za-z]{3,}")
+
+
+def _as_math(text: str) -> str:
+    """Wrap a bare expression in $...$: math-verify reads an unwrapped `1+x^2` as its first number, 1."""
+    return text if ("$" in text or "\\boxed" in text or "\\(" in text) else f"${text}$"
+
+
 def _math_verify(gold: str, pred: str) -> bool | None:
-    """math-verify's judgement of pred against gold; None if gold cannot be parsed as mathematics."""
-    if len(gold) > MAX_VERIFY_CHARS:
-        return None
+    """math-verify's judgement of pred against gold; None if gold is not mathematics (words, too long)."""
+    if len(gold) > MAX_VERIFY_CHARS or _WORD_RE.search(_LATEX_CMD_RE.sub(" ", gold)):
+        return None  # "hello there" would parse as the product of its letters
     try:
         from math_verify import parse, verify
 
         # math-verify times out with SIGALRM, which only the main thread may set
         timeout = 3 if threading.current_thread() is threading.main_thread() else None
-        g = parse(gold, parsing_timeout=timeout)
-        if not g:
-            g = parse(f"${gold}$", parsing_timeout=timeout)
+        g = parse(_as_math(gold), parsing_timeout=timeout)
         if not g:
             return None
-        if len(pred) > MAX_VERIFY_CHARS:
+        if not pred or len(pred) > MAX_VERIFY_CHARS:
             return False
-        p = parse(pred, parsing_timeout=timeout) or parse(f"${pred}$", parsing_timeout=timeout)
+        p = parse(_as_math(pred), parsing_timeout=timeout)
         if not p:
             return False
         return bool(verify(g, p, timeout_seconds=timeout))
@@ -203,10 +212,16 @@ def score_answer(pred: str | None, gold, task=None, numbers=None, target=None) -
     if not gold_s:
         return None
     g = parse_number(gold_s)
+    if g is None and _NUMBER_RE.fullmatch(gold_s.replace(" ", "")):
+        return None  # a number past the caps (1e99999999999): no verdict rather than a slow or wrong one
     if g is not None:
         if pred is None:
             return 0.0
         p = parse_number(pred)
+        if p is None and len(pred) <= MAX_NUMBER_CHARS:
+            found = _NUMBER_RE.findall(pred)
+            if len(found) == 1:  # "19 apples", "答案是19": one number and words; a list of guesses gets nothing
+                p = parse_number(found[0])
         if p is not None:
             return 1.0 if p == g else 0.0
         if "\\" in pred or "/" in pred or "^" in pred:  # a LaTeX or symbolic form of a number
@@ -222,7 +237,8 @@ def accuracy_reward(prompts, completions, **columns) -> list[float | None]:
     r"""1.0 when the completion's final answer is right, else 0.0; None where the gold answer cannot be parsed.
 
     Range {0.0, 1.0} or None. The answer is taken from the last <answer>...</answer>, else \boxed{}, else the
-    last number. Numbers compare exactly as fractions (42 == 42.0 == 4.2e1 == 84/2); non-numeric golds go
+    last number. Numbers compare exactly as fractions (42 == 42.0 == 4.2e1 == 84/2; an answer of words and a
+    single number, "19 apples", counts as that number, 0.333 is not 1/3); non-numeric golds go
     through math-verify; countdown rows (task == "countdown", or `numbers` and `target` columns without a
     task) are checked with the safe equation parser of tinyseek.tasks.countdown against those columns.
     """
@@ -274,11 +290,11 @@ def format_reward(prompts, completions, **columns) -> list[float]:
         prompt = _prompt_text(prompts[i]) if prompts is not None and i < len(prompts) else ""
         if _THINK_OPEN_END_RE.search(prompt[-64:]) and "<think>" not in text:
             text = "<think>" + text
-        score = sum(0.2 for tag in _TAGS if text.count(tag) == 1)
+        score = 0.2 * sum(text.count(tag) == 1 for tag in _TAGS)
         m = _STRICT_RE.fullmatch(text)
         if m and score == 0.8 and m.group(2).strip():
             score = 1.0
-        out.append(round(score, 6))
+        out.append(round(float(score), 6))
     return out
 
 
