@@ -235,3 +235,20 @@ def test_greedy_equals_transformers_generate(tmp_path):
                           pad_token_id=pad, eos_token_id=None)
     for i, g in enumerate(ours):
         assert g[0].token_ids == ref[i, L:].tolist(), i
+
+
+def test_hf_engine_matches_engine_on_exported_weights(tmp_path):
+    """The adapter (left padding, its own cache, row dropping) gives the engine's tokens, greedy and seeded."""
+    transformers = pytest.importorskip("transformers")
+    from tinyseek.hf import export_dir
+    from tinyseek.hf_engine import HFEngine
+
+    m = _model(seed=4)
+    export_dir(m.cfg, m.state_dict(), tmp_path / "hf")
+    hf = HFEngine(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32), max_batch=8)
+    params = [SamplingParams(temperature=0, max_new_tokens=10, logprobs=True), SamplingParams(temperature=1.0, seed=9, max_new_tokens=7),
+              SamplingParams(temperature=0.8, top_k=20, seed=2, max_new_tokens=12, logprobs=True), SamplingParams(temperature=0, max_new_tokens=3)]
+    ours = Engine(m, max_batch=8).generate(PROMPTS, params, n=2)
+    theirs = hf.generate(PROMPTS, params, n=2)
+    assert _ids(ours) == _ids(theirs)
+    assert ours[0][0].logprobs == pytest.approx(theirs[0][0].logprobs, abs=1e-4)

@@ -119,6 +119,31 @@ class _Seq:
     prompt_cache: PromptCache | None = None
 
 
+def finish_rule(s: _Seq, t: int, eos_ids: set[int], tokenizer) -> str | None:
+    """Why sequence `s` ends after its newest token `t` (already appended to s.out), or None."""
+    p = s.params
+    if (t in eos_ids and not p.ignore_eos) or t in p.stop_token_ids:
+        return "stop"
+    if p.stop_strings and tokenizer is not None:
+        window = max(len(x.encode()) for x in p.stop_strings) + 1  # a token is at least one byte
+        tail = tokenizer.decode(s.out[-window:])
+        if any(x in tail for x in p.stop_strings):
+            return "stop"
+    if len(s.out) >= s.budget:
+        return "length"
+    return None
+
+
+def output_text(s: _Seq, eos_ids: set[int], tokenizer) -> str:
+    """The output text: a final stop token dropped, cut before the first stop string."""
+    ids = s.out
+    if ids and s.finish == "stop" and ((ids[-1] in eos_ids and not s.params.ignore_eos) or ids[-1] in s.params.stop_token_ids):
+        ids = ids[:-1]
+    text = tokenizer.decode(ids)
+    cuts = [text.find(x) for x in s.params.stop_strings if x in text]
+    return text[: min(cuts)] if cuts else text
+
+
 class Engine:
     """Generation for a tinyseek `Transformer` (see the module docstring)."""
 
@@ -144,6 +169,7 @@ class Engine:
         # speculation writes one position past the last kept token
         self.cache = KVCache(self.cfg, max_batch, self.max_len + int(speculative), device=self.device, dtype=self.dtype)
         self.eos_id = getattr(tokenizer, "eos_id", None)
+        self.eos_ids = {self.eos_id} if self.eos_id is not None else set()
         self.free_rows = list(range(max_batch - 1, -1, -1))
         self.waiting: deque[list[_Seq]] = deque()  # groups not yet admitted
         self.running: dict[int, _Seq] = {}  # by rid
@@ -465,14 +491,7 @@ class Engine:
                 if p.logprobs:
                     s.lps.append(lp)
                     added_lp.append(lp)
-                if (t == self.eos_id and not p.ignore_eos) or t in p.stop_token_ids:
-                    s.finish = "stop"
-                elif len(s.out) >= s.budget:
-                    s.finish = "length"
-                if s.finish is None and p.stop_strings and self.tokenizer is not None:
-                    text = self.tokenizer.decode(s.out[-(self._stop_window(p)):])  # the tail is enough
-                    if any(x in text for x in p.stop_strings):
-                        s.finish = "stop"
+                s.finish = finish_rule(s, t, self.eos_ids, self.tokenizer)
                 if s.finish is not None:
                     break
             s.pending = s.out[-1]
@@ -483,11 +502,6 @@ class Engine:
             if s.finish is not None:
                 self._retire(s)
 
-    @staticmethod
-    def _stop_window(p: SamplingParams) -> int:
-        """Tokens to decode to see a stop string completed by the newest token (a token is >= 1 byte)."""
-        return max(len(x.encode()) for x in p.stop_strings) + 1
-
     def _retire(self, s: _Seq) -> None:
         if s.rid in self.running:
             del self.running[s.rid]
@@ -496,13 +510,7 @@ class Engine:
             s.pending = None
 
     def _text(self, s: _Seq) -> str:
-        """The output text: stop token dropped, cut before the first stop string."""
-        ids = s.out
-        if ids and s.finish == "stop" and ((ids[-1] == self.eos_id and not s.params.ignore_eos) or ids[-1] in s.params.stop_token_ids):
-            ids = ids[:-1]
-        text = self.tokenizer.decode(ids)
-        cuts = [text.find(x) for x in s.params.stop_strings if x in text]
-        return text[: min(cuts)] if cuts else text
+        return output_text(s, self.eos_ids, self.tokenizer)
 
     def _delta(self, s: _Seq) -> str:
         """New streamable text: held back while it ends in a partial UTF-8 character or could start a stop string."""
