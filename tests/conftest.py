@@ -1,0 +1,53 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+# R1-format chats a tiny model learns by heart in a few seconds: enough for a real checkpoint that
+# reasons (<think>...</think>) and answers (<answer>...</answer>) on cue.
+R1_CHATS = [
+    ("What is 2 plus 3?", "<think>\nAdd 2 and 3 to get 5.\n</think>\n<answer>5</answer>"),
+    ("Say hi.", "<think>\nA greeting is asked for.\n</think>\n<answer>Hi there!</answer>"),
+    ("What is 4 times 2?", "<think>\nFour twice is 8.\n</think>\n<answer>8</answer>"),
+]
+
+
+@pytest.fixture(scope="session")
+def r1_checkpoint(tmp_path_factory):
+    """A `nano` tinyseek checkpoint (with tokenizer.json) overfit on R1_CHATS: greedy decoding of one of
+    those prompts reproduces its `<think>...</think><answer>...</answer>` completion. ~10 s on 2 cores."""
+    import torch
+
+    from tinyseek.checkpoint import save_checkpoint
+    from tinyseek.config import ModelConfig
+    from tinyseek.model import Transformer
+    from tinyseek.tokenizer import Tokenizer
+
+    out = tmp_path_factory.mktemp("r1ckpt")
+    tok = Tokenizer.train([u + " " + c for u, c in R1_CHATS] * 5, 300)
+    tok_file = tok.save(out / "tok")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only add overhead on a shared machine
+    try:
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig.preset("nano", vocab_size=tok.vocab_size))
+        seqs = []
+        for user, completion in R1_CHATS:
+            prompt = tok.encode(tok.chat([{"role": "user", "content": user}]))
+            seqs.append((prompt, tok.encode(completion) + [tok.eos_id]))
+        L = max(len(p) + len(c) for p, c in seqs)
+        x = torch.full((len(seqs), L), tok.pad_id)
+        y = torch.full((len(seqs), L), -100)
+        for i, (p, c) in enumerate(seqs):
+            x[i, : len(p) + len(c)] = torch.tensor(p + c)
+            y[i, len(p) - 1: len(p) + len(c) - 1] = torch.tensor(c)  # next-token targets, completion only
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(100):
+            loss = model(x, targets=y).ce_loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return save_checkpoint(model.eval(), out / "ckpt", tokenizer_file=tok_file)

@@ -1,0 +1,452 @@
+"""The HTTP API: DeepSeek/OpenAI-compatible chat completions, the chat page, and `tinyseek serve`.
+
+Endpoints
+- `POST /v1/chat/completions` (also `/chat/completions`): see `protocol.ChatRequest`. Non-streaming
+  answers carry `choices[i].message.{content, reasoning_content}`; streaming answers are SSE
+  `chat.completion.chunk`s (role first, then `delta.reasoning_content` pieces, then `delta.content`
+  pieces, then a chunk with `finish_reason`), a final usage chunk with empty `choices` when
+  `stream_options.include_usage`, then `data: [DONE]`. See `reasoning.py` for how the completion is
+  split (the `<answer>` tags are dropped from `content`).
+- `GET /v1/models`, `GET /health`, `GET /v1/usage` (the caller's totals and cost from the ledger),
+  `GET /` (the chat page, `static/index.html`).
+
+Usage. `prompt_tokens` counts the prompt once whatever `n`; `prompt_cache_hit_tokens` are the prompt
+tokens whose attention rows came from the prefix cache for the first choice (the others are misses);
+`completion_tokens` sums every choice's sampled tokens (the end-of-sentence token included);
+`completion_tokens_details.reasoning_tokens` sums the tokens from each completion's start through
+`</think>`. Those are the numbers billed in the ledger.
+
+Keys. With `--api-key` given, every `/v1/*` and `/chat/completions` request needs
+`Authorization: Bearer KEY` (401 otherwise); `/`, `/health` and `/openapi.json` are open. Rate limits
+are per key (or for everyone together without keys): at most `--rate-limit` requests per minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import json
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tinyseek.errors import TinyseekError
+from tinyseek.serve.ledger import Ledger, Prices, key_id
+from tinyseek.serve.prefix_cache import PrefixCache
+from tinyseek.serve.protocol import APIError, ChatRequest, parse_chat_request
+from tinyseek.serve.reasoning import ReasoningSplitter
+from tinyseek.serve.scheduler import Job, QueueFull, Scheduler
+
+STATIC = Path(__file__).parent / "static"
+MODEL_ALIASES = ("deepseek-reasoner", "deepseek-chat")  # so DeepSeek clients work unchanged
+
+
+@dataclass
+class ServeConfig:
+    model_name: str = "tinyseek"
+    api_keys: tuple[str, ...] = ()
+    rate_limit: int = 600  # requests per minute per key; 0 = unlimited
+    max_queue: int = 64  # jobs waiting for a slot (each choice of a request is a job)
+    default_max_tokens: int = 1024
+    context_len: int = 0  # 0 = the model's max_seq_len
+    prefix_cache: bool = True
+    cache_block: int = 16
+    cache_budget_mb: float = 256.0
+    prices: Prices = field(default_factory=Prices)
+    db: str = "tinyseek-usage.sqlite"
+
+
+class RateLimiter:
+    """Sliding one-minute window of request times per key id."""
+
+    def __init__(self, per_minute: int):
+        self.per_minute = per_minute
+        self._times: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._lock = threading.Lock()
+
+    def check(self, kid: str, now: float | None = None) -> float:
+        """0 if allowed (and counted); otherwise seconds until a slot frees."""
+        if self.per_minute <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            q = self._times[kid]
+            while q and q[0] <= now - 60.0:
+                q.popleft()
+            if len(q) >= self.per_minute:
+                return max(0.0, q[0] + 60.0 - now)
+            q.append(now)
+            return 0.0
+
+
+def _error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None) -> FastAPI:
+    """The FastAPI app around an `Engine` (continuous batching) and a tinyseek `Tokenizer`.
+
+    The scheduler thread starts with the app (lifespan) and stops with it.
+    """
+    ctx_len = cfg.context_len or int(getattr(engine, "max_len", 0) or engine.model.cfg.max_seq_len)
+    cache = PrefixCache(cfg.cache_block, int(cfg.cache_budget_mb * (1 << 20))) if cfg.prefix_cache else None
+    sched = Scheduler(engine, cache, max_queue=cfg.max_queue)
+    limiter = RateLimiter(cfg.rate_limit)
+    ledger = ledger if ledger is not None else Ledger(cfg.db, cfg.prices)
+    key_ids = {k: key_id(k) for k in cfg.api_keys}
+    model_names = (cfg.model_name,) + tuple(a for a in MODEL_ALIASES if a != cfg.model_name)
+    created = int(time.time())
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        sched.start()
+        try:
+            yield
+        finally:
+            sched.stop()
+
+    app = FastAPI(title="tinyseek", version="0.1.0", lifespan=lifespan,
+                  description="DeepSeek-API-compatible chat completions from a tinyseek model.")
+    app.state.scheduler, app.state.prefix_cache, app.state.ledger, app.state.config = sched, cache, ledger, cfg
+
+    # -- errors: always the OpenAI shape, never a 500 for a client's input --------------------------
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError):
+        return _error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, e: RequestValidationError):
+        err = e.errors()[0] if e.errors() else {"loc": ("body",), "msg": "invalid request"}
+        field_ = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        return _error_response(APIError(400, f"{field_}: {err.get('msg')}", param=field_, code="invalid_format"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        msg = f"{request.method} {request.url.path}: {e.detail}"
+        return _error_response(APIError(e.status_code, msg, code=code))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):
+        return _error_response(APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error", code="internal_error"))
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def authenticate(request: Request) -> str:
+        """The caller's key id; raises 401 when keys are configured and this one is missing or wrong."""
+        if not cfg.api_keys:
+            return key_id(None)
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise APIError(401, "missing API key: send 'Authorization: Bearer KEY'", type="authentication_error",
+                           code="invalid_api_key")
+        token = token.strip()
+        for k, kid in key_ids.items():
+            if secrets.compare_digest(k.encode(), token.encode()):
+                return kid
+        raise APIError(401, "wrong API key", type="authentication_error", code="invalid_api_key")
+
+    def usage_of(prompt_tokens: int, hit: int, completion: int, reasoning: int) -> dict:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion,
+                "prompt_cache_hit_tokens": hit, "prompt_cache_miss_tokens": prompt_tokens - hit,
+                "prompt_tokens_details": {"cached_tokens": hit},
+                "completion_tokens_details": {"reasoning_tokens": reasoning}}
+
+    def build_jobs(req: ChatRequest, loop) -> tuple[list[int], list[Job], asyncio.Queue, int]:
+        from tinyseek.sampling import SamplingParams
+
+        if req.model not in model_names:
+            raise APIError(404, f"model {req.model!r} does not exist (served: {', '.join(model_names)})",
+                           param="model", code="model_not_found")
+        msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        try:
+            prompt = tokenizer.encode(tokenizer.chat(msgs, add_generation_prompt=True))
+        except TinyseekError as e:
+            raise APIError(400, f"messages: {e}", param="messages") from None
+        max_tokens = req.max_tokens or req.max_completion_tokens
+        room = ctx_len - len(prompt)
+        if max_tokens is None:
+            max_tokens = min(cfg.default_max_tokens, room)
+        if max_tokens < 1 or len(prompt) + max_tokens > ctx_len:
+            asked = req.max_tokens or req.max_completion_tokens or max_tokens
+            raise APIError(400, f"this model's maximum context length is {ctx_len} tokens; the messages are "
+                                f"{len(prompt)} tokens and max_tokens is {asked} ({len(prompt) + asked} in all)",
+                           param="messages", code="context_length_exceeded")
+        queue: asyncio.Queue = asyncio.Queue()
+        jobs = []
+        for i in range(req.n):
+            seed = None if req.seed is None else (req.seed + i) % (1 << 63)
+            params = SamplingParams(
+                max_new_tokens=max_tokens,
+                temperature=1.0 if req.temperature is None else req.temperature,
+                top_p=1.0 if req.top_p is None else req.top_p,
+                presence_penalty=req.presence_penalty or 0.0,
+                frequency_penalty=req.frequency_penalty or 0.0,
+                seed=seed)
+            jobs.append(Job(prompt, params, queue, loop, index=i, use_cache=cache is not None))
+        return prompt, jobs, queue, max_tokens
+
+    def admit(request: Request, kid: str, jobs: list[Job]) -> None:
+        wait = limiter.check(kid)
+        if wait > 0:
+            raise APIError(429, f"rate limit of {cfg.rate_limit} requests per minute reached; retry in {wait:.1f} s",
+                           type="rate_limit_error", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(max(1, round(wait)))})
+        try:
+            sched.submit(jobs)
+        except QueueFull as e:
+            raise APIError(503, f"server overloaded: {e}; retry later", type="server_error", code="server_overloaded",
+                           headers={"Retry-After": "1"}) from None
+
+    def record(kid: str, rid: str, prompt: list[int], hit: int, completion: int, reasoning: int) -> None:
+        ledger.record(kid, cfg.model_name, rid, hit, len(prompt) - hit, completion, reasoning)
+
+    # -- routes -----------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": cfg.model_name, **sched.load(),
+                "prefix_cache": cache.stats() if cache is not None else None}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authenticate(request)
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "tinyseek"}
+                                           for m in model_names]}
+
+    @app.get("/v1/usage")
+    async def usage(request: Request):
+        kid = authenticate(request)
+        rows = ledger.totals(kid)
+        tot = rows[0] if rows else {"requests": 0, "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": 0,
+                                    "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0,
+                                    "total_tokens": 0, "cost_usd": 0.0}
+        tot = {k: v for k, v in tot.items() if k != "key_id"}
+        p = cfg.prices
+        return {"object": "usage", "key_id": kid, **tot,
+                "prices_per_million_tokens": {"cache_hit": p.cache_hit, "cache_miss": p.cache_miss, "output": p.output},
+                "by_day": [{k: v for k, v in r.items() if k != "key_id"} for r in ledger.totals(kid, by_day=True)]}
+
+    chat_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+
+    async def chat_completions(request: Request):
+        kid = authenticate(request)
+        req = parse_chat_request(await request.body())
+        loop = asyncio.get_running_loop()
+        prompt, jobs, queue, max_tokens = build_jobs(req, loop)
+        admit(request, kid, jobs)
+        rid = "chatcmpl-" + secrets.token_hex(12)
+        splitters = [ReasoningSplitter(tokenizer, req.stop_list()) for _ in jobs]
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_stream(request, kid, rid, req, prompt, jobs, queue, splitters, include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        finish = [None] * len(jobs)
+        try:
+            while any(f is None for f in finish):
+                try:
+                    i, kind, payload = await asyncio.wait_for(queue.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        sched.cancel(jobs)
+                        return JSONResponse({}, status_code=499)
+                    continue
+                if kind == "error":
+                    raise APIError(500, payload, type="server_error", code="engine_error")
+                if finish[i] is not None:
+                    continue
+                if kind == "token":
+                    splitters[i].feed(payload)
+                    if splitters[i].stopped:
+                        finish[i] = "stop"
+                        sched.cancel([jobs[i]])
+                else:
+                    splitters[i].finish()
+                    finish[i] = payload
+        except BaseException:
+            sched.cancel(jobs)
+            raise
+        hit = jobs[0].cached_tokens
+        completion = sum(s.n_tokens for s in splitters)
+        reasoning_t = sum(s.reasoning_tokens for s in splitters)
+        record(kid, rid, prompt, hit, completion, reasoning_t)
+        choices = []
+        for i, s in enumerate(splitters):
+            reasoning, content = s.result()
+            choices.append({"index": i, "message": {"role": "assistant", "content": content, "reasoning_content": reasoning},
+                            "logprobs": None, "finish_reason": finish[i]})
+        return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
+                "system_fingerprint": "tinyseek-0.1.0", "choices": choices,
+                "usage": usage_of(len(prompt), hit, completion, reasoning_t)}
+
+    async def _stream(request, kid, rid, req, prompt, jobs, queue, splitters, include_usage):
+        created_ = int(time.time())
+
+        def chunk(choices, usage=None):
+            obj = {"id": rid, "object": "chat.completion.chunk", "created": created_, "model": req.model,
+                   "system_fingerprint": "tinyseek-0.1.0", "choices": choices}
+            if include_usage:
+                obj["usage"] = usage
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        def deltas(i, pieces):
+            return [chunk([{"index": i, "delta": {field_: text}, "logprobs": None, "finish_reason": None}])
+                    for field_, text in pieces]
+
+        finish = [None] * len(jobs)
+        recorded = False
+        try:
+            for i in range(len(jobs)):
+                yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+            while any(f is None for f in finish):
+                i, kind, payload = await queue.get()
+                if finish[i] is not None:
+                    continue
+                if kind == "error":
+                    yield f"data: {json.dumps(APIError(500, payload, type='server_error', code='engine_error').body())}\n\n"
+                    return
+                if kind == "token":
+                    for c in deltas(i, splitters[i].feed(payload)):
+                        yield c
+                    if splitters[i].stopped:
+                        finish[i] = "stop"
+                        sched.cancel([jobs[i]])
+                else:
+                    for c in deltas(i, splitters[i].finish()):
+                        yield c
+                    finish[i] = payload
+                if finish[i] is not None:
+                    yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish[i]}])
+            hit = jobs[0].cached_tokens
+            completion = sum(s.n_tokens for s in splitters)
+            reasoning_t = sum(s.reasoning_tokens for s in splitters)
+            record(kid, rid, prompt, hit, completion, reasoning_t)
+            recorded = True
+            if include_usage:
+                yield chunk([], usage_of(len(prompt), hit, completion, reasoning_t))
+            yield "data: [DONE]\n\n"
+        finally:
+            # a client that went away: free its slots now, and bill what it consumed
+            sched.cancel(jobs)
+            if not recorded:
+                record(kid, rid, prompt, jobs[0].cached_tokens, sum(j.n_generated for j in jobs), 0)
+
+    for path in ("/v1/chat/completions", "/chat/completions"):
+        app.post(path, openapi_extra=chat_body, response_model=None)(chat_completions)
+    return app
+
+
+# ----------------------------------------------------------------------------------------------
+# the command
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cli_serve(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="tinyseek serve", description="DeepSeek/OpenAI-compatible HTTP API and chat page for a checkpoint.")
+    p.add_argument("ckpt", help="checkpoint directory (with tokenizer.json)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind")
+    p.add_argument("--api-key", action="append", default=[], help="accepted API key (repeatable); none = no authentication")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without any --api-key")
+    p.add_argument("--db", default=None, help="SQLite usage ledger (default: usage.sqlite in the current directory)")
+    p.add_argument("--model-name", default="tinyseek", help="the model id clients send (deepseek-reasoner/-chat are aliases)")
+    p.add_argument("--max-batch", type=int, default=32, help="requests decoded together (engine slots)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 503")
+    p.add_argument("--max-tokens", type=int, default=1024, help="default max_tokens when a request gives none")
+    p.add_argument("--rate-limit", type=int, default=600, help="requests per minute per key (0 = unlimited)")
+    p.add_argument("--no-prefix-cache", action="store_true", help="disable context caching")
+    p.add_argument("--cache-block", type=int, default=16, help="prefix cache block size in tokens")
+    p.add_argument("--cache-mb", type=float, default=256.0, help="prefix cache memory budget in MiB")
+    p.add_argument("--price-hit", type=float, default=Prices.cache_hit, help="$ per million cache-hit input tokens")
+    p.add_argument("--price-miss", type=float, default=Prices.cache_miss, help="$ per million cache-miss input tokens")
+    p.add_argument("--price-output", type=float, default=Prices.output, help="$ per million output tokens")
+    p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    args = p.parse_args(argv)
+
+    if not _is_loopback(args.host) and not args.api_key and not args.insecure:
+        raise TinyseekError(f"--host {args.host}: refusing to serve beyond loopback without --api-key (or pass --insecure)")
+    if args.port < 0 or args.port > 65535:
+        raise TinyseekError(f"--port: must be in 0..65535, got {args.port}")
+    for name in ("max_batch", "max_queue", "max_tokens", "cache_block"):
+        if getattr(args, name) < 1:
+            raise TinyseekError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+
+    import torch
+    import uvicorn
+
+    from tinyseek.checkpoint import load_model
+    from tinyseek.engine import Engine
+    from tinyseek.tokenizer import Tokenizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.ckpt).to(device).eval()
+    tokenizer = Tokenizer.load(args.ckpt)
+    engine = Engine(model, tokenizer, max_batch=args.max_batch)
+    cfg = ServeConfig(model_name=args.model_name, api_keys=tuple(args.api_key), rate_limit=args.rate_limit,
+                      max_queue=args.max_queue, default_max_tokens=args.max_tokens,
+                      prefix_cache=not args.no_prefix_cache, cache_block=args.cache_block, cache_budget_mb=args.cache_mb,
+                      prices=Prices(args.price_hit, args.price_miss, args.price_output),
+                      db=args.db or str(Path.cwd() / "usage.sqlite"))
+    app = create_app(engine, tokenizer, cfg)
+    for k in cfg.api_keys:
+        print(f"tinyseek serve: key {k[:4]}... is {key_id(k)} in the ledger", file=sys.stderr)
+    print(f"tinyseek serve: {args.ckpt} as {cfg.model_name!r} on http://{args.host}:{args.port}/  (ledger {cfg.db})", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, host: str = "127.0.0.1", timeout: float = 30.0) -> Iterator[str]:
+    """Run `app` under uvicorn in a background thread on a free port of `host`; yields the base URL.
+
+    For tests and notebooks: the socket is bound before the server starts (no port race), and the
+    server is shut down (lifespan included, so the scheduler thread stops) when the block exits.
+    """
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("tinyseek: the server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout)
+        sock.close()
