@@ -101,6 +101,7 @@ class TrainConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (autocast; master weights stay fp32)
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # CPU threads for torch (0 = torch's default); 1 is far faster on a machine shared with other jobs
     seed: int = 0
     log_every: int = 1  # console line every N steps (metrics.jsonl always gets every step)
     eval_every: int = 0  # 0 = only at the end
@@ -120,7 +121,7 @@ class TrainConfig:
 
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_batches", "max_bad_steps", "keep_last"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
-        for name in ("warmup_steps", "eval_every", "ckpt_every", "weight_decay", "grad_clip", "peak_tflops", "gpu_hour_price", "cpu_hour_price", "adam_eps"):
+        for name in ("threads", "warmup_steps", "eval_every", "ckpt_every", "weight_decay", "grad_clip", "peak_tflops", "gpu_hour_price", "cpu_hour_price", "adam_eps"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
         need(self.lr > 0, "lr", "must be positive")
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be between 0 and 1")
@@ -301,6 +302,8 @@ class Loop:
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module, run_dir: str | Path, *, tokenizer_file: str | Path | None = None,
                  resolved_config: dict | None = None, resume: bool = False, stage_name: str = "train", seq_len: int = 0):
         self.cfg = cfg
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
         self.dist = init_distributed(cfg.device)
         self.device = self.dist.device
         self.run_dir = Path(run_dir)
@@ -572,7 +575,7 @@ class Loop:
             self.tokens += tokens
             step_flops = self.flops_per_token * tokens
             self.flops += step_flops
-            rec: dict[str, Any] = {"step": self.step, **{k: v for k, v in m.items() if k != "expert_load"}, "lr": lr}
+            rec: dict[str, Any] = {"step": self.step, **{k: v for k, v in m.items() if k != "expert_load"}, "lr": lr, "tokens": tokens}
             load = m.get("expert_load")
             if load is not None:
                 mean = load.mean(dim=-1).clamp_min(1e-9)
