@@ -1,0 +1,138 @@
+"""Evaluation maths against hand-computed values, interval coverage by simulation, and an end-to-end run."""
+
+import json
+import math
+import random
+from itertools import combinations
+
+import pytest
+
+from tinyseek.evaluate import majority_vote, mean_ci, normalize_answer, pass_at_k, summarize, wilson
+
+
+def test_pass_at_k_hand_values():
+    assert pass_at_k(5, 0, 1) == 0.0 and pass_at_k(5, 5, 3) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    assert pass_at_k(5, 2, 2) == pytest.approx(0.7)  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+    assert pass_at_k(10, 3, 4) == pytest.approx(1 - math.comb(7, 4) / math.comb(10, 4))
+    assert pass_at_k(3, 2, 2) == 1.0  # n - c < k
+
+
+def test_pass_at_k_is_the_mean_over_subsets():
+    """Unbiased: it equals the share of k-subsets of the n samples that contain a correct one."""
+    rng = random.Random(0)
+    for _ in range(30):
+        n = rng.randint(1, 8)
+        flags = [rng.random() < 0.4 for _ in range(n)]
+        for k in range(1, n + 1):
+            subsets = list(combinations(flags, k))
+            assert pass_at_k(n, sum(flags), k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+
+
+def test_majority_vote_and_normalisation():
+    assert normalize_answer(" 42.0 ") == normalize_answer("84/2") == normalize_answer("42")
+    assert normalize_answer(None) is None and normalize_answer("  ") is None
+    assert majority_vote(["3", "4", "4.0", None, "3"]) == 0  # 3 and 4 tie at two votes: 3 was seen first
+    assert majority_vote(["3", "4", "4.0", None, "4/1"]) == 1  # 4 wins 3 to 1 (numbers compared exactly)
+    assert majority_vote(["7", None, "8", "8"]) == 2
+    assert majority_vote([None, None]) is None
+    assert majority_vote(["a", "b"]) == 0  # tie: the answer seen first
+
+
+def test_summarize_hand_computed():
+    correct = [[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]
+    answers = [["5", "6", "5.0", "6"], ["1", "2", "1", None], ["9", "9", "9", "9"]]
+    formats = [[1.0, 0.8, 1.0, 1.0], [0.0] * 4, [1.0] * 4]
+    lengths = [[10, 20, 30, 40], [5, 5, 5, 5], [1, 2, 3, 4]]
+    s = summarize(correct, answers, formats, lengths)
+    assert s["pass@1"]["value"] == pytest.approx((0.5 + 0 + 1) / 3)
+    assert s["pass@2"]["value"] == pytest.approx(((1 - 1 / 6) + 0 + 1) / 3)
+    assert s["pass@4"]["value"] == pytest.approx(2 / 3)
+    assert s["cons@4"]["value"] == pytest.approx(2 / 3)  # problem 0: "5" ties "6", "5" first and right
+    assert s["format"]["value"] == pytest.approx((0.75 + 0 + 1) / 3)
+    assert s["mean_length"]["value"] == pytest.approx((25 + 5 + 2.5) / 3)
+    for name in ("pass@1", "pass@2", "cons@4", "format"):
+        lo, hi = s[name]["ci95"]
+        assert 0 <= lo <= s[name]["value"] <= hi <= 1
+    # an unscorable gold answer leaves the problem out of accuracy, not of format/length
+    s2 = summarize(correct + [[None] * 4], answers + [["1"] * 4], formats + [[1.0] * 4], lengths + [[1] * 4])
+    assert s2["n_unscored"] == 1 and s2["pass@1"]["value"] == s["pass@1"]["value"]
+
+
+def test_wilson_hand_value():
+    lo, hi = wilson(0.5, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    lo, hi = wilson(1.0, 10)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(0.7225, abs=1e-3)
+
+
+def test_intervals_cover_the_true_values():
+    """Simulated evaluations of a population of problems with known success rates: the 95% intervals of
+    pass@1 (fractional, K = 4), cons@1-style binary scores and mean length cover the truth >= ~95% of the time."""
+    rng = random.Random(1)
+    reps, N, K = 400, 40, 4
+    true_p = 0.35  # problems' success rates ~ Beta(0.7, 1.3): mean 0.35
+    cover = {"pass@1": 0, "binary": 0, "length": 0}
+    for _ in range(reps):
+        correct, lengths = [], []
+        for _ in range(N):
+            p = rng.betavariate(0.7, 1.3)
+            correct.append([1.0 if rng.random() < p else 0.0 for _ in range(K)])
+            lengths.append([rng.expovariate(1 / 50) for _ in range(K)])
+        s = summarize(correct, [[None] * K] * N, [[0.0] * K] * N, lengths)
+        lo, hi = s["pass@1"]["ci95"]
+        cover["pass@1"] += lo <= true_p <= hi
+        first = [[c[0]] for c in correct]  # K = 1: binary per problem
+        lo, hi = summarize(first, [[None]] * N, [[0.0]] * N, [[1]] * N)["pass@1"]["ci95"]
+        cover["binary"] += lo <= true_p <= hi
+        lo, hi = s["mean_length"]["ci95"]
+        cover["length"] += lo <= 50 <= hi
+    assert cover["pass@1"] / reps >= 0.94
+    assert 0.92 <= cover["binary"] / reps <= 0.99
+    assert 0.91 <= cover["length"] / reps <= 0.99
+
+
+def test_mean_ci():
+    m, lo, hi = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and hi - m == pytest.approx(1.959964 * 1.0 / math.sqrt(3), rel=1e-5)
+
+
+class _OracleEngine:
+    """An engine that answers each prompt from a table (right, wrong, or unformatted), K samples a prompt."""
+
+    def __init__(self, replies):
+        self.replies = replies
+        self.tokenizer = None
+
+    def encode_chat(self, messages):
+        return [ord(ch) for ch in messages[-1]["content"]]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+    def generate(self, prompts, params, n=1):
+        from tinyseek.engine import Completion
+
+        out = []
+        for p in prompts:
+            texts = self.replies[self.decode(p)]
+            assert len(texts) == n
+            out.append([Completion([1] * len(t), None, "stop", t) for t in texts])
+        return out
+
+
+def test_evaluate_end_to_end_with_english_and_chinese_records(tmp_path):
+    from tinyseek.evaluate import evaluate
+
+    good = "<think>\n2+2=4\n</think>\n<answer>4</answer>"
+    records = [{"id": "a", "prompt": "What is 2+2?", "answer": "4"}, {"id": "b", "prompt": "三加四等于多少？", "answer": "7"}]
+    replies = {"What is 2+2?": [good, "<answer>5</answer>", good],
+               "三加四等于多少？": ["<think>\n三加四\n</think>\n<answer>7</answer>", "答案是8", "<answer>8</answer>"]}
+    res = evaluate(_OracleEngine(replies), records, samples=3)
+    assert res["pass@1"]["value"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert res["cons@3"]["value"] == pytest.approx(0.5)  # problem b: "8" wins the vote 2 to 1
+    assert res["pass@3"]["value"] == 1.0
+    assert res["format"]["value"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert res["problems"][1]["answers"] == ["7", "8", "8"]
+    json.dumps(res)  # serialisable as eval.json
