@@ -146,6 +146,9 @@ def test_countdown_nesting_and_length_caps():
     assert evaluate_expression("(" * 20 + "3" + ")" * 20)[0] == 3
     assert evaluate_expression("(" * 500 + "3" + ")" * 500) is None  # too long / deep, not a RecursionError
     assert accuracy_reward(["q"], ["<answer>3</answer>"], task=["countdown"], numbers=[None], target=[None]) == [None]
+    import numpy as np  # columns that came through numpy / pandas
+
+    assert cd("50*3+25+7", numbers=np.array(NUMS), target=np.int64(182)) == 1.0
 
 
 # -------------------------------------------------------------------------------------------------- format

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import threading
 from fractions import Fraction
+from numbers import Integral
 from typing import Callable, Sequence
 
 from tinyseek.tasks.countdown import check_equation
@@ -193,11 +194,14 @@ def _is_countdown(task, numbers, target) -> bool:
 
 
 def _valid_countdown_gold(numbers, target) -> bool:
+    """Numbers: a non-empty list of integers (numpy integers too); target: an integer (or integral float)."""
     if not isinstance(numbers, (list, tuple)) or not numbers or isinstance(target, bool):
         return False
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in numbers):
+    if not all(isinstance(x, Integral) and not isinstance(x, bool) for x in numbers):
         return False
-    return isinstance(target, int) or (isinstance(target, float) and target.is_integer())
+    if isinstance(target, Integral):
+        return True
+    return isinstance(target, float) and target.is_integer() and abs(target) < 1e15
 
 
 def score_answer(pred: str | None, gold, task=None, numbers=None, target=None) -> float | None:
@@ -207,7 +211,7 @@ def score_answer(pred: str | None, gold, task=None, numbers=None, target=None) -
             numbers = numbers.tolist()
         if not _valid_countdown_gold(numbers, target):
             return None
-        return 1.0 if pred is not None and check_equation(pred, list(numbers), int(target)) else 0.0
+        return 1.0 if pred is not None and check_equation(pred, [int(x) for x in numbers], int(target)) else 0.0
     gold_s = gold_answer(gold)
     if not gold_s:
         return None

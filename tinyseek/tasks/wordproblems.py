@@ -98,19 +98,18 @@ def _draw_chain(rng: random.Random, steps: int):
 
 
 def _draw_fixed(rng: random.Random, name: str):
+    r = rng.random
     if name == "speed":
-        nums = {"a": _rand(rng, 20, 120), "b": _rand(rng, 2, 9)}
+        nums = {"a": 20 + int(r() * 101), "b": 2 + int(r() * 8)}
     elif name == "factory":
-        nums = {"a": _rand(rng, 2, 12), "b": _rand(rng, 2, 12), "c": _rand(rng, 2, 9)}
+        nums = {"a": 2 + int(r() * 11), "b": 2 + int(r() * 11), "c": 2 + int(r() * 8)}
     else:
-        a, b, c, d = _rand(rng, 2, 12), _rand(rng, 2, 12), _rand(rng, 2, 9), _rand(rng, 2, 15)
-        nums = {"a": a, "b": b, "c": c, "d": d}
+        nums = {"a": 2 + int(r() * 11), "b": 2 + int(r() * 11), "c": 2 + int(r() * 8), "d": 2 + int(r() * 14)}
+        if name == "change":
+            total = nums["a"] * nums["b"] + nums["c"] * nums["d"]
+            nums["e"] = (total // 10 + 1 + int(r() * 5)) * 10  # a round bill above the total
     # the key holds exactly the numbers the text shows: two keys never print as the same problem
-    if name == "change":
-        total = a * b + c * d
-        nums["e"] = (total // 10 + 1 + _rand(rng, 0, 4)) * 10  # a round bill above the total
-    key = f"{name}|" + ",".join(f"{k}{v}" for k, v in sorted(nums.items()))
-    return key, (name, nums)
+    return f"{name}|" + ",".join(map(str, nums.values())), (name, nums)
 
 
 class WordProblems(Task):
