@@ -235,3 +235,25 @@ def test_tokenizer_travels_with_the_export(tmp_path):
     assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
     hf_cfg = json.loads((tmp_path / "hf/config.json").read_text())
     assert hf_cfg["eos_token_id"] == tok.eos_id and hf_cfg["bos_token_id"] == tok.bos_id
+
+
+def test_import_reads_deepseek_layout_mtp(tmp_path):
+    """DeepSeek's own checkpoints keep MTP depth k at model.layers.{n_layers + k}.* (with copies of the
+    embedding and head); import finds it there too, and counts the depth from the weights."""
+    model = random_model(seed=5)
+    export_dir(model.cfg, model.state_dict(), tmp_path / "hf")
+    f = tmp_path / "hf/model.safetensors"
+    sd = load_file(str(f))
+    L = model.cfg.n_layers
+    moved = {(k.replace(f"{MTP_PREFIX}.0.", f"model.layers.{L}.") if k.startswith(MTP_PREFIX) else k): v for k, v in sd.items()}
+    moved[f"model.layers.{L}.embed_tokens.weight"] = sd["model.embed_tokens.weight"].clone()
+    moved[f"model.layers.{L}.shared_head.head.weight"] = sd["lm_head.weight"].clone()
+    save_file(moved, str(f))
+    cfg_file = tmp_path / "hf/config.json"
+    hf_cfg = json.loads(cfg_file.read_text())
+    del hf_cfg["tinyseek"]
+    cfg_file.write_text(json.dumps(hf_cfg))
+    back = load_hf_as_tinyseek(tmp_path / "hf")
+    assert back.cfg.mtp_depth == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
