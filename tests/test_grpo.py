@@ -225,7 +225,7 @@ def _stage(tmp_path, reward, **kw):
 
 def test_learns_trivial_reward_within_a_minute(tmp_path):
     """Reward 1 when the completion starts with 7 (1/16 at random init): GRPO must drive it to ~1."""
-    loop, stage = _stage(tmp_path, "test_grpo:starts_with_7", max_steps=30, sample_every=10)
+    loop, stage = _stage(tmp_path, "test_grpo:starts_with_7", max_steps=20, sample_every=10)
     loop.run(stage)
     import json
 

@@ -1,0 +1,106 @@
+"""Rejection sampling keeps only verified, well-formed, finished completions, and writes an SFT dataset."""
+
+import json
+
+import pytest
+
+from tinyseek.config import ConfigError
+from tinyseek.train import sample as S
+from tinyseek.train.grpo import Sample
+
+REC = {"id": "a-1", "task": "arithmetic", "prompt": "12+30=", "answer": "42"}
+GOOD = "<think>\n2+0+0=02 1+3+0=04 so 42\n</think>\n<answer>42</answer>"
+GOOD_SHORT = "<think>\n12+30=42\n</think>\n<answer>42</answer>"
+
+
+def test_select_keeps_only_verified_well_formed_finished():
+    comps = [[
+        (GOOD, 20, "stop"),
+        ("<think>\nguess\n</think>\n<answer>41</answer>", 10, "stop"),  # wrong answer
+        ("the answer is 42", 5, "stop"),  # right number, not the R1 layout
+        ("<think>\nx\n</think><answer>42</answer> and more", 12, "stop"),  # text after the answer block
+        (GOOD_SHORT, 12, "length"),  # cut at the token limit
+        (GOOD_SHORT, 12, "stop"),
+    ]]
+    rows, stats = S.select([REC], comps)
+    assert [r["completion"] for r in rows] == [GOOD, GOOD_SHORT]
+    assert rows[0]["prompt"] == REC["prompt"] and rows[0]["answer"] == "42"
+    assert stats["verified"] == 2 and stats["completions"] == 6 and stats["problems_kept"] == 1
+
+
+def test_select_shortest_and_dedup():
+    comps = [[(GOOD, 20, "stop"), (GOOD_SHORT, 12, "stop"), (GOOD_SHORT.replace("\n", "\n "), 13, "stop"), (GOOD, 20, "stop")]]
+    rows, _ = S.select([REC], comps, dedup=True)
+    assert [r["completion"] for r in rows] == [GOOD, GOOD_SHORT]  # whitespace variants count as repeats
+    rows, _ = S.select([REC], comps, shortest=True)
+    assert [r["completion"] for r in rows] == [GOOD_SHORT]
+    rows, stats = S.select([REC], [[("<answer>7</answer>", 3, "stop")]], shortest=True)
+    assert rows == [] and stats["problems_kept"] == 0
+
+
+def test_cli_writes_sft_rows_that_sft_reads(tmp_path, monkeypatch):
+    """The command end to end, with the model's sampling replaced by fixed completions (one right per problem)."""
+    from tinyseek import tasks
+    from tinyseek.data import row_to_messages
+
+    recs = tasks.get("arithmetic").generate(3, seed=0, split="train")
+
+    class FakePolicy:
+        @classmethod
+        def load(cls, path, tokenizer=""):
+            return cls()
+
+        def render(self, prompt, template, system=""):
+            return [len(prompt)]
+
+        def generate(self, prompts, n, *a, **k):
+            out = []
+            for r in recs[: len(prompts)]:
+                right = f"<think>\n{r['solution']}\n</think>\n<answer>{r['answer']}</answer>"
+                out += [Sample([1] * 9, right, "stop"), Sample([1] * 5, "<answer>0</answer>", "stop")][:n]
+            return out
+
+    monkeypatch.setattr("tinyseek.train.grpo.Policy", FakePolicy)
+    out = tmp_path / "rs.jsonl"
+    assert S.cli_sample(["ckpt", "--task", "arithmetic", "--n", "3", "--samples", "2", "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 3 and [r["answer"] for r in rows] == [r["answer"] for r in recs]
+    for r in rows:
+        msgs = row_to_messages(r, "row")
+        assert msgs[-1]["role"] == "assistant" and msgs[-1]["content"].endswith(f"<answer>{r['answer']}</answer>")
+    # the recipe runner's form: --config + a directory
+    cfg = tmp_path / "stage.toml"
+    cfg.write_text('model = "ckpt"\ntask = "arithmetic"\nn = 3\nsamples = 2\nshortest = true\n')
+    assert S.cli_sample(["--config", str(cfg), "--out", str(tmp_path / "stage")]) == 0
+    assert len((tmp_path / "stage" / "sft.jsonl").read_text().splitlines()) == 3
+    assert json.loads((tmp_path / "stage" / "stats.json").read_text())["problems_kept"] == 3
+
+
+def test_bad_config_is_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match="task"):
+        S.cli_sample(["ckpt", "--out", str(tmp_path / "x.jsonl")])
+    with pytest.raises(ConfigError, match="samples"):
+        S.cli_sample(["ckpt", "--task", "arithmetic", "--samples", "0", "--out", str(tmp_path / "x.jsonl")])
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_real_checkpoint_end_to_end(tmp_path):
+    """A random nano checkpoint: runs through the engine; whatever it keeps must verify."""
+    import torch
+
+    from tinyseek import rewards as R
+    from tinyseek.checkpoint import save_checkpoint
+    from tinyseek.config import ModelConfig
+    from tinyseek.model import Transformer
+    from tinyseek.tokenizer import Tokenizer, task_texts
+
+    tok = Tokenizer.train(task_texts(["arithmetic"], 200), 300)
+    tok_file = tok.save(tmp_path / "tok")
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("nano", vocab_size=tok.vocab_size))
+    save_checkpoint(model, tmp_path / "ckpt", tok_file)
+    out = tmp_path / "rs.jsonl"
+    assert S.cli_sample([str(tmp_path / "ckpt"), "--task", "arithmetic", "--n", "4", "--samples", "2",
+                         "--max-new-tokens", "8", "--out", str(out)]) == 0
+    for r in (json.loads(x) for x in out.read_text().splitlines()):
+        assert R.accuracy_reward([r["prompt"]], [r["completion"]], answer=[r["answer"]]) == [1.0]
