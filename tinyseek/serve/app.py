@@ -244,7 +244,23 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 "prices_per_million_tokens": {"cache_hit": p.cache_hit, "cache_miss": p.cache_miss, "output": p.output},
                 "by_day": [{k: v for k, v in r.items() if k != "key_id"} for r in ledger.totals(kid, by_day=True)]}
 
-    chat_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+    # the body is validated by hand (protocol.parse_chat_request) so that each failure gets its DeepSeek
+    # status; the schema still goes into /openapi.json, with its sub-models as components
+    body_schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    body_defs = body_schema.pop("$defs", {})
+    body_schema["properties"]["model"]["enum"] = list(model_names)
+    chat_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}}}
+
+    def openapi():
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(body_defs)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     async def chat_completions(request: Request):
         kid = authenticate(request)
