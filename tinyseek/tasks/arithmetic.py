@@ -111,7 +111,6 @@ class Arithmetic(Task):
         self.description = "multi-digit " + ", ".join(kinds[o] for o in self.ops) + " with digit-by-digit traces"
 
     def draw(self, rng: random.Random, difficulty: int):
-        """The reference draw: one problem. draw_many is the same stream, inlined for speed."""
         op = self.ops[int(rng.random() * len(self.ops))] if len(self.ops) > 1 else self.ops[0]
         if op == "()":
             shape = MIXED_SHAPES[int(rng.random() * len(MIXED_SHAPES))]
@@ -120,23 +119,6 @@ class Arithmetic(Task):
         a = _operand(rng, difficulty)
         b = _operand(rng, (difficulty + 1) // 2 if op == "*" else difficulty)
         return f"{a}{op}{b}", (op, a, b)
-
-    def draw_many(self, rng: random.Random, levels: list[int], m: int):
-        if max(levels) > 15 or "()" in self.ops:
-            return super().draw_many(rng, levels, m)
-        r, ops, nops, L = rng.random, self.ops, len(self.ops), len(levels)
-        out = []
-        append = out.append
-        for _ in range(m):
-            d = levels[int(r() * L)] if L > 1 else levels[0]
-            op = ops[int(r() * nops)] if nops > 1 else ops[0]
-            lo = 10 ** (d - 1) if d > 1 else 0
-            a = lo + int(r() * (10**d - lo))
-            db = (d + 1) // 2 if op == "*" else d
-            lo = 10 ** (db - 1) if db > 1 else 0
-            b = lo + int(r() * (10**db - lo))
-            append((f"{a}{op}{b}", (op, a, b), d))
-        return out
 
     def build(self, rng: random.Random, problem, difficulty: int) -> dict:
         if len(problem) == 4:

@@ -7,7 +7,7 @@ problem is on the same side whatever the seed, whatever the task variant (`addit
 their sums; English and Chinese word problems share their numbers), and the held-out set is not "the problems
 whose last digits look like X" (the linear-hash pitfall in shared/notes/rl-on-cpu-measured.md).
 
-Generation draws problems i.i.d. from the requested side (rejection on the hash, in chunks), so a split may repeat a
+Generation draws problems i.i.d. from the requested side (rejection on the hash), so a split may repeat a
 problem when the problem space is small; `unique=True` asks for n distinct problems and raises a
 TinyseekError when the side cannot supply them. Every loop has a draw budget, so a side that holds few or no
 problems (1-digit sums have 100 problems, about 10 of them held out) fails with a clear message instead of
@@ -66,23 +66,12 @@ class Task:
     def draw(self, rng: random.Random, difficulty: int) -> tuple[str, Any]:
         raise NotImplementedError
 
-    def draw_many(self, rng: random.Random, levels: list[int], m: int) -> list[tuple[str, Any, int]]:
-        """m draws as (key, problem, level), each at a level chosen uniformly from `levels`. Tasks whose draw
-        is a handful of random numbers override this with one comprehension (3x less interpreter overhead)."""
-        if len(levels) == 1:
-            d = levels[0]
-            return [(*self.draw(rng, d), d) for _ in range(m)]
-        out = []
-        for _ in range(m):
-            d = levels[int(rng.random() * len(levels))]
-            out.append((*self.draw(rng, d), d))
-        return out
-
     def build(self, rng: random.Random, problem: Any, difficulty: int) -> dict:
         raise NotImplementedError
 
     def _levels(self, difficulty) -> list[int]:
-        """None -> the default; an int -> that level; (lo, hi) or a list -> a uniform mix (for curricula)."""
+        """None -> the default; an int -> that level; a tuple (lo, hi) -> levels lo..hi; a list -> exactly
+        those levels (TOML has no tuples: [1, 3] means levels 1 and 3). A mix draws a level per problem."""
         if difficulty is None:
             levels = [self.default_difficulty]
         elif isinstance(difficulty, int) and not isinstance(difficulty, bool):
@@ -136,25 +125,20 @@ class Task:
                     f"{'distinct ' if unique else ''}problems of {n} after {draws} draws; ask for fewer, "
                     f"raise the difficulty{', or pass unique=False' if unique else ''}"
                 )
-            # draw in chunks sized to what is still missing (~10 draws per held-out record), hash them all
-            missing = n - len(records)
-            m = min(max(16, int(missing * (11 if want_test else 1.2))), 1 << 16, budget - draws)
-            batch = self.draw_many(rng, levels, m)
-            draws += m
-            digests = [blake2b(prefix + key.encode(), digest_size=8).digest() for key, _, _ in batch]
-            for (key, problem, level), dg in zip(batch, digests):
-                if ((dg[0] << 8 | dg[1]) < TEST_BUCKETS) != want_test:
+            draws += 1
+            level = levels[0] if len(levels) == 1 else levels[int(rng.random() * len(levels))]
+            key, problem = self.draw(rng, level)
+            dg = blake2b(prefix + key.encode(), digest_size=8).digest()  # = problem_digest(family, key)
+            if ((dg[0] << 8 | dg[1]) < TEST_BUCKETS) != want_test:
+                continue
+            if unique:
+                if key in seen:
                     continue
-                if unique:
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                rec = {"id": f"{self.name}-{dg.hex()}", "task": self.name}
-                rec.update(self.build(rng, problem, level))
-                rec["difficulty"] = level
-                records.append(rec)
-                if len(records) == n:
-                    break
+                seen.add(key)
+            rec = {"id": f"{self.name}-{dg.hex()}", "task": self.name}
+            rec.update(self.build(rng, problem, level))
+            rec["difficulty"] = level
+            records.append(rec)
         return records
 
     def info(self) -> str:

@@ -198,15 +198,6 @@ class Countdown(Task):
         numbers = [1 + int(rng.random() * MAX_NUMBER) for _ in range(difficulty + 2)]
         return ",".join(map(str, sorted(numbers))), numbers
 
-    def draw_many(self, rng: random.Random, levels: list[int], m: int):
-        r, L = rng.random, len(levels)
-        out = []
-        for _ in range(m):
-            d = levels[int(r() * L)] if L > 1 else levels[0]
-            numbers = [1 + int(r() * MAX_NUMBER) for _ in range(d + 2)]
-            out.append((",".join(map(str, sorted(numbers))), numbers, d))
-        return out
-
     def build(self, rng: random.Random, numbers, difficulty: int) -> dict:
         while True:  # some constructions leave the target range (big products); rebuild those
             target, expr, steps = solve_by_construction(rng, numbers)
