@@ -1,0 +1,173 @@
+"""The chat page at `/`, driven in headless Chromium against a live server on 127.0.0.1.
+
+Chromium is Debian's `chromium` package (installed here with apt-get when missing; the test skips with
+the reason only if that is impossible). It is driven over the DevTools protocol on a pipe
+(`--remote-debugging-pipe`: NUL-terminated JSON on file descriptors 3 and 4), so no websocket or
+browser-automation package is needed. The screenshot is saved under the test's tmp dir and copied to
+docs/serve-screenshot.png for the README.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tinyseek.checkpoint import load_model
+from tinyseek.engine import Engine
+from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread
+from tinyseek.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.timeout(600)
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1100,760", "--remote-debugging-pipe"]
+
+
+def find_chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe:
+        return exe
+    if shutil.which("apt-get") is None:
+        pytest.skip("chromium is not installed and there is no apt-get to install it")
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=600, env=env)
+        subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, capture_output=True, timeout=900, env=env)
+    except (subprocess.SubprocessError, OSError) as e:
+        pytest.skip(f"chromium is not installed and `apt-get install -y chromium` failed: {e}")
+    exe = shutil.which("chromium")
+    if not exe:
+        pytest.skip("apt-get installed chromium but no `chromium` executable is on PATH")
+    return exe
+
+
+class Browser:
+    """The DevTools protocol over Chromium's debugging pipe: send a command, wait for its answer."""
+
+    def __init__(self, exe: str, user_data_dir: Path):
+        cmd_r, self._w = os.pipe()  # we write commands; chromium reads fd 3
+        self._r, res_w = os.pipe()  # chromium writes answers and events to fd 4
+
+        def fds():
+            os.dup2(cmd_r, 3)
+            os.dup2(res_w, 4)
+
+        self.proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"],
+                                     preexec_fn=fds, close_fds=False,  # fds 3 and 4 must survive the exec
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(cmd_r)
+        os.close(res_w)
+        self._buf = b""
+        self._id = 0
+        self.session = None
+
+    def send(self, method: str, params: dict | None = None, timeout: float = 60.0) -> dict:
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params or {}}
+        if self.session and not method.startswith("Target."):
+            msg["sessionId"] = self.session
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            while b"\0" not in self._buf:
+                chunk = os.read(self._r, 1 << 20)
+                if not chunk:
+                    raise RuntimeError("chromium closed the debugging pipe")
+                self._buf += chunk
+            raw, self._buf = self._buf.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+        raise TimeoutError(method)
+
+    def open(self, url: str) -> None:
+        target = self.send("Target.createTarget", {"url": url})["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+
+    def js(self, expr: str):
+        r = self.send("Runtime.evaluate", {"expression": expr, "returnByValue": True, "awaitPromise": True})
+        if "exceptionDetails" in r:
+            raise RuntimeError(f"page script failed: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    def wait_for(self, expr: str, timeout: float = 120.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = self.js(expr)
+            if v:
+                return v
+            time.sleep(0.1)
+        raise TimeoutError(f"the page never satisfied: {expr}")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        os.close(self._w)
+        os.close(self._r)
+
+
+def test_chat_page_streams_reasoning_and_answer(r1_checkpoint, tmp_path):
+    exe = find_chromium()
+    tok, model = Tokenizer.load(r1_checkpoint), load_model(r1_checkpoint)
+    app = create_app(Engine(model, tok, max_batch=4), tok, ServeConfig(rate_limit=0, cache_block=4, db=str(tmp_path / "usage.sqlite")))
+    # (4-token cache blocks: the first turn's 15-token prompt leaves 3 blocks for the second turn to hit)
+    with serve_in_thread(app) as url:
+        browser = Browser(exe, tmp_path / "chromium-profile")
+        try:
+            browser.open(url + "/")
+            browser.wait_for("document.readyState === 'complete' && document.querySelectorAll('#model option').length > 0")
+            assert browser.js("document.querySelector('#model').value") == "tinyseek"
+            # count DOM updates of the reasoning and the answer while they stream
+            browser.js("""window.__updates = {reasoning: 0, answer: 0};
+                new MutationObserver((ms) => { for (const m of ms) {
+                    const t = m.target.nodeType === 3 ? m.target.parentElement : m.target;
+                    if (t.closest('.reasoning-text')) window.__updates.reasoning++;
+                    if (t.closest('.answer')) window.__updates.answer++; } })
+                  .observe(document.querySelector('#log'), {subtree: true, childList: true, characterData: true}); true""")
+            browser.js("document.querySelector('#input').value = 'What is 2 plus 3?';"
+                       "document.querySelector('#form').requestSubmit(); true")
+            browser.wait_for("document.querySelectorAll('.assistant .usage')[0]?.textContent.length > 0")
+            turn = browser.js("""(() => { const a = document.querySelector('.assistant');
+                return {reasoning: a.querySelector('.reasoning-text').textContent, answer: a.querySelector('.answer').textContent,
+                        shown: !a.querySelector('details.reasoning').hidden, open: a.querySelector('details.reasoning').open,
+                        dim: getComputedStyle(a.querySelector('details.reasoning')).color,
+                        answerColor: getComputedStyle(a.querySelector('.answer')).color,
+                        summary: a.querySelector('summary').textContent, usage: a.querySelector('.usage').textContent}; })()""")
+            assert turn["reasoning"] == "Add 2 and 3 to get 5."
+            assert turn["answer"] == "5"
+            assert turn["shown"] and turn["open"] and turn["summary"] == "Thought"
+            assert turn["dim"] != turn["answerColor"]  # the reasoning is dimmed
+            assert "cache hit" in turn["usage"] and "reasoning" in turn["usage"]
+            updates = browser.js("window.__updates")
+            assert updates["reasoning"] >= 2, f"the reasoning did not stream: {updates}"
+            # the second turn carries the first one: the conversation is kept, and its prefix is a cache hit
+            browser.js("document.querySelector('#input').value = 'Say hi.';"
+                       "document.querySelector('#form').requestSubmit(); true")
+            browser.wait_for("document.querySelectorAll('.assistant .usage')[1]?.textContent.length > 0")
+            second = browser.js("""(() => { const a = document.querySelectorAll('.assistant')[1];
+                return {answer: a.querySelector('.answer').textContent, usage: a.querySelector('.usage').textContent,
+                        hit: Number(a.querySelector('.usage').dataset.cacheHit),
+                        turns: document.querySelectorAll('.turn').length}; })()""")
+            assert second["turns"] == 4
+            assert second["answer"]
+            assert second["hit"] == 12 and "cache hit 12" in second["usage"]
+            shot = base64.b64decode(browser.send("Page.captureScreenshot", {"format": "png"})["data"])
+        finally:
+            browser.close()
+    assert shot[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "serve-screenshot.png").write_bytes(shot)
+    (ROOT / "docs").mkdir(exist_ok=True)
+    (ROOT / "docs" / "serve-screenshot.png").write_bytes(shot)
