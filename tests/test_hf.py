@@ -257,3 +257,21 @@ def test_import_reads_deepseek_layout_mtp(tmp_path):
     assert back.cfg.mtp_depth == 1
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
+
+
+def test_old_style_rope_scaling_and_missing_fields(tmp_path):
+    """DeepSeek's released config.json spells YaRN as `rope_scaling` with a top-level `rope_theta`; fields a
+    config.json leaves out take transformers' defaults (what from_pretrained would build)."""
+    from tinyseek.hf import read_hf_config
+
+    cfg = ModelConfig.preset("nano", max_seq_len=256, original_seq_len=32, rope_factor=4.0, mscale=1.0, mtp_depth=0)
+    d = to_hf_config(cfg).to_dict()
+    rope = d.pop("rope_parameters")
+    d.update(rope_theta=rope.pop("rope_theta"), rope_scaling={**rope, "type": rope.pop("rope_type")})
+    del d["tinyseek"], d["rms_norm_eps"], d["rope_scaling"]["attention_factor"]  # rms_norm_eps default: 1e-6
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    got = read_hf_config(tmp_path)
+    assert (got.rope_factor, got.original_seq_len, got.mscale, got.norm_eps) == (4.0, 32, 1.0, 1e-6)
+    (tmp_path / "config.json").write_text(json.dumps({**d, "model_type": "llama"}))
+    with pytest.raises(TinyseekError, match="model_type"):
+        read_hf_config(tmp_path)

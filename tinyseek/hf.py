@@ -177,8 +177,8 @@ def _base_from_hf(h: dict, where: str) -> dict:
     rtype = rope.get("rope_type", rope.get("type", "default"))
     d["rope_theta"] = rope.get("rope_theta", get("rope_theta", 10000.0))
     if rtype == "yarn":
-        factor = rope.get("factor") or d["max_seq_len"] / rope["original_max_position_embeddings"]
-        orig = rope.get("original_max_position_embeddings", d["max_seq_len"])
+        orig = rope.get("original_max_position_embeddings") or d["max_seq_len"]
+        factor = rope.get("factor") or d["max_seq_len"] / orig
         ms, ms_all = rope.get("mscale"), rope.get("mscale_all_dim")
         af = rope.get("attention_factor")
         if af is None:  # transformers' rule; tinyseek (as DeepSeek) never rescales cos/sin
@@ -233,9 +233,18 @@ def read_hf_config(path: str | Path, weight_keys: list[str] | None = None) -> Mo
     if not f.is_file():
         raise TinyseekError(f"{path}: no {CONFIG_FILE}")
     try:
-        h = json.loads(f.read_text(encoding="utf-8"))
+        raw = json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise TinyseekError(f"{f}: invalid JSON ({e})") from None
+    if not isinstance(raw, dict) or raw.get("model_type") != "deepseek_v3":
+        raise ConfigError(f"{f}: model_type: not a transformers DeepseekV3 config (got {raw.get('model_type') if isinstance(raw, dict) else raw!r})")
+    # a field config.json leaves out means what transformers would build: its DeepseekV3Config default
+    from transformers import DeepseekV3Config
+
+    defaults = DeepseekV3Config().to_dict()
+    if "rope_parameters" not in raw:  # old files say rope_scaling / rope_theta instead
+        defaults.pop("rope_parameters", None)
+    h = {**defaults, **raw}
     depth = None
     if weight_keys is not None and "tinyseek" not in h:
         L = h.get("num_hidden_layers", 0)
