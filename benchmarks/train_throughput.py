@@ -137,12 +137,16 @@ def run(preset: str, batch: int, seq: int, steps: int, warmup: int, dtypes: list
             name = "tinyseek" + (" (compiled)" if compile_ else "")
             results.append((name, *measure(tinyseek_step(model, opt, runner), data, warmup, device)))
             del model, runner, opt
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
             for impl in impls:
                 try:
                     hf = load_hf(Path(tmp) / "hf", dtype, impl, device)
                     opt = torch.optim.AdamW(hf.parameters(), lr=lr)
                     results.append((f"transformers {impl}", *measure(hf_step(hf, opt), data, warmup, device)))
                     del hf, opt
+                    if device.startswith("cuda"):
+                        torch.cuda.empty_cache()
                 except Exception as e:  # an implementation this build/device cannot run: say so, keep going
                     results.append((f"transformers {impl}", float("nan"), float("nan"), float("nan"), float("nan")))
                     print(f"  transformers {impl} {dname}: failed: {str(e).splitlines()[0][:160]}")

@@ -101,3 +101,16 @@ def test_mfu_and_cli(capsys):
     assert cost.cli_cost(["--preset", "deepseek-v3-671b", "--seq-len", "4096"]) == 0
     out = capsys.readouterr().out
     assert "671.03B" in out and "36.63B" in out
+
+
+def test_cli_on_a_checkpoint(tmp_path, capsys):
+    from tinyseek.checkpoint import save_checkpoint
+    from tinyseek.errors import TinyseekError
+
+    cfg = ModelConfig.preset("nano")
+    save_checkpoint(Transformer(cfg), tmp_path / "ckpt")
+    assert cost.cli_cost([str(tmp_path / "ckpt"), "--seq-len", "64"]) == 0
+    out = capsys.readouterr().out
+    assert f"{cost.total_params(cfg):,}" in out and "T=64" in out
+    with pytest.raises(TinyseekError):
+        cost.cli_cost([str(tmp_path / "ckpt"), "--preset", "nano"])
