@@ -73,6 +73,15 @@ def test_chat_completions_and_unknown_columns():
     assert format_reward(None, [comp]) == [1.0]
 
 
+def test_trl_call_convention():
+    """TRL calls reward functions with keywords only, adding completion_ids, trainer_state and log hooks."""
+    kw = dict(prompts=["2+2="], completions=["<think>4</think><answer>4</answer>"], completion_ids=[[5, 6, 7]],
+              trainer_state=None, log_extra=None, log_metric=None, answer=["4"], task=["arithmetic"])
+    assert accuracy_reward(**kw) == [1.0] and format_reward(**kw) == [1.0]
+    assert language_reward(**kw) == [None] and length_reward(**kw) == [0.0]
+    assert combine(["accuracy", "format"]).total(**kw) == [2.0]
+
+
 def test_huge_numbers_do_not_hang():
     t0 = time.perf_counter()
     out = accuracy_reward(None, ["<answer>1e999999999</answer>", "9" * 200_000, "<answer>" + "1" * 5000 + "</answer>",

@@ -53,6 +53,8 @@ def test_traces_end_in_answer_verify_and_corruptions_fail(name):
         recs = task.generate(60, seed=d, difficulty=d) + task.generate(20, seed=d, split="test", difficulty=d)
         comps = [tasks.completion_text(r) for r in recs]
         assert all(r["solution"].endswith(r["answer"]) for r in recs)
+        if d <= 2 and name != "countdown":  # short enough for a tiny model (countdown: see its own test)
+            assert max(len(r["solution"]) for r in recs) <= 60
         assert all(r["difficulty"] == d and r["task"] == name and isinstance(r["answer"], str) for r in recs)
         assert rewards.accuracy_reward([r["prompt"] for r in recs], comps, **_columns(recs)) == [1.0] * len(recs)
         assert rewards.format_reward([r["prompt"] for r in recs], comps) == [1.0] * len(recs)
