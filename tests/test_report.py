@@ -33,8 +33,12 @@ def _summary(steps, tokens, flops, elapsed):
 
 
 def _eval(run, stage, p1, ci, n=100):
-    return {"model": str(run / stage / "final"), "n": n, "samples": 4, "temperature": 1.0, "pass@1": p1,
-            "pass@1_ci95": ci, "cons@k": p1 + 0.01, "pass@k": min(1, p1 + 0.2), "greedy": p1, "generated_tokens": 1000}
+    """An eval.json as the recipe's eval stage writes it (tinyseek.evaluate's result + model, greedy)."""
+    m = lambda v, lo, hi: {"value": v, "ci95": [lo, hi]}  # noqa: E731
+    return {"model": str(run / stage / "final"), "n": n, "n_problems": n, "samples": 4, "params": {"temperature": 1.0},
+            "pass@1": m(p1, *ci), "pass@2": m(p1 + 0.1, 0, 1), "pass@4": m(min(1, p1 + 0.2), 0, 1), "cons@4": m(p1 + 0.01, 0, 1),
+            "format": m(0.9, 0.8, 1.0), "mean_length": m(40.0, 39.0, 41.0), "generated_tokens": 1000,
+            "greedy": {"n_problems": n, "samples": 1, "pass@1": m(p1 + 0.02, 0, 1)}}
 
 
 @pytest.fixture
@@ -68,8 +72,12 @@ def test_numbers_come_from_the_files(run):
     ev = {e["stage"]: e for e in rep["evals"]}
     for name in ("eval-sft", "eval-grpo", "eval-distill"):
         src = json.loads((run / name / "eval.json").read_text())
-        for k in ("pass@1", "pass@1_ci95", "cons@k", "pass@k", "greedy", "n", "samples"):
-            assert ev[name][k] == src[k]
+        assert ev[name]["pass@1"] == src["pass@1"]["value"]
+        assert ev[name]["pass@1_ci95"] == src["pass@1"]["ci95"]
+        assert ev[name]["cons@k"] == src["cons@4"]["value"]
+        assert ev[name]["pass@k"] == src["pass@4"]["value"]
+        assert ev[name]["greedy"] == src["greedy"]["pass@1"]["value"]
+        assert (ev[name]["n"], ev[name]["samples"]) == (src["n_problems"], src["samples"])
     st = {r["name"]: r for r in rep["stages"]}
     for name in ("sft", "grpo", "distill"):
         metrics = read_metrics(run / name / "metrics.jsonl")

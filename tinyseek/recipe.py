@@ -281,17 +281,17 @@ def _write_jsonl(path: Path, recs: list[dict]) -> None:
 
 
 EVAL_FIELDS = {"model": None, "data": None, "n": 0, "samples": 8, "temperature": 1.0, "top_p": 1.0,
-               "max_new_tokens": 128, "seed": 0, "greedy": True, "batch": 64}
+               "max_new_tokens": 128, "seed": 0, "greedy": True, "batch": 64, "system": ""}
 
 
 def _run_eval(stage: Stage, out: Path, resume: bool) -> None:
-    """pass@1 (mean over `samples` samples at `temperature`), pass@k, cons@k and greedy accuracy -> eval.json.
+    """K samples per held-out problem (pass@1, pass@k, cons@K with 95% intervals) and greedy -> eval.json.
 
-    Fields: model (checkpoint dir), data (records JSONL), n (first n records; 0 = all), samples,
-    temperature, top_p, max_new_tokens, seed, greedy (also score greedy decoding), batch.
+    Fields: model (checkpoint dir), data (records JSONL, e.g. {run}/tasks/test.jsonl), n (first n records;
+    0 = all), samples (K), temperature, top_p, max_new_tokens, seed (sampling), greedy (also decode at
+    temperature 0), batch (sequences decoded together), system (a system message).
+    eval.json holds tinyseek.evaluate's result for the sampled run, with the greedy run under "greedy".
     """
-    from tinyseek.evaluate import run_eval
-
     f = {**EVAL_FIELDS, **stage.fields}
     unknown = set(f) - set(EVAL_FIELDS)
     if unknown:
@@ -299,7 +299,35 @@ def _run_eval(stage: Stage, out: Path, resume: bool) -> None:
     for k in ("model", "data"):
         if not f[k]:
             raise ConfigError(f"{stage.where}: an eval stage needs {k}")
-    run_eval(f, out)
+    from tinyseek import tasks
+    from tinyseek.checkpoint import atomic_dir
+    from tinyseek.engine import load_engine
+    from tinyseek.evaluate import evaluate
+    from tinyseek.sampling import SamplingParams
+
+    records = tasks.load_records(f["data"])
+    if int(f["n"]) > 0:
+        records = records[:int(f["n"])]
+    samples, batch = int(f["samples"]), int(f["batch"])
+    if samples < 1 or batch < 1:
+        raise ConfigError(f"{stage.where}: samples and batch must be >= 1")
+    engine = load_engine(f["model"], max_batch=max(batch, samples))
+    chunk = max(1, batch // samples)  # problems per generate call: their K samples fill the batch
+    params = SamplingParams(temperature=float(f["temperature"]), top_p=float(f["top_p"]), max_new_tokens=int(f["max_new_tokens"]),
+                            seed=int(f["seed"]))
+    t0 = time.perf_counter()
+    result = {"model": str(f["model"]), "data": str(f["data"]), "n": len(records),
+              **evaluate(engine, records, samples, params, system=f["system"], chunk=chunk)}
+    gen = sum(sum(p["lengths"]) for p in result["problems"])
+    if f["greedy"]:
+        g = evaluate(engine, records, 1, SamplingParams(temperature=0.0, max_new_tokens=int(f["max_new_tokens"]), seed=int(f["seed"])),
+                     system=f["system"], keep_text=False, chunk=batch)
+        gen += sum(sum(p["lengths"]) for p in g["problems"])
+        result["greedy"] = g
+    result["generated_tokens"] = gen
+    result["wall_s"] = round(time.perf_counter() - t0, 3)
+    with atomic_dir(out) as tmp:
+        (tmp / "eval.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 RUNNERS: dict[str, Callable[[Stage, Path, bool], None]] = {

@@ -137,6 +137,12 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
 
 
+def _value(result: dict, metric: str, part: str = "value") -> Any:
+    """A metric of tinyseek.evaluate's result ({"pass@1": {"value": .., "ci95": [lo, hi]}, ...}), or None."""
+    m = result.get(metric)
+    return m.get(part) if isinstance(m, dict) else None
+
+
 def _ci_disjoint(a: list[float] | None, b: list[float] | None) -> bool | None:
     if not a or not b:
         return None
@@ -186,13 +192,15 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
         model_stage = _stage_of(e.get("model") or s["fields"].get("model"), run)
         ms = by_name.get(model_stage)
         params = _model_params(Path(e.get("model") or s["fields"].get("model", ""))) if (e.get("model") or s["fields"].get("model")) else None
+        K = e.get("samples")
+        g = e.get("greedy") or {}
         evals.append({
             "stage": s["name"], "model_stage": model_stage, "model_kind": ms["kind"] if ms else None,
-            "n": e.get("n"), "samples": e.get("samples"), "temperature": e.get("temperature"),
-            "pass@1": e.get("pass@1"), "pass@1_ci95": e.get("pass@1_ci95"),
-            "pass@k": e.get("pass@k"), "cons@k": e.get("cons@k"),
-            "greedy": e.get("greedy"), "greedy_ci95": e.get("greedy_ci95"),
-            "format": e.get("format"), "mean_response_tokens": e.get("mean_response_tokens"),
+            "n": e.get("n_problems"), "samples": K, "temperature": (e.get("params") or {}).get("temperature"),
+            "pass@1": _value(e, "pass@1"), "pass@1_ci95": _value(e, "pass@1", "ci95"),
+            "pass@k": _value(e, f"pass@{K}"), "cons@k": _value(e, f"cons@{K}"),
+            "greedy": _value(g, "pass@1"), "greedy_ci95": _value(g, "pass@1", "ci95"),
+            "format": _value(e, "format"), "mean_response_tokens": _value(e, "mean_length"),
             "params": params,
         })
 
