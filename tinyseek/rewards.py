@@ -276,6 +276,8 @@ def _strip_trailing_specials(text: str) -> str:
         if m is None:
             return text
         text = text[: len(text) - (min(len(text), 48) - m.start())]
+
+
 _STRICT_RE = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
 _THINK_OPEN_END_RE = re.compile(r"<think>\s*$")
 
@@ -294,11 +296,9 @@ def format_reward(prompts, completions, **columns) -> list[float]:
         prompt = _prompt_text(prompts[i]) if prompts is not None and i < len(prompts) else ""
         if _THINK_OPEN_END_RE.search(prompt[-64:]) and "<think>" not in text:
             text = "<think>" + text
-        score = 0.2 * sum(text.count(tag) == 1 for tag in _TAGS)
-        m = _STRICT_RE.fullmatch(text)
-        if m and score == 0.8 and m.group(2).strip():
-            score = 1.0
-        out.append(round(float(score), 6))
+        once = sum(text.count(tag) == 1 for tag in _TAGS)
+        m = _STRICT_RE.fullmatch(text) if once == 4 else None  # one of each tag: the match is linear
+        out.append(1.0 if m and m.group(2).strip() else round(0.2 * once, 6))
     return out
 
 
