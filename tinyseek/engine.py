@@ -43,6 +43,7 @@ at every step; tests hold the cached path to it (logits within 1e-4).
 from __future__ import annotations
 
 import array
+import dataclasses
 import itertools
 import os
 import random
@@ -166,8 +167,9 @@ class Engine:
         self.device, self.dtype = p.device, p.dtype
         from tinyseek.model import KVCache
 
-        # speculation writes one position past the last kept token
-        self.cache = KVCache(self.cfg, max_batch, self.max_len + int(speculative), device=self.device, dtype=self.dtype)
+        # the MTP layers are cached only when they draft; speculation writes one position past the last kept token
+        cache_cfg = self.cfg if speculative else dataclasses.replace(self.cfg, mtp_depth=0)
+        self.cache = KVCache(cache_cfg, max_batch, self.max_len + int(speculative), device=self.device, dtype=self.dtype)
         self.eos_id = getattr(tokenizer, "eos_id", None)
         self.eos_ids = {self.eos_id} if self.eos_id is not None else set()
         self.free_rows = list(range(max_batch - 1, -1, -1))

@@ -126,7 +126,7 @@ def summarize(correct: list[list[float | None]], answers: list[list[str | None]]
     def prop(name: str, per_problem: list[float]) -> None:
         n = len(per_problem)
         m = sum(per_problem) / n if n else math.nan
-        out[name] = {"value": m, "ci95": list(wilson(m, n)) if n else [math.nan, math.nan]}
+        out[name] = {"value": m, "ci95": [round(x, 6) for x in wilson(m, n)] if n else [math.nan, math.nan]}
 
     c = {i: int(sum(correct[i])) for i in scored}
     for k in ks_for(K) if K else []:
