@@ -94,7 +94,7 @@ class ReasoningSplitter:
             if at != -1:
                 text = text[:at]
                 self.stopped = True
-        end = len(text.rstrip())  # trailing whitespace waits for more text, and is dropped at the end
+        end = len(text)
         if not final and not self.stopped:
             # hold back a suffix that could be the start of a stop string
             for s in self.stops:
@@ -102,6 +102,7 @@ class ReasoningSplitter:
                     if text.endswith(s[:k]):
                         end = min(end, len(text) - k)
                         break
+        end = len(text[:end].rstrip())  # trailing whitespace waits for more text, and is dropped at the end
         end = max(end, part.sent)
         delta = text[part.sent:end]
         part.sent = end

@@ -1,0 +1,232 @@
+"""`tinyseek serve` parts on their own: the prefix cache, the reasoning splitter, the ledger and
+`tinyseek usage`, the rate limiter, the loopback rule, and the `tinyseek serve` command as a process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+
+from tinyseek.errors import TinyseekError
+from tinyseek.serve.app import RateLimiter, _is_loopback, cli_serve
+from tinyseek.serve.ledger import Ledger, Prices, cli_usage, key_id
+from tinyseek.serve.prefix_cache import PrefixCache
+from tinyseek.serve.reasoning import CONTENT, REASONING, ReasoningSplitter
+from tinyseek.tokenizer import Tokenizer
+
+# -- prefix cache --------------------------------------------------------------------------------
+
+
+def rows_for(ids, width=3):
+    """Fake cache rows whose values identify (position, token): [n, width]."""
+    t = torch.tensor(ids, dtype=torch.float32)
+    return [torch.stack([t * 10 + k for k in range(width)], dim=1) + torch.arange(len(ids))[:, None] * 1000]
+
+
+def test_prefix_cache_hits_whole_blocks_and_leaves_the_last_token():
+    pc = PrefixCache(block_size=4, budget_bytes=1 << 20)
+    ids = list(range(10))  # blocks [0..3] [4..7], 2 tokens left over
+    assert pc.insert(ids, rows_for(ids)) == 2
+    hit = pc.lookup(ids)
+    assert hit.n_tokens == 8
+    assert torch.equal(hit.tensors[0], rows_for(ids)[0][:8])
+    assert pc.lookup(ids[:8]).n_tokens == 4  # the last prompt token is always recomputed
+    assert pc.lookup(ids[:9]).n_tokens == 8
+    other = [0, 1, 2, 3, 99, 5, 6, 7, 8]  # agrees with the first block only
+    assert pc.lookup(other).n_tokens == 4
+    assert pc.lookup([5] + ids).n_tokens == 0  # same blocks at another offset are another prefix
+
+
+def test_prefix_cache_lru_eviction_under_a_byte_budget():
+    block_bytes = 4 * 3 * 4  # 4 tokens x width 3 x float32
+    pc = PrefixCache(block_size=4, budget_bytes=3 * block_bytes)
+    a, b = list(range(100, 109)), list(range(200, 209))
+    pc.insert(a, rows_for(a))  # 2 blocks
+    assert pc.nbytes == 2 * block_bytes
+    pc.insert(b, rows_for(b))  # 2 more: one must go, and it is a's leaf (least recently used, leaf first)
+    assert pc.nbytes == 3 * block_bytes and pc.evictions == 1
+    assert pc.lookup(a).n_tokens == 4 and pc.lookup(b).n_tokens == 8
+    pc.lookup(a)  # a's root becomes the most recent; the next insert evicts b's leaf
+    c = list(range(300, 305))
+    pc.insert(c, rows_for(c))
+    assert pc.nbytes <= pc.budget_bytes
+    assert pc.lookup(a).n_tokens == 4 and pc.lookup(c).n_tokens == 4 and pc.lookup(b).n_tokens == 4
+
+
+def test_prefix_cache_served_rows_give_the_same_greedy_tokens_as_a_fresh_prefill():
+    """The fast path (rows from the cache) against the reference (no cache) on a random nano model."""
+    from tinyseek.config import ModelConfig
+    from tinyseek.engine import Engine, PromptCache, SamplingParams
+    from tinyseek.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("nano")).eval()
+    g = torch.Generator().manual_seed(1)
+    shared = torch.randint(0, 256, (40,), generator=g).tolist()
+    prompts = [shared + torch.randint(0, 256, (k,), generator=g).tolist() for k in (1, 5, 17)]
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    pc = PrefixCache(block_size=8)
+    eng = Engine(model, max_batch=2)
+    rid = eng.add_request(prompts[0], params, capture_prompt_cache=True)
+    while eng.has_unfinished():
+        for ev in eng.step():
+            if ev.prompt_cache is not None:
+                pc.insert(list(ev.prompt_cache.token_ids), ev.prompt_cache.tensors)
+    eng.collect(rid)
+    for p in prompts[1:]:
+        hit = pc.lookup(p)
+        assert hit.n_tokens == 40
+        rid = eng.add_request(p, params, prefix=PromptCache(tuple(p[:40]), hit.tensors))
+        while eng.has_unfinished():
+            eng.step()
+        cached = eng.collect(rid).token_ids
+        (fresh,), = Engine(model, max_batch=1).generate([p], params)
+        assert cached == fresh.token_ids
+
+
+# -- reasoning / answer split ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tok():
+    texts = ["hello world, the answer is 42. Add 2 and 3 to get 5. héllo 你好 😀"] * 5
+    return Tokenizer.train(texts, 300)
+
+
+def split(tok, text, stops=(), start_in_reasoning=False, eos=True):
+    ids = tok.encode(text) + ([tok.eos_id] if eos else [])
+    sp = ReasoningSplitter(tok, stops, start_in_reasoning)
+    deltas = []
+    for t in ids:
+        deltas += sp.feed(t)
+        if sp.stopped:
+            break
+    deltas += sp.finish()
+    return sp, deltas, ids
+
+
+def test_split_reasoning_then_answer_tags_dropped(tok):
+    sp, deltas, ids = split(tok, "<think>\nAdd 2 and 3 to get 5.\n</think>\n<answer>5</answer>")
+    assert sp.result() == ("Add 2 and 3 to get 5.", "5")
+    fields = [f for f, _ in deltas]
+    assert fields == sorted(fields, key=lambda f: f == CONTENT) and fields.count(REASONING) >= 2
+    assert "".join(t for f, t in deltas if f == REASONING) == "Add 2 and 3 to get 5."
+    assert sp.n_tokens == len(ids)
+    assert sp.reasoning_tokens == ids.index(tok.token_id("</think>")) + 1
+
+
+def test_split_without_reasoning_and_forced_reasoning(tok):
+    sp, _, _ = split(tok, "hello world")
+    assert sp.result() == (None, "hello world") and sp.reasoning_tokens == 0
+    sp, _, ids = split(tok, "the answer\n</think>\n42", start_in_reasoning=True)
+    assert sp.result() == ("the answer", "42")
+    assert sp.reasoning_tokens == ids.index(tok.token_id("</think>")) + 1
+
+
+def test_split_stop_strings_cut_and_hold_back(tok):
+    sp, deltas, _ = split(tok, "hello world, the answer is 42.", stops=["answer"])
+    assert sp.stopped and sp.result() == (None, "hello world, the")
+    assert "".join(t for _, t in deltas) == "hello world, the"  # nothing of the stop string ever went out
+    sp, _, _ = split(tok, "hello world", stops=["world!"])  # a prefix of a stop string that never completes
+    assert not sp.stopped and sp.result() == (None, "hello world")
+
+
+def test_split_streams_multibyte_text_without_replacement_characters(tok):
+    sp, deltas, _ = split(tok, "<answer>héllo 你好 😀</answer>")
+    assert all("\ufffd" not in t for _, t in deltas)
+    assert "".join(t for _, t in deltas) == "héllo 你好 😀" == sp.result()[1]
+
+
+# -- ledger, prices, `tinyseek usage` -------------------------------------------------------------
+
+
+def test_ledger_totals_cost_and_usage_command(tmp_path, capsys):
+    db = tmp_path / "u.sqlite"
+    led = Ledger(db, Prices(cache_hit=1.0, cache_miss=4.0, output=16.0))
+    day1, day2 = 1_700_000_000.0, 1_700_000_000.0 + 86400
+    assert led.record(key_id("sk-a"), "tinyseek", "r1", 10, 5, 7, 3, now=day1) == pytest.approx((10 + 20 + 112) / 1e6)
+    led.record(key_id("sk-a"), "tinyseek", "r2", 0, 8, 2, 0, now=day2)
+    led.record(key_id("sk-b"), "tinyseek", "r3", 16, 0, 1, 1, now=day1)
+    (a,) = led.totals(key_id("sk-a"))
+    assert (a["requests"], a["prompt_tokens"], a["completion_tokens"], a["reasoning_tokens"]) == (2, 23, 9, 3)
+    assert a["cost_usd"] == pytest.approx((10 * 1 + 13 * 4 + 9 * 16) / 1e6)
+    days = sorted((r["key_id"], r["day"], r["requests"]) for r in led.totals(by_day=True))
+    assert days == sorted([(key_id("sk-a"), "2023-11-14", 1), (key_id("sk-a"), "2023-11-15", 1), (key_id("sk-b"), "2023-11-14", 1)])
+    led.close()
+    assert b"sk-a" not in db.read_bytes()  # keys are never stored, only their hash ids
+    assert cli_usage(["--db", str(db)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["key", "day", "requests"] and len(out) == 4
+    assert any(key_id("sk-b") in line and "2023-11-14" in line for line in out)
+    with pytest.raises(TinyseekError, match="no such ledger"):
+        cli_usage(["--db", str(tmp_path / "missing.sqlite")])
+    (tmp_path / "junk.sqlite").write_text("not a database" * 100)
+    with pytest.raises(TinyseekError, match="junk.sqlite"):
+        Ledger(tmp_path / "junk.sqlite")
+
+
+def test_rate_limiter_sliding_window():
+    rl = RateLimiter(per_minute=2)
+    assert rl.check("k", now=0.0) == 0 and rl.check("k", now=1.0) == 0
+    assert rl.check("k", now=2.0) == pytest.approx(58.0)
+    assert rl.check("other", now=2.0) == 0
+    assert rl.check("k", now=60.5) == 0  # the first request left the window
+    assert RateLimiter(0).check("k") == 0
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+def test_serve_refuses_a_public_host_without_a_key(tmp_path):
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.5")
+    with pytest.raises(TinyseekError, match="--api-key"):
+        cli_serve([str(tmp_path), "--host", "0.0.0.0"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_serve_command_runs_as_a_process(r1_checkpoint, tmp_path):
+    port = free_port()
+    db = tmp_path / "ledger.sqlite"
+    cmd = [sys.executable, "-m", "tinyseek.cli", "serve", str(r1_checkpoint), "--port", str(port), "--db", str(db),
+           "--api-key", "sk-proc", "--max-batch", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        body = {"model": "tinyseek", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 40, "temperature": 0}
+        r = httpx.post(url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-proc"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == "Hi there!"
+        assert httpx.post(url + "/v1/chat/completions", json=body, timeout=60).status_code == 401
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    rows = sqlite3.connect(db).execute("SELECT key_id, completion_tokens FROM requests").fetchall()
+    assert rows == [(key_id("sk-proc"), r.json()["usage"]["completion_tokens"])]
