@@ -45,10 +45,10 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     w1 = load_file(tmp_path / "one" / "final" / "model.safetensors")
     w2 = load_file(tmp_path / "two" / "final" / "model.safetensors")
     # Adam turns float-noise differences in near-zero gradients into lr-sized steps (early on, update ~ lr * sign(g)),
-    # so a few elements may differ by up to a few lr; 99% must agree to 1e-4.
+    # so a few elements may differ by up to a few lr; 99.9% must agree to 1e-4.
     for k in w1:
         d = (w2[k] - w1[k]).abs()
         assert d.max() < 5e-3, k
-        assert (d > 1e-4).float().mean() < 1e-2, k
+        assert (d > 1e-4).float().mean() < 1e-3, k
     s = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s["cost"]["n_devices"] == 2

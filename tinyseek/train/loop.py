@@ -398,23 +398,30 @@ class Loop:
     def supervised_step(self, micro_batches: list[dict], extra_loss: Callable | None = None) -> dict:
         """Forward/backward over this rank's micro-batches and one optimizer step.
 
-        Each micro-batch: {"tokens": LongTensor [b, T], "targets": LongTensor [b, T], ...}. The loss
-        backpropagated is the mean over micro-batches of `out.loss` (CE + MTP + aux, from the model)
-        plus `extra_loss(out, mb)` when given, which returns (scalar tensor, {name: float}).
+        Each micro-batch: {"tokens": LongTensor [b, T], "targets": LongTensor [b, T], ...}. The loss is
+        the token-weighted mean of `out.loss` (CE + MTP + aux, from the model) over every micro-batch of
+        every rank: micro-batch i is weighted by its share n_i / N of the step's loss tokens. A plain mean
+        of micro-batch means would overweight short examples (SFT) and make a 2-process run differ from a
+        1-process run with the same global batch. `extra_loss(out, mb)` (optional) returns
+        (scalar tensor, {name: float}) and is added to `out.loss` with the same weight.
         """
         n = len(micro_batches)
+        counts = [int((mb["targets"] != -100).sum()) for mb in micro_batches]
+        total = float(self.all_sum(float(sum(counts))))  # loss tokens of the whole step, all ranks
+        weights = [c / total for c in counts] if total > 0 else [1.0 / (n * self.dist.world)] * n
         sums: dict[str, float] = {}
         load = None
-        tokens = loss_tokens = 0
+        tokens = 0
         loss_total = 0.0
 
-        def add(k: str, v: Any) -> None:
+        def add(k: str, v: Any, w: float) -> None:
             if v is not None:
-                sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / n
+                sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) * w
 
         for i, mb in enumerate(micro_batches):
             x = mb["tokens"].to(self.device, non_blocking=True)
             y = mb["targets"].to(self.device, non_blocking=True)
+            w = weights[i]
             with self.no_sync(last=i == n - 1):
                 with self.autocast():
                     out = self.model(x, targets=y)
@@ -423,23 +430,23 @@ class Loop:
                         extra, extra_metrics = extra_loss(out, mb)
                         loss = loss + extra
                         for k, v in extra_metrics.items():
-                            add(k, v)
-                self.backward(loss.float() / n)
-            loss_total += loss.item() / n
-            add("ce", getattr(out, "ce_loss", None))
-            add("mtp_loss", getattr(out, "mtp_loss", None))
-            add("aux", getattr(out, "aux_loss", None))
+                            add(k, v, w)
+                # DDP averages gradients over ranks; * world turns that average back into the weighted sum
+                self.backward(loss.float() * (w * self.dist.world))
+            loss_total += loss.item() * w
+            add("ce", getattr(out, "ce_loss", None), w)
+            add("mtp_loss", getattr(out, "mtp_loss", None), w)
+            add("aux", getattr(out, "aux_loss", None), w)
             el = getattr(out, "expert_load", None)
             if el is not None:
                 load = el.detach().float() if load is None else load + el.detach().float()
             tokens += x.numel()
-            loss_tokens += int((y != -100).sum())
-        if self.dist.enabled:  # report the global mean loss and global token counts
-            loss_total = self.all_sum(loss_total) / self.dist.world
-            sums = {k: self.all_sum(v) / self.dist.world for k, v in sums.items()}
-            tokens, loss_tokens = int(self.all_sum(tokens)), int(self.all_sum(loss_tokens))
+        if self.dist.enabled:  # every rank holds its part of the weighted sums: add them up
+            loss_total = self.all_sum(loss_total)
+            sums = {k: self.all_sum(v) for k, v in sums.items()}
+            tokens = int(self.all_sum(tokens))
         st = self.optimizer_step(loss_total, load)
-        m = {"loss": loss_total, **sums, "tokens": tokens, "loss_tokens": loss_tokens, **st}
+        m = {"loss": loss_total, **sums, "tokens": tokens, "loss_tokens": int(total), **st}
         if load is not None:
             m["expert_load"] = load  # popped by the loop into balance metrics
         return m
@@ -577,7 +584,7 @@ class Loop:
             self.flops += step_flops
             rec: dict[str, Any] = {"step": self.step, **{k: v for k, v in m.items() if k != "expert_load"}, "lr": lr, "tokens": tokens}
             load = m.get("expert_load")
-            if load is not None:
+            if load is not None and load.numel():  # a dense model reports an empty [0, 0] load
                 mean = load.mean(dim=-1).clamp_min(1e-9)
                 rec["moe_maxvio"] = [round(float(v), 4) for v in (load.max(dim=-1).values / mean - 1)]
                 rec["moe_cv"] = [round(float(v), 4) for v in (load.std(dim=-1) / mean)]
