@@ -180,6 +180,25 @@ def test_small_problem_spaces_repeat_or_fail_clearly():
         add.generate(50, seed=0, split="test", difficulty=1, unique=True)
 
 
+def test_an_empty_side_fails_instead_of_looping():
+    from tinyseek.tasks.base import Task
+
+    key = next(k for k in map(str, range(100)) if side_of("one", k) == "train")
+
+    class OneProblem(Task):
+        name = family = "one"
+
+        def draw(self, rng, difficulty):
+            return key, None
+
+        def build(self, rng, problem, difficulty):
+            return {"prompt": key, "answer": key, "solution": key}
+
+    assert len(OneProblem().generate(3, split="train")) == 3
+    with pytest.raises(TinyseekError, match="test split .* supplied only 0 problems of 2"):
+        OneProblem().generate(2, split="test")
+
+
 def test_bad_arguments_raise():
     with pytest.raises(TinyseekError, match="split"):
         tasks.get("equations").generate(3, split="valid")
