@@ -72,6 +72,7 @@ class Stage:
 class Recipe:
     name: str
     path: Path
+    threads: int = 0  # torch CPU threads for the whole run (0 = torch's default); stages inherit it
     stages: list[Stage] = field(default_factory=list)
 
 
@@ -126,10 +127,13 @@ def load_recipe(path: str | Path, run: str | Path, quick: bool = False) -> Recip
     stages_raw = data.get("stage")
     if not isinstance(stages_raw, list) or not stages_raw:
         raise ConfigError(f"{path}: no [[stage]] tables")
-    unknown_top = set(data) - {"name", "description", "stage"}
+    unknown_top = set(data) - {"name", "description", "stage", "threads"}
     if unknown_top:
-        raise ConfigError(f"{path}: unknown top-level field {sorted(unknown_top)[0]!r} (known: name, description, stage)")
-    recipe = Recipe(name=str(data.get("name", path.stem)), path=path)
+        raise ConfigError(f"{path}: unknown top-level field {sorted(unknown_top)[0]!r} (known: name, description, threads, stage)")
+    threads = data.get("threads", 0)
+    if not isinstance(threads, int) or threads < 0:
+        raise ConfigError(f"{path}: threads must be an integer >= 0 (got {threads!r})")
+    recipe = Recipe(name=str(data.get("name", path.stem)), path=path, threads=threads)
     seen: set[str] = set()
     for i, raw in enumerate(stages_raw, 1):
         where = f"{path} stage {i}"
@@ -204,32 +208,48 @@ def _run_sample(stage: Stage, out: Path, resume: bool) -> None:
     _run_training(stage, out, resume=False)
 
 
+TOKENIZER_FIELDS = ("corpus", "tasks", "n_per_task", "vocab_size", "seed")
+
+
 def _run_tokenizer(stage: Stage, out: Path, resume: bool) -> None:
-    """Fields: corpus (a file or list of files), vocab_size."""
-    f = dict(stage.fields)
-    corpus = f.pop("corpus", None)
-    vocab = f.pop("vocab_size", None)
-    if corpus is None or vocab is None:
-        raise ConfigError(f"{stage.where}: a tokenizer stage needs corpus and vocab_size")
-    if f:
-        raise ConfigError(f"{stage.where}: unknown field {sorted(f)[0]!r} for a tokenizer stage (known: corpus, vocab_size)")
-    corpus = corpus if isinstance(corpus, list) else [corpus]
-    argv = ["--corpus", *map(str, corpus), "--vocab-size", str(vocab), "--out", str(out)]
-    rc = _command("tokenizer")(argv)
+    """`tinyseek tokenizer` with the fields as flags: corpus (a file or list), tasks, n_per_task, vocab_size, seed."""
+    argv = []
+    for k, v in stage.fields.items():
+        if k not in TOKENIZER_FIELDS:
+            raise ConfigError(f"{stage.where}: unknown field {k!r} for a tokenizer stage (known: {', '.join(TOKENIZER_FIELDS)})")
+        flag = "--" + k.replace("_", "-")
+        if k == "corpus":
+            argv += [flag, *map(str, v if isinstance(v, list) else [v])]
+        else:
+            argv += [flag, ",".join(map(str, v)) if isinstance(v, list) else str(v)]
+    if out.exists():
+        shutil.rmtree(out)
+    rc = _command("tokenizer")(argv + ["--out", str(out)])
     if rc:
         raise TinyseekError(f"{stage.where}: tinyseek tokenizer exited with status {rc}")
 
 
-TASKS_FIELDS = {"tasks": ["arithmetic"], "seed": 0, "difficulty": None, "splits": {}, "test": 200, "corpus_from": []}
+TASKS_FIELDS = {"tasks": ["arithmetic"], "seed": 0, "difficulty": None, "splits": {}, "test": 200,
+                "corpus": {}, "corpus_difficulty": None}
+
+
+def _difficulty(value: Any, where: str) -> Any:
+    """TOML has no tuples: [lo, hi] means the range lo..hi (tinyseek.tasks takes a tuple for that)."""
+    if isinstance(value, list):
+        if len(value) != 2 or not all(isinstance(v, int) for v in value):
+            raise ConfigError(f"{where}: a difficulty range is [lo, hi] (got {value!r})")
+        return tuple(value)
+    return value
 
 
 def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
-    """Generate disjoint problem sets: RUN/tasks/<split>.jsonl for each named train split, and test.jsonl.
+    """Generate disjoint problem sets: RUN/tasks/<split>.jsonl for each named train split, test.jsonl, corpus.txt.
 
-    Fields: tasks (names), splits (name -> count, drawn from the tasks' train split in order, disjoint),
-    test (count, from the held-out split), seed, difficulty, corpus_from (split names whose full traces,
-    prompt + completion, become corpus.txt, one document per line, for the tokenizer and pretraining).
-    Counts are per task.
+    Fields: tasks (names), splits (name -> count, drawn in order from the tasks' train side, so disjoint),
+    test (count, from the held-out side), seed, difficulty (an int or [lo, hi]), corpus (task -> count:
+    worked problems of the train side, prompt + completion, as blank-line separated documents in
+    corpus.txt for the tokenizer and pretraining) and corpus_difficulty. Counts are per task. Train and
+    test sides are split by a hash of the problem (tinyseek.tasks), so no held-out problem is ever trained on.
     """
     f = {**TASKS_FIELDS, **stage.fields}
     unknown = set(f) - set(TASKS_FIELDS)
@@ -239,39 +259,38 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
     from tinyseek.checkpoint import atomic_dir
 
     names = f["tasks"] if isinstance(f["tasks"], list) else [f["tasks"]]
-    for n in names:
+    for n in [*names, *f["corpus"]]:
         if n not in T.names():
-            raise ConfigError(f"{stage.where}: tasks: unknown task {n!r} (known: {', '.join(T.names())})")
+            raise ConfigError(f"{stage.where}: unknown task {n!r} (known: {', '.join(T.names())})")
     splits: dict[str, int] = {k: int(v) for k, v in f["splits"].items()}
-    if "test" in splits:
-        raise ConfigError(f"{stage.where}: splits: 'test' is reserved for the held-out problems (use the test field)")
-    for s in f["corpus_from"]:
-        if s not in splits:
-            raise ConfigError(f"{stage.where}: corpus_from: {s!r} is not a split")
+    if "test" in splits or "corpus" in splits:
+        raise ConfigError(f"{stage.where}: splits: 'test' and 'corpus' are reserved names")
+    diff = _difficulty(f["difficulty"], f"{stage.where}: difficulty")
     out_recs: dict[str, list[dict]] = {k: [] for k in splits}
     test: list[dict] = []
     for name in names:
         task = T.get(name)
         total = sum(splits.values())
-        train = task.generate(total, seed=int(f["seed"]), split="train", difficulty=f["difficulty"])
+        train = task.generate(total, seed=int(f["seed"]), split="train", difficulty=diff) if total else []
         if len(train) < total:
             raise ConfigError(f"{stage.where}: task {name!r} produced {len(train)} train problems, the splits need {total}")
         i = 0
         for k, n in splits.items():
             out_recs[k] += train[i:i + n]
             i += n
-        test += task.generate(int(f["test"]), seed=int(f["seed"]), split="test", difficulty=f["difficulty"])
-    # the held-out problems must be unseen: drop any train record whose prompt is in the test set
-    test_prompts = {r["prompt"] for r in test}
+        test += task.generate(int(f["test"]), seed=int(f["seed"]), split="test", difficulty=diff)
+    corpus = []
+    cdiff = _difficulty(f["corpus_difficulty"], f"{stage.where}: corpus_difficulty")
+    for name, n in f["corpus"].items():
+        # another seed than the splits': the corpus is background reading, not the SFT/RL problems again
+        for r in T.get(name).generate(int(n), seed=int(f["seed"]) + 1, split="train", difficulty=cdiff):
+            corpus.append(r["prompt"] + "\n" + T.completion_text(r))
     with atomic_dir(out) as tmp:
         for k, recs in out_recs.items():
-            _write_jsonl(tmp / f"{k}.jsonl", [r for r in recs if r["prompt"] not in test_prompts])
+            _write_jsonl(tmp / f"{k}.jsonl", recs)
         _write_jsonl(tmp / "test.jsonl", test)
-        if f["corpus_from"]:
-            with open(tmp / "corpus.txt", "w", encoding="utf-8") as fh:
-                for s in f["corpus_from"]:
-                    for r in out_recs[s]:
-                        fh.write(json.dumps({"text": r["prompt"] + "\n" + T.completion_text(r)}, ensure_ascii=False) + "\n")
+        if corpus:
+            (tmp / "corpus.txt").write_text("\n\n".join(corpus) + "\n", encoding="utf-8")
 
 
 def _write_jsonl(path: Path, recs: list[dict]) -> None:
@@ -383,7 +402,11 @@ def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = pri
     """Run every stage in order; returns one status dict per stage (name, kind, status, wall_s)."""
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
-    resolved = {"name": recipe.name, "recipe": str(recipe.path),
+    if recipe.threads:
+        import torch
+
+        torch.set_num_threads(recipe.threads)
+    resolved = {"name": recipe.name, "threads": recipe.threads, "recipe": str(recipe.path),
                 "stages": [{"kind": s.kind, "name": s.name, "config_hash": s.config_hash, "fields": s.fields} for s in recipe.stages]}
     tmp = run / f".{RECIPE_COPY}.tmp"
     tmp.write_text(json.dumps(resolved, indent=2, default=str) + "\n", encoding="utf-8")

@@ -39,7 +39,7 @@ V3_SOURCE = "DeepSeek-V3 technical report (2412.19437), Table 1: 2.788M H800 GPU
 RL_KEYS = {  # first key present wins; the GRPO stage's metrics.jsonl names
     "reward": ("reward", "reward_mean", "rewards/mean"),
     "accuracy": ("accuracy", "acc", "reward_accuracy", "accuracy_reward"),
-    "response length": ("completion_len", "response_len", "completion_length", "mean_completion_len", "length"),
+    "response length": ("len_mean", "completion_len", "response_len", "completion_length", "mean_completion_len", "length"),
 }
 
 
@@ -293,12 +293,7 @@ def _ci(ci: Any) -> str:
 
 
 def _human(x: Any) -> str:
-    if x is None:
-        return "—"
-    for unit, scale in (("e24", 1e24), ("e21", 1e21), ("e18", 1e18), ("e15", 1e15), ("e12", 1e12)):
-        if abs(x) >= scale:
-            return f"{x / scale:.2f}{unit}"
-    return f"{x:.3g}"
+    return "—" if x is None else f"{x:.3g}"
 
 
 def _money(x: Any) -> str:
