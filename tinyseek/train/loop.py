@@ -148,12 +148,12 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     regularising meaning, and decaying the embedding penalises rare tokens whose rows get few updates.
     Parameters are sorted by name so the optimizer state's order is the same in every process.
     """
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     decay, no_decay = [], []
     for name, p in sorted(model.named_parameters()):
         if not p.requires_grad:
             continue
-        is_embedding = name == "embed.weight" or name.endswith(".embed.weight")
-        (decay if p.ndim >= 2 and not is_embedding else no_decay).append(p)
+        (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused_ok = all(p.is_cuda for p in decay + no_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused_ok or None)
