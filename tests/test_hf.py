@@ -55,7 +55,7 @@ CASES = {
     "q-compressed+groups+dense-first": {},  # nano: q_lora_rank 32, 2 expert groups (1 kept), 1 dense layer, MTP 1
     "no-q-compression": dict(q_lora_rank=0),
     "all-moe+4-groups+route-scale": dict(n_dense_layers=0, n_expert_groups=4, n_limited_groups=2, route_scale=2.5),
-    "yarn": dict(max_seq_len=256, original_seq_len=32, rope_factor=4.0, mscale=0.7, beta_fast=16, beta_slow=2),
+    "yarn": dict(max_seq_len=128, original_seq_len=32, rope_factor=4.0, mscale=0.7, beta_fast=16, beta_slow=2),
     "dense": dict(n_routed_experts=0, n_shared_experts=0, n_activated_experts=0, n_dense_layers=3, mtp_depth=0),
 }
 
@@ -80,7 +80,7 @@ def test_export_gives_transformers_the_same_logits(tmp_path, case):
 
 
 def test_hf_config_fields():
-    cfg = ModelConfig.preset("nano", q_lora_rank=0, max_seq_len=256, original_seq_len=32, rope_factor=4.0, mscale=0.7)
+    cfg = ModelConfig.preset("nano", q_lora_rank=0, max_seq_len=128, original_seq_len=32, rope_factor=4.0, mscale=0.7)
     hf = to_hf_config(cfg)
     assert hf.q_lora_rank is None and hf.rope_interleave and not hf.tie_word_embeddings
     assert hf.n_group == 2 and hf.topk_group == 1 and hf.first_k_dense_replace == 1 and hf.norm_topk_prob
@@ -93,7 +93,7 @@ def test_hf_config_fields():
         to_hf_config(ModelConfig.preset("nano", score_func="softmax"))
 
 
-def _random_hf_model(seed=0):
+def _random_hf_model(seed=0, **over):
     """A transformers DeepseekV3ForCausalLM built from transformers' own config class (not through tinyseek)."""
     torch.manual_seed(seed)
     cfg = transformers.DeepseekV3Config(
@@ -101,9 +101,9 @@ def _random_hf_model(seed=0):
         num_attention_heads=3, num_key_value_heads=3, n_shared_experts=2, n_routed_experts=6, routed_scaling_factor=2.0,
         kv_lora_rank=24, q_lora_rank=16, qk_rope_head_dim=8, v_head_dim=12, qk_nope_head_dim=8, n_group=3, topk_group=2,
         num_experts_per_tok=3, first_k_dense_replace=1, max_position_embeddings=128, rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "yarn", "rope_theta": 5000.0, "factor": 2.0, "original_max_position_embeddings": 32,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 5000.0, "factor": 2.0, "original_max_position_embeddings": 64,
                          "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
-        attn_implementation="eager")
+        attn_implementation="eager", **over)
     hf = transformers.DeepseekV3ForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, buf in hf.named_buffers():
@@ -112,17 +112,18 @@ def _random_hf_model(seed=0):
     return hf
 
 
-def test_import_of_a_random_transformers_model_gives_its_logits(tmp_path):
-    hf = _random_hf_model()
+@pytest.mark.parametrize("interleave", [True, False])
+def test_import_of_a_random_transformers_model_gives_its_logits(tmp_path, interleave):
+    hf = _random_hf_model(rope_interleave=interleave)
     hf.save_pretrained(tmp_path / "hf")
     ours = load_hf_as_tinyseek(tmp_path / "hf").eval()
     assert ours.cfg.q_lora_rank == 16 and ours.cfg.n_expert_groups == 3 and ours.cfg.rope_factor == 2.0 and ours.cfg.mtp_depth == 0
-    tokens = torch.randint(0, 200, (2, 48))
+    tokens = torch.randint(0, 200, (2, 80))  # 80 > original_max_position_embeddings
     with torch.no_grad():
         theirs = hf(tokens).logits
         assert (ours(tokens).logits - theirs).abs().max().item() < 1e-4
         # the in-memory state dict (experts fused as 3D tensors) converts to the same weights
-        sd = from_hf_state_dict(hf.state_dict(), ours.cfg)
+        sd = from_hf_state_dict(hf.state_dict(), ours.cfg, rope_interleave=interleave)
         for k, v in ours.state_dict().items():
             assert torch.equal(sd[k], v), k
 
@@ -264,7 +265,7 @@ def test_old_style_rope_scaling_and_missing_fields(tmp_path):
     config.json leaves out take transformers' defaults (what from_pretrained would build)."""
     from tinyseek.hf import read_hf_config
 
-    cfg = ModelConfig.preset("nano", max_seq_len=256, original_seq_len=32, rope_factor=4.0, mscale=1.0, mtp_depth=0)
+    cfg = ModelConfig.preset("nano", max_seq_len=128, original_seq_len=32, rope_factor=4.0, mscale=1.0, mtp_depth=0)
     d = to_hf_config(cfg).to_dict()
     rope = d.pop("rope_parameters")
     d.update(rope_theta=rope.pop("rope_theta"), rope_scaling={**rope, "type": rope.pop("rope_type")})

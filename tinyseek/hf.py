@@ -9,7 +9,8 @@ and the fused in-memory ones.
 The mapping, field by field (tinyseek -> transformers):
 
     q_lora_rank 0              -> q_lora_rank None (one `q_proj` instead of q_a_proj/q_a_layernorm/q_b_proj)
-    RoPE on interleaved pairs  -> rope_interleave True (same weights, no permutation)
+    RoPE on interleaved pairs  -> rope_interleave True (same weights, no permutation); importing a model with
+                                  rope_interleave False permutes its RoPE rows into pairs (`_interleave_rope`)
     YaRN (max_seq_len > original_seq_len and rope_factor > 1, DeepSeek's condition)
                                -> rope_parameters {rope_type yarn, factor, original_max_position_embeddings,
                                   beta_fast, beta_slow, mscale = mscale_all_dim = mscale, attention_factor 1}
@@ -149,8 +150,6 @@ def _base_from_hf(h: dict, where: str) -> dict:
         raise bad("hidden_act", "tinyseek's MLPs are SwiGLU (silu)")
     if get("attention_bias", False):
         raise bad("attention_bias", "tinyseek's MLA has no projection biases")
-    if not get("rope_interleave", True):
-        raise bad("rope_interleave", "tinyseek uses DeepSeek's interleaved RoPE layout")
     H = get("num_attention_heads")
     kvh = get("num_key_value_heads") or H
     if not isinstance(kvh, int) or kvh <= 0 or H // kvh != 1:
@@ -317,12 +316,33 @@ def _canonical_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, tied: bool = Fa
     return out
 
 
-def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, source: str = "state dict", tied: bool = False) -> dict[str, torch.Tensor]:
+def _interleave_rope(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Rows of the RoPE part of q (per head) and of the shared k_pe, from rotate-half order to pairs.
+
+    With rope_interleave False, transformers rotates dims (i, i + d/2) by frequency i; tinyseek rotates
+    (2i, 2i + 1). Moving row i to 2i and row i + d/2 to 2i + 1 makes tinyseek's rotation produce exactly
+    transformers' output (tinyseek writes the rotated pair halves de-interleaved), for queries and keys."""
+    dr, dn, H, r = cfg.qk_rope_head_dim, cfg.qk_nope_head_dim, cfg.n_heads, cfg.kv_lora_rank
+    perm = torch.stack([torch.arange(dr // 2), torch.arange(dr // 2) + dr // 2], dim=1).flatten()
+    out = dict(sd)
+    for key, w in sd.items():
+        if key.endswith(("self_attn.q_proj.weight", "self_attn.q_b_proj.weight")):
+            w = w.view(H, dn + dr, -1)
+            out[key] = torch.cat([w[:, :dn], w[:, dn:][:, perm]], dim=1).reshape(H * (dn + dr), -1)
+        elif key.endswith("self_attn.kv_a_proj_with_mqa.weight"):
+            out[key] = torch.cat([w[:r], w[r:][perm]], dim=0)
+    return out
+
+
+def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, source: str = "state dict", tied: bool = False,
+                       rope_interleave: bool = True) -> dict[str, torch.Tensor]:
     """transformers names (per-expert or fused) -> tinyseek names, checked tensor by tensor against `cfg`.
 
     A missing, unexpected or misshaped tensor raises a one-line TinyseekError naming it (transformers' name)."""
     got = _canonical_hf(sd, cfg, tied)
     check_state_dict(expected_hf_shapes(cfg), got, source)
+    if not rope_interleave:
+        got = _interleave_rope(got, cfg)
     out: dict[str, torch.Tensor] = {}
     experts: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
 
@@ -400,8 +420,9 @@ def read_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
         raise TinyseekError(f"{path}: no such directory")
     sd = _read_hf_weights(path)
     cfg = read_hf_config(path, weight_keys=list(sd))
-    tied = bool(json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")).get("tie_word_embeddings", False))
-    return cfg, from_hf_state_dict(sd, cfg, source=str(path), tied=tied)
+    raw = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    return cfg, from_hf_state_dict(sd, cfg, source=str(path), tied=bool(raw.get("tie_word_embeddings", False)),
+                                   rope_interleave=bool(raw.get("rope_interleave", True)))
 
 
 def load_hf_as_tinyseek(path: str | Path):
