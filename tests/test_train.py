@@ -251,3 +251,11 @@ def test_sft_bad_data_names_file_and_line(tmp_path, capsys):
     assert main(["sft", "--init", str(tmp_path / "pre" / "final"), "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("d.jsonl:2: field 'prompt' must be a string or a list of messages") and len(err.splitlines()) == 1
+
+
+def test_example_configs_parse():
+    from tinyseek.config import load_file
+
+    p = load_file(PretrainConfig, ROOT / "recipes" / "pretrain-tiny.toml")
+    s = load_file(SFTConfig, ROOT / "recipes" / "sft-tiny.toml")
+    assert p.preset == "tiny" and p.tasks["addition"] > 0 and s.init.endswith("final") and s.lr == 1e-3
