@@ -10,6 +10,16 @@ from tinyseek.errors import TinyseekError
 from tinyseek.model import Gate, KVCache, Transformer, seq_balance_loss
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """nano-sized ops gain nothing from a second thread, and on a busy machine OpenMP's barriers make
+    them 50x slower; restore the setting for other test files."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def nano(**kw) -> ModelConfig:
     return ModelConfig.preset("nano", **kw)
 
