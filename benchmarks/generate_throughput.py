@@ -7,7 +7,8 @@ What it measures, all in one run on one machine (so the ratios mean something on
    the preset, prompts of --prompt-len random tokens: tinyseek `Engine.generate` vs transformers
    `DeepseekV3ForCausalLM.generate` on the exported weights, at each batch size, and the ratio;
    the greedy tokens of both are compared (they should agree; a mismatch is printed).
-2. KV-cache bytes per token: tinyseek's latent cache (absorbed MLA) vs transformers' `DynamicCache` (full K, V).
+2. KV-cache bytes per token: tinyseek's latent cache (absorbed MLA) vs transformers' `DynamicCache` (which, in
+   transformers 5.2x, holds DeepseekV3's latent too) and vs a full K/V cache of the same model (the naive path).
 3. bf16: the engine with the model in bfloat16 at the middle batch size — speed, and how far it drifts from
    float32 (max |logit| difference on the prompts, share of greedy tokens equal before the first divergence).
 4. MTP speculative decoding at batch 1. A randomly initialised MTP head drafts noise (acceptance ~0), so the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import sys
 import tempfile
@@ -56,6 +58,15 @@ def hf_cache_bytes_per_token(hf, T: int = 16) -> float:
     for layer in cache.layers:
         total += layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
     return total / T
+
+
+def hf_cache_shapes(hf) -> str:
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    with torch.inference_mode():
+        hf(input_ids=torch.randint(0, hf.config.vocab_size, (1, 3)), past_key_values=cache, use_cache=True)
+    return f"keys {list(cache.layers[0].keys.shape)}, values {list(cache.layers[0].values.shape)} for 3 tokens"
 
 
 def ours_cache_bytes_per_token(engine: Engine) -> float:
@@ -149,9 +160,15 @@ def main() -> int:
           f"{cfg.qk_rope_head_dim} per layer x {cfg.n_layers})", end="")
     if hf is not None:
         hf_b = hf_cache_bytes_per_token(hf)
-        print(f", transformers {hf_b:.0f}: ratio {ours_b / hf_b:.3f}")
+        print(f", transformers {hf_b:.0f}: ratio {ours_b / hf_b:.3f} (transformers' DynamicCache layers: "
+              f"{hf_cache_shapes(hf)})")
     else:
         print()
+    from tinyseek.model import KVCache
+
+    naive = KVCache(dataclasses.replace(cfg, mtp_depth=0), 1, 1, impl="naive")
+    naive_b = sum(x[0, 0].numel() * x.element_size() for x in naive._tensors())
+    print(f"  a full K/V cache of the same model (tinyseek's naive MLA path) would take {naive_b:.0f}: ratio {ours_b / naive_b:.3f}")
     spec_eng = Engine(model, max_batch=1, speculative=True)
     print(f"  (with speculative decoding the MTP layer's cache is added: {ours_cache_bytes_per_token(spec_eng):.0f} bytes per token)")
 

@@ -252,3 +252,37 @@ def test_hf_engine_matches_engine_on_exported_weights(tmp_path):
     theirs = hf.generate(PROMPTS, params, n=2)
     assert _ids(ours) == _ids(theirs)
     assert ours[0][0].logprobs == pytest.approx(theirs[0][0].logprobs, abs=1e-4)
+
+
+def test_think_dimmer_dims_only_the_thinking_part():
+    import io
+
+    from tinyseek.engine import DIM, RESET, _ThinkDimmer
+
+    out = io.StringIO()
+    d = _ThinkDimmer(out, color=True)
+    for piece in ["<thi", "nk>let me ", "see</th", "ink><answer>4</answer>"]:  # tags split across pieces
+        d(piece)
+    d.close()
+    assert out.getvalue() == f"{DIM}let me {RESET}{DIM}see{RESET}<answer>4</answer>"
+    plain = io.StringIO()
+    d = _ThinkDimmer(plain, color=False)
+    d("<think>a</think>b")
+    d.close()
+    assert plain.getvalue() == "ab"
+
+
+def test_cli_generate_streams_text(tmp_path, capsys):
+    from tinyseek.checkpoint import save_checkpoint
+    from tinyseek.engine import cli_generate
+    from tinyseek.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["the cat sat on the mat " * 20, "a b c d e f g"], vocab_size=300)
+    tok.save(tmp_path / "tok")
+    save_checkpoint(_model(vocab_size=tok.vocab_size), tmp_path / "ck", tokenizer_file=tmp_path / "tok" / "tokenizer.json")
+    assert cli_generate([str(tmp_path / "ck"), "--prompt", "the cat", "--max-new-tokens", "8", "--temperature", "0"]) == 0
+    printed = capsys.readouterr().out
+    eng = Engine(_model(vocab_size=tok.vocab_size), tok)
+    ids = eng.encode_chat([{"role": "user", "content": "the cat"}])
+    expect = eng.generate([ids], SamplingParams(temperature=0, max_new_tokens=8))[0][0].text
+    assert printed == expect + "\n"

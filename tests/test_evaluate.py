@@ -136,3 +136,30 @@ def test_evaluate_end_to_end_with_english_and_chinese_records(tmp_path):
     assert res["format"]["value"] == pytest.approx((2 / 3 + 1 / 3) / 2)
     assert res["problems"][1]["answers"] == ["7", "8", "8"]
     json.dumps(res)  # serialisable as eval.json
+
+
+def test_cli_eval_writes_eval_json(tmp_path, capsys):
+    import torch
+
+    from tinyseek.checkpoint import save_checkpoint
+    from tinyseek.config import ModelConfig
+    from tinyseek.errors import TinyseekError
+    from tinyseek.evaluate import cli_eval
+    from tinyseek.model import Transformer
+    from tinyseek.tokenizer import Tokenizer, task_texts
+
+    tok = Tokenizer.train(task_texts(["arithmetic"], 50), 300)
+    tok.save(tmp_path / "tok")
+    torch.manual_seed(0)
+    save_checkpoint(Transformer(ModelConfig.preset("nano", vocab_size=tok.vocab_size)), tmp_path / "ck",
+                    tokenizer_file=tmp_path / "tok" / "tokenizer.json")
+    out = tmp_path / "ev"
+    assert cli_eval([str(tmp_path / "ck"), "--task", "arithmetic", "--n", "3", "--samples", "2", "--max-new-tokens", "6",
+                     "--out", str(out)]) == 0
+    res = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    assert res["n_problems"] == 3 and res["samples"] == 2 and len(res["problems"]) == 3
+    assert {"pass@1", "pass@2", "cons@2", "format", "mean_length"} <= set(res)
+    assert all(len(p["completions"]) == 2 for p in res["problems"])
+    assert "pass@1" in capsys.readouterr().out
+    with pytest.raises(TinyseekError, match="exactly one"):
+        cli_eval([str(tmp_path / "ck")])

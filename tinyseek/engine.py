@@ -1,5 +1,17 @@
 """The inference engine: batched generation on the preallocated KV cache, continuous batching, MTP drafts.
 
+    engine = Engine(model, tokenizer=None, max_batch=64, max_len=None, speculative=False, dtype=None)
+    engine.generate(prompts, params, n=1) -> list[list[Completion]]   # batch API (GRPO, eval, distillation)
+    rid = engine.add_request(prompt_ids, params, prefix=None, capture_prompt_cache=False)   # the server's API
+    events = engine.step()          # list[StepEvent]: new tokens / text delta / finish_reason per request
+    engine.collect(rid) -> Completion (once finished; forgets the request);  engine.abort(rid) -> Completion
+    engine.encode_chat(messages) -> prompt ids;  engine.decode(ids) -> text
+    load_engine(path) -> Engine for a tinyseek checkpoint, HFEngine (tinyseek/hf_engine.py) for other models
+
+`generate` steps the engine until nothing is left, so do not mix it with requests added by `add_request`
+on the same engine. The model is used as it is (dtype= casts it in place); `step` puts it in eval mode and
+restores its training flag afterwards, so a trainer can share it.
+
 How a request runs. Every sequence owns one row of a `KVCache` (MLA's absorbed path: only the latent and
 the RoPE key are cached, `cfg.latent_cache_dim` values per token per layer). A request is admitted when a
 row is free: its prompt is prefilled once (`model(prompt, cache, rows)`), and the n samples of a group
@@ -151,8 +163,8 @@ class Engine:
     def __init__(self, model, tokenizer=None, max_batch: int = 64, max_len: int | None = None, speculative: bool = False,
                  dtype: torch.dtype | None = None, recompute: bool = False):
         if dtype is not None:
-            model.to(dtype=dtype)
-        self.model = model.eval()
+            model.to(dtype=dtype)  # in place: the caller's model is cast
+        self.model = model
         self.cfg = model.cfg
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -291,14 +303,19 @@ class Engine:
         accepted). Returns one event per request that produced tokens or finished."""
         events: dict[int, StepEvent] = {}
         decoding = [s for s in self.running.values() if s.pending is not None]
-        admitted = self._admit()
-        if admitted:
-            self._prefill(admitted, events)
-        if decoding:
-            if self.speculative:
-                self._decode_speculative(decoding, events)
-            else:
-                self._decode(decoding, events)
+        was_training = self.model.training  # GRPO shares the model with its trainer: restore its mode after
+        self.model.eval()
+        try:
+            admitted = self._admit()
+            if admitted:
+                self._prefill(admitted, events)
+            if decoding:
+                if self.speculative:
+                    self._decode_speculative(decoding, events)
+                else:
+                    self._decode(decoding, events)
+        finally:
+            self.model.train(was_training)
         self.stats["steps"] += 1
         return list(events.values())
 
