@@ -245,9 +245,11 @@ def read_hf_config(path: str | Path, weight_keys: list[str] | None = None) -> Mo
         defaults.pop("rope_parameters", None)
     h = {**defaults, **raw}
     depth = None
-    if weight_keys is not None and "tinyseek" not in h:
-        L = h.get("num_hidden_layers", 0)
-        depth = sum(1 for k in range(64) if f"model.layers.{L + k}.eh_proj.weight" in weight_keys or f"{MTP_PREFIX}.{k}.eh_proj.weight" in weight_keys)
+    if weight_keys is not None and "tinyseek" not in h:  # count the MTP modules the weights hold
+        keys, L = set(weight_keys), h.get("num_hidden_layers", 0)
+        depth = 0
+        while f"model.layers.{L + depth}.eh_proj.weight" in keys or f"{MTP_PREFIX}.{depth}.eh_proj.weight" in keys:
+            depth += 1
     return from_hf_config(h, where=str(f), mtp_depth=depth)
 
 
