@@ -8,7 +8,8 @@ transformers experts implementation at equal dtype.
 Defaults: preset `tiny`, batch 8 x 256, on CPU in float32 and bfloat16 (pure bf16 weights and optimizer
 state on both sides; transformers keeps its router in float32, tinyseek its correction bias), transformers
 experts `eager` and `grouped_mm` (`batched_mm` is available with --hf-experts but very slow here).
-With CUDA: preset `gpu-500m`, batch 16 x 1024, bfloat16, plus MFU against a measured bf16 matmul peak.
+With CUDA: preset `gpu-500m`, batch 16 x 1024, bfloat16. MFU is model FLOPs (`cost.train_flops_per_token`)
+per second over a measured square-matmul peak in the same dtype on the same device.
 
 What is being compared, exactly:
 - both: mtp_depth 0 (transformers does not train MTP modules), SDPA attention on the transformers side.
@@ -114,8 +115,19 @@ def load_hf(path: Path, dtype: torch.dtype, impl: str, device: str):
     return model.to(device).train()
 
 
+def measured_peak(device: str, dtype: torch.dtype) -> float:
+    """The MFU denominator: a measured square-matmul FLOP/s in `dtype` (8192^2 on a GPU, 1024^2 on a CPU)."""
+    gpu = device.startswith("cuda")
+    peak = cost.measure_matmul_peak(device, dtype, n=8192 if gpu else 1024, seconds=2.0 if gpu else 1.0)
+    name = torch.cuda.get_device_name() if gpu else "this CPU"
+    sheet = cost.datasheet_peak(name) if gpu and dtype == torch.bfloat16 else None
+    print(f"\nmeasured {str(dtype).removeprefix('torch.')} matmul peak on {name}: {peak / 1e12:.3f} TFLOP/s"
+          + (f" (datasheet {sheet / 1e12:.0f})" if sheet else ""))
+    return peak
+
+
 def run(preset: str, batch: int, seq: int, steps: int, warmup: int, dtypes: list[str], impls: list[str], device: str,
-        compile_: bool, lr: float, peak: float | None) -> list[dict]:
+        compile_: bool, lr: float) -> list[dict]:
     cfg = ModelConfig.preset(preset, mtp_depth=0, max_seq_len=max(seq, ModelConfig.preset(preset).max_seq_len))
     flops = cost.train_flops_per_token(cfg, seq, include_mtp=False)
     print(f"\n## {preset} on {device}: {cost.total_params(cfg) / 1e6:.1f}M params, {cost.active_params(cfg) / 1e6:.1f}M active, "
@@ -129,6 +141,7 @@ def run(preset: str, batch: int, seq: int, steps: int, warmup: int, dtypes: list
         for dname in dtypes:
             dtype = DTYPES[dname]
             results = []
+            peak = measured_peak(device, dtype)
             model = Transformer(cfg)
             model.load_state_dict(base.state_dict())
             model.to(device=device, dtype=dtype).train()
@@ -184,15 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
     for device in devices:
         gpu = device.startswith("cuda")
-        peak = None
-        if gpu:
-            peak = cost.measure_matmul_peak(device, torch.bfloat16, n=8192)
-            print(f"\nmeasured bf16 matmul peak on {torch.cuda.get_device_name()}: {peak / 1e12:.0f} TFLOP/s "
-                  f"(datasheet {(cost.datasheet_peak(torch.cuda.get_device_name()) or float('nan')) / 1e12:.0f})")
         run(preset=args.preset or ("gpu-500m" if gpu else "tiny"), batch=args.batch or (16 if gpu else 8),
             seq=args.seq or (1024 if gpu else 256), steps=args.steps, warmup=args.warmup,
             dtypes=(args.dtypes or ("bfloat16" if gpu else "float32,bfloat16")).split(","), impls=impls, device=device,
-            compile_=args.compile, lr=args.lr, peak=peak)
+            compile_=args.compile, lr=args.lr)
     return 0
 
 
