@@ -9,7 +9,7 @@ DeepSeek-V3's published budget (2.788M H800-hours, $5.576M, 14.8T tokens; report
     tinyseek report RUN            # writes RUN/report/{report.json, report.md, *.png}, prints the tables
 
 Stages compare against their parent: an evaluated stage whose config starts from another evaluated
-stage's checkpoint (`init`, or `teacher` for distillation) gets a delta row. That is how the report says
+stage's checkpoint (`init`; GRPO's `model`; `teacher` for distillation) gets a delta row. That is how the report says
 "GRPO vs the SFT it started from" and "student vs teacher" without knowing the recipe's names.
 """
 
@@ -211,7 +211,7 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
         st = by_name.get(e["model_stage"])
         if st is None:
             continue
-        for rel in ("init", "teacher"):
+        for rel in ("init", "model", "teacher"):  # sft/pretrain/distill start from init, grpo from model
             parent = _stage_of(st["fields"].get(rel), run)
             pe = eval_of.get(parent)
             if parent is None or pe is None or pe is e or e["pass@1"] is None or pe["pass@1"] is None:
