@@ -73,12 +73,12 @@ def test_yarn_changes_rope_and_scale_and_paths_still_agree():
     torch.testing.assert_close(a(x).logits, twin(a, mla_impl="naive")(x).logits, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("impl", ["absorbed", "naive"])
-def test_cached_decoding_equals_a_full_forward(impl):
+@pytest.mark.parametrize("impl,max_len", [("absorbed", 32), ("naive", 32), ("absorbed", 200)])
+def test_cached_decoding_equals_a_full_forward(impl, max_len):
     m = make(nano(mla_impl=impl))
     x = tokens(2, 20)
     full = m(x).logits
-    cache = KVCache(m.cfg, 2, 32)
+    cache = KVCache(m.cfg, 2, max_len)
     steps = [m(x[:, :7], cache=cache).logits]  # prefill 7, then one token at a time
     for t in range(7, 20):
         steps.append(m(x[:, t : t + 1], cache=cache).logits)
@@ -158,6 +158,16 @@ def test_loop_and_sorted_dispatch_agree_in_outputs_and_every_gradient(score_func
         assert p.grad is not None, name
         torch.testing.assert_close(p.grad, gl[name].grad, atol=1e-5, rtol=1e-4, msg=name)
     assert s.layers[1].ffn.experts.w1.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("B,T", [(1, 1), (3, 5)])
+def test_loop_and_sorted_agree_when_experts_get_no_tokens(B, T):
+    s = make(nano())
+    l = twin(s, moe_impl="loop")
+    x = tokens(B, T)
+    out = s(x)
+    assert (out.expert_load == 0).any()
+    torch.testing.assert_close(out.logits, l(x).logits, atol=1e-5, rtol=0)
 
 
 def test_padded_fallback_agrees_with_grouped_mm(monkeypatch):

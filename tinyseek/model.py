@@ -95,15 +95,17 @@ class KVCache:
         dtype = dtype or torch.get_default_dtype()
         B, S, H = batch_size, max_len, cfg.n_heads
         if self.impl == "absorbed":
-            self.kv = [torch.zeros(B, S, cfg.kv_lora_rank, device=device, dtype=dtype) for _ in range(self.n_layers)]
-            self.pe = [torch.zeros(B, S, cfg.qk_rope_head_dim, device=device, dtype=dtype) for _ in range(self.n_layers)]
+            # one buffer per layer, [latent | k_pe], so attention reads the key with one gather and no cat
+            self.latent = [torch.zeros(B, S, cfg.latent_cache_dim, device=device, dtype=dtype) for _ in range(self.n_layers)]
+            self.kv = [t[..., : cfg.kv_lora_rank] for t in self.latent]  # views
+            self.pe = [t[..., cfg.kv_lora_rank :] for t in self.latent]
         else:
             self.k = [torch.zeros(B, S, H, cfg.qk_head_dim, device=device, dtype=dtype) for _ in range(self.n_layers)]
             self.v = [torch.zeros(B, S, H, cfg.v_head_dim, device=device, dtype=dtype) for _ in range(self.n_layers)]
         self.pos = torch.zeros(B, dtype=torch.long, device=device)
 
     def _tensors(self) -> list[torch.Tensor]:
-        return self.kv + self.pe if self.impl == "absorbed" else self.k + self.v
+        return self.latent if self.impl == "absorbed" else self.k + self.v
 
     @property
     def values_per_token(self) -> int:
@@ -252,11 +254,9 @@ class MLA(nn.Module):
         q = torch.cat([q_lat, q_pe], dim=-1).transpose(1, 2)  # [B, H, T, r + dr]
         k = torch.cat([kv, k_pe], dim=-1)  # [B, T, r + dr]: one key shared by every head
         if st.cache is not None:
-            ckv, cpe = st.cache.kv[self.cache_layer], st.cache.pe[self.cache_layer]
-            rows_bt = st.rows[:, None].expand(B, T)
-            ckv[rows_bt, st.positions] = kv.to(ckv.dtype)
-            cpe[rows_bt, st.positions] = k_pe.to(cpe.dtype)
-            k = torch.cat([ckv[st.rows, : st.length], cpe[st.rows, : st.length]], dim=-1).to(q.dtype)  # [B, L, r + dr]
+            buf = st.cache.latent[self.cache_layer]  # [B_cache, S, r + dr]
+            buf[st.rows[:, None].expand(B, T), st.positions] = k.to(buf.dtype)
+            k = buf[st.rows, : st.length].to(q.dtype)  # [B, L, r + dr]
         k = k.unsqueeze(1)  # [B, 1, L, r + dr]
         # the value is the latent; passing the whole key as value (latent + k_pe) keeps the fused kernel's
         # equal head sizes for free: the k_pe columns of the output are dropped, so they get no gradient
@@ -330,6 +330,7 @@ class Gate(nn.Module):
 _GROUPED_MM_OK: dict = {}
 
 
+@torch.compiler.disable
 def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
     """Probe once per (device type, dtype) whether this build runs torch._grouped_mm (fwd and bwd)."""
     key = (device.type, dtype)
@@ -391,8 +392,10 @@ class Experts(nn.Module):
         x_PD = torch.cat([x_TD, x_TD.new_zeros(1, D)]).index_select(0, src_P)  # backward: index_add, not a sort
         if _grouped_mm_works(x_TD.device, x_TD.dtype):
             offs_E = pend_E.to(torch.int32)
-            w13 = torch.cat([self.w1, self.w3], dim=1).transpose(1, 2)  # [E, D, 2F]
-            g_PF, u_PF = torch._grouped_mm(x_PD, w13, offs=offs_E).chunk(2, dim=-1)
+            # two products rather than one on cat([w1, w3]): the cat copied every expert's weights on every
+            # call (2.4x slower at decode sizes on CPU, identical results; dev/LOG.md, engine entry)
+            g_PF = torch._grouped_mm(x_PD, self.w1.transpose(1, 2), offs=offs_E)
+            u_PF = torch._grouped_mm(x_PD, self.w3.transpose(1, 2), offs=offs_E)
             y_PD = torch._grouped_mm(F.silu(g_PF) * u_PF, self.w2.transpose(1, 2), offs=offs_E)
         else:
             y_PD = self._padded(x_PD, padded_E, pend_E, align)
@@ -546,6 +549,9 @@ class Transformer(nn.Module):
         length = int(positions[:, -1].max()) + 1  # the one host sync of a cached forward
         if length > cache.max_len:
             raise TinyseekError(f"cache: {length} positions needed, cache max_len is {cache.max_len}")
+        # attend over a length rounded up to a multiple of 64 (masked): decoding then reuses a few matrix
+        # shapes instead of a new one per token (oneDNN builds a kernel per shape in bf16; compile recompiles)
+        length = min(cache.max_len, -(-length // 64) * 64)
         mask = (torch.arange(length, device=device) <= positions[:, :, None]).unsqueeze(1)  # [B, 1, T, L]
         cos, sin = self._rope(positions, dtype)
         return _Step(cos, sin, cache=cache, rows=rows, positions=positions, length=length, mask=mask, want_aux=want_aux)
