@@ -45,6 +45,14 @@ def twin(m: Transformer, **kw) -> Transformer:
     return t.eval()
 
 
+def latent_always(m: Transformer) -> Transformer:
+    """Make absorbed MLA use the latent form without a cache too (by default training up-projects K/V)."""
+    for mod in m.modules():
+        if hasattr(mod, "latent_without_cache"):
+            mod.latent_without_cache = True
+    return m
+
+
 def tokens(B, T, seed=1, vocab=256):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (B, T), generator=g)
@@ -55,12 +63,15 @@ def tokens(B, T, seed=1, vocab=256):
 
 @pytest.mark.parametrize("q_lora_rank", [0, 32])
 def test_naive_and_absorbed_agree_on_a_whole_sequence(q_lora_rank):
-    a = make(nano(mla_impl="absorbed", q_lora_rank=q_lora_rank))
+    a = latent_always(make(nano(mla_impl="absorbed", q_lora_rank=q_lora_rank)))
     n = twin(a, mla_impl="naive")
     x = tokens(2, 24)
     la, ln = a(x).logits, n(x).logits
     assert la.abs().max() > 0.1
     torch.testing.assert_close(la, ln, atol=1e-5, rtol=0)
+    # a whole-sequence prefill into the latent cache, and the default (up-projected) training forward
+    torch.testing.assert_close(a(x, cache=KVCache(a.cfg, 2, 32)).logits, ln, atol=1e-5, rtol=0)
+    torch.testing.assert_close(twin(a, mla_impl="absorbed")(x).logits, ln, atol=1e-5, rtol=0)
 
 
 def test_yarn_changes_rope_and_scale_and_paths_still_agree():
@@ -70,7 +81,7 @@ def test_yarn_changes_rope_and_scale_and_paths_still_agree():
     plain = twin(a, rope_factor=1.0)
     x = tokens(1, 40)
     assert (a(x).logits - plain(x).logits).abs().max() > 1e-4
-    torch.testing.assert_close(a(x).logits, twin(a, mla_impl="naive")(x).logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(latent_always(a)(x).logits, twin(a, mla_impl="naive")(x).logits, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("impl,max_len", [("absorbed", 32), ("naive", 32), ("absorbed", 200)])

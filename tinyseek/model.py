@@ -209,6 +209,11 @@ class MLA(nn.Module):
         self.wkv_b = nn.Linear(r, H * (dn + dv), bias=False)
         self.wo = nn.Linear(H * dv, cfg.dim, bias=False)
         self.scale = cfg.softmax_scale
+        # absorbed MLA without a cache (training) up-projects K and V like `naive`: a score then costs
+        # qk_head_dim + v_head_dim MACs instead of 2 * (kv_lora_rank + qk_rope_head_dim), and nothing is
+        # cached, so the latent form buys nothing (SGLang/vLLM prefill the same way). True forces the latent
+        # form anyway (tests; the reference for whole-sequence agreement).
+        self.latent_without_cache = False
 
     def forward(self, x: torch.Tensor, st: _Step) -> torch.Tensor:
         B, T, _ = x.shape
@@ -221,8 +226,11 @@ class MLA(nn.Module):
         kv, k_pe = self.wkv_a(x).split([r, dr], dim=-1)
         kv = self.kv_norm(kv)  # [B, T, r]
         k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)  # [B, T, dr]
-        impl = st.cache.impl if st.cache is not None else self.cfg.mla_impl
-        if impl == "naive":
+        if st.cache is not None:
+            latent = st.cache.impl == "absorbed"
+        else:
+            latent = self.cfg.mla_impl == "absorbed" and self.latent_without_cache
+        if not latent:
             o = self._naive(q_nope, q_pe, kv, k_pe, st)
         else:
             o = self._absorbed(q_nope, q_pe, kv, k_pe, st)
