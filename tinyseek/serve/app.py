@@ -403,6 +403,7 @@ def cli_serve(argv: list[str]) -> int:
     p.add_argument("--price-miss", type=float, default=Prices.cache_miss, help="$ per million cache-miss input tokens")
     p.add_argument("--price-output", type=float, default=Prices.output, help="$ per million output tokens")
     p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default; 1 is fastest for tiny models on a busy box)")
     args = p.parse_args(argv)
 
     if not _is_loopback(args.host) and not args.api_key and not args.insecure:
@@ -420,9 +421,14 @@ def cli_serve(argv: list[str]) -> int:
     from tinyseek.engine import Engine
     from tinyseek.tokenizer import Tokenizer
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.ckpt).to(device).eval()
     tokenizer = Tokenizer.load(args.ckpt)
+    if tokenizer.vocab_size > model.cfg.vocab_size:
+        raise TinyseekError(f"{args.ckpt}: tokenizer.json has {tokenizer.vocab_size} tokens, more than the model's "
+                            f"vocab_size={model.cfg.vocab_size}")
     engine = Engine(model, tokenizer, max_batch=args.max_batch)
     cfg = ServeConfig(model_name=args.model_name, api_keys=tuple(args.api_key), rate_limit=args.rate_limit,
                       max_queue=args.max_queue, default_max_tokens=args.max_tokens,

@@ -28,6 +28,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from tinyseek.engine import PromptCache
+from tinyseek.errors import TinyseekError
 from tinyseek.serve.prefix_cache import PrefixCache
 
 
@@ -153,9 +154,13 @@ class Scheduler:
                 if hit.n_tokens:
                     prefix = PromptCache(tuple(job.prompt_ids[:hit.n_tokens]), hit.tensors)
                     job.cached_tokens = hit.n_tokens
-            job.rid = self.engine.add_request(job.prompt_ids, job.params, prefix=prefix,
-                                              capture_prompt_cache=self._worth_caching(job),
-                                              stream=False)
+            try:
+                job.rid = self.engine.add_request(job.prompt_ids, job.params, prefix=prefix,
+                                                  capture_prompt_cache=self._worth_caching(job), stream=False)
+            except TinyseekError as e:  # the engine refused this prompt: fail this job alone
+                job.done = True
+                job.post("error", f"engine refused the request: {e}")
+                continue
             self._running[job.rid] = job
 
     def _worth_caching(self, job: Job) -> bool:
