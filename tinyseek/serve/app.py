@@ -281,8 +281,9 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 try:
                     i, kind, payload = await asyncio.wait_for(queue.get(), timeout=0.5)
                 except asyncio.TimeoutError:
-                    if await request.is_disconnected():
+                    if await request.is_disconnected():  # nobody to answer: free the slots, bill what ran
                         sched.cancel(jobs)
+                        record(kid, rid, prompt, jobs[0].cached_tokens, sum(j.n_generated for j in jobs), 0)
                         return JSONResponse({}, status_code=499)
                     continue
                 if kind == "error":
