@@ -187,3 +187,31 @@ def test_32_concurrent_streams_match_single_runs(server, parts):
     sizes = app.state.scheduler.step_batch_sizes
     shared = {b: n - sizes_before.get(b, 0) for b, n in sizes.items() if b > 1 and n > sizes_before.get(b, 0)}
     assert shared and max(shared) >= 8, f"requests did not share decode steps: {dict(sizes)}"
+
+
+def test_prior_reasoning_is_stripped_from_the_prompt(client, parts):
+    tok, _ = parts
+    plain = user("Say hi.") + [{"role": "assistant", "content": "Hi there!"}] + user("What is 2 plus 3?")
+    with_reasoning = user("Say hi.") + [{"role": "assistant", "content": "<think>\nA greeting is asked for.\n</think>Hi there!",
+                                         "reasoning_content": "A greeting is asked for."}] + user("What is 2 plus 3?")
+    a = client.chat.completions.create(model="tinyseek", messages=plain, temperature=0, max_tokens=30)
+    b = client.chat.completions.create(model="tinyseek", messages=with_reasoning, temperature=0, max_tokens=30)
+    assert a.usage.prompt_tokens == b.usage.prompt_tokens == len(tok.encode(tok.chat(plain)))
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_stop_strings_and_seeds(client):
+    r = client.chat.completions.create(model="tinyseek", messages=user("Say hi."), temperature=0, max_tokens=40, stop=["there"])
+    assert r.choices[0].message.content == "Hi" and r.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(model="tinyseek", messages=user("Say hi."), temperature=0, max_tokens=40,
+                                            stop="greeting", stream=True)
+    chunks = [c for c in stream if c.choices]
+    reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks)
+    assert reasoning == "A" and not any(c.choices[0].delta.content for c in chunks)  # the stop string cut the reasoning
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    # sampling with a seed is reproducible; different seeds (almost surely) differ somewhere over 3 choices
+    kw = dict(model="tinyseek", messages=user("Tell me a story."), temperature=1.5, max_tokens=16, n=3)
+    s1 = [c.message.content for c in client.chat.completions.create(seed=11, **kw).choices]
+    s2 = [c.message.content for c in client.chat.completions.create(seed=11, **kw).choices]
+    s3 = [c.message.content for c in client.chat.completions.create(seed=12, **kw).choices]
+    assert s1 == s2 and s1 != s3
