@@ -78,6 +78,8 @@ CASES = [
     ("models without key", dict(key=None, path="/v1/models", method="GET"), 401, "authentication_error", None),
     ("usage without key", dict(key=None, path="/v1/usage", method="GET"), 401, "authentication_error", None),
     ("queue full", dict(body={**OK, "n": 2}), 503, "server_error", None),
+    ("body too large", dict(raw=b'{"model": "tinyseek", "messages": [], "pad": "' + b"x" * (5 << 20) + b'"}'), 413,
+     "invalid_request_error", "body"),
 ]
 
 

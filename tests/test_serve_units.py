@@ -153,6 +153,20 @@ def test_split_streams_multibyte_text_without_replacement_characters(tok):
     assert "".join(t for _, t in deltas) == "héllo 你好 😀" == sp.result()[1]
 
 
+def test_split_incremental_decoding_equals_whole_decoding(tok):
+    """The fast path (re-decode only since the last whole character) against the reference (decode all)."""
+    g = torch.Generator().manual_seed(0)
+    stops = ["an", "42", "好"]
+    for trial in range(60):
+        ids = torch.randint(0, tok.vocab_size, (int(torch.randint(1, 60, (1,), generator=g)),), generator=g).tolist()
+        runs = []
+        for incremental in (True, False):
+            sp = ReasoningSplitter(tok, stops if trial % 2 else (), incremental=incremental)
+            deltas = [d for t in ids for d in sp.feed(t)] + sp.finish()
+            runs.append((deltas, sp.result(), sp.n_tokens, sp.reasoning_tokens, sp.stopped))
+        assert runs[0] == runs[1], ids
+
+
 # -- ledger, prices, `tinyseek usage` -------------------------------------------------------------
 
 

@@ -65,7 +65,8 @@ class ServeConfig:
     cache_block: int = 16
     cache_budget_mb: float = 256.0
     prices: Prices = field(default_factory=Prices)
-    db: str = "tinyseek-usage.sqlite"
+    max_body_bytes: int = 4 << 20
+    db: str = "usage.sqlite"
 
 
 class RateLimiter:
@@ -212,6 +213,21 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
             raise APIError(503, f"server overloaded: {e}; retry later", type="server_error", code="server_overloaded",
                            headers={"Retry-After": "1"}) from None
 
+    async def read_body(request: Request) -> bytes:
+        """The body, refused with 413 beyond `max_body_bytes` (checked while reading, not after)."""
+        limit = cfg.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise APIError(413, f"request body of {declared} bytes is over the limit of {limit} bytes", param="body",
+                           code="request_too_large")
+        chunks, n = [], 0
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > limit:
+                raise APIError(413, f"request body is over the limit of {limit} bytes", param="body", code="request_too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     def record(kid: str, rid: str, prompt: list[int], hit: int, completion: int, reasoning: int) -> None:
         ledger.record(kid, cfg.model_name, rid, hit, len(prompt) - hit, completion, reasoning)
 
@@ -264,7 +280,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
 
     async def chat_completions(request: Request):
         kid = authenticate(request)
-        req = parse_chat_request(await request.body())
+        req = parse_chat_request(await read_body(request))
         loop = asyncio.get_running_loop()
         prompt, jobs, queue, max_tokens = build_jobs(req, loop)
         admit(request, kid, jobs)

@@ -5,6 +5,7 @@ Status codes follow DeepSeek's API documentation:
   has the wrong type (the field is named in `param`); also a prompt plus max_tokens beyond the context.
 - 401 `authentication_error`: missing or wrong key, when the server has keys.
 - 404 `invalid_request_error` / `model_not_found`: an unknown model.
+- 413 `invalid_request_error` / `request_too_large`: a body over the server's limit (4 MiB).
 - 422 `invalid_request_error`: a field of the right type with a value out of range or unsupported
   (temperature 3, n 0, response_format json_object, a `tool` message).
 - 429 `rate_limit_error`: over the per-key request rate.

@@ -12,8 +12,10 @@ tags are single special tokens, so the split is exact at the token level:
 Leading and trailing whitespace of each part is dropped (the newlines around the tags); whitespace
 inside a part is held back until the next visible character arrives.
 
-Text is decoded incrementally: each part's token ids are decoded whole and only the new suffix is
-emitted, held back while it ends in an incomplete UTF-8 character (U+FFFD from byte-level BPE).
+Text is decoded incrementally: only the tokens since the last whole-character boundary are re-decoded,
+and the new suffix is held back while it ends in an incomplete UTF-8 character (U+FFFD from
+byte-level BPE). `ReasoningSplitter(..., incremental=False)` decodes every part whole each time: the
+plain reference, held equal to the incremental path in tests.
 Stop strings (the request's `stop`) are matched on each part's text; the text from the stop string on
 is never emitted, and text that could still become a stop string is held back until it cannot.
 """
@@ -29,13 +31,26 @@ class _Part:
         self.text = ""  # decoded so far (whole, including held back)
         self.sent = 0  # characters of self.text already emitted
         self.started = False  # a non-whitespace character has been emitted
+        self.clean_ids = 0  # ids[:clean_ids] decode to clean_text, ending on a whole character
+        self.clean_text = ""
+
+    def append(self, tok, token_id: int) -> None:
+        """Extend the text by one token. Byte-level BPE decodes a concatenation to the concatenation of the
+        bytes, so text up to a whole-character boundary never changes: only the tail is re-decoded, which
+        keeps a long completion linear rather than quadratic in its length."""
+        self.ids.append(token_id)
+        tail = tok.decode(self.ids[self.clean_ids:])
+        self.text = self.clean_text + tail
+        if not tail.endswith("\ufffd"):
+            self.clean_ids, self.clean_text = len(self.ids), self.text
 
 
 class ReasoningSplitter:
     """Feed completion token ids one at a time; get (field, text) deltas back."""
 
-    def __init__(self, tokenizer, stops: list[str] | tuple = (), start_in_reasoning: bool = False):
+    def __init__(self, tokenizer, stops: list[str] | tuple = (), start_in_reasoning: bool = False, incremental: bool = True):
         self.tok = tokenizer
+        self.incremental = incremental
         self.stops = [s for s in stops if s]
         tid = tokenizer.token_id
         self.think, self.end_think = tid("<think>"), tid("</think>")
@@ -70,8 +85,11 @@ class ReasoningSplitter:
         if self.mode is None:
             self.mode = CONTENT
         part = self.parts[self.mode]
-        part.ids.append(token_id)
-        part.text = self.tok.decode(part.ids)
+        if self.incremental:
+            part.append(self.tok, token_id)
+        else:
+            part.ids.append(token_id)
+            part.text = self.tok.decode(part.ids)
         return self._emit(self.mode, final=False)
 
     def finish(self) -> list[tuple[str, str]]:
