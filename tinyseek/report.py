@@ -122,6 +122,61 @@ def load_run(run: str | Path) -> dict:
 # the report
 
 
+def _count_lines(path: Any) -> int | None:
+    """Rows of a JSONL file, or documents (blank-line separated paragraphs) of a .txt file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, TypeError, UnicodeDecodeError):
+        return None
+    if Path(path).suffix == ".txt":
+        return sum(1 for para in text.split("\n\n") if para.strip())
+    return sum(1 for line in text.splitlines() if line.strip())
+
+
+def _short(path: Any, run: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(run.resolve()))
+    except (ValueError, TypeError):
+        return str(path)
+
+
+def given(stage: dict, run: Path) -> str:
+    """What a stage was given to learn from, in words, read from its resolved fields and the files they name.
+
+    The point (shared/notes/rl-on-cpu-measured.md): a demo where RL "wins" must say that RL saw answers only,
+    while SFT and distillation saw whole worked traces.
+    """
+    f, kind = stage["fields"], stage["kind"]
+    files = lambda key: f.get(key) if isinstance(f.get(key), list) else ([f[key]] if f.get(key) else [])  # noqa: E731
+    def counted(key: str) -> str:
+        return ", ".join(f"{_short(p, run)} ({_count_lines(p) if _count_lines(p) is not None else '?'} rows)" for p in files(key))
+    if kind == "tasks":
+        sp = ", ".join(f"{k} {v}" for k, v in (f.get("splits") or {}).items())
+        return f"tasks {f.get('tasks')}: train splits {sp}; {f.get('test')} held-out; corpus {f.get('corpus') or {}}"
+    if kind == "tokenizer":
+        return f"BPE on {f.get('corpus') or f.get('tasks')}, vocab_size {f.get('vocab_size')}"
+    if kind == "pretrain":
+        src = counted("text_files") or ""
+        return f"next-token + MTP on {src or f.get('tasks')}, {f.get('max_steps')} steps x {f.get('batch_size')} x {f.get('seq_len')} tokens"
+    if kind == "sft":
+        return f"worked traces {counted('data')}, {f.get('max_steps')} steps x {f.get('batch_size')}"
+    if kind == "grpo":
+        src = counted("data") if f.get("data") else f"task {f.get('task')}"
+        return (f"prompts and answers only (no traces) from {src}; rewards {f.get('rewards')}; "
+                f"{f.get('max_steps')} steps x {f.get('batch_size')} prompts x {f.get('group_size')} samples")
+    if kind == "sample":
+        st = _read_json(stage["dir"] / "stats.json") or {}
+        kept = _count_lines(stage["dir"] / "sft.jsonl")
+        return (f"{f.get('n')} problems of {_short(f.get('data') or f.get('task'), run)} x {f.get('samples')} samples from "
+                f"{_short(f.get('model'), run)}; kept {kept} verified traces" + (f" ({st['acceptance']:.0%} accepted)" if isinstance(st.get("acceptance"), float) else ""))
+    if kind == "distill":
+        return (f"{f.get('mode', 'blackbox')} from {_short(f.get('teacher'), run)}: verified traces {counted('data')}"
+                + (f", KL {f.get('kd', 'forward')} on the teacher's top-{f.get('kd_top_k', 20)}" if f.get("mode") == "whitebox" else ""))
+    if kind == "eval":
+        return f"{_short(f.get('model'), run)} on {_short(f.get('data'), run)}: {f.get('samples', 8)} samples at T={f.get('temperature', 1.0)} + greedy"
+    return ""
+
+
 def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -168,7 +223,7 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
         m, summ = s["marker"] or {}, s["summary"] or {}
         c = summ.get("cost", {})
         wall = m.get("wall_s")
-        row = {"name": s["name"], "kind": s["kind"], "complete": s["marker"] is not None, "wall_s": wall,
+        row = {"name": s["name"], "kind": s["kind"], "given": given(s, run), "complete": s["marker"] is not None, "wall_s": wall,
                "steps": summ.get("steps"), "tokens": summ.get("tokens"), "tokens_per_s": summ.get("tokens_per_s"),
                "train_s": c.get("elapsed_s"), "flops": c.get("flops"), "mfu": summ.get("mfu")}
         device = c.get("device", "cpu")
@@ -360,7 +415,8 @@ def render_markdown(rep: dict) -> str:
         r = rep["rl"]
         bits = [f"{k} {_f(v['first'], '{:.3g}')} -> {_f(v['last'], '{:.3g}')}" for k, v in r.items() if isinstance(v, dict)]
         out += ["## Reinforcement learning", "", f"{r['stage']}: {r['steps']} steps; " + "; ".join(bits) + ".", ""]
-    out += ["## Stages", ""] + _table(*stage_rows(rep)) + [""]
+    out += ["## Stages", "", "What each stage was given:", ""] + [f"- **{r['name']}** ({r['kind']}): {r['given']}" for r in rep["stages"]] + [""]
+    out += _table(*stage_rows(rep)) + [""]
     out += ["## Cost", ""] + _table(*cost_rows(rep)) + [""]
     out += [f"- {c['what']}: {c['basis']}." for c in rep["cost"]] + [""]
     if rep["plots"]:
