@@ -10,10 +10,12 @@ docs/serve-screenshot.png for the README.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,20 +51,25 @@ def find_chromium() -> str:
     return exe
 
 
+def high_fds(fds: tuple[int, int]) -> tuple[int, int]:
+    """The same pipe ends moved to numbers >= 10, so moving them onto 3 and 4 cannot clobber one another."""
+    out = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds)
+    for fd in fds:
+        os.close(fd)
+    return out
+
+
 class Browser:
     """The DevTools protocol over Chromium's debugging pipe: send a command, wait for its answer."""
 
     def __init__(self, exe: str, user_data_dir: Path):
-        cmd_r, self._w = os.pipe()  # we write commands; chromium reads fd 3
-        self._r, res_w = os.pipe()  # chromium writes answers and events to fd 4
-
-        def fds():
-            os.dup2(cmd_r, 3)
-            os.dup2(res_w, 4)
-
-        self.proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"],
-                                     preexec_fn=fds, close_fds=False,  # fds 3 and 4 must survive the exec
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd_r, self._w = high_fds(os.pipe())  # we write commands; chromium reads them on its fd 3
+        self._r, res_w = high_fds(os.pipe())  # chromium writes answers and events on its fd 4
+        # a small launcher moves the pipe ends to fds 3 and 4 and execs chromium (no preexec_fn: threads run)
+        args = [*FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"]
+        launch = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); os.execv(sys.argv[3], sys.argv[3:])"
+        self.proc = subprocess.Popen([sys.executable, "-c", launch, str(cmd_r), str(res_w), exe, *args],
+                                     pass_fds=(cmd_r, res_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(cmd_r)
         os.close(res_w)
         self._buf = b""
