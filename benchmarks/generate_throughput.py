@@ -138,16 +138,23 @@ def main() -> int:
         prompts = all_prompts[:B]
         engine = Engine(model, max_batch=B, max_len=P + N + 1)
         engine.generate(prompts[:1].tolist(), greedy.replace(max_new_tokens=4))  # warm-up
-        dt, ours = timed(lambda: engine.generate(prompts.tolist(), greedy), args.repeat)
+        def run_hf():
+            with torch.inference_mode():
+                return hf.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=N,
+                                   min_new_tokens=N, do_sample=False, eos_token_id=None, pad_token_id=0)
+
+        if hf is not None and B == batches[0]:
+            run_hf()  # warm-up
+        dt = dt_hf = float("inf")
+        for _ in range(args.repeat):  # interleaved, best of each: load spikes on a shared machine hit both
+            d, ours = timed(lambda: engine.generate(prompts.tolist(), greedy))
+            dt = min(dt, d)
+            if hf is not None:
+                d, ref = timed(run_hf)
+                dt_hf = min(dt_hf, d)
         tps = B * N / dt
         line = f"{B:>5}  {tps:>14.0f}"
         if hf is not None:
-            def run_hf():
-                with torch.inference_mode():
-                    return hf.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=N,
-                                       min_new_tokens=N, do_sample=False, eos_token_id=None, pad_token_id=0)
-            run_hf() if B == batches[0] else None
-            dt_hf, ref = timed(run_hf, args.repeat)
             tps_hf = B * N / dt_hf
             same = [g[0].token_ids for g in ours] == ref[:, P:].tolist()
             line += f"  {tps_hf:>18.0f}  {tps / tps_hf:>5.2f}x  {same}"
@@ -156,14 +163,13 @@ def main() -> int:
 
     eng = Engine(model, max_batch=1)
     ours_b = ours_cache_bytes_per_token(eng)
-    print(f"\nKV cache bytes per token (float32): tinyseek {ours_b:.0f} (latent {cfg.kv_lora_rank} + rope key "
-          f"{cfg.qk_rope_head_dim} per layer x {cfg.n_layers})", end="")
+    line = (f"\nKV cache bytes per token (float32): tinyseek {ours_b:.0f} (latent {cfg.kv_lora_rank} + rope key "
+            f"{cfg.qk_rope_head_dim} per layer x {cfg.n_layers})")
     if hf is not None:
         hf_b = hf_cache_bytes_per_token(hf)
-        print(f", transformers {hf_b:.0f}: ratio {ours_b / hf_b:.3f} (transformers' DynamicCache layers: "
-              f"{hf_cache_shapes(hf)})")
-    else:
-        print()
+        line += (f", transformers {hf_b:.0f}: ratio {ours_b / hf_b:.3f} (transformers' DynamicCache layers: "
+                 f"{hf_cache_shapes(hf)})")
+    print(line)
     from tinyseek.model import KVCache
 
     naive = KVCache(dataclasses.replace(cfg, mtp_depth=0), 1, 1, impl="naive")
@@ -205,9 +211,13 @@ def main() -> int:
         spec = Engine(trained, max_batch=1, speculative=True)
         plain.generate(prompt, p.replace(max_new_tokens=4))
         spec.generate(prompt, p.replace(max_new_tokens=4))
-        dt_p, out_p = timed(lambda: plain.generate(prompt, p), args.repeat)
         spec.stats.update(drafted=0, accepted=0)
-        dt_s, out_s = timed(lambda: spec.generate(prompt, p), args.repeat)
+        dt_p = dt_s = float("inf")
+        for _ in range(max(3, args.repeat)):  # interleaved, best of each: load spikes on a shared machine hit both
+            d, out_p = timed(lambda: plain.generate(prompt, p))
+            dt_p = min(dt_p, d)
+            d, out_s = timed(lambda: spec.generate(prompt, p))
+            dt_s = min(dt_s, d)
         acc = spec.stats["accepted"] / max(1, spec.stats["drafted"])
         same = out_p[0][0].token_ids == out_s[0][0].token_ids
         print(f"  plain {M / dt_p:.0f} tok/s, speculative {M / dt_s:.0f} tok/s: speed-up {dt_p / dt_s:.2f}x, acceptance {acc:.2f}, "

@@ -9,7 +9,8 @@
     load_engine(path) -> Engine for a tinyseek checkpoint, HFEngine (tinyseek/hf_engine.py) for other models
 
 `generate` steps the engine until nothing is left, so do not mix it with requests added by `add_request`
-on the same engine. The model is used as it is (dtype= casts it in place); `step` puts it in eval mode and
+on the same engine. A server calls `collect` (or `abort`) for each finished request, or the engine keeps
+its record; and it makes every call from one thread (the engine has no locks). The model is used as it is (dtype= casts it in place); `step` puts it in eval mode and
 restores its training flag afterwards, so a trainer can share it.
 
 How a request runs. Every sequence owns one row of a `KVCache` (MLA's absorbed path: only the latent and
