@@ -212,6 +212,10 @@ def test_serve_refuses_a_public_host_without_a_key(tmp_path):
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.5")
     with pytest.raises(TinyseekError, match="--api-key"):
         cli_serve([str(tmp_path), "--host", "0.0.0.0"])
+    # with a key, or told --insecure, it goes on (and stops at the missing checkpoint instead)
+    for extra in (["--api-key", "sk-x"], ["--insecure"]):
+        with pytest.raises(TinyseekError, match="no such checkpoint"):
+            cli_serve([str(tmp_path / "missing"), "--host", "0.0.0.0", *extra])
 
 
 def free_port() -> int:
