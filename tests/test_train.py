@@ -119,6 +119,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
     assert all(torch.equal(saved[k], w[3][k]) for k in saved)  # the last good weights
 
 
+@pytest.mark.slow
 def test_pretrain_loss_falls_well_below_unigram_entropy(tmp_path):
     cfg = from_dict(PretrainConfig, dict(tasks={"addition": 2000}, vocab_size=300, seq_len=64, batch_size=16, max_steps=80,
                                          warmup_steps=5, threads=1, progress=False))
@@ -142,6 +143,7 @@ def _cli(args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path, tok_file):
     args = ["pretrain", "--tasks", "addition=400", "--tokenizer", tok_file, "--seq-len", "32", "--batch-size", "8",
             "--max-steps", "40", "--ckpt-every", "5", "--threads", "1", "--model.dim", "32", "--model.inter_dim", "64",
