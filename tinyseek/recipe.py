@@ -375,8 +375,9 @@ def read_marker(out: Path) -> dict | None:
         return None  # a torn marker (should not happen: it is renamed into place) counts as not complete
 
 
-def _write_marker(out: Path, stage: Stage, wall_s: float) -> None:
+def _write_marker(out: Path, stage: Stage, wall_s: float, resumed: bool = False) -> None:
     data = {"kind": stage.kind, "name": stage.name, "config_hash": stage.config_hash, "wall_s": round(wall_s, 3),
+            "resumed": resumed,  # then wall_s is the last attempt's only
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     tmp = out / f".{MARKER}.tmp"
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -436,7 +437,7 @@ def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = pri
         wall = time.perf_counter() - t0
         if not out.is_dir():
             raise TinyseekError(f"{stage.where}: the stage finished but wrote no {out}")
-        _write_marker(out, stage, wall)
+        _write_marker(out, stage, wall, resume)
         dirty = True
         statuses.append({"name": stage.name, "kind": stage.kind, "status": "resumed" if resume else "ran", "wall_s": round(wall, 3)})
     return statuses

@@ -223,7 +223,8 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
         m, summ = s["marker"] or {}, s["summary"] or {}
         c = summ.get("cost", {})
         wall = m.get("wall_s")
-        row = {"name": s["name"], "kind": s["kind"], "given": given(s, run), "complete": s["marker"] is not None, "wall_s": wall,
+        row = {"name": s["name"], "kind": s["kind"], "given": given(s, run), "complete": s["marker"] is not None,
+               "resumed": bool(m.get("resumed")), "wall_s": wall,
                "steps": summ.get("steps"), "tokens": summ.get("tokens"), "tokens_per_s": summ.get("tokens_per_s"),
                "train_s": c.get("elapsed_s"), "flops": c.get("flops"), "mfu": summ.get("mfu")}
         device = c.get("device", "cpu")
@@ -385,7 +386,7 @@ def comparison_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
 
 def stage_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
     head = ["stage", "kind", "wall s", "train s", "steps", "tokens", "tokens/s", "FLOPs", "final loss", "device-h", "$"]
-    rows = [[r["name"], r["kind"], _f(r["wall_s"]), _f(r["train_s"]), _f(r["steps"], "{}"), _f(r["tokens"], "{:,}"),
+    rows = [[r["name"] + (" (resumed)" if r.get("resumed") else ""), r["kind"], _f(r["wall_s"]), _f(r["train_s"]), _f(r["steps"], "{}"), _f(r["tokens"], "{:,}"),
              _f(r["tokens_per_s"], "{:,.0f}"), _human(r["flops"]), _f(r.get("final_loss"), "{:.3f}"),
              _f(r["device_hours"], "{:.4f}"), _f(r["cost_usd"], "{:.4f}")] for r in rep["stages"]]
     return head, rows
@@ -417,6 +418,8 @@ def render_markdown(rep: dict) -> str:
         out += ["## Reinforcement learning", "", f"{r['stage']}: {r['steps']} steps; " + "; ".join(bits) + ".", ""]
     out += ["## Stages", "", "What each stage was given:", ""] + [f"- **{r['name']}** ({r['kind']}): {r['given']}" for r in rep["stages"]] + [""]
     out += _table(*stage_rows(rep)) + [""]
+    if any(r.get("resumed") for r in rep["stages"]):
+        out += ["A resumed stage's wall time is its last attempt's only; train s (the loop's own clock) covers every attempt.", ""]
     out += ["## Cost", ""] + _table(*cost_rows(rep)) + [""]
     out += [f"- {c['what']}: {c['basis']}." for c in rep["cost"]] + [""]
     if rep["plots"]:
