@@ -171,3 +171,6 @@ def test_disconnected_client_frees_its_slot(one_slot):
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
     # the 200-token stream was abandoned: far fewer than 200 steps ran in all
     assert sched.steps < steps_at_disconnect + 20 < 200
+    # the abandoned stream is billed for what it generated before it was stopped, no more
+    (tot,) = app.state.ledger.totals()
+    assert tot["requests"] == 2 and 3 + 5 <= tot["completion_tokens"] < 30 + 5

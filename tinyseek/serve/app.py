@@ -299,7 +299,8 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():  # nobody to answer: free the slots, bill what ran
                         sched.cancel(jobs)
-                        record(kid, rid, prompt, jobs[0].cached_tokens, sum(j.n_generated for j in jobs), 0)
+                        record(kid, rid, prompt, jobs[0].cached_tokens, sum(j.n_generated for j in jobs),
+                               sum(s.reasoning_tokens for s in splitters))
                         return JSONResponse({}, status_code=499)
                     continue
                 if kind == "error":
@@ -380,7 +381,8 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
             # a client that went away: free its slots now, and bill what it consumed
             sched.cancel(jobs)
             if not recorded:
-                record(kid, rid, prompt, jobs[0].cached_tokens, sum(j.n_generated for j in jobs), 0)
+                record(kid, rid, prompt, jobs[0].cached_tokens, sum(j.n_generated for j in jobs),
+                       sum(s.reasoning_tokens for s in splitters))
 
     for path in ("/v1/chat/completions", "/chat/completions"):
         app.post(path, openapi_extra=chat_body, response_model=None)(chat_completions)
