@@ -81,12 +81,13 @@ def _cycle_model():
     return m.eval(), cyc
 
 
-def test_speculative_greedy_equals_plain_greedy():
+@pytest.mark.parametrize("k", [1, 3])
+def test_speculative_greedy_equals_plain_greedy(k):
     m, cyc = _cycle_model()
     prompts = [cyc[:5].tolist(), cyc[3:10].tolist() + [1, 2], [9, 150], [200, 201, 202]]
     p = SamplingParams(temperature=0, max_new_tokens=30, logprobs=True)
     plain = Engine(m, max_batch=8).generate(prompts, p, n=2)
-    spec_engine = Engine(m, max_batch=8, speculative=True)
+    spec_engine = Engine(m, max_batch=8, speculative=k)
     spec = spec_engine.generate(prompts, p, n=2)
     assert _ids(spec) == _ids(plain)
     for gs, gp in zip(spec, plain):
@@ -96,8 +97,8 @@ def test_speculative_greedy_equals_plain_greedy():
     st = spec_engine.stats
     assert 0 < st["accepted"] < st["drafted"]  # both the accept and the reject path ran
     # batch 1 as well
-    one = Engine(m, max_batch=1, speculative=True).generate(prompts[:1], p)
-    assert _ids(one) == _ids(plain[:1])[:1] or one[0][0].token_ids == plain[0][0].token_ids
+    one = Engine(m, max_batch=1, speculative=k).generate(prompts[:1], p)
+    assert one[0][0].token_ids == plain[0][0].token_ids
 
 
 def test_seeded_sampling_reproducible_in_any_batch(model):

@@ -30,13 +30,15 @@ What `logprobs` holds: the model's log-probability of each sampled token at the 
 Token ids include the stop token that ended a sequence (RL needs the model to learn to stop), the text
 does not; a stop string is cut from the text (the ids keep the token that completed it).
 
-Speculative decoding (`speculative=True`, greedy requests only, any batch size). The model's first MTP
-module drafts one token: MTP at position j reads the main model's pre-norm hidden state h_j and the token
-t_{j+1} and predicts t_{j+2}. A step feeds [pending token, draft] (T = 2) to the main model; if its
-argmax at the first position equals the draft, both the draft and the argmax at the second position are
-kept (two tokens for one forward), otherwise only the correction. Rows that rejected roll their
-`cache.pos` back by one (the stale entry is masked out and overwritten). Greedy output is identical to
-plain decoding; `engine.stats["accepted"] / stats["drafted"]` is the acceptance rate.
+Speculative decoding (`speculative=True`, or an int k for k drafts a step; greedy requests only, any batch
+size). The model's first MTP module drafts: MTP at position j reads the main model's pre-norm hidden state
+h_j and the token t_{j+1} and predicts t_{j+2}. Further drafts (k > 1) chain the module on its own output
+hidden state, which it was not trained for, so they are accepted less often. A step feeds [pending token,
+d_1..d_k] (T = k+1) to the main model; the drafts are kept up to the first one that differs from the main
+model's argmax, plus the main model's token after the last kept one: 1..k+1 tokens for one forward. Each
+row rolls its `cache.pos` back past what it rejected (the stale entries are masked out and overwritten).
+Greedy output is identical to plain decoding; `engine.stats["accepted"] / stats["drafted"]` is the
+acceptance rate.
 
 The prefix-cache hooks (for the server):
 - `add_request(prompt_ids, params, capture_prompt_cache=True)`: once the prompt is prefilled, its cache
@@ -125,7 +127,7 @@ class _Seq:
     out: list[int] = field(default_factory=list)
     lps: list[float] = field(default_factory=list)
     pending: int | None = None  # last sampled token, not yet in the cache
-    draft: int | None = None  # speculative: the MTP's guess for the token after `pending`
+    draft: list[int] = field(default_factory=list)  # speculative: the MTP's guesses for the tokens after `pending`
     finish: str | None = None
     budget: int = 0  # max new tokens after capping at the cache length
     sent: int = 0  # characters of text already streamed
@@ -170,8 +172,11 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.max_len = max_len or self.cfg.max_seq_len
-        self.speculative = speculative
+        self.speculative = bool(speculative)
+        self.n_draft = int(speculative)  # True -> 1 draft token a step; an int k -> k chained drafts
         self.recompute = recompute
+        if speculative and not 1 <= int(speculative) <= 8:
+            raise TinyseekError(f"speculative: draft length must be 1..8 (got {speculative})")
         if speculative and not len(getattr(model, "mtp", [])):
             raise TinyseekError(f"speculative: the model has no MTP module (mtp_depth={self.cfg.mtp_depth})")
         if speculative and recompute:
@@ -182,7 +187,7 @@ class Engine:
 
         # the MTP layers are cached only when they draft; speculation writes one position past the last kept token
         cache_cfg = self.cfg if speculative else dataclasses.replace(self.cfg, mtp_depth=0)
-        self.cache = KVCache(cache_cfg, max_batch, self.max_len + int(speculative), device=self.device, dtype=self.dtype)
+        self.cache = KVCache(cache_cfg, max_batch, self.max_len + self.n_draft, device=self.device, dtype=self.dtype)
         self.eos_id = getattr(tokenizer, "eos_id", None)
         self.eos_ids = {self.eos_id} if self.eos_id is not None else set()
         self.free_rows = list(range(max_batch - 1, -1, -1))
@@ -447,7 +452,7 @@ class Engine:
 
     # -- speculative decoding -----------------------------------------------------------------------------
     def _mtp_prefill(self, groups: list[list[_Seq]], first_tokens: list[int]) -> None:
-        """Run MTP depth 1 over the prompt so its cache layer is filled, and draft the token after the first one."""
+        """Run MTP depth 1 over the prompt so its cache layer is filled, and draft the tokens after the first one."""
         i = 0
         for grp in groups:
             head = grp[0]
@@ -456,44 +461,64 @@ class Engine:
             ahead = head.prompt[n0 + 1:] + [first_tokens[i]]  # tokens one position ahead of the hidden states
             tokens = torch.tensor([ahead], device=self.device)
             rows = torch.tensor([head.row], device=self.device)
-            _, lg = self.model.mtp_step(1, head._residual[None], tokens, cache=self.cache, rows=rows)
+            h, lg = self.model.mtp_step(1, head._residual[None], tokens, cache=self.cache, rows=rows)
             del head._residual
-            head.draft = int(lg[0, -1].argmax())
-            if len(grp) > 1:  # greedy: every member has the same first token and draft; share the MTP rows too
+            d = lg[:, -1].argmax(-1)  # [1]
+            drafts = [d]
+            for _ in range(self.n_draft - 1):
+                h, lg = self._chain(h[:, -1:], d, rows)
+                d = lg[:, -1].argmax(-1)
+                drafts.append(d)
+            head.draft = torch.stack(drafts, 1)[0].tolist()
+            if len(grp) > 1:  # greedy: every member has the same first token and drafts; share the MTP rows too
                 self.cache.copy_rows(head.row, [s.row for s in grp[1:]])
                 for s in grp[1:]:
-                    s.draft = head.draft
+                    s.draft = list(head.draft)
             i += len(grp)
 
+    def _chain(self, h_mtp: torch.Tensor, tok: torch.Tensor, rows: torch.Tensor):
+        """One more draft: MTP depth 1 fed its own output h_mtp [B, 1, dim] in place of the main model's hidden
+        state (which the next token does not have yet), at the position after the last kept token. The MTP
+        cache entry this writes is provisional: the next verification step rewrites that position."""
+        return self.model.mtp_step(1, h_mtp, tok[:, None], cache=self.cache, rows=rows, start=self.cache.pos[rows])
+
     def _decode_speculative(self, seqs: list[_Seq], events) -> None:
-        B = len(seqs)
+        """Verify [pending, d_1..d_k] in one forward; keep the drafts up to the first mismatch plus the main
+        model's own next token (1..k+1 tokens), roll the rest of the cache back, and draft again."""
+        B, k = len(seqs), self.n_draft
         rows = torch.tensor([s.row for s in seqs], device=self.device)
-        tokens = torch.tensor([[s.pending, s.draft] for s in seqs], device=self.device)  # [B, 2]
+        tokens = torch.tensor([[s.pending] + s.draft for s in seqs], device=self.device)  # [B, k+1]
         out = self.model(tokens, cache=self.cache, rows=rows)
-        y = out.logits.argmax(-1)  # [B, 2]: the main model's greedy choice after pending and after draft
-        accept = y[:, 0] == tokens[:, 1]
-        # MTP: position of `pending` sees y1; position of the draft sees y2 (only meaningful when accepted)
-        _, mlg = self.model.mtp_step(1, out.residual, y, cache=self.cache, rows=rows)
-        drafts = mlg.argmax(-1)  # [B, 2]
-        new_draft = torch.where(accept, drafts[:, 1], drafts[:, 0])
-        self.cache.pos[rows] -= (~accept).long()  # rejected rows keep only `pending`
+        y = out.logits.argmax(-1)  # [B, k+1]: the main model's greedy token after each fed token
+        a = (y[:, :k] == tokens[:, 1:]).long().cumprod(1).sum(1)  # [B]: drafts accepted (leading matches)
+        # MTP over the k+1 new positions: position j sees the token the main model put after it (y); only the
+        # first a+1 entries are right (the others are rolled back below and rewritten later)
+        h_mtp, mlg = self.model.mtp_step(1, out.residual, y, cache=self.cache, rows=rows)
+        self.cache.pos[rows] -= k - a  # keep pending + the accepted drafts
+        d = mlg.argmax(-1).gather(1, a[:, None]).squeeze(1)  # [B]: draft after the new pending token y_a
+        drafts = [d]
+        h = h_mtp.gather(1, a[:, None, None].expand(B, 1, h_mtp.shape[-1]))  # [B, 1, dim]
+        for _ in range(k - 1):
+            h, lg = self._chain(h, d, rows)
+            d = lg[:, -1].argmax(-1)
+            drafts.append(d)
         if self.logit_hook is not None:
             self.logit_hook([s.rid for s in seqs], out.logits[:, 0])
         want_lp = any(s.params.logprobs for s in seqs)
-        parts = [y.double(), accept.double()[:, None], new_draft.double()[:, None]]
+        parts = [y.double(), a.double()[:, None], torch.stack(drafts, 1).double()]
         if want_lp:
             parts.append(torch.log_softmax(out.logits.float(), -1).gather(-1, y[..., None]).squeeze(-1).double())
-        host = torch.cat(parts, dim=1).tolist()  # the one sync: [B, 4 (+2)]
-        self.stats["forward_tokens"] += 2 * B
-        self.stats["drafted"] += B
+        host = torch.cat(parts, dim=1).tolist()  # the one sync: [B, (k+1) + 1 + k (+ k+1)]
+        self.stats["forward_tokens"] += (k + 1) * B
+        self.stats["drafted"] += k * B
         new_toks, new_lps = [], []
-        for s, h in zip(seqs, host):
-            ok = bool(h[2])
-            self.stats["accepted"] += int(ok)
-            new_toks.append([int(h[0]), int(h[1])] if ok else [int(h[0])])
+        for s, h_row in zip(seqs, host):
+            n_acc = int(h_row[k + 1])
+            self.stats["accepted"] += n_acc
+            new_toks.append([int(t) for t in h_row[: n_acc + 1]])
+            s.draft = [int(t) for t in h_row[k + 2: 2 * k + 2]]
             if want_lp:
-                new_lps.append([h[4], h[5]] if ok else [h[4]])
-            s.draft = int(h[3])
+                new_lps.append(h_row[2 * k + 2: 2 * k + 3 + n_acc])
         self._emit(seqs, new_toks, new_lps if want_lp else None, events)
 
     # -- bookkeeping ------------------------------------------------------------------------------------
