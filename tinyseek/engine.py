@@ -592,7 +592,9 @@ def load_engine(path: str | Path, max_batch: int = 64, max_len: int | None = Non
     if gguf_file is not None or hf_native or not (p / CONFIG_FILE).is_file():
         from tinyseek.hf_engine import HFEngine
 
-        return HFEngine.from_pretrained(p, gguf_file=gguf_file, dtype=dtype)
+        if speculative:
+            raise TinyseekError(f"{path}: speculative decoding needs a tinyseek checkpoint with an MTP module")
+        return HFEngine.from_pretrained(p, gguf_file=gguf_file, dtype=dtype, max_batch=max_batch)
     model = load_model(p, dtype=dtype)
     tok = None
     if (p / "tokenizer.json").is_file():
@@ -618,10 +620,13 @@ def _sampling_flags(ap) -> None:
     ap.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p * the top probability")
     ap.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same output)")
     ap.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: as stored)")
-    ap.add_argument("--speculative", action="store_true", help="MTP speculative decoding (greedy only)")
+    ap.add_argument("--speculative", type=int, default=0, metavar="K",
+                    help="MTP speculative decoding with K drafts a step (needs --temperature 0; 0 = off)")
 
 
 def _params(args) -> SamplingParams:
+    if args.speculative and args.temperature != 0:
+        raise TinyseekError("--speculative: greedy decoding only, add --temperature 0")
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                           top_k=args.top_k, min_p=args.min_p, seed=args.seed)
 
@@ -648,11 +653,12 @@ def cli_generate(argv: list[str]) -> int:
     ap.add_argument("--raw", action="store_true", help="feed the prompt as is (no chat template)")
     _sampling_flags(ap)
     args = ap.parse_args(argv)
+    params = _params(args)
     engine = load_engine(args.ckpt, max_batch=1, speculative=args.speculative, dtype=_dtype_arg(args.dtype))
     if engine.tokenizer is None:
         raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
     ids = engine.encode_chat([{"role": "user", "content": args.prompt}]) if not args.raw else engine.tokenizer.encode(args.prompt)
-    _stream(engine, ids, _params(args), lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+    _stream(engine, ids, params, lambda t: (sys.stdout.write(t), sys.stdout.flush()))
     sys.stdout.write("\n")
     return 0
 
@@ -699,6 +705,7 @@ def cli_chat(argv: list[str]) -> int:
     ap.add_argument("--no-color", action="store_true", help="no ANSI dimming of the thinking part")
     _sampling_flags(ap)
     args = ap.parse_args(argv)
+    params = _params(args)
     engine = load_engine(args.ckpt, max_batch=1, speculative=args.speculative, dtype=_dtype_arg(args.dtype))
     if engine.tokenizer is None:
         raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
@@ -718,7 +725,7 @@ def cli_chat(argv: list[str]) -> int:
         history.append({"role": "user", "content": user})
         ids = engine.encode_chat(history)
         dim = _ThinkDimmer(sys.stdout, color)
-        text = _stream(engine, ids, _params(args), dim)
+        text = _stream(engine, ids, params, dim)
         dim.close()
         print()
         history.append({"role": "assistant", "content": text})
