@@ -13,6 +13,8 @@ import time
 import httpx
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinyseek.errors import TinyseekError
 from tinyseek.serve.app import RateLimiter, _is_loopback, cli_serve
@@ -42,6 +44,37 @@ def test_prefix_cache_hits_whole_blocks_and_leaves_the_last_token():
     other = [0, 1, 2, 3, 99, 5, 6, 7, 8]  # agrees with the first block only
     assert pc.lookup(other).n_tokens == 4
     assert pc.lookup([5] + ids).n_tokens == 0  # same blocks at another offset are another prefix
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 2), min_size=1, max_size=14)), min_size=1, max_size=25),
+       st.sampled_from([1 << 20, 200, 100]))
+def test_prefix_cache_against_a_brute_force_reference(ops, budget):
+    """Random inserts and lookups over a 3-token alphabet (many shared prefixes): a hit is never longer than
+    the longest block-aligned prefix shared with an inserted prompt, equals it while nothing was evicted,
+    and always returns exactly the rows of those tokens; the byte budget always holds."""
+    bs = 2
+    pc = PrefixCache(block_size=bs, budget_bytes=budget)
+    inserted: list[list[int]] = []
+    for is_insert, ids in ops:
+        if is_insert:
+            pc.insert(ids, rows_for(ids))
+            inserted.append(ids)
+            assert pc.nbytes <= budget
+            continue
+        hit = pc.lookup(ids)
+        best = 0
+        for other in inserted:
+            n = 0
+            while n < min(len(ids), len(other)) and ids[n] == other[n]:
+                n += 1
+            best = max(best, min(n, len(other)) // bs * bs)
+        best = min(best, (len(ids) - 1) // bs * bs)
+        assert hit.n_tokens % bs == 0 and hit.n_tokens <= best
+        if pc.evictions == 0:
+            assert hit.n_tokens == best
+        if hit.n_tokens:
+            assert torch.equal(hit.tensors[0], rows_for(ids)[0][: hit.n_tokens])
 
 
 def test_prefix_cache_lru_eviction_under_a_byte_budget():
