@@ -13,13 +13,11 @@ import asyncio
 import httpx
 import openai
 import pytest
-import torch
 
 from conftest import R1_CHATS
 from tinyseek.checkpoint import load_model
 from tinyseek.engine import Engine, SamplingParams
 from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread
-from tinyseek.serve.ledger import Ledger, Prices, key_id
 from tinyseek.serve.reasoning import ReasoningSplitter
 from tinyseek.tokenizer import Tokenizer
 

@@ -3,7 +3,6 @@ and a bounded schemathesis fuzz run (no 5xx), all against a live server on 127.0
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
