@@ -163,3 +163,11 @@ def test_cli_eval_writes_eval_json(tmp_path, capsys):
     assert "pass@1" in capsys.readouterr().out
     with pytest.raises(TinyseekError, match="exactly one"):
         cli_eval([str(tmp_path / "ck")])
+    # a user JSONL file, Chinese and English prompts
+    data = tmp_path / "mine.jsonl"
+    rows = [{"prompt": "What is 3+4?", "answer": "7"}, {"prompt": "三加四等于多少？", "answer": "7"}, {"prompt": "1+1?", "answer": "2"}]
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert cli_eval([str(tmp_path / "ck"), "--data", str(data), "--n", "2", "--samples", "1", "--temperature", "0",
+                     "--max-new-tokens", "4", "--out", str(tmp_path / "ev2")]) == 0
+    res = json.loads((tmp_path / "ev2" / "eval.json").read_text(encoding="utf-8"))
+    assert [p["prompt"] for p in res["problems"]] == [rows[0]["prompt"], rows[1]["prompt"]] and res["task"] == "mine"
