@@ -398,7 +398,9 @@ class Experts(nn.Module):
         src_P = torch.full((P,), T, device=x_TD.device, dtype=torch.long)  # row T of x_ext is zeros
         src_P[slot_N] = torch.arange(N, device=x_TD.device) // K
         x_PD = torch.cat([x_TD, x_TD.new_zeros(1, D)]).index_select(0, src_P)  # backward: index_add, not a sort
-        if _grouped_mm_works(x_TD.device, x_TD.dtype):
+        # torch.compile's shape rule for grouped_mm accepts only bf16 (eager CPU runs fp32 too)
+        traced_fp32 = torch.compiler.is_compiling() and x_TD.dtype != torch.bfloat16
+        if _grouped_mm_works(x_TD.device, x_TD.dtype) and not traced_fp32:
             offs_E = pend_E.to(torch.int32)
             # two products rather than one on cat([w1, w3]): the cat copied every expert's weights on every
             # call (2.4x slower at decode sizes on CPU, identical results; dev/LOG.md, engine entry)
@@ -422,7 +424,7 @@ class Experts(nn.Module):
         xp = x_PD[row_EC] * valid_EC.unsqueeze(-1).to(x_PD.dtype)  # [E, cap, D]
         h = F.silu(torch.bmm(xp, self.w1.transpose(1, 2))) * torch.bmm(xp, self.w3.transpose(1, 2))
         y_ECD = torch.bmm(h, self.w2.transpose(1, 2))
-        return x_PD.new_zeros(x_PD.shape[0], D).index_put((row_EC[valid_EC],), y_ECD[valid_EC])
+        return x_PD.new_zeros(x_PD.shape[0], D).index_copy(0, row_EC[valid_EC], y_ECD[valid_EC])
 
 
 def _group_align(device: torch.device, dtype: torch.dtype) -> int:
