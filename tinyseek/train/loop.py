@@ -29,7 +29,8 @@ Two ways to write it:
 - Anything else (GRPO: rollouts, then one or more updates): generate with `loop.raw_model` (unwrapped;
   call `loop.raw_model.eval()`/`.train()` around it), then for each update: forward through
   `loop.model` under `loop.autocast()` (use `loop.no_sync(last)` around forward+backward for all but the
-  last micro-batch of an update when accumulating under DDP), `loop.backward(loss)`, and
+  last micro-batch of an update when accumulating under DDP; DDP *averages* gradients over ranks, so
+  a loss normalised by a global count must be multiplied by `loop.dist.world`), `loop.backward(loss)`, and
   `loop.optimizer_step(loss_value, expert_load=..., tokens=...)`. Return a dict with at least "loss"
   and "tokens" (tokens processed this step, for throughput and FLOPs; already summed over ranks via
   `loop.all_sum` if you count per rank).
