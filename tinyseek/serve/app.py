@@ -92,6 +92,21 @@ class RateLimiter:
             return 0.0
 
 
+class _EventStream(StreamingResponse):
+    """SSE whose `on_close` runs when the response ends for any reason. A generator's `finally` alone is not
+    enough: a client that leaves before the first byte means the generator never starts, so it never ends."""
+
+    def __init__(self, content, on_close):
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
 def _error_response(e: APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
@@ -288,9 +303,17 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
         splitters = [ReasoningSplitter(tokenizer, req.stop_list()) for _ in jobs]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_stream(request, kid, rid, req, prompt, jobs, queue, splitters, include_usage),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            state = {"recorded": False}
+
+            def close() -> None:
+                """However the response ends (done, client gone, never started): free the slots, bill once."""
+                sched.cancel(jobs)
+                if not state["recorded"]:
+                    state["recorded"] = True
+                    record(kid, rid, prompt, jobs[0].cached_tokens, sum(j.n_generated for j in jobs),
+                           sum(s.reasoning_tokens for s in splitters))
+
+            return _EventStream(_stream(kid, rid, req, prompt, jobs, queue, splitters, include_usage, state, close), close)
         finish = [None] * len(jobs)
         try:
             while any(f is None for f in finish):
@@ -331,7 +354,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 "system_fingerprint": "tinyseek-0.1.0", "choices": choices,
                 "usage": usage_of(len(prompt), hit, completion, reasoning_t)}
 
-    async def _stream(request, kid, rid, req, prompt, jobs, queue, splitters, include_usage):
+    async def _stream(kid, rid, req, prompt, jobs, queue, splitters, include_usage, state, close):
         created_ = int(time.time())
 
         def chunk(choices, usage=None):
@@ -346,7 +369,6 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                     for field_, text in pieces]
 
         finish = [None] * len(jobs)
-        recorded = False
         try:
             for i in range(len(jobs)):
                 yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
@@ -372,17 +394,13 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
             hit = jobs[0].cached_tokens
             completion = sum(s.n_tokens for s in splitters)
             reasoning_t = sum(s.reasoning_tokens for s in splitters)
+            state["recorded"] = True
             record(kid, rid, prompt, hit, completion, reasoning_t)
-            recorded = True
             if include_usage:
                 yield chunk([], usage_of(len(prompt), hit, completion, reasoning_t))
             yield "data: [DONE]\n\n"
         finally:
-            # a client that went away: free its slots now, and bill what it consumed
-            sched.cancel(jobs)
-            if not recorded:
-                record(kid, rid, prompt, jobs[0].cached_tokens, sum(j.n_generated for j in jobs),
-                       sum(s.reasoning_tokens for s in splitters))
+            close()  # a client that went away: free its slots now, and bill what it consumed
 
     for path in ("/v1/chat/completions", "/chat/completions"):
         app.post(path, openapi_extra=chat_body, response_model=None)(chat_completions)
