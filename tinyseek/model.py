@@ -261,15 +261,20 @@ class MLA(nn.Module):
         q_lat = torch.einsum("bthd,hdc->bthc", q_nope, w_uk)  # [B, T, H, r]: W_UK folded into the query
         q = torch.cat([q_lat, q_pe], dim=-1).transpose(1, 2)  # [B, H, T, r + dr]
         k = torch.cat([kv, k_pe], dim=-1)  # [B, T, r + dr]: one key shared by every head
-        if st.cache is not None:
-            buf = st.cache.latent[self.cache_layer]  # [B_cache, S, r + dr]
-            buf[st.rows[:, None].expand(B, T), st.positions] = k.to(buf.dtype)
-            k = buf[st.rows, : st.length].to(q.dtype)  # [B, L, r + dr]
-        k = k.unsqueeze(1)  # [B, 1, L, r + dr]
         # the value is the latent; passing the whole key as value (latent + k_pe) keeps the fused kernel's
         # equal head sizes for free: the k_pe columns of the output are dropped, so they get no gradient
-        o = _attention(q, k, k, st, self.scale)[..., : self.r]  # [B, H, T, r]
-        return torch.einsum("bhtc,hdc->bthd", o, w_uv)  # [B, T, H, dv]: W_UV after the attention
+        if st.cache is None:
+            o = _attention(q, k.unsqueeze(1), k.unsqueeze(1), st, self.scale)[..., : self.r]  # [B, H, T, r]
+            return torch.einsum("bhtc,hdc->bthd", o, w_uv)  # [B, T, H, dv]: W_UV after the attention
+        buf = st.cache.latent[self.cache_layer]  # [B_cache, S, r + dr]
+        buf[st.rows[:, None].expand(B, T), st.positions] = k.to(buf.dtype)
+        k = buf[st.rows, : st.length].to(q.dtype).unsqueeze(1)  # [B, 1, L, r + dr]
+        # every head reads the same key, so fold the heads into the query axis (t-major) and attend with
+        # one head: no per-head copy of the cache, one [T*H, L] score matrix per row
+        q = q.transpose(1, 2).reshape(B, 1, T * H, self.r + self.dr)
+        mask = st.mask if T == 1 else st.mask.repeat_interleave(H, dim=2)  # [B, 1, T*H or 1, L]
+        o = F.scaled_dot_product_attention(q, k, k, attn_mask=mask, scale=self.scale)[..., : self.r]
+        return torch.einsum("bthc,hdc->bthd", o.view(B, T, H, self.r), w_uv)
 
 
 def _attention(q, k, v, st: _Step, scale: float) -> torch.Tensor:
