@@ -287,3 +287,21 @@ def test_cli_generate_streams_text(tmp_path, capsys):
     ids = eng.encode_chat([{"role": "user", "content": "the cat"}])
     expect = eng.generate([ids], SamplingParams(temperature=0, max_new_tokens=8))[0][0].text
     assert printed == expect + "\n"
+
+
+def test_cli_chat_multi_turn(r1_checkpoint, monkeypatch, capsys):
+    from tinyseek.engine import cli_chat
+
+    lines = iter(["What is 2 plus 3?", "/reset", "What is 4 times 2?"])
+
+    def fake_input(prompt=""):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    assert cli_chat([str(r1_checkpoint), "--temperature", "0", "--max-new-tokens", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "Add 2 and 3 to get 5." in out and "<answer>5</answer>" in out and "<answer>8</answer>" in out
+    assert "<think>" not in out  # the thinking part is shown without its tags (dimmed on a terminal)

@@ -171,3 +171,21 @@ def test_cli_eval_writes_eval_json(tmp_path, capsys):
                      "--max-new-tokens", "4", "--out", str(tmp_path / "ev2")]) == 0
     res = json.loads((tmp_path / "ev2" / "eval.json").read_text(encoding="utf-8"))
     assert [p["prompt"] for p in res["problems"]] == [rows[0]["prompt"], rows[1]["prompt"]] and res["task"] == "mine"
+
+
+def test_evaluate_a_real_checkpoint_that_answers(r1_checkpoint):
+    """A nano model overfit on three R1 chats, through load_engine + evaluate + the real rewards: it must
+    score full marks on what it learnt and zero on a question it never saw the answer to."""
+    from tinyseek.engine import load_engine
+    from tinyseek.evaluate import evaluate
+    from tinyseek.sampling import SamplingParams
+
+    engine = load_engine(r1_checkpoint, max_batch=8)
+    records = [{"id": "add", "prompt": "What is 2 plus 3?", "answer": "5"},
+               {"id": "mul", "prompt": "What is 4 times 2?", "answer": "8"},
+               {"id": "wrong", "prompt": "What is 2 plus 3?", "answer": "6"}]
+    res = evaluate(engine, records, samples=2, params=SamplingParams(temperature=0, max_new_tokens=40))
+    assert [p["correct"] for p in res["problems"]] == [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
+    assert res["problems"][0]["completions"][0].startswith("<think>")
+    assert res["format"]["value"] == 1.0 and res["pass@1"]["value"] == pytest.approx(2 / 3)
+    assert res["cons@2"]["value"] == pytest.approx(2 / 3)
