@@ -88,27 +88,27 @@ class TrainingStopped(TinyseekError):
 class TrainConfig:
     """Knobs of the loop. Stage configs subclass this and add their model/data fields."""
 
-    max_steps: int = 200
+    max_steps: int = 200  # optimizer steps in all (a resumed run continues to this)
     batch_size: int = 16  # sequences per optimizer step, over all ranks and micro-steps together
     grad_accum: int = 1  # micro-steps per optimizer step
-    lr: float = 1e-3
+    lr: float = 1e-3  # peak learning rate (AdamW)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    adam_eps: float = 1e-8
+    warmup_steps: int = 10  # linear warmup from lr / warmup_steps to lr
+    weight_decay: float = 0.1  # decoupled, on weight matrices only
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    adam_eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still measured)
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (autocast; master weights stay fp32)
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch (0 = torch's default); 1 is far faster on a machine shared with other jobs
-    seed: int = 0
+    seed: int = 0  # model init, data order and sampling
     log_every: int = 1  # console line every N steps (metrics.jsonl always gets every step)
     eval_every: int = 0  # 0 = only at the end
-    eval_batches: int = 4
+    eval_batches: int = 4  # held-out batches per evaluation
     ckpt_every: int = 0  # 0 = only the final checkpoint
-    keep_last: int = 2
+    keep_last: int = 2  # step-N checkpoints kept (older ones are deleted)
     max_bad_steps: int = 5  # this many non-finite steps in a row stop the run
     peak_tflops: float = 0.0  # per device, for MFU; 0 = a rough default for the device (see peak_flops)
     gpu_hour_price: float = 2.0  # $ per GPU-hour (DeepSeek-V3 report: $2 per H800-hour)
@@ -690,6 +690,22 @@ def _coerce_cli(cls: type, data: dict) -> dict:
     return out
 
 
+def _field_help(cls: type) -> dict[str, str]:
+    """A config field's help line is its trailing `# comment` in the dataclass source (subclass first)."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    for c in cls.__mro__:
+        try:
+            src = inspect.getsource(c)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", src, re.M):
+            out.setdefault(m.group(1), m.group(2).strip())
+    return out
+
+
 def stage_cli(cls: type, argv: list[str], prog: str, description: str) -> tuple[Any, Path, bool]:
     """Parse `--config FILE.toml --out RUN [--resume] [--field value ...]` into (config, run_dir, resume).
 
@@ -701,7 +717,8 @@ def stage_cli(cls: type, argv: list[str], prog: str, description: str) -> tuple[
 
     from tinyseek.config import from_dict, parse_overrides, read_file
 
-    field_lines = "\n".join(f"  --{f.name.replace('_', '-')} (default {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r})"
+    field_lines = "\n".join(f"  --{f.name.replace('_', '-'):<18} {_field_help(cls).get(f.name, '')} "
+                            f"(default {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r})"
                             for f in dataclasses.fields(cls))
     ap = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter,

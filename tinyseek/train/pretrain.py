@@ -30,9 +30,9 @@ class PretrainConfig(TrainConfig):
     text_files: list[str] = field(default_factory=list)  # UTF-8 .txt (paragraph documents) or JSONL with "text"
     eval_tasks: dict[str, int] = field(default_factory=dict)  # task -> held-out problems; default a tenth of tasks
     eval_text_every: int = 20  # every N-th text document is held out for evaluation
-    seq_len: int = 128
-    lr: float = 3e-3
-    batch_size: int = 16
+    seq_len: int = 128  # tokens per packed row
+    lr: float = 3e-3  # peak learning rate (AdamW)
+    batch_size: int = 16  # sequences per optimizer step, over all ranks and micro-steps together
 
     def validate(self) -> None:
         super().validate()

@@ -29,15 +29,15 @@ class SFTConfig(TrainConfig):
     tokenizer: str = ""  # default: init's tokenizer.json
     data: list[str] = field(default_factory=list)  # JSONL / Parquet / datasets dirs
     tasks: dict[str, int] = field(default_factory=dict)  # task -> generated training problems
-    eval_data: list[str] = field(default_factory=list)
+    eval_data: list[str] = field(default_factory=list)  # held-out data files (same formats as data)
     eval_tasks: dict[str, int] = field(default_factory=dict)  # task -> held-out problems; default a tenth of tasks
     seq_len: int = 256  # examples are cut to this many tokens
-    max_steps: int = 200
-    batch_size: int = 64
-    lr: float = 1e-3
-    beta2: float = 0.98
-    weight_decay: float = 0.01
-    warmup_steps: int = 10
+    max_steps: int = 200  # optimizer steps in all
+    batch_size: int = 64  # examples per optimizer step, over all ranks and micro-steps together
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    beta2: float = 0.98  # AdamW beta2
+    weight_decay: float = 0.01  # decoupled, on weight matrices only
+    warmup_steps: int = 10  # linear warmup steps
 
     def validate(self) -> None:
         super().validate()
