@@ -305,3 +305,11 @@ def test_cli_chat_multi_turn(r1_checkpoint, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "Add 2 and 3 to get 5." in out and "<answer>5</answer>" in out and "<answer>8</answer>" in out
     assert "<think>" not in out  # the thinking part is shown without its tags (dimmed on a terminal)
+
+
+def test_a_bad_prompt_in_a_batch_queues_nothing(model):
+    eng = Engine(model, max_batch=4)
+    with pytest.raises(TinyseekError, match="prompt 2: .*token id 4000"):
+        eng.generate([[1, 2], [3], [4000]], SamplingParams(max_new_tokens=3))
+    assert not eng.has_unfinished() and not eng.seqs
+    assert len(eng.generate([[1, 2]], SamplingParams(max_new_tokens=3))[0][0].token_ids) <= 3

@@ -297,7 +297,14 @@ class Engine:
             raise TinyseekError(f"params: {len(plist)} given for {len(prompts)} prompts")
         if n < 1:
             raise TinyseekError(f"n: must be >= 1, got {n}")
-        rids = [self._add_group(p, sp, n, stream=False) for p, sp in zip(prompts, plist)]
+        rids: list[list[int]] = []
+        try:
+            for p, sp in zip(prompts, plist):
+                rids.append(self._add_group(p, sp, n, stream=False))
+        except TinyseekError as e:  # one bad prompt: queue nothing
+            for r in itertools.chain.from_iterable(rids):
+                self.abort(r)
+            raise TinyseekError(f"prompt {len(rids)}: {e}") from None
         while self.has_unfinished():
             self.step()
         return [[self.collect(r) for r in group] for group in rids]
