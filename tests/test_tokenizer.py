@@ -117,7 +117,7 @@ def test_cli(tmp_path, capsys):
     t = Tokenizer.load(out)
     assert t.vocab_size <= 300
     assert (out / "tokenizer_config.json").is_file() and (out / "special_tokens_map.json").is_file()
-    with pytest.raises(TinyseekError, match="missing.txt: no such corpus file"):
+    with pytest.raises(TinyseekError, match="missing.txt: no such text file"):
         cli_tokenizer(["--corpus", str(tmp_path / "missing.txt"), "--vocab-size", "300", "--out", str(tmp_path / "t2")])
     assert not (tmp_path / "t2").exists()
     with pytest.raises(TinyseekError, match="unknown task"):

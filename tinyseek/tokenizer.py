@@ -28,7 +28,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from tinyseek.errors import TinyseekError
 
@@ -81,18 +81,6 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = True, where:
     if add_generation_prompt:
         parts.append(ASSISTANT)
     return "".join(parts)
-
-
-def _read_lines(files: Iterable[str | Path]) -> Iterator[str]:
-    for f in files:
-        p = Path(f)
-        if not p.is_file():
-            raise TinyseekError(f"{p}: no such corpus file")
-        try:
-            with open(p, encoding="utf-8") as fh:
-                yield from fh
-        except UnicodeDecodeError as e:
-            raise TinyseekError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 class Tokenizer:
@@ -237,7 +225,7 @@ def task_texts(names: list[str], n: int, seed: int = 0) -> list[str]:
 
 def cli_tokenizer(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="tinyseek tokenizer", description="Train the byte-level BPE tokenizer.")
-    ap.add_argument("--corpus", nargs="*", default=[], help="UTF-8 text files to train on")
+    ap.add_argument("--corpus", nargs="*", default=[], help="UTF-8 .txt files (paragraphs) or JSONL files with a 'text' field")
     ap.add_argument("--tasks", default="", help="comma-separated task names whose problems and traces are added to the corpus")
     ap.add_argument("--n-per-task", type=int, default=5000, help="problems generated per task for --tasks")
     ap.add_argument("--vocab-size", type=int, default=4096, help=f"vocabulary size, special tokens included (>= {MIN_VOCAB})")
@@ -248,7 +236,9 @@ def cli_tokenizer(argv: list[str]) -> int:
     if not a.corpus and not names:
         raise TinyseekError("give --corpus FILES and/or --tasks NAMES")
     texts: list[str] = task_texts(names, a.n_per_task, a.seed) if names else []
-    lines = list(_read_lines(a.corpus))  # read (and check) every file before anything is written
+    from tinyseek.data import text_documents
+
+    lines = [d for f in a.corpus for d in text_documents(f)]  # read (and check) every file before anything is written
     tok = Tokenizer.train(texts + lines, a.vocab_size)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
