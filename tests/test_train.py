@@ -277,3 +277,16 @@ def test_bf16_autocast_agrees_with_fp32(tmp_path):
     from safetensors.torch import load_file
 
     assert all(v.dtype == torch.float32 for v in load_file(tmp_path / "bfloat16" / "final" / "model.safetensors").values())
+
+
+def test_pretrain_corpus_mixes_tasks_and_text_with_held_out_documents(tmp_path, tok_file):
+    paras = [f"paragraph {i} 你好 with some words" for i in range(40)]
+    (tmp_path / "t.txt").write_text("\n\n".join(paras) + "\n", encoding="utf-8")
+    cfg = _pre(tasks={"addition": 30}, eval_tasks={"addition": 7}, text_files=[str(tmp_path / "t.txt")], eval_text_every=4,
+               tokenizer=tok_file, eval_batches=1)
+    tok, stream, eval_batches = prepare(cfg, tmp_path, False)
+    texts = [tok.decode(d[1:-1]) for d in stream.docs]
+    assert len(stream.docs) == 30 + 30 and sum(t.startswith("paragraph") for t in texts) == 30
+    held = {f"paragraph {i} 你好 with some words" for i in range(3, 40, 4)}
+    assert not held & set(texts)  # held-out paragraphs never reach training
+    assert len(eval_batches) == 1 and eval_batches[0]["tokens"].shape == (8, 32)
