@@ -171,7 +171,7 @@ def test_loop_and_sorted_dispatch_agree_in_outputs_and_every_gradient(score_func
     assert s.layers[1].ffn.experts.w1.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("B,T", [(1, 1), (3, 5)])
+@pytest.mark.parametrize("B,T", [(1, 1), (1, 7), (3, 5)])
 def test_loop_and_sorted_agree_when_experts_get_no_tokens(B, T):
     s = make(nano())
     l = twin(s, moe_impl="loop")
