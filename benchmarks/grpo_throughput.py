@@ -68,7 +68,7 @@ def reward_len(prompts, completions, **kw):
 # ----------------------------------------------------------------------------------------------
 
 
-def run_trl(model, hf_tok, recs, steps: int, tmp: Path) -> float:
+def run_trl(model_dir: Path, hf_tok, recs, steps: int, tmp: Path) -> float:
     """Seconds per step of TRL's GRPOTrainer (steps after the first)."""
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -87,8 +87,10 @@ def run_trl(model, hf_tok, recs, steps: int, tmp: Path) -> float:
     args = GRPOConfig(output_dir=str(tmp / "trl"), per_device_train_batch_size=P * G, num_generations=G,
                       max_completion_length=NEW, generation_kwargs={"min_new_tokens": NEW}, beta=BETA, learning_rate=1e-5,
                       max_steps=steps + 1, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False,
-                      temperature=1.0, num_iterations=1, gradient_accumulation_steps=1, seed=0, disable_tqdm=True)
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward_len], args=args, train_dataset=ds, processing_class=hf_tok,
+                      temperature=1.0, num_iterations=1, gradient_accumulation_steps=1, seed=0, disable_tqdm=True,
+                      model_init_kwargs={"dtype": torch.float32})
+    # TRL builds its reference model from the policy's path, so the policy is given as a saved directory
+    trainer = GRPOTrainer(model=str(model_dir), reward_funcs=[reward_len], args=args, train_dataset=ds, processing_class=hf_tok,
                           callbacks=[Clock()])
     trainer.train()
     return sum(times[1:]) / max(1, len(times) - 1)
@@ -154,7 +156,9 @@ def main() -> None:
     print(f"tinyseek, Llama via the HF adapter: {s:.2f} s/step, {P * G / s:.1f} completions/s "
           f"(rollout {m['rollout_s']:.2f} s, update {m['update_s']:.2f} s)", flush=True)
     if not a.skip_trl:
-        t = run_trl(copy.deepcopy(base), hf_tok, recs, a.steps, tmp)
+        base.save_pretrained(tmp / "llama")
+        hf_tok.save_pretrained(tmp / "llama")
+        t = run_trl(tmp / "llama", hf_tok, recs, a.steps, tmp)
         results["TRL GRPOTrainer"] = t
         print(f"TRL 1.16 GRPOTrainer: {t:.2f} s/step, {P * G / t:.1f} completions/s", flush=True)
         print(f"ratio tinyseek / TRL: {t / s:.2f}x completions/s")
