@@ -18,11 +18,20 @@ outside. Semantics follow DeepSeek's public inference code and, where the two co
   latent, `wkv_b -> per-head [k_nope | v]`; output `wo`. Two paths behind `cfg.mla_impl`:
   `naive` up-projects K and V (and caches them), `absorbed` folds W_UK into the query and W_UV after the
   attention, so it attends over the cached latent + rotated k_pe (`cfg.latent_cache_dim` values per token).
+  Without a cache (training) `absorbed` computes like `naive` (cheaper scores, nothing to cache; SGLang and
+  vLLM prefill the same way); `MLA.latent_without_cache = True` forces the latent form (tests).
 - MoE gate (V3): sigmoid (or softmax) scores in float32; the correction bias `gate.bias` only picks the
   experts; with groups, a group's score is the sum of its top-2 biased scores and only `n_limited_groups`
   groups are kept; weights are the unbiased scores of the chosen experts, normalised to sum 1 for sigmoid,
   times `route_scale`. Shared experts (one MLP of `n_shared_experts * moe_inter_dim`) are always added.
-  Dispatch `loop` (reference) or `sorted` (`torch._grouped_mm`).
+  Dispatch `loop` (reference) or `sorted` (`torch._grouped_mm` over rows sorted by expert, each expert's
+  group padded to 16 rows so matrix shapes repeat; a padded-bmm fallback where grouped_mm is missing).
+- The loss is float32 cross-entropy (`cross_entropy`, chunked, = F.cross_entropy on float32 logits).
+
+Speed notes (dev/LOG.md has the figures): on CPU, PyTorch's fused attention needs one head size for q, k
+and v, so v is zero-padded (naive) or the whole key doubles as the value (absorbed); bf16 matmuls use
+AMX through oneDNN, which builds a kernel per new shape, hence the row padding in the MoE and the cached
+length rounded up to a multiple of 64.
 
 Additions to docs/design.md's contract (names there are kept):
 
