@@ -290,3 +290,13 @@ def test_pretrain_corpus_mixes_tasks_and_text_with_held_out_documents(tmp_path, 
     held = {f"paragraph {i} 你好 with some words" for i in range(3, 40, 4)}
     assert not held & set(texts)  # held-out paragraphs never reach training
     assert len(eval_batches) == 1 and eval_batches[0]["tokens"].shape == (8, 32)
+
+
+def test_fresh_run_in_an_old_run_directory_replaces_it(tmp_path, tok_file, capsys):
+    run_pretrain(_pre(tokenizer=tok_file, max_steps=4, ckpt_every=2), tmp_path / "run")
+    assert latest_checkpoint(tmp_path / "run").name == "step-4"
+    s = run_pretrain(_pre(tokenizer=tok_file, max_steps=2, seed=1), tmp_path / "run")
+    assert "held an earlier run" in capsys.readouterr().out
+    assert s["steps"] == 2 and latest_checkpoint(tmp_path / "run").name == "step-2"
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-2"]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2

@@ -559,6 +559,15 @@ class Loop:
                     print(f"resumed from {ckpt} (step {self.step})", flush=True)
             elif self.is_main:
                 print(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; starting from step 0", flush=True)
+        elif self.is_main and (self.run_dir / "checkpoints").is_dir():
+            # a fresh run in an old run's directory replaces that run: its step-N checkpoints would otherwise
+            # outrank (and outlive, under keep_last) this run's, and --resume would pick them up
+            old = [p for p in (self.run_dir / "checkpoints").iterdir() if p.name.startswith("step-")]
+            if old:
+                print(f"note: {self.run_dir} held an earlier run; removing its {len(old)} checkpoint(s) (use --resume to continue one)",
+                      flush=True)
+                for p in old:
+                    shutil.rmtree(p, ignore_errors=True)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.resolved_config is not None:
