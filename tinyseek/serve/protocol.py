@@ -90,6 +90,9 @@ class ChatRequest(_Model):
     frequency_penalty: Union[float, None] = Field(None, ge=-2, le=2)
     response_format: Union[ResponseFormat, None] = None
     user: Union[str, None] = None
+    # accepted only in their "off" form, so a client that relies on them hears so instead of being ignored
+    logprobs: Union[bool, None] = None
+    tools: Union[list[dict], None] = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -146,6 +149,10 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise APIError(422, f"response_format: type {req.response_format.type!r} is not supported by tinyseek"
                             " (only 'text'; a small model cannot be trusted to emit valid JSON)",
                        param="response_format.type", code="invalid_value")
+    if req.logprobs:
+        raise APIError(422, "logprobs: not supported by tinyseek serve", param="logprobs", code="invalid_value")
+    if req.tools:
+        raise APIError(422, "tools: function calling is not supported by tinyseek serve", param="tools", code="invalid_value")
     if req.max_tokens is not None and req.max_completion_tokens is not None and req.max_tokens != req.max_completion_tokens:
         raise APIError(422, "max_tokens and max_completion_tokens disagree; send one", param="max_tokens", code="invalid_value")
     return req
