@@ -258,7 +258,7 @@ def test_hf_engine_matches_engine_on_exported_weights(tmp_path):
 def test_think_dimmer_dims_only_the_thinking_part():
     import io
 
-    from tinyseek.engine import DIM, RESET, _ThinkDimmer
+    from tinyseek.chat import DIM, RESET, _ThinkDimmer
 
     out = io.StringIO()
     d = _ThinkDimmer(out, color=True)

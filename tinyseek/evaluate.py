@@ -230,7 +230,8 @@ def cli_eval(argv: list[str]) -> int:
     import argparse
 
     from tinyseek import tasks
-    from tinyseek.engine import _dtype_arg, load_engine
+    from tinyseek.chat import _dtype_arg
+    from tinyseek.engine import load_engine
 
     ap = argparse.ArgumentParser(prog="tinyseek eval", description="pass@1 / pass@k / cons@k with 95% intervals on held-out problems.")
     ap.add_argument("ckpt", help="tinyseek checkpoint, transformers model directory, or .gguf file")
