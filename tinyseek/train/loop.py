@@ -570,6 +570,9 @@ class Loop:
                     shutil.rmtree(p, ignore_errors=True)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for d in (self.run_dir, self.run_dir / "checkpoints"):  # halves of checkpoints a killed run was writing
+                for p in d.glob(".*.tmp-*") if d.is_dir() else []:
+                    shutil.rmtree(p, ignore_errors=True)
             if self.resolved_config is not None:
                 write_toml(self.resolved_config, self.run_dir / "config.toml")
             self._open_metrics()
