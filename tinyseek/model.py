@@ -174,7 +174,7 @@ class RMSNorm(nn.Module):
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     """[rope/2] float32 inverse frequencies, YaRN-corrected when the context is extended."""
     d, base = cfg.qk_rope_head_dim, cfg.rope_theta
-    inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float) / d))
+    inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float, device="cpu") / d))
     if cfg.max_seq_len > cfg.original_seq_len and cfg.rope_factor > 1:
 
         def corr_dim(rot: float) -> float:  # the dim whose wavelength fits `rot` times in original_seq_len
@@ -184,7 +184,7 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
         high = min(math.ceil(corr_dim(cfg.beta_slow)), d - 1)
         if low == high:
             high += 0.001
-        ramp = ((torch.arange(d // 2, dtype=torch.float) - low) / (high - low)).clamp(0, 1)
+        ramp = ((torch.arange(d // 2, dtype=torch.float, device="cpu") - low) / (high - low)).clamp(0, 1)
         inv = (inv / cfg.rope_factor) * ramp + inv * (1 - ramp)
     return inv
 
@@ -569,7 +569,9 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.mtp = nn.ModuleList(MTPModule(cfg, k) for k in range(cfg.mtp_depth))
-        self._inv_freq = rope_inv_freq(cfg)  # float32 on purpose: not a buffer, so .to(bf16) cannot round it
+        # float32 on the CPU on purpose: not a buffer, so .to(bf16) cannot round it (and a meta-device
+        # init cannot lose it); copied once per device
+        self._inv_freq = {torch.device("cpu"): rope_inv_freq(cfg)}
         self.reset_parameters()
 
     @torch.no_grad()
@@ -592,7 +594,10 @@ class Transformer(nn.Module):
 
     # -- helpers the engine and trainers use ------------------------------------------------
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        ang = positions.float().unsqueeze(-1) * self._inv_freq.to(positions.device)
+        inv = self._inv_freq.get(positions.device)
+        if inv is None:
+            inv = self._inv_freq[positions.device] = self._inv_freq[torch.device("cpu")].to(positions.device)
+        ang = positions.float().unsqueeze(-1) * inv
         return ang.cos().to(dtype), ang.sin().to(dtype)
 
     def _step(self, B: int, T: int, device, dtype, cache, rows, start=None, want_aux=False) -> _Step:
