@@ -326,3 +326,25 @@ def test_bf16_engine_keeps_a_trained_models_answers(r1_checkpoint):
     prompts = [e32.encode_chat([{"role": "user", "content": q}]) for q in ("What is 2 plus 3?", "Say hi.", "What is 4 times 2?")]
     p = SamplingParams(temperature=0, max_new_tokens=40)
     assert [g[0].text for g in e16.generate(prompts, p)] == [g[0].text for g in e32.generate(prompts, p)]
+
+
+def test_load_engine_picks_the_implementation(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from tinyseek.engine import load_engine
+    from tinyseek.hf import export_dir
+    from tinyseek.hf_engine import HFEngine
+
+    m = _model(seed=5)
+    export_dir(m.cfg, m.state_dict(), tmp_path / "ds")
+    e = load_engine(tmp_path / "ds", max_batch=2)  # an exported DeepseekV3 runs on tinyseek's own engine
+    assert isinstance(e, Engine)
+    assert e.generate([PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=5)) \
+        == Engine(m, max_batch=2).generate([PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=5))
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    h = load_engine(tmp_path / "llama", max_batch=2)
+    assert isinstance(h, HFEngine) and h.tokenizer is None
+    assert len(h.generate([[1, 2, 3]], SamplingParams(max_new_tokens=4, seed=1, ignore_eos=True))[0][0].token_ids) == 4
+    with pytest.raises(TinyseekError, match="no such"):
+        load_engine(tmp_path / "nothing")

@@ -74,10 +74,13 @@ class HFEngine:
         if gguf_file and not (path / gguf_file).is_file():
             raise TinyseekError(f"{path / gguf_file}: no such GGUF file")
         try:
-            tok = AutoTokenizer.from_pretrained(str(path), **kw)
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, **kw)
         except (OSError, ValueError) as e:
             raise TinyseekError(f"{path}: cannot load as a transformers model ({str(e).splitlines()[0]})") from None
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path), **kw)
+        except (OSError, ValueError, TypeError):  # a model without tokenizer files still generates from token ids
+            tok = None
         return cls(model, tok, max_batch=max_batch)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
