@@ -348,3 +348,18 @@ def test_load_engine_picks_the_implementation(tmp_path):
     assert len(h.generate([[1, 2, 3]], SamplingParams(max_new_tokens=4, seed=1, ignore_eos=True))[0][0].token_ids) == 4
     with pytest.raises(TinyseekError, match="no such"):
         load_engine(tmp_path / "nothing")
+
+
+def test_engines_restore_the_training_flag(model, tmp_path):
+    """GRPO generates with the policy it trains: generation must not leave it in eval mode."""
+    transformers = pytest.importorskip("transformers")
+    from tinyseek.hf_engine import HFEngine
+
+    m = _model(seed=6).train()
+    Engine(m, max_batch=2).generate([PROMPTS[1]], SamplingParams(max_new_tokens=2))
+    assert m.training
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    hf = transformers.LlamaForCausalLM(cfg).train()
+    HFEngine(hf, max_batch=2).generate([[1, 2]], SamplingParams(max_new_tokens=2))
+    assert hf.training

@@ -47,7 +47,7 @@ class HFTokenizer:
 
 class HFEngine:
     def __init__(self, hf_model, hf_tokenizer=None, max_batch: int = 64):
-        self.model = hf_model.eval()
+        self.model = hf_model  # generate() switches it to eval mode and back (a trainer may share it)
         self.tokenizer = HFTokenizer(hf_tokenizer) if hf_tokenizer is not None else None
         self.max_batch = max_batch
         self.device = next(hf_model.parameters()).device
@@ -109,8 +109,13 @@ class HFEngine:
                 raise TinyseekError(f"prompt: token id {bad} outside the vocabulary 0..{self.vocab_size - 1}")
         per_chunk = max(1, self.max_batch // n)
         results: list[list[Completion]] = []
-        for i in range(0, len(prompts), per_chunk):
-            results += self._chunk(prompts[i: i + per_chunk], plist[i: i + per_chunk], n, on_tokens)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for i in range(0, len(prompts), per_chunk):
+                results += self._chunk(prompts[i: i + per_chunk], plist[i: i + per_chunk], n, on_tokens)
+        finally:
+            self.model.train(was_training)
         return results
 
     def _chunk(self, prompts, plist, n, on_tokens) -> list[list[Completion]]:
