@@ -208,6 +208,11 @@ def test_tiny_pretrain_cli_reports_throughput_and_cost(tmp_path, capsys, tok_fil
     assert m.cfg.dim == 256 and (tmp_path / "run" / "final" / "tokenizer.json").is_file()
     assert main(["export", str(tmp_path / "run" / "final"), "--out", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "config.json").is_file()
+    from transformers import AutoTokenizer
+
+    msgs = [{"role": "user", "content": "12+7="}]
+    hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == Tokenizer.load(tok_file).chat(msgs)
 
 
 def test_sft_from_pretrained_checkpoint(tmp_path):
