@@ -370,6 +370,8 @@ def test_chunked_cross_entropy_equals_torch(dtype):
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(g_got, g_ref, atol=1e-7 if dtype == torch.float32 else 1e-3, rtol=1e-2)
     assert g_got[::5].abs().max() == 0
+    (g_one,) = torch.autograd.grad(cross_entropy(logits, targets), logits)  # upstream gradient 1: no scaling pass
+    torch.testing.assert_close(g_one * 3, g_got, atol=1e-6, rtol=1e-2)
 
 
 def test_bf16_model_tracks_fp32():
