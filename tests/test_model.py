@@ -349,6 +349,8 @@ def test_bad_inputs_raise_one_line_errors():
     m = make(nano())
     with pytest.raises(TinyseekError, match="tokens"):
         m(torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TinyseekError, match=r"tokens: ids must lie in \[0, 256\), got 0 .. 256"):
+        m(torch.tensor([[0, 256]]))
     with pytest.raises(TinyseekError, match="targets"):
         m(tokens(2, 4), targets=tokens(2, 5))
     with pytest.raises(TinyseekError, match="mla_impl"):

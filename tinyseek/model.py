@@ -630,6 +630,9 @@ class Transformer(nn.Module):
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
             raise TinyseekError(f"tokens: expected a LongTensor [B, T], got {getattr(tokens, 'dtype', type(tokens))} {tuple(getattr(tokens, 'shape', ()))}")
         B, T = tokens.shape
+        if tokens.device.type == "cpu" and tokens.numel() and not 0 <= int(tokens.min()) <= int(tokens.max()) < self.cfg.vocab_size:
+            # (checked on the CPU only: on a GPU the check would be a host sync per forward)
+            raise TinyseekError(f"tokens: ids must lie in [0, {self.cfg.vocab_size}), got {int(tokens.min())} .. {int(tokens.max())}")
         if targets is not None and targets.shape != tokens.shape:
             raise TinyseekError(f"targets: expected shape {tuple(tokens.shape)}, got {tuple(targets.shape)}")
         if cache is not None and cache.impl != self.cfg.mla_impl:
