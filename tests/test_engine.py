@@ -44,6 +44,7 @@ def test_cached_decoding_equals_full_recompute(impl):
     out_f = fast.generate(PROMPTS, params, n=2)
     out_r = ref.generate(PROMPTS, params, n=2)
     assert _ids(out_f) == _ids(out_r)
+    assert fast.stats["prefill_pad_tokens"] > 0  # the prompts (lengths 7, 2, 4, 1) shared a right-padded prefill
     assert len(lf) == len(lr) == 8
     for (rf, steps_f), (rr, steps_r) in zip(sorted(lf.items()), sorted(lr.items())):
         assert len(steps_f) == len(steps_r)

@@ -344,34 +344,42 @@ class Engine:
         return groups
 
     def _prefill(self, groups: list[list[_Seq]], events) -> None:
-        """Prefill one row per group (equal-length remainders batched together), copy it to the group's other
-        rows, and sample each sequence's first token."""
+        """Prefill one row per group, copy it to the group's other rows, and sample each sequence's first token.
+
+        Prompts of different lengths share a forward right-padded (`_buckets` bounds the padding): causal
+        attention never lets a real token see the padding after it, and each row's `cache.pos` is then set
+        back to its real length, so the padded entries are masked out and overwritten by the next tokens."""
         heads = [g[0] for g in groups]
+        starts = []
         for s in heads:
             self.cache.reset([s.row])
-            if s.prefix is not None:
-                n = min(s.prefix.n, len(s.prompt) - 1)
+            n = min(s.prefix.n, len(s.prompt) - 1) if s.prefix is not None else 0
+            if n:
                 for x, p in zip(self.cache._tensors(), s.prefix.tensors):
                     x[s.row, :n] = p[:n].to(x.dtype)
                 self.cache.pos[s.row] = n
-        by_len: dict[int, list[int]] = {}
-        for i, s in enumerate(heads):
-            start = min(s.prefix.n, len(s.prompt) - 1) if s.prefix is not None else 0
-            by_len.setdefault(len(s.prompt) - start, []).append(i)
+            starts.append(n)
         last_logits: list[torch.Tensor | None] = [None] * len(heads)
-        for T, idx in by_len.items():
+        for idx in self._buckets([len(s.prompt) - n for s, n in zip(heads, starts)]):
             hs = [heads[i] for i in idx]
-            tokens = torch.tensor([s.prompt[len(s.prompt) - T:] for s in hs], device=self.device)  # [k, T]
+            lens = [len(heads[i].prompt) - starts[i] for i in idx]
+            T = max(lens)
             if self.recompute:
                 logits = self._full_logits([s.prompt for s in hs])
             else:
+                pad = [[0] * (T - L) for L in lens]
+                tokens = torch.tensor([s.prompt[len(s.prompt) - L:] + p for s, L, p in zip(hs, lens, pad)], device=self.device)  # [k, T]
                 rows = torch.tensor([s.row for s in hs], device=self.device)
                 out = self.model(tokens, cache=self.cache, rows=rows)
-                logits = out.logits[:, -1]  # [k, V]
+                last = torch.tensor(lens, device=self.device) - 1
+                logits = out.logits[torch.arange(len(hs), device=self.device), last]  # [k, V] at each real last token
+                if T > min(lens):
+                    self.cache.pos[rows] = torch.tensor([starts[i] + L for i, L in zip(idx, lens)], device=self.device)
                 if self.speculative:
-                    for j, s in enumerate(hs):
-                        s._residual = out.residual[j]  # [T, dim] for the MTP prefill below
-                self.stats["forward_tokens"] += tokens.numel()
+                    for j, (s, L) in enumerate(zip(hs, lens)):
+                        s._residual = out.residual[j, :L]  # [L, dim] for the MTP prefill below
+                self.stats["forward_tokens"] += sum(lens)
+                self.stats["prefill_pad_tokens"] = self.stats.get("prefill_pad_tokens", 0) + tokens.numel() - sum(lens)
             for j, i in enumerate(idx):
                 last_logits[i] = logits[j]
         members, rows_logits = [], []
@@ -396,6 +404,20 @@ class Engine:
         for s in members:
             if s.prompt_cache is not None and s.rid in events:
                 events[s.rid].prompt_cache = s.prompt_cache
+
+    @staticmethod
+    def _buckets(lengths: list[int], slack: float = 1.25, extra: int = 16) -> list[list[int]]:
+        """Group prompt indices into forwards: sorted by length, a bucket grows while its padded size stays
+        within `slack` x its real tokens + `extra` (one forward instead of one per distinct length)."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        buckets: list[list[int]] = []
+        for i in order:
+            b = buckets[-1] if buckets else None
+            if b is not None and lengths[i] * (len(b) + 1) <= slack * (sum(lengths[j] for j in b) + lengths[i]) + extra:
+                b.append(i)
+            else:
+                buckets.append([i])
+        return buckets
 
     def _decode(self, seqs: list[_Seq], events) -> None:
         if self.recompute:
