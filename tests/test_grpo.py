@@ -356,3 +356,29 @@ def test_smollm2_grpo_step_and_checkpoint(tmp_path):
     w0 = base.get_output_embeddings().weight
     w1 = trained.get_output_embeddings().weight
     assert w0.shape == w1.shape and not torch.equal(w0, w1)
+
+
+@pytest.mark.slow
+def test_cli_on_a_checkpoint_then_resume(tmp_path):
+    """`tinyseek grpo` end to end on a saved tinyseek checkpoint (tokenizer inside), then --resume to a longer run."""
+    import json
+
+    from tinyseek.checkpoint import save_checkpoint
+    from tinyseek.tokenizer import Tokenizer, task_texts
+    from tinyseek.train.grpo import cli_grpo
+
+    tok = Tokenizer.train(task_texts(["arithmetic"], 200), 300)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("nano", vocab_size=tok.vocab_size))
+    save_checkpoint(model, tmp_path / "ckpt", tok.save(tmp_path / "tok"))
+    out = tmp_path / "run"
+    flags = ["--model", str(tmp_path / "ckpt"), "--task", "arithmetic", "--rewards", "accuracy,format", "--group-size", "2",
+             "--batch-size", "2", "--max-new-tokens", "6", "--ckpt-every", "1", "--eval-n", "2", "--progress", "false"]
+    assert cli_grpo(flags + ["--max-steps", "2", "--out", str(out)]) == 0
+    assert cli_grpo(["--out", str(out), "--resume", "--max-steps", "3"]) == 0
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    assert (out / "final" / "tokenizer.json").is_file() and (out / "config.toml").is_file()
+    with pytest.raises(ConfigError, match="loss_type"):
+        cli_grpo(flags + ["--loss-type", "ppo", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
