@@ -444,9 +444,15 @@ class Policy:
 
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                                 stop_token_ids=() if ignore_eos else (self.eos_id,), ignore_eos=ignore_eos)
-        max_len = max(len(p) for p in prompts) + max_new_tokens + 1
-        key = (id(module), max_len)
-        if self._engine is None or self._engine_key != key:
+        need = max(len(p) for p in prompts) + max_new_tokens + 1
+        k = self._engine_key
+        if self._engine is None or k[0] != id(module) or k[1] < need or k[2] < max_batch:
+            # one engine (one preallocated KV cache) reused while it is big enough; lengths rounded up to 64 so
+            # batches with slightly longer prompts do not each allocate a new cache
+            max_len = -(-need // 64) * 64
+            if self.kind == "tinyseek":
+                max_len = max(need, min(max_len, module.cfg.max_seq_len))
+            key = (id(module), max_len, max_batch)
             if self.kind == "tinyseek":
                 from tinyseek.engine import Engine
 
