@@ -32,11 +32,14 @@ def _sampling_flags(ap) -> None:
     ap.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p * the top probability")
     ap.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same output)")
     ap.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: as stored)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; 1 is best on a busy machine)")
     ap.add_argument("--speculative", type=int, default=0, metavar="K",
                     help="MTP speculative decoding with K drafts a step (needs --temperature 0; 0 = off)")
 
 
 def _params(args) -> SamplingParams:
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     if args.speculative and args.temperature != 0:
         raise TinyseekError("--speculative: greedy decoding only, add --temperature 0")
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

@@ -248,7 +248,12 @@ def cli_eval(argv: list[str]) -> int:
     ap.add_argument("--batch", type=int, default=64, help="sequences decoded together")
     ap.add_argument("--dtype", default=None, help="fp32 | bf16 (default: as stored)")
     ap.add_argument("--out", default=None, help="directory for eval.json (default runs/eval/<ckpt>-<task>)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; 1 is best on a busy machine)")
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if (args.task is None) == (args.data is None):
         raise TinyseekError("give exactly one of --task NAME or --data FILE")
     if args.n < 1 or args.samples < 1:
