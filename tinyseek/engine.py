@@ -10,12 +10,14 @@
 
 `generate` steps the engine until nothing is left, so do not mix it with requests added by `add_request`
 on the same engine. A server calls `collect` (or `abort`) for each finished request, or the engine keeps
-its record; and it makes every call from one thread (the engine has no locks). The model is used as it is (dtype= casts it in place); `step` puts it in eval mode and
-restores its training flag afterwards, so a trainer can share it.
+its record; and it makes every call from one thread (the engine has no locks). The model is used as it is
+(dtype= casts it in place); `step` puts it in eval mode and restores its training flag afterwards, so a
+trainer can share it.
 
 How a request runs. Every sequence owns one row of a `KVCache` (MLA's absorbed path: only the latent and
 the RoPE key are cached, `cfg.latent_cache_dim` values per token per layer). A request is admitted when a
-row is free: its prompt is prefilled once (`model(prompt, cache, rows)`), and the n samples of a group
+row is free: its prompt is prefilled once (`model(prompt, cache, rows)`; prompts admitted together share
+right-padded forwards), and the n samples of a group
 get the prompt's rows by `cache.copy_rows` instead of recomputing it. Then every `step()` feeds each
 running sequence its last token, samples the next one for all rows at once (`tinyseek.sampling`: per-row
 parameters, counter-based seeds), and retires rows that hit a stop token, a stop string or their token
@@ -42,10 +44,10 @@ acceptance rate.
 
 The prefix-cache hooks (for the server):
 - `add_request(prompt_ids, params, capture_prompt_cache=True)`: once the prompt is prefilled, its cache
-  rows are copied out into a `PromptCache` (token ids + one tensor per cache tensor, each `[n, ...]` —
-  for absorbed MLA `[n, kv_lora_rank]` latents and `[n, qk_rope_head_dim]` RoPE keys, main layers then
-  MTP layers). It arrives on the request's first `StepEvent.prompt_cache` and stays readable through
-  `engine.prompt_cache(rid)` until the request finishes.
+  rows are copied out into a `PromptCache`: the token ids and one tensor per `KVCache` buffer
+  (`cache._tensors()`, main layers then MTP layers), each `[n, ...]` — for absorbed MLA today one
+  `[n, kv_lora_rank + qk_rope_head_dim]` latent-and-RoPE-key buffer per layer. It arrives on the request's
+  first `StepEvent.prompt_cache` and stays readable through `engine.prompt_cache(rid)` until collected.
 - `add_request(prompt_ids, params, prefix=pc)`: `pc.token_ids` must be a prefix of `prompt_ids`; its
   tensors are written into the new row and only the rest of the prompt is prefilled. (If it covers the
   whole prompt its last token is recomputed, because sampling needs that position's logits.) A prefix
