@@ -382,3 +382,56 @@ def test_cli_on_a_checkpoint_then_resume(tmp_path):
     with pytest.raises(ConfigError, match="loss_type"):
         cli_grpo(flags + ["--loss-type", "ppo", "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
+
+
+class _SGDLoop(_GradLoop):
+    """Like _GradLoop, but really steps (plain SGD), so a second inner iteration sees a moved policy."""
+
+    def __init__(self, model, lr):
+        super().__init__(model)
+        self.opt = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def optimizer_step(self, loss, expert_load=None):
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return {"grad_norm": 0.0, "skipped": 0}
+
+
+def _toy_update(num_iterations, lr, adv, loss_mask=(True, True, True, True)):
+    policy = Policy(_toy_model(), CharTok(), "tinyseek")
+    prompts = [[13, 1, 10, 2, 11], [13, 3, 11], [13, 2, 11], [13, 9, 9, 11]]
+    comps = [[4, 14], [5, 6, 7, 14], [1], [8, 8, 14]]
+    cfg = GrpoConfig(model="toy", num_iterations=num_iterations, max_new_tokens=4)
+    stage = GrpoStage.__new__(GrpoStage)
+    stage.cfg, stage.policy, stage.ref = cfg, policy, None
+    loop = _SGDLoop(policy.module, lr) if lr else _GradLoop(policy.module)
+    stats = stage._update(loop, prompts, comps, torch.tensor(adv), list(loss_mask))
+    return stats, loop
+
+
+def test_inner_iterations_keep_the_old_logprobs():
+    """num_iterations = 2: the second update's ratio is against the log-probs before the first, so after a big
+    step tokens leave the clip range (clip fractions > 0); with one iteration the ratio is exactly 1."""
+    one, _ = _toy_update(1, 5.0, [1.0, -1.0, 1.0, -1.0])
+    assert one["clip_low"] == 0.0 and one["clip_high"] == 0.0
+    two, _ = _toy_update(2, 5.0, [1.0, -1.0, 1.0, -1.0])
+    assert two["clip_low"] + two["clip_high"] > 0.0
+
+
+def test_masked_completion_has_no_effect_on_the_gradient():
+    """A completion masked out (a truncated one under mask_truncated_completions) contributes nothing."""
+    _, a = _toy_update(1, 0.0, [1.0, -1.0, 0.5, -0.5], loss_mask=(True, True, True, False))
+    _, b = _toy_update(1, 0.0, [1.0, -1.0, 0.5, 9.0], loss_mask=(True, True, True, False))
+    for ga, gb in zip(a.grads, b.grads):
+        assert torch.allclose(ga, gb, atol=1e-7)
+
+
+def test_reward_resolution_errors_name_the_reward():
+    from tinyseek.train.grpo import resolve_reward
+
+    assert resolve_reward("accuracy").__name__ == "accuracy_reward"
+    assert resolve_reward("test_grpo:starts_with_7") is starts_with_7
+    with pytest.raises(ConfigError, match="no_such_module"):
+        resolve_reward("no_such_module:f")
+    with pytest.raises(ConfigError, match="rewards"):
+        resolve_reward("correctness")
