@@ -251,17 +251,17 @@ class GrpoConfig(TrainConfig):
     # rollouts
     group_size: int = 8  # G completions per prompt
     max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float = 1.0  # rollout sampling temperature (log-probs are taken at the same temperature)
+    top_p: float = 1.0  # rollout nucleus mass
+    top_k: int = 0  # rollout top-k (0 = off)
     rollout_impl: str = "engine"  # engine (KV cache, shared prefill) | plain (reference: full recompute per token)
     ignore_eos: bool = False  # benchmarks: every completion runs to max_new_tokens
     # rewards: names from tinyseek.rewards (accuracy, format, language, length) or `pkg.mod:func` (TRL signature)
-    rewards: list[str] = field(default_factory=lambda: ["accuracy"])
+    rewards: list[str] = field(default_factory=lambda: ["accuracy"])  # names or pkg.mod:func, comma-separated on the CLI
     reward_weights: list[float] = field(default_factory=list)  # default: 1 each
     # the objective
     loss_type: str = "dapo"  # grpo | dr_grpo | dapo
-    epsilon: float = 0.2
+    epsilon: float = 0.2  # clip range below (and above, unless epsilon_high)
     epsilon_high: float | None = None  # None = epsilon (symmetric)
     beta: float = 0.0  # KL weight; 0 = no reference model kept
     scale_rewards: str = "group"  # group | batch | none
@@ -277,9 +277,9 @@ class GrpoConfig(TrainConfig):
     sample_every: int = 10  # write RUN/samples/step-N.jsonl every N steps (0 = never)
     samples_logged: int = 16  # completions per samples file
     eval_data: str = ""  # held-out records; default: the task's test split
-    eval_n: int = 200
+    eval_n: int = 200  # held-out problems per evaluation (every eval_every steps and at the end)
     eval_samples: int = 1  # pass@1 = mean accuracy over this many samples per problem at eval_temperature
-    eval_temperature: float = 1.0
+    eval_temperature: float = 1.0  # sampling temperature of the held-out pass@1
 
     def validate(self) -> None:
         super().validate()
