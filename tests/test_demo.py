@@ -23,6 +23,8 @@ STAGE_OUTPUTS = {  # stage -> files it must leave
     "eval-sft": ["eval.json"],
     "grpo": ["final/model.safetensors", "metrics.jsonl", "summary.json"],
     "eval-grpo": ["eval.json"],
+    "sft-control": ["final/model.safetensors", "metrics.jsonl", "summary.json"],
+    "eval-sft-control": ["eval.json"],
     "sample": ["sft.jsonl"],
     "distill": ["final/model.safetensors", "metrics.jsonl", "summary.json", "teacher_topk.safetensors"],
     "eval-student": ["eval.json"],
@@ -62,7 +64,7 @@ def test_report_numbers_agree_with_metrics_and_eval_files(demo_run):
     run, _ = demo_run
     rep = json.loads((run / "report" / "report.json").read_text())
     ev = {e["stage"]: e for e in rep["evals"]}
-    assert set(ev) == {"eval-sft", "eval-grpo", "eval-student"}
+    assert set(ev) == {"eval-sft", "eval-grpo", "eval-sft-control", "eval-student"}
     for name, e in ev.items():
         src = json.loads((run / name / "eval.json").read_text())
         K = src["samples"]
@@ -74,7 +76,7 @@ def test_report_numbers_agree_with_metrics_and_eval_files(demo_run):
         per = [sum(c or 0 for c in p["correct"]) / K for p in src["problems"]]
         assert e["pass@1"] == pytest.approx(sum(per) / len(per))
     st = {r["name"]: r for r in rep["stages"]}
-    for name in ("pretrain", "sft", "grpo", "distill"):
+    for name in ("pretrain", "sft", "grpo", "sft-control", "distill"):
         metrics = read_metrics(run / name / "metrics.jsonl")
         summary = json.loads((run / name / "summary.json").read_text())
         assert st[name]["final_loss"] == metrics[-1]["loss"]
@@ -83,7 +85,7 @@ def test_report_numbers_agree_with_metrics_and_eval_files(demo_run):
     grpo = read_metrics(run / "grpo" / "metrics.jsonl")
     assert rep["rl"]["reward"]["last"] == grpo[-1]["reward"]
     comp = {c["stage"]: c for c in rep["comparisons"]}
-    assert comp["grpo"]["parent"] == "sft" and comp["distill"]["parent"] == "grpo"
+    assert comp["grpo"]["parent"] == "sft" and comp["distill"]["parent"] == "grpo" and comp["sft-control"]["parent"] == "sft"
     assert comp["distill"]["active_params_ratio"] <= 1 / 3
 
 

@@ -230,7 +230,7 @@ def _run_tokenizer(stage: Stage, out: Path, resume: bool) -> None:
 
 
 TASKS_FIELDS = {"tasks": ["arithmetic"], "seed": 0, "difficulty": None, "splits": {}, "test": 200,
-                "corpus": {}, "corpus_difficulty": None}
+                "corpus": {}, "corpus_difficulty": None, "corpus_format": "plain"}
 
 
 def _difficulty(value: Any, where: str) -> Any:
@@ -281,10 +281,17 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
         test += task.generate(int(f["test"]), seed=int(f["seed"]), split="test", difficulty=diff)
     corpus = []
     cdiff = _difficulty(f["corpus_difficulty"], f"{stage.where}: corpus_difficulty")
+    if f["corpus_format"] not in ("plain", "chat"):
+        raise ConfigError(f"{stage.where}: corpus_format must be plain or chat (got {f['corpus_format']!r})")
+    from tinyseek.tokenizer import BOS, render_chat
+
     for name, n in f["corpus"].items():
         # another seed than the splits': the corpus is background reading, not the SFT/RL problems again
         for r in T.get(name).generate(int(n), seed=int(f["seed"]) + 1, split="train", difficulty=cdiff):
-            corpus.append(r["prompt"] + "\n" + T.completion_text(r))
+            if f["corpus_format"] == "chat":
+                corpus.append(render_chat([{"role": "user", "content": r["prompt"]}])[len(BOS):] + T.completion_text(r))
+            else:
+                corpus.append(r["prompt"] + "\n" + T.completion_text(r))
     with atomic_dir(out) as tmp:
         for k, recs in out_recs.items():
             _write_jsonl(tmp / f"{k}.jsonl", recs)
