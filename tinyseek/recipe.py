@@ -249,7 +249,9 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
     test (count, from the held-out side), seed, difficulty (an int or [lo, hi]), corpus (task -> count:
     worked problems of the train side, prompt + completion, as blank-line separated documents in
     corpus.txt for the tokenizer and pretraining) and corpus_difficulty. Counts are per task. Train and
-    test sides are split by a hash of the problem (tinyseek.tasks), so no held-out problem is ever trained on.
+    test sides are split by a hash of the problem (tinyseek.tasks), so no held-out problem is ever trained on;
+    the splits and the test set hold distinct problems (a task whose side is too small raises). The corpus is
+    drawn independently (background reading), so it can contain problems that are also in a split.
     """
     f = {**TASKS_FIELDS, **stage.fields}
     unknown = set(f) - set(TASKS_FIELDS)
@@ -271,14 +273,16 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
     for name in names:
         task = T.get(name)
         total = sum(splits.values())
-        train = task.generate(total, seed=int(f["seed"]), split="train", difficulty=diff) if total else []
+        # distinct problems: the splits never share a problem (RL's prompts are not SFT's), and the held-out
+        # set's intervals are over distinct problems
+        train = task.generate(total, seed=int(f["seed"]), split="train", difficulty=diff, unique=True) if total else []
         if len(train) < total:
             raise ConfigError(f"{stage.where}: task {name!r} produced {len(train)} train problems, the splits need {total}")
         i = 0
         for k, n in splits.items():
             out_recs[k] += train[i:i + n]
             i += n
-        test += task.generate(int(f["test"]), seed=int(f["seed"]), split="test", difficulty=diff)
+        test += task.generate(int(f["test"]), seed=int(f["seed"]), split="test", difficulty=diff, unique=True)
     corpus = []
     cdiff = _difficulty(f["corpus_difficulty"], f"{stage.where}: corpus_difficulty")
     if f["corpus_format"] not in ("plain", "chat"):
