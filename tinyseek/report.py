@@ -30,7 +30,7 @@ REPORT_DIR = "report"
 # labelled assumptions (not measurements of this run)
 H200_TRAIN_TOKENS_PER_S = 108_000.0  # transformers DeepseekV3 673M/138M (gpu-500m shape), bf16, grouped_mm, batch 16x1024
 H200_GENERATE_TOKENS_PER_S = 1_390.0  # same model, HF generate, batch 64 x 256 new tokens
-H200_SOURCE = "measured on a lent H200, 2026-11-28 (transformers DeepseekV3 of the gpu-500m shape; /work/shared/notes/h200-measured.md)"
+H200_SOURCE = "measured on a lent H200, 2026-11-28 (transformers DeepseekV3 of the gpu-500m shape; the project's shared notes, h200-measured.md)"
 V3_H800_HOURS = 2.788e6
 V3_COST_USD = 5.576e6
 V3_TOKENS = 14.8e12
