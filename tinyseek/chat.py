@@ -59,6 +59,14 @@ def _stream(engine, prompt_ids: list[int], params: SamplingParams, write) -> str
     return engine.collect(rid).text or ""
 
 
+def _load_chat_engine(args):
+    """A batch-1 engine for interactive use; text in and out needs the checkpoint's tokenizer."""
+    engine = load_engine(args.ckpt, max_batch=1, speculative=args.speculative, dtype=_dtype_arg(args.dtype))
+    if engine.tokenizer is None:
+        raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
+    return engine
+
+
 def cli_generate(argv: list[str]) -> int:
     import argparse
 
@@ -69,9 +77,7 @@ def cli_generate(argv: list[str]) -> int:
     _sampling_flags(ap)
     args = ap.parse_args(argv)
     params = _params(args)
-    engine = load_engine(args.ckpt, max_batch=1, speculative=args.speculative, dtype=_dtype_arg(args.dtype))
-    if engine.tokenizer is None:
-        raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
+    engine = _load_chat_engine(args)
     ids = engine.encode_chat([{"role": "user", "content": args.prompt}]) if not args.raw else engine.tokenizer.encode(args.prompt)
     _stream(engine, ids, params, lambda t: (sys.stdout.write(t), sys.stdout.flush()))
     sys.stdout.write("\n")
@@ -121,9 +127,7 @@ def cli_chat(argv: list[str]) -> int:
     _sampling_flags(ap)
     args = ap.parse_args(argv)
     params = _params(args)
-    engine = load_engine(args.ckpt, max_batch=1, speculative=args.speculative, dtype=_dtype_arg(args.dtype))
-    if engine.tokenizer is None:
-        raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
+    engine = _load_chat_engine(args)
     history = [{"role": "system", "content": args.system}] if args.system else []
     color = not args.no_color and sys.stdout.isatty()
     while True:
