@@ -33,7 +33,7 @@ from tinyseek.config import ConfigError, to_dict
 from tinyseek.data import IGNORE, ExampleStream, collate, read_rows, row_to_messages, sft_example
 from tinyseek.errors import TinyseekError
 from tinyseek.train.distill_loss import KD_KINDS, TeacherCache, build_teacher_cache, kd_loss, teacher_topk
-from tinyseek.train.loop import Loop, TrainConfig, build_model, seed_everything, stage_cli
+from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything, stage_cli
 
 CACHE_FILE = "teacher_topk.safetensors"
 
@@ -122,7 +122,7 @@ def tokenize(tok, rows: list[tuple[str, dict]], max_len: int) -> list[tuple[list
 # the stage
 
 
-class DistillStage:
+class DistillStage(StreamStage):
     """Batches of verified examples; the extra loss is the KD term (white-box) against cached or live teacher top-k."""
 
     def __init__(self, cfg: DistillConfig, examples: list, pad_id: int, cache: TeacherCache | None = None,
@@ -154,12 +154,6 @@ class DistillStage:
             micro.append(mb)
         extra = self.extra_loss if self.cfg.mode == "whitebox" else None
         return loop.supervised_step(micro, extra_loss=extra)
-
-    def state_dict(self) -> dict:
-        return self.stream.state_dict()
-
-    def load_state_dict(self, s: dict) -> None:
-        self.stream.load_state_dict(s)
 
 
 def _tokenizer_path(cfg: DistillConfig) -> Path:

@@ -8,7 +8,8 @@ A stage (pretrain, sft, grpo, distill) is an object with one required method and
         def state_dict(self) -> dict: ...                  # optional; data position etc., saved in checkpoints
         def load_state_dict(self, d: dict) -> None: ...    # optional; restores it on --resume
 
-and a command runs it as
+Pretrain, SFT and distillation draw from a resumable stream and inherit the optional three from
+`StreamStage`. A command runs a stage as
 
     cfg = load_stage_config(MyConfig, argv)                 # a dataclass that subclasses TrainConfig
     seed_everything(cfg.seed)
@@ -295,6 +296,25 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
                 if n > best_n:
                     best, best_n = p, n
     return best
+
+
+class StreamStage:
+    """The shared part of the supervised stages (pretrain, SFT, distillation): batches come from a resumable
+    data stream, whose position is the stage's checkpointed state, and evaluation is the held-out loss on
+    fixed batches (none: no evaluation). Subclasses set `self.stream` (and `self.eval_batches`) and write
+    `train_step`."""
+
+    stream: Any
+    eval_batches: list[dict] | None = None
+
+    def evaluate(self, loop: "Loop") -> dict:
+        return loop.eval_loss(self.eval_batches) if self.eval_batches else {}
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, s: dict) -> None:
+        self.stream.load_state_dict(s)
 
 
 class Loop:

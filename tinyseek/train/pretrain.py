@@ -16,7 +16,7 @@ from pathlib import Path
 from tinyseek.config import ConfigError, to_dict
 from tinyseek.data import PackedStream, task_documents, text_documents, tokenize_documents
 from tinyseek.tokenizer import MIN_VOCAB, TOKENIZER_FILE, Tokenizer
-from tinyseek.train.loop import Loop, TrainConfig, build_model, seed_everything, stage_cli
+from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything, stage_cli
 
 
 @dataclass
@@ -50,7 +50,7 @@ class PretrainConfig(TrainConfig):
             raise ConfigError("preset: give a model preset, [model] fields, or init")
 
 
-class PretrainStage:
+class PretrainStage(StreamStage):
     """Packed rows from a PackedStream; held-out loss on fixed batches."""
 
     def __init__(self, stream: PackedStream, eval_batches: list[dict]):
@@ -62,15 +62,6 @@ class PretrainStage:
         items = list(range(loop.cfg.batch_size))
         micro = [{"tokens": x[idx[0]:idx[-1] + 1], "targets": y[idx[0]:idx[-1] + 1]} for idx in loop.split_batch(items)]
         return loop.supervised_step(micro)
-
-    def evaluate(self, loop: Loop) -> dict:
-        return loop.eval_loss(self.eval_batches) if self.eval_batches else {}
-
-    def state_dict(self) -> dict:
-        return self.stream.state_dict()
-
-    def load_state_dict(self, s: dict) -> None:
-        self.stream.load_state_dict(s)
 
 
 def prepare(cfg: PretrainConfig, run_dir: Path, resume: bool) -> tuple[Tokenizer, PackedStream, list[dict]]:

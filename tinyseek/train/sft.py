@@ -18,7 +18,7 @@ from pathlib import Path
 from tinyseek.config import ConfigError, to_dict
 from tinyseek.data import ExampleStream, collate, read_rows, sft_examples_from_rows
 from tinyseek.tokenizer import TOKENIZER_FILE, Tokenizer
-from tinyseek.train.loop import Loop, TrainConfig, build_model, seed_everything, stage_cli
+from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything, stage_cli
 
 
 @dataclass
@@ -68,7 +68,7 @@ def _rows(files: list[str], counts: dict[str, int], seed: int, split: str):
     yield from task_rows(counts, seed, split)
 
 
-class SFTStage:
+class SFTStage(StreamStage):
     """Padded batches of chat examples; held-out loss on fixed batches."""
 
     def __init__(self, stream: ExampleStream, eval_batches: list[dict], pad_id: int):
@@ -79,15 +79,6 @@ class SFTStage:
     def train_step(self, loop: Loop) -> dict:
         items = self.stream.next(loop.cfg.batch_size)
         return loop.supervised_step([collate(mb, self.pad_id) for mb in loop.split_batch(items)])
-
-    def evaluate(self, loop: Loop) -> dict:
-        return loop.eval_loss(self.eval_batches) if self.eval_batches else {}
-
-    def state_dict(self) -> dict:
-        return self.stream.state_dict()
-
-    def load_state_dict(self, s: dict) -> None:
-        self.stream.load_state_dict(s)
 
 
 def prepare(cfg: SFTConfig) -> tuple[Tokenizer, ExampleStream, list[dict]]:
