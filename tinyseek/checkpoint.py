@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -78,15 +78,20 @@ def save_checkpoint(model: torch.nn.Module, out: str | Path, tokenizer_file: str
     return out
 
 
-def read_config(path: str | Path) -> ModelConfig:
-    path = Path(path)
-    f = path / CONFIG_FILE
+def read_config_json(path: str | Path, missing: str = f"no {CONFIG_FILE}") -> Any:
+    """A directory's config.json, parsed; a missing or malformed file is a one-line error naming it."""
+    f = Path(path) / CONFIG_FILE
     if not f.is_file():
-        raise TinyseekError(f"{path}: not a checkpoint (no {CONFIG_FILE})")
+        raise TinyseekError(f"{path}: {missing}")
     try:
-        data = json.loads(f.read_text(encoding="utf-8"))
+        return json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise TinyseekError(f"{f}: invalid JSON ({e})") from None
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    f = Path(path) / CONFIG_FILE
+    data = read_config_json(path, missing=f"not a checkpoint (no {CONFIG_FILE})")
     try:
         return ModelConfig.from_dict(data, where=str(f))
     except ConfigError as e:

@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from tinyseek.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, atomic_dir, check_state_dict, read_config, read_weights, write_weights
+from tinyseek.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, atomic_dir, check_state_dict, read_config, read_config_json, read_weights, write_weights
 from tinyseek.config import ConfigError, ModelConfig, parse_overrides, to_dict
 from tinyseek.errors import TinyseekError
 
@@ -229,12 +229,7 @@ def from_hf_config(hf, where: str = "config", mtp_depth: int | None = None) -> M
 def read_hf_config(path: str | Path, weight_keys: list[str] | None = None) -> ModelConfig:
     """ModelConfig of an exported / transformers DeepseekV3 directory (config.json only, nothing allocated)."""
     f = Path(path) / CONFIG_FILE
-    if not f.is_file():
-        raise TinyseekError(f"{path}: no {CONFIG_FILE}")
-    try:
-        raw = json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TinyseekError(f"{f}: invalid JSON ({e})") from None
+    raw = read_config_json(path)
     if not isinstance(raw, dict) or raw.get("model_type") != "deepseek_v3":
         raise ConfigError(f"{f}: model_type: not a transformers DeepseekV3 config (got {raw.get('model_type') if isinstance(raw, dict) else raw!r})")
     # a field config.json leaves out means what transformers would build: its DeepseekV3Config default
@@ -422,7 +417,7 @@ def read_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
         raise TinyseekError(f"{path}: no such directory")
     sd = _read_hf_weights(path)
     cfg = read_hf_config(path, weight_keys=list(sd))
-    raw = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    raw = read_config_json(path)
     return cfg, from_hf_state_dict(sd, cfg, source=str(path), tied=bool(raw.get("tie_word_embeddings", False)),
                                    rope_interleave=bool(raw.get("rope_interleave", True)))
 
