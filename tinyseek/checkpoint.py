@@ -7,50 +7,21 @@ temporary sibling and renames it into place, so a crash or a bad input never lea
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from tinyseek.config import ConfigError, ModelConfig
 from tinyseek.errors import TinyseekError
+from tinyseek.io import atomic_dir  # noqa: F401  (also public here: checkpoints are its main user)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 TRAINER_STATE_FILE = "trainer_state.pt"
-
-
-@contextlib.contextmanager
-def atomic_dir(out: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary sibling of `out` to fill; rename it to `out` only if the block succeeds.
-
-    On any exception the temporary directory is removed and `out` is left exactly as it was.
-    """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise TinyseekError(f"{out}: already exists")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _contiguous_cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -258,7 +258,7 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
     if unknown:
         raise ConfigError(f"{stage.where}: unknown field {sorted(unknown)[0]!r} for a tasks stage (known: {', '.join(TASKS_FIELDS)})")
     from tinyseek import tasks as T
-    from tinyseek.checkpoint import atomic_dir
+    from tinyseek.io import atomic_dir
 
     names = f["tasks"] if isinstance(f["tasks"], list) else [f["tasks"]]
     for n in [*names, *f["corpus"]]:
@@ -330,7 +330,7 @@ def _run_eval(stage: Stage, out: Path, resume: bool) -> None:
         if not f[k]:
             raise ConfigError(f"{stage.where}: an eval stage needs {k}")
     from tinyseek import tasks
-    from tinyseek.checkpoint import atomic_dir
+    from tinyseek.io import atomic_dir
     from tinyseek.engine import load_engine
     from tinyseek.evaluate import evaluate
     from tinyseek.sampling import SamplingParams

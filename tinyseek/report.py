@@ -568,7 +568,7 @@ def plot_expert_load(data: dict, path: Path) -> bool:
 def write_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_price: float | None = None,
                  plots: bool = True) -> dict:
     """Build the report and write RUN/report/ (atomically); returns the report with a "console" string added."""
-    from tinyseek.checkpoint import atomic_dir
+    from tinyseek.io import atomic_dir
 
     run = Path(run)
     rep = build_report(run, cpu_hour_price, gpu_hour_price)

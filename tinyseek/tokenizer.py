@@ -236,7 +236,7 @@ def cli_tokenizer(argv: list[str]) -> int:
     if not a.corpus and not names:
         raise TinyseekError("give --corpus FILES and/or --tasks NAMES")
     texts: list[str] = task_texts(names, a.n_per_task, a.seed) if names else []
-    from tinyseek.data import text_documents
+    from tinyseek.io import text_documents
 
     lines = [d for f in a.corpus for d in text_documents(f)]  # read (and check) every file before anything is written
     tok = Tokenizer.train(texts + lines, a.vocab_size)

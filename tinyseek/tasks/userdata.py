@@ -4,7 +4,7 @@ Each row needs a question (`prompt` or `question`; a string, or a chat list of m
 GSM8K-style answers (`reasoning ... #### 42`) keep the final value as the answer, and the reasoning (with
 GSM8K's `<<48/2=24>>` calculator notes removed, ending in the answer) as the solution; a `solution` column
 wins over that. Other columns (`task`, `numbers`, `target`, ...) are kept, so a user's countdown file is
-checked by the countdown verifier. File reading (and its file:line errors) is tinyseek.data.read_rows.
+checked by the countdown verifier. File reading (and its file:line errors) is tinyseek.io.read_rows.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def row_to_record(row, where: str, index: int, source: str) -> dict:
 
 def load_records(path) -> list[dict]:
     """All rows of a user dataset as records. A bad row raises TinyseekError naming the file and line (row).
-    (A DatasetDict directory contributes its "train" split, as tinyseek.data.read_rows reads it.)"""
-    from tinyseek.data import read_rows
+    (A DatasetDict directory contributes its "train" split, as tinyseek.io.read_rows reads it.)"""
+    from tinyseek.io import read_rows
 
     p = Path(path)
     if not p.exists():

@@ -156,7 +156,7 @@ def write_rows(rows: list[dict], path: Path) -> None:
 def cli_sample(argv: list[str]) -> int:
     import argparse
 
-    from tinyseek.checkpoint import atomic_dir
+    from tinyseek.io import atomic_dir
     from tinyseek.config import from_dict, read_file
 
     ap = argparse.ArgumentParser(prog="tinyseek sample",

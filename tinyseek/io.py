@@ -1,0 +1,134 @@
+"""Files in and out: the row readers every dataset goes through, and the one atomic writer.
+
+Readers name the file and line (or row) of anything they cannot read, so a bad file is a one-line error.
+Writers never leave half a file or half a directory: they fill a temporary sibling and rename it into
+place, so a crash, a full disk or a bad input leaves the old contents (or nothing) behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from tinyseek.errors import TinyseekError
+
+# ----------------------------------------------------------------------------------------------
+# reading
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """Rows of a JSONL / JSON-array / Parquet file or a `datasets` directory, as (where, row) pairs;
+    `where` is "file:line" (or "file:row N") for error messages."""
+    p = Path(path)
+    if p.is_dir():
+        try:
+            import datasets
+
+            ds = datasets.load_from_disk(str(p))
+        except Exception as e:
+            raise TinyseekError(f"{p}: not a datasets directory ({str(e).splitlines()[0]})") from None
+        if hasattr(ds, "keys"):  # a DatasetDict: take "train"
+            if "train" not in ds:
+                raise TinyseekError(f"{p}: a DatasetDict without a 'train' split")
+            ds = ds["train"]
+        for i, row in enumerate(ds):
+            yield f"{p}:row {i}", row
+        return
+    if not p.is_file():
+        raise TinyseekError(f"{p}: no such data file")
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(p)
+        except Exception as e:
+            raise TinyseekError(f"{p}: unreadable Parquet file ({str(e).splitlines()[0]})") from None
+        for i, row in enumerate(table.to_pylist()):
+            yield f"{p}:row {i}", row
+        return
+    if p.suffix == ".json":
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TinyseekError(f"{p}: invalid JSON ({e})") from None
+        if not isinstance(data, list):
+            raise TinyseekError(f"{p}: expected a JSON array of rows")
+        for i, row in enumerate(data):
+            yield f"{p}:item {i}", row
+        return
+    with open(p, encoding="utf-8") as fh:
+        try:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise TinyseekError(f"{p}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+                yield f"{p}:{n}", row
+        except UnicodeDecodeError as e:
+            raise TinyseekError(f"{p}: not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def text_documents(path: str | Path) -> list[str]:
+    """Plain-text documents of a file: `.txt` paragraphs (split at blank lines), or `text` of each JSONL row."""
+    p = Path(path)
+    if p.suffix in (".txt", ".md", ""):
+        if not p.is_file():
+            raise TinyseekError(f"{p}: no such text file")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise TinyseekError(f"{p}: not UTF-8 ({e.reason} at byte {e.start})") from None
+        docs, cur = [], []
+        for line in text.splitlines():
+            if line.strip():
+                cur.append(line)
+            elif cur:
+                docs.append("\n".join(cur))
+                cur = []
+        if cur:
+            docs.append("\n".join(cur))
+        return docs
+    out = []
+    for where, row in read_rows(p):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise TinyseekError(f"{where}: expected an object with a string field 'text'")
+        out.append(row["text"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling of `out` to fill; rename it to `out` only if the block succeeds.
+
+    On any exception the temporary directory is removed and `out` is left exactly as it was.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise TinyseekError(f"{out}: already exists")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
