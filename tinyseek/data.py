@@ -27,7 +27,8 @@ import torch
 
 from tinyseek.errors import TinyseekError
 from tinyseek.io import read_rows, text_documents  # noqa: F401  (also public here: the dataset code reads through them)
-from tinyseek.tokenizer import BOS, Tokenizer, render_chat
+from tinyseek.r1 import BOS, render_chat
+from tinyseek.tokenizer import Tokenizer
 
 IGNORE = -100
 

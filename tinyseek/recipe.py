@@ -287,7 +287,7 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
     cdiff = _difficulty(f["corpus_difficulty"], f"{stage.where}: corpus_difficulty")
     if f["corpus_format"] not in ("plain", "chat"):
         raise ConfigError(f"{stage.where}: corpus_format must be plain or chat (got {f['corpus_format']!r})")
-    from tinyseek.tokenizer import BOS, render_chat
+    from tinyseek.r1 import BOS, render_chat
 
     for name, n in f["corpus"].items():
         # another seed than the splits': the corpus is background reading, not the SFT/RL problems again

@@ -1,4 +1,4 @@
-"""Byte-level BPE tokenizer (Hugging Face `tokenizers`), the special tokens, and the R1 chat template.
+"""Byte-level BPE tokenizer (Hugging Face `tokenizers`) over the R1 special tokens, and `tinyseek tokenizer`.
 
 Why these choices:
 - Byte level: the base alphabet is the 256 byte values, so any string (Chinese, emoji, control
@@ -12,14 +12,8 @@ Why these choices:
   flip side: a user text that contains `<think>` literally is read as the special token; the chat
   formats here rely on that.)
 
-The chat template is DeepSeek-R1's:
-
-    <｜begin▁of▁sentence｜>{system}<｜User｜>{user}<｜Assistant｜>{completion}<｜end▁of▁sentence｜>...
-
-where a completion is `<think>...</think><answer>...</answer>`. As in R1's template, assistant turns
-in the history are reduced to what follows their last `</think>` (the reasoning is dropped), and a
-generation prompt is the bare `<｜Assistant｜>`. `CHAT_TEMPLATE` is the same thing in jinja, written
-into exported model directories (`hf_tokenizer_files`) so transformers' `apply_chat_template` matches.
+The special tokens and the chat template are the R1 text format (tinyseek/r1.py); `hf_tokenizer_files`
+writes them next to tokenizer.json so transformers' AutoTokenizer and `apply_chat_template` agree.
 """
 
 from __future__ import annotations
@@ -31,56 +25,25 @@ from pathlib import Path
 from typing import Iterable
 
 from tinyseek.errors import TinyseekError
+from tinyseek.r1 import (  # noqa: F401  (also public here: the tokenizer is where they are looked for)
+    ANSWER,
+    ANSWER_END,
+    ASSISTANT,
+    BOS,
+    CHAT_TEMPLATE,
+    EOS,
+    PAD,
+    SPECIAL_TOKENS,
+    THINK,
+    THINK_END,
+    USER,
+    render_chat,
+    strip_reasoning,
+)
 
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
-USER = "<｜User｜>"
-ASSISTANT = "<｜Assistant｜>"
-THINK, THINK_END = "<think>", "</think>"
-ANSWER, ANSWER_END = "<answer>", "</answer>"
-PAD = "<｜pad｜>"
-SPECIAL_TOKENS = [BOS, EOS, USER, ASSISTANT, THINK, THINK_END, ANSWER, ANSWER_END, PAD]
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
 
 TOKENIZER_FILE = "tokenizer.json"
-
-# The jinja twin of Tokenizer.chat (checked against it in tests/test_tokenizer.py).
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}{% endif %}{% endfor %}"
-    "{% for m in messages %}"
-    "{% if m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}"
-    "{% elif m['role'] == 'assistant' %}"
-    "{% set c = m['content'] %}{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}"
-    "{{ '<｜Assistant｜>' + c + eos_token }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
-)
-
-
-def strip_reasoning(content: str) -> str:
-    """What R1's template keeps of an assistant turn in the history: the text after the last `</think>`."""
-    return content.split(THINK_END)[-1] if THINK_END in content else content
-
-
-def render_chat(messages: list[dict], add_generation_prompt: bool = True, where: str = "messages") -> str:
-    """The R1 chat template in Python (equal in effect to CHAT_TEMPLATE). `where` names the source in errors."""
-    if not isinstance(messages, list):
-        raise TinyseekError(f"{where}: expected a list of messages, got {type(messages).__name__}")
-    parts = [BOS]
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant"):
-            raise TinyseekError(f"{where}[{i}]: a message needs role system|user|assistant and a string content")
-    parts += [m["content"] for m in messages if m["role"] == "system"]
-    for m in messages:
-        if m["role"] == "user":
-            parts.append(USER + m["content"])
-        elif m["role"] == "assistant":
-            parts.append(ASSISTANT + strip_reasoning(m["content"]) + EOS)
-    if add_generation_prompt:
-        parts.append(ASSISTANT)
-    return "".join(parts)
 
 
 class Tokenizer:

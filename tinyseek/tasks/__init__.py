@@ -21,6 +21,7 @@ import sys
 import time
 
 from tinyseek.errors import TinyseekError
+from tinyseek.r1 import completion_text  # noqa: F401  (also public here: tasks.completion_text(rec))
 from tinyseek.tasks.arithmetic import Arithmetic
 from tinyseek.tasks.base import Task
 from tinyseek.tasks.countdown import Countdown
@@ -49,11 +50,6 @@ def get(name: str) -> Task:
     if name not in _REGISTRY:
         raise TinyseekError(f"unknown task {name!r}; choose from {', '.join(_REGISTRY)}")
     return _REGISTRY[name]()
-
-
-def completion_text(rec: dict) -> str:
-    """The R1-format completion for a record: its trace in a think block, then its answer."""
-    return f"<think>\n{rec['solution']}\n</think>\n<answer>{rec['answer']}</answer>"
 
 
 def load_records(path) -> list[dict]:

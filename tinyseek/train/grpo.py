@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from tinyseek.config import ConfigError
+from tinyseek.r1 import R1_ZERO_TEMPLATE
 from tinyseek.train.loop import TrainConfig
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
@@ -215,14 +216,6 @@ def token_logprobs(hidden: torch.Tensor, ids: torch.Tensor, head: torch.nn.Modul
 
 # ----------------------------------------------------------------------------------------------
 # configuration
-
-R1_ZERO_TEMPLATE = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
-    "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
-    "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
-    "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
-    "User: {prompt}. Assistant:"
-)  # DeepSeek-R1 paper, Table 1
 
 
 @dataclass

@@ -1,0 +1,81 @@
+"""The R1 text format: special tokens, the chat template, and how a solved problem reads as a completion.
+
+The chat template is DeepSeek-R1's:
+
+    <｜begin▁of▁sentence｜>{system}<｜User｜>{user}<｜Assistant｜>{completion}<｜end▁of▁sentence｜>...
+
+where a completion is `<think>...</think><answer>...</answer>`. As in R1's template, assistant turns
+in the history are reduced to what follows their last `</think>` (the reasoning is dropped), and a
+generation prompt is the bare `<｜Assistant｜>`. `CHAT_TEMPLATE` is the same thing in jinja, for
+transformers' `apply_chat_template`.
+
+Everything that writes or reads this format (the tokenizer, the datasets, the tasks' worked solutions,
+GRPO's prompts, the server's reasoning split) takes it from here, so the format is defined once.
+"""
+
+from __future__ import annotations
+
+from tinyseek.errors import TinyseekError
+
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+USER = "<｜User｜>"
+ASSISTANT = "<｜Assistant｜>"
+THINK, THINK_END = "<think>", "</think>"
+ANSWER, ANSWER_END = "<answer>", "</answer>"
+PAD = "<｜pad｜>"
+SPECIAL_TOKENS = [BOS, EOS, USER, ASSISTANT, THINK, THINK_END, ANSWER, ANSWER_END, PAD]
+
+
+# The jinja twin of render_chat, written into exported model directories so transformers' apply_chat_template
+# matches (checked against render_chat in tests/test_tokenizer.py).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}"
+    "{% set c = m['content'] %}{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}"
+    "{{ '<｜Assistant｜>' + c + eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
+)
+
+
+def strip_reasoning(content: str) -> str:
+    """What R1's template keeps of an assistant turn in the history: the text after the last `</think>`."""
+    return content.split(THINK_END)[-1] if THINK_END in content else content
+
+
+def render_chat(messages: list[dict], add_generation_prompt: bool = True, where: str = "messages") -> str:
+    """The R1 chat template in Python (equal in effect to CHAT_TEMPLATE). `where` names the source in errors."""
+    if not isinstance(messages, list):
+        raise TinyseekError(f"{where}: expected a list of messages, got {type(messages).__name__}")
+    parts = [BOS]
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant"):
+            raise TinyseekError(f"{where}[{i}]: a message needs role system|user|assistant and a string content")
+    parts += [m["content"] for m in messages if m["role"] == "system"]
+    for m in messages:
+        if m["role"] == "user":
+            parts.append(USER + m["content"])
+        elif m["role"] == "assistant":
+            parts.append(ASSISTANT + strip_reasoning(m["content"]) + EOS)
+    if add_generation_prompt:
+        parts.append(ASSISTANT)
+    return "".join(parts)
+
+
+def completion_text(rec: dict) -> str:
+    """The R1-format completion for a task record: its trace in a think block, then its answer."""
+    return f"<think>\n{rec['solution']}\n</think>\n<answer>{rec['answer']}</answer>"
+
+
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
+    "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
+    "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
+    "User: {prompt}. Assistant:"
+)  # DeepSeek-R1 paper, Table 1: the prompt of R1-Zero, for base models that never saw the chat template
