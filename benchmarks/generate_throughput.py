@@ -126,7 +126,7 @@ def main() -> int:
     if not args.skip_hf:
         import transformers
 
-        from tinyseek.hf import export_dir
+        from tinyseek.checkpoint import export_dir
 
         tmp = tempfile.mkdtemp(prefix="tinyseek-bench-")
         export_dir(cfg, model.state_dict(), Path(tmp) / "hf")

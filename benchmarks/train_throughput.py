@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tinyseek import cost  # noqa: E402
 from tinyseek.config import ModelConfig  # noqa: E402
-from tinyseek.hf import export_dir  # noqa: E402
+from tinyseek.checkpoint import export_dir  # noqa: E402
 from tinyseek.model import Transformer  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -221,7 +221,7 @@ def test_bad_requests_raise_one_line_errors(model):
 def test_greedy_equals_transformers_generate(tmp_path):
     """Same exported weights, a left-padded batch of prompts of different lengths, token for token."""
     transformers = pytest.importorskip("transformers")
-    from tinyseek.hf import export_dir
+    from tinyseek.checkpoint import export_dir
 
     m = _model(seed=3)
     export_dir(m.cfg, m.state_dict(), tmp_path / "hf")
@@ -242,7 +242,7 @@ def test_greedy_equals_transformers_generate(tmp_path):
 def test_hf_engine_matches_engine_on_exported_weights(tmp_path):
     """The adapter (left padding, its own cache, row dropping) gives the engine's tokens, greedy and seeded."""
     transformers = pytest.importorskip("transformers")
-    from tinyseek.hf import export_dir
+    from tinyseek.checkpoint import export_dir
     from tinyseek.hf_engine import HFEngine
 
     m = _model(seed=4)
@@ -332,7 +332,7 @@ def test_bf16_engine_keeps_a_trained_models_answers(r1_checkpoint):
 def test_load_engine_picks_the_implementation(tmp_path):
     transformers = pytest.importorskip("transformers")
     from tinyseek.engine import load_engine
-    from tinyseek.hf import export_dir
+    from tinyseek.checkpoint import export_dir
     from tinyseek.hf_engine import HFEngine
 
     m = _model(seed=5)

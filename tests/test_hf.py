@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tinyseek.checkpoint import read_config, read_weights, save_checkpoint
+from tinyseek.checkpoint import (cli_export, cli_import, cli_init, export_dir, import_dir, load_hf_as_tinyseek, read_config,
+                                 read_weights, save_checkpoint)
 from tinyseek.config import ConfigError, ModelConfig
 from tinyseek.errors import TinyseekError
-from tinyseek.hf import (MTP_PREFIX, cli_export, cli_import, cli_init, export_dir, from_hf_state_dict, import_dir,
-                         load_hf_as_tinyseek, to_hf_config)
+from tinyseek.hf import MTP_PREFIX, from_hf_state_dict, to_hf_config
 from tinyseek.model import Transformer
 
 transformers = pytest.importorskip("transformers")
@@ -263,7 +263,7 @@ def test_import_reads_deepseek_layout_mtp(tmp_path):
 def test_old_style_rope_scaling_and_missing_fields(tmp_path):
     """DeepSeek's released config.json spells YaRN as `rope_scaling` with a top-level `rope_theta`; fields a
     config.json leaves out take transformers' defaults (what from_pretrained would build)."""
-    from tinyseek.hf import read_hf_config
+    from tinyseek.checkpoint import read_hf_config
 
     cfg = ModelConfig.preset("nano", max_seq_len=128, original_seq_len=32, rope_factor=4.0, mscale=1.0, mtp_depth=0)
     d = to_hf_config(cfg).to_dict()

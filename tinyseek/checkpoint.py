@@ -1,12 +1,17 @@
-"""Checkpoint directories: written whole or not at all, and checked tensor by tensor when read.
+"""Checkpoint directories: written whole or not at all, checked tensor by tensor when read; init/export/import.
 
 A checkpoint is a directory: `config.json` (ModelConfig), `model.safetensors`, `tokenizer.json` when the
 model has one, and `trainer_state.pt` when it carries training state. Every writer builds it in a hidden
 temporary sibling and renames it into place, so a crash or a bad input never leaves half a checkpoint.
+
+The other directory tinyseek reads and writes is transformers' DeepseekV3 layout (`tinyseek export` /
+`tinyseek import`; tinyseek/hf.py maps its names and fields), so a model trained here loads with
+`AutoModelForCausalLM.from_pretrained` and a transformers DeepseekV3 model trains here.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -14,14 +19,17 @@ from typing import Any
 
 import torch
 
-from tinyseek.config import ConfigError, ModelConfig
+from tinyseek.config import ConfigError, ModelConfig, parse_overrides
 from tinyseek.errors import TinyseekError
+from tinyseek.hf import check_exportable, check_state_dict, from_hf_state_dict, hf_config_from_json, meta_model, to_hf_config, to_hf_state_dict
 from tinyseek.io import atomic_dir  # noqa: F401  (also public here: checkpoints are its main user)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 TRAINER_STATE_FILE = "trainer_state.pt"
+NEVER_ALLOCATE = ("deepseek-v3-671b",)  # presets for accounting only
+MAX_INIT_PARAMS = 20e9  # init refuses anything bigger: it would be allocated in float32 on this machine
 
 
 def _contiguous_cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -81,19 +89,6 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise TinyseekError(f"{f}: unreadable safetensors file ({e})") from None
 
 
-def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], source: str) -> None:
-    """One-line error naming the first missing, unexpected or misshaped tensor."""
-    missing = [k for k in expected if k not in got]
-    if missing:
-        raise TinyseekError(f"{source}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    extra = [k for k in got if k not in expected]
-    if extra:
-        raise TinyseekError(f"{source}: unexpected tensor {extra[0]!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-    for k, v in expected.items():
-        if tuple(got[k].shape) != tuple(v.shape):
-            raise TinyseekError(f"{source}: tensor {k!r} has shape {tuple(got[k].shape)}, the config expects {tuple(v.shape)}")
-
-
 def is_hf_dir(path: str | Path) -> bool:
     """A transformers directory (config.json with a model_type) rather than a tinyseek checkpoint."""
     f = Path(path) / CONFIG_FILE
@@ -111,8 +106,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     if not path.is_dir():
         raise TinyseekError(f"{path}: no such checkpoint directory")
     if is_hf_dir(path):
-        from tinyseek.hf import load_hf_as_tinyseek
-
         model = load_hf_as_tinyseek(path)
     else:
         from tinyseek.model import Transformer
@@ -127,3 +120,171 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         model.to(dtype=dtype)
     model.eval()
     return model
+
+
+# ----------------------------------------------------------------------------------------------
+# transformers DeepseekV3 directories
+
+
+def read_hf_config(path: str | Path, weight_keys: list[str] | None = None) -> ModelConfig:
+    """ModelConfig of an exported / transformers DeepseekV3 directory (config.json only, nothing allocated)."""
+    return hf_config_from_json(read_config_json(path), where=str(Path(path) / CONFIG_FILE), weight_keys=weight_keys)
+
+
+def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a transformers directory: model.safetensors, or the shards its index names."""
+    from safetensors.torch import load_file
+
+    index = path / "model.safetensors.index.json"
+    if (path / WEIGHTS_FILE).is_file():
+        return read_weights(path)
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        out: dict[str, torch.Tensor] = {}
+        for name in files:
+            f = path / name
+            if not f.is_file():
+                raise TinyseekError(f"{index}: shard {name} is missing")
+            try:
+                out.update(load_file(str(f)))
+            except Exception as e:
+                raise TinyseekError(f"{f}: unreadable safetensors file ({e})") from None
+        return out
+    raise TinyseekError(f"{path}: no {WEIGHTS_FILE}")
+
+
+def read_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(ModelConfig, tinyseek state dict) of a transformers DeepseekV3 directory, checked against each other."""
+    path = Path(path)
+    if not path.is_dir():
+        raise TinyseekError(f"{path}: no such directory")
+    sd = _read_hf_weights(path)
+    cfg = read_hf_config(path, weight_keys=list(sd))
+    raw = read_config_json(path)
+    return cfg, from_hf_state_dict(sd, cfg, source=str(path), tied=bool(raw.get("tie_word_embeddings", False)),
+                                   rope_interleave=bool(raw.get("rope_interleave", True)))
+
+
+def load_hf_as_tinyseek(path: str | Path):
+    """A transformers DeepseekV3 directory (e.g. a tinyseek export) as a tinyseek Transformer (float32, CPU)."""
+    from tinyseek.model import Transformer
+
+    cfg, sd = read_hf_dir(path)
+    model = Transformer(cfg)
+    model.load_state_dict(sd)
+    return model
+
+
+def _token_ids(tokenizer_file: Path | None) -> dict:
+    if tokenizer_file is None or not tokenizer_file.is_file():
+        return {}
+    from tinyseek.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tokenizer_file)
+    return dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+
+
+def export_dir(cfg: ModelConfig, sd: dict[str, torch.Tensor], out: str | Path, tokenizer_file: str | Path | None = None,
+               source: str = "checkpoint") -> Path:
+    """Write `sd` (tinyseek names) as a transformers DeepseekV3 directory, atomically."""
+    from safetensors.torch import save_file
+
+    check_exportable(cfg)
+    check_state_dict(meta_model(cfg).state_dict(), sd, source)
+    tokenizer_file = Path(tokenizer_file) if tokenizer_file is not None else None
+    dtypes = {v.dtype for k, v in sd.items() if not k.endswith("gate.bias")}
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    hf_cfg = to_hf_config(cfg, dtype=dtype, **_token_ids(tokenizer_file))
+    hf_sd = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_state_dict(sd, cfg).items()}
+    with atomic_dir(out) as tmp:
+        hf_cfg.to_json_file(str(tmp / CONFIG_FILE))
+        save_file(hf_sd, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        if tokenizer_file is not None and tokenizer_file.is_file():
+            from tinyseek.tokenizer import hf_tokenizer_files
+
+            shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
+            for name, text in hf_tokenizer_files(tokenizer_file).items():
+                (tmp / name).write_text(text, encoding="utf-8")
+    return Path(out)
+
+
+def import_dir(path: str | Path, out: str | Path) -> Path:
+    """Write a transformers DeepseekV3 directory as a tinyseek checkpoint, atomically."""
+    cfg, sd = read_hf_dir(path)
+    tok = Path(path) / TOKENIZER_FILE
+    with atomic_dir(out) as tmp:
+        write_weights(tmp, cfg, sd, tok if tok.is_file() else None)
+    return Path(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+
+
+def init_model(cfg: ModelConfig, seed: int = 0, name: str = ""):
+    """A randomly initialised Transformer for `cfg`; refuses configs that must never be allocated."""
+    from tinyseek.cost import mtp_params, total_params
+
+    if name in NEVER_ALLOCATE:
+        raise TinyseekError(f"preset {name!r} is for parameter and FLOP accounting only (tinyseek cost --preset {name}); it is never allocated")
+    n = total_params(cfg) + mtp_params(cfg)
+    if n > MAX_INIT_PARAMS:
+        raise TinyseekError(f"config: {n / 1e9:.1f}B parameters ({n * 4 / 2**30:.0f} GiB in float32) is more than init allocates (limit {MAX_INIT_PARAMS / 1e9:.0f}B)")
+    from tinyseek.model import Transformer
+
+    torch.manual_seed(seed)
+    return Transformer(cfg)
+
+
+def cli_init(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="tinyseek init", description="Write a randomly initialised checkpoint. Extra --FIELD VALUE pairs override ModelConfig fields.",
+                                epilog="example: tinyseek init --preset nano --out ckpt --seed 1 --n_layers 4")
+    p.add_argument("--preset", required=True, help="named ModelConfig preset (nano, tiny, tiny-dense, small, gpu-500m)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write (replaced atomically)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the initialisation")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json (or a directory holding one) to store with the checkpoint")
+    args, rest = p.parse_known_args(argv)
+    overrides = parse_overrides(rest)
+    if args.preset in NEVER_ALLOCATE:
+        raise TinyseekError(f"preset {args.preset!r} is for parameter and FLOP accounting only (tinyseek cost --preset {args.preset}); it is never allocated")
+    cfg = ModelConfig.preset(args.preset, **overrides)
+    tok_file = None
+    if args.tokenizer is not None:
+        from tinyseek.tokenizer import Tokenizer
+
+        tok = Tokenizer.load(args.tokenizer)
+        if tok.vocab_size > cfg.vocab_size:
+            raise ConfigError(f"vocab_size: the tokenizer {tok.path} has {tok.vocab_size} tokens, more than vocab_size={cfg.vocab_size}")
+        tok_file = tok.path
+    model = init_model(cfg, args.seed, args.preset)
+    from tinyseek.cost import total_params
+
+    save_checkpoint(model, args.out, tokenizer_file=tok_file)
+    print(f"wrote {args.out}: preset {args.preset}, {total_params(cfg) / 1e6:.2f}M parameters (+{cfg.mtp_depth} MTP), seed {args.seed}")
+    return 0
+
+
+def cli_export(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="tinyseek export", description="Export a checkpoint as a transformers DeepseekV3 directory "
+                                "(AutoModelForCausalLM.from_pretrained(DIR) loads it, no remote code).")
+    p.add_argument("checkpoint", help="tinyseek checkpoint directory")
+    p.add_argument("--out", required=True, help="directory to write (replaced atomically)")
+    args = p.parse_args(argv)
+    src = Path(args.checkpoint)
+    if not src.is_dir():
+        raise TinyseekError(f"{src}: no such checkpoint directory")
+    cfg = read_config(src)
+    sd = read_weights(src)
+    export_dir(cfg, sd, args.out, tokenizer_file=src / TOKENIZER_FILE, source=str(src / WEIGHTS_FILE))
+    print(f"wrote {args.out}: transformers DeepseekV3ForCausalLM ({len(sd)} tensors{', tokenizer' if (src / TOKENIZER_FILE).is_file() else ''})")
+    return 0
+
+
+def cli_import(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="tinyseek import", description="Import a transformers DeepseekV3 directory as a tinyseek checkpoint.")
+    p.add_argument("directory", help="transformers DeepseekV3 directory (config.json + safetensors)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write (replaced atomically)")
+    args = p.parse_args(argv)
+    import_dir(args.directory, args.out)
+    print(f"wrote {args.out}")
+    return 0

@@ -259,7 +259,7 @@ def cli_cost(argv: list[str]) -> int:
         from tinyseek.checkpoint import is_hf_dir, read_config
 
         if is_hf_dir(args.checkpoint):
-            from tinyseek.hf import read_hf_config
+            from tinyseek.checkpoint import read_hf_config
 
             cfg = read_hf_config(args.checkpoint)
         else:

@@ -1,4 +1,7 @@
-"""Interop with transformers' native `DeepseekV3ForCausalLM` (no remote code), and the init/export/import commands.
+"""The mapping between tinyseek and transformers' native `DeepseekV3ForCausalLM` (no remote code): configs and state dicts.
+
+Pure functions on dicts and tensors, like torchtitan's state-dict adapters; reading and writing the
+directories (`tinyseek export` / `import`) is tinyseek/checkpoint.py's.
 
 An exported directory is what `DeepseekV3ForCausalLM.save_pretrained` itself writes: `config.json`
 (model_type deepseek_v3) and one `model.safetensors` with the routed experts split per expert,
@@ -38,22 +41,15 @@ warning; `tinyseek import` reads them back. Import also understands DeepSeek's l
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import shutil
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from tinyseek.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, atomic_dir, check_state_dict, read_config, read_config_json, read_weights, write_weights
-from tinyseek.config import ConfigError, ModelConfig, parse_overrides, to_dict
+from tinyseek.config import ConfigError, ModelConfig, to_dict
 from tinyseek.errors import TinyseekError
 
 MTP_PREFIX = "model.layers.61.mtp"  # + ".{k}." ; see the module docstring
-NEVER_ALLOCATE = ("deepseek-v3-671b",)
-MAX_INIT_PARAMS = 20e9  # init refuses anything bigger: it would be allocated in float32 on this machine
 
 # fields transformers' config has no place for: always stored under config.json's "tinyseek" key
 TINYSEEK_ONLY = ("mtp_depth", "mtp_loss_weight", "bias_update_speed", "seq_aux_alpha", "mla_impl", "moe_impl")
@@ -226,12 +222,12 @@ def from_hf_config(hf, where: str = "config", mtp_depth: int | None = None) -> M
     return ModelConfig.from_dict({**d, **extras}, where=where)
 
 
-def read_hf_config(path: str | Path, weight_keys: list[str] | None = None) -> ModelConfig:
-    """ModelConfig of an exported / transformers DeepseekV3 directory (config.json only, nothing allocated)."""
-    f = Path(path) / CONFIG_FILE
-    raw = read_config_json(path)
+def hf_config_from_json(raw: Any, where: str = "config", weight_keys: list[str] | None = None) -> ModelConfig:
+    """ModelConfig of a transformers DeepseekV3 config.json (parsed), with transformers' defaults for the
+    fields it leaves out; `weight_keys` (the checkpoint's tensor names) give the MTP depth of a file
+    without the `tinyseek` key."""
     if not isinstance(raw, dict) or raw.get("model_type") != "deepseek_v3":
-        raise ConfigError(f"{f}: model_type: not a transformers DeepseekV3 config (got {raw.get('model_type') if isinstance(raw, dict) else raw!r})")
+        raise ConfigError(f"{where}: model_type: not a transformers DeepseekV3 config (got {raw.get('model_type') if isinstance(raw, dict) else raw!r})")
     # a field config.json leaves out means what transformers would build: its DeepseekV3Config default
     from transformers import DeepseekV3Config
 
@@ -245,7 +241,7 @@ def read_hf_config(path: str | Path, weight_keys: list[str] | None = None) -> Mo
         depth = 0
         while f"model.layers.{L + depth}.eh_proj.weight" in keys or f"{MTP_PREFIX}.{depth}.eh_proj.weight" in keys:
             depth += 1
-    return from_hf_config(h, where=str(f), mtp_depth=depth)
+    return from_hf_config(h, where=where, mtp_depth=depth)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,7 +361,20 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, source: st
     return out
 
 
-def _meta_model(cfg: ModelConfig):
+def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], source: str) -> None:
+    """One-line error naming the first missing, unexpected or misshaped tensor."""
+    missing = [k for k in expected if k not in got]
+    if missing:
+        raise TinyseekError(f"{source}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    extra = [k for k in got if k not in expected]
+    if extra:
+        raise TinyseekError(f"{source}: unexpected tensor {extra[0]!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    for k, v in expected.items():
+        if tuple(got[k].shape) != tuple(v.shape):
+            raise TinyseekError(f"{source}: tensor {k!r} has shape {tuple(got[k].shape)}, the config expects {tuple(v.shape)}")
+
+
+def meta_model(cfg: ModelConfig):
     """The model on the meta device: its state dict gives names and shapes without allocating anything."""
     from tinyseek.model import Transformer
 
@@ -381,168 +390,4 @@ def _meta_model(cfg: ModelConfig):
 
 def expected_hf_shapes(cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """transformers name -> a meta tensor of the right shape, for every tensor an export of `cfg` holds."""
-    return to_hf_state_dict(_meta_model(cfg).state_dict(), cfg)
-
-
-# ----------------------------------------------------------------------------------------------
-# directories
-
-
-def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a transformers directory: model.safetensors, or the shards its index names."""
-    from safetensors.torch import load_file
-
-    index = path / "model.safetensors.index.json"
-    if (path / WEIGHTS_FILE).is_file():
-        return read_weights(path)
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        out: dict[str, torch.Tensor] = {}
-        for name in files:
-            f = path / name
-            if not f.is_file():
-                raise TinyseekError(f"{index}: shard {name} is missing")
-            try:
-                out.update(load_file(str(f)))
-            except Exception as e:
-                raise TinyseekError(f"{f}: unreadable safetensors file ({e})") from None
-        return out
-    raise TinyseekError(f"{path}: no {WEIGHTS_FILE}")
-
-
-def read_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(ModelConfig, tinyseek state dict) of a transformers DeepseekV3 directory, checked against each other."""
-    path = Path(path)
-    if not path.is_dir():
-        raise TinyseekError(f"{path}: no such directory")
-    sd = _read_hf_weights(path)
-    cfg = read_hf_config(path, weight_keys=list(sd))
-    raw = read_config_json(path)
-    return cfg, from_hf_state_dict(sd, cfg, source=str(path), tied=bool(raw.get("tie_word_embeddings", False)),
-                                   rope_interleave=bool(raw.get("rope_interleave", True)))
-
-
-def load_hf_as_tinyseek(path: str | Path):
-    """A transformers DeepseekV3 directory (e.g. a tinyseek export) as a tinyseek Transformer (float32, CPU)."""
-    from tinyseek.model import Transformer
-
-    cfg, sd = read_hf_dir(path)
-    model = Transformer(cfg)
-    model.load_state_dict(sd)
-    return model
-
-
-def _token_ids(tokenizer_file: Path | None) -> dict:
-    if tokenizer_file is None or not tokenizer_file.is_file():
-        return {}
-    from tinyseek.tokenizer import Tokenizer
-
-    tok = Tokenizer.load(tokenizer_file)
-    return dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-
-
-def export_dir(cfg: ModelConfig, sd: dict[str, torch.Tensor], out: str | Path, tokenizer_file: str | Path | None = None,
-               source: str = "checkpoint") -> Path:
-    """Write `sd` (tinyseek names) as a transformers DeepseekV3 directory, atomically."""
-    from safetensors.torch import save_file
-
-    check_exportable(cfg)
-    check_state_dict(_meta_model(cfg).state_dict(), sd, source)
-    tokenizer_file = Path(tokenizer_file) if tokenizer_file is not None else None
-    dtypes = {v.dtype for k, v in sd.items() if not k.endswith("gate.bias")}
-    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
-    hf_cfg = to_hf_config(cfg, dtype=dtype, **_token_ids(tokenizer_file))
-    hf_sd = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_state_dict(sd, cfg).items()}
-    with atomic_dir(out) as tmp:
-        hf_cfg.to_json_file(str(tmp / CONFIG_FILE))
-        save_file(hf_sd, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        if tokenizer_file is not None and tokenizer_file.is_file():
-            from tinyseek.tokenizer import hf_tokenizer_files
-
-            shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
-            for name, text in hf_tokenizer_files(tokenizer_file).items():
-                (tmp / name).write_text(text, encoding="utf-8")
-    return Path(out)
-
-
-def import_dir(path: str | Path, out: str | Path) -> Path:
-    """Write a transformers DeepseekV3 directory as a tinyseek checkpoint, atomically."""
-    cfg, sd = read_hf_dir(path)
-    tok = Path(path) / TOKENIZER_FILE
-    with atomic_dir(out) as tmp:
-        write_weights(tmp, cfg, sd, tok if tok.is_file() else None)
-    return Path(out)
-
-
-# ----------------------------------------------------------------------------------------------
-# commands
-
-
-def init_model(cfg: ModelConfig, seed: int = 0, name: str = ""):
-    """A randomly initialised Transformer for `cfg`; refuses configs that must never be allocated."""
-    from tinyseek.cost import mtp_params, total_params
-
-    if name in NEVER_ALLOCATE:
-        raise TinyseekError(f"preset {name!r} is for parameter and FLOP accounting only (tinyseek cost --preset {name}); it is never allocated")
-    n = total_params(cfg) + mtp_params(cfg)
-    if n > MAX_INIT_PARAMS:
-        raise TinyseekError(f"config: {n / 1e9:.1f}B parameters ({n * 4 / 2**30:.0f} GiB in float32) is more than init allocates (limit {MAX_INIT_PARAMS / 1e9:.0f}B)")
-    from tinyseek.model import Transformer
-
-    torch.manual_seed(seed)
-    return Transformer(cfg)
-
-
-def cli_init(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tinyseek init", description="Write a randomly initialised checkpoint. Extra --FIELD VALUE pairs override ModelConfig fields.",
-                                epilog="example: tinyseek init --preset nano --out ckpt --seed 1 --n_layers 4")
-    p.add_argument("--preset", required=True, help="named ModelConfig preset (nano, tiny, tiny-dense, small, gpu-500m)")
-    p.add_argument("--out", required=True, help="checkpoint directory to write (replaced atomically)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the initialisation")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.json (or a directory holding one) to store with the checkpoint")
-    args, rest = p.parse_known_args(argv)
-    overrides = parse_overrides(rest)
-    if args.preset in NEVER_ALLOCATE:
-        raise TinyseekError(f"preset {args.preset!r} is for parameter and FLOP accounting only (tinyseek cost --preset {args.preset}); it is never allocated")
-    cfg = ModelConfig.preset(args.preset, **overrides)
-    tok_file = None
-    if args.tokenizer is not None:
-        from tinyseek.tokenizer import Tokenizer
-
-        tok = Tokenizer.load(args.tokenizer)
-        if tok.vocab_size > cfg.vocab_size:
-            raise ConfigError(f"vocab_size: the tokenizer {tok.path} has {tok.vocab_size} tokens, more than vocab_size={cfg.vocab_size}")
-        tok_file = tok.path
-    model = init_model(cfg, args.seed, args.preset)
-    from tinyseek.checkpoint import save_checkpoint
-    from tinyseek.cost import total_params
-
-    save_checkpoint(model, args.out, tokenizer_file=tok_file)
-    print(f"wrote {args.out}: preset {args.preset}, {total_params(cfg) / 1e6:.2f}M parameters (+{cfg.mtp_depth} MTP), seed {args.seed}")
-    return 0
-
-
-def cli_export(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tinyseek export", description="Export a checkpoint as a transformers DeepseekV3 directory "
-                                "(AutoModelForCausalLM.from_pretrained(DIR) loads it, no remote code).")
-    p.add_argument("checkpoint", help="tinyseek checkpoint directory")
-    p.add_argument("--out", required=True, help="directory to write (replaced atomically)")
-    args = p.parse_args(argv)
-    src = Path(args.checkpoint)
-    if not src.is_dir():
-        raise TinyseekError(f"{src}: no such checkpoint directory")
-    cfg = read_config(src)
-    sd = read_weights(src)
-    export_dir(cfg, sd, args.out, tokenizer_file=src / TOKENIZER_FILE, source=str(src / WEIGHTS_FILE))
-    print(f"wrote {args.out}: transformers DeepseekV3ForCausalLM ({len(sd)} tensors{', tokenizer' if (src / TOKENIZER_FILE).is_file() else ''})")
-    return 0
-
-
-def cli_import(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tinyseek import", description="Import a transformers DeepseekV3 directory as a tinyseek checkpoint.")
-    p.add_argument("directory", help="transformers DeepseekV3 directory (config.json + safetensors)")
-    p.add_argument("--out", required=True, help="checkpoint directory to write (replaced atomically)")
-    args = p.parse_args(argv)
-    import_dir(args.directory, args.out)
-    print(f"wrote {args.out}")
-    return 0
+    return to_hf_state_dict(meta_model(cfg).state_dict(), cfg)
