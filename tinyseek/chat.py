@@ -11,9 +11,9 @@ import sys
 
 import torch
 
-from tinyseek.engine import load_engine
 from tinyseek.errors import TinyseekError
-from tinyseek.sampling import SamplingParams
+from tinyseek.inference.load import load_engine
+from tinyseek.inference.sampling import SamplingParams
 
 
 def _dtype_arg(name: str | None) -> torch.dtype | None:

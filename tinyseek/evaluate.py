@@ -35,7 +35,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from tinyseek.errors import TinyseekError
-from tinyseek.sampling import SamplingParams
+from tinyseek.inference.sampling import SamplingParams
 
 Z95 = 1.959963984540054
 
@@ -231,7 +231,7 @@ def cli_eval(argv: list[str]) -> int:
 
     from tinyseek import tasks
     from tinyseek.chat import _dtype_arg
-    from tinyseek.engine import load_engine
+    from tinyseek.inference.load import load_engine
 
     ap = argparse.ArgumentParser(prog="tinyseek eval", description="pass@1 / pass@k / cons@k with 95% intervals on held-out problems.")
     ap.add_argument("ckpt", help="tinyseek checkpoint, transformers model directory, or .gguf file")

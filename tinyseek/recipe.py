@@ -331,9 +331,9 @@ def _run_eval(stage: Stage, out: Path, resume: bool) -> None:
             raise ConfigError(f"{stage.where}: an eval stage needs {k}")
     from tinyseek import tasks
     from tinyseek.io import atomic_dir
-    from tinyseek.engine import load_engine
+    from tinyseek.inference.load import load_engine
     from tinyseek.evaluate import evaluate
-    from tinyseek.sampling import SamplingParams
+    from tinyseek.inference.sampling import SamplingParams
 
     records = tasks.load_records(f["data"])
     if int(f["n"]) > 0:

@@ -183,7 +183,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 "completion_tokens_details": {"reasoning_tokens": reasoning}}
 
     def build_jobs(req: ChatRequest, loop) -> tuple[list[int], list[Job], asyncio.Queue, int]:
-        from tinyseek.sampling import SamplingParams
+        from tinyseek.inference.sampling import SamplingParams
 
         if req.model not in model_names:
             raise APIError(404, f"model {req.model!r} does not exist (served: {', '.join(model_names)})",
@@ -455,7 +455,7 @@ def cli_serve(argv: list[str]) -> int:
     import uvicorn
 
     from tinyseek.checkpoint import load_model
-    from tinyseek.engine import Engine
+    from tinyseek.inference.engine import Engine
     from tinyseek.tokenizer import Tokenizer
 
     if args.threads > 0:

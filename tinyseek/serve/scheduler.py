@@ -27,7 +27,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from tinyseek.engine import PromptCache
+from tinyseek.inference.engine import PromptCache
 from tinyseek.errors import TinyseekError
 from tinyseek.serve.prefix_cache import PrefixCache
 

@@ -433,7 +433,7 @@ class Policy:
         return out
 
     def _generate_engine(self, module, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, max_batch, ignore_eos=False):
-        from tinyseek.sampling import SamplingParams
+        from tinyseek.inference.sampling import SamplingParams
 
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                                 stop_token_ids=() if ignore_eos else (self.eos_id,), ignore_eos=ignore_eos)
@@ -447,11 +447,11 @@ class Policy:
                 max_len = max(need, min(max_len, module.cfg.max_seq_len))
             key = (id(module), max_len, max_batch)
             if self.kind == "tinyseek":
-                from tinyseek.engine import Engine
+                from tinyseek.inference.engine import Engine
 
                 self._engine = Engine(module, tokenizer=self.tok, max_batch=max_batch, max_len=max_len)
             else:
-                from tinyseek.hf_engine import HFEngine
+                from tinyseek.inference.hf_engine import HFEngine
 
                 self._engine = HFEngine(module, self.tok, max_batch=max(max_batch, n))
             self._engine_key = key

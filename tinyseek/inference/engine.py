@@ -1,0 +1,527 @@
+"""The inference engine: batched generation on the preallocated KV cache, continuous batching, MTP drafts.
+
+    engine = Engine(model, tokenizer=None, max_batch=64, max_len=None, speculative=False, dtype=None)
+    engine.generate(prompts, params, n=1) -> list[list[Completion]]   # batch API (GRPO, eval, distillation)
+    rid = engine.add_request(prompt_ids, params, prefix=None, capture_prompt_cache=False)   # the server's API
+    events = engine.step()          # list[StepEvent]: new tokens / text delta / finish_reason per request
+    engine.collect(rid) -> Completion (once finished; forgets the request);  engine.abort(rid) -> Completion
+    engine.encode_chat(messages) -> prompt ids;  engine.decode(ids) -> text
+    load_engine(path) (tinyseek/inference/load.py) -> this Engine for a tinyseek checkpoint, HFEngine for other models
+
+`generate` steps the engine until nothing is left, so do not mix it with requests added by `add_request`
+on the same engine. A server calls `collect` (or `abort`) for each finished request, or the engine keeps
+its record; and it makes every call from one thread (the engine has no locks). The model is used as it is
+(dtype= casts it in place); `step` puts it in eval mode and restores its training flag afterwards, so a
+trainer can share it.
+
+How a request runs. Every sequence owns one row of a `KVCache` (MLA's absorbed path: only the latent and
+the RoPE key are cached, `cfg.latent_cache_dim` values per token per layer). A request is admitted when a
+row is free: its prompt is prefilled once (`model(prompt, cache, rows)`; prompts admitted together share
+right-padded forwards), and the n samples of a group
+get the prompt's rows by `cache.copy_rows` instead of recomputing it. Then every `step()` feeds each
+running sequence its last token, samples the next one for all rows at once (`inference/sampling.py`: per-row
+parameters, counter-based seeds), and retires rows that hit a stop token, a stop string or their token
+budget. A retired row costs nothing from the next step on (the forward runs on `rows=` the running ones
+only) and the next queued request takes it: continuous batching.
+
+Host syncs. Each step reads the sampled tokens to the host once (stop checks and streaming need them);
+the model's cached forward reads `cache.pos` once more (the attended length). Nothing else syncs.
+
+What `logprobs` holds: the model's log-probability of each sampled token at the sampling temperature
+(T = 1 for greedy), before penalties and truncation — see `inference/sampling.py`.
+Token ids include the stop token that ended a sequence (RL needs the model to learn to stop), the text
+does not; a stop string is cut from the text (the ids keep the token that completed it).
+
+Speculative decoding (`speculative=True`, or an int k for k drafts a step; greedy requests only, any batch
+size). The model's first MTP module drafts: MTP at position j reads the main model's pre-norm hidden state
+h_j and the token t_{j+1} and predicts t_{j+2}. Further drafts (k > 1) chain the module on its own output
+hidden state, which it was not trained for, so they are accepted less often. A step feeds [pending token,
+d_1..d_k] (T = k+1) to the main model; the drafts are kept up to the first one that differs from the main
+model's argmax, plus the main model's token after the last kept one: 1..k+1 tokens for one forward. Each
+row rolls its `cache.pos` back past what it rejected (the stale entries are masked out and overwritten).
+Greedy output is identical to plain decoding; `engine.stats["accepted"] / stats["drafted"]` is the
+acceptance rate.
+
+The prefix-cache hooks (for the server):
+- `add_request(prompt_ids, params, capture_prompt_cache=True)`: once the prompt is prefilled, its cache
+  rows are copied out into a `PromptCache`: the token ids and one tensor per `KVCache` buffer
+  (`cache._tensors()`, main layers then MTP layers), each `[n, ...]` — for absorbed MLA today one
+  `[n, kv_lora_rank + qk_rope_head_dim]` latent-and-RoPE-key buffer per layer. It arrives on the request's
+  first `StepEvent.prompt_cache` and stays readable through `engine.prompt_cache(rid)` until collected.
+- `add_request(prompt_ids, params, prefix=pc)`: `pc.token_ids` must be a prefix of `prompt_ids`; its
+  tensors are written into the new row and only the rest of the prompt is prefilled. (If it covers the
+  whole prompt its last token is recomputed, because sampling needs that position's logits.) A prefix
+  made by a cache of another layout (dtype aside) is refused with a one-line error.
+
+Reference path: `Engine(..., recompute=True)` runs the full sequence through the model without a cache
+at every step; tests hold the cached path to it (logits within 1e-4).
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import itertools
+import os
+import random
+import zlib
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from tinyseek.errors import TinyseekError
+from tinyseek.inference.sampling import BatchParams, SamplingParams, derive_seed, sample
+from tinyseek.inference.sequence import Completion, PromptCache, Seq, finish_rule, output_text
+
+__all__ = ["SamplingParams", "Completion", "StepEvent", "PromptCache", "Engine"]
+
+
+@dataclass
+class StepEvent:
+    """What one step did for one request: new tokens (0, 1, or 2 with speculation), the new text, the end."""
+
+    rid: int
+    token_ids: list[int]
+    logprobs: list[float] | None
+    text: str = ""  # new text since the last event (streaming; "" without a tokenizer)
+    finish_reason: str | None = None
+    prompt_cache: "PromptCache | None" = None
+
+
+class Engine:
+    """Generation for a tinyseek `Transformer` (see the module docstring)."""
+
+    def __init__(self, model, tokenizer=None, max_batch: int = 64, max_len: int | None = None, speculative: bool = False,
+                 dtype: torch.dtype | None = None, recompute: bool = False):
+        if dtype is not None:
+            model.to(dtype=dtype)  # in place: the caller's model is cast
+        self.model = model
+        self.cfg = model.cfg
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_len = max_len or self.cfg.max_seq_len
+        self.speculative = bool(speculative)
+        self.n_draft = int(speculative)  # True -> 1 draft token a step; an int k -> k chained drafts
+        self.recompute = recompute
+        if speculative and not 1 <= int(speculative) <= 8:
+            raise TinyseekError(f"speculative: draft length must be 1..8 (got {speculative})")
+        if speculative and not len(getattr(model, "mtp", [])):
+            raise TinyseekError(f"speculative: the model has no MTP module (mtp_depth={self.cfg.mtp_depth})")
+        if speculative and recompute:
+            raise TinyseekError("speculative: not available with recompute=True (the reference path)")
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        from tinyseek.model import KVCache
+
+        # the MTP layers are cached only when they draft; speculation writes one position past the last kept token
+        cache_cfg = self.cfg if speculative else dataclasses.replace(self.cfg, mtp_depth=0)
+        self.cache = KVCache(cache_cfg, max_batch, self.max_len + self.n_draft, device=self.device, dtype=self.dtype)
+        self.eos_id = getattr(tokenizer, "eos_id", None)
+        self.eos_ids = {self.eos_id} if self.eos_id is not None else set()
+        self.free_rows = list(range(max_batch - 1, -1, -1))
+        self.waiting: deque[list[Seq]] = deque()  # groups not yet admitted
+        self.running: dict[int, Seq] = {}  # by rid
+        self.seqs: dict[int, Seq] = {}  # every known request until collected
+        self._rid = itertools.count()
+        self._group = itertools.count()
+        self._rng = random.Random(int.from_bytes(os.urandom(8), "little"))
+        self._bp_key: tuple | None = None
+        self._bp: BatchParams | None = None
+        self._seen: torch.Tensor | None = None  # [max_batch, V] bool: prompt + output tokens (repetition penalty)
+        self._counts: torch.Tensor | None = None  # [max_batch, V] int32: output token counts (presence/frequency)
+        self.logit_hook = None  # tests: called as hook(rids, logits [B, V]) for every sampling step
+        self.stats = {"steps": 0, "forward_tokens": 0, "drafted": 0, "accepted": 0}
+
+    # -- requests --------------------------------------------------------------------------------
+    def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None, prefix: PromptCache | None = None,
+                    capture_prompt_cache: bool = False, stream: bool = True) -> int:
+        """Queue one sequence; returns its request id. See the module docstring for `prefix`/`capture_prompt_cache`."""
+        return self._add_group(prompt_ids, params or SamplingParams(), 1, prefix, capture_prompt_cache, stream)[0]
+
+    def _add_group(self, prompt_ids, params: SamplingParams, n: int, prefix=None, capture=False, stream=True) -> list[int]:
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise TinyseekError("prompt: empty (at least one token is needed)")
+        V = self.cfg.vocab_size
+        bad = next((t for t in prompt if not 0 <= t < V), None)
+        if bad is not None:
+            raise TinyseekError(f"prompt: token id {bad} outside the vocabulary 0..{V - 1}")
+        if len(prompt) >= self.max_len:
+            raise TinyseekError(f"prompt: {len(prompt)} tokens leave no room in the engine's max_len={self.max_len}")
+        if self.speculative and (not params.greedy or params.uses_penalties):
+            raise TinyseekError("speculative: only greedy requests without penalties (temperature=0) are supported")
+        if prefix is not None:
+            self._check_prefix(prefix, prompt)
+        # the prompt is mixed into the seed: one seed over a batch of prompts must not give correlated draws
+        base = derive_seed(params.seed, zlib.crc32(array.array("q", prompt).tobytes())) if params.seed is not None \
+            else self._rng.getrandbits(62)
+        g = next(self._group)
+        budget = min(params.max_new_tokens, self.max_len - len(prompt))
+        group = []
+        for i in range(n):
+            s = Seq(next(self._rid), prompt, params, derive_seed(base, i),
+                     stream=stream, prefix=prefix, capture=capture, group=g, budget=budget)
+            self.seqs[s.rid] = s
+            group.append(s)
+        # a group larger than the batch is admitted in pieces (each piece prefills once)
+        for i in range(0, n, self.max_batch):
+            self.waiting.append(group[i: i + self.max_batch])
+        return [s.rid for s in group]
+
+    def _check_prefix(self, prefix: PromptCache, prompt: list[int]) -> None:
+        if tuple(prompt[: prefix.n]) != tuple(prefix.token_ids):
+            raise TinyseekError(f"prefix: its {prefix.n} token ids are not a prefix of the prompt")
+        mine = self.cache._tensors()
+        if len(prefix.tensors) != len(mine) or any(tuple(p.shape[1:]) != tuple(m.shape[2:]) or p.shape[0] != prefix.n
+                                                   for p, m in zip(prefix.tensors, mine)):
+            raise TinyseekError("prefix: its tensors do not match this engine's cache layout")
+
+    def abort(self, rid: int) -> Completion | None:
+        """Stop a request now (queued or running); returns what it produced, or None for an unknown id."""
+        s = self.seqs.get(rid)
+        if s is None:
+            return None
+        for grp in self.waiting:
+            if s in grp:
+                grp.remove(s)
+        if s.finish is None:
+            s.finish = "abort"
+        self._retire(s)
+        return self.collect(rid)
+
+    def prompt_cache(self, rid: int) -> PromptCache | None:
+        s = self.seqs.get(rid)
+        return None if s is None else s.prompt_cache
+
+    def has_unfinished(self) -> bool:
+        return bool(self.running) or any(self.waiting)
+
+    def collect(self, rid: int) -> Completion | None:
+        """The finished request's completion (and forget it); None while it runs."""
+        s = self.seqs.get(rid)
+        if s is None or s.finish is None:
+            return None
+        del self.seqs[rid]
+        text = self._text(s) if self.tokenizer is not None else None
+        return Completion(list(s.out), list(s.lps) if s.params.logprobs else None, s.finish, text, len(s.prompt))
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Prompt ids for a chat with the tokenizer's template (R1 format for tinyseek's tokenizer)."""
+        if self.tokenizer is None:
+            raise TinyseekError("engine: no tokenizer, cannot build a chat prompt")
+        return self.tokenizer.encode(self.tokenizer.chat(messages, add_generation_prompt=True))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    # -- the batch API -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
+                 n: int = 1) -> list[list[Completion]]:
+        """n samples for each prompt (prefill shared within a prompt's group); results in prompt order."""
+        params = params or SamplingParams()
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise TinyseekError(f"params: {len(plist)} given for {len(prompts)} prompts")
+        if n < 1:
+            raise TinyseekError(f"n: must be >= 1, got {n}")
+        rids: list[list[int]] = []
+        try:
+            for p, sp in zip(prompts, plist):
+                rids.append(self._add_group(p, sp, n, stream=False))
+        except TinyseekError as e:  # one bad prompt: queue nothing
+            for r in itertools.chain.from_iterable(rids):
+                self.abort(r)
+            raise TinyseekError(f"prompt {len(rids)}: {e}") from None
+        while self.has_unfinished():
+            self.step()
+        return [[self.collect(r) for r in group] for group in rids]
+
+    # -- one step ------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[StepEvent]:
+        """Admit and prefill what fits, then advance every running sequence by one token (two when a draft is
+        accepted). Returns one event per request that produced tokens or finished."""
+        events: dict[int, StepEvent] = {}
+        decoding = [s for s in self.running.values() if s.pending is not None]
+        was_training = self.model.training  # GRPO shares the model with its trainer: restore its mode after
+        self.model.eval()
+        try:
+            admitted = self._admit()
+            if admitted:
+                self._prefill(admitted, events)
+            if decoding:
+                if self.speculative:
+                    self._decode_speculative(decoding, events)
+                else:
+                    self._decode(decoding, events)
+        finally:
+            self.model.train(was_training)
+        self.stats["steps"] += 1
+        return list(events.values())
+
+    def _admit(self) -> list[list[Seq]]:
+        groups = []
+        while self.waiting and len(self.waiting[0]) <= len(self.free_rows):
+            grp = self.waiting.popleft()
+            if not grp:
+                continue
+            for s in grp:
+                s.row = self.free_rows.pop()
+                self.running[s.rid] = s
+            groups.append(grp)
+        return groups
+
+    def _prefill(self, groups: list[list[Seq]], events) -> None:
+        """Prefill one row per group, copy it to the group's other rows, and sample each sequence's first token.
+
+        Prompts of different lengths share a forward right-padded (`_buckets` bounds the padding): causal
+        attention never lets a real token see the padding after it, and each row's `cache.pos` is then set
+        back to its real length, so the padded entries are masked out and overwritten by the next tokens."""
+        heads = [g[0] for g in groups]
+        starts = []
+        for s in heads:
+            self.cache.reset([s.row])
+            n = min(s.prefix.n, len(s.prompt) - 1) if s.prefix is not None else 0
+            if n:
+                for x, p in zip(self.cache._tensors(), s.prefix.tensors):
+                    x[s.row, :n] = p[:n].to(x.dtype)
+                self.cache.pos[s.row] = n
+            starts.append(n)
+        last_logits: list[torch.Tensor | None] = [None] * len(heads)
+        for idx in self._buckets([len(s.prompt) - n for s, n in zip(heads, starts)]):
+            hs = [heads[i] for i in idx]
+            lens = [len(heads[i].prompt) - starts[i] for i in idx]
+            T = max(lens)
+            if self.recompute:
+                logits = self._full_logits([s.prompt for s in hs])
+            else:
+                pad = [[0] * (T - L) for L in lens]
+                tokens = torch.tensor([s.prompt[len(s.prompt) - L:] + p for s, L, p in zip(hs, lens, pad)], device=self.device)  # [k, T]
+                rows = torch.tensor([s.row for s in hs], device=self.device)
+                out = self.model(tokens, cache=self.cache, rows=rows)
+                last = torch.tensor(lens, device=self.device) - 1
+                logits = out.logits[torch.arange(len(hs), device=self.device), last]  # [k, V] at each real last token
+                if T > min(lens):
+                    self.cache.pos[rows] = torch.tensor([starts[i] + L for i, L in zip(idx, lens)], device=self.device)
+                if self.speculative:
+                    for j, (s, L) in enumerate(zip(hs, lens)):
+                        s._residual = out.residual[j, :L]  # [L, dim] for the MTP prefill below
+                self.stats["forward_tokens"] += sum(lens)
+                self.stats["prefill_pad_tokens"] = self.stats.get("prefill_pad_tokens", 0) + tokens.numel() - sum(lens)
+            for j, i in enumerate(idx):
+                last_logits[i] = logits[j]
+        members, rows_logits = [], []
+        for grp, lg in zip(groups, last_logits):
+            head = grp[0]
+            if head.capture:
+                n = int(self.cache.pos[head.row])
+                pc = PromptCache(tuple(head.prompt[:n]), [x[head.row, :n].clone() for x in self.cache._tensors()])
+                for s in grp:
+                    s.prompt_cache = pc
+            if len(grp) > 1 and not self.recompute:
+                self.cache.copy_rows(head.row, [s.row for s in grp[1:]])
+            for s in grp:
+                self._reset_penalty_rows(s)
+                members.append(s)
+                rows_logits.append(lg)
+        logits = torch.stack(rows_logits)  # [M, V]
+        toks, lps = self._sample(members, logits)
+        if self.speculative:
+            self._mtp_prefill(groups, toks)
+        self._emit(members, [[t] for t in toks], [[x] for x in lps] if lps is not None else None, events)
+        for s in members:
+            if s.prompt_cache is not None and s.rid in events:
+                events[s.rid].prompt_cache = s.prompt_cache
+
+    @staticmethod
+    def _buckets(lengths: list[int], slack: float = 1.25, extra: int = 16) -> list[list[int]]:
+        """Group prompt indices into forwards: sorted by length, a bucket grows while its padded size stays
+        within `slack` x its real tokens + `extra` (one forward instead of one per distinct length)."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        buckets: list[list[int]] = []
+        for i in order:
+            b = buckets[-1] if buckets else None
+            if b is not None and lengths[i] * (len(b) + 1) <= slack * (sum(lengths[j] for j in b) + lengths[i]) + extra:
+                b.append(i)
+            else:
+                buckets.append([i])
+        return buckets
+
+    def _decode(self, seqs: list[Seq], events) -> None:
+        if self.recompute:
+            logits = self._full_logits([s.prompt + s.out for s in seqs])
+        else:
+            tokens = torch.tensor([[s.pending] for s in seqs], device=self.device)  # [B, 1]
+            rows = torch.tensor([s.row for s in seqs], device=self.device)
+            logits = self.model(tokens, cache=self.cache, rows=rows).logits[:, -1]  # [B, V]
+            self.stats["forward_tokens"] += len(seqs)
+        toks, lps = self._sample(seqs, logits)
+        self._emit(seqs, [[t] for t in toks], [[x] for x in lps] if lps is not None else None, events)
+
+    def _full_logits(self, seqs_tokens: list[list[int]]) -> torch.Tensor:
+        """Reference path: the last position's logits of each full sequence, no cache."""
+        out = []
+        for toks in seqs_tokens:
+            t = torch.tensor([toks], device=self.device)
+            out.append(self.model(t).logits[0, -1])
+            self.stats["forward_tokens"] += len(toks)
+        return torch.stack(out)
+
+    # -- sampling -------------------------------------------------------------------------------------
+    def _batch_params(self, seqs: list[Seq]) -> BatchParams:
+        key = tuple(s.rid for s in seqs)
+        if key != self._bp_key:
+            self._bp = BatchParams.build([s.params for s in seqs], [s.seed for s in seqs], self.device)
+            self._bp_key = key
+        return self._bp
+
+    def _reset_penalty_rows(self, s: Seq) -> None:
+        if not s.params.uses_penalties:
+            return
+        V = self.cfg.vocab_size
+        if self._seen is None:
+            self._seen = torch.zeros(self.max_batch, V, dtype=torch.bool, device=self.device)
+            self._counts = torch.zeros(self.max_batch, V, dtype=torch.int32, device=self.device)
+        self._seen[s.row] = False
+        self._counts[s.row] = 0
+        self._seen[s.row, torch.tensor(s.prompt, device=self.device)] = True
+
+    def _sample(self, seqs: list[Seq], logits: torch.Tensor) -> tuple[list[int], list[float] | None]:
+        """Sample one token per sequence; the one host sync of the step."""
+        if self.logit_hook is not None:
+            self.logit_hook([s.rid for s in seqs], logits)
+        bp = self._batch_params(seqs)
+        counters = torch.tensor([len(s.out) for s in seqs], device=self.device)
+        track = self._seen is not None and any(s.params.uses_penalties for s in seqs)
+        rows = torch.tensor([s.row for s in seqs], device=self.device) if track else None
+        seen = self._seen[rows] if track else None
+        counts = self._counts[rows] if track else None
+        want_lp = any(s.params.logprobs for s in seqs)
+        toks, lps = sample(logits, bp, counters, seen=seen, counts=counts, want_logprobs=want_lp)
+        if track:
+            self._seen[rows, toks] = True
+            self._counts[rows, toks] += 1
+        if want_lp:
+            both = torch.stack([toks.double(), lps.double()]).tolist()
+            return [int(t) for t in both[0]], both[1]
+        return toks.tolist(), None
+
+    # -- speculative decoding -----------------------------------------------------------------------------
+    def _mtp_prefill(self, groups: list[list[Seq]], first_tokens: list[int]) -> None:
+        """Run MTP depth 1 over the prompt so its cache layer is filled, and draft the tokens after the first one."""
+        i = 0
+        for grp in groups:
+            head = grp[0]
+            T = head._residual.shape[0]
+            n0 = len(head.prompt) - T
+            ahead = head.prompt[n0 + 1:] + [first_tokens[i]]  # tokens one position ahead of the hidden states
+            tokens = torch.tensor([ahead], device=self.device)
+            rows = torch.tensor([head.row], device=self.device)
+            h, lg = self.model.mtp_step(1, head._residual[None], tokens, cache=self.cache, rows=rows)
+            del head._residual
+            d = lg[:, -1].argmax(-1)  # [1]
+            drafts = [d]
+            for _ in range(self.n_draft - 1):
+                h, lg = self._chain(h[:, -1:], d, rows)
+                d = lg[:, -1].argmax(-1)
+                drafts.append(d)
+            head.draft = torch.stack(drafts, 1)[0].tolist()
+            if len(grp) > 1:  # greedy: every member has the same first token and drafts; share the MTP rows too
+                self.cache.copy_rows(head.row, [s.row for s in grp[1:]])
+                for s in grp[1:]:
+                    s.draft = list(head.draft)
+            i += len(grp)
+
+    def _chain(self, h_mtp: torch.Tensor, tok: torch.Tensor, rows: torch.Tensor):
+        """One more draft: MTP depth 1 fed its own output h_mtp [B, 1, dim] in place of the main model's hidden
+        state (which the next token does not have yet), at the position after the last kept token. The MTP
+        cache entry this writes is provisional: the next verification step rewrites that position."""
+        return self.model.mtp_step(1, h_mtp, tok[:, None], cache=self.cache, rows=rows, start=self.cache.pos[rows])
+
+    def _decode_speculative(self, seqs: list[Seq], events) -> None:
+        """Verify [pending, d_1..d_k] in one forward; keep the drafts up to the first mismatch plus the main
+        model's own next token (1..k+1 tokens), roll the rest of the cache back, and draft again."""
+        B, k = len(seqs), self.n_draft
+        rows = torch.tensor([s.row for s in seqs], device=self.device)
+        tokens = torch.tensor([[s.pending] + s.draft for s in seqs], device=self.device)  # [B, k+1]
+        out = self.model(tokens, cache=self.cache, rows=rows)
+        y = out.logits.argmax(-1)  # [B, k+1]: the main model's greedy token after each fed token
+        a = (y[:, :k] == tokens[:, 1:]).long().cumprod(1).sum(1)  # [B]: drafts accepted (leading matches)
+        # MTP over the k+1 new positions: position j sees the token the main model put after it (y); only the
+        # first a+1 entries are right (the others are rolled back below and rewritten later)
+        h_mtp, mlg = self.model.mtp_step(1, out.residual, y, cache=self.cache, rows=rows)
+        self.cache.pos[rows] -= k - a  # keep pending + the accepted drafts
+        d = mlg.argmax(-1).gather(1, a[:, None]).squeeze(1)  # [B]: draft after the new pending token y_a
+        drafts = [d]
+        h = h_mtp.gather(1, a[:, None, None].expand(B, 1, h_mtp.shape[-1]))  # [B, 1, dim]
+        for _ in range(k - 1):
+            h, lg = self._chain(h, d, rows)
+            d = lg[:, -1].argmax(-1)
+            drafts.append(d)
+        if self.logit_hook is not None:
+            self.logit_hook([s.rid for s in seqs], out.logits[:, 0])
+        want_lp = any(s.params.logprobs for s in seqs)
+        parts = [y.double(), a.double()[:, None], torch.stack(drafts, 1).double()]
+        if want_lp:
+            parts.append(torch.log_softmax(out.logits.float(), -1).gather(-1, y[..., None]).squeeze(-1).double())
+        host = torch.cat(parts, dim=1).tolist()  # the one sync: [B, (k+1) + 1 + k (+ k+1)]
+        self.stats["forward_tokens"] += (k + 1) * B
+        self.stats["drafted"] += k * B
+        new_toks, new_lps = [], []
+        for s, h_row in zip(seqs, host):
+            n_acc = int(h_row[k + 1])
+            self.stats["accepted"] += n_acc
+            new_toks.append([int(t) for t in h_row[: n_acc + 1]])
+            s.draft = [int(t) for t in h_row[k + 2: 2 * k + 2]]
+            if want_lp:
+                new_lps.append(h_row[2 * k + 2: 2 * k + 3 + n_acc])
+        self._emit(seqs, new_toks, new_lps if want_lp else None, events)
+
+    # -- bookkeeping ------------------------------------------------------------------------------------
+    def _emit(self, seqs: list[Seq], toks: list[list[int]], lps: list[list[float]] | None, events) -> None:
+        """Append new tokens, apply the stop rules, retire finished rows, and fill the events."""
+        for i, s in enumerate(seqs):
+            if s.finish is not None:
+                continue
+            p = s.params
+            added, added_lp = [], []
+            for j, t in enumerate(toks[i]):
+                s.out.append(t)
+                added.append(t)
+                lp = lps[i][j] if lps is not None else None
+                if p.logprobs:
+                    s.lps.append(lp)
+                    added_lp.append(lp)
+                s.finish = finish_rule(s, t, self.eos_ids, self.tokenizer)
+                if s.finish is not None:
+                    break
+            s.pending = s.out[-1]
+            ev = StepEvent(s.rid, added, added_lp if p.logprobs else None, finish_reason=s.finish)
+            if s.stream and self.tokenizer is not None:
+                ev.text = self._delta(s)
+            events[s.rid] = ev
+            if s.finish is not None:
+                self._retire(s)
+
+    def _retire(self, s: Seq) -> None:
+        if s.rid in self.running:
+            del self.running[s.rid]
+            self.cache.reset([s.row])
+            self.free_rows.append(s.row)
+            s.pending = None
+
+    def _text(self, s: Seq) -> str:
+        return output_text(s, self.eos_ids, self.tokenizer)
+
+    def _delta(self, s: Seq) -> str:
+        """New streamable text: held back while it ends in a partial UTF-8 character or could start a stop string."""
+        text = self._text(s)
+        if s.finish is None:
+            text = text.rstrip("\ufffd")
+            hold = max((len(x) - 1 for x in s.params.stop_strings), default=0)
+            text = text[: max(s.sent, len(text) - hold)]
+        delta = text[s.sent:]
+        s.sent = len(text)
+        return delta

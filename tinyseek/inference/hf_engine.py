@@ -1,0 +1,208 @@
+"""`HFEngine`: transformers causal LMs (a local directory or a GGUF file) behind the engine's `generate()`.
+
+Evaluation, GRPO and distillation take "an engine"; this one lets them run on a pretrained model such as
+SmolLM2-135M-Instruct. The model keeps its own KV cache (`DynamicCache`); what is shared with `Engine` is
+everything the caller sees: `SamplingParams`, the sampler (`sampling.sample`: same per-row
+parameters, counter-based seeds, same definition of logprobs), the stop rules and `Completion`.
+
+A batch is left-padded (attention mask + explicit position ids); the n samples of a prompt share its
+prefill (`cache.batch_repeat_interleave(n)`); finished rows are dropped from the cache
+(`batch_select_indices`) so they stop costing compute. No continuous batching: requests are processed in
+chunks of at most `max_batch` sequences.
+
+GGUF: transformers de-quantises the file to float32 while loading (~13 s for SmolLM2-135M on an idle
+2-core machine), so the model computes in float32 whatever the file's quantisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tinyseek.errors import TinyseekError
+from tinyseek.inference.sampling import BatchParams, SamplingParams, derive_seed, sample
+from tinyseek.inference.sequence import Completion, Seq, finish_rule, output_text
+
+
+class HFTokenizer:
+    """The slice of tinyseek's Tokenizer interface the engines use, over a transformers tokenizer."""
+
+    def __init__(self, hf_tok):
+        self.hf = hf_tok
+        self.eos_id = hf_tok.eos_token_id
+        self.pad_id = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
+
+    def encode(self, text: str, add_special: bool = False) -> list[int]:
+        return self.hf(text, add_special_tokens=add_special)["input_ids"]
+
+    def decode(self, ids: list[int], skip_special: bool = False) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special)
+
+    def chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        if getattr(self.hf, "chat_template", None) is None:
+            raise TinyseekError("tokenizer: this model has no chat template")
+        return self.hf.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+class HFEngine:
+    def __init__(self, hf_model, hf_tokenizer=None, max_batch: int = 64):
+        self.model = hf_model  # generate() switches it to eval mode and back (a trainer may share it)
+        self.tokenizer = HFTokenizer(hf_tokenizer) if hf_tokenizer is not None else None
+        self.max_batch = max_batch
+        self.device = next(hf_model.parameters()).device
+        eos = getattr(hf_model.generation_config, "eos_token_id", None)
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer is not None and self.tokenizer.eos_id is not None:
+            eos.append(self.tokenizer.eos_id)
+        self.eos_ids = set(eos)
+        self.eos_id = eos[0] if eos else None
+        self.vocab_size = hf_model.get_output_embeddings().weight.shape[0]
+        self.stats = {"forward_tokens": 0}
+        import inspect
+
+        # transformers renamed past_key_values -> cache (the old name warns from 5.2x on)
+        self._cache_kw = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, gguf_file: str | None = None, dtype: torch.dtype | None = None,
+                        max_batch: int = 64) -> "HFEngine":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        kw = {"gguf_file": gguf_file} if gguf_file else {}
+        if gguf_file and not (path / gguf_file).is_file():
+            raise TinyseekError(f"{path / gguf_file}: no such GGUF file")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, **kw)
+        except (OSError, ValueError) as e:
+            raise TinyseekError(f"{path}: cannot load as a transformers model ({str(e).splitlines()[0]})") from None
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path), **kw)
+        except (OSError, ValueError, TypeError):  # a model without tokenizer files still generates from token ids
+            tok = None
+        return cls(model, tok, max_batch=max_batch)
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        if self.tokenizer is None:
+            raise TinyseekError("engine: no tokenizer, cannot build a chat prompt")
+        return self.tokenizer.encode(self.tokenizer.chat(messages))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    # -- generation ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
+                 n: int = 1, on_tokens=None) -> list[list[Completion]]:
+        params = params or SamplingParams()
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise TinyseekError(f"params: {len(plist)} given for {len(prompts)} prompts")
+        if n < 1 or n > self.max_batch:
+            raise TinyseekError(f"n: must be in 1..max_batch={self.max_batch}, got {n}")
+        for p in prompts:
+            if not p:
+                raise TinyseekError("prompt: empty (at least one token is needed)")
+            bad = next((t for t in p if not 0 <= t < self.vocab_size), None)
+            if bad is not None:
+                raise TinyseekError(f"prompt: token id {bad} outside the vocabulary 0..{self.vocab_size - 1}")
+        per_chunk = max(1, self.max_batch // n)
+        results: list[list[Completion]] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for i in range(0, len(prompts), per_chunk):
+                results += self._chunk(prompts[i: i + per_chunk], plist[i: i + per_chunk], n, on_tokens)
+        finally:
+            self.model.train(was_training)
+        return results
+
+    def _chunk(self, prompts, plist, n, on_tokens) -> list[list[Completion]]:
+        import array
+        import zlib
+
+        from transformers import DynamicCache
+
+        dev, P = self.device, len(prompts)
+        L = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_id if self.tokenizer is not None and self.tokenizer.pad_id is not None else 0
+        ids = torch.tensor([[pad] * (L - len(p)) + list(p) for p in prompts], device=dev)  # [P, L] left-padded
+        mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=dev)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        cache = DynamicCache()
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_kw: cache}).logits[:, -1]
+        self.stats["forward_tokens"] += ids.numel()
+        seqs = []
+        for j, (p, sp) in enumerate(zip(prompts, plist)):
+            base = derive_seed(sp.seed, zlib.crc32(array.array("q", p).tobytes())) if sp.seed is not None \
+                else int(torch.randint(0, 2**62, ()).item())
+            for k in range(n):
+                seqs.append(Seq(rid=j * n + k, prompt=list(p), params=sp, seed=derive_seed(base, k), budget=sp.max_new_tokens))
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        logits = logits.repeat_interleave(n, 0)  # [P*n, V]
+        mask = mask.repeat_interleave(n, 0)
+        last_pos = pos[:, -1].repeat_interleave(n, 0)  # [B]
+        active = list(range(len(seqs)))
+        V = logits.shape[-1]
+        track = any(s.params.uses_penalties for s in seqs)
+        seen = counts = None
+        if track:
+            seen = torch.zeros(len(seqs), V, dtype=torch.bool, device=dev)
+            counts = torch.zeros(len(seqs), V, dtype=torch.int32, device=dev)
+            for b, s in enumerate(seqs):
+                seen[b, torch.tensor(s.prompt, device=dev)] = True
+        bp_all = BatchParams.build([s.params for s in seqs], [s.seed for s in seqs], dev)
+        while True:
+            idx = torch.tensor(active, device=dev)
+            bp = bp_all if len(active) == len(seqs) else BatchParams.build([seqs[i].params for i in active], [seqs[i].seed for i in active], dev)
+            counters = torch.tensor([len(seqs[i].out) for i in active], device=dev)
+            toks, lps = sample(logits, bp, counters, seen=seen[idx] if track else None, counts=counts[idx] if track else None)
+            if track:
+                seen[idx, toks] = True
+                counts[idx, toks] += 1
+            host = torch.stack([toks.double(), lps.double()]).tolist()
+            keep = []
+            for j, i in enumerate(active):
+                s, t = seqs[i], int(host[0][j])
+                s.out.append(t)
+                if s.params.logprobs:
+                    s.lps.append(host[1][j])
+                s.finish = finish_rule(s, t, self.eos_ids, self.tokenizer)
+                if on_tokens is not None:
+                    on_tokens(s, t)
+                if s.finish is None:
+                    keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                sel = torch.tensor(keep, device=dev)
+                cache.batch_select_indices(sel)
+                mask, last_pos = mask[sel], last_pos[sel]
+                active = [active[j] for j in keep]
+            last_pos = last_pos + 1
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            inp = torch.tensor([[seqs[i].out[-1]] for i in active], device=dev)
+            logits = self.model(input_ids=inp, attention_mask=mask, position_ids=last_pos[:, None], use_cache=True,
+                                **{self._cache_kw: cache}).logits[:, -1]
+            self.stats["forward_tokens"] += len(active)
+        out = []
+        for j in range(P):
+            grp = []
+            for s in seqs[j * n:(j + 1) * n]:
+                text = output_text(s, self.eos_ids, self.tokenizer) if self.tokenizer is not None else None
+                grp.append(Completion(s.out, s.lps if s.params.logprobs else None, s.finish, text, len(s.prompt)))
+            out.append(grp)
+        return out
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams, write) -> str:
+        """One request, calling `write(new_text)` as tokens arrive (the generate/chat commands)."""
+        def on_tokens(s, t):
+            text = output_text(s, self.eos_ids, self.tokenizer).rstrip("\ufffd") if s.finish is None else output_text(s, self.eos_ids, self.tokenizer)
+            if len(text) > s.sent:
+                write(text[s.sent:])
+                s.sent = len(text)
+
+        return self.generate([prompt_ids], params, on_tokens=on_tokens)[0][0].text or ""
+
