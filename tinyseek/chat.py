@@ -11,17 +11,10 @@ import sys
 
 import torch
 
+from tinyseek.config import dtype_arg
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.load import load_engine
 from tinyseek.inference.sampling import SamplingParams
-
-
-def _dtype_arg(name: str | None) -> torch.dtype | None:
-    table = {None: None, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
-    if name not in table:
-        raise TinyseekError(f"--dtype: unknown dtype {name!r} (fp32, bf16, fp16)")
-    return table[name]
 
 
 def _sampling_flags(ap) -> None:
@@ -61,7 +54,7 @@ def _stream(engine, prompt_ids: list[int], params: SamplingParams, write) -> str
 
 def _load_chat_engine(args):
     """A batch-1 engine for interactive use; text in and out needs the checkpoint's tokenizer."""
-    engine = load_engine(args.ckpt, max_batch=1, speculative=args.speculative, dtype=_dtype_arg(args.dtype))
+    engine = load_engine(args.ckpt, max_batch=1, speculative=args.speculative, dtype=dtype_arg(args.dtype))
     if engine.tokenizer is None:
         raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
     return engine

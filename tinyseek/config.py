@@ -1,17 +1,19 @@
-"""Configuration: the model's shape (`ModelConfig` + named presets) and the plumbing every stage config uses.
+"""Configuration: the model's shape (`ModelConfig` + named presets), and how every config is read from files and flags.
 
 Configs are plain dataclasses. Derived quantities are properties, so a config file only ever holds
 the knobs a person sets. Every bad value fails in `validate()` with one line that names the field.
 Stage configs (pretrain, sft, grpo, ...) are dataclasses too and go through the same `from_dict`,
-`load_file` and `apply_overrides`, so a TOML file, a JSON file and `--field value` flags all mean the
-same thing everywhere.
+`load_file` and `parse_overrides`, so a TOML file, a JSON file and `--field value` flags all mean the
+same thing everywhere; `stage_cli` is the one command-line parser every stage command uses.
 """
-
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import inspect
 import json
 import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields
@@ -203,6 +205,90 @@ def parse_overrides(argv: list[str]) -> dict:
             out[key] = "true"
             i += 1
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the command line: a stage config from a file plus `--field value` flags
+
+
+def _coerce_cli(cls: type, data: dict) -> dict:
+    """CLI strings to config shapes: `--model.dim 128` -> {"model": {"dim": "128"}}; a dict-typed field given
+    as `--tasks arithmetic=2000,countdown=500` -> {"arithmetic": 2000, "countdown": 500}."""
+    hints = typing.get_type_hints(cls)
+    out: dict = {}
+    for k, v in data.items():
+        if "." in k:
+            head, rest = k.split(".", 1)
+            out.setdefault(head, {})
+            if not isinstance(out[head], dict):
+                raise ConfigError(f"--{k}: {head} is not a table")
+            out[head][rest] = v
+            continue
+        if typing.get_origin(hints.get(k)) is dict and isinstance(v, str):
+            table = {}
+            for part in filter(None, v.split(",")):
+                if "=" not in part:
+                    raise ConfigError(f"--{k}: expected name=value[,name=value...], got {v!r}")
+                name, val = part.split("=", 1)
+                table[name.strip()] = int(val) if val.strip().lstrip("-").isdigit() else val.strip()
+            v = table
+        out[k] = v
+    return out
+
+
+def _field_help(cls: type) -> dict[str, str]:
+    """A config field's help line is its trailing `# comment` in the dataclass source (subclass first)."""
+    out: dict[str, str] = {}
+    for c in cls.__mro__:
+        try:
+            src = inspect.getsource(c)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", src, re.M):
+            out.setdefault(m.group(1), m.group(2).strip())
+    return out
+
+
+def stage_cli(cls: type, argv: list[str], prog: str, description: str) -> tuple[Any, Path, bool]:
+    """Parse `--config FILE.toml --out RUN [--resume] [--field value ...]` into (config, run_dir, resume).
+
+    Fields come from the dataclass defaults, then the file, then the flags (`--max-steps 50`, `--lr 3e-4`,
+    `--model.dim 128`). With `--resume` and no `--config`, RUN/config.toml (the resolved config the run wrote) is used.
+    """
+    field_lines = "\n".join(f"  --{f.name.replace('_', '-'):<18} {_field_help(cls).get(f.name, '')} "
+                            f"(default {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r})"
+                            for f in dataclasses.fields(cls))
+    ap = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="any config field can be set as a flag (dashes or underscores; `--model.FIELD` for the model):\n" + field_lines)
+    ap.add_argument("--config", help="TOML (or JSON) file with the stage's fields")
+    ap.add_argument("--out", required=True, help="run directory (config.toml, metrics.jsonl, checkpoints/, final/, summary.json)")
+    ap.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    a, rest = ap.parse_known_args(argv)
+    overrides = _coerce_cli(cls, parse_overrides(rest))
+    run_dir = Path(a.out)
+    where = cls.__name__
+    data: dict = {}
+    if a.config:
+        data, where = read_file(a.config), a.config
+    elif a.resume and (run_dir / "config.toml").is_file():
+        data, where = read_file(run_dir / "config.toml"), str(run_dir / "config.toml")
+    dotted = {k.split(".", 1)[0] for k in parse_overrides(rest) if "." in k}
+    for k, v in overrides.items():  # `--model.dim` merges into the file's [model] table; `--tasks a=1` replaces it
+        data[k] = {**data[k], **v} if k in dotted and isinstance(data.get(k), dict) else v
+    cfg = from_dict(cls, data, where=where)
+    return cfg, run_dir, a.resume
+
+
+def dtype_arg(name: str | None):
+    """A `--dtype` flag's value as a torch dtype (None: keep the stored one)."""
+    import torch
+
+    table = {None: None, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if name not in table:
+        raise TinyseekError(f"--dtype: unknown dtype {name!r} (fp32, bf16, fp16)")
+    return table[name]
 
 
 # ----------------------------------------------------------------------------------------------

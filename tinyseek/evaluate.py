@@ -230,7 +230,7 @@ def cli_eval(argv: list[str]) -> int:
     import argparse
 
     from tinyseek import tasks
-    from tinyseek.chat import _dtype_arg
+    from tinyseek.config import dtype_arg
     from tinyseek.inference.load import load_engine
 
     ap = argparse.ArgumentParser(prog="tinyseek eval", description="pass@1 / pass@k / cons@k with 95% intervals on held-out problems.")
@@ -266,7 +266,7 @@ def cli_eval(argv: list[str]) -> int:
         name = Path(args.data).stem
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p if args.temperature > 0 else 1.0,
                             max_new_tokens=args.max_new_tokens, seed=args.seed)
-    engine = load_engine(args.ckpt, max_batch=args.batch, dtype=_dtype_arg(args.dtype))
+    engine = load_engine(args.ckpt, max_batch=args.batch, dtype=dtype_arg(args.dtype))
     if getattr(engine, "tokenizer", None) is None:
         raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
     prog = lambda done, total: print(f"\r{done}/{total} problems", end="", file=sys.stderr, flush=True)

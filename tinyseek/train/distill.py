@@ -29,12 +29,12 @@ from typing import Any
 
 import torch
 
-from tinyseek.config import ConfigError, to_dict
+from tinyseek.config import ConfigError, stage_cli, to_dict
 from tinyseek.data import IGNORE, ExampleStream, collate, row_to_messages, sft_example
 from tinyseek.errors import TinyseekError
 from tinyseek.io import read_rows
 from tinyseek.train.distill_loss import KD_KINDS, TeacherCache, build_teacher_cache, kd_loss, teacher_topk
-from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything, stage_cli
+from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything
 
 CACHE_FILE = "teacher_topk.safetensors"
 

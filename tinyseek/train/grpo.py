@@ -1005,7 +1005,7 @@ def _recipe_stage_config(argv: list[str]) -> tuple[list[str], str | None]:
 def cli_grpo(argv: list[str]) -> int:
     import os
 
-    from tinyseek.train.loop import stage_cli
+    from tinyseek.config import stage_cli
 
     argv, tmp = _recipe_stage_config(argv)
     try:

@@ -13,11 +13,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tinyseek.config import ConfigError, to_dict
+from tinyseek.config import ConfigError, stage_cli, to_dict
 from tinyseek.data import PackedStream, task_documents, tokenize_documents
 from tinyseek.io import text_documents
 from tinyseek.tokenizer import MIN_VOCAB, TOKENIZER_FILE, Tokenizer
-from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything, stage_cli
+from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything
 
 
 @dataclass

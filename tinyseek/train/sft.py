@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tinyseek.config import ConfigError, to_dict
+from tinyseek.config import ConfigError, stage_cli, to_dict
 from tinyseek.data import ExampleStream, collate, sft_examples_from_rows
 from tinyseek.io import read_rows
 from tinyseek.tokenizer import TOKENIZER_FILE, Tokenizer
-from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything, stage_cli
+from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything
 
 
 @dataclass
