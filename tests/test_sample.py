@@ -60,7 +60,7 @@ def test_cli_writes_sft_rows_that_sft_reads(tmp_path, monkeypatch):
                 out += [Sample([1] * 9, right, "stop"), Sample([1] * 5, "<answer>0</answer>", "stop")][:n]
             return out
 
-    monkeypatch.setattr("tinyseek.train.grpo.Policy", FakePolicy)
+    monkeypatch.setattr("tinyseek.train.policy.Policy", FakePolicy)
     out = tmp_path / "rs.jsonl"
     assert S.cli_sample(["ckpt", "--task", "arithmetic", "--n", "3", "--samples", "2", "--out", str(out)]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]

@@ -114,7 +114,7 @@ def rejection_sample(cfg: SampleConfig) -> tuple[list[dict], dict]:
     import torch
 
     from tinyseek import tasks
-    from tinyseek.train.grpo import Policy
+    from tinyseek.train.policy import Policy
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

@@ -1,0 +1,189 @@
+"""GRPO's maths: group-relative advantages, the clipped surrogate with a k3 KL penalty, per-token log-probs.
+
+Pure functions on tensors (no model, no data), so each is checked against hand-computed values in
+tests/test_grpo.py. The conventions follow TRL 1.16's GRPOTrainer (`_compute_loss`), so figures compare:
+
+- loss_type grpo:    per-sequence token mean, then mean over sequences (the GRPO paper's 1/|o_i|; biased
+                     towards short correct and long wrong answers, as Dr. GRPO 2503.20783 points out).
+- loss_type dr_grpo: sum over all tokens / (batch * max_completion_len): a constant instead of the length.
+                     Dr. GRPO also drops the std in the advantage: set `scale_rewards = "none"` with it.
+- loss_type dapo:    token-level mean over every completion token of the batch (DAPO 2503.14476).
+- std: unbiased (Bessel) like TRL's `nanstd`, and A = (r - mean) / (std + 1e-4) like TRL.
+
+What differs from TRL, on purpose: a group whose reward std is below `std_threshold` gets advantage
+exactly 0 (TRL only logs it). A group of equal rewards has a std that is float noise; ~1e-5 advantages
+went through, Adam scaled them up to full-size random steps and the policy collapsed (dev/LOG.md).
+
+Log-probabilities come from the final hidden states through the output head in chunks, each chunk under
+activation checkpointing, so the [B, T, vocab] logits never exist in full and nothing vocab-sized is kept
+for the backward pass. `token_logprobs(..., impl="full")` is the plain reference path (full logits,
+log_softmax, gather); tests check the two agree in value and gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from tinyseek.config import ConfigError
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+STD_EPS = 1e-4  # added to the std before dividing, as TRL
+
+
+# ----------------------------------------------------------------------------------------------
+# advantages
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group",
+                     std_threshold: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group-relative advantages for rewards laid out group after group.
+
+    rewards: [P * G] float, the G completions of prompt p at rows p*G ... p*G + G - 1.
+    Returns (advantages [P*G], group_std [P], informative [P] bool). A group is informative when its
+    reward std exceeds `std_threshold`; the advantages of the other groups are exactly zero.
+    """
+    if rewards.dim() != 1 or rewards.numel() % group_size:
+        raise ConfigError(f"rewards: expected a flat tensor of groups of {group_size}, got shape {tuple(rewards.shape)}")
+    if scale_rewards not in SCALE_REWARDS:
+        raise ConfigError(f"scale_rewards: must be one of {', '.join(SCALE_REWARDS)} (got {scale_rewards!r})")
+    r = rewards.float().view(-1, group_size)  # [P, G]
+    mean = r.mean(dim=1, keepdim=True)
+    std = r.std(dim=1, keepdim=True, correction=1) if group_size > 1 else torch.zeros_like(mean)  # [P, 1]
+    informative = std.squeeze(1) > std_threshold  # [P]
+    adv = r - mean
+    if scale_rewards == "group":
+        adv = adv / (std + STD_EPS)
+    elif scale_rewards == "batch":
+        bstd = rewards.float().std(correction=1) if rewards.numel() > 1 else torch.zeros(())
+        adv = adv / (bstd + STD_EPS)
+    adv = torch.where(informative.unsqueeze(1), adv, torch.zeros_like(adv))
+    return adv.reshape(-1), std.squeeze(1), informative
+
+
+# ----------------------------------------------------------------------------------------------
+# the loss
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi_theta || pi_ref) estimate k3 = exp(ref - logp) - (ref - logp) - 1 (>= 0, unbiased)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+@dataclass
+class LossOut:
+    loss: torch.Tensor  # scalar, the thing to backpropagate
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+              ref_logp: torch.Tensor | None = None, beta: float = 0.0, epsilon: float = 0.2,
+              epsilon_high: float | None = None, loss_type: str = "grpo", max_completion_len: int | None = None
+              ) -> LossOut:
+    """The clipped surrogate with a k3 KL penalty, aggregated by `loss_type` (see the module docstring).
+
+    logp, old_logp, ref_logp, mask: [B, T] over completion tokens (mask 1 = a real, unmasked token).
+    advantages: [B] one value per sequence. `epsilon_high` None means symmetric clipping.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ConfigError(f"loss_type: must be one of {', '.join(LOSS_TYPES)} (got {loss_type!r})")
+    eps_hi = epsilon if epsilon_high is None else epsilon_high
+    mask = mask.to(logp.dtype)
+    adv = advantages.to(logp.dtype).unsqueeze(1)  # [B, 1]
+    ratio = torch.exp(logp - old_logp)  # [B, T]
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_hi)
+    per_token = -torch.minimum(ratio * adv, clipped * adv)
+    kl = None
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ConfigError("beta: a KL penalty needs reference log-probs (ref_logp is None)")
+        kl = kl_k3(logp, ref_logp)
+        per_token = per_token + beta * kl
+    n_tok = mask.sum().clamp(min=1.0)
+    if loss_type == "grpo":
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    elif loss_type == "dr_grpo":
+        if not max_completion_len:
+            raise ConfigError("max_completion_len: dr_grpo divides by batch * max_completion_len; give it")
+        loss = (per_token * mask).sum() / (per_token.size(0) * max_completion_len)
+    else:  # dapo
+        loss = (per_token * mask).sum() / n_tok
+    with torch.no_grad():
+        low = ((ratio < 1 - epsilon) & (adv < 0)).to(mask.dtype)
+        high = ((ratio > 1 + eps_hi) & (adv > 0)).to(mask.dtype)
+        stats = {
+            "clip_low": float((low * mask).sum() / n_tok),
+            "clip_high": float((high * mask).sum() / n_tok),
+            "ratio_mean": float((ratio * mask).sum() / n_tok),
+            "kl": float((kl * mask).sum() / n_tok) if kl is not None else 0.0,
+        }
+    return LossOut(loss, stats)
+
+
+# ----------------------------------------------------------------------------------------------
+# log-probabilities of chosen tokens
+
+
+def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[ids] without materialising the [.., vocab] log-softmax: logit - logsumexp.
+
+    logits [N, V] (any float dtype; computed in fp32), ids [N] -> [N] fp32.
+    """
+    logits = logits.float()
+    return logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _chunk_logp(hidden: torch.Tensor, ids: torch.Tensor, head_weight: torch.Tensor, head, temperature: float,
+                want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(hidden).float()  # [n, V]: lives only inside this chunk
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = selective_log_softmax(logits, ids)
+    if want_entropy:
+        with torch.no_grad():
+            p = torch.softmax(logits, dim=-1)
+            ent = -(p * torch.log_softmax(logits, dim=-1)).sum(-1)
+    else:
+        ent = torch.zeros_like(logp)
+    return logp, ent
+
+
+def token_logprobs(hidden: torch.Tensor, ids: torch.Tensor, head: torch.nn.Module, temperature: float = 1.0,
+                   chunk_tokens: int = 1024, impl: str = "chunked", want_entropy: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(ids | context) for N positions, given the hidden states that predict them.
+
+    hidden [N, D] (the final-norm output at the position *before* each token), ids [N] -> (logp [N] fp32,
+    entropy [N] fp32, detached; zeros unless want_entropy).
+    impl "chunked": the head runs on `chunk_tokens` rows at a time inside activation checkpointing, so the
+    backward pass keeps only `hidden`, never [N, V] logits (recomputed chunk by chunk instead).
+    impl "full": the plain reference path, one [N, V] logits tensor.
+    """
+    if impl == "full":
+        logits = head(hidden).float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        with torch.no_grad():
+            ent = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1) if want_entropy else torch.zeros_like(logp)
+        return logp, ent
+    if impl != "chunked":
+        raise ConfigError(f"logprob_impl: must be chunked or full (got {impl!r})")
+    weight = getattr(head, "weight", None)
+    outs, ents = [], []
+    for s in range(0, hidden.size(0), chunk_tokens):
+        h, t = hidden[s:s + chunk_tokens], ids[s:s + chunk_tokens]
+        if torch.is_grad_enabled() and h.requires_grad:
+            lp, en = checkpoint(_chunk_logp, h, t, weight, head, temperature, want_entropy, use_reentrant=False)
+        else:
+            lp, en = _chunk_logp(h, t, weight, head, temperature, want_entropy)
+        outs.append(lp)
+        ents.append(en.detach())
+    if not outs:
+        z = hidden.new_zeros(0, dtype=torch.float32)
+        return z, z
+    return torch.cat(outs), torch.cat(ents)
