@@ -77,6 +77,11 @@ def read_config(path: str | Path) -> ModelConfig:
         raise TinyseekError(str(e)) from None
 
 
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The ModelConfig of either kind of checkpoint directory (tinyseek, or transformers DeepseekV3), unallocated."""
+    return read_hf_config(path) if is_hf_dir(path) else read_config(path)
+
+
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -223,11 +228,9 @@ def import_dir(path: str | Path, out: str | Path) -> Path:
 
 def init_model(cfg: ModelConfig, seed: int = 0, name: str = ""):
     """A randomly initialised Transformer for `cfg`; refuses configs that must never be allocated."""
-    from tinyseek.cost import mtp_params, total_params
-
     if name in NEVER_ALLOCATE:
         raise TinyseekError(f"preset {name!r} is for parameter and FLOP accounting only (tinyseek cost --preset {name}); it is never allocated")
-    n = total_params(cfg) + mtp_params(cfg)
+    n = sum(p.numel() for p in meta_model(cfg).parameters())  # counted on the meta device: nothing allocated yet
     if n > MAX_INIT_PARAMS:
         raise TinyseekError(f"config: {n / 1e9:.1f}B parameters ({n * 4 / 2**30:.0f} GiB in float32) is more than init allocates (limit {MAX_INIT_PARAMS / 1e9:.0f}B)")
     from tinyseek.model import Transformer
@@ -257,10 +260,9 @@ def cli_init(argv: list[str]) -> int:
             raise ConfigError(f"vocab_size: the tokenizer {tok.path} has {tok.vocab_size} tokens, more than vocab_size={cfg.vocab_size}")
         tok_file = tok.path
     model = init_model(cfg, args.seed, args.preset)
-    from tinyseek.cost import total_params
-
     save_checkpoint(model, args.out, tokenizer_file=tok_file)
-    print(f"wrote {args.out}: preset {args.preset}, {total_params(cfg) / 1e6:.2f}M parameters (+{cfg.mtp_depth} MTP), seed {args.seed}")
+    n_main = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("mtp."))
+    print(f"wrote {args.out}: preset {args.preset}, {n_main / 1e6:.2f}M parameters (+{cfg.mtp_depth} MTP), seed {args.seed}")
     return 0
 
 

@@ -256,14 +256,8 @@ def cli_cost(argv: list[str]) -> int:
     if args.preset is not None:
         cfg, name = ModelConfig.preset(args.preset), args.preset
     else:
-        from tinyseek.checkpoint import is_hf_dir, read_config
+        from tinyseek.checkpoint import read_model_config
 
-        if is_hf_dir(args.checkpoint):
-            from tinyseek.checkpoint import read_hf_config
-
-            cfg = read_hf_config(args.checkpoint)
-        else:
-            cfg = read_config(args.checkpoint)
-        name = args.checkpoint
+        cfg, name = read_model_config(args.checkpoint), args.checkpoint
     print(format_table(name, cfg, summarize(cfg, args.seq_len)))
     return 0
