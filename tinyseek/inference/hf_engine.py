@@ -16,7 +16,6 @@ GGUF: transformers de-quantises the file to float32 while loading (~13 s for Smo
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
@@ -63,25 +62,6 @@ class HFEngine:
 
         # transformers renamed past_key_values -> cache (the old name warns from 5.2x on)
         self._cache_kw = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, gguf_file: str | None = None, dtype: torch.dtype | None = None,
-                        max_batch: int = 64) -> "HFEngine":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = Path(path)
-        kw = {"gguf_file": gguf_file} if gguf_file else {}
-        if gguf_file and not (path / gguf_file).is_file():
-            raise TinyseekError(f"{path / gguf_file}: no such GGUF file")
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, **kw)
-        except (OSError, ValueError) as e:
-            raise TinyseekError(f"{path}: cannot load as a transformers model ({str(e).splitlines()[0]})") from None
-        try:
-            tok = AutoTokenizer.from_pretrained(str(path), **kw)
-        except (OSError, ValueError, TypeError):  # a model without tokenizer files still generates from token ids
-            tok = None
-        return cls(model, tok, max_batch=max_batch)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         if self.tokenizer is None:

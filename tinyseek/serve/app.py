@@ -454,19 +454,22 @@ def cli_serve(argv: list[str]) -> int:
     import torch
     import uvicorn
 
-    from tinyseek.checkpoint import load_model
     from tinyseek.inference.engine import Engine
-    from tinyseek.tokenizer import Tokenizer
+    from tinyseek.inference.load import load_engine
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.ckpt).to(device).eval()
-    tokenizer = Tokenizer.load(args.ckpt)
-    if tokenizer.vocab_size > model.cfg.vocab_size:
+    engine = load_engine(args.ckpt, max_batch=args.max_batch, device=device)
+    if not isinstance(engine, Engine):
+        raise TinyseekError(f"{args.ckpt}: tinyseek serve runs tinyseek checkpoints (continuous batching on the MLA cache), "
+                            "not other transformers models")
+    tokenizer = engine.tokenizer
+    if tokenizer is None:
+        raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
+    if tokenizer.vocab_size > engine.cfg.vocab_size:
         raise TinyseekError(f"{args.ckpt}: tokenizer.json has {tokenizer.vocab_size} tokens, more than the model's "
-                            f"vocab_size={model.cfg.vocab_size}")
-    engine = Engine(model, tokenizer, max_batch=args.max_batch)
+                            f"vocab_size={engine.cfg.vocab_size}")
     cfg = ServeConfig(model_name=args.model_name, api_keys=tuple(args.api_key), rate_limit=args.rate_limit,
                       max_queue=args.max_queue, default_max_tokens=args.max_tokens,
                       prefix_cache=not args.no_prefix_cache, cache_block=args.cache_block, cache_budget_mb=args.cache_mb,

@@ -61,7 +61,8 @@ from tinyseek.train.grpo_loss import (  # noqa: F401  (also public here: tinysee
     selective_log_softmax,
     token_logprobs,
 )
-from tinyseek.train.policy import Policy, Sample, _generate_plain, resolve_model_path  # noqa: F401
+from tinyseek.checkpoint import resolve_model_path  # noqa: F401  (also public here)
+from tinyseek.train.policy import Policy, Sample, _generate_plain  # noqa: F401
 
 # ----------------------------------------------------------------------------------------------
 # configuration

