@@ -19,8 +19,8 @@ Conventions (the ones DeepSeek's and most scaling-law papers' figures use):
   token over a context. Counted for naive (up-projected) MLA; absorbed MLA trades the K/V up-projection
   for latent-space scores and is cheaper per cached token, which this count does not model.
 
-The training loop reports MFU = achieved FLOP/s / peak FLOP/s with `train_flops_per_token` and either a
-measured peak (`measure_matmul_peak`, what the benchmarks use) or a datasheet figure (`datasheet_peak`).
+The training loop reports MFU = achieved FLOP/s / peak FLOP/s with `model_train_flops_per_token` and
+`device_peak_flops` (a datasheet figure); the benchmarks measure the peak instead (`measure_matmul_peak`).
 """
 
 from __future__ import annotations
@@ -131,6 +131,15 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int, include_mtp: bool = Tr
     return 6.0 * active_matmul_params(cfg, include_mtp) + 3.0 * attention_flops_per_token(cfg, (seq_len + 1) / 2, blocks)
 
 
+def model_train_flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token of a model object: its ModelConfig's figure for a tinyseek model; for any other
+    model (a transformers causal LM under GRPO) 6 x its parameters, the usual estimate without attention."""
+    cfg = getattr(model, "cfg", None)
+    if isinstance(cfg, ModelConfig):
+        return train_flops_per_token(cfg, seq_len)
+    return 6.0 * sum(p.numel() for p in model.parameters())
+
+
 def inference_flops_per_token(cfg: ModelConfig, context_len: int) -> float:
     """Forward FLOPs to produce one token with `context_len` tokens already visible (main model, naive MLA count)."""
     if context_len < 0:
@@ -169,6 +178,20 @@ def datasheet_peak(device_name: str) -> float | None:
         if key.lower() in device_name.lower():
             return value
     return None
+
+
+def device_peak_flops(device, configured_tflops: float = 0.0) -> float:
+    """Peak FLOP/s of one device, the MFU denominator of a training run: the configured figure when given; on a
+    GPU its datasheet dense bf16 peak (H100's, 989 TFLOP/s, for a name not in the table); on a CPU 0.1 TFLOP/s
+    per torch thread (AVX-512 FMA at ~3 GHz is ~0.1-0.2 fp32) — a guess, so CPU MFU figures only compare
+    with each other."""
+    import torch
+
+    if configured_tflops > 0:
+        return configured_tflops * 1e12
+    if torch.device(device).type == "cuda":
+        return datasheet_peak(torch.cuda.get_device_name(device)) or DATASHEET_BF16_PEAK["H100"]
+    return 0.1e12 * torch.get_num_threads()
 
 
 def measure_matmul_peak(device: str = "cpu", dtype=None, n: int = 4096, seconds: float = 1.0) -> float:

@@ -72,6 +72,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
+from tinyseek import cost
 from tinyseek.checkpoint import TRAINER_STATE_FILE, check_state_dict, read_weights, save_checkpoint
 from tinyseek.config import ConfigError, write_toml
 from tinyseek.errors import TinyseekError
@@ -111,7 +112,7 @@ class TrainConfig:
     ckpt_every: int = 0  # 0 = only the final checkpoint
     keep_last: int = 2  # step-N checkpoints kept (older ones are deleted)
     max_bad_steps: int = 5  # this many non-finite steps in a row stop the run
-    peak_tflops: float = 0.0  # per device, for MFU; 0 = a rough default for the device (see peak_flops)
+    peak_tflops: float = 0.0  # per device, for MFU; 0 = a default for the device (cost.device_peak_flops)
     gpu_hour_price: float = 2.0  # $ per GPU-hour (DeepSeek-V3 report: $2 per H800-hour)
     cpu_hour_price: float = 0.05  # $ per CPU-machine-hour
     progress: bool = True  # print the console line
@@ -235,44 +236,6 @@ def wrap_model(model: torch.nn.Module, cfg: TrainConfig, d: DistInfo) -> torch.n
     return model
 
 
-def peak_flops(cfg: TrainConfig, device: torch.device) -> float:
-    """Peak FLOP/s of one device for MFU. Configured, or a rough default: 989 TFLOP/s (H100/H800 dense bf16)
-    on a GPU; on a CPU 0.1 TFLOP/s per thread (AVX-512 FMA at ~3 GHz is ~0.1-0.2 fp32) — a guess, so CPU
-    MFU figures are only comparable with each other."""
-    if cfg.peak_tflops > 0:
-        return cfg.peak_tflops * 1e12
-    if device.type == "cuda":
-        return 989e12
-    return 0.1e12 * torch.get_num_threads()
-
-
-def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward), from tinyseek.cost when it offers it, else 6 * N_active
-    + attention (12 * layers * heads * head_dim * seq_len / 2 for causal attention)."""
-    cfg = getattr(model, "cfg", None)
-    try:
-        from tinyseek import cost
-
-        for fn_name in ("train_flops_per_token", "training_flops_per_token", "flops_per_token"):
-            fn = getattr(cost, fn_name, None)
-            if fn is not None:
-                return float(fn(cfg, seq_len))
-    except Exception:  # cost.py absent or with another signature: fall back to the estimate below
-        pass
-    n_active = 0
-    for name, p in model.named_parameters():
-        if name == "embed.weight":
-            continue  # a lookup, no matmul
-        n = p.numel()
-        if cfg is not None and ".experts." in name and getattr(cfg, "n_routed_experts", 0):
-            n = n * cfg.n_activated_experts / cfg.n_routed_experts
-        n_active += n
-    attn = 0.0
-    if cfg is not None:
-        attn = 6 * cfg.n_layers * cfg.n_heads * (cfg.qk_head_dim + cfg.v_head_dim) * seq_len / 2
-    return 6.0 * n_active + attn
-
-
 # ----------------------------------------------------------------------------------------------
 # the loop
 
@@ -340,8 +303,8 @@ class Loop:
         if cfg.batch_size % (cfg.grad_accum * self.dist.world):
             raise ConfigError(f"batch_size: {cfg.batch_size} must be a multiple of grad_accum x processes = {cfg.grad_accum * self.dist.world}")
         self.seq_len = seq_len
-        self.flops_per_token = flops_per_token(self.raw_model, seq_len or 1)
-        self.peak = peak_flops(cfg, self.device)
+        self.flops_per_token = cost.model_train_flops_per_token(self.raw_model, seq_len or 1)
+        self.peak = cost.device_peak_flops(self.device, cfg.peak_tflops)
         self.price = cfg.gpu_hour_price if self.device.type == "cuda" else cfg.cpu_hour_price
         # counters (saved in checkpoints)
         self.step = 0
