@@ -27,6 +27,7 @@ else:  # pragma: no cover
 
 
 from tinyseek.errors import TinyseekError
+from tinyseek.io import write_atomic, write_json
 
 
 class ConfigError(TinyseekError, ValueError):
@@ -182,7 +183,7 @@ def write_toml(data: dict, path: str | Path) -> None:
             return [clean(v) for v in d]
         return d
 
-    Path(path).write_text(tomli_w.dumps(clean(data)), encoding="utf-8")
+    write_atomic(path, tomli_w.dumps(clean(data)))
 
 
 def parse_overrides(argv: list[str]) -> dict:
@@ -417,7 +418,7 @@ class ModelConfig:
         if path.suffix == ".toml":
             write_toml(self.to_dict(), path)
         else:
-            path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+            write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":

@@ -25,9 +25,7 @@ out of the accuracy metrics and counted in `n_unscored`.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
 from collections import Counter
@@ -35,6 +33,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from tinyseek.errors import TinyseekError
+from tinyseek.io import write_json
 from tinyseek.inference.sampling import SamplingParams
 
 Z95 = 1.959963984540054
@@ -214,18 +213,6 @@ def format_table(result: dict) -> str:
     return head + "\n" + "\n".join(lines)
 
 
-def write_json_atomic(obj: dict, path: Path) -> None:
-    """Whole or not at all: a temporary sibling renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def cli_eval(argv: list[str]) -> int:
     import argparse
 
@@ -273,7 +260,7 @@ def cli_eval(argv: list[str]) -> int:
     result = {"task": name, "ckpt": str(args.ckpt), **evaluate(engine, records, args.samples, params, system=args.system, progress=prog)}
     print(file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs/eval") / f"{Path(str(args.ckpt).rstrip('/')).name}-{name}"
-    write_json_atomic(result, out / "eval.json")
+    write_json(out / "eval.json", result, indent=1)
     print(format_table(result))
     print(f"wrote {out / 'eval.json'}  ({result['time_s']:.1f} s, {result['tokens_per_s']} tokens/s)")
     return 0

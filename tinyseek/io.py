@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from tinyseek.errors import TinyseekError
 
@@ -104,6 +104,41 @@ def text_documents(path: str | Path) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------
 # writing
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` for a writer that takes a file name (safetensors, tokenizers,
+    torch.save); rename it to `path` only if the block succeeds. On any exception it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write a whole file (text as UTF-8) or nothing: the one writer every file goes through."""
+    with atomic_file(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | Path, obj, indent: int | None = 2) -> Path:
+    """`obj` as a JSON file (UTF-8 kept as is; anything JSON has no type for written as its str), atomically."""
+    return write_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    """One JSON object a line, atomically."""
+    return write_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
 @contextlib.contextmanager

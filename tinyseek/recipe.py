@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 from tinyseek.config import ConfigError, read_file, write_toml
 from tinyseek.errors import TinyseekError
+from tinyseek.io import atomic_dir, write_json, write_jsonl
 
 MARKER = "stage.json"  # written last into RUN/<name>/: the stage is complete
 RECIPE_COPY = "recipe.json"  # the resolved recipe, written into RUN/ (the report reads the stage list from it)
@@ -258,7 +259,6 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
     if unknown:
         raise ConfigError(f"{stage.where}: unknown field {sorted(unknown)[0]!r} for a tasks stage (known: {', '.join(TASKS_FIELDS)})")
     from tinyseek import tasks as T
-    from tinyseek.io import atomic_dir
 
     names = f["tasks"] if isinstance(f["tasks"], list) else [f["tasks"]]
     for n in [*names, *f["corpus"]]:
@@ -298,16 +298,10 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
                 corpus.append(r["prompt"] + "\n" + T.completion_text(r))
     with atomic_dir(out) as tmp:
         for k, recs in out_recs.items():
-            _write_jsonl(tmp / f"{k}.jsonl", recs)
-        _write_jsonl(tmp / "test.jsonl", test)
+            write_jsonl(tmp / f"{k}.jsonl", recs)
+        write_jsonl(tmp / "test.jsonl", test)
         if corpus:
             (tmp / "corpus.txt").write_text("\n\n".join(corpus) + "\n", encoding="utf-8")
-
-
-def _write_jsonl(path: Path, recs: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for r in recs:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 EVAL_FIELDS = {"model": None, "data": None, "n": 0, "samples": 8, "temperature": 1.0, "top_p": 1.0,
@@ -330,7 +324,6 @@ def _run_eval(stage: Stage, out: Path, resume: bool) -> None:
         if not f[k]:
             raise ConfigError(f"{stage.where}: an eval stage needs {k}")
     from tinyseek import tasks
-    from tinyseek.io import atomic_dir
     from tinyseek.inference.load import load_engine
     from tinyseek.evaluate import evaluate
     from tinyseek.inference.sampling import SamplingParams
@@ -357,7 +350,7 @@ def _run_eval(stage: Stage, out: Path, resume: bool) -> None:
     result["generated_tokens"] = gen
     result["wall_s"] = round(time.perf_counter() - t0, 3)
     with atomic_dir(out) as tmp:
-        (tmp / "eval.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(tmp / "eval.json", result, indent=1)
 
 
 RUNNERS: dict[str, Callable[[Stage, Path, bool], None]] = {
@@ -390,9 +383,7 @@ def _write_marker(out: Path, stage: Stage, wall_s: float, resumed: bool = False)
     data = {"kind": stage.kind, "name": stage.name, "config_hash": stage.config_hash, "wall_s": round(wall_s, 3),
             "resumed": resumed,  # then wall_s is the last attempt's only
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    tmp = out / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MARKER)
+    write_json(out / MARKER, data)
 
 
 def _seed_everything(name: str) -> None:
@@ -420,9 +411,7 @@ def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = pri
         torch.set_num_threads(recipe.threads)
     resolved = {"name": recipe.name, "threads": recipe.threads, "recipe": str(recipe.path),
                 "stages": [{"kind": s.kind, "name": s.name, "config_hash": s.config_hash, "fields": s.fields} for s in recipe.stages]}
-    tmp = run / f".{RECIPE_COPY}.tmp"
-    tmp.write_text(json.dumps(resolved, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, run / RECIPE_COPY)
+    write_json(run / RECIPE_COPY, resolved)
     statuses = []
     dirty = False  # an earlier stage re-ran: everything after it is stale
     for i, stage in enumerate(recipe.stages, 1):

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Iterable
 
 from tinyseek.errors import TinyseekError
+from tinyseek.io import atomic_file, write_atomic
 from tinyseek.r1 import (  # noqa: F401  (also public here: the tokenizer is where they are looked for)
     ANSWER,
     ANSWER_END,
@@ -98,10 +98,9 @@ class Tokenizer:
 
     def save(self, out: str | Path) -> Path:
         """Write `tokenizer.json` into directory `out` (created if needed); returns the file's path."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        f = out / TOKENIZER_FILE
-        self.hf.save(str(f))
+        f = Path(out) / TOKENIZER_FILE
+        with atomic_file(f) as tmp:
+            self.hf.save(str(tmp))
         self.path = f
         return f
 
@@ -204,14 +203,8 @@ def cli_tokenizer(argv: list[str]) -> int:
     lines = [d for f in a.corpus for d in text_documents(f)]  # read (and check) every file before anything is written
     tok = Tokenizer.train(texts + lines, a.vocab_size)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # each file is written to a temporary name and renamed, so a crash leaves no half-written file
-    tmp = out / f".{TOKENIZER_FILE}.tmp"
-    tok.hf.save(str(tmp))
-    files = hf_tokenizer_files(tmp)
-    os.replace(tmp, out / TOKENIZER_FILE)
-    for name, text in files.items():
-        (out / f".{name}.tmp").write_text(text, encoding="utf-8")
-        os.replace(out / f".{name}.tmp", out / name)
-    print(f"tokenizer: {tok.vocab_size} tokens -> {out / TOKENIZER_FILE}")
+    f = tok.save(out)
+    for name, text in hf_tokenizer_files(f).items():
+        write_atomic(out / name, text)
+    print(f"tokenizer: {tok.vocab_size} tokens -> {f}")
     return 0

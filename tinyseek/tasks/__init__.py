@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 from tinyseek.errors import TinyseekError
+from tinyseek.io import write_jsonl
 from tinyseek.r1 import completion_text  # noqa: F401  (also public here: tasks.completion_text(rec))
 from tinyseek.tasks.arithmetic import Arithmetic
 from tinyseek.tasks.base import Task
@@ -59,20 +59,6 @@ def load_records(path) -> list[dict]:
     return _load(path)
 
 
-def _write_jsonl_atomic(records, out: str, with_completion: bool):
-    tmp = f"{out}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                if with_completion:
-                    rec = {**rec, "completion": completion_text(rec)}
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def cli_tasks(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tinyseek tasks", description="list the verifiable tasks, or print sample problems")
     parser.add_argument("name", nargs="?", help="a task name; without one, list the tasks")
@@ -102,7 +88,7 @@ def cli_tasks(argv: list[str]) -> int:
     records = get(args.name).generate(args.n, seed=args.seed, split=args.split, difficulty=difficulty, unique=args.unique)
     seconds = time.perf_counter() - t0
     if args.out:
-        _write_jsonl_atomic(records, args.out, args.completion)
+        write_jsonl(args.out, ({**r, "completion": completion_text(r)} if args.completion else r for r in records))
         print(f"wrote {len(records)} {args.name} problems ({args.split}) to {args.out} in {seconds:.2f} s", file=sys.stderr)
     elif args.text:
         for rec in records:

@@ -32,7 +32,7 @@ import torch
 from tinyseek.config import ConfigError, stage_cli, to_dict
 from tinyseek.data import IGNORE, ExampleStream, collate, row_to_messages, sft_example
 from tinyseek.errors import TinyseekError
-from tinyseek.io import read_rows
+from tinyseek.io import read_rows, write_atomic
 from tinyseek.train.distill_loss import KD_KINDS, TeacherCache, build_teacher_cache, kd_loss, teacher_topk
 from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything
 
@@ -220,9 +220,7 @@ def run(cfg: DistillConfig, run_dir: Path, resume: bool = False) -> dict:
         raise ConfigError(f"model.vocab_size: the student's {student.cfg.vocab_size} differs from the teacher's {teacher_vocab} (whitebox needs one vocabulary)")
     run_dir.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
-        tmp = run_dir / f".{TOKENIZER_FILE}.tmp"
-        tmp.write_bytes(tok_file.read_bytes())
-        os.replace(tmp, run_dir / TOKENIZER_FILE)
+        write_atomic(run_dir / TOKENIZER_FILE, tok_file.read_bytes())
     resolved = {**to_dict(cfg), "model": student_cfg, "n_examples": len(examples), "n_dropped": dropped}
     loop = Loop(cfg, student, run_dir, tokenizer_file=run_dir / TOKENIZER_FILE, resolved_config=resolved, resume=resume,
                 stage_name="distill", seq_len=cfg.max_len)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyseek.errors import TinyseekError
+from tinyseek.io import atomic_file
 
 KD_KINDS = ("forward", "reverse", "mix")
 _MIN_MASS = 1e-12  # the rest bucket's mass is clamped here: log(0) would be -inf
@@ -114,11 +115,9 @@ class TeacherCache:
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({"logp": self.logp.contiguous(), "idx": self.idx.contiguous(), "offsets": self.offsets.contiguous()},
-                  str(tmp), metadata={"tinyseek": json.dumps(self.meta)})
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            save_file({"logp": self.logp.contiguous(), "idx": self.idx.contiguous(), "offsets": self.offsets.contiguous()},
+                      str(tmp), metadata={"tinyseek": json.dumps(self.meta)})
 
     @classmethod
     def load(cls, path: str | Path, expect: dict | None = None) -> "TeacherCache":

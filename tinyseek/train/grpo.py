@@ -476,18 +476,13 @@ class GrpoStage:
 
     # -- logging and evaluation ----------------------------------------------------------------------
     def _write_samples(self, step: int, rows, samples, total, parts, adv) -> None:
-        import json
+        from tinyseek.io import write_jsonl
 
-        d = self.run_dir / "samples"
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".step-{step}.jsonl.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for i in range(min(self.cfg.samples_logged, len(samples))):
-                rec = {"step": step, "prompt": rows[i]["prompt"], "answer": rows[i].get("answer"), "completion": samples[i].text,
-                       "finish_reason": samples[i].finish_reason, "tokens": len(samples[i].token_ids), "reward": total[i],
-                       "rewards": {k: v[i] for k, v in parts.items()}, "advantage": float(adv[i])}
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        tmp.replace(d / f"step-{step}.jsonl")
+        write_jsonl(self.run_dir / "samples" / f"step-{step}.jsonl", (
+            {"step": step, "prompt": rows[i]["prompt"], "answer": rows[i].get("answer"), "completion": samples[i].text,
+             "finish_reason": samples[i].finish_reason, "tokens": len(samples[i].token_ids), "reward": total[i],
+             "rewards": {k: v[i] for k, v in parts.items()}, "advantage": float(adv[i])}
+            for i in range(min(self.cfg.samples_logged, len(samples)))))
 
     def evaluate(self, loop) -> dict:
         if self._heldout is None:

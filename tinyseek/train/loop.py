@@ -76,6 +76,7 @@ from tinyseek import cost
 from tinyseek.checkpoint import TRAINER_STATE_FILE, check_state_dict, read_weights, save_checkpoint
 from tinyseek.config import ConfigError, write_toml
 from tinyseek.errors import TinyseekError
+from tinyseek.io import write_atomic, write_json
 
 
 class TrainingStopped(TinyseekError):
@@ -509,7 +510,7 @@ class Loop:
                         keep.append(line)
                 except json.JSONDecodeError:
                     break  # a line cut short by the kill
-            f.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+            write_atomic(f, "".join(k + "\n" for k in keep))
         try:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
@@ -615,9 +616,7 @@ class Loop:
         self.save(stage, final=True)
         summary = self.summary()
         if self.is_main:
-            tmp = self.run_dir / ".summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, self.run_dir / "summary.json")
+            write_json(self.run_dir / "summary.json", summary)
             if self._tb is not None:
                 self._tb.close()
             if cfg.progress:

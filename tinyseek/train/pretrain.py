@@ -101,10 +101,7 @@ def run(cfg: PretrainConfig, run_dir: Path, resume: bool = False) -> dict:
     model, model_cfg = build_model(cfg.preset, cfg.model, cfg.init, tok.vocab_size, cfg.seq_len)
     # the tokenizer travels with the run (and from there into every checkpoint); rank 0 writes it
     if int(os.environ.get("RANK", "0")) == 0 and (tok.path is None or Path(tok.path).resolve() != (run_dir / TOKENIZER_FILE).resolve()):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / f".{TOKENIZER_FILE}.tmp"
-        tok.hf.save(str(tmp))
-        os.replace(tmp, run_dir / TOKENIZER_FILE)
+        tok.save(run_dir)
     resolved = {**to_dict(cfg), "model": model_cfg, "tokenizer": str(run_dir / TOKENIZER_FILE)}
     loop = Loop(cfg, model, run_dir, tokenizer_file=run_dir / TOKENIZER_FILE, resolved_config=resolved, resume=resume,
                 stage_name="pretrain", seq_len=cfg.seq_len)

@@ -21,8 +21,6 @@ Two ways to call it:
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,24 +137,10 @@ def rejection_sample(cfg: SampleConfig) -> tuple[list[dict], dict]:
     return select(records, comps, cfg.shortest, cfg.dedup)
 
 
-def write_rows(rows: list[dict], path: Path) -> None:
-    """JSONL, written to a temporary sibling and renamed: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def cli_sample(argv: list[str]) -> int:
     import argparse
 
-    from tinyseek.io import atomic_dir
+    from tinyseek.io import atomic_dir, write_json, write_jsonl
     from tinyseek.config import from_dict, read_file
 
     ap = argparse.ArgumentParser(prog="tinyseek sample",
@@ -187,12 +171,12 @@ def cli_sample(argv: list[str]) -> int:
     rows, stats = rejection_sample(cfg)
     out = Path(a.out)
     if out.suffix == ".jsonl":
-        write_rows(rows, out)
+        write_jsonl(out, rows)
         target = out
     else:
         with atomic_dir(out) as tmp:
-            write_rows(rows, tmp / "sft.jsonl")
-            (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+            write_jsonl(tmp / "sft.jsonl", rows)
+            write_json(tmp / "stats.json", stats)
         target = out / "sft.jsonl"
     print(f"sample: kept {stats['rows']} completions for {stats['problems_kept']}/{stats['problems']} problems "
           f"(acceptance {stats['acceptance']:.1%} of {stats['completions']}) -> {target}")
