@@ -27,30 +27,17 @@ import torch
 
 from tinyseek.errors import TinyseekError
 from tinyseek.io import read_rows, text_documents  # noqa: F401  (also public here: the dataset code reads through them)
-from tinyseek.r1 import BOS, render_chat
+from tinyseek.r1 import render_chat
 from tinyseek.tokenizer import Tokenizer
 
 IGNORE = -100
 
 
 def task_documents(task_counts: dict[str, int], seed: int, split: str, fmt: str = "plain") -> list[str]:
-    """Problem + worked solution of `n` generated problems per task. `fmt` "plain": prompt, newline,
-    completion; "chat": the R1 chat rendering (so pretraining already sees the SFT format)."""
+    """The pretraining documents of generated problems (tasks.documents), task by task in name order."""
     from tinyseek import tasks
 
-    docs = []
-    for name, n in sorted(task_counts.items()):
-        try:
-            task = tasks.get(name)
-        except TinyseekError:
-            raise TinyseekError(f"tasks: unknown task {name!r} (known: {', '.join(tasks.names())})") from None
-        for rec in task.generate(int(n), seed=seed, split=split):
-            comp = tasks.completion_text(rec)
-            if fmt == "chat":
-                docs.append(render_chat([{"role": "user", "content": rec["prompt"]}])[len(BOS):] + comp)
-            else:
-                docs.append(rec["prompt"] + "\n" + comp)
-    return docs
+    return tasks.documents(dict(sorted(task_counts.items())), seed, split, fmt)
 
 
 # ----------------------------------------------------------------------------------------------

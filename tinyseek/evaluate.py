@@ -246,7 +246,7 @@ def cli_eval(argv: list[str]) -> int:
     if args.n < 1 or args.samples < 1:
         raise TinyseekError("--n and --samples must be >= 1")
     if args.task is not None:
-        records = tasks.get(args.task).generate(args.n, seed=args.seed, split="test", difficulty=args.difficulty)
+        records = tasks.get(args.task, field="--task").generate(args.n, seed=args.seed, split="test", difficulty=args.difficulty)
         name = args.task
     else:
         records = tasks.load_records(args.data)[: args.n]

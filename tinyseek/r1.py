@@ -72,6 +72,15 @@ def completion_text(rec: dict) -> str:
     return f"<think>\n{rec['solution']}\n</think>\n<answer>{rec['answer']}</answer>"
 
 
+def training_text(rec: dict, fmt: str = "plain") -> str:
+    """A solved task record as a training document: "plain" is the prompt, a newline and the completion;
+    "chat" is the prompt in the chat template (without BOS: a document gets its own) and the completion, so
+    pretraining already sees the SFT format."""
+    if fmt == "chat":
+        return render_chat([{"role": "user", "content": rec["prompt"]}])[len(BOS):] + completion_text(rec)
+    return rec["prompt"] + "\n" + completion_text(rec)
+
+
 R1_ZERO_TEMPLATE = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
     "The assistant first thinks about the reasoning process in the mind and then provides the user with the "

@@ -262,8 +262,7 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
 
     names = f["tasks"] if isinstance(f["tasks"], list) else [f["tasks"]]
     for n in [*names, *f["corpus"]]:
-        if n not in T.names():
-            raise ConfigError(f"{stage.where}: unknown task {n!r} (known: {', '.join(T.names())})")
+        T.get(n, field=f"{stage.where}: tasks")
     splits: dict[str, int] = {k: int(v) for k, v in f["splits"].items()}
     if "test" in splits or "corpus" in splits:
         raise ConfigError(f"{stage.where}: splits: 'test' and 'corpus' are reserved names")
@@ -283,19 +282,11 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
             out_recs[k] += train[i:i + n]
             i += n
         test += task.generate(int(f["test"]), seed=int(f["seed"]), split="test", difficulty=diff, unique=True)
-    corpus = []
     cdiff = _difficulty(f["corpus_difficulty"], f"{stage.where}: corpus_difficulty")
     if f["corpus_format"] not in ("plain", "chat"):
         raise ConfigError(f"{stage.where}: corpus_format must be plain or chat (got {f['corpus_format']!r})")
-    from tinyseek.r1 import BOS, render_chat
-
-    for name, n in f["corpus"].items():
-        # another seed than the splits': the corpus is background reading, not the SFT/RL problems again
-        for r in T.get(name).generate(int(n), seed=int(f["seed"]) + 1, split="train", difficulty=cdiff):
-            if f["corpus_format"] == "chat":
-                corpus.append(render_chat([{"role": "user", "content": r["prompt"]}])[len(BOS):] + T.completion_text(r))
-            else:
-                corpus.append(r["prompt"] + "\n" + T.completion_text(r))
+    # another seed than the splits': the corpus is background reading, not the SFT/RL problems again
+    corpus = T.documents(f["corpus"], int(f["seed"]) + 1, "train", f["corpus_format"], cdiff)
     with atomic_dir(out) as tmp:
         for k, recs in out_recs.items():
             write_jsonl(tmp / f"{k}.jsonl", recs)

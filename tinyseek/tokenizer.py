@@ -174,15 +174,7 @@ def task_texts(names: list[str], n: int, seed: int = 0) -> list[str]:
     """Prompt + completion text of `n` training problems of each named task (the tokenizer's task corpus)."""
     from tinyseek import tasks
 
-    out = []
-    for name in names:
-        try:
-            task = tasks.get(name)
-        except TinyseekError:
-            raise TinyseekError(f"--tasks: unknown task {name!r} (known: {', '.join(tasks.names())})") from None
-        for rec in task.generate(n, seed=seed, split="train"):
-            out.append(rec["prompt"] + "\n" + tasks.completion_text(rec))
-    return out
+    return tasks.documents({name: n for name in names}, seed, "train", field="--tasks")
 
 
 def cli_tokenizer(argv: list[str]) -> int:

@@ -19,9 +19,10 @@ import json
 import sys
 import time
 
+from tinyseek.config import ConfigError
 from tinyseek.errors import TinyseekError
 from tinyseek.io import write_jsonl
-from tinyseek.r1 import completion_text  # noqa: F401  (also public here: tasks.completion_text(rec))
+from tinyseek.r1 import completion_text, training_text
 from tinyseek.tasks.arithmetic import Arithmetic
 from tinyseek.tasks.base import Task
 from tinyseek.tasks.countdown import Countdown
@@ -45,11 +46,23 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
-def get(name: str) -> Task:
-    """The task called `name` (see names())."""
+def get(name: str, field: str = "task") -> Task:
+    """The task called `name` (see names()); an unknown name is a one-line error naming `field`."""
     if name not in _REGISTRY:
-        raise TinyseekError(f"unknown task {name!r}; choose from {', '.join(_REGISTRY)}")
+        raise ConfigError(f"{field}: unknown task {name!r} (known: {', '.join(_REGISTRY)})")
     return _REGISTRY[name]()
+
+
+def records(counts: dict[str, int], seed: int = 0, split: str = "train", difficulty=None, field: str = "tasks") -> list[dict]:
+    """`counts[name]` generated problems of each named task, task after task (every name is checked first)."""
+    chosen = [(get(name, field), int(n)) for name, n in counts.items()]
+    return [rec for task, n in chosen for rec in task.generate(n, seed=seed, split=split, difficulty=difficulty)]
+
+
+def documents(counts: dict[str, int], seed: int = 0, split: str = "train", fmt: str = "plain", difficulty=None,
+              field: str = "tasks") -> list[str]:
+    """Worked problems as training text (`r1.training_text`): the task corpus of the tokenizer, pretraining and recipes."""
+    return [training_text(rec, fmt) for rec in records(counts, seed, split, difficulty, field)]
 
 
 def load_records(path) -> list[dict]:

@@ -119,8 +119,6 @@ def rejection_sample(cfg: SampleConfig) -> tuple[list[dict], dict]:
     if cfg.data:
         records = tasks.load_records(cfg.data)[: cfg.n]
     else:
-        if cfg.task not in tasks.names():
-            raise ConfigError(f"task: unknown task {cfg.task!r} (known: {', '.join(tasks.names())})")
         records = tasks.get(cfg.task).generate(cfg.n, seed=cfg.seed, split=cfg.split, difficulty=cfg.difficulty)
     if not records:
         raise TinyseekError(f"{cfg.data or cfg.task}: no problems to sample")

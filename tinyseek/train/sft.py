@@ -51,16 +51,11 @@ class SFTConfig(TrainConfig):
 
 
 def task_rows(counts: dict[str, int], seed: int, split: str):
+    """(where, record) pairs of generated problems, task by task in name order."""
     from tinyseek import tasks
-    from tinyseek.errors import TinyseekError
 
-    for name, n in sorted(counts.items()):
-        try:
-            task = tasks.get(name)
-        except TinyseekError:
-            raise TinyseekError(f"tasks: unknown task {name!r} (known: {', '.join(tasks.names())})") from None
-        for i, rec in enumerate(task.generate(int(n), seed=seed, split=split)):
-            yield f"task {name} ({split}) #{i}", rec
+    for rec in tasks.records(dict(sorted(counts.items())), seed, split):
+        yield f"task {rec['task']} ({split}) {rec['id']}", rec
 
 
 def _rows(files: list[str], counts: dict[str, int], seed: int, split: str):
