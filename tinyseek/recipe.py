@@ -33,17 +33,17 @@ Why the runner looks the way it does:
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
 import hashlib
 import json
 import os
 import random
 import shutil
-import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tinyseek.config import ConfigError, read_file, write_toml
 from tinyseek.errors import TinyseekError
@@ -179,12 +179,42 @@ def _write_config(stage: Stage, out: Path) -> Path:
 
 
 def _command(kind: str) -> Callable[[list[str]], int]:
-    from importlib import import_module
+    """The function behind `tinyseek KIND`: a stage runs exactly what a user would type."""
+    from tinyseek.tokenizer import cli_tokenizer
+    from tinyseek.train.distill import cli_distill
+    from tinyseek.train.grpo import cli_grpo
+    from tinyseek.train.pretrain import cli_pretrain
+    from tinyseek.train.sample import cli_sample
+    from tinyseek.train.sft import cli_sft
 
-    from tinyseek.cli import COMMANDS
+    return {"tokenizer": cli_tokenizer, "pretrain": cli_pretrain, "sft": cli_sft, "grpo": cli_grpo, "sample": cli_sample,
+            "distill": cli_distill}[kind]
 
-    mod, fn = COMMANDS[kind][0].split(":")
-    return getattr(import_module(mod), fn)
+
+@contextlib.contextmanager
+def stage_argv(kind: str, argv: list[str]) -> Iterator[list[str]]:
+    """`tinyseek KIND --config RECIPE --out RUN [--quick]`: when --config names a recipe rather than a stage config,
+    the command runs on the recipe's one stage of that kind ({run} = the --out directory, --quick applies its
+    quick fields), written to a temporary stage config for the duration. Any other argv passes through."""
+    if "--config" not in argv or "--out" not in argv:
+        yield argv
+        return
+    i, j = argv.index("--config"), argv.index("--out")
+    if i + 1 >= len(argv) or j + 1 >= len(argv) or "stage" not in read_file(argv[i + 1]):
+        yield argv
+        return
+    stages = [s for s in load_recipe(argv[i + 1], argv[j + 1], quick="--quick" in argv).stages if s.kind == kind]
+    if len(stages) != 1:
+        raise ConfigError(f"{argv[i + 1]}: a recipe given to tinyseek {kind} must hold exactly one {kind} stage (it has {len(stages)})")
+    fd, tmp = tempfile.mkstemp(suffix=".toml", prefix=f"{kind}-stage-")
+    os.close(fd)
+    try:
+        write_toml(stages[0].fields, tmp)
+        rest = [a for a in argv if a != "--quick"]
+        rest[rest.index("--config") + 1] = tmp
+        yield rest
+    finally:
+        os.unlink(tmp)
 
 
 def _has_checkpoint(out: Path) -> bool:

@@ -552,50 +552,12 @@ def build_stage(cfg: GrpoConfig, run_dir, resume: bool = False):
     return loop, GrpoStage(cfg, policy, ref, run_dir)
 
 
-def _recipe_stage_config(argv: list[str]) -> tuple[list[str], str | None]:
-    """`--config` may name a recipe (a TOML with [[stage]] tables, tinyseek/recipe.py): its one grpo stage is
-    written to a temporary stage config ({run} = the --out directory) and used instead. Returns (argv, temp)."""
-    import tempfile
-    from pathlib import Path
-
-    from tinyseek.config import read_file, write_toml
-
-    if "--config" not in argv or "--out" not in argv:
-        return argv, None
-    i, j = argv.index("--config"), argv.index("--out")
-    if i + 1 >= len(argv) or j + 1 >= len(argv):
-        return argv, None
-    data = read_file(argv[i + 1])
-    if "stage" not in data:
-        return argv, None
-    from tinyseek.recipe import load_recipe
-
-    stages = [s for s in load_recipe(argv[i + 1], argv[j + 1], quick="--quick" in argv).stages if s.kind == "grpo"]
-    if len(stages) != 1:
-        raise ConfigError(f"{argv[i + 1]}: a recipe given to tinyseek grpo must hold exactly one grpo stage (it has {len(stages)})")
-    fd, tmp = tempfile.mkstemp(suffix=".toml", prefix="grpo-stage-")
-    os_close = __import__("os").close
-    os_close(fd)
-    write_toml(stages[0].fields, Path(tmp))
-    rest = [a for a in argv if a != "--quick"]
-    rest[rest.index("--config") + 1] = tmp
-    return rest, tmp
-
-
 def cli_grpo(argv: list[str]) -> int:
-    import os
-
     from tinyseek.config import stage_cli
 
-    argv, tmp = _recipe_stage_config(argv)
-    try:
-        cfg, run_dir, resume = stage_cli(GrpoConfig, argv, prog="tinyseek grpo",
-                                         description="GRPO with rule-based rewards on a tinyseek checkpoint or a transformers "
-                                                     "model (a directory, a .gguf file or pkg:PACKAGE/FILE). --config takes a "
-                                                     "stage config or a recipe with one grpo stage (--quick: its quick fields).")
-    finally:
-        if tmp:
-            os.unlink(tmp)
+    cfg, run_dir, resume = stage_cli(GrpoConfig, argv, prog="tinyseek grpo",
+                                     description="GRPO with rule-based rewards on a tinyseek checkpoint or a transformers "
+                                                 "model (a directory, a .gguf file or pkg:PACKAGE/FILE).")
     loop, stage = build_stage(cfg, run_dir, resume=resume)
     loop.run(stage)
     return 0
