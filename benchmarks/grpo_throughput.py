@@ -140,7 +140,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # reward_len by import path
-    from tinyseek.train.grpo import Policy
+    from tinyseek.train.policy import HFPolicy, TinyseekPolicy
 
     tmp = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
     tok, hf_tok = build_tokenizer(tmp)
@@ -150,7 +150,7 @@ def main() -> None:
     print(f"random Llama {n_params / 1e6:.2f}M params (vocab {tok.vocab_size}), {P} prompts x G={G}, {NEW} new tokens, "
           f"beta {BETA}, fp32, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     results = {}
-    policy = Policy(copy.deepcopy(base), hf_tok, "hf")
+    policy = HFPolicy(copy.deepcopy(base), hf_tok)
     s, m = run_tinyseek(policy, recs, a.steps, tmp, "ts-llama")
     results["tinyseek (Llama via HF adapter)"] = s
     print(f"tinyseek, Llama via the HF adapter: {s:.2f} s/step, {P * G / s:.1f} completions/s "
@@ -168,7 +168,7 @@ def main() -> None:
 
         torch.manual_seed(0)
         model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.vocab_size))
-        s2, m2 = run_tinyseek(Policy(model, tok, "tinyseek"), recs, a.steps, tmp, "ts-tiny")
+        s2, m2 = run_tinyseek(TinyseekPolicy(model, tok), recs, a.steps, tmp, "ts-tiny")
         print(f"tinyseek, own tiny preset ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M MoE): {s2:.2f} s/step, "
               f"{P * G / s2:.1f} completions/s (rollout {m2['rollout_s']:.2f} s, update {m2['update_s']:.2f} s)")
 

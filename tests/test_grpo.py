@@ -156,12 +156,12 @@ import contextlib  # noqa: E402
 
 from tinyseek.config import ModelConfig  # noqa: E402
 from tinyseek.model import Transformer  # noqa: E402
-from tinyseek.train.grpo import (GrpoConfig, GrpoStage, Policy, build_micro_batches, sequence_logprobs,  # noqa: E402
-                                 _generate_plain)
+from tinyseek.train.grpo import GrpoConfig, GrpoStage, build_micro_batches, sequence_logprobs  # noqa: E402
+from tinyseek.train.policy import TinyseekPolicy  # noqa: E402
 
 
 class CharTok:
-    """Digits and a few signs, one token each, plus bos/eos/pad (the interface Policy needs of a tokenizer)."""
+    """Digits and a few signs, one token each, plus bos/eos/pad (the interface TinyseekPolicy needs of a tokenizer)."""
 
     chars = "0123456789+=?"
     bos_id, eos_id, pad_id = 13, 14, 15
@@ -216,7 +216,7 @@ def _stage(tmp_path, reward, **kw):
     fields.update(kw)
     cfg = GrpoConfig(**fields)
     cfg.validate()
-    policy = Policy(_toy_model(), CharTok(), "tinyseek")
+    policy = TinyseekPolicy(_toy_model(), CharTok())
     loop = Loop(cfg, policy.module, tmp_path / "run", resolved_config=None, stage_name="grpo")
     stage = GrpoStage(cfg, policy, None, tmp_path / "run")
     stage.prompts = ListPrompts(PROMPTS)
@@ -257,7 +257,7 @@ def test_identical_rewards_drop_the_group_and_leave_weights_alone(tmp_path):
 
 def test_sequence_logprobs_align_with_model_logits():
     """The scored positions: completion token j of row i is predicted by the hidden state one before it."""
-    policy = Policy(_toy_model(), CharTok(), "tinyseek")
+    policy = TinyseekPolicy(_toy_model(), CharTok())
     prompts = [[13, 1, 10, 2, 11], [13, 3, 11]]
     comps = [[4, 14], [5, 6, 7, 14]]
     mb = build_micro_batches(prompts, comps, torch.tensor([1.0, -1.0]), [True, True], micro_batch=8, pad_id=15)[0]
@@ -295,7 +295,7 @@ class _GradLoop:
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
 def test_micro_batching_does_not_change_the_gradient(loss_type):
-    policy = Policy(_toy_model(), CharTok(), "tinyseek")
+    policy = TinyseekPolicy(_toy_model(), CharTok())
     prompts = [[13, 1, 10, 2, 11], [13, 3, 11], [13, 2, 11], [13, 9, 9, 11]]
     comps = [[4, 14], [5, 6, 7, 14], [1], [8, 8, 14]]
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
@@ -313,7 +313,7 @@ def test_micro_batching_does_not_change_the_gradient(loss_type):
 
 def test_engine_and_plain_rollouts_agree_greedy():
     pytest.importorskip("tinyseek.engine")
-    policy = Policy(_toy_model(1), CharTok(), "tinyseek")
+    policy = TinyseekPolicy(_toy_model(1), CharTok())
     prompts = [[13, 1, 10, 2, 11], [13, 3, 11]]
     a = policy.generate(prompts, 2, 5, 1.0, top_k=1, impl="engine")
     b = policy.generate(prompts, 2, 5, 1.0, top_k=1, impl="plain")
@@ -377,8 +377,11 @@ def test_cli_on_a_checkpoint_then_resume(tmp_path):
              "--batch-size", "2", "--max-new-tokens", "6", "--ckpt-every", "1", "--eval-n", "2", "--progress", "false"]
     assert cli_grpo(flags + ["--max-steps", "2", "--out", str(out)]) == 0
     assert cli_grpo(["--out", str(out), "--resume", "--max-steps", "3"]) == 0
-    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    for key in ("eval_greedy", "eval_pass1", "eval_pass1_lo", "eval_pass1_hi", "eval_format_rate", "eval_len_mean"):
+        assert key in recs[-1], key  # the held-out evaluation (tinyseek.evaluate) at the end of the run
+    assert recs[-1]["eval_n"] == 2 and 0 <= recs[-1]["eval_pass1_lo"] <= recs[-1]["eval_pass1"] <= recs[-1]["eval_pass1_hi"] <= 1
     assert (out / "final" / "tokenizer.json").is_file() and (out / "config.toml").is_file()
     with pytest.raises(ConfigError, match="loss_type"):
         cli_grpo(flags + ["--loss-type", "ppo", "--out", str(tmp_path / "bad")])
@@ -399,7 +402,7 @@ class _SGDLoop(_GradLoop):
 
 
 def _toy_update(num_iterations, lr, adv, loss_mask=(True, True, True, True)):
-    policy = Policy(_toy_model(), CharTok(), "tinyseek")
+    policy = TinyseekPolicy(_toy_model(), CharTok())
     prompts = [[13, 1, 10, 2, 11], [13, 3, 11], [13, 2, 11], [13, 9, 9, 11]]
     comps = [[4, 14], [5, 6, 7, 14], [1], [8, 8, 14]]
     cfg = GrpoConfig(model="toy", num_iterations=num_iterations, max_new_tokens=4)

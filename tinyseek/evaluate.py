@@ -147,12 +147,13 @@ def summarize(correct: list[list[float | None]], answers: list[list[str | None]]
 
 
 def evaluate(engine, records: list[dict], samples: int = 1, params: SamplingParams | None = None, system: str = "",
-             keep_text: bool = True, progress=None, chunk: int = 64) -> dict:
+             keep_text: bool = True, progress=None, chunk: int = 64, render=None) -> dict:
     """Generate `samples` completions for every record, score them with tinyseek.rewards, summarise.
 
     records: task records (`prompt`, `answer`, and for countdown `numbers`/`target`). Returns a dict with the
     metrics (see `summarize`), the sampling parameters, timings and, per problem, the answers, scores and
-    (keep_text) the completions. Prompts are built with the engine tokenizer's chat template.
+    (keep_text) the completions. Prompts are built with the engine tokenizer's chat template, or by
+    `render(record) -> prompt ids` (GRPO evaluates with the prompt template it trains with).
     """
     from tinyseek import rewards
 
@@ -170,7 +171,7 @@ def evaluate(engine, records: list[dict], samples: int = 1, params: SamplingPara
     n_tokens = 0
     for start in range(0, len(records), chunk):
         recs = records[start: start + chunk]
-        prompt_ids = [engine.encode_chat(msgs(r)) for r in recs]
+        prompt_ids = [render(r) if render is not None else engine.encode_chat(msgs(r)) for r in recs]
         groups = engine.generate(prompt_ids, params, n=samples)
         for r, ids, grp in zip(recs, prompt_ids, groups):
             comps = [c.text if c.text is not None else engine.decode(c.token_ids) for c in grp]

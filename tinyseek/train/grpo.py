@@ -1,39 +1,22 @@
-"""GRPO: reinforcement learning from rule-based outcome rewards (DeepSeekMath 2402.03300 §4, DeepSeek-R1 2501.12948 §2.2).
+"""`tinyseek grpo`: reinforcement learning from rule-based outcome rewards (DeepSeekMath §4, DeepSeek-R1 §2.2).
 
-One step: draw P prompts, sample G completions for each with the engine (the prompt is prefilled once per
-group), score every completion with weighted rule rewards, turn the rewards into group-relative advantages
-A_i = (r_i - mean_group) / std, and take `num_iterations` gradient steps on the clipped surrogate
+One step: draw P prompts, sample G completions for each through the policy's engine (the prompt is
+prefilled once per group), score every completion with weighted rule rewards, turn the rewards into
+group-relative advantages A_i = (r_i - mean_group) / std, and take `num_iterations` gradient steps on the
+clipped surrogate
 
     L_i,t = -min(rho_i,t * A_i, clip(rho_i,t, 1 - epsilon, 1 + epsilon_high) * A_i) + beta * KL_i,t
     rho_i,t = pi_theta(o_t | q, o_<t) / pi_old(o_t | q, o_<t)
     KL_i,t = pi_ref / pi_theta - log(pi_ref / pi_theta) - 1          (the k3 estimator, R1 paper eq. 2)
 
-aggregated over tokens according to `loss_type`. The conventions follow TRL 1.16's GRPOTrainer
-(trl/trainer/grpo_trainer.py, `_compute_loss` and `_generate_and_score_completions`), so figures compare:
+aggregated over tokens according to `loss_type` (grpo, dr_grpo, dapo: the maths and how it compares with
+TRL are in grpo_loss.py). With `dynamic_sampling`, groups whose rewards are all equal (zero advantage) are
+dropped from the update altogether (DAPO's dynamic sampling, without re-drawing: the step just has fewer
+sequences). Reference-model log-probs are taken under no_grad.
 
-- grpo:    per-sequence token mean, then mean over sequences (the GRPO paper's 1/|o_i|; biased towards
-           short correct and long wrong answers, as Dr. GRPO 2503.20783 points out).
-- dr_grpo: sum over all tokens / (batch * max_completion_len): no length normalisation (a constant instead).
-           Dr. GRPO also drops the std in the advantage: set `scale_rewards = "none"` with it.
-- dapo:    token-level mean over every completion token of the batch (DAPO 2503.14476). TRL divides by the
-           tokens of the whole generation batch; with one update per generation batch that is this mean.
-- std: unbiased (Bessel) like TRL's `nanstd`, and A = (r - mean) / (std + 1e-4) like TRL.
-
-What differs from TRL, on purpose:
-- A group whose reward std is below `std_threshold` gets advantage exactly 0 (TRL only logs it). On this
-  machine a group of equal rewards has a std that is float noise; ~1e-5 advantages went through, Adam scaled
-  them up to full-size random steps and the policy collapsed (see /work/shared/notes/rl-on-cpu-measured.md).
-  With `dynamic_sampling` those groups are dropped from the update altogether (DAPO's dynamic sampling,
-  without re-drawing: the step just has fewer sequences).
-- Log-probabilities come from the final hidden states through the output head in chunks, each chunk under
-  activation checkpointing, so the [B, T, vocab] logits never exist in full and nothing vocab-sized is kept
-  for the backward pass. `logprob_impl = "full"` is the plain reference path (full logits, log_softmax,
-  gather); tests check the two agree in value and gradient. Rollouts run under `torch.inference_mode` through
-  the engine (`rollout_impl = "plain"` is the cache-free reference); reference-model log-probs under no_grad.
-
-Models: a tinyseek checkpoint (`Engine` rollouts, `out.hidden` + `model.head`), or any transformers causal LM
-(a directory, a .gguf file, or `pkg:PACKAGE/FILE` for a file shipped in a pip package) through `HFEngine`
-rollouts and the decoder's hidden states + `lm_head`; the update then trains the transformers model itself.
+The model is a `Policy` (policy.py): a tinyseek checkpoint, or any transformers causal LM (a directory, a
+.gguf file, or `pkg:PACKAGE/FILE` for a file shipped in a pip package), whose own weights the update
+trains. Held-out accuracy is `tinyseek.evaluate` on the task's test side, with the prompts GRPO trains on.
 
 What worked on the 2-core CPU (dev/LOG.md, "GRPO measured run"): a 0.93M tiny-dense model after SFT, 2-digit
 addition, 32 prompts x 8, accuracy reward only, dapo loss, AdamW 1e-4 constant, no KL: held-out pass@1
@@ -62,7 +45,7 @@ from tinyseek.train.grpo_loss import (  # noqa: F401  (also public here: tinysee
     token_logprobs,
 )
 from tinyseek.checkpoint import resolve_model_path  # noqa: F401  (also public here)
-from tinyseek.train.policy import Policy, Sample, _generate_plain  # noqa: F401
+from tinyseek.train.policy import HFPolicy, Policy, Sample, TinyseekPolicy  # noqa: F401
 
 # ----------------------------------------------------------------------------------------------
 # configuration
@@ -254,17 +237,6 @@ def _std_ignoring_none(vals) -> float:
         return 0.0
     m = sum(v) / len(v)
     return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
-
-
-def wilson_interval(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n (k may be fractional: a mean over samples)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,39 +458,28 @@ class GrpoStage:
             self._heldout = self.prompts.heldout()
         if not self._heldout:
             return {}
-        return heldout_eval(self.policy, self._heldout, self.cfg, seed=10_000 + loop.step)
+        return self._evaluate_heldout(self._heldout, seed=10_000 + loop.step)
 
+    def _evaluate_heldout(self, recs: list[dict], seed: int) -> dict:
+        """Greedy accuracy, and pass@1 over `eval_samples` samples at `eval_temperature` with its 95% interval,
+        the format rate and the mean length: tinyseek.evaluate on the held-out records, with GRPO's prompts."""
+        from tinyseek.evaluate import evaluate
 
-def heldout_eval(policy: Policy, recs: list[dict], cfg: GrpoConfig, seed: int = 0) -> dict:
-    """pass@1 on held-out records: mean accuracy of `eval_samples` samples per problem at `eval_temperature`,
-    with a 95% Wilson interval over problems (n = problems), plus greedy accuracy and the format rate.
-
-    (Written before tinyseek.evaluate existed; it scores with the same accuracy reward.)
-    """
-    from tinyseek import rewards as R
-
-    prompt_ids = [policy.render(r["prompt"], cfg.prompt_template, cfg.system_prompt) for r in recs]
-    out = {}
-    for name, temp, k in (("greedy", 0.0, 1), ("pass1", cfg.eval_temperature, cfg.eval_samples)):
-        if temp == 0.0:
-            samples = policy.generate(prompt_ids, 1, cfg.max_new_tokens, 1.0, top_k=1, seed=seed, impl=cfg.rollout_impl,
-                                      max_batch=min(256, len(recs)))
-        else:
-            samples = policy.generate(prompt_ids, k, cfg.max_new_tokens, temp, cfg.top_p, seed=seed, impl=cfg.rollout_impl,
-                                      max_batch=min(256, len(recs) * k))
-        rows = [r for r in recs for _ in range(k)]
-        texts = [s.text for s in samples]
-        acc = R.accuracy_reward([r["prompt"] for r in rows], texts, **_columns(rows))
-        per_problem = [sum(a or 0.0 for a in acc[i * k:(i + 1) * k]) / k for i in range(len(recs))]
-        p = sum(per_problem) / len(recs)
-        lo, hi = wilson_interval(p * len(recs), len(recs))
-        out[f"eval_{name}"], out[f"eval_{name}_lo"], out[f"eval_{name}_hi"] = p, lo, hi
-        if name == "pass1":
-            fmt = R.format_reward([r["prompt"] for r in rows], texts)
-            out["eval_format_rate"] = sum(1.0 for f in fmt if f == 1.0) / len(fmt)
-            out["eval_len_mean"] = sum(len(s.token_ids) for s in samples) / len(samples)
-    out["eval_n"] = len(recs)
-    return out
+        cfg, pol = self.cfg, self.policy
+        render = lambda r: pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt)  # noqa: E731
+        prompt_ids = [render(r) for r in recs]
+        out: dict = {"eval_n": len(recs)}
+        for name, k, params in (("greedy", 1, pol.sampling_params(cfg.max_new_tokens, 0.0, seed=seed)),
+                                ("pass1", cfg.eval_samples, pol.sampling_params(cfg.max_new_tokens, cfg.eval_temperature, cfg.top_p,
+                                                                                 seed=seed))):
+            engine = pol.engine(prompt_ids, cfg.max_new_tokens, max_batch=min(256, len(recs) * k), n=k, impl=cfg.rollout_impl)
+            res = evaluate(engine, recs, k, params, render=render, keep_text=False, chunk=max(1, 256 // k))
+            out[f"eval_{name}"] = res["pass@1"]["value"]
+            out[f"eval_{name}_lo"], out[f"eval_{name}_hi"] = res["pass@1"]["ci95"]
+            if name == "pass1":
+                out["eval_format_rate"] = res["format"]["value"]
+                out["eval_len_mean"] = res["mean_length"]["value"]
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -535,20 +496,18 @@ def build_stage(cfg: GrpoConfig, run_dir, resume: bool = False):
 
     seed_everything(cfg.seed)
     policy = Policy.load(cfg.model, cfg.tokenizer)
-    if resume and policy.kind == "hf":
-        raise TinyseekError(f"{cfg.model}: --resume is not supported for transformers models (restart from the last checkpoint instead)")
+    if resume and not policy.resumable:
+        raise TinyseekError(f"{cfg.model}: --resume is not supported for {policy.kind} models (restart from the last checkpoint instead)")
     ref = None
     if cfg.beta > 0:
         ref = copy.deepcopy(policy.module).eval()
         for p in ref.parameters():
             p.requires_grad_(False)
-    tok_file = getattr(policy.tok, "path", None) if policy.kind == "tinyseek" else None
-    loop = Loop(cfg, policy.module, run_dir, tokenizer_file=tok_file, resolved_config=to_dict(cfg), resume=resume,
+    loop = Loop(cfg, policy.module, run_dir, tokenizer_file=policy.tokenizer_file, resolved_config=to_dict(cfg), resume=resume,
                 stage_name="grpo", seq_len=cfg.max_new_tokens)
     if ref is not None:
         ref.to(loop.device)
-    if policy.kind == "hf":
-        loop.save_model = policy.save  # transformers layout instead of tinyseek's
+    loop.save_model = policy.save  # the model's own checkpoint format (save_pretrained for a transformers model)
     return loop, GrpoStage(cfg, policy, ref, run_dir)
 
 

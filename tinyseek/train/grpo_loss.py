@@ -7,7 +7,8 @@ tests/test_grpo.py. The conventions follow TRL 1.16's GRPOTrainer (`_compute_los
                      towards short correct and long wrong answers, as Dr. GRPO 2503.20783 points out).
 - loss_type dr_grpo: sum over all tokens / (batch * max_completion_len): a constant instead of the length.
                      Dr. GRPO also drops the std in the advantage: set `scale_rewards = "none"` with it.
-- loss_type dapo:    token-level mean over every completion token of the batch (DAPO 2503.14476).
+- loss_type dapo:    token-level mean over every completion token of the batch (DAPO 2503.14476). TRL divides
+                     by the tokens of the whole generation batch; with one update per batch that is this mean.
 - std: unbiased (Bessel) like TRL's `nanstd`, and A = (r - mean) / (std + 1e-4) like TRL.
 
 What differs from TRL, on purpose: a group whose reward std is below `std_threshold` gets advantage

@@ -1,15 +1,30 @@
-"""The policy GRPO trains and samples: one interface over tinyseek models and transformers causal LMs.
+"""The policy GRPO trains and samples: one interface, one implementation per kind of model.
 
-`Policy` renders prompts, samples completions (through an engine, or the cache-free reference rollout),
-gives the final hidden states and the output head the loss takes log-probs from, and saves checkpoints.
+What GRPO asks of a model: render a prompt to token ids, sample completions, give the final hidden
+states and the output head the loss takes log-probs from (in chunks, `grpo_loss.token_logprobs`), and
+save a checkpoint. `TinyseekPolicy` does that for a tinyseek `Transformer`, `HFPolicy` for a transformers
+causal LM (SmolLM2 from a GGUF file, say); `Policy.load` picks one through `checkpoint.load`, and
+nothing in GRPO asks which kind it has (minimind's rollout interface works the same way).
+
+Sampling goes through an engine: tinyseek's `Engine` or `HFEngine`, kept between steps while its cache is
+big enough, or `PlainRollout`, the cache-free reference that recomputes the whole batch for every token.
+The engine is also the one layer that switches the model to eval mode for generation and back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from tinyseek.checkpoint import TRAINER_STATE_FILE, load, save_checkpoint
+from tinyseek.errors import TinyseekError
+from tinyseek.inference.engine import Engine
+from tinyseek.inference.hf_engine import HFEngine
+from tinyseek.inference.sampling import SamplingParams
+from tinyseek.inference.sequence import Completion
+from tinyseek.io import atomic_dir
 from tinyseek.r1 import R1_ZERO_TEMPLATE
 
 
@@ -23,197 +38,275 @@ class Sample:
     finish_reason: str  # stop | length
 
 
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The model under torch.compile and DDP wrappers."""
+    m = getattr(module, "_orig_mod", module)  # torch.compile
+    return getattr(m, "module", m) if hasattr(m, "no_sync") else m  # DDP
+
+
 class Policy:
-    """What GRPO needs from a model, for a tinyseek `Transformer` (kind "tinyseek") or a transformers causal
-    LM (kind "hf"): final hidden states and the output head (log-probs are taken from those in chunks),
-    prompt rendering and decoding, sampling, and saving.
+    """A model GRPO trains, with its tokenizer (see the module docstring). Subclasses implement the methods
+    that raise NotImplementedError; the rest is shared."""
 
-    For transformers models the hidden states are the decoder's `last_hidden_state` and the head is
-    `get_output_embeddings()`; that equals the model's logits for Llama-style models (SmolLM2), not for
-    models that post-process logits (soft-capping), which this does not support.
-    """
+    kind = ""  # "tinyseek" | "hf", for messages
+    resumable = True  # --resume restores the optimizer state into this model
 
-    def __init__(self, module: torch.nn.Module, tokenizer, kind: str, source: str = ""):
-        self.module, self.tok, self.kind, self.source = module, tokenizer, kind, source
+    def __init__(self, module: torch.nn.Module, tokenizer, source: str = ""):
+        self.module, self.tok, self.source = module, tokenizer, source
         self._engine = None
-        self._engine_key = None
+        self._engine_key: tuple | None = None
 
-    # -- loading ---------------------------------------------------------------------------------
-    @classmethod
-    def load(cls, path: str, tokenizer: str = "") -> "Policy":
-        from tinyseek.checkpoint import load
-        from tinyseek.errors import TinyseekError
-
+    @staticmethod
+    def load(path: str, tokenizer: str = "") -> Policy:
+        """The policy for a model path (anything `checkpoint.load` accepts)."""
         loaded = load(path, tokenizer or None)
         if loaded.tokenizer is None:
             raise TinyseekError(f"{loaded.path}: no tokenizer with the model (prompts are rendered and completions decoded with it)")
-        return cls(loaded.model, loaded.tokenizer, loaded.kind, str(loaded.path))
+        cls = TinyseekPolicy if loaded.kind == "tinyseek" else HFPolicy
+        return cls(loaded.model, loaded.tokenizer, str(loaded.path))
 
-    # -- text ------------------------------------------------------------------------------------
+    # -- what each kind of model does its own way ------------------------------------------------------
     @property
     def eos_id(self) -> int:
-        return self.tok.eos_id if self.kind == "tinyseek" else self.tok.eos_token_id
+        raise NotImplementedError
 
     @property
     def pad_id(self) -> int:
-        pad = getattr(self.tok, "pad_id", None) if self.kind == "tinyseek" else self.tok.pad_token_id
-        return self.eos_id if pad is None else pad
+        raise NotImplementedError
 
+    @property
+    def tokenizer_file(self) -> Path | None:
+        """The tokenizer file checkpoints carry (None: `save` writes the tokenizer itself)."""
+        return None
+
+    def chat_ids(self, prompt: str, system: str = "") -> list[int]:
+        """A single user turn in the model's chat template, ready for generation."""
+        raise NotImplementedError
+
+    def text_ids(self, text: str) -> list[int]:
+        """Plain text, after the model's begin-of-sequence token."""
+        raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def hidden(self, module: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final hidden states [B, T, D] of right-padded `ids` [B, T] (no mask needed: attention is causal, so
+        a real position never sees the padding after it), and the MoE expert load of the forward (or None)."""
+        raise NotImplementedError
+
+    def head(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The output head that turns hidden states into logits."""
+        raise NotImplementedError
+
+    def logits(self, module: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        """Full logits [B, T, V] without a cache (the reference rollout)."""
+        raise NotImplementedError
+
+    def _new_engine(self, module: torch.nn.Module, need: int, max_len: int, max_batch: int, n: int):
+        """An engine for sequences of `need` tokens (`max_len` is `need` rounded up, to reuse the engine)."""
+        raise NotImplementedError
+
+    def save(self, model: torch.nn.Module, out, tokenizer_file=None, trainer_state: dict | None = None):
+        """A checkpoint directory, atomically, in the model's own format (the loop's `save_model`)."""
+        raise NotImplementedError
+
+    # -- shared -----------------------------------------------------------------------------------------
     def render(self, prompt: str, template: str, system: str = "") -> list[int]:
         """Prompt token ids: the chat template (generation prompt added), the R1-Zero template, raw text, or
         a custom template with {prompt}."""
         if template == "chat":
-            if self.kind == "tinyseek":
-                return self.tok.encode(self.tok.prompt(prompt, system))
-            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-            return self.tok.encode(text, add_special_tokens=False)
-        text = R1_ZERO_TEMPLATE.format(prompt=prompt) if template == "r1-zero" else (
-            prompt if template == "raw" else template.replace("{prompt}", prompt))
-        if self.kind == "tinyseek":
-            return self.tok.encode(text, add_special=True)
-        return self.tok.encode(text, add_special_tokens=True)
+            return self.chat_ids(prompt, system)
+        if template == "r1-zero":
+            return self.text_ids(R1_ZERO_TEMPLATE.format(prompt=prompt))
+        return self.text_ids(prompt if template == "raw" else template.replace("{prompt}", prompt))
 
-    def decode(self, ids: list[int]) -> str:
-        if self.kind == "tinyseek":
-            return self.tok.decode(ids)
-        return self.tok.decode(ids, skip_special_tokens=False)
+    def sampling_params(self, max_new_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
+                        ignore_eos: bool = False) -> SamplingParams:
+        """Rollout sampling: the model's end-of-sequence token stops a completion (unless `ignore_eos`)."""
+        return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                              stop_token_ids=() if ignore_eos else (self.eos_id,), ignore_eos=ignore_eos)
 
-    # -- tensors ---------------------------------------------------------------------------------
-    def hidden(self, module: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Final hidden states [B, T, D] of right-padded `ids` [B, T] (no mask needed: attention is causal, so
-        a real position never sees the padding after it), and the MoE expert load (tinyseek) or None."""
-        if self.kind == "tinyseek":
-            out = module(ids, compute_logits=False)
-            return out.hidden, out.expert_load
-        base = _unwrap(module).get_decoder()
-        return base(input_ids=ids, use_cache=False).last_hidden_state, None
-
-    def head(self, module: torch.nn.Module) -> torch.nn.Module:
-        m = _unwrap(module)
-        return m.head if self.kind == "tinyseek" else m.get_output_embeddings()
-
-    # -- sampling --------------------------------------------------------------------------------
-    def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
-                 top_k: int = 0, seed: int = 0, impl: str = "engine", max_batch: int = 256, ignore_eos: bool = False) -> list[Sample]:
-        """n samples for each prompt, group after group (prompt p's samples at p*n ... p*n + n - 1)."""
-        module = _unwrap(self.module)
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.inference_mode():
-                if impl == "plain":
-                    raw = _generate_plain(self, module, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, ignore_eos)
-                else:
-                    raw = self._generate_engine(module, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, max_batch,
-                                                ignore_eos)
-        finally:
-            module.train(was_training)
-        out = []
-        for ids, reason in raw:
-            text_ids = ids[:-1] if (reason == "stop" and ids and ids[-1] == self.eos_id) else ids
-            out.append(Sample(list(ids), self.decode(text_ids), reason))
-        return out
-
-    def _generate_engine(self, module, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, max_batch, ignore_eos=False):
-        from tinyseek.inference.sampling import SamplingParams
-
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                                stop_token_ids=() if ignore_eos else (self.eos_id,), ignore_eos=ignore_eos)
+    def engine(self, prompts: list[list[int]], max_new_tokens: int, max_batch: int = 256, n: int = 1, impl: str = "engine"):
+        """An engine able to run `prompts` with `max_new_tokens` each: `PlainRollout` for impl "plain", else the
+        cached engine (one preallocated KV cache), rebuilt only when it is too small or the model changed."""
+        module = unwrap(self.module)
+        if impl == "plain":
+            return PlainRollout(self, module)
         need = max(len(p) for p in prompts) + max_new_tokens + 1
         k = self._engine_key
         if self._engine is None or k[0] != id(module) or k[1] < need or k[2] < max_batch:
-            # one engine (one preallocated KV cache) reused while it is big enough; lengths rounded up to 64 so
-            # batches with slightly longer prompts do not each allocate a new cache
-            max_len = -(-need // 64) * 64
-            if self.kind == "tinyseek":
-                max_len = max(need, min(max_len, module.cfg.max_seq_len))
-            key = (id(module), max_len, max_batch)
-            if self.kind == "tinyseek":
-                from tinyseek.inference.engine import Engine
+            max_len = -(-need // 64) * 64  # rounded up so slightly longer prompts do not each allocate a new cache
+            self._engine = self._new_engine(module, need, max_len, max_batch, n)
+            self._engine_key = (id(module), max_len, max_batch)
+        return self._engine
 
-                self._engine = Engine(module, tokenizer=self.tok, max_batch=max_batch, max_len=max_len)
-            else:
-                from tinyseek.inference.hf_engine import HFEngine
-
-                self._engine = HFEngine(module, self.tok, max_batch=max(max_batch, n))
-            self._engine_key = key
-        groups = self._engine.generate(prompts, params, n=n)
+    def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
+                 top_k: int = 0, seed: int = 0, impl: str = "engine", max_batch: int = 256, ignore_eos: bool = False) -> list[Sample]:
+        """n samples for each prompt, group after group (prompt p's samples at p*n ... p*n + n - 1)."""
+        params = self.sampling_params(max_new_tokens, temperature, top_p, top_k, seed, ignore_eos)
+        groups = self.engine(prompts, max_new_tokens, max_batch, n, impl).generate(prompts, params, n=n)
         out = []
-        for group in groups:
-            for c in group:
-                ids = list(c.token_ids)
-                if c.finish_reason == "stop" and (not ids or ids[-1] != self.eos_id):
-                    ids.append(self.eos_id)  # the engine may leave the stop token out; the loss must see it
-                out.append((ids, c.finish_reason))
+        for c in (c for group in groups for c in group):
+            ids = list(c.token_ids)
+            if c.finish_reason == "stop" and (not ids or ids[-1] != self.eos_id):
+                ids.append(self.eos_id)  # the engine may leave the stop token out; the loss must see it
+            text_ids = ids[:-1] if (c.finish_reason == "stop" and ids and ids[-1] == self.eos_id) else ids
+            out.append(Sample(ids, self.decode(text_ids), c.finish_reason))
         return out
 
-    # -- saving ----------------------------------------------------------------------------------
-    def save(self, model: torch.nn.Module, out, tokenizer_file=None, trainer_state: dict | None = None):
-        """A checkpoint directory, atomically: tinyseek's format, or `save_pretrained` + the tokenizer files for a
-        transformers model (loadable by `from_pretrained`, and by `tinyseek grpo --model` again)."""
-        from tinyseek.checkpoint import TRAINER_STATE_FILE, atomic_dir, save_checkpoint
 
-        if self.kind == "tinyseek":
-            return save_checkpoint(model, out, tokenizer_file, trainer_state=trainer_state)
+class TinyseekPolicy(Policy):
+    """A tinyseek `Transformer` and tinyseek `Tokenizer`: hidden states are `out.hidden`, the head `model.head`."""
+
+    kind = "tinyseek"
+
+    @property
+    def eos_id(self) -> int:
+        return self.tok.eos_id
+
+    @property
+    def pad_id(self) -> int:
+        pad = getattr(self.tok, "pad_id", None)
+        return self.eos_id if pad is None else pad
+
+    @property
+    def tokenizer_file(self) -> Path | None:
+        return getattr(self.tok, "path", None)
+
+    def chat_ids(self, prompt: str, system: str = "") -> list[int]:
+        return self.tok.encode(self.tok.prompt(prompt, system))
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special=True)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)
+
+    def hidden(self, module, ids):
+        out = module(ids, compute_logits=False)
+        return out.hidden, out.expert_load
+
+    def head(self, module):
+        return unwrap(module).head
+
+    def logits(self, module, ids):
+        return module(ids).logits
+
+    def _new_engine(self, module, need, max_len, max_batch, n):
+        # the rounding stops at the model's context length; a longer need is the caller's to answer for
+        return Engine(module, tokenizer=self.tok, max_batch=max_batch, max_len=max(need, min(max_len, module.cfg.max_seq_len)))
+
+    def save(self, model, out, tokenizer_file=None, trainer_state=None):
+        return save_checkpoint(model, out, tokenizer_file, trainer_state=trainer_state)
+
+
+class HFPolicy(Policy):
+    """A transformers causal LM and its tokenizer: hidden states are the decoder's `last_hidden_state`, the head
+    `get_output_embeddings()`. That equals the model's logits for Llama-style models (SmolLM2), not for models
+    that post-process logits (soft-capping), which this does not support."""
+
+    kind = "hf"
+    resumable = False  # checkpoints are save_pretrained directories, without tinyseek's trainer state layout
+
+    @property
+    def eos_id(self) -> int:
+        return self.tok.eos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        return self.eos_id if self.tok.pad_token_id is None else self.tok.pad_token_id
+
+    def chat_ids(self, prompt: str, system: str = "") -> list[int]:
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=True)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def hidden(self, module, ids):
+        return unwrap(module).get_decoder()(input_ids=ids, use_cache=False).last_hidden_state, None
+
+    def head(self, module):
+        return unwrap(module).get_output_embeddings()
+
+    def logits(self, module, ids):
+        return module(input_ids=ids, use_cache=False).logits
+
+    def _new_engine(self, module, need, max_len, max_batch, n):
+        return HFEngine(module, self.tok, max_batch=max(max_batch, n))
+
+    def save(self, model, out, tokenizer_file=None, trainer_state=None):
+        """`save_pretrained` + the tokenizer files: loadable by `from_pretrained`, and by `tinyseek grpo --model` again."""
         with atomic_dir(out) as tmp:
-            _unwrap(model).save_pretrained(tmp)
+            unwrap(model).save_pretrained(tmp)
             self.tok.save_pretrained(tmp)
             if trainer_state is not None:
                 torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
         return out
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    m = getattr(module, "_orig_mod", module)  # torch.compile
-    return getattr(m, "module", m) if hasattr(m, "no_sync") else m  # DDP
-
-
-def _logits_plain(policy: Policy, module, ids: torch.Tensor) -> torch.Tensor:
-    if policy.kind == "tinyseek":
-        return module(ids).logits
-    return module(input_ids=ids, use_cache=False).logits
-
-
-def _generate_plain(policy: Policy, module, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float,
-                    top_p: float, top_k: int, seed: int, ignore_eos: bool = False) -> list[tuple[list[int], str]]:
-    """The reference rollout: no KV cache, the whole right-padded batch recomputed for every new token.
+class PlainRollout:
+    """The reference rollout, behind the engines' `generate`: no KV cache, the whole right-padded batch recomputed
+    for every new token, sampled with torch.multinomial (temperature, top-k, top-p; temperature 0 is greedy).
 
     Right padding is exact here because attention is causal: the logits at row i's last real position never
     see the padding behind it. O(T^2) and slow; it exists to check the engine path and to run without it.
     """
-    rows = [p for p in prompts for _ in range(n)]
-    N = len(rows)
-    lens = torch.tensor([len(p) for p in rows])  # [N]
-    T = int(lens.max()) + max_new_tokens
-    buf = torch.full((N, T), policy.pad_id, dtype=torch.long)
-    for i, p in enumerate(rows):
-        buf[i, :len(p)] = torch.tensor(p, dtype=torch.long)
-    gen = torch.Generator().manual_seed(seed)
-    done = torch.zeros(N, dtype=torch.bool)
-    new: list[list[int]] = [[] for _ in range(N)]
-    reasons = ["length"] * N
-    for _ in range(max_new_tokens):
-        L = int(lens.max())
-        logits = _logits_plain(policy, module, buf[:, :L]).float()  # [N, L, V]
-        last = logits[torch.arange(N), lens - 1] / temperature  # [N, V]
-        probs = torch.softmax(last, dim=-1)
-        if top_k > 0:
-            kth = probs.topk(min(top_k, probs.size(-1)), dim=-1).values[:, -1:]
-            probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
-        if top_p < 1.0:
-            sp, si = probs.sort(dim=-1, descending=True)
-            keep = (sp.cumsum(-1) - sp) < top_p * sp.sum(-1, keepdim=True)
-            probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
-        tok = torch.multinomial(probs, 1, generator=gen).squeeze(1)  # [N]
-        for i in torch.nonzero(~done).flatten().tolist():
-            t = int(tok[i])
-            new[i].append(t)
-            buf[i, lens[i]] = t
-            lens[i] += 1
-            if t == policy.eos_id and not ignore_eos:
-                done[i] = True
-                reasons[i] = "stop"
-        if done.all():
-            break
-    return list(zip(new, reasons))
+
+    def __init__(self, policy: Policy, module: torch.nn.Module):
+        self.policy, self.model = policy, module
+
+    def decode(self, ids: list[int]) -> str:
+        return self.policy.decode(ids)
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1) -> list[list[Completion]]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            rows = self._sample([p for p in prompts for _ in range(n)], params)
+        finally:
+            self.model.train(was_training)
+        return [rows[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _sample(self, rows: list[list[int]], params: SamplingParams) -> list[Completion]:
+        pol = self.policy
+        temperature, top_k = (1.0, 1) if params.greedy else (params.temperature, params.top_k)
+        stops = set(params.stop_token_ids) | ({pol.eos_id} if not params.ignore_eos else set())
+        N = len(rows)
+        lens = torch.tensor([len(p) for p in rows])  # [N]
+        buf = torch.full((N, int(lens.max()) + params.max_new_tokens), pol.pad_id, dtype=torch.long)
+        for i, p in enumerate(rows):
+            buf[i, :len(p)] = torch.tensor(p, dtype=torch.long)
+        gen = torch.Generator().manual_seed(params.seed or 0)
+        done = torch.zeros(N, dtype=torch.bool)
+        new: list[list[int]] = [[] for _ in range(N)]
+        reasons = ["length"] * N
+        for _ in range(params.max_new_tokens):
+            logits = pol.logits(self.model, buf[:, :int(lens.max())]).float()  # [N, L, V]
+            probs = torch.softmax(logits[torch.arange(N), lens - 1] / temperature, dim=-1)  # [N, V]
+            if top_k > 0:
+                kth = probs.topk(min(top_k, probs.size(-1)), dim=-1).values[:, -1:]
+                probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
+            if params.top_p < 1.0:
+                sp, si = probs.sort(dim=-1, descending=True)
+                keep = (sp.cumsum(-1) - sp) < params.top_p * sp.sum(-1, keepdim=True)
+                probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
+            tok = torch.multinomial(probs, 1, generator=gen).squeeze(1)  # [N]
+            for i in torch.nonzero(~done).flatten().tolist():
+                t = int(tok[i])
+                new[i].append(t)
+                buf[i, lens[i]] = t
+                lens[i] += 1
+                if t in stops:
+                    done[i] = True
+                    reasons[i] = "stop"
+            if done.all():
+                break
+        return [Completion(ids, None, r, pol.decode(ids[:-1] if r == "stop" else ids), len(p))
+                for ids, r, p in zip(new, reasons, rows)]
