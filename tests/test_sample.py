@@ -6,7 +6,7 @@ import pytest
 
 from tinyseek.config import ConfigError
 from tinyseek.train import sample as S
-from tinyseek.train.grpo import Sample
+from tinyseek.inference.sequence import Completion
 
 REC = {"id": "a-1", "task": "arithmetic", "prompt": "12+30=", "answer": "42"}
 GOOD = "<think>\n2+0+0=02 1+3+0=04 so 42\n</think>\n<answer>42</answer>"
@@ -57,7 +57,7 @@ def test_cli_writes_sft_rows_that_sft_reads(tmp_path, monkeypatch):
             out = []
             for r in recs[: len(prompts)]:
                 right = f"<think>\n{r['solution']}\n</think>\n<answer>{r['answer']}</answer>"
-                out += [Sample([1] * 9, right, "stop"), Sample([1] * 5, "<answer>0</answer>", "stop")][:n]
+                out += [Completion([1] * 9, None, "stop", right), Completion([1] * 5, None, "stop", "<answer>0</answer>")][:n]
             return out
 
     monkeypatch.setattr("tinyseek.train.policy.Policy", FakePolicy)

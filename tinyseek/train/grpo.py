@@ -45,7 +45,7 @@ from tinyseek.train.grpo_loss import (  # noqa: F401  (also public here: tinysee
     token_logprobs,
 )
 from tinyseek.checkpoint import resolve_model_path  # noqa: F401  (also public here)
-from tinyseek.train.policy import HFPolicy, Policy, Sample, TinyseekPolicy  # noqa: F401
+from tinyseek.train.policy import HFPolicy, Policy, TinyseekPolicy  # noqa: F401
 
 # ----------------------------------------------------------------------------------------------
 # configuration
@@ -338,23 +338,24 @@ class GrpoStage:
         recs = self.prompts.batch(loop.step, cfg.batch_size)
         prompt_ids = [pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt) for r in recs]
         t0 = time.perf_counter()
-        samples = pol.generate(prompt_ids, G, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
-                               seed=cfg.seed * 1_000_003 + loop.step, impl=cfg.rollout_impl, max_batch=min(256, len(recs) * G),
-                               ignore_eos=cfg.ignore_eos)
+        # the engine's completions, as they are: token ids (ending with the stop token sampled), text, finish reason
+        comps = pol.generate(prompt_ids, G, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
+                             seed=cfg.seed * 1_000_003 + loop.step, impl=cfg.rollout_impl, max_batch=min(256, len(recs) * G),
+                             ignore_eos=cfg.ignore_eos)
         t_roll = time.perf_counter() - t0
-        gen_tokens = sum(len(s.token_ids) for s in samples)
+        gen_tokens = sum(len(c.token_ids) for c in comps)
 
         # rewards and advantages
         rows = [r for r in recs for _ in range(G)]
-        texts = [s.text for s in samples]
+        texts = [c.text for c in comps]
         cols = _columns(rows)
-        cols["completion_ids"] = [s.token_ids for s in samples]
+        cols["completion_ids"] = [c.token_ids for c in comps]
         user_prompts = [r["prompt"] for r in rows]
         total, parts = self.reward(user_prompts, texts, **cols)
         r_t = torch.tensor(total, dtype=torch.float32)  # [P*G]
         adv, std, informative = group_advantages(r_t, G, cfg.scale_rewards, cfg.std_threshold)
-        keep = [i for i in range(len(samples)) if not cfg.dynamic_sampling or bool(informative[i // G])]
-        truncated = [s.finish_reason == "length" for s in samples]
+        keep = [i for i in range(len(comps)) if not cfg.dynamic_sampling or bool(informative[i // G])]
+        truncated = [c.finish_reason == "length" for c in comps]
         m: dict = {}
         m["reward"] = float(r_t.mean())
         m["reward_std"] = float(r_t.std()) if r_t.numel() > 1 else 0.0
@@ -366,7 +367,7 @@ class GrpoStage:
         fmt = parts.get("format_reward") or R.format_reward(user_prompts, texts, **cols)
         m["accuracy"] = _mean_ignoring_none(acc)
         m["format_rate"] = sum(1.0 for f in fmt if f == 1.0) / len(fmt)
-        lens = [len(s.token_ids) for s in samples]
+        lens = [len(c.token_ids) for c in comps]
         m["len_mean"] = sum(lens) / len(lens)
         m["len_max"] = max(lens)
         m["clipped_frac"] = sum(truncated) / len(truncated)
@@ -375,18 +376,18 @@ class GrpoStage:
         a = adv[keep] if keep else torch.zeros(1)
         m["adv_mean"], m["adv_std"], m["adv_absmax"] = float(a.mean()), float(a.std()) if len(keep) > 1 else 0.0, float(a.abs().max())
         if cfg.sample_every and (loop.step + 1) % cfg.sample_every == 0 and loop.is_main:
-            self._write_samples(loop.step + 1, rows, samples, total, parts, adv)
+            self._write_samples(loop.step + 1, rows, comps, total, parts, adv)
 
         # updates
         t1 = time.perf_counter()
-        upd = self._update(loop, [prompt_ids[i // G] for i in keep], [samples[i].token_ids for i in keep], adv[keep],
+        upd = self._update(loop, [prompt_ids[i // G] for i in keep], [comps[i].token_ids for i in keep], adv[keep],
                            [not (cfg.mask_truncated_completions and truncated[i]) for i in keep])
         t_upd = time.perf_counter() - t1
         m.update(upd)
         m["rollout_s"], m["update_s"] = t_roll, t_upd
         m["rollout_tok_s"] = gen_tokens / t_roll if t_roll > 0 else 0.0
         m["update_tok_s"] = upd["tokens"] * cfg.num_iterations / t_upd if t_upd > 0 and keep else 0.0
-        m["completions_per_s"] = len(samples) / (t_roll + t_upd) if t_roll + t_upd > 0 else 0.0
+        m["completions_per_s"] = len(comps) / (t_roll + t_upd) if t_roll + t_upd > 0 else 0.0
         return m
 
     def _update(self, loop, prompts, completions, adv, loss_mask) -> dict:
@@ -444,14 +445,14 @@ class GrpoStage:
         return {"loss": loss_total, "tokens": tokens * cfg.num_iterations, **sums, "entropy": ent_sum / n_tok, **st}
 
     # -- logging and evaluation ----------------------------------------------------------------------
-    def _write_samples(self, step: int, rows, samples, total, parts, adv) -> None:
+    def _write_samples(self, step: int, rows, comps, total, parts, adv) -> None:
         from tinyseek.io import write_jsonl
 
         write_jsonl(self.run_dir / "samples" / f"step-{step}.jsonl", (
-            {"step": step, "prompt": rows[i]["prompt"], "answer": rows[i].get("answer"), "completion": samples[i].text,
-             "finish_reason": samples[i].finish_reason, "tokens": len(samples[i].token_ids), "reward": total[i],
+            {"step": step, "prompt": rows[i]["prompt"], "answer": rows[i].get("answer"), "completion": comps[i].text,
+             "finish_reason": comps[i].finish_reason, "tokens": len(comps[i].token_ids), "reward": total[i],
              "rewards": {k: v[i] for k, v in parts.items()}, "advantage": float(adv[i])}
-            for i in range(min(self.cfg.samples_logged, len(samples)))))
+            for i in range(min(self.cfg.samples_logged, len(comps)))))
 
     def evaluate(self, loop) -> dict:
         if self._heldout is None:

@@ -13,7 +13,6 @@ The engine is also the one layer that switches the model to eval mode for genera
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,16 +25,6 @@ from tinyseek.inference.sampling import SamplingParams
 from tinyseek.inference.sequence import Completion
 from tinyseek.io import atomic_dir
 from tinyseek.r1 import R1_ZERO_TEMPLATE
-
-
-@dataclass
-class Sample:
-    """One completion of a rollout. `token_ids` are the tokens the loss scores (the end-of-sequence token
-    included when the model stopped on it, so stopping is learned); `text` excludes it."""
-
-    token_ids: list[int]
-    text: str
-    finish_reason: str  # stop | length
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -142,18 +131,14 @@ class Policy:
         return self._engine
 
     def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
-                 top_k: int = 0, seed: int = 0, impl: str = "engine", max_batch: int = 256, ignore_eos: bool = False) -> list[Sample]:
-        """n samples for each prompt, group after group (prompt p's samples at p*n ... p*n + n - 1)."""
+                 top_k: int = 0, seed: int = 0, impl: str = "engine", max_batch: int = 256, ignore_eos: bool = False) -> list[Completion]:
+        """n samples for each prompt, group after group (prompt p's samples at p*n ... p*n + n - 1), exactly as the
+        engine returned them. `token_ids` are what the loss trains on: they end with the stop token the model
+        sampled (one of several end tokens, for a transformers model), never one it did not; `text` (what the
+        rewards read) leaves that token out."""
         params = self.sampling_params(max_new_tokens, temperature, top_p, top_k, seed, ignore_eos)
         groups = self.engine(prompts, max_new_tokens, max_batch, n, impl).generate(prompts, params, n=n)
-        out = []
-        for c in (c for group in groups for c in group):
-            ids = list(c.token_ids)
-            if c.finish_reason == "stop" and (not ids or ids[-1] != self.eos_id):
-                ids.append(self.eos_id)  # the engine may leave the stop token out; the loss must see it
-            text_ids = ids[:-1] if (c.finish_reason == "stop" and ids and ids[-1] == self.eos_id) else ids
-            out.append(Sample(ids, self.decode(text_ids), c.finish_reason))
-        return out
+        return [c for group in groups for c in group]
 
 
 class TinyseekPolicy(Policy):
