@@ -364,3 +364,58 @@ def test_engines_restore_the_training_flag(model, tmp_path):
     hf = transformers.LlamaForCausalLM(cfg).train()
     HFEngine(hf, max_batch=2).generate([[1, 2]], SamplingParams(max_new_tokens=2))
     assert hf.training
+
+
+# -- one sequence's text: incremental decoding, stop strings, streaming (inference/sequence.py) --------------
+
+
+@pytest.fixture(scope="module")
+def text_tok():
+    from tinyseek.tokenizer import Tokenizer
+
+    return Tokenizer.train(["hello world, the answer is 42. Add 2 and 3 to get 5. héllo 你好 😀"] * 5, 300)
+
+
+def _feed(tok, ids, stops=()):
+    """Append `ids` to a streaming Seq one token at a time, as an engine does; returns (seq, streamed deltas)."""
+    from tinyseek.inference.sequence import Seq
+
+    s = Seq(0, [1], SamplingParams(max_new_tokens=len(ids) + 1, stop_strings=tuple(stops)), seed=0, budget=len(ids) + 1)
+    deltas = []
+    for t in ids:
+        s.add(t, None, {tok.eos_id}, tok)
+        deltas.append(s.delta({tok.eos_id}, tok))
+        if s.finish is not None:
+            break
+    if s.finish is None:  # ended by the caller (a budget, an abort): the rest of the text goes out
+        s.finish = "length"
+        deltas.append(s.delta({tok.eos_id}, tok))
+    return s, deltas
+
+
+def test_incremental_text_equals_the_whole_decode(text_tok):
+    """The fast path (each token re-decodes a short window) against the reference (decode everything, then cut):
+    same text, same stopping token, and the streamed pieces add up to it."""
+    tok = text_tok
+    g = torch.Generator().manual_seed(0)
+    for trial in range(80):
+        ids = torch.randint(0, tok.vocab_size, (int(torch.randint(1, 60, (1,), generator=g)),), generator=g).tolist()
+        stops = ["an", "42", "好"] if trial % 2 else []
+        s, deltas = _feed(tok, ids, stops)
+        kept = s.out[:-1] if s.out[-1] == tok.eos_id and s.finish == "stop" else s.out
+        whole = tok.decode(kept)
+        cuts = [whole.find(x) for x in stops if x in whole]
+        assert s.output_text({tok.eos_id}, tok) == (whole[: min(cuts)] if cuts else whole) == "".join(deltas), ids
+        if cuts and kept == s.out:  # stopped by a stop string: at the first token whose text completes one
+            assert not any(x in tok.decode(s.out[:-1]) for x in stops)
+
+
+def test_streamed_text_holds_back_stop_strings_and_partial_characters(text_tok):
+    tok = text_tok
+    s, deltas = _feed(tok, tok.encode("hello world, the answer is 42."), stops=["answer"])
+    assert s.finish == "stop" and "".join(deltas) == "hello world, the "
+    assert tok.decode(s.out).endswith("answer")  # the token that completed the stop string ended it
+    s, deltas = _feed(tok, tok.encode("hello world"), stops=["world!"])  # a stop string that never completes
+    assert s.finish == "length" and "".join(deltas) == "hello world"
+    s, deltas = _feed(tok, tok.encode("héllo 你好 😀"))
+    assert all("\ufffd" not in d for d in deltas) and "".join(deltas) == "héllo 你好 😀"

@@ -18,7 +18,7 @@ from conftest import R1_CHATS
 from tinyseek.checkpoint import load_model
 from tinyseek.engine import Engine, SamplingParams
 from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread
-from tinyseek.serve.reasoning import ReasoningSplitter
+from tinyseek.serve.reasoning import ReasoningSplitter, reasoning_tokens
 from tinyseek.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.timeout(300)
@@ -40,12 +40,12 @@ def reference(parts, messages, max_tokens):
     eng = Engine(model, tok, max_batch=1)
     ids = tok.encode(tok.chat(messages))
     (c,), = eng.generate([ids], SamplingParams(max_new_tokens=max_tokens, temperature=0.0))
-    sp = ReasoningSplitter(tok)
-    for t in c.token_ids:
-        sp.feed(t)
+    sp = ReasoningSplitter()
+    sp.feed(c.text)
     sp.finish()
     reasoning, content = sp.result()
-    return reasoning, content, len(c.token_ids), sp.reasoning_tokens, c.finish_reason
+    n_reason = reasoning_tokens(c.token_ids, tok.token_id("<think>"), tok.token_id("</think>"))
+    return reasoning, content, len(c.token_ids), n_reason, c.finish_reason
 
 
 @pytest.fixture(scope="module")

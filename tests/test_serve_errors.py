@@ -176,3 +176,83 @@ def test_disconnected_client_frees_its_slot(one_slot):
     # the abandoned stream is billed for what it generated before it was stopped, no more
     (tot,) = app.state.ledger.totals()
     assert tot["requests"] == 2 and 3 + 5 <= tot["completion_tokens"] < 30 + 5
+
+
+def _wait_idle(app, engine):
+    deadline = time.monotonic() + 10
+    while (engine.running or app.state.scheduler.load()["running"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not engine.running, "the engine still runs a request"
+
+
+def _billed(app, request_id):
+    """(completion_tokens, reasoning_tokens) of one request in the ledger file."""
+    import sqlite3
+
+    rows = sqlite3.connect(app.state.ledger.path).execute(
+        "SELECT completion_tokens, reasoning_tokens FROM requests WHERE request_id = ?", (request_id,)).fetchall()
+    assert len(rows) == 1, f"{request_id} billed {len(rows)} times"
+    return rows[0]
+
+
+def test_usage_around_a_stop_string(one_slot, parts):
+    """The engine ends a row in the step that completes a stop string (no decode step after it), and the usage of
+    the request (in the response, in the stream's usage chunk, in the ledger) is the tokens generated up to and
+    including the one that completed it: what the engine alone produces with the same stop string."""
+    from tinyseek.engine import SamplingParams
+
+    url, app, engine = one_slot
+    tok, model = parts
+    ref = Engine(model, tok, max_batch=1)
+    ref.logit_hook = engine.logit_hook
+    prompt = tok.encode(tok.chat(OK["messages"]))
+    (expect,), = ref.generate([prompt], SamplingParams(temperature=0, max_new_tokens=40, stop_strings=("there",)))
+    assert expect.finish_reason == "stop" and expect.text.endswith("<answer>Hi ")
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+    _wait_idle(app, engine)
+    steps = app.state.scheduler.steps
+    r = client.chat.completions.create(model="tinyseek", messages=OK["messages"], max_tokens=40, temperature=0, stop=["there"])
+    assert r.choices[0].message.content == "Hi" and r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == len(expect.token_ids)
+    assert app.state.scheduler.steps - steps == len(expect.token_ids)  # one step a token, none after the stop
+    assert _billed(app, r.id) == (r.usage.completion_tokens, r.usage.completion_tokens_details.reasoning_tokens)
+    stream = client.chat.completions.create(model="tinyseek", messages=OK["messages"], max_tokens=40, temperature=0,
+                                            stop=["there"], stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi"
+    assert chunks[-1].usage.completion_tokens == len(expect.token_ids)
+    assert _billed(app, chunks[-1].id)[0] == len(expect.token_ids)
+
+
+def test_a_disconnected_stream_is_billed_exactly_what_was_generated(one_slot):
+    """A client that leaves mid-stream is billed once, for every token the engine generated for it before the
+    cancellation stopped the row (counted after the last one, not when the client left)."""
+    url, app, engine = one_slot
+    _wait_idle(app, engine)
+    aborted = []
+    abort = engine.abort
+    engine.abort = lambda rid: aborted.append(abort(rid)) or aborted[-1]
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+        stream = client.chat.completions.create(model="tinyseek", messages=OK["messages"], max_tokens=200, stream=True)
+        it = iter(stream)
+        request_id = next(it).id
+        for _ in range(3):
+            next(it)
+        stream.close()
+        _wait_idle(app, engine)
+        deadline = time.monotonic() + 10
+        while not aborted and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        engine.abort = abort
+    (c,) = aborted
+    assert c.finish_reason == "abort" and 3 <= len(c.token_ids) < 200
+    deadline, billed = time.monotonic() + 10, None
+    while time.monotonic() < deadline:
+        try:
+            billed = _billed(app, request_id)
+            break
+        except AssertionError:
+            time.sleep(0.05)
+    assert billed is not None and billed[0] == len(c.token_ids)

@@ -20,7 +20,7 @@ from tinyseek.errors import TinyseekError
 from tinyseek.serve.app import RateLimiter, _is_loopback, cli_serve
 from tinyseek.serve.ledger import Ledger, Prices, cli_usage, key_id
 from tinyseek.serve.prefix_cache import PrefixCache
-from tinyseek.serve.reasoning import CONTENT, REASONING, ReasoningSplitter
+from tinyseek.serve.reasoning import CONTENT, REASONING, ReasoningSplitter, reasoning_tokens
 from tinyseek.tokenizer import Tokenizer
 
 # -- prefix cache --------------------------------------------------------------------------------
@@ -142,62 +142,53 @@ def tok():
     return Tokenizer.train(texts, 300)
 
 
-def split(tok, text, stops=(), start_in_reasoning=False, eos=True):
-    ids = tok.encode(text) + ([tok.eos_id] if eos else [])
-    sp = ReasoningSplitter(tok, stops, start_in_reasoning)
-    deltas = []
-    for t in ids:
-        deltas += sp.feed(t)
-        if sp.stopped:
-            break
-    deltas += sp.finish()
-    return sp, deltas, ids
+def split(text, start_in_reasoning=False, pieces=None):
+    """Feed `text` in `pieces` (default: one character at a time, so every tag arrives cut up)."""
+    sp = ReasoningSplitter(start_in_reasoning)
+    cuts = pieces if pieces is not None else [text[i:i + 1] for i in range(len(text))]
+    deltas = [d for piece in cuts for d in sp.feed(piece)] + sp.finish()
+    return sp, deltas
 
 
 def test_split_reasoning_then_answer_tags_dropped(tok):
-    sp, deltas, ids = split(tok, "<think>\nAdd 2 and 3 to get 5.\n</think>\n<answer>5</answer>")
+    text = "<think>\nAdd 2 and 3 to get 5.\n</think>\n<answer>5</answer>"
+    sp, deltas = split(text)
     assert sp.result() == ("Add 2 and 3 to get 5.", "5")
     fields = [f for f, _ in deltas]
     assert fields == sorted(fields, key=lambda f: f == CONTENT) and fields.count(REASONING) >= 2
     assert "".join(t for f, t in deltas if f == REASONING) == "Add 2 and 3 to get 5."
-    assert sp.n_tokens == len(ids)
-    assert sp.reasoning_tokens == ids.index(tok.token_id("</think>")) + 1
+    ids = tok.encode(text) + [tok.eos_id]
+    think, end = tok.token_id("<think>"), tok.token_id("</think>")
+    assert reasoning_tokens(ids, think, end) == ids.index(end) + 1
 
 
 def test_split_without_reasoning_and_forced_reasoning(tok):
-    sp, _, _ = split(tok, "hello world")
-    assert sp.result() == (None, "hello world") and sp.reasoning_tokens == 0
-    sp, _, ids = split(tok, "the answer\n</think>\n42", start_in_reasoning=True)
+    sp, _ = split("hello world")
+    assert sp.result() == (None, "hello world")
+    think, end = tok.token_id("<think>"), tok.token_id("</think>")
+    assert reasoning_tokens(tok.encode("hello world"), think, end) == 0
+    sp, _ = split("the answer\n</think>\n42", start_in_reasoning=True)
     assert sp.result() == ("the answer", "42")
-    assert sp.reasoning_tokens == ids.index(tok.token_id("</think>")) + 1
+    ids = tok.encode("the answer\n</think>\n42")
+    assert reasoning_tokens(ids, think, end, start_in_reasoning=True) == ids.index(end) + 1
+    assert reasoning_tokens(tok.encode("<think>\nstill thinking"), think, end) == len(tok.encode("<think>\nstill thinking"))
+    sp, _ = split("</think>42")  # a stray end tag first: straight to the answer
+    assert sp.result() == (None, "42")
 
 
-def test_split_stop_strings_cut_and_hold_back(tok):
-    sp, deltas, _ = split(tok, "hello world, the answer is 42.", stops=["answer"])
-    assert sp.stopped and sp.result() == (None, "hello world, the")
-    assert "".join(t for _, t in deltas) == "hello world, the"  # nothing of the stop string ever went out
-    sp, _, _ = split(tok, "hello world", stops=["world!"])  # a prefix of a stop string that never completes
-    assert not sp.stopped and sp.result() == (None, "hello world")
-
-
-def test_split_streams_multibyte_text_without_replacement_characters(tok):
-    sp, deltas, _ = split(tok, "<answer>héllo 你好 😀</answer>")
-    assert all("\ufffd" not in t for _, t in deltas)
-    assert "".join(t for _, t in deltas) == "héllo 你好 😀" == sp.result()[1]
-
-
-def test_split_incremental_decoding_equals_whole_decoding(tok):
-    """The fast path (re-decode only since the last whole character) against the reference (decode all)."""
+def test_split_is_the_same_however_the_text_is_cut():
+    """The streaming path (pieces of any size, tags cut anywhere) against the reference (the text fed whole)."""
     g = torch.Generator().manual_seed(0)
-    stops = ["an", "42", "好"]
-    for trial in range(60):
-        ids = torch.randint(0, tok.vocab_size, (int(torch.randint(1, 60, (1,), generator=g)),), generator=g).tolist()
-        runs = []
-        for incremental in (True, False):
-            sp = ReasoningSplitter(tok, stops if trial % 2 else (), incremental=incremental)
-            deltas = [d for t in ids for d in sp.feed(t)] + sp.finish()
-            runs.append((deltas, sp.result(), sp.n_tokens, sp.reasoning_tokens, sp.stopped))
-        assert runs[0] == runs[1], ids
+    words = ["<think>", "</think>", "<answer>", "</answer>", "\n", " ", "a", "bc", "4", "2", "你好", "<", "th", ">", "ink"]
+    for trial in range(200):
+        text = "".join(words[int(i)] for i in torch.randint(0, len(words), (int(torch.randint(0, 14, (1,), generator=g)),), generator=g))
+        whole, _ = split(text, trial % 5 == 0, pieces=[text])
+        cuts = sorted(set(torch.randint(0, len(text) + 1, (4,), generator=g).tolist())) if text else []
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        cut_up, deltas = split(text, trial % 5 == 0, pieces=pieces)
+        assert cut_up.result() == whole.result(), (text, pieces)
+        content = "".join(t for f, t in deltas if f == CONTENT)
+        assert content == whole.result()[1], (text, pieces)
 
 
 # -- ledger, prices, `tinyseek usage` -------------------------------------------------------------

@@ -72,7 +72,7 @@ import torch
 
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.sampling import BatchParams, SamplingParams, derive_seed, sample
-from tinyseek.inference.sequence import Completion, PromptCache, Seq, finish_rule, output_text
+from tinyseek.inference.sequence import Completion, PromptCache, Seq
 
 __all__ = ["SamplingParams", "Completion", "StepEvent", "PromptCache", "Engine"]
 
@@ -203,7 +203,7 @@ class Engine:
         if s is None or s.finish is None:
             return None
         del self.seqs[rid]
-        text = self._text(s) if self.tokenizer is not None else None
+        text = s.output_text(self.eos_ids, self.tokenizer) if self.tokenizer is not None else None
         return Completion(list(s.out), list(s.lps) if s.params.logprobs else None, s.finish, text, len(s.prompt))
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
@@ -488,19 +488,15 @@ class Engine:
             p = s.params
             added, added_lp = [], []
             for j, t in enumerate(toks[i]):
-                s.out.append(t)
-                added.append(t)
                 lp = lps[i][j] if lps is not None else None
-                if p.logprobs:
-                    s.lps.append(lp)
-                    added_lp.append(lp)
-                s.finish = finish_rule(s, t, self.eos_ids, self.tokenizer)
-                if s.finish is not None:
+                added.append(t)
+                added_lp.append(lp)
+                if s.add(t, lp, self.eos_ids, self.tokenizer) is not None:
                     break
             s.pending = s.out[-1]
             ev = StepEvent(s.rid, added, added_lp if p.logprobs else None, finish_reason=s.finish)
             if s.stream and self.tokenizer is not None:
-                ev.text = self._delta(s)
+                ev.text = s.delta(self.eos_ids, self.tokenizer)
             events[s.rid] = ev
             if s.finish is not None:
                 self._retire(s)
@@ -511,17 +507,3 @@ class Engine:
             self.cache.reset([s.row])
             self.free_rows.append(s.row)
             s.pending = None
-
-    def _text(self, s: Seq) -> str:
-        return output_text(s, self.eos_ids, self.tokenizer)
-
-    def _delta(self, s: Seq) -> str:
-        """New streamable text: held back while it ends in a partial UTF-8 character or could start a stop string."""
-        text = self._text(s)
-        if s.finish is None:
-            text = text.rstrip("\ufffd")
-            hold = max((len(x) - 1 for x in s.params.stop_strings), default=0)
-            text = text[: max(s.sent, len(text) - hold)]
-        delta = text[s.sent:]
-        s.sent = len(text)
-        return delta

@@ -21,7 +21,7 @@ import torch
 
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.sampling import BatchParams, SamplingParams, derive_seed, sample
-from tinyseek.inference.sequence import Completion, Seq, finish_rule, output_text
+from tinyseek.inference.sequence import Completion, Seq
 
 
 class HFTokenizer:
@@ -118,7 +118,8 @@ class HFEngine:
             base = derive_seed(sp.seed, zlib.crc32(array.array("q", p).tobytes())) if sp.seed is not None \
                 else int(torch.randint(0, 2**62, ()).item())
             for k in range(n):
-                seqs.append(Seq(rid=j * n + k, prompt=list(p), params=sp, seed=derive_seed(base, k), budget=sp.max_new_tokens))
+                seqs.append(Seq(rid=j * n + k, prompt=list(p), params=sp, seed=derive_seed(base, k), budget=sp.max_new_tokens,
+                                stream=on_tokens is not None))
         if n > 1:
             cache.batch_repeat_interleave(n)
         logits = logits.repeat_interleave(n, 0)  # [P*n, V]
@@ -146,10 +147,7 @@ class HFEngine:
             keep = []
             for j, i in enumerate(active):
                 s, t = seqs[i], int(host[0][j])
-                s.out.append(t)
-                if s.params.logprobs:
-                    s.lps.append(host[1][j])
-                s.finish = finish_rule(s, t, self.eos_ids, self.tokenizer)
+                s.add(t, host[1][j], self.eos_ids, self.tokenizer)
                 if on_tokens is not None:
                     on_tokens(s, t)
                 if s.finish is None:
@@ -171,7 +169,7 @@ class HFEngine:
         for j in range(P):
             grp = []
             for s in seqs[j * n:(j + 1) * n]:
-                text = output_text(s, self.eos_ids, self.tokenizer) if self.tokenizer is not None else None
+                text = s.output_text(self.eos_ids, self.tokenizer) if self.tokenizer is not None else None
                 grp.append(Completion(s.out, s.lps if s.params.logprobs else None, s.finish, text, len(s.prompt)))
             out.append(grp)
         return out
@@ -179,10 +177,8 @@ class HFEngine:
     def stream(self, prompt_ids: list[int], params: SamplingParams, write) -> str:
         """One request, calling `write(new_text)` as tokens arrive (the generate/chat commands)."""
         def on_tokens(s, t):
-            text = output_text(s, self.eos_ids, self.tokenizer).rstrip("\ufffd") if s.finish is None else output_text(s, self.eos_ids, self.tokenizer)
-            if len(text) > s.sent:
-                write(text[s.sent:])
-                s.sent = len(text)
+            if delta := s.delta(self.eos_ids, self.tokenizer):
+                write(delta)
 
         return self.generate([prompt_ids], params, on_tokens=on_tokens)[0][0].text or ""
 

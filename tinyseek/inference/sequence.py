@@ -1,9 +1,18 @@
-"""What both engines share about one sequence: its state, the stop rules, the output text, `Completion`.
+"""What both engines share about one sequence: its state, the stop rules, its text, and `Completion`.
 
 A sequence ends with finish reason "stop" when it samples an end-of-sequence token (unless `ignore_eos`)
-or one of `stop_token_ids`, or when its text contains a stop string; "length" when it used its token
-budget. `Completion.token_ids` include the token that ended the sequence (RL must learn to stop on it),
-the text does not: a final stop token is dropped and the text is cut before the first stop string.
+or one of `stop_token_ids`, or when its text comes to contain a stop string; "length" when it used its token
+budget. The rule is applied as each token is appended (`Seq.add`), so a stopped sequence never decodes
+another step.
+
+`Completion.token_ids` include the token that ended the sequence: a stop token is part of what the model
+said (RL must learn to stop on it, and on the one it actually sampled); the text leaves it out, and is cut
+before the first stop string (the ids keep the token that completed it).
+
+Text is decoded as tokens arrive only where it is needed (streaming, stop strings), incrementally: each
+new token re-decodes a short window (vLLM's scheme: the text of out[prefix:] minus that of
+out[prefix:read]), and a tail that ends inside a UTF-8 character waits for the next token. The final text
+(`output_text`) is one whole decode.
 """
 
 from __future__ import annotations
@@ -17,6 +26,10 @@ from tinyseek.inference.sampling import SamplingParams
 
 @dataclass
 class Completion:
+    """One finished sequence: its sampled token ids (ending with the stop token, if it stopped on one), their
+    log-probs (when asked for; see sampling.py for what they are), why it ended, and its text (None without a
+    tokenizer)."""
+
     token_ids: list[int]
     logprobs: list[float] | None
     finish_reason: str  # "stop" | "length" | "abort"
@@ -42,11 +55,13 @@ class PromptCache:
 
 @dataclass
 class Seq:
+    """One sequence inside an engine: prompt, parameters, what it has sampled, and its text so far."""
+
     rid: int
     prompt: list[int]
     params: SamplingParams
     seed: int
-    stream: bool = True
+    stream: bool = True  # keep the text up to date for streaming (`delta`)
     prefix: PromptCache | None = None
     capture: bool = False
     group: int = 0  # sequences of one group share a prefill
@@ -57,31 +72,60 @@ class Seq:
     draft: list[int] = field(default_factory=list)  # speculative: the MTP's guesses for the tokens after `pending`
     finish: str | None = None
     budget: int = 0  # max new tokens after capping at the cache length
-    sent: int = 0  # characters of text already streamed
-    text: str = ""
     prompt_cache: PromptCache | None = None
+    text: str = ""  # the output text so far, whole characters only (kept while streaming or matching stop strings)
+    sent: int = 0  # characters of text already streamed
+    _prefix: int = 0  # incremental decoding: out[_prefix:_read] is the window decoded last
+    _read: int = 0
 
+    def add(self, t: int, logprob: float | None, eos_ids: set[int], tokenizer) -> str | None:
+        """Append sampled token `t` (and its log-prob), apply the stop rules; returns the finish reason (also set
+        as `self.finish`) or None."""
+        self.out.append(t)
+        if self.params.logprobs:
+            self.lps.append(logprob)
+        self.finish = self._finish_after(t, eos_ids, tokenizer)
+        return self.finish
 
-def finish_rule(s: Seq, t: int, eos_ids: set[int], tokenizer) -> str | None:
-    """Why sequence `s` ends after its newest token `t` (already appended to s.out), or None."""
-    p = s.params
-    if (t in eos_ids and not p.ignore_eos) or t in p.stop_token_ids:
-        return "stop"
-    if p.stop_strings and tokenizer is not None:
-        window = max(len(x.encode()) for x in p.stop_strings) + 1  # a token is at least one byte
-        tail = tokenizer.decode(s.out[-window:])
-        if any(x in tail for x in p.stop_strings):
-            return "stop"
-    if len(s.out) >= s.budget:
-        return "length"
-    return None
+    def _finish_after(self, t: int, eos_ids: set[int], tokenizer) -> str | None:
+        p = self.params
+        if (t in eos_ids and not p.ignore_eos) or t in p.stop_token_ids:
+            return "stop"  # a stop token never enters the text
+        if tokenizer is not None and (self.stream or p.stop_strings):
+            start = len(self.text)
+            self._decode(tokenizer)
+            if p.stop_strings:
+                window = self.text[max(0, start - max(len(x) for x in p.stop_strings) + 1):]
+                if any(x in window for x in p.stop_strings):
+                    return "stop"
+        if len(self.out) >= self.budget:
+            return "length"
+        return None
 
+    def _decode(self, tokenizer) -> None:
+        prefix_text = tokenizer.decode(self.out[self._prefix:self._read])
+        new_text = tokenizer.decode(self.out[self._prefix:])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            self.text += new_text[len(prefix_text):]
+            self._prefix, self._read = self._read, len(self.out)
 
-def output_text(s: Seq, eos_ids: set[int], tokenizer) -> str:
-    """The output text: a final stop token dropped, cut before the first stop string."""
-    ids = s.out
-    if ids and s.finish == "stop" and ((ids[-1] in eos_ids and not s.params.ignore_eos) or ids[-1] in s.params.stop_token_ids):
-        ids = ids[:-1]
-    text = tokenizer.decode(ids)
-    cuts = [text.find(x) for x in s.params.stop_strings if x in text]
-    return text[: min(cuts)] if cuts else text
+    def output_text(self, eos_ids: set[int], tokenizer) -> str:
+        """The whole output text: a final stop token dropped, cut before the first stop string."""
+        ids, p = self.out, self.params
+        if ids and self.finish == "stop" and ((ids[-1] in eos_ids and not p.ignore_eos) or ids[-1] in p.stop_token_ids):
+            ids = ids[:-1]
+        text = tokenizer.decode(ids)
+        cuts = [text.find(x) for x in p.stop_strings if x in text]
+        return text[: min(cuts)] if cuts else text
+
+    def delta(self, eos_ids: set[int], tokenizer) -> str:
+        """The text to stream since the last call: while running, whole characters only and never what could still
+        turn out to be the start of a stop string; once finished, the rest of `output_text`."""
+        if self.finish is None:
+            hold = max((len(x) - 1 for x in self.params.stop_strings), default=0)
+            text = self.text[: max(self.sent, len(self.text) - hold)]
+        else:
+            text = self.output_text(eos_ids, tokenizer)
+        delta = text[self.sent:]
+        self.sent = max(self.sent, len(text))
+        return delta

@@ -10,11 +10,18 @@ Endpoints
 - `GET /v1/models`, `GET /health`, `GET /v1/usage` (the caller's totals and cost from the ledger),
   `GET /` (the chat page, `static/index.html`).
 
+Stop strings (`stop`) go to the engine with the other sampling parameters and are matched on the
+completion's text as generated (the R1 tags included): the engine ends a choice in the step whose token
+completes one, and never streams the stop string. One consumer (`consume`) reads a request's engine events
+for the streaming and the non-streaming answer alike.
+
 Usage. `prompt_tokens` counts the prompt once whatever `n`; `prompt_cache_hit_tokens` are the prompt
 tokens whose attention rows came from the prefix cache for the first choice (the others are misses);
-`completion_tokens` sums every choice's sampled tokens (the end-of-sentence token included);
+`completion_tokens` sums every token the engine generated for the choices (the end-of-sentence token
+included; for a client that left, up to the step that stopped its rows);
 `completion_tokens_details.reasoning_tokens` sums the tokens from each completion's start through
-`</think>`. Those are the numbers billed in the ledger.
+`</think>`. `bill` computes these once per request, when no choice can produce another token, and records
+them in the ledger: the numbers a response or a stream's usage chunk shows are the ones billed.
 
 Keys. With `--api-key` given, every `/v1/*` and `/chat/completions` request needs
 `Authorization: Bearer KEY` (401 otherwise); `/`, `/health` and `/openapi.json` are open. Rate limits
@@ -43,10 +50,11 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tinyseek.errors import TinyseekError
+from tinyseek.r1 import THINK, THINK_END
 from tinyseek.serve.ledger import Ledger, Prices, key_id
 from tinyseek.serve.prefix_cache import PrefixCache
 from tinyseek.serve.protocol import APIError, ChatRequest, parse_chat_request
-from tinyseek.serve.reasoning import ReasoningSplitter
+from tinyseek.serve.reasoning import ReasoningSplitter, reasoning_tokens
 from tinyseek.serve.scheduler import Job, QueueFull, Scheduler
 
 STATIC = Path(__file__).parent / "static"
@@ -107,6 +115,28 @@ class _EventStream(StreamingResponse):
             self._on_close()
 
 
+class _ClientGone(Exception):
+    """A non-streaming client disconnected while its request ran."""
+
+
+@dataclass
+class _Call:
+    """One chat completion request in flight: its jobs (one per choice), their splitters, and its bill."""
+
+    kid: str
+    rid: str
+    prompt: list[int]
+    jobs: list[Job]
+    splitters: list[ReasoningSplitter] = field(default_factory=list)
+    finish: list[str | None] = field(default_factory=list)
+    usage: dict | None = None  # set when billed (once)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.splitters = [ReasoningSplitter() for _ in self.jobs]
+        self.finish = [None] * len(self.jobs)
+
+
 def _error_response(e: APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
@@ -122,6 +152,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
     limiter = RateLimiter(cfg.rate_limit)
     ledger = ledger if ledger is not None else Ledger(cfg.db, cfg.prices)
     key_ids = {k: key_id(k) for k in cfg.api_keys}
+    think_ids = (tokenizer.token_id(THINK), tokenizer.token_id(THINK_END))
     model_names = (cfg.model_name,) + tuple(a for a in MODEL_ALIASES if a != cfg.model_name)
     created = int(time.time())
 
@@ -176,11 +207,43 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 return kid
         raise APIError(401, "wrong API key", type="authentication_error", code="invalid_api_key")
 
-    def usage_of(prompt_tokens: int, hit: int, completion: int, reasoning: int) -> dict:
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion,
-                "prompt_cache_hit_tokens": hit, "prompt_cache_miss_tokens": prompt_tokens - hit,
-                "prompt_tokens_details": {"cached_tokens": hit},
-                "completion_tokens_details": {"reasoning_tokens": reasoning}}
+    def bill(call: _Call) -> dict:
+        """The request's usage, recorded in the ledger exactly once: the one place usage is counted. Completion
+        tokens are every token the engine generated for its choices (a stop token included; a choice the
+        client abandoned counts up to the step that stopped it)."""
+        with call.lock:
+            if call.usage is None:
+                hit, n_prompt = call.jobs[0].cached_tokens, len(call.prompt)
+                completion = sum(len(j.token_ids) for j in call.jobs)
+                reasoning = sum(reasoning_tokens(j.token_ids, *think_ids) for j in call.jobs)
+                ledger.record(call.kid, cfg.model_name, call.rid, hit, n_prompt - hit, completion, reasoning)
+                call.usage = {"prompt_tokens": n_prompt, "completion_tokens": completion, "total_tokens": n_prompt + completion,
+                              "prompt_cache_hit_tokens": hit, "prompt_cache_miss_tokens": n_prompt - hit,
+                              "prompt_tokens_details": {"cached_tokens": hit},
+                              "completion_tokens_details": {"reasoning_tokens": reasoning}}
+        return call.usage
+
+    async def consume(call: _Call, queue: asyncio.Queue, disconnected=None):
+        """The one consumer of a request's engine events, streaming or not: yields (choice, [(field, text)],
+        finish_reason or None) as they come, until every choice has finished. `disconnected()` is polled while
+        waiting (a non-streaming client that leaves); an engine error is a 500."""
+        while any(f is None for f in call.finish):
+            try:
+                i, kind, payload = await asyncio.wait_for(queue.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if disconnected is not None and await disconnected():
+                    raise _ClientGone from None
+                continue
+            if kind == "error":
+                raise APIError(500, payload, type="server_error", code="engine_error")
+            if call.finish[i] is not None:
+                continue
+            text, reason = payload
+            pieces = call.splitters[i].feed(text) if text else []
+            if reason is not None:
+                pieces += call.splitters[i].finish()
+                call.finish[i] = reason
+            yield i, pieces, reason
 
     def build_jobs(req: ChatRequest, loop) -> tuple[list[int], list[Job], asyncio.Queue, int]:
         from tinyseek.inference.sampling import SamplingParams
@@ -212,6 +275,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 top_p=1.0 if req.top_p is None else req.top_p,
                 presence_penalty=req.presence_penalty or 0.0,
                 frequency_penalty=req.frequency_penalty or 0.0,
+                stop_strings=tuple(req.stop_list()),
                 seed=seed)
             jobs.append(Job(prompt, params, queue, loop, index=i, use_cache=cache is not None))
         return prompt, jobs, queue, max_tokens
@@ -242,9 +306,6 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 raise APIError(413, f"request body is over the limit of {limit} bytes", param="body", code="request_too_large")
             chunks.append(chunk)
         return b"".join(chunks)
-
-    def record(kid: str, rid: str, prompt: list[int], hit: int, completion: int, reasoning: int) -> None:
-        ledger.record(kid, cfg.model_name, rid, hit, len(prompt) - hit, completion, reasoning)
 
     # -- routes -----------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -296,109 +357,56 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
     async def chat_completions(request: Request):
         kid = authenticate(request)
         req = parse_chat_request(await read_body(request))
-        loop = asyncio.get_running_loop()
-        prompt, jobs, queue, max_tokens = build_jobs(req, loop)
+        prompt, jobs, queue, _ = build_jobs(req, asyncio.get_running_loop())
         admit(request, kid, jobs)
-        rid = "chatcmpl-" + secrets.token_hex(12)
-        splitters = [ReasoningSplitter(tokenizer, req.stop_list()) for _ in jobs]
+        call = _Call(kid, "chatcmpl-" + secrets.token_hex(12), prompt, jobs)
+
+        def close() -> None:
+            """However the response ends (done, client gone, error, never started): free the slots, bill once."""
+            sched.cancel(jobs, on_done=lambda: bill(call))
+
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            state = {"recorded": False}
-
-            def close() -> None:
-                """However the response ends (done, client gone, never started): free the slots, bill once."""
-                sched.cancel(jobs)
-                if not state["recorded"]:
-                    state["recorded"] = True
-                    record(kid, rid, prompt, jobs[0].cached_tokens, sum(j.n_generated for j in jobs),
-                           sum(s.reasoning_tokens for s in splitters))
-
-            return _EventStream(_stream(kid, rid, req, prompt, jobs, queue, splitters, include_usage, state, close), close)
-        finish = [None] * len(jobs)
+            return _EventStream(_stream(call, req, queue, include_usage, close), close)
         try:
-            while any(f is None for f in finish):
-                try:
-                    i, kind, payload = await asyncio.wait_for(queue.get(), timeout=0.5)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():  # nobody to answer: free the slots, bill what ran
-                        sched.cancel(jobs)
-                        record(kid, rid, prompt, jobs[0].cached_tokens, sum(j.n_generated for j in jobs),
-                               sum(s.reasoning_tokens for s in splitters))
-                        return JSONResponse({}, status_code=499)
-                    continue
-                if kind == "error":
-                    raise APIError(500, payload, type="server_error", code="engine_error")
-                if finish[i] is not None:
-                    continue
-                if kind == "token":
-                    splitters[i].feed(payload)
-                    if splitters[i].stopped:
-                        finish[i] = "stop"
-                        sched.cancel([jobs[i]])
-                else:
-                    splitters[i].finish()
-                    finish[i] = payload
-        except BaseException:
-            sched.cancel(jobs)
-            raise
-        hit = jobs[0].cached_tokens
-        completion = sum(s.n_tokens for s in splitters)
-        reasoning_t = sum(s.reasoning_tokens for s in splitters)
-        record(kid, rid, prompt, hit, completion, reasoning_t)
+            async for _ in consume(call, queue, request.is_disconnected):
+                pass
+        except _ClientGone:  # nobody to answer; close() frees the slots and bills what ran
+            return JSONResponse({}, status_code=499)
+        finally:
+            close()
         choices = []
-        for i, s in enumerate(splitters):
-            reasoning, content = s.result()
+        for i, sp in enumerate(call.splitters):
+            reasoning, content = sp.result()
             choices.append({"index": i, "message": {"role": "assistant", "content": content, "reasoning_content": reasoning},
-                            "logprobs": None, "finish_reason": finish[i]})
-        return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
-                "system_fingerprint": "tinyseek-0.1.0", "choices": choices,
-                "usage": usage_of(len(prompt), hit, completion, reasoning_t)}
+                            "logprobs": None, "finish_reason": call.finish[i]})
+        return {"id": call.rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
+                "system_fingerprint": "tinyseek-0.1.0", "choices": choices, "usage": bill(call)}
 
-    async def _stream(kid, rid, req, prompt, jobs, queue, splitters, include_usage, state, close):
+    async def _stream(call: _Call, req: ChatRequest, queue: asyncio.Queue, include_usage: bool, close):
         created_ = int(time.time())
 
         def chunk(choices, usage=None):
-            obj = {"id": rid, "object": "chat.completion.chunk", "created": created_, "model": req.model,
+            obj = {"id": call.rid, "object": "chat.completion.chunk", "created": created_, "model": req.model,
                    "system_fingerprint": "tinyseek-0.1.0", "choices": choices}
             if include_usage:
                 obj["usage"] = usage
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
-        def deltas(i, pieces):
-            return [chunk([{"index": i, "delta": {field_: text}, "logprobs": None, "finish_reason": None}])
-                    for field_, text in pieces]
-
-        finish = [None] * len(jobs)
         try:
-            for i in range(len(jobs)):
+            for i in range(len(call.jobs)):
                 yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
-            while any(f is None for f in finish):
-                i, kind, payload = await queue.get()
-                if finish[i] is not None:
-                    continue
-                if kind == "error":
-                    yield f"data: {json.dumps(APIError(500, payload, type='server_error', code='engine_error').body())}\n\n"
-                    return
-                if kind == "token":
-                    for c in deltas(i, splitters[i].feed(payload)):
-                        yield c
-                    if splitters[i].stopped:
-                        finish[i] = "stop"
-                        sched.cancel([jobs[i]])
-                else:
-                    for c in deltas(i, splitters[i].finish()):
-                        yield c
-                    finish[i] = payload
-                if finish[i] is not None:
-                    yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish[i]}])
-            hit = jobs[0].cached_tokens
-            completion = sum(s.n_tokens for s in splitters)
-            reasoning_t = sum(s.reasoning_tokens for s in splitters)
-            state["recorded"] = True
-            record(kid, rid, prompt, hit, completion, reasoning_t)
+            async for i, pieces, reason in consume(call, queue):
+                for field_, text in pieces:
+                    yield chunk([{"index": i, "delta": {field_: text}, "logprobs": None, "finish_reason": None}])
+                if reason is not None:
+                    yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}])
+            close()
             if include_usage:
-                yield chunk([], usage_of(len(prompt), hit, completion, reasoning_t))
+                yield chunk([], bill(call))
             yield "data: [DONE]\n\n"
+        except APIError as e:
+            yield f"data: {json.dumps(e.body())}\n\n"
         finally:
             close()  # a client that went away: free its slots now, and bill what it consumed
 

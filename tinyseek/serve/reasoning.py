@@ -1,128 +1,95 @@
-"""Split a completion into `reasoning_content` and `content`, token by token, for streaming.
+"""Split a completion's streamed text into `reasoning_content` and `content`, and count its reasoning tokens.
 
-A tinyseek completion reads `<think>\\n...\\n</think>\\n<answer>...</answer>` (R1's format). The
-tags are single special tokens, so the split is exact at the token level:
-- tokens after `<think>` and up to `</think>` are reasoning; the tags themselves are not shown, and
-  `completion_tokens_details.reasoning_tokens` counts the tokens from the first completion token
-  through `</think>` (tags included) when the completion reasons at all;
+A tinyseek completion reads `<think>\\n...\\n</think>\\n<answer>...</answer>` (R1's format). The splitter
+reads the text as the engine streams it, which is already final: stop tokens are left out and stop strings
+cut by the engine (it owns the stop rules, and stops a row in the very step that completes one).
+- a completion that opens with `<think>` is reasoning up to `</think>`; the tags themselves are not shown;
 - everything else is the answer (`content`). `<answer>` and `</answer>` are dropped from the text
   (they are protocol, not prose), so a client sees `content = "42"`, not `"<answer>42</answer>"`;
-- if the prompt already ends in `<think>` (a template that forces reasoning), the completion starts
-  in reasoning; a completion that never opens `<think>` is all content.
-Leading and trailing whitespace of each part is dropped (the newlines around the tags); whitespace
-inside a part is held back until the next visible character arrives.
+- if the prompt already ends in `<think>` (a template that forces reasoning), the completion starts in
+  reasoning; a completion that never opens `<think>` is all content.
+Leading and trailing whitespace of each part is dropped (the newlines around the tags); whitespace inside
+a part is held back until the next visible character arrives, and so is a tail that could still become a
+tag. How the text is cut into pieces never changes the result (tests hold it to feeding the text whole).
 
-Text is decoded incrementally: only the tokens since the last whole-character boundary are re-decoded,
-and the new suffix is held back while it ends in an incomplete UTF-8 character (U+FFFD from
-byte-level BPE). `ReasoningSplitter(..., incremental=False)` decodes every part whole each time: the
-plain reference, held equal to the incremental path in tests.
-Stop strings (the request's `stop`) are matched on each part's text; the text from the stop string on
-is never emitted, and text that could still become a stop string is held back until it cannot.
+The tags are special tokens of tinyseek's tokenizer, so in the text they only ever come from those tokens.
+`reasoning_tokens` counts, from the token ids, the tokens from the completion's start through `</think>`
+(tags included) when it reasons at all: the `completion_tokens_details.reasoning_tokens` a request is billed.
 """
 
 from __future__ import annotations
 
+from tinyseek.r1 import ANSWER, ANSWER_END, THINK, THINK_END
+
 REASONING, CONTENT = "reasoning_content", "content"
+_DROPPED = {REASONING: (THINK_END, ANSWER, ANSWER_END), CONTENT: (ANSWER, ANSWER_END)}  # tags that mean something there
+
+
+def reasoning_tokens(ids: list[int], think_id: int, end_think_id: int, start_in_reasoning: bool = False) -> int:
+    """Tokens from the completion's start through its first `</think>` (all of them while it is still reasoning)
+    if it reasons at all (opens with `<think>`, or starts inside it); 0 otherwise."""
+    if not ids or not (start_in_reasoning or ids[0] == think_id):
+        return 0
+    return ids.index(end_think_id) + 1 if end_think_id in ids else len(ids)
 
 
 class _Part:
     def __init__(self):
-        self.ids: list[int] = []
-        self.text = ""  # decoded so far (whole, including held back)
-        self.sent = 0  # characters of self.text already emitted
+        self.text = ""  # placed so far (including what is held back)
+        self.sent = 0  # characters of text already emitted
         self.started = False  # a non-whitespace character has been emitted
-        self.clean_ids = 0  # ids[:clean_ids] decode to clean_text, ending on a whole character
-        self.clean_text = ""
-
-    def append(self, tok, token_id: int) -> None:
-        """Extend the text by one token. Byte-level BPE decodes a concatenation to the concatenation of the
-        bytes, so text up to a whole-character boundary never changes: only the tail is re-decoded, which
-        keeps a long completion linear rather than quadratic in its length."""
-        self.ids.append(token_id)
-        tail = tok.decode(self.ids[self.clean_ids:])
-        self.text = self.clean_text + tail
-        if not tail.endswith("\ufffd"):
-            self.clean_ids, self.clean_text = len(self.ids), self.text
 
 
 class ReasoningSplitter:
-    """Feed completion token ids one at a time; get (field, text) deltas back."""
+    """Feed the completion's text pieces as they stream; get (field, text) deltas back."""
 
-    def __init__(self, tokenizer, stops: list[str] | tuple = (), start_in_reasoning: bool = False, incremental: bool = True):
-        self.tok = tokenizer
-        self.incremental = incremental
-        self.stops = [s for s in stops if s]
-        tid = tokenizer.token_id
-        self.think, self.end_think = tid("<think>"), tid("</think>")
-        self.answer, self.end_answer = tid("<answer>"), tid("</answer>")
-        self.eos = tokenizer.eos_id
-        self.mode = REASONING if start_in_reasoning else None  # None: nothing seen yet
+    def __init__(self, start_in_reasoning: bool = False):
+        self.mode = REASONING if start_in_reasoning else None  # None: nothing decided yet
+        self.reasoned = start_in_reasoning
         self.parts = {REASONING: _Part(), CONTENT: _Part()}
-        self.n_tokens = 0
-        self.reasoning_tokens = 0
-        self.stopped = False  # a stop string was found: the caller should end the request
+        self.buf = ""  # text not yet placed in a part: it may be the start of a tag
 
-    def feed(self, token_id: int) -> list[tuple[str, str]]:
-        if self.stopped:
-            return []
-        self.n_tokens += 1
-        if self.mode == REASONING:
-            self.reasoning_tokens = self.n_tokens
-        if token_id == self.eos:
-            return []
-        if token_id == self.think and self.mode is None:
-            self.mode = REASONING
-            self.reasoning_tokens = self.n_tokens
-            return []
-        if token_id == self.end_think and self.mode in (None, REASONING):
-            out = self._flush(REASONING)
-            self.mode = CONTENT
-            return out
-        if token_id in (self.answer, self.end_answer):
-            if self.mode is None:
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        self.buf += text
+        out: list[tuple[str, str]] = []
+        while self.buf:
+            if self.mode is None:  # the completion's first characters decide: reasoning, or straight to the answer
+                if any(tag.startswith(self.buf) and tag != self.buf for tag in (THINK, THINK_END)):
+                    break
+                if self.buf.startswith(THINK):
+                    self.buf, self.mode, self.reasoned = self.buf[len(THINK):], REASONING, True
+                elif self.buf.startswith(THINK_END):
+                    self.buf, self.mode = self.buf[len(THINK_END):], CONTENT
+                else:
+                    self.mode = CONTENT
+                continue
+            tags = _DROPPED[self.mode]
+            hits = [(self.buf.find(t), t) for t in tags if t in self.buf]
+            if not hits:  # place everything but a tail that could still become a tag
+                keep = max((k for t in tags for k in range(1, len(t)) if self.buf.endswith(t[:k])), default=0)
+                self.parts[self.mode].text += self.buf[: len(self.buf) - keep]
+                self.buf = self.buf[len(self.buf) - keep:]
+                break
+            at, tag = min(hits)
+            self.parts[self.mode].text += self.buf[:at]
+            self.buf = self.buf[at + len(tag):]
+            if tag == THINK_END:
+                out += self._emit(REASONING)
                 self.mode = CONTENT
-            return []
-        if self.mode is None:
-            self.mode = CONTENT
-        part = self.parts[self.mode]
-        if self.incremental:
-            part.append(self.tok, token_id)
-        else:
-            part.ids.append(token_id)
-            part.text = self.tok.decode(part.ids)
-        return self._emit(self.mode, final=False)
+        return out + (self._emit(self.mode) if self.mode else [])
 
     def finish(self) -> list[tuple[str, str]]:
         """Flush what was held back (the end of the completion: nothing more can complete it)."""
-        if self.stopped:
-            return []
-        return self._flush(self.mode) if self.mode else []
+        if self.buf:
+            self.mode = self.mode or CONTENT
+            self.parts[self.mode].text += self.buf
+            self.buf = ""
+        return self._emit(self.mode) if self.mode else []
 
-    def _flush(self, field: str) -> list[tuple[str, str]]:
-        return self._emit(field, final=True)
-
-    def _emit(self, field: str, final: bool) -> list[tuple[str, str]]:
+    def _emit(self, field: str) -> list[tuple[str, str]]:
         part = self.parts[field]
-        text = part.text
-        if not final and text.endswith("\ufffd"):
-            return []
-        # a stop string anywhere in the not-yet-confirmed text ends the completion there
-        for s in self.stops:
-            at = text.find(s, max(0, part.sent - len(s) + 1))
-            if at != -1:
-                text = text[:at]
-                self.stopped = True
-        end = len(text)
-        if not final and not self.stopped:
-            # hold back a suffix that could be the start of a stop string
-            for s in self.stops:
-                for k in range(min(len(s) - 1, len(text)), 0, -1):
-                    if text.endswith(s[:k]):
-                        end = min(end, len(text) - k)
-                        break
-        end = len(text[:end].rstrip())  # trailing whitespace waits for more text, and is dropped at the end
-        end = max(end, part.sent)
-        delta = text[part.sent:end]
+        end = max(len(part.text.rstrip()), part.sent)  # trailing whitespace waits for more text, and is dropped at the end
+        delta = part.text[part.sent:end]
         part.sent = end
         if not part.started:
             delta = delta.lstrip()
@@ -132,5 +99,4 @@ class ReasoningSplitter:
     def result(self) -> tuple[str | None, str]:
         """(reasoning_content or None, content) as emitted."""
         r, c = self.parts[REASONING], self.parts[CONTENT]
-        reasoning = r.text[:r.sent].lstrip() if (self.reasoning_tokens or r.ids) else None
-        return reasoning, c.text[:c.sent].lstrip()
+        return (r.text[:r.sent].lstrip() if self.reasoned else None), c.text[:c.sent].lstrip()

@@ -8,8 +8,13 @@ new token to its job's asyncio queue with `loop.call_soon_threadsafe`.
 
 - Bounded queue: at most `max_queue` jobs wait for a slot; `submit` raises `QueueFull` beyond that
   (the API answers 503).
-- Cancellation (a client that disconnects) is applied at the top of the next loop iteration, before
-  the next step, so the slot is free for the next waiting job at once.
+- Each engine event goes to its job's queue as ("step", (text, finish_reason)): the new text (stop tokens
+  left out, stop strings cut: the engine applies the stop rules and ends a row in the step that meets one)
+  and, on the last one, why it ended. The job keeps every token id it was given (`token_ids`), which is
+  what the request is billed for.
+- Cancellation (a client that disconnects, or an error) is applied at the top of the next loop iteration,
+  before the next step, so the slot is free for the next waiting job at once; `cancel(jobs, on_done)`
+  runs `on_done` once none of the jobs can produce another token, so usage is counted after the last one.
 - Context caching: before admission a job's prompt is looked up in the `PrefixCache`; the cached rows
   go to the engine as `prefix=` (a `PromptCache`) and only the rest of the prompt is prefilled. Jobs
   are added with `capture_prompt_cache=True`: the engine hands back the prompt's rows on the request's
@@ -42,13 +47,13 @@ class Job:
 
     prompt_ids: list[int]
     params: object  # engine.SamplingParams
-    queue: asyncio.Queue  # receives (index, kind, payload): ("token", id) | ("done", finish_reason) | ("error", msg)
+    queue: asyncio.Queue  # receives (index, kind, payload): ("step", (text, finish_reason | None)) | ("error", msg)
     loop: asyncio.AbstractEventLoop
     index: int = 0  # choice index within its request
     use_cache: bool = True
     cached_tokens: int = 0  # prompt tokens served by the prefix cache (set at admission)
     rid: object = None
-    n_generated: int = 0
+    token_ids: list[int] = field(default_factory=list)  # every token the engine generated for this job
     cancelled: bool = False
     done: bool = False
     submitted: float = field(default_factory=time.monotonic)
@@ -69,7 +74,7 @@ class Scheduler:
         self.max_running = max_running or getattr(engine, "max_batch", 64)
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: dict[object, Job] = {}
-        self._cancel: list[Job] = []
+        self._cancel: list[tuple[list[Job], object]] = []  # (jobs, on_done) to apply before the next step
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
@@ -85,12 +90,18 @@ class Scheduler:
             self._waiting.extend(jobs)
         self._wake.set()
 
-    def cancel(self, jobs: list[Job]) -> None:
+    def cancel(self, jobs: list[Job], on_done=None) -> None:
+        """Stop `jobs` (waiting or running) before the engine's next step. `on_done()`, if given, runs once none of
+        them can produce another token: at once when they are all finished, else on the scheduler thread."""
         with self._lock:
             for j in jobs:
-                if not j.done and not j.cancelled:
+                if not j.done:
                     j.cancelled = True
-                    self._cancel.append(j)
+            pending = any(not j.done for j in jobs)
+            if pending:
+                self._cancel.append((list(jobs), on_done))
+        if not pending and on_done is not None:
+            on_done()
         self._wake.set()
 
     def load(self) -> dict:
@@ -110,6 +121,12 @@ class Scheduler:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._apply_cancellations()  # shutting down: settle what was asked (e.g. bill abandoned requests)
+
+    def _loop(self) -> None:
         while not self._stop:
             try:
                 self._apply_cancellations()
@@ -136,11 +153,14 @@ class Scheduler:
             cancel, self._cancel = self._cancel, []
             if cancel:
                 self._waiting = collections.deque(j for j in self._waiting if not j.cancelled)
-        for job in cancel:
-            if job.rid is not None and job.rid in self._running:
-                self.engine.abort(job.rid)
-                del self._running[job.rid]
-            job.done = True
+        for jobs, on_done in cancel:
+            for job in jobs:
+                if job.rid is not None and job.rid in self._running:
+                    self.engine.abort(job.rid)
+                    del self._running[job.rid]
+                job.done = True
+            if on_done is not None:
+                on_done()
 
     def _admit(self) -> None:
         while len(self._running) < self.max_running:
@@ -156,7 +176,7 @@ class Scheduler:
                     job.cached_tokens = hit.n_tokens
             try:
                 job.rid = self.engine.add_request(job.prompt_ids, job.params, prefix=prefix,
-                                                  capture_prompt_cache=self._worth_caching(job), stream=False)
+                                                  capture_prompt_cache=self._worth_caching(job))
             except TinyseekError as e:  # the engine refused this prompt: fail this job alone
                 job.done = True
                 job.post("error", f"engine refused the request: {e}")
@@ -180,14 +200,12 @@ class Scheduler:
             if ev.prompt_cache is not None and self.prefix_cache is not None:
                 pc = ev.prompt_cache
                 self.prefix_cache.insert(list(pc.token_ids), pc.tensors)
-            if ev.token_ids:
-                if job.n_generated == 0:
-                    job.first_token_at = time.monotonic()
-                job.n_generated += len(ev.token_ids)
-                for t in ev.token_ids:
-                    job.post("token", t)
+            if ev.token_ids and not job.token_ids:
+                job.first_token_at = time.monotonic()
+            job.token_ids.extend(ev.token_ids)
             if ev.finish_reason is not None:
                 job.done = True
-                job.post("done", ev.finish_reason)
                 del self._running[ev.rid]
                 self.engine.collect(ev.rid)  # the engine keeps a finished request until collected
+            if ev.token_ids or ev.text or ev.finish_reason is not None:
+                job.post("step", (ev.text, ev.finish_reason))
