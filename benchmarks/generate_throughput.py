@@ -103,7 +103,9 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=2, help="timed repetitions (best is kept)")
-    ap.add_argument("--mtp-steps", type=int, default=80, help="training steps before the speculative benchmark (0: skip it)")
+    ap.add_argument(
+        "--mtp-steps", type=int, default=80, help="training steps before the speculative benchmark (0: skip it)"
+    )
     ap.add_argument("--mtp-new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--skip-hf", action="store_true")
@@ -114,8 +116,10 @@ def main() -> int:
     cfg = ModelConfig.preset(args.preset)
     model = Transformer(cfg).eval()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"preset {args.preset}: {n_params / 1e6:.1f}M parameters; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine: figures are noisy)")
+    print(
+        f"preset {args.preset}: {n_params / 1e6:.1f}M parameters; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine: figures are noisy)"
+    )
     batches = [int(b) for b in args.batches.split(",")]
     N, P = args.new_tokens, args.prompt_len
     g = torch.Generator().manual_seed(1)
@@ -139,10 +143,18 @@ def main() -> int:
         prompts = all_prompts[:B]
         engine = Engine(model, max_batch=B, max_len=P + N + 1)
         engine.generate(prompts[:1].tolist(), greedy.replace(max_new_tokens=4))  # warm-up
+
         def run_hf():
             with torch.inference_mode():
-                return hf.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=N,
-                                   min_new_tokens=N, do_sample=False, eos_token_id=None, pad_token_id=0)
+                return hf.generate(
+                    input_ids=prompts,
+                    attention_mask=torch.ones_like(prompts),
+                    max_new_tokens=N,
+                    min_new_tokens=N,
+                    do_sample=False,
+                    eos_token_id=None,
+                    pad_token_id=0,
+                )
 
         if hf is not None and B == batches[0]:
             run_hf()  # warm-up
@@ -164,20 +176,28 @@ def main() -> int:
 
     eng = Engine(model, max_batch=1)
     ours_b = ours_cache_bytes_per_token(eng)
-    line = (f"\nKV cache bytes per token (float32): tinyseek {ours_b:.0f} (latent {cfg.kv_lora_rank} + rope key "
-            f"{cfg.qk_rope_head_dim} per layer x {cfg.n_layers})")
+    line = (
+        f"\nKV cache bytes per token (float32): tinyseek {ours_b:.0f} (latent {cfg.kv_lora_rank} + rope key "
+        f"{cfg.qk_rope_head_dim} per layer x {cfg.n_layers})"
+    )
     if hf is not None:
         hf_b = hf_cache_bytes_per_token(hf)
-        line += (f", transformers {hf_b:.0f}: ratio {ours_b / hf_b:.3f} (transformers' DynamicCache layers: "
-                 f"{hf_cache_shapes(hf)})")
+        line += (
+            f", transformers {hf_b:.0f}: ratio {ours_b / hf_b:.3f} (transformers' DynamicCache layers: "
+            f"{hf_cache_shapes(hf)})"
+        )
     print(line)
     from tinyseek.model import KVCache
 
     naive = KVCache(dataclasses.replace(cfg, mtp_depth=0), 1, 1, impl="naive")
     naive_b = sum(x[0, 0].numel() * x.element_size() for x in naive._tensors())
-    print(f"  a full K/V cache of the same model (tinyseek's naive MLA path) would take {naive_b:.0f}: ratio {ours_b / naive_b:.3f}")
+    print(
+        f"  a full K/V cache of the same model (tinyseek's naive MLA path) would take {naive_b:.0f}: ratio {ours_b / naive_b:.3f}"
+    )
     spec_eng = Engine(model, max_batch=1, speculative=True)
-    print(f"  (with speculative decoding the MTP layer's cache is added: {ours_cache_bytes_per_token(spec_eng):.0f} bytes per token)")
+    print(
+        f"  (with speculative decoding the MTP layer's cache is added: {ours_cache_bytes_per_token(spec_eng):.0f} bytes per token)"
+    )
 
     # bf16
     B = batches[len(batches) // 2]
@@ -195,20 +215,29 @@ def main() -> int:
         x, y = a[0].token_ids, b[0].token_ids
         k = next((i for i in range(len(x)) if x[i] != y[i]), len(x))
         agree.append(k / len(x))
-    print(f"\nbf16 at batch {B}: {B * N / dt16:.0f} tok/s vs float32 {B * N / dt32:.0f} ({dt32 / dt16:.2f}x); max |logit diff| on the "
-          f"prompts {d:.3f}; greedy tokens equal to float32 before the first divergence: {100 * sum(agree) / len(agree):.0f}%")
+    print(
+        f"\nbf16 at batch {B}: {B * N / dt16:.0f} tok/s vs float32 {B * N / dt32:.0f} ({dt32 / dt16:.2f}x); max |logit diff| on the "
+        f"prompts {d:.3f}; greedy tokens equal to float32 before the first divergence: {100 * sum(agree) / len(agree):.0f}%"
+    )
 
     if args.mtp_steps > 0 and cfg.mtp_depth > 0:
         M = args.mtp_new_tokens
         p = greedy.replace(max_new_tokens=M)
         e = Engine(model, max_batch=1, speculative=True)
         e.generate([all_prompts[0].tolist()], p)
-        print(f"\nMTP speculative decoding, batch 1: untrained model acceptance {e.stats['accepted'] / max(1, e.stats['drafted']):.2f}")
-        print(f"training a copy for {args.mtp_steps} steps on a repetitive corpus (best case for acceptance)...", flush=True)
+        print(
+            f"\nMTP speculative decoding, batch 1: untrained model acceptance {e.stats['accepted'] / max(1, e.stats['drafted']):.2f}"
+        )
+        print(
+            f"training a copy for {args.mtp_steps} steps on a repetitive corpus (best case for acceptance)...",
+            flush=True,
+        )
         trained = copy.deepcopy(model)
         cycle = train_on_cycle(trained, args.mtp_steps)
         prompt = [cycle[:P].tolist()]
-        engines = {0: Engine(trained, max_batch=1)} | {k: Engine(trained, max_batch=1, speculative=k) for k in (1, 2, 3)}
+        engines = {0: Engine(trained, max_batch=1)} | {
+            k: Engine(trained, max_batch=1, speculative=k) for k in (1, 2, 3)
+        }
         for e in engines.values():
             e.generate(prompt, p.replace(max_new_tokens=4))
             e.stats.update(drafted=0, accepted=0)
@@ -222,8 +251,10 @@ def main() -> int:
         for k in (1, 2, 3):
             st = engines[k].stats
             same = outs[k][0][0].token_ids == outs[0][0][0].token_ids
-            print(f"  speculative, {k} draft{'s' if k > 1 else ''} a step: {M / best[k]:.0f} tok/s, speed-up {best[0] / best[k]:.2f}x, "
-                  f"acceptance {st['accepted'] / max(1, st['drafted']):.2f}, identical output {same}")
+            print(
+                f"  speculative, {k} draft{'s' if k > 1 else ''} a step: {M / best[k]:.0f} tok/s, speed-up {best[0] / best[k]:.2f}x, "
+                f"acceptance {st['accepted'] / max(1, st['drafted']):.2f}, identical output {same}"
+            )
     return 0
 
 

@@ -48,9 +48,19 @@ def build_llama(vocab: int, tok) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                      intermediate_size=768, max_position_embeddings=512, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=768,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     return LlamaForCausalLM(cfg).float()
 
 
@@ -84,14 +94,36 @@ def run_trl(model_dir: Path, hf_tok, recs, steps: int, tmp: Path) -> float:
             times.append(time.perf_counter() - self.t)
 
     ds = Dataset.from_list([{"prompt": r["prompt"]} for r in recs])
-    args = GRPOConfig(output_dir=str(tmp / "trl"), per_device_train_batch_size=P * G, num_generations=G,
-                      max_completion_length=NEW, generation_kwargs={"min_new_tokens": NEW}, beta=BETA, learning_rate=1e-5,
-                      max_steps=steps + 1, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False,
-                      temperature=1.0, num_iterations=1, gradient_accumulation_steps=1, seed=0, disable_tqdm=True,
-                      model_init_kwargs={"dtype": torch.float32})
+    args = GRPOConfig(
+        output_dir=str(tmp / "trl"),
+        per_device_train_batch_size=P * G,
+        num_generations=G,
+        max_completion_length=NEW,
+        generation_kwargs={"min_new_tokens": NEW},
+        beta=BETA,
+        learning_rate=1e-5,
+        max_steps=steps + 1,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        temperature=1.0,
+        num_iterations=1,
+        gradient_accumulation_steps=1,
+        seed=0,
+        disable_tqdm=True,
+        model_init_kwargs={"dtype": torch.float32},
+    )
     # TRL builds its reference model from the policy's path, so the policy is given as a saved directory
-    trainer = GRPOTrainer(model=str(model_dir), reward_funcs=[reward_len], args=args, train_dataset=ds, processing_class=hf_tok,
-                          callbacks=[Clock()])
+    trainer = GRPOTrainer(
+        model=str(model_dir),
+        reward_funcs=[reward_len],
+        args=args,
+        train_dataset=ds,
+        processing_class=hf_tok,
+        callbacks=[Clock()],
+    )
     trainer.train()
     return sum(times[1:]) / max(1, len(times) - 1)
 
@@ -101,9 +133,22 @@ def run_tinyseek(policy, recs, steps: int, tmp: Path, name: str) -> tuple[float,
     from tinyseek.train.grpo import GrpoConfig, GrpoStage
     from tinyseek.train.loop import Loop
 
-    cfg = GrpoConfig(model="bench", rewards=["grpo_throughput:reward_len"], batch_size=P, group_size=G, max_new_tokens=NEW,
-                     ignore_eos=True, beta=BETA, lr=1e-5, max_steps=steps + 1, prompt_template="raw", micro_batch=32,
-                     progress=False, sample_every=0, dynamic_sampling=False)
+    cfg = GrpoConfig(
+        model="bench",
+        rewards=["grpo_throughput:reward_len"],
+        batch_size=P,
+        group_size=G,
+        max_new_tokens=NEW,
+        ignore_eos=True,
+        beta=BETA,
+        lr=1e-5,
+        max_steps=steps + 1,
+        prompt_template="raw",
+        micro_batch=32,
+        progress=False,
+        sample_every=0,
+        dynamic_sampling=False,
+    )
     cfg.validate()
     ref = copy.deepcopy(policy.module).eval()
     for p in ref.parameters():
@@ -115,7 +160,7 @@ def run_tinyseek(policy, recs, steps: int, tmp: Path, name: str) -> tuple[float,
 
     class Fixed:
         def batch(self, step, n):
-            return recs[step * n:(step + 1) * n]
+            return recs[step * n : (step + 1) * n]
 
         def heldout(self):
             return []
@@ -133,7 +178,9 @@ def run_tinyseek(policy, recs, steps: int, tmp: Path, name: str) -> tuple[float,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2, help="timed steps per trainer (after one warm-up step)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 is faster on a busy machine)")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 is faster on a busy machine)"
+    )
     ap.add_argument("--skip-trl", action="store_true", help="do not run TRL")
     ap.add_argument("--skip-tiny", action="store_true", help="do not run tinyseek on its own tiny preset")
     a = ap.parse_args()
@@ -147,14 +194,19 @@ def main() -> None:
     recs = prompts(a.steps + 1)
     base = build_llama(tok.vocab_size, hf_tok)
     n_params = sum(p.numel() for p in base.parameters())
-    print(f"random Llama {n_params / 1e6:.2f}M params (vocab {tok.vocab_size}), {P} prompts x G={G}, {NEW} new tokens, "
-          f"beta {BETA}, fp32, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"random Llama {n_params / 1e6:.2f}M params (vocab {tok.vocab_size}), {P} prompts x G={G}, {NEW} new tokens, "
+        f"beta {BETA}, fp32, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     results = {}
     policy = HFPolicy(copy.deepcopy(base), hf_tok)
     s, m = run_tinyseek(policy, recs, a.steps, tmp, "ts-llama")
     results["tinyseek (Llama via HF adapter)"] = s
-    print(f"tinyseek, Llama via the HF adapter: {s:.2f} s/step, {P * G / s:.1f} completions/s "
-          f"(rollout {m['rollout_s']:.2f} s, update {m['update_s']:.2f} s)", flush=True)
+    print(
+        f"tinyseek, Llama via the HF adapter: {s:.2f} s/step, {P * G / s:.1f} completions/s "
+        f"(rollout {m['rollout_s']:.2f} s, update {m['update_s']:.2f} s)",
+        flush=True,
+    )
     if not a.skip_trl:
         base.save_pretrained(tmp / "llama")
         hf_tok.save_pretrained(tmp / "llama")
@@ -169,8 +221,10 @@ def main() -> None:
         torch.manual_seed(0)
         model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.vocab_size))
         s2, m2 = run_tinyseek(TinyseekPolicy(model, tok), recs, a.steps, tmp, "ts-tiny")
-        print(f"tinyseek, own tiny preset ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M MoE): {s2:.2f} s/step, "
-              f"{P * G / s2:.1f} completions/s (rollout {m2['rollout_s']:.2f} s, update {m2['update_s']:.2f} s)")
+        print(
+            f"tinyseek, own tiny preset ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M MoE): {s2:.2f} s/step, "
+            f"{P * G / s2:.1f} completions/s (rollout {m2['rollout_s']:.2f} s, update {m2['update_s']:.2f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -47,10 +47,20 @@ def make_engine(model, tok, batch):
 async def stream_one(client, messages, max_tokens):
     t0 = time.perf_counter()
     ttft, n = None, 0
-    stream = await client.chat.completions.create(model="tinyseek", messages=messages, max_tokens=max_tokens, temperature=0,
-                                                  stream=True, stream_options={"include_usage": True})
+    stream = await client.chat.completions.create(
+        model="tinyseek",
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     async for c in stream:
-        if c.choices and ttft is None and ((c.choices[0].delta.content or (c.choices[0].delta.model_extra or {}).get("reasoning_content"))):
+        if (
+            c.choices
+            and ttft is None
+            and (c.choices[0].delta.content or (c.choices[0].delta.model_extra or {}).get("reasoning_content"))
+        ):
             ttft = time.perf_counter() - t0
         if c.usage:
             n = c.usage.completion_tokens
@@ -102,8 +112,12 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--sequential", type=int, default=4, help="requests in the one-at-a-time run")
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: on a shared, overloaded box two OpenMP threads spin against each other)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared, overloaded box two OpenMP threads spin against each other)",
+    )
     ap.add_argument("--system-words", type=int, default=300, help="length of the shared system prompt (words)")
     ap.add_argument("--in-process-clients", action="store_true", help="run the clients in the server's process")
     args = ap.parse_args()
@@ -113,10 +127,12 @@ def main() -> None:
     torch.manual_seed(0)
     tok = Tokenizer.train([" ".join(WORDS)] * 20, 600)
     model = Transformer(ModelConfig.preset(args.preset, vocab_size=tok.vocab_size)).eval()
-    prompts = [[{"role": "user", "content": " ".join(WORDS[i % 7: i % 7 + 6]) + f" {i}"}] for i in range(args.clients)]
+    prompts = [[{"role": "user", "content": " ".join(WORDS[i % 7 : i % 7 + 6]) + f" {i}"}] for i in range(args.clients)]
     N = args.new_tokens
-    print(f"preset {args.preset}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, torch threads "
-          f"{torch.get_num_threads()}, {args.clients} clients x {N} new tokens (EOS banned)")
+    print(
+        f"preset {args.preset}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, torch threads "
+        f"{torch.get_num_threads()}, {args.clients} clients x {N} new tokens (EOS banned)"
+    )
     eng = make_engine(model, tok, args.clients)
     ids = [tok.encode(tok.chat(p)) for p in prompts]
     eng.generate(ids[:2], SamplingParams(max_new_tokens=4, temperature=0))
@@ -131,11 +147,17 @@ def main() -> None:
         seq_tps = sum(r[1] for r in seq) / seq_t
         conc_tps = sum(r[1] for r in conc) / conc_t
         assert all(r[1] == N for r in seq + conc), "a request stopped early"
-        print(f"1. sequential:  {seq_tps:8.1f} tok/s   TTFT median {statistics.median(r[0] for r in seq) * 1e3:7.1f} ms")
-        print(f"2. concurrent:  {conc_tps:8.1f} tok/s   TTFT p50 {pct([r[0] for r in conc], .5) * 1e3:7.1f} ms  "
-              f"p95 {pct([r[0] for r in conc], .95) * 1e3:7.1f} ms   -> {conc_tps / seq_tps:.2f}x sequential")
+        print(
+            f"1. sequential:  {seq_tps:8.1f} tok/s   TTFT median {statistics.median(r[0] for r in seq) * 1e3:7.1f} ms"
+        )
+        print(
+            f"2. concurrent:  {conc_tps:8.1f} tok/s   TTFT p50 {pct([r[0] for r in conc], 0.5) * 1e3:7.1f} ms  "
+            f"p95 {pct([r[0] for r in conc], 0.95) * 1e3:7.1f} ms   -> {conc_tps / seq_tps:.2f}x sequential"
+        )
 
-        print(f"3. Engine.generate, no HTTP: {eng_tps:8.1f} tok/s   -> the server reaches {conc_tps / eng_tps:.2f}x of it")
+        print(
+            f"3. Engine.generate, no HTTP: {eng_tps:8.1f} tok/s   -> the server reaches {conc_tps / eng_tps:.2f}x of it"
+        )
 
         system = " ".join(WORDS[i % len(WORDS)] for i in range(args.system_words))
         msgs = [{"role": "system", "content": system}, {"role": "user", "content": "and the answer"}]
@@ -147,8 +169,10 @@ def main() -> None:
                 clients(url, [msgs], 1, False)  # fills the cache (when on)
                 runs = [clients(url, [msgs], 1, False)[0][0] for _ in range(5)]
             out[cache] = (statistics.median(r[2] for r in runs), runs[-1][3])
-        print(f"4. {n_prompt}-token prompt, max_tokens=1: latency without the prefix cache {out[False][0] * 1e3:7.1f} ms, "
-              f"with it {out[True][0] * 1e3:7.1f} ms ({out[True][1]} tokens hit)  -> {out[False][0] / out[True][0]:.2f}x faster")
+        print(
+            f"4. {n_prompt}-token prompt, max_tokens=1: latency without the prefix cache {out[False][0] * 1e3:7.1f} ms, "
+            f"with it {out[True][0] * 1e3:7.1f} ms ({out[True][1]} tokens hit)  -> {out[False][0] / out[True][0]:.2f}x faster"
+        )
 
 
 if __name__ == "__main__":

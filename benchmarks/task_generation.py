@@ -34,8 +34,10 @@ def main():
         task = tasks.get(name)
         _, w_tr, c_tr = timed(lambda: task.generate(args.n, seed=0, split="train"))
         _, w_te, c_te = timed(lambda: task.generate(n_test, seed=0, split="test"))
-        print(f"{name:<16} {args.n / c_tr:>14,.0f} {n_test / c_te:>13,.0f}"
-              f"   (wall: train {w_tr:.2f} s, test {w_te:.2f} s)")
+        print(
+            f"{name:<16} {args.n / c_tr:>14,.0f} {n_test / c_te:>13,.0f}"
+            f"   (wall: train {w_tr:.2f} s, test {w_te:.2f} s)"
+        )
     print()
     for name in tasks.names():
         recs = tasks.get(name).generate(10_000, seed=1)

@@ -110,8 +110,9 @@ def load_hf(path: Path, dtype: torch.dtype, impl: str, device: str):
 
     transformers.logging.set_verbosity_error()
     with contextlib.redirect_stderr(io.StringIO()):  # the weight-loading progress bar
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="sdpa",
-                                                                  experts_implementation=impl)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, attn_implementation="sdpa", experts_implementation=impl
+        )
     return model.to(device).train()
 
 
@@ -121,17 +122,31 @@ def measured_peak(device: str, dtype: torch.dtype) -> float:
     peak = cost.measure_matmul_peak(device, dtype, n=8192 if gpu else 1024, seconds=2.0 if gpu else 1.0)
     name = torch.cuda.get_device_name() if gpu else "this CPU"
     sheet = cost.datasheet_peak(name) if gpu and dtype == torch.bfloat16 else None
-    print(f"\nmeasured {str(dtype).removeprefix('torch.')} matmul peak on {name}: {peak / 1e12:.3f} TFLOP/s"
-          + (f" (datasheet {sheet / 1e12:.0f})" if sheet else ""))
+    print(
+        f"\nmeasured {str(dtype).removeprefix('torch.')} matmul peak on {name}: {peak / 1e12:.3f} TFLOP/s"
+        + (f" (datasheet {sheet / 1e12:.0f})" if sheet else "")
+    )
     return peak
 
 
-def run(preset: str, batch: int, seq: int, steps: int, warmup: int, dtypes: list[str], impls: list[str], device: str,
-        compile_: bool, lr: float) -> list[dict]:
+def run(
+    preset: str,
+    batch: int,
+    seq: int,
+    steps: int,
+    warmup: int,
+    dtypes: list[str],
+    impls: list[str],
+    device: str,
+    compile_: bool,
+    lr: float,
+) -> list[dict]:
     cfg = ModelConfig.preset(preset, mtp_depth=0, max_seq_len=max(seq, ModelConfig.preset(preset).max_seq_len))
     flops = cost.train_flops_per_token(cfg, seq, include_mtp=False)
-    print(f"\n## {preset} on {device}: {cost.total_params(cfg) / 1e6:.1f}M params, {cost.active_params(cfg) / 1e6:.1f}M active, "
-          f"batch {batch} x {seq}, {steps} timed steps after {warmup} warm-up, AdamW lr {lr}")
+    print(
+        f"\n## {preset} on {device}: {cost.total_params(cfg) / 1e6:.1f}M params, {cost.active_params(cfg) / 1e6:.1f}M active, "
+        f"batch {batch} x {seq}, {steps} timed steps after {warmup} warm-up, AdamW lr {lr}"
+    )
     torch.manual_seed(0)
     base = Transformer(cfg)
     rows = []
@@ -164,15 +179,31 @@ def run(preset: str, batch: int, seq: int, steps: int, warmup: int, dtypes: list
                     results.append((f"transformers {impl}", float("nan"), float("nan"), float("nan"), float("nan")))
                     print(f"  transformers {impl} {dname}: failed: {str(e).splitlines()[0][:160]}")
             hf_best = max((r for r in results[1:] if r[2] == r[2]), key=lambda r: r[2], default=None)
-            print(f"\n{dname:<9} {'model':<26} {'first loss':>10} {'tokens/s':>10} {'ms/step':>9} {'tok/CPU-s':>10}" + ("    MFU" if peak else ""))
+            print(
+                f"\n{dname:<9} {'model':<26} {'first loss':>10} {'tokens/s':>10} {'ms/step':>9} {'tok/CPU-s':>10}"
+                + ("    MFU" if peak else "")
+            )
             for name, loss, tps, ms, tpc in results:
                 mfu = f"  {100 * cost.mfu(tps, flops, peak):5.1f}%" if peak and tps == tps else ""
                 print(f"{'':<9} {name:<26} {loss:>10.4f} {tps:>10.0f} {ms:>9.1f} {tpc:>10.0f}{mfu}")
-                rows.append(dict(preset=preset, device=device, dtype=dname, model=name, first_loss=loss, tokens_per_s=tps, ms_per_step=ms,
-                                 tokens_per_cpu_s=tpc, mfu=cost.mfu(tps, flops, peak) if peak and tps == tps else None))
+                rows.append(
+                    dict(
+                        preset=preset,
+                        device=device,
+                        dtype=dname,
+                        model=name,
+                        first_loss=loss,
+                        tokens_per_s=tps,
+                        ms_per_step=ms,
+                        tokens_per_cpu_s=tpc,
+                        mfu=cost.mfu(tps, flops, peak) if peak and tps == tps else None,
+                    )
+                )
             if hf_best is not None:
-                print(f"{'':<9} tinyseek / best transformers ({hf_best[0]}): {results[0][2] / hf_best[2]:.2f}x tokens/s, "
-                      f"{results[0][4] / hf_best[4]:.2f}x tokens/CPU-s")
+                print(
+                    f"{'':<9} tinyseek / best transformers ({hf_best[0]}): {results[0][2] / hf_best[2]:.2f}x tokens/s, "
+                    f"{results[0][4] / hf_best[4]:.2f}x tokens/CPU-s"
+                )
     return rows
 
 
@@ -183,9 +214,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 256 on CPU, 1024 on CUDA)")
     p.add_argument("--steps", type=int, default=4, help="timed optimizer steps per model")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (the first one's loss is printed)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: on a shared machine 2 OpenMP threads spin-wait on each other)")
-    p.add_argument("--dtypes", default=None, help="comma list of float32,bfloat16 (default: both on CPU, bfloat16 on CUDA)")
-    p.add_argument("--hf-experts", default="eager,grouped_mm", help="transformers experts implementations to run (eager, grouped_mm, batched_mm)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (default 1: on a shared machine 2 OpenMP threads spin-wait on each other)",
+    )
+    p.add_argument(
+        "--dtypes", default=None, help="comma list of float32,bfloat16 (default: both on CPU, bfloat16 on CUDA)"
+    )
+    p.add_argument(
+        "--hf-experts",
+        default="eager,grouped_mm",
+        help="transformers experts implementations to run (eager, grouped_mm, batched_mm)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (CPU always; CUDA too when present)")
     p.add_argument("--compile", action="store_true", help="torch.compile the tinyseek model")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
@@ -194,13 +236,24 @@ def main(argv: list[str] | None = None) -> int:
     impls = [s for s in args.hf_experts.split(",") if s]
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.device == "auto" else [args.device]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+    )
     for device in devices:
         gpu = device.startswith("cuda")
-        run(preset=args.preset or ("gpu-500m" if gpu else "tiny"), batch=args.batch or (16 if gpu else 8),
-            seq=args.seq or (1024 if gpu else 256), steps=args.steps, warmup=args.warmup,
-            dtypes=(args.dtypes or ("bfloat16" if gpu else "float32,bfloat16")).split(","), impls=impls, device=device,
-            compile_=args.compile, lr=args.lr)
+        run(
+            preset=args.preset or ("gpu-500m" if gpu else "tiny"),
+            batch=args.batch or (16 if gpu else 8),
+            seq=args.seq or (1024 if gpu else 256),
+            steps=args.steps,
+            warmup=args.warmup,
+            dtypes=(args.dtypes or ("bfloat16" if gpu else "float32,bfloat16")).split(","),
+            impls=impls,
+            device=device,
+            compile_=args.compile,
+            lr=args.lr,
+        )
     return 0
 
 

@@ -41,7 +41,7 @@ def r1_checkpoint(tmp_path_factory):
         y = torch.full((len(seqs), L), -100)
         for i, (p, c) in enumerate(seqs):
             x[i, : len(p) + len(c)] = torch.tensor(p + c)
-            y[i, len(p) - 1: len(p) + len(c) - 1] = torch.tensor(c)  # next-token targets, completion only
+            y[i, len(p) - 1 : len(p) + len(c) - 1] = torch.tensor(c)  # next-token targets, completion only
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         for _ in range(100):
             loss = model(x, targets=y).ce_loss

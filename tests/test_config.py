@@ -23,7 +23,9 @@ def test_every_preset_round_trips(tmp_path, name, suffix):
 def test_presets_are_distinct_and_valid():
     cfgs = {name: ModelConfig.preset(name) for name in PRESETS}
     assert len({repr(c) for c in cfgs.values()}) == len(cfgs)
-    assert cfgs["tiny-dense"].is_moe is False and cfgs["nano"].n_expert_groups > 1 and cfgs["tiny-dense"].q_lora_rank == 0
+    assert (
+        cfgs["tiny-dense"].is_moe is False and cfgs["nano"].n_expert_groups > 1 and cfgs["tiny-dense"].q_lora_rank == 0
+    )
 
 
 def _err(fn, *args, **kwargs) -> str:
@@ -34,18 +36,21 @@ def _err(fn, *args, **kwargs) -> str:
     return msg
 
 
-@pytest.mark.parametrize("over, field", [
-    (dict(n_activated_experts=9), "n_activated_experts"),  # nano has 8 routed experts
-    (dict(n_expert_groups=3), "n_expert_groups"),  # 3 does not divide 8
-    (dict(n_limited_groups=3), "n_limited_groups"),  # more than the 2 groups
-    (dict(qk_rope_head_dim=7), "qk_rope_head_dim"),
-    (dict(n_dense_layers=5), "n_dense_layers"),
-    (dict(score_func="relu"), "score_func"),
-    (dict(mla_impl="fast"), "mla_impl"),
-    (dict(dim="wide"), "dim"),  # wrong type
-    (dict(rope_theta=[1]), "rope_theta"),
-    (dict(dim=True), "dim"),  # a bool is not an integer
-])
+@pytest.mark.parametrize(
+    "over, field",
+    [
+        (dict(n_activated_experts=9), "n_activated_experts"),  # nano has 8 routed experts
+        (dict(n_expert_groups=3), "n_expert_groups"),  # 3 does not divide 8
+        (dict(n_limited_groups=3), "n_limited_groups"),  # more than the 2 groups
+        (dict(qk_rope_head_dim=7), "qk_rope_head_dim"),
+        (dict(n_dense_layers=5), "n_dense_layers"),
+        (dict(score_func="relu"), "score_func"),
+        (dict(mla_impl="fast"), "mla_impl"),
+        (dict(dim="wide"), "dim"),  # wrong type
+        (dict(rope_theta=[1]), "rope_theta"),
+        (dict(dim=True), "dim"),  # a bool is not an integer
+    ],
+)
 def test_bad_values_name_the_field(over, field):
     msg = _err(ModelConfig.preset, "nano", **over)
     assert msg.startswith(f"preset nano: {field}")

@@ -79,7 +79,9 @@ def test_train_flops_match_a_flop_counter():
     by_op = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
     matmul = sum(n for op, n in by_op.items() if op in ("aten.mm", "aten.addmm"))
     assert matmul / (B * T) == 6 * cost.active_matmul_params(cfg)
-    assert cost.train_flops_per_token(cfg, T, include_mtp=False) == 6 * cost.active_matmul_params(cfg) + 3 * cost.attention_flops_per_token(cfg, (T + 1) / 2)
+    assert cost.train_flops_per_token(cfg, T, include_mtp=False) == 6 * cost.active_matmul_params(
+        cfg
+    ) + 3 * cost.attention_flops_per_token(cfg, (T + 1) / 2)
 
 
 def test_flops_grow_with_sequence_length():

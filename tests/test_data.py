@@ -6,8 +6,19 @@ import json
 import pytest
 import torch
 
-from tinyseek.data import (IGNORE, ExampleStream, PackedStream, collate, read_rows, row_to_messages, sft_example,
-                           sft_examples_from_rows, task_documents, text_documents, tokenize_documents)
+from tinyseek.data import (
+    IGNORE,
+    ExampleStream,
+    PackedStream,
+    collate,
+    read_rows,
+    row_to_messages,
+    sft_example,
+    sft_examples_from_rows,
+    task_documents,
+    text_documents,
+    tokenize_documents,
+)
 from tinyseek.errors import TinyseekError
 from tinyseek.tokenizer import ASSISTANT, EOS, Tokenizer
 
@@ -44,7 +55,7 @@ def test_packing_masks_document_boundaries():
     # row k is tokens [k*(T+1), (k+1)*(T+1)) of the documents concatenated in the epoch's permuted order
     flat = [t for d in s._perm(0) for t in _docs()[d]]
     for k in range(8):
-        assert x[k].tolist() == flat[k * 8:k * 8 + 7]
+        assert x[k].tolist() == flat[k * 8 : k * 8 + 7]
         if x[k, -1] != EOS_ID:
             assert y[k, -1].item() == flat[k * 8 + 7]
 
@@ -75,9 +86,13 @@ def test_real_documents_have_bos_and_eos(tok):
 
 def test_sft_mask_covers_exactly_the_assistant_tokens(tok):
     completion = "<think>2+3=5</think><answer>5</answer>"
-    msgs = [{"role": "system", "content": "sys"}, {"role": "user", "content": "What is 2+3?"},
-            {"role": "assistant", "content": "<think>old</think><answer>1</answer>"}, {"role": "user", "content": "And 2+3?"},
-            {"role": "assistant", "content": completion}]
+    msgs = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "What is 2+3?"},
+        {"role": "assistant", "content": "<think>old</think><answer>1</answer>"},
+        {"role": "user", "content": "And 2+3?"},
+        {"role": "assistant", "content": completion},
+    ]
     ids, labels = sft_example(tok, msgs)
     assert tok.decode(ids) == tok.chat(msgs[:-1]) + completion + EOS
     assert tok.encode(tok.decode(ids)) == ids  # encoding in two parts == encoding the whole text
@@ -87,7 +102,9 @@ def test_sft_mask_covers_exactly_the_assistant_tokens(tok):
     assert ids[first - 1] == tok.token_id(ASSISTANT) and all(l == IGNORE for l in labels[:first])
     assert labels[first:] == ids[first:]
     # after the shift and padding: targets are -100 exactly on prompt + padding
-    short = sft_example(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<answer>x</answer>"}])
+    short = sft_example(
+        tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<answer>x</answer>"}]
+    )
     b = collate([(ids, labels), short], tok.pad_id)
     assert b["tokens"].shape == b["targets"].shape == (2, len(ids) - 1)
     assert b["targets"][0].tolist() == labels[1:]
@@ -115,13 +132,19 @@ def test_truncation_drops_examples_without_assistant_tokens(tok):
     assert dropped == 1 and len(ex) == 1 and len(ex[0][0]) <= 31
 
 
-@pytest.mark.parametrize("lines,match", [
-    (['{"prompt": "a", "completion": "b"}', "", "{oops"], r"bad\.jsonl:3: invalid JSON"),
-    (['{"prompt": "a", "completion": "b"}', '{"prompt": "a"}'], r"bad\.jsonl:2: a row needs"),
-    (['{"messages": [{"role": "user", "content": "a"}]}'], r"bad\.jsonl:1: the last message must be the assistant"),
-    (['{"messages": [{"role": "robot", "content": "a"}, {"role": "assistant", "content": "b"}]}'], r"bad\.jsonl:1: message 0"),
-    (['[1, 2]'], r"bad\.jsonl:1: expected an object"),
-])
+@pytest.mark.parametrize(
+    "lines,match",
+    [
+        (['{"prompt": "a", "completion": "b"}', "", "{oops"], r"bad\.jsonl:3: invalid JSON"),
+        (['{"prompt": "a", "completion": "b"}', '{"prompt": "a"}'], r"bad\.jsonl:2: a row needs"),
+        (['{"messages": [{"role": "user", "content": "a"}]}'], r"bad\.jsonl:1: the last message must be the assistant"),
+        (
+            ['{"messages": [{"role": "robot", "content": "a"}, {"role": "assistant", "content": "b"}]}'],
+            r"bad\.jsonl:1: message 0",
+        ),
+        (["[1, 2]"], r"bad\.jsonl:1: expected an object"),
+    ],
+)
 def test_malformed_rows_name_file_and_line(tok, tmp_path, lines, match):
     f = tmp_path / "bad.jsonl"
     f.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -33,8 +33,14 @@ STAGE_OUTPUTS = {  # stage -> files it must leave
 
 def _demo(out: Path, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tinyseek.cli", "demo", "--quick", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tinyseek.cli", "demo", "--quick", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        **popen,
+    )
 
 
 def _finish(p: subprocess.Popen, timeout: float = 300) -> str:
@@ -85,14 +91,20 @@ def test_report_numbers_agree_with_metrics_and_eval_files(demo_run):
     grpo = read_metrics(run / "grpo" / "metrics.jsonl")
     assert rep["rl"]["reward"]["last"] == grpo[-1]["reward"]
     comp = {c["stage"]: c for c in rep["comparisons"]}
-    assert comp["grpo"]["parent"] == "sft" and comp["distill"]["parent"] == "grpo" and comp["sft-control"]["parent"] == "sft"
+    assert (
+        comp["grpo"]["parent"] == "sft"
+        and comp["distill"]["parent"] == "grpo"
+        and comp["sft-control"]["parent"] == "sft"
+    )
     assert comp["distill"]["active_params_ratio"] <= 1 / 3
 
 
 def _comparable(run: Path) -> dict:
     """The report's numbers with the wall-clock ones (which no two runs share) left out."""
     rep = json.loads((run / "report" / "report.json").read_text())
-    stages = [{k: r.get(k) for k in ("name", "steps", "tokens", "flops", "final_loss", "final_step")} for r in rep["stages"]]
+    stages = [
+        {k: r.get(k) for k in ("name", "steps", "tokens", "flops", "final_loss", "final_step")} for r in rep["stages"]
+    ]
     return {"evals": rep["evals"], "comparisons": rep["comparisons"], "rl": rep["rl"], "stages": stages}
 
 

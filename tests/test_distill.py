@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from tinyseek.errors import TinyseekError
-from tinyseek.train.distill_loss import (KD_KINDS, TeacherCache, build_teacher_cache, kd_loss, kd_loss_full,
-                                         teacher_topk)
+from tinyseek.train.distill_loss import KD_KINDS, TeacherCache, build_teacher_cache, kd_loss, kd_loss_full, teacher_topk
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,8 +39,8 @@ def test_topk_with_k_equal_vocab_is_the_full_kl(kind):
     a = kd_loss(s, lp, ix, kind, 1.5, mix=0.3)
     b = kd_loss_full(s, t, kind, 1.5, mix=0.3)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    ga, = torch.autograd.grad(a, s)
-    gb, = torch.autograd.grad(b, s)
+    (ga,) = torch.autograd.grad(a, s)
+    (gb,) = torch.autograd.grad(b, s)
     torch.testing.assert_close(ga, gb, rtol=1e-3, atol=1e-6)
 
 
@@ -114,8 +113,9 @@ def test_cached_topk_gives_the_same_loss_as_on_the_fly(tmp_path):
             fly = teacher_topk(teacher(tokens).logits[mask], 6, 2.0)
         cached = cache.rows(ids)
         for kind in KD_KINDS:
-            torch.testing.assert_close(kd_loss(s_logits, *cached, kind, 2.0), kd_loss(s_logits, *fly, kind, 2.0),
-                                       rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                kd_loss(s_logits, *cached, kind, 2.0), kd_loss(s_logits, *fly, kind, 2.0), rtol=1e-5, atol=1e-6
+            )
 
 
 def test_cache_refuses_a_mismatched_build(tmp_path):
@@ -154,8 +154,15 @@ def world(tmp_path_factory):
     for i, r in enumerate(recs):
         wrong = i % 3 == 0  # a third of the traces end in a wrong answer
         ans = str(int(r["answer"]) + 1) if wrong else r["answer"]
-        rows.append({"prompt": r["prompt"], "completion": f"<think>\n{r['solution']}\n</think>\n<answer>{ans}</answer>",
-                     "answer": r["answer"], "task": r["task"], "wrong": wrong})
+        rows.append(
+            {
+                "prompt": r["prompt"],
+                "completion": f"<think>\n{r['solution']}\n</think>\n<answer>{ans}</answer>",
+                "answer": r["answer"],
+                "task": r["task"],
+                "wrong": wrong,
+            }
+        )
     (d / "traces.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return d, rows
 
@@ -178,9 +185,17 @@ def _distill(d, out, **fields):
     from tinyseek.train.distill import DistillConfig, run
     from tinyseek.config import from_dict
 
-    base = dict(data=[str(d / "traces.jsonl")], teacher=str(d / "teacher"), max_steps=2, batch_size=4, warmup_steps=1,
-                progress=False, max_len=96, threads=1,
-                model={"dim": 32, "n_layers": 2, "n_dense_layers": 2, "inter_dim": 64, "max_seq_len": 128})
+    base = dict(
+        data=[str(d / "traces.jsonl")],
+        teacher=str(d / "teacher"),
+        max_steps=2,
+        batch_size=4,
+        warmup_steps=1,
+        progress=False,
+        max_len=96,
+        threads=1,
+        model={"dim": 32, "n_layers": 2, "n_dense_layers": 2, "inter_dim": 64, "max_seq_len": 128},
+    )
     cfg = from_dict(DistillConfig, {**base, **fields})
     run(cfg, out)
     import json

@@ -16,21 +16,66 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo"
+)
 def test_two_process_torchrun_matches_one_process(tmp_path):
     from tinyseek.data import task_documents
     from tinyseek.tokenizer import Tokenizer
 
     tok = Tokenizer.train(task_documents({"addition": 300}, seed=0, split="train"), 300).save(tmp_path / "tok")
-    args = ["pretrain", "--tasks", "addition=400", "--tokenizer", str(tok), "--seq-len", "32", "--batch-size", "8",
-            "--max-steps", "6", "--threads", "1", "--model.dim", "32", "--model.inter_dim", "64", "--eval-every", "3",
-            "--ckpt-every", "3"]
-    one = subprocess.run([sys.executable, "-m", "tinyseek.cli", *args, "--out", str(tmp_path / "one")], env=ENV, cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    args = [
+        "pretrain",
+        "--tasks",
+        "addition=400",
+        "--tokenizer",
+        str(tok),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "6",
+        "--threads",
+        "1",
+        "--model.dim",
+        "32",
+        "--model.inter_dim",
+        "64",
+        "--eval-every",
+        "3",
+        "--ckpt-every",
+        "3",
+    ]
+    one = subprocess.run(
+        [sys.executable, "-m", "tinyseek.cli", *args, "--out", str(tmp_path / "one")],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "tinyseek.cli", *args, "--out", str(tmp_path / "two")], env=ENV, cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "tinyseek.cli",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("done:") == 1  # only rank 0 prints and writes
     r1 = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]

@@ -30,15 +30,21 @@ def _ids(groups):
 
 def _record(engine):
     log = {}
-    engine.logit_hook = lambda rids, lg: [log.setdefault(r, []).append(lg[i].detach().clone()) for i, r in enumerate(rids)]
+    engine.logit_hook = lambda rids, lg: [
+        log.setdefault(r, []).append(lg[i].detach().clone()) for i, r in enumerate(rids)
+    ]
     return log
 
 
 @pytest.mark.parametrize("impl", ["absorbed", "naive"])
 def test_cached_decoding_equals_full_recompute(impl):
     m = _model(mla_impl=impl)
-    params = [SamplingParams(temperature=0, max_new_tokens=12), SamplingParams(temperature=0.9, top_p=0.9, seed=1, max_new_tokens=12),
-              SamplingParams(temperature=0, max_new_tokens=5), SamplingParams(temperature=1.0, seed=2, max_new_tokens=12)]
+    params = [
+        SamplingParams(temperature=0, max_new_tokens=12),
+        SamplingParams(temperature=0.9, top_p=0.9, seed=1, max_new_tokens=12),
+        SamplingParams(temperature=0, max_new_tokens=5),
+        SamplingParams(temperature=1.0, seed=2, max_new_tokens=12),
+    ]
     fast, ref = Engine(m, max_batch=8), Engine(m, max_batch=8, recompute=True)
     lf, lr = _record(fast), _record(ref)
     out_f = fast.generate(PROMPTS, params, n=2)
@@ -111,12 +117,17 @@ def test_seeded_sampling_reproducible_in_any_batch(model):
     assert groups[1][0].token_ids == alone
     # a group of n: samples differ from each other, and the group reproduces
     g1 = Engine(model, max_batch=8).generate([PROMPTS[2]], p, n=4)[0]
-    g2 = Engine(model, max_batch=3).generate([PROMPTS[0], PROMPTS[2]], [others[0], p], n=4)[1]  # split over 2 admissions
+    g2 = Engine(model, max_batch=3).generate([PROMPTS[0], PROMPTS[2]], [others[0], p], n=4)[
+        1
+    ]  # split over 2 admissions
     assert [c.token_ids for c in g1] == [c.token_ids for c in g2]
     assert len({tuple(c.token_ids) for c in g1}) == 4
     # unseeded requests differ from run to run
     q = SamplingParams(temperature=1.0, max_new_tokens=15)
-    assert Engine(model).generate([PROMPTS[2]], q)[0][0].token_ids != Engine(model).generate([PROMPTS[2]], q)[0][0].token_ids
+    assert (
+        Engine(model).generate([PROMPTS[2]], q)[0][0].token_ids
+        != Engine(model).generate([PROMPTS[2]], q)[0][0].token_ids
+    )
 
 
 def test_continuous_batching_refills_rows_and_skips_finished(model):
@@ -151,7 +162,7 @@ def test_stop_tokens_and_stop_strings():
     assert c.finish_reason == "stop" and c.token_ids == full.token_ids[: first + 1]
     assert c.text == tok.decode(full.token_ids[:first])  # the stop token is not in the text
     text = full.text
-    stop = text[len(text) // 2: len(text) // 2 + 2]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
     c = eng.generate([prompt], base.replace(stop_strings=(stop,)))[0][0]
     assert c.finish_reason == "stop" and c.text == text[: text.index(stop)]
     # streamed deltas add up to the final text
@@ -233,8 +244,15 @@ def test_greedy_equals_transformers_generate(tmp_path):
     ids = torch.tensor([[pad] * (L - len(p)) + p for p in PROMPTS])
     mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in PROMPTS])
     with torch.no_grad():
-        ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                          pad_token_id=pad, eos_token_id=None)
+        ref = hf.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=None,
+        )
     for i, g in enumerate(ours):
         assert g[0].token_ids == ref[i, L:].tolist(), i
 
@@ -248,8 +266,12 @@ def test_hf_engine_matches_engine_on_exported_weights(tmp_path):
     m = _model(seed=4)
     export_dir(m.cfg, m.state_dict(), tmp_path / "hf")
     hf = HFEngine(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32), max_batch=8)
-    params = [SamplingParams(temperature=0, max_new_tokens=10, logprobs=True), SamplingParams(temperature=1.0, seed=9, max_new_tokens=7),
-              SamplingParams(temperature=0.8, top_k=20, seed=2, max_new_tokens=12, logprobs=True), SamplingParams(temperature=0, max_new_tokens=3)]
+    params = [
+        SamplingParams(temperature=0, max_new_tokens=10, logprobs=True),
+        SamplingParams(temperature=1.0, seed=9, max_new_tokens=7),
+        SamplingParams(temperature=0.8, top_k=20, seed=2, max_new_tokens=12, logprobs=True),
+        SamplingParams(temperature=0, max_new_tokens=3),
+    ]
     ours = Engine(m, max_batch=8).generate(PROMPTS, params, n=2)
     theirs = hf.generate(PROMPTS, params, n=2)
     assert _ids(ours) == _ids(theirs)
@@ -281,8 +303,12 @@ def test_cli_generate_streams_text(tmp_path, capsys):
 
     tok = Tokenizer.train(["the cat sat on the mat " * 20, "a b c d e f g"], vocab_size=300)
     tok.save(tmp_path / "tok")
-    save_checkpoint(_model(vocab_size=tok.vocab_size), tmp_path / "ck", tokenizer_file=tmp_path / "tok" / "tokenizer.json")
-    assert cli_generate([str(tmp_path / "ck"), "--prompt", "the cat", "--max-new-tokens", "8", "--temperature", "0"]) == 0
+    save_checkpoint(
+        _model(vocab_size=tok.vocab_size), tmp_path / "ck", tokenizer_file=tmp_path / "tok" / "tokenizer.json"
+    )
+    assert (
+        cli_generate([str(tmp_path / "ck"), "--prompt", "the cat", "--max-new-tokens", "8", "--temperature", "0"]) == 0
+    )
     printed = capsys.readouterr().out
     eng = Engine(_model(vocab_size=tok.vocab_size), tok)
     ids = eng.encode_chat([{"role": "user", "content": "the cat"}])
@@ -324,7 +350,10 @@ def test_bf16_engine_keeps_a_trained_models_answers(r1_checkpoint):
     e32 = load_engine(r1_checkpoint, max_batch=4)
     e16 = load_engine(r1_checkpoint, max_batch=4, dtype=torch.bfloat16)
     assert e16.cache._tensors()[0].dtype == torch.bfloat16
-    prompts = [e32.encode_chat([{"role": "user", "content": q}]) for q in ("What is 2 plus 3?", "Say hi.", "What is 4 times 2?")]
+    prompts = [
+        e32.encode_chat([{"role": "user", "content": q}])
+        for q in ("What is 2 plus 3?", "Say hi.", "What is 4 times 2?")
+    ]
     p = SamplingParams(temperature=0, max_new_tokens=40)
     assert [g[0].text for g in e16.generate(prompts, p)] == [g[0].text for g in e32.generate(prompts, p)]
 
@@ -339,10 +368,18 @@ def test_load_engine_picks_the_implementation(tmp_path):
     export_dir(m.cfg, m.state_dict(), tmp_path / "ds")
     e = load_engine(tmp_path / "ds", max_batch=2)  # an exported DeepseekV3 runs on tinyseek's own engine
     assert isinstance(e, Engine)
-    assert e.generate([PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=5)) \
-        == Engine(m, max_batch=2).generate([PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=5))
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    assert e.generate([PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=5)) == Engine(m, max_batch=2).generate(
+        [PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=5)
+    )
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
     h = load_engine(tmp_path / "llama", max_batch=2)
     assert isinstance(h, HFEngine) and h.tokenizer is None
@@ -359,8 +396,15 @@ def test_engines_restore_the_training_flag(model, tmp_path):
     m = _model(seed=6).train()
     Engine(m, max_batch=2).generate([PROMPTS[1]], SamplingParams(max_new_tokens=2))
     assert m.training
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     hf = transformers.LlamaForCausalLM(cfg).train()
     HFEngine(hf, max_batch=2).generate([[1, 2]], SamplingParams(max_new_tokens=2))
     assert hf.training

@@ -126,9 +126,14 @@ def test_evaluate_end_to_end_with_english_and_chinese_records(tmp_path):
     from tinyseek.evaluate import evaluate
 
     good = "<think>\n2+2=4\n</think>\n<answer>4</answer>"
-    records = [{"id": "a", "prompt": "What is 2+2?", "answer": "4"}, {"id": "b", "prompt": "三加四等于多少？", "answer": "7"}]
-    replies = {"What is 2+2?": [good, "<answer>5</answer>", good],
-               "三加四等于多少？": ["<think>\n三加四\n</think>\n<answer>7</answer>", "答案是8", "<answer>8</answer>"]}
+    records = [
+        {"id": "a", "prompt": "What is 2+2?", "answer": "4"},
+        {"id": "b", "prompt": "三加四等于多少？", "answer": "7"},
+    ]
+    replies = {
+        "What is 2+2?": [good, "<answer>5</answer>", good],
+        "三加四等于多少？": ["<think>\n三加四\n</think>\n<answer>7</answer>", "答案是8", "<answer>8</answer>"],
+    }
     res = evaluate(_OracleEngine(replies), records, samples=3)
     assert res["pass@1"]["value"] == pytest.approx((2 / 3 + 1 / 3) / 2)
     assert res["cons@3"]["value"] == pytest.approx(0.5)  # problem b: "8" wins the vote 2 to 1
@@ -151,11 +156,30 @@ def test_cli_eval_writes_eval_json(tmp_path, capsys):
     tok = Tokenizer.train(task_texts(["arithmetic"], 50), 300)
     tok.save(tmp_path / "tok")
     torch.manual_seed(0)
-    save_checkpoint(Transformer(ModelConfig.preset("nano", vocab_size=tok.vocab_size)), tmp_path / "ck",
-                    tokenizer_file=tmp_path / "tok" / "tokenizer.json")
+    save_checkpoint(
+        Transformer(ModelConfig.preset("nano", vocab_size=tok.vocab_size)),
+        tmp_path / "ck",
+        tokenizer_file=tmp_path / "tok" / "tokenizer.json",
+    )
     out = tmp_path / "ev"
-    assert cli_eval([str(tmp_path / "ck"), "--task", "arithmetic", "--n", "3", "--samples", "2", "--max-new-tokens", "6",
-                     "--out", str(out)]) == 0
+    assert (
+        cli_eval(
+            [
+                str(tmp_path / "ck"),
+                "--task",
+                "arithmetic",
+                "--n",
+                "3",
+                "--samples",
+                "2",
+                "--max-new-tokens",
+                "6",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     assert res["n_problems"] == 3 and res["samples"] == 2 and len(res["problems"]) == 3
     assert {"pass@1", "pass@2", "cons@2", "format", "mean_length"} <= set(res)
@@ -165,10 +189,32 @@ def test_cli_eval_writes_eval_json(tmp_path, capsys):
         cli_eval([str(tmp_path / "ck")])
     # a user JSONL file, Chinese and English prompts
     data = tmp_path / "mine.jsonl"
-    rows = [{"prompt": "What is 3+4?", "answer": "7"}, {"prompt": "三加四等于多少？", "answer": "7"}, {"prompt": "1+1?", "answer": "2"}]
+    rows = [
+        {"prompt": "What is 3+4?", "answer": "7"},
+        {"prompt": "三加四等于多少？", "answer": "7"},
+        {"prompt": "1+1?", "answer": "2"},
+    ]
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    assert cli_eval([str(tmp_path / "ck"), "--data", str(data), "--n", "2", "--samples", "1", "--temperature", "0",
-                     "--max-new-tokens", "4", "--out", str(tmp_path / "ev2")]) == 0
+    assert (
+        cli_eval(
+            [
+                str(tmp_path / "ck"),
+                "--data",
+                str(data),
+                "--n",
+                "2",
+                "--samples",
+                "1",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "4",
+                "--out",
+                str(tmp_path / "ev2"),
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "ev2" / "eval.json").read_text(encoding="utf-8"))
     assert [p["prompt"] for p in res["problems"]] == [rows[0]["prompt"], rows[1]["prompt"]] and res["task"] == "mine"
 
@@ -181,9 +227,11 @@ def test_evaluate_a_real_checkpoint_that_answers(r1_checkpoint):
     from tinyseek.sampling import SamplingParams
 
     engine = load_engine(r1_checkpoint, max_batch=8)
-    records = [{"id": "add", "prompt": "What is 2 plus 3?", "answer": "5"},
-               {"id": "mul", "prompt": "What is 4 times 2?", "answer": "8"},
-               {"id": "wrong", "prompt": "What is 2 plus 3?", "answer": "6"}]
+    records = [
+        {"id": "add", "prompt": "What is 2 plus 3?", "answer": "5"},
+        {"id": "mul", "prompt": "What is 4 times 2?", "answer": "8"},
+        {"id": "wrong", "prompt": "What is 2 plus 3?", "answer": "6"},
+    ]
     res = evaluate(engine, records, samples=2, params=SamplingParams(temperature=0, max_new_tokens=40))
     assert [p["correct"] for p in res["problems"]] == [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
     assert res["problems"][0]["completions"][0].startswith("<think>")

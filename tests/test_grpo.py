@@ -25,11 +25,14 @@ def _batch():
     return logp, old, adv, mask
 
 
-@pytest.mark.parametrize("loss_type,expected", [
-    ("grpo", ((-1.28 - 1.0) / 2 + (0.8 + 1.1 + 1.0) / 3) / 2),  # per-sequence mean, then batch mean
-    ("dapo", (-1.28 - 1.0 + 0.8 + 1.1 + 1.0) / 5),  # token mean over the 5 real tokens
-    ("dr_grpo", (-1.28 - 1.0 + 0.8 + 1.1 + 1.0) / (2 * 4)),  # sum / (batch * max_completion_len=4)
-])
+@pytest.mark.parametrize(
+    "loss_type,expected",
+    [
+        ("grpo", ((-1.28 - 1.0) / 2 + (0.8 + 1.1 + 1.0) / 3) / 2),  # per-sequence mean, then batch mean
+        ("dapo", (-1.28 - 1.0 + 0.8 + 1.1 + 1.0) / 5),  # token mean over the 5 real tokens
+        ("dr_grpo", (-1.28 - 1.0 + 0.8 + 1.1 + 1.0) / (2 * 4)),  # sum / (batch * max_completion_len=4)
+    ],
+)
 def test_loss_types_match_hand_computed(loss_type, expected):
     logp, old, adv, mask = _batch()
     out = grpo_loss(logp, old, adv, mask, epsilon=EPS, epsilon_high=EPS_HIGH, loss_type=loss_type, max_completion_len=4)
@@ -70,7 +73,9 @@ def test_clipping_bounds_the_ratio_asymmetrically():
     ratio = torch.tensor([[1.25, 1.35, 0.75, 1.0]])
     for adv, expect_grad in ((1.0, [True, False, True, True]), (-1.0, [True, True, False, True])):
         logp = torch.log(ratio).requires_grad_(True)
-        grpo_loss(logp, old, torch.tensor([adv]), torch.ones(1, 4), epsilon=0.2, epsilon_high=0.3, loss_type="dapo").loss.backward()
+        grpo_loss(
+            logp, old, torch.tensor([adv]), torch.ones(1, 4), epsilon=0.2, epsilon_high=0.3, loss_type="dapo"
+        ).loss.backward()
         assert [bool(g != 0) for g in logp.grad[0]] == expect_grad
     # symmetric clipping (epsilon_high None) stops 1.25 as well
     logp = torch.log(ratio).requires_grad_(True)
@@ -199,9 +204,24 @@ class ListPrompts:
 
 def _toy_model(seed=0):
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=16, dim=32, n_layers=1, n_heads=2, max_seq_len=64, q_lora_rank=0, kv_lora_rank=16,
-                      qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, n_dense_layers=1, inter_dim=64,
-                      n_routed_experts=0, n_shared_experts=0, n_activated_experts=0, mtp_depth=0)
+    cfg = ModelConfig(
+        vocab_size=16,
+        dim=32,
+        n_layers=1,
+        n_heads=2,
+        max_seq_len=64,
+        q_lora_rank=0,
+        kv_lora_rank=16,
+        qk_nope_head_dim=8,
+        qk_rope_head_dim=4,
+        v_head_dim=8,
+        n_dense_layers=1,
+        inter_dim=64,
+        n_routed_experts=0,
+        n_shared_experts=0,
+        n_activated_experts=0,
+        mtp_depth=0,
+    )
     return Transformer(cfg)
 
 
@@ -211,8 +231,17 @@ PROMPTS = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(4) for b
 def _stage(tmp_path, reward, **kw):
     from tinyseek.train.loop import Loop
 
-    fields = dict(model="toy", rewards=[reward], batch_size=16, group_size=8, max_new_tokens=2, prompt_template="raw",
-                  lr=1e-2, progress=False, sample_every=0)
+    fields = dict(
+        model="toy",
+        rewards=[reward],
+        batch_size=16,
+        group_size=8,
+        max_new_tokens=2,
+        prompt_template="raw",
+        lr=1e-2,
+        progress=False,
+        sample_every=0,
+    )
     fields.update(kw)
     cfg = GrpoConfig(**fields)
     cfg.validate()
@@ -232,8 +261,21 @@ def test_learns_trivial_reward_within_a_minute(tmp_path):
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert recs[0]["reward"] < 0.5
     assert max(r["reward"] for r in recs[-3:]) >= 0.9, [round(r["reward"], 2) for r in recs]
-    for key in ("kl", "clip_low", "clip_high", "entropy", "len_mean", "len_max", "clipped_frac", "rollout_tok_s",
-                "update_tok_s", "adv_mean", "reward_starts_with_7", "accuracy", "format_rate"):
+    for key in (
+        "kl",
+        "clip_low",
+        "clip_high",
+        "entropy",
+        "len_mean",
+        "len_max",
+        "clipped_frac",
+        "rollout_tok_s",
+        "update_tok_s",
+        "adv_mean",
+        "reward_starts_with_7",
+        "accuracy",
+        "format_rate",
+    ):
         assert key in recs[-1], key
     assert (tmp_path / "run" / "samples" / "step-10.jsonl").is_file()
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
@@ -263,10 +305,10 @@ def test_sequence_logprobs_align_with_model_logits():
     mb = build_micro_batches(prompts, comps, torch.tensor([1.0, -1.0]), [True, True], micro_batch=8, pad_id=15)[0]
     lp, _, _ = sequence_logprobs(policy, policy.module, mb, 1.0, "chunked", 3)
     for p, c in zip(prompts, comps):
-        b = int((mb.ids[:, :len(p) + len(c)] == torch.tensor(p + c)).all(1).nonzero()[0])
+        b = int((mb.ids[:, : len(p) + len(c)] == torch.tensor(p + c)).all(1).nonzero()[0])
         logits = policy.module(torch.tensor([p + c])).logits[0].float()
         expect = torch.log_softmax(logits, -1)[torch.arange(len(p) - 1, len(p) + len(c) - 1), torch.tensor(c)]
-        assert torch.allclose(lp[b, :len(c)], expect, atol=1e-5)
+        assert torch.allclose(lp[b, : len(c)], expect, atol=1e-5)
         assert torch.equal(mb.mask[b], torch.tensor([1.0] * len(c) + [0.0] * (mb.mask.size(1) - len(c))))
 
 
@@ -338,8 +380,15 @@ def _two_eos_policy(tmp_path, sampled):
         (tmp_path / "tok" / name).write_text(text, encoding="utf-8")
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = transformers.LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     model = transformers.LlamaForCausalLM(cfg)
     model.lm_head = torch.nn.Linear(32, tok.vocab_size, bias=True)
     with torch.no_grad():
@@ -362,8 +411,18 @@ def test_the_loss_trains_on_the_stop_token_the_model_sampled(tmp_path):
     assert [c.token_ids for c in comps] == [[7]] * 4
     assert all(c.finish_reason == "stop" for c in comps)
     # the stage end to end: what reaches the update is the engine's ids, and the micro-batch targets hold 7, never eos
-    cfg = GrpoConfig(model="toy", rewards=["test_grpo:alternating_reward"], batch_size=2, group_size=2, max_new_tokens=5,
-                     prompt_template="raw", progress=False, sample_every=0, max_steps=1, lr=1e-3)
+    cfg = GrpoConfig(
+        model="toy",
+        rewards=["test_grpo:alternating_reward"],
+        batch_size=2,
+        group_size=2,
+        max_new_tokens=5,
+        prompt_template="raw",
+        progress=False,
+        sample_every=0,
+        max_steps=1,
+        lr=1e-3,
+    )
     cfg.validate()
     loop = Loop(cfg, policy.module, tmp_path / "run", resolved_config=None, stage_name="grpo")
     stage = GrpoStage(cfg, policy, None, tmp_path / "run")
@@ -410,8 +469,26 @@ def test_smollm2_grpo_step_and_checkpoint(tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "run"
-    rc = main(["grpo", "--config", "recipes/smollm2-grpo.toml", "--quick", "--out", str(out), "--rewards", "test_grpo:alternating_reward",
-                   "--reward-weights", "1.0", "--lr", "1e-4", "--difficulty", "1", "--threads", "2"])
+    rc = main(
+        [
+            "grpo",
+            "--config",
+            "recipes/smollm2-grpo.toml",
+            "--quick",
+            "--out",
+            str(out),
+            "--rewards",
+            "test_grpo:alternating_reward",
+            "--reward-weights",
+            "1.0",
+            "--lr",
+            "1e-4",
+            "--difficulty",
+            "1",
+            "--threads",
+            "2",
+        ]
+    )
     assert rc == 0
     m = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert m["seqs_updated"] == 4 and m["grad_norm"] > 0 and m["skipped"] == 0
@@ -436,15 +513,36 @@ def test_cli_on_a_checkpoint_then_resume(tmp_path):
     model = Transformer(ModelConfig.preset("nano", vocab_size=tok.vocab_size))
     save_checkpoint(model, tmp_path / "ckpt", tok.save(tmp_path / "tok"))
     out = tmp_path / "run"
-    flags = ["--model", str(tmp_path / "ckpt"), "--task", "arithmetic", "--rewards", "accuracy,format", "--group-size", "2",
-             "--batch-size", "2", "--max-new-tokens", "6", "--ckpt-every", "1", "--eval-n", "2", "--progress", "false"]
+    flags = [
+        "--model",
+        str(tmp_path / "ckpt"),
+        "--task",
+        "arithmetic",
+        "--rewards",
+        "accuracy,format",
+        "--group-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--ckpt-every",
+        "1",
+        "--eval-n",
+        "2",
+        "--progress",
+        "false",
+    ]
     assert cli_grpo(flags + ["--max-steps", "2", "--out", str(out)]) == 0
     assert cli_grpo(["--out", str(out), "--resume", "--max-steps", "3"]) == 0
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2, 3]
     for key in ("eval_greedy", "eval_pass1", "eval_pass1_lo", "eval_pass1_hi", "eval_format_rate", "eval_len_mean"):
         assert key in recs[-1], key  # the held-out evaluation (tinyseek.evaluate) at the end of the run
-    assert recs[-1]["eval_n"] == 2 and 0 <= recs[-1]["eval_pass1_lo"] <= recs[-1]["eval_pass1"] <= recs[-1]["eval_pass1_hi"] <= 1
+    assert (
+        recs[-1]["eval_n"] == 2
+        and 0 <= recs[-1]["eval_pass1_lo"] <= recs[-1]["eval_pass1"] <= recs[-1]["eval_pass1_hi"] <= 1
+    )
     assert (out / "final" / "tokenizer.json").is_file() and (out / "config.toml").is_file()
     with pytest.raises(ConfigError, match="loss_type"):
         cli_grpo(flags + ["--loss-type", "ppo", "--out", str(tmp_path / "bad")])

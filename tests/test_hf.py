@@ -10,8 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tinyseek.checkpoint import (cli_export, cli_import, cli_init, export_dir, import_dir, load_hf_as_tinyseek, read_config,
-                                 read_weights, save_checkpoint)
+from tinyseek.checkpoint import (
+    cli_export,
+    cli_import,
+    cli_init,
+    export_dir,
+    import_dir,
+    load_hf_as_tinyseek,
+    read_config,
+    read_weights,
+    save_checkpoint,
+)
 from tinyseek.config import ConfigError, ModelConfig
 from tinyseek.errors import TinyseekError
 from tinyseek.hf import MTP_PREFIX, from_hf_state_dict, to_hf_config
@@ -97,13 +106,40 @@ def _random_hf_model(seed=0, **over):
     """A transformers DeepseekV3ForCausalLM built from transformers' own config class (not through tinyseek)."""
     torch.manual_seed(seed)
     cfg = transformers.DeepseekV3Config(
-        vocab_size=200, hidden_size=48, intermediate_size=96, moe_intermediate_size=24, num_hidden_layers=3,
-        num_attention_heads=3, num_key_value_heads=3, n_shared_experts=2, n_routed_experts=6, routed_scaling_factor=2.0,
-        kv_lora_rank=24, q_lora_rank=16, qk_rope_head_dim=8, v_head_dim=12, qk_nope_head_dim=8, n_group=3, topk_group=2,
-        num_experts_per_tok=3, first_k_dense_replace=1, max_position_embeddings=128, rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "yarn", "rope_theta": 5000.0, "factor": 2.0, "original_max_position_embeddings": 64,
-                         "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
-        attn_implementation="eager", **over)
+        vocab_size=200,
+        hidden_size=48,
+        intermediate_size=96,
+        moe_intermediate_size=24,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        num_key_value_heads=3,
+        n_shared_experts=2,
+        n_routed_experts=6,
+        routed_scaling_factor=2.0,
+        kv_lora_rank=24,
+        q_lora_rank=16,
+        qk_rope_head_dim=8,
+        v_head_dim=12,
+        qk_nope_head_dim=8,
+        n_group=3,
+        topk_group=2,
+        num_experts_per_tok=3,
+        first_k_dense_replace=1,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 5000.0,
+            "factor": 2.0,
+            "original_max_position_embeddings": 64,
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+        },
+        attn_implementation="eager",
+        **over,
+    )
     hf = transformers.DeepseekV3ForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, buf in hf.named_buffers():
@@ -117,7 +153,12 @@ def test_import_of_a_random_transformers_model_gives_its_logits(tmp_path, interl
     hf = _random_hf_model(rope_interleave=interleave)
     hf.save_pretrained(tmp_path / "hf")
     ours = load_hf_as_tinyseek(tmp_path / "hf").eval()
-    assert ours.cfg.q_lora_rank == 16 and ours.cfg.n_expert_groups == 3 and ours.cfg.rope_factor == 2.0 and ours.cfg.mtp_depth == 0
+    assert (
+        ours.cfg.q_lora_rank == 16
+        and ours.cfg.n_expert_groups == 3
+        and ours.cfg.rope_factor == 2.0
+        and ours.cfg.mtp_depth == 0
+    )
     tokens = torch.randint(0, 200, (2, 80))  # 80 > original_max_position_embeddings
     with torch.no_grad():
         theirs = hf(tokens).logits
@@ -140,7 +181,9 @@ def test_export_import_export_is_lossless(tmp_path):
     for k in a:
         assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
         assert a[k].numpy().tobytes() == b[k].numpy().tobytes(), k
-    assert json.loads((tmp_path / "hf1/config.json").read_text()) == json.loads((tmp_path / "hf2/config.json").read_text())
+    assert json.loads((tmp_path / "hf1/config.json").read_text()) == json.loads(
+        (tmp_path / "hf2/config.json").read_text()
+    )
     # MTP survives: it sits in the export under the silent prefix and comes back bit for bit
     assert any(k.startswith(MTP_PREFIX + ".0.") for k in a)
     back = read_weights(tmp_path / "ckpt2")
@@ -246,7 +289,10 @@ def test_import_reads_deepseek_layout_mtp(tmp_path):
     f = tmp_path / "hf/model.safetensors"
     sd = load_file(str(f))
     L = model.cfg.n_layers
-    moved = {(k.replace(f"{MTP_PREFIX}.0.", f"model.layers.{L}.") if k.startswith(MTP_PREFIX) else k): v for k, v in sd.items()}
+    moved = {
+        (k.replace(f"{MTP_PREFIX}.0.", f"model.layers.{L}.") if k.startswith(MTP_PREFIX) else k): v
+        for k, v in sd.items()
+    }
     moved[f"model.layers.{L}.embed_tokens.weight"] = sd["model.embed_tokens.weight"].clone()
     moved[f"model.layers.{L}.shared_head.head.weight"] = sd["lm_head.weight"].clone()
     save_file(moved, str(f))

@@ -242,7 +242,10 @@ def test_seq_balance_loss_matches_a_hand_computation():
     got = seq_balance_loss(scores, counts, k=1, score_func="sigmoid")
     assert abs(got.item() - expected) < 1e-6
     # sigmoid scores are normalised per token first: scaling a token's scores changes nothing
-    assert abs(seq_balance_loss(scores * torch.tensor([2.0, 3.0]).view(1, 2, 1), counts, 1, "sigmoid").item() - expected) < 1e-6
+    assert (
+        abs(seq_balance_loss(scores * torch.tensor([2.0, 3.0]).view(1, 2, 1), counts, 1, "sigmoid").item() - expected)
+        < 1e-6
+    )
 
 
 def test_aux_loss_is_part_of_the_loss_with_alpha():
@@ -295,7 +298,9 @@ def test_mtp_loss_is_finite_and_trains_the_mtp_modules():
     out = m(x, targets=x.roll(-1, 1))
     assert torch.isfinite(out.mtp_loss) and out.mtp_loss > 0
     assert [lg.shape[1] for lg in out.mtp_logits] == [15, 14]
-    torch.testing.assert_close(out.loss, out.ce_loss + m.cfg.mtp_loss_weight * out.mtp_loss + m.cfg.seq_aux_alpha * out.aux_loss)
+    torch.testing.assert_close(
+        out.loss, out.ce_loss + m.cfg.mtp_loss_weight * out.mtp_loss + m.cfg.seq_aux_alpha * out.aux_loss
+    )
     out.loss.backward()
     for name, p in m.mtp.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -333,13 +338,34 @@ def test_dense_model_without_query_compression_works():
 
 def test_state_dict_names_follow_the_contract():
     keys = set(make(nano()).state_dict())
-    for k in ["embed.weight", "layers.0.attn_norm.weight", "layers.0.attn.wq_a.weight", "layers.0.attn.q_norm.weight",
-              "layers.0.attn.wq_b.weight", "layers.0.attn.wkv_a.weight", "layers.0.attn.kv_norm.weight",
-              "layers.0.attn.wkv_b.weight", "layers.0.attn.wo.weight", "layers.0.ffn_norm.weight", "layers.0.ffn.w1.weight",
-              "layers.0.ffn.w2.weight", "layers.0.ffn.w3.weight", "layers.1.ffn.gate.weight", "layers.1.ffn.gate.bias",
-              "layers.1.ffn.experts.w1", "layers.1.ffn.experts.w2", "layers.1.ffn.experts.w3", "layers.1.ffn.shared.w1.weight",
-              "norm.weight", "head.weight", "mtp.0.enorm.weight", "mtp.0.hnorm.weight", "mtp.0.eh_proj.weight",
-              "mtp.0.block.attn.wkv_a.weight", "mtp.0.norm.weight"]:
+    for k in [
+        "embed.weight",
+        "layers.0.attn_norm.weight",
+        "layers.0.attn.wq_a.weight",
+        "layers.0.attn.q_norm.weight",
+        "layers.0.attn.wq_b.weight",
+        "layers.0.attn.wkv_a.weight",
+        "layers.0.attn.kv_norm.weight",
+        "layers.0.attn.wkv_b.weight",
+        "layers.0.attn.wo.weight",
+        "layers.0.ffn_norm.weight",
+        "layers.0.ffn.w1.weight",
+        "layers.0.ffn.w2.weight",
+        "layers.0.ffn.w3.weight",
+        "layers.1.ffn.gate.weight",
+        "layers.1.ffn.gate.bias",
+        "layers.1.ffn.experts.w1",
+        "layers.1.ffn.experts.w2",
+        "layers.1.ffn.experts.w3",
+        "layers.1.ffn.shared.w1.weight",
+        "norm.weight",
+        "head.weight",
+        "mtp.0.enorm.weight",
+        "mtp.0.hnorm.weight",
+        "mtp.0.eh_proj.weight",
+        "mtp.0.block.attn.wkv_a.weight",
+        "mtp.0.norm.weight",
+    ]:
         assert k in keys, k
     sd = make(nano()).state_dict()
     assert sd["layers.1.ffn.experts.w1"].shape == (8, 32, 64) and sd["layers.1.ffn.experts.w2"].shape == (8, 64, 32)

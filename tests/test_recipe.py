@@ -113,14 +113,17 @@ def test_changed_config_reruns_that_stage_and_every_later_one(tmp_path, calls):
     assert json.loads((run / "base" / "done.txt").read_text())["steps"] == 2
 
 
-@pytest.mark.parametrize("text, needle", [
-    ('[[stage]]\nkind = "bake"\n', "stage 1: kind 'bake'"),
-    ('[[stage]]\nkind = "sft"\n[[stage]]\nkind = "sft"\n', "stage 2: name 'sft' is used"),
-    ('[[stage]]\nkind = "sft"\nname = "../x"\n', "must be a plain directory name"),
-    ('name = "x"\n', "no [[stage]] tables"),
-    ('nmae = "x"\n[[stage]]\nkind = "sft"\n', "unknown top-level field 'nmae'"),
-    ('[[stage]]\nkind = "sft"\nconfig = "missing.toml"\n', "missing.toml: no such config file"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('[[stage]]\nkind = "bake"\n', "stage 1: kind 'bake'"),
+        ('[[stage]]\nkind = "sft"\n[[stage]]\nkind = "sft"\n', "stage 2: name 'sft' is used"),
+        ('[[stage]]\nkind = "sft"\nname = "../x"\n', "must be a plain directory name"),
+        ('name = "x"\n', "no [[stage]] tables"),
+        ('nmae = "x"\n[[stage]]\nkind = "sft"\n', "unknown top-level field 'nmae'"),
+        ('[[stage]]\nkind = "sft"\nconfig = "missing.toml"\n', "missing.toml: no such config file"),
+    ],
+)
 def test_bad_recipes_name_the_file_and_stage(tmp_path, text, needle):
     p = _recipe(tmp_path, text)
     with pytest.raises(TinyseekError) as e:

@@ -28,17 +28,33 @@ def _stage(run: Path, name: str, kind: str, wall: float, metrics=None, summary=N
 
 
 def _summary(steps, tokens, flops, elapsed):
-    return {"steps": steps, "tokens": tokens, "tokens_per_s": tokens / elapsed, "mfu": 0.01,
-            "cost": {"flops": flops, "elapsed_s": elapsed, "device": "cpu", "n_devices": 1, "price_per_device_hour": 0.05}}
+    return {
+        "steps": steps,
+        "tokens": tokens,
+        "tokens_per_s": tokens / elapsed,
+        "mfu": 0.01,
+        "cost": {"flops": flops, "elapsed_s": elapsed, "device": "cpu", "n_devices": 1, "price_per_device_hour": 0.05},
+    }
 
 
 def _eval(run, stage, p1, ci, n=100):
     """An eval.json as the recipe's eval stage writes it (tinyseek.evaluate's result + model, greedy)."""
     m = lambda v, lo, hi: {"value": v, "ci95": [lo, hi]}  # noqa: E731
-    return {"model": str(run / stage / "final"), "n": n, "n_problems": n, "samples": 4, "params": {"temperature": 1.0},
-            "pass@1": m(p1, *ci), "pass@2": m(p1 + 0.1, 0, 1), "pass@4": m(min(1, p1 + 0.2), 0, 1), "cons@4": m(p1 + 0.01, 0, 1),
-            "format": m(0.9, 0.8, 1.0), "mean_length": m(40.0, 39.0, 41.0), "generated_tokens": 1000,
-            "greedy": {"n_problems": n, "samples": 1, "pass@1": m(p1 + 0.02, 0, 1)}}
+    return {
+        "model": str(run / stage / "final"),
+        "n": n,
+        "n_problems": n,
+        "samples": 4,
+        "params": {"temperature": 1.0},
+        "pass@1": m(p1, *ci),
+        "pass@2": m(p1 + 0.1, 0, 1),
+        "pass@4": m(min(1, p1 + 0.2), 0, 1),
+        "cons@4": m(p1 + 0.01, 0, 1),
+        "format": m(0.9, 0.8, 1.0),
+        "mean_length": m(40.0, 39.0, 41.0),
+        "generated_tokens": 1000,
+        "greedy": {"n_problems": n, "samples": 1, "pass@1": m(p1 + 0.02, 0, 1)},
+    }
 
 
 @pytest.fixture
@@ -46,18 +62,49 @@ def run(tmp_path):
     run = tmp_path / "run"
     teacher = ModelConfig.preset("nano")
     student = ModelConfig.preset("nano", n_routed_experts=0, n_dense_layers=3, mtp_depth=0, dim=32, inter_dim=64)
-    stages = [("sft", "sft", {"init": "x"}), ("grpo", "grpo", {"init": str(run / "sft" / "final")}),
-              ("distill", "distill", {"teacher": str(run / "grpo" / "final")}),
-              ("eval-sft", "eval", {"model": str(run / "sft" / "final")}), ("eval-grpo", "eval", {"model": str(run / "grpo" / "final")}),
-              ("eval-distill", "eval", {"model": str(run / "distill" / "final")})]
+    stages = [
+        ("sft", "sft", {"init": "x"}),
+        ("grpo", "grpo", {"init": str(run / "sft" / "final")}),
+        ("distill", "distill", {"teacher": str(run / "grpo" / "final")}),
+        ("eval-sft", "eval", {"model": str(run / "sft" / "final")}),
+        ("eval-grpo", "eval", {"model": str(run / "grpo" / "final")}),
+        ("eval-distill", "eval", {"model": str(run / "distill" / "final")}),
+    ]
     run.mkdir()
-    (run / "recipe.json").write_text(json.dumps({"name": "t", "stages": [{"name": n, "kind": k, "fields": f} for n, k, f in stages]}))
+    (run / "recipe.json").write_text(
+        json.dumps({"name": "t", "stages": [{"name": n, "kind": k, "fields": f} for n, k, f in stages]})
+    )
     load = lambda i: {"moe_maxvio": [0.5 / i, 0.7 / i], "moe_cv": [0.1, 0.2]}  # noqa: E731
-    _stage(run, "sft", "sft", 10.0, [{"step": i, "loss": 3.0 / i, **load(i)} for i in range(1, 21)], _summary(20, 4000, 1e12, 9.0), ckpt_cfg=teacher)
-    _stage(run, "grpo", "grpo", 30.0, [{"step": i, "loss": 0.1, "reward": i / 30, "accuracy": i / 30, "completion_len": 40 - i, **load(i)}
-                                       for i in range(1, 31)], _summary(30, 9000, 3e12, 28.0), ckpt_cfg=teacher)
-    _stage(run, "distill", "distill", 5.0, [{"step": i, "loss": 2.0 / i, "ce": 1.5 / i, "kd": 0.5 / i} for i in range(1, 11)],
-           _summary(10, 2000, 1e11, 4.5), ckpt_cfg=student)
+    _stage(
+        run,
+        "sft",
+        "sft",
+        10.0,
+        [{"step": i, "loss": 3.0 / i, **load(i)} for i in range(1, 21)],
+        _summary(20, 4000, 1e12, 9.0),
+        ckpt_cfg=teacher,
+    )
+    _stage(
+        run,
+        "grpo",
+        "grpo",
+        30.0,
+        [
+            {"step": i, "loss": 0.1, "reward": i / 30, "accuracy": i / 30, "completion_len": 40 - i, **load(i)}
+            for i in range(1, 31)
+        ],
+        _summary(30, 9000, 3e12, 28.0),
+        ckpt_cfg=teacher,
+    )
+    _stage(
+        run,
+        "distill",
+        "distill",
+        5.0,
+        [{"step": i, "loss": 2.0 / i, "ce": 1.5 / i, "kd": 0.5 / i} for i in range(1, 11)],
+        _summary(10, 2000, 1e11, 4.5),
+        ckpt_cfg=student,
+    )
     _stage(run, "eval-sft", "eval", 2.0, ev=_eval(run, "sft", 0.20, [0.15, 0.25]))
     _stage(run, "eval-grpo", "eval", 2.0, ev=_eval(run, "grpo", 0.45, [0.40, 0.50]))
     _stage(run, "eval-distill", "eval", 2.0, ev=_eval(run, "distill", 0.42, [0.37, 0.47]))

@@ -25,8 +25,23 @@ def fmt(completion, prompt="q"):
 # ------------------------------------------------------------------------------------------------ accuracy
 
 
-@pytest.mark.parametrize("pred", ["42", "42.0", "4.2e1", "84/2", "\\frac{84}{2}", "+42", "$42", "42.", "x = 42", "42 apples",
-                                  "答案是42", "\\boxed{42}"])
+@pytest.mark.parametrize(
+    "pred",
+    [
+        "42",
+        "42.0",
+        "4.2e1",
+        "84/2",
+        "\\frac{84}{2}",
+        "+42",
+        "$42",
+        "42.",
+        "x = 42",
+        "42 apples",
+        "答案是42",
+        "\\boxed{42}",
+    ],
+)
 def test_numbers_agree_exactly(pred):
     assert acc(f"<think>t</think><answer>{pred}</answer>", "42") == 1.0
     assert acc(f"<answer>{pred}</answer>", "#### 42") == 1.0  # a GSM8K-style gold
@@ -75,8 +90,16 @@ def test_chat_completions_and_unknown_columns():
 
 def test_trl_call_convention():
     """TRL calls reward functions with keywords only, adding completion_ids, trainer_state and log hooks."""
-    kw = dict(prompts=["2+2="], completions=["<think>4</think><answer>4</answer>"], completion_ids=[[5, 6, 7]],
-              trainer_state=None, log_extra=None, log_metric=None, answer=["4"], task=["arithmetic"])
+    kw = dict(
+        prompts=["2+2="],
+        completions=["<think>4</think><answer>4</answer>"],
+        completion_ids=[[5, 6, 7]],
+        trainer_state=None,
+        log_extra=None,
+        log_metric=None,
+        answer=["4"],
+        task=["arithmetic"],
+    )
     assert accuracy_reward(**kw) == [1.0] and format_reward(**kw) == [1.0]
     assert language_reward(**kw) == [None] and length_reward(**kw) == [0.0]
     assert combine(["accuracy", "format"]).total(**kw) == [2.0]
@@ -84,16 +107,29 @@ def test_trl_call_convention():
 
 def test_huge_numbers_do_not_hang():
     t0 = time.perf_counter()
-    out = accuracy_reward(None, ["<answer>1e999999999</answer>", "9" * 200_000, "<answer>" + "1" * 5000 + "</answer>",
-                                "<answer>1e-999999999</answer>"], answer=["5"] * 4)
+    out = accuracy_reward(
+        None,
+        [
+            "<answer>1e999999999</answer>",
+            "9" * 200_000,
+            "<answer>" + "1" * 5000 + "</answer>",
+            "<answer>1e-999999999</answer>",
+        ],
+        answer=["5"] * 4,
+    )
     assert out == [0.0] * 4
     assert time.perf_counter() - t0 < 2.0
 
 
 def test_adversarial_tags_stay_linear():
     t0 = time.perf_counter()
-    for text in ["<answer>" * 20_000 + "1", "</think><think>" * 20_000, "<answer>1" + "</answer>" * 20_000,
-                 "\\boxed{" * 20_000, "<think>" + "小" * 100_000 + "</think><answer>" + "9," * 50_000 + "</answer>"]:
+    for text in [
+        "<answer>" * 20_000 + "1",
+        "</think><think>" * 20_000,
+        "<answer>1" + "</answer>" * 20_000,
+        "\\boxed{" * 20_000,
+        "<think>" + "小" * 100_000 + "</think><answer>" + "9," * 50_000 + "</answer>",
+    ]:
         for f in (accuracy_reward, format_reward, language_reward, length_reward):
             f(["问题 question"], [text], answer=["1"])
     assert time.perf_counter() - t0 < 5.0
@@ -105,30 +141,47 @@ NUMS, TARGET = [3, 7, 25, 50], 181
 
 
 def cd(expr, numbers=NUMS, target=TARGET):
-    return accuracy_reward(["q"], [f"<think>x</think><answer>{expr}</answer>"], task=["countdown"], numbers=[numbers],
-                           target=[target], answer=["(25+50)*3-7"])[0]
+    return accuracy_reward(
+        ["q"],
+        [f"<think>x</think><answer>{expr}</answer>"],
+        task=["countdown"],
+        numbers=[numbers],
+        target=[target],
+        answer=["(25+50)*3-7"],
+    )[0]
 
 
 def test_countdown_correct_in_any_order_scores_one():
     target = 50 * 3 + 25 + 7  # 182 from 3 7 25 50; the gold string "(25+50)*3-7" is not what is checked
-    for expr in ["50*3+25+7", "7+25+3*50", "(25+7)+50*3", "3*50+(7+25)", "50×3+25+7", "50*3+25+7 = 182", "182=7+25+50*3"]:
+    for expr in [
+        "50*3+25+7",
+        "7+25+3*50",
+        "(25+7)+50*3",
+        "3*50+(7+25)",
+        "50×3+25+7",
+        "50*3+25+7 = 182",
+        "182=7+25+50*3",
+    ]:
         assert cd(expr, target=target) == 1.0, expr
     assert cd("50*3+25", target=175) == 1.0  # a number may go unused
     assert cd("(50-25)/(7-3)*3", target=18) == 0.0  # 75/4 is not 18: exact fractions, no rounding
     assert cd("(50+25)/3*7", target=175) == 1.0  # an exact quotient on the way
 
 
-@pytest.mark.parametrize("expr,why", [
-    ("50*3+25+7+7", "7 used twice"),
-    ("50*3+25+8", "8 not given"),
-    ("50/(7-7)+25*3", "division by zero"),
-    ("50*3+25+7-3", "wrong total"),
-    ("50*3+25+7=181", "wrong total claimed"),
-    ("-50+3*25*7", "unary minus"),
-    ("50.0*3+25+7", "a decimal"),
-    ("", "empty"),
-    ("(50*3+25+7", "unbalanced"),
-])
+@pytest.mark.parametrize(
+    "expr,why",
+    [
+        ("50*3+25+7+7", "7 used twice"),
+        ("50*3+25+8", "8 not given"),
+        ("50/(7-7)+25*3", "division by zero"),
+        ("50*3+25+7-3", "wrong total"),
+        ("50*3+25+7=181", "wrong total claimed"),
+        ("-50+3*25*7", "unary minus"),
+        ("50.0*3+25+7", "a decimal"),
+        ("", "empty"),
+        ("(50*3+25+7", "unbalanced"),
+    ],
+)
 def test_countdown_violations_score_zero(expr, why):
     assert cd(expr, target=182) == 0.0, why
 
@@ -142,7 +195,10 @@ def test_countdown_checker_never_executes_input(tmp_path, monkeypatch):
         f"__import__('os').system('touch {marker}')",
         f"3*7+(__import__('pathlib').Path('{marker}').touch() or 0)",
         "().__class__.__bases__[0].__subclasses__()",
-        "exec('1')", "lambda: 1", "3 if 1 else 7", "2**10**10",
+        "exec('1')",
+        "lambda: 1",
+        "3 if 1 else 7",
+        "2**10**10",
     ]
     for a in attacks:
         assert cd(a) == 0.0
@@ -226,12 +282,51 @@ def test_combine_weights_names_and_none():
 
 # ---------------------------------------------------------------------------------------- property tests
 
-FRAGMENTS = ["<think>", "</think>", "<answer>", "</answer>", "\\boxed{", "}", "{", "42", "-7", "1e999999999", "9" * 3000,
-             "84/2", "/0", "1/0", "(", ")", "*", "+", "=", "小明", "答案", " ", "\n", "$", "\\frac{1}{0}", "x^2", "__import__('os')",
-             "<｜end▁of▁sentence｜>", "e", ".", ",", "%", "NaN", "inf", "∞", "\x00"]
-texts = st.one_of(st.text(max_size=300), st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=8), max_size=40).map("".join))
+FRAGMENTS = [
+    "<think>",
+    "</think>",
+    "<answer>",
+    "</answer>",
+    "\\boxed{",
+    "}",
+    "{",
+    "42",
+    "-7",
+    "1e999999999",
+    "9" * 3000,
+    "84/2",
+    "/0",
+    "1/0",
+    "(",
+    ")",
+    "*",
+    "+",
+    "=",
+    "小明",
+    "答案",
+    " ",
+    "\n",
+    "$",
+    "\\frac{1}{0}",
+    "x^2",
+    "__import__('os')",
+    "<｜end▁of▁sentence｜>",
+    "e",
+    ".",
+    ",",
+    "%",
+    "NaN",
+    "inf",
+    "∞",
+    "\x00",
+]
+texts = st.one_of(
+    st.text(max_size=300), st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=8), max_size=40).map("".join)
+)
 completions = texts | texts.map(lambda t: [{"role": "assistant", "content": t}])
-golds = st.one_of(st.none(), st.integers(), st.floats(allow_nan=True), texts, st.sampled_from(["42", "#### 7", "x^2+1", "1e99999"]))
+golds = st.one_of(
+    st.none(), st.integers(), st.floats(allow_nan=True), texts, st.sampled_from(["42", "#### 7", "x^2+1", "1e99999"])
+)
 
 RANGES = {
     "accuracy_reward": (0.0, 1.0),
@@ -242,8 +337,14 @@ RANGES = {
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(prompt=texts, completion=completions, gold=golds, numbers=st.none() | st.lists(st.integers(-5, 10**30), max_size=6),
-       target=st.none() | st.integers(-5, 10**30) | st.floats(allow_nan=True), task=st.sampled_from([None, "countdown", "arithmetic"]))
+@given(
+    prompt=texts,
+    completion=completions,
+    gold=golds,
+    numbers=st.none() | st.lists(st.integers(-5, 10**30), max_size=6),
+    target=st.none() | st.integers(-5, 10**30) | st.floats(allow_nan=True),
+    task=st.sampled_from([None, "countdown", "arithmetic"]),
+)
 def test_every_reward_in_range_or_none_and_never_raises(prompt, completion, gold, numbers, target, task):
     cols = dict(answer=[gold], numbers=[numbers], target=[target], task=[task])
     for f in (accuracy_reward, format_reward, language_reward, length_reward):
@@ -255,6 +356,6 @@ def test_every_reward_in_range_or_none_and_never_raises(prompt, completion, gold
 
 
 @settings(max_examples=300, deadline=None)
-@given(expr=texts, numbers=st.lists(st.integers(1, 100), min_size=1, max_size=6), target=st.integers(-10**6, 10**6))
+@given(expr=texts, numbers=st.lists(st.integers(1, 100), min_size=1, max_size=6), target=st.integers(-(10**6), 10**6))
 def test_countdown_checker_is_total(expr, numbers, target):
     assert check_equation(expr, numbers, target) in (True, False)

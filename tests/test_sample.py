@@ -14,14 +14,16 @@ GOOD_SHORT = "<think>\n12+30=42\n</think>\n<answer>42</answer>"
 
 
 def test_select_keeps_only_verified_well_formed_finished():
-    comps = [[
-        (GOOD, 20, "stop"),
-        ("<think>\nguess\n</think>\n<answer>41</answer>", 10, "stop"),  # wrong answer
-        ("the answer is 42", 5, "stop"),  # right number, not the R1 layout
-        ("<think>\nx\n</think><answer>42</answer> and more", 12, "stop"),  # text after the answer block
-        (GOOD_SHORT, 12, "length"),  # cut at the token limit
-        (GOOD_SHORT, 12, "stop"),
-    ]]
+    comps = [
+        [
+            (GOOD, 20, "stop"),
+            ("<think>\nguess\n</think>\n<answer>41</answer>", 10, "stop"),  # wrong answer
+            ("the answer is 42", 5, "stop"),  # right number, not the R1 layout
+            ("<think>\nx\n</think><answer>42</answer> and more", 12, "stop"),  # text after the answer block
+            (GOOD_SHORT, 12, "length"),  # cut at the token limit
+            (GOOD_SHORT, 12, "stop"),
+        ]
+    ]
     rows, stats = S.select([REC], comps)
     assert [r["completion"] for r in rows] == [GOOD, GOOD_SHORT]
     assert rows[0]["prompt"] == REC["prompt"] and rows[0]["answer"] == "42"
@@ -29,7 +31,14 @@ def test_select_keeps_only_verified_well_formed_finished():
 
 
 def test_select_shortest_and_dedup():
-    comps = [[(GOOD, 20, "stop"), (GOOD_SHORT, 12, "stop"), (GOOD_SHORT.replace("\n", "\n "), 13, "stop"), (GOOD, 20, "stop")]]
+    comps = [
+        [
+            (GOOD, 20, "stop"),
+            (GOOD_SHORT, 12, "stop"),
+            (GOOD_SHORT.replace("\n", "\n "), 13, "stop"),
+            (GOOD, 20, "stop"),
+        ]
+    ]
     rows, _ = S.select([REC], comps, dedup=True)
     assert [r["completion"] for r in rows] == [GOOD, GOOD_SHORT]  # whitespace variants count as repeats
     rows, _ = S.select([REC], comps, shortest=True)
@@ -57,7 +66,10 @@ def test_cli_writes_sft_rows_that_sft_reads(tmp_path, monkeypatch):
             out = []
             for r in recs[: len(prompts)]:
                 right = f"<think>\n{r['solution']}\n</think>\n<answer>{r['answer']}</answer>"
-                out += [Completion([1] * 9, None, "stop", right), Completion([1] * 5, None, "stop", "<answer>0</answer>")][:n]
+                out += [
+                    Completion([1] * 9, None, "stop", right),
+                    Completion([1] * 5, None, "stop", "<answer>0</answer>"),
+                ][:n]
             return out
 
     monkeypatch.setattr("tinyseek.train.policy.Policy", FakePolicy)
@@ -100,7 +112,23 @@ def test_real_checkpoint_end_to_end(tmp_path):
     model = Transformer(ModelConfig.preset("nano", vocab_size=tok.vocab_size))
     save_checkpoint(model, tmp_path / "ckpt", tok_file)
     out = tmp_path / "rs.jsonl"
-    assert S.cli_sample([str(tmp_path / "ckpt"), "--task", "arithmetic", "--n", "4", "--samples", "2",
-                         "--max-new-tokens", "8", "--out", str(out)]) == 0
+    assert (
+        S.cli_sample(
+            [
+                str(tmp_path / "ckpt"),
+                "--task",
+                "arithmetic",
+                "--n",
+                "4",
+                "--samples",
+                "2",
+                "--max-new-tokens",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     for r in (json.loads(x) for x in out.read_text().splitlines()):
         assert R.accuracy_reward([r["prompt"]], [r["completion"]], answer=[r["answer"]]) == [1.0]

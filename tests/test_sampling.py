@@ -60,8 +60,12 @@ def test_sampling_matches_the_distribution():
 def test_greedy_is_argmax_and_logprobs_are_the_untruncated_tempered_ones():
     torch.manual_seed(0)
     logits = torch.randn(4, V)
-    ps = [SamplingParams(temperature=0), SamplingParams(temperature=0.5, top_k=2), SamplingParams(temperature=1.0, top_p=0.3),
-          SamplingParams(temperature=0)]
+    ps = [
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=0.5, top_k=2),
+        SamplingParams(temperature=1.0, top_p=0.3),
+        SamplingParams(temperature=0),
+    ]
     bp = BatchParams.build(ps, [1, 2, 3, 4])
     toks, lps = sample(logits, bp, torch.zeros(4, dtype=torch.long))
     assert toks[0] == logits[0].argmax() and toks[3] == logits[3].argmax()
@@ -79,7 +83,7 @@ def test_seeded_draws_do_not_depend_on_the_batch():
     toks, _ = sample(logits, bp, counters)
     # the same rows, alone and reordered
     for b in range(6):
-        alone, _ = sample(logits[b:b + 1], BatchParams.build([p], [11 + b]), counters[b:b + 1])
+        alone, _ = sample(logits[b : b + 1], BatchParams.build([p], [11 + b]), counters[b : b + 1])
         assert alone.item() == toks[b].item()
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
     shuffled, _ = sample(logits[perm], BatchParams.build([p] * 6, [11 + i for i in perm.tolist()]), counters[perm])
@@ -106,10 +110,16 @@ def test_vectorised_sampler_agrees_with_reference():
     torch.manual_seed(2)
     B = 8
     logits = torch.randn(B, V) * 2
-    ps = [SamplingParams(temperature=0), SamplingParams(temperature=0.7, top_k=5), SamplingParams(top_p=0.8),
-          SamplingParams(min_p=0.1, temperature=1.5), SamplingParams(repetition_penalty=1.3, top_k=4),
-          SamplingParams(presence_penalty=0.5, frequency_penalty=0.3), SamplingParams(temperature=0, repetition_penalty=2.0),
-          SamplingParams(top_k=3, top_p=0.5, min_p=0.05)]
+    ps = [
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=0.7, top_k=5),
+        SamplingParams(top_p=0.8),
+        SamplingParams(min_p=0.1, temperature=1.5),
+        SamplingParams(repetition_penalty=1.3, top_k=4),
+        SamplingParams(presence_penalty=0.5, frequency_penalty=0.3),
+        SamplingParams(temperature=0, repetition_penalty=2.0),
+        SamplingParams(top_k=3, top_p=0.5, min_p=0.05),
+    ]
     seeds = [derive_seed(3, i) for i in range(B)]
     seen = torch.rand(B, V) < 0.3
     counts = (torch.rand(B, V) < 0.2).long() * torch.randint(1, 4, (B, V))
@@ -125,17 +135,37 @@ def test_penalties_change_the_greedy_choice():
     logits = torch.tensor([[2.0, 1.9, 0.0]])
     seen = torch.tensor([[True, False, False]])
     counts = torch.tensor([[3, 0, 0]])
-    for p in (SamplingParams(temperature=0, repetition_penalty=1.2), SamplingParams(temperature=0, frequency_penalty=0.1),
-              SamplingParams(temperature=0, presence_penalty=0.2)):
+    for p in (
+        SamplingParams(temperature=0, repetition_penalty=1.2),
+        SamplingParams(temperature=0, frequency_penalty=0.1),
+        SamplingParams(temperature=0, presence_penalty=0.2),
+    ):
         tok, _ = sample(logits, BatchParams.build([p], [0]), torch.zeros(1, dtype=torch.long), seen=seen, counts=counts)
         assert tok.item() == 1, p
-    tok, _ = sample(logits, BatchParams.build([SamplingParams(temperature=0)], [0]), torch.zeros(1, dtype=torch.long), seen=seen, counts=counts)
+    tok, _ = sample(
+        logits,
+        BatchParams.build([SamplingParams(temperature=0)], [0]),
+        torch.zeros(1, dtype=torch.long),
+        seen=seen,
+        counts=counts,
+    )
     assert tok.item() == 0
 
 
-@pytest.mark.parametrize("field,value", [("temperature", -1.0), ("top_p", 0.0), ("top_k", -2), ("min_p", 1.5),
-                                         ("max_new_tokens", 0), ("repetition_penalty", 0.0), ("stop_strings", ("",)),
-                                         ("seed", -1), ("presence_penalty", 3.0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("temperature", -1.0),
+        ("top_p", 0.0),
+        ("top_k", -2),
+        ("min_p", 1.5),
+        ("max_new_tokens", 0),
+        ("repetition_penalty", 0.0),
+        ("stop_strings", ("",)),
+        ("seed", -1),
+        ("presence_penalty", 3.0),
+    ],
+)
 def test_bad_parameters_name_the_field(field, value):
     with pytest.raises(TinyseekError, match=field):
         SamplingParams(**{field: value})

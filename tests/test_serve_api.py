@@ -23,8 +23,10 @@ from tinyseek.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.timeout(300)
 
-SYSTEM = ("You are a careful assistant for arithmetic. Think step by step inside think tags, then give only the "
-          "final number inside answer tags. Never guess; check every sum twice.")
+SYSTEM = (
+    "You are a careful assistant for arithmetic. Think step by step inside think tags, then give only the "
+    "final number inside answer tags. Never guess; check every sum twice."
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def reference(parts, messages, max_tokens):
     tok, model = parts
     eng = Engine(model, tok, max_batch=1)
     ids = tok.encode(tok.chat(messages))
-    (c,), = eng.generate([ids], SamplingParams(max_new_tokens=max_tokens, temperature=0.0))
+    ((c,),) = eng.generate([ids], SamplingParams(max_new_tokens=max_tokens, temperature=0.0))
     sp = ReasoningSplitter()
     sp.feed(c.text)
     sp.finish()
@@ -69,7 +71,9 @@ def user(text):
 
 
 def test_nonstreaming_reasoning_and_answer_separate(client, parts):
-    r = client.chat.completions.create(model="tinyseek", messages=user("What is 2 plus 3?"), temperature=0, max_tokens=40)
+    r = client.chat.completions.create(
+        model="tinyseek", messages=user("What is 2 plus 3?"), temperature=0, max_tokens=40
+    )
     msg = r.choices[0].message
     assert msg.content == "5"
     assert msg.reasoning_content == "Add 2 and 3 to get 5."
@@ -88,8 +92,14 @@ def test_nonstreaming_reasoning_and_answer_separate(client, parts):
 
 
 def test_streaming_reasoning_first_then_content_and_usage(client):
-    stream = client.chat.completions.create(model="tinyseek", messages=user("Say hi."), temperature=0, max_tokens=40,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="tinyseek",
+        messages=user("Say hi."),
+        temperature=0,
+        max_tokens=40,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     kinds, reasoning, content = [], "", ""
@@ -123,13 +133,15 @@ def test_sse_framing_ends_with_done(server):
 
 
 def test_n_choices(client):
-    r = client.chat.completions.create(model="tinyseek", messages=user("What is 4 times 2?"), n=3, max_tokens=20,
-                                       temperature=1.0, seed=7)
+    r = client.chat.completions.create(
+        model="tinyseek", messages=user("What is 4 times 2?"), n=3, max_tokens=20, temperature=1.0, seed=7
+    )
     assert [c.index for c in r.choices] == [0, 1, 2]
     per_choice = [c.finish_reason for c in r.choices]
     assert set(per_choice) <= {"stop", "length"}
-    stream = client.chat.completions.create(model="tinyseek", messages=user("What is 4 times 2?"), n=2, max_tokens=20,
-                                            temperature=0, stream=True)
+    stream = client.chat.completions.create(
+        model="tinyseek", messages=user("What is 4 times 2?"), n=2, max_tokens=20, temperature=0, stream=True
+    )
     texts = {0: "", 1: ""}
     for c in stream:
         for ch in c.choices:
@@ -166,7 +178,9 @@ def test_32_concurrent_streams_match_single_runs(server, parts):
     sizes_before = dict(app.state.scheduler.step_batch_sizes)
 
     async def one(aclient, msgs):
-        stream = await aclient.chat.completions.create(model="tinyseek", messages=msgs, temperature=0, max_tokens=24, stream=True)
+        stream = await aclient.chat.completions.create(
+            model="tinyseek", messages=msgs, temperature=0, max_tokens=24, stream=True
+        )
         reasoning, content = "", ""
         async for c in stream:
             if c.choices:
@@ -190,8 +204,17 @@ def test_32_concurrent_streams_match_single_runs(server, parts):
 def test_prior_reasoning_is_stripped_from_the_prompt(client, parts):
     tok, _ = parts
     plain = user("Say hi.") + [{"role": "assistant", "content": "Hi there!"}] + user("What is 2 plus 3?")
-    with_reasoning = user("Say hi.") + [{"role": "assistant", "content": "<think>\nA greeting is asked for.\n</think>Hi there!",
-                                         "reasoning_content": "A greeting is asked for."}] + user("What is 2 plus 3?")
+    with_reasoning = (
+        user("Say hi.")
+        + [
+            {
+                "role": "assistant",
+                "content": "<think>\nA greeting is asked for.\n</think>Hi there!",
+                "reasoning_content": "A greeting is asked for.",
+            }
+        ]
+        + user("What is 2 plus 3?")
+    )
     a = client.chat.completions.create(model="tinyseek", messages=plain, temperature=0, max_tokens=30)
     b = client.chat.completions.create(model="tinyseek", messages=with_reasoning, temperature=0, max_tokens=30)
     assert a.usage.prompt_tokens == b.usage.prompt_tokens == len(tok.encode(tok.chat(plain)))
@@ -199,10 +222,13 @@ def test_prior_reasoning_is_stripped_from_the_prompt(client, parts):
 
 
 def test_stop_strings_and_seeds(client):
-    r = client.chat.completions.create(model="tinyseek", messages=user("Say hi."), temperature=0, max_tokens=40, stop=["there"])
+    r = client.chat.completions.create(
+        model="tinyseek", messages=user("Say hi."), temperature=0, max_tokens=40, stop=["there"]
+    )
     assert r.choices[0].message.content == "Hi" and r.choices[0].finish_reason == "stop"
-    stream = client.chat.completions.create(model="tinyseek", messages=user("Say hi."), temperature=0, max_tokens=40,
-                                            stop="greeting", stream=True)
+    stream = client.chat.completions.create(
+        model="tinyseek", messages=user("Say hi."), temperature=0, max_tokens=40, stop="greeting", stream=True
+    )
     chunks = [c for c in stream if c.choices]
     reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks)
     assert reasoning == "A" and not any(c.choices[0].delta.content for c in chunks)  # the stop string cut the reasoning

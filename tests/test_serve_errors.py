@@ -57,22 +57,48 @@ CASES = [
     ("missing model", dict(body={"messages": OK["messages"]}), 400, "invalid_request_error", "model"),
     ("messages wrong type", dict(body={**OK, "messages": "hi"}), 400, "invalid_request_error", "messages"),
     ("max_tokens wrong type", dict(body={**OK, "max_tokens": "lots"}), 400, "invalid_request_error", "max_tokens"),
-    ("content wrong type", dict(body={**OK, "messages": [{"role": "user", "content": 5}]}), 400, "invalid_request_error",
-     "messages[0].content"),
+    (
+        "content wrong type",
+        dict(body={**OK, "messages": [{"role": "user", "content": 5}]}),
+        400,
+        "invalid_request_error",
+        "messages[0].content",
+    ),
     ("empty messages", dict(body={**OK, "messages": []}), 422, "invalid_request_error", "messages"),
     ("temperature too high", dict(body={**OK, "temperature": 5}), 422, "invalid_request_error", "temperature"),
     ("top_p zero", dict(body={**OK, "top_p": 0}), 422, "invalid_request_error", "top_p"),
     ("n zero", dict(body={**OK, "n": 0}), 422, "invalid_request_error", "n"),
     ("max_tokens zero", dict(body={**OK, "max_tokens": 0}), 422, "invalid_request_error", "max_tokens"),
-    ("penalty out of range", dict(body={**OK, "presence_penalty": 3}), 422, "invalid_request_error", "presence_penalty"),
-    ("tool role", dict(body={**OK, "messages": [{"role": "tool", "content": "x"}]}), 422, "invalid_request_error",
-     "messages[0].role"),
-    ("json_object refused", dict(body={**OK, "response_format": {"type": "json_object"}}), 422, "invalid_request_error",
-     "response_format.type"),
+    (
+        "penalty out of range",
+        dict(body={**OK, "presence_penalty": 3}),
+        422,
+        "invalid_request_error",
+        "presence_penalty",
+    ),
+    (
+        "tool role",
+        dict(body={**OK, "messages": [{"role": "tool", "content": "x"}]}),
+        422,
+        "invalid_request_error",
+        "messages[0].role",
+    ),
+    (
+        "json_object refused",
+        dict(body={**OK, "response_format": {"type": "json_object"}}),
+        422,
+        "invalid_request_error",
+        "response_format.type",
+    ),
     ("empty stop", dict(body={**OK, "stop": [""]}), 422, "invalid_request_error", "stop"),
     ("logprobs refused", dict(body={**OK, "logprobs": True}), 422, "invalid_request_error", "logprobs"),
-    ("tools refused", dict(body={**OK, "tools": [{"type": "function", "function": {"name": "f"}}]}), 422,
-     "invalid_request_error", "tools"),
+    (
+        "tools refused",
+        dict(body={**OK, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+        422,
+        "invalid_request_error",
+        "tools",
+    ),
     ("unknown model", dict(body={**OK, "model": "gpt-9"}), 404, "invalid_request_error", "model"),
     ("context exceeded", dict(body={**OK, "max_tokens": 100000}), 400, "invalid_request_error", "messages"),
     ("unknown path", dict(body=OK, path="/v1/nothing"), 404, "invalid_request_error", None),
@@ -80,8 +106,13 @@ CASES = [
     ("models without key", dict(key=None, path="/v1/models", method="GET"), 401, "authentication_error", None),
     ("usage without key", dict(key=None, path="/v1/usage", method="GET"), 401, "authentication_error", None),
     ("queue full", dict(body={**OK, "n": 2}), 503, "server_error", None),
-    ("body too large", dict(raw=b'{"model": "tinyseek", "messages": [], "pad": "' + b"x" * (5 << 20) + b'"}'), 413,
-     "invalid_request_error", "body"),
+    (
+        "body too large",
+        dict(raw=b'{"model": "tinyseek", "messages": [], "pad": "' + b"x" * (5 << 20) + b'"}'),
+        413,
+        "invalid_request_error",
+        "body",
+    ),
 ]
 
 
@@ -119,20 +150,36 @@ def test_models_and_health(keyed):
 def test_ledger_totals_equal_returned_usage(keyed):
     url, app, db = keyed
     client = openai.OpenAI(base_url=url + "/v1", api_key=K3, max_retries=0, timeout=60)
-    usages = [client.chat.completions.create(model="tinyseek", messages=OK["messages"], max_tokens=12, temperature=0).usage]
-    stream = client.chat.completions.create(model="deepseek-reasoner", messages=OK["messages"], max_tokens=12, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
+    usages = [
+        client.chat.completions.create(model="tinyseek", messages=OK["messages"], max_tokens=12, temperature=0).usage
+    ]
+    stream = client.chat.completions.create(
+        model="deepseek-reasoner",
+        messages=OK["messages"],
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     usages.append([c for c in stream][-1].usage)
-    usages.append(client.chat.completions.create(model="tinyseek", messages=OK["messages"], max_tokens=12, temperature=0.7,
-                                                 seed=3).usage)
+    usages.append(
+        client.chat.completions.create(
+            model="tinyseek", messages=OK["messages"], max_tokens=12, temperature=0.7, seed=3
+        ).usage
+    )
     hit = sum(u.model_extra["prompt_cache_hit_tokens"] for u in usages)
     miss = sum(u.model_extra["prompt_cache_miss_tokens"] for u in usages)
     out = sum(u.completion_tokens for u in usages)
     reasoning = sum(u.completion_tokens_details.reasoning_tokens for u in usages)
     me = httpx.get(url + "/v1/usage", headers={"Authorization": f"Bearer {K3}"}).json()
     assert me["key_id"] == key_id(K3)
-    assert (me["requests"], me["prompt_cache_hit_tokens"], me["prompt_cache_miss_tokens"], me["completion_tokens"],
-            me["reasoning_tokens"]) == (3, hit, miss, out, reasoning)
+    assert (
+        me["requests"],
+        me["prompt_cache_hit_tokens"],
+        me["prompt_cache_miss_tokens"],
+        me["completion_tokens"],
+        me["reasoning_tokens"],
+    ) == (3, hit, miss, out, reasoning)
     assert me["cost_usd"] == pytest.approx((hit * 0.5 + miss * 2.0 + out * 8.0) / 1e6)
     # the same numbers straight from the SQLite file, read by a second connection
     (row,) = Ledger(db).totals(key_id(K3))
@@ -189,8 +236,11 @@ def _billed(app, request_id):
     """(completion_tokens, reasoning_tokens) of one request in the ledger file."""
     import sqlite3
 
-    rows = sqlite3.connect(app.state.ledger.path).execute(
-        "SELECT completion_tokens, reasoning_tokens FROM requests WHERE request_id = ?", (request_id,)).fetchall()
+    rows = (
+        sqlite3.connect(app.state.ledger.path)
+        .execute("SELECT completion_tokens, reasoning_tokens FROM requests WHERE request_id = ?", (request_id,))
+        .fetchall()
+    )
     assert len(rows) == 1, f"{request_id} billed {len(rows)} times"
     return rows[0]
 
@@ -206,18 +256,27 @@ def test_usage_around_a_stop_string(one_slot, parts):
     ref = Engine(model, tok, max_batch=1)
     ref.logit_hook = engine.logit_hook
     prompt = tok.encode(tok.chat(OK["messages"]))
-    (expect,), = ref.generate([prompt], SamplingParams(temperature=0, max_new_tokens=40, stop_strings=("there",)))
+    ((expect,),) = ref.generate([prompt], SamplingParams(temperature=0, max_new_tokens=40, stop_strings=("there",)))
     assert expect.finish_reason == "stop" and expect.text.endswith("<answer>Hi ")
     client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
     _wait_idle(app, engine)
     steps = app.state.scheduler.steps
-    r = client.chat.completions.create(model="tinyseek", messages=OK["messages"], max_tokens=40, temperature=0, stop=["there"])
+    r = client.chat.completions.create(
+        model="tinyseek", messages=OK["messages"], max_tokens=40, temperature=0, stop=["there"]
+    )
     assert r.choices[0].message.content == "Hi" and r.choices[0].finish_reason == "stop"
     assert r.usage.completion_tokens == len(expect.token_ids)
     assert app.state.scheduler.steps - steps == len(expect.token_ids)  # one step a token, none after the stop
     assert _billed(app, r.id) == (r.usage.completion_tokens, r.usage.completion_tokens_details.reasoning_tokens)
-    stream = client.chat.completions.create(model="tinyseek", messages=OK["messages"], max_tokens=40, temperature=0,
-                                            stop=["there"], stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="tinyseek",
+        messages=OK["messages"],
+        max_tokens=40,
+        temperature=0,
+        stop=["there"],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi"
     assert chunks[-1].usage.completion_tokens == len(expect.token_ids)

@@ -36,8 +36,14 @@ def test_schemathesis_finds_no_5xx(url, mode):
         op = result.ok()
         strategy = op.as_strategy(generation_mode=schemathesis.GenerationMode(mode))
 
-        @hypothesis.settings(max_examples=15, deadline=None, database=None, derandomize=True,
-                             suppress_health_check=list(hypothesis.HealthCheck), phases=[hypothesis.Phase.generate])
+        @hypothesis.settings(
+            max_examples=15,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(hypothesis.HealthCheck),
+            phases=[hypothesis.Phase.generate],
+        )
         @hypothesis.given(case=strategy)
         def run(case):
             resp = case.call(base_url=url, timeout=60)

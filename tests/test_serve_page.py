@@ -29,8 +29,18 @@ from tinyseek.tokenizer import Tokenizer
 pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1100,760", "--remote-debugging-pipe"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--window-size=1100,760",
+    "--remote-debugging-pipe",
+]
 
 
 def find_chromium() -> str:
@@ -68,8 +78,12 @@ class Browser:
         # a small launcher moves the pipe ends to fds 3 and 4 and execs chromium (no preexec_fn: threads run)
         args = [*FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"]
         launch = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); os.execv(sys.argv[3], sys.argv[3:])"
-        self.proc = subprocess.Popen([sys.executable, "-c", launch, str(cmd_r), str(res_w), exe, *args],
-                                     pass_fds=(cmd_r, res_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", launch, str(cmd_r), str(res_w), exe, *args],
+            pass_fds=(cmd_r, res_w),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(cmd_r)
         os.close(res_w)
         self._buf = b""
@@ -129,13 +143,19 @@ class Browser:
 def test_chat_page_streams_reasoning_and_answer(r1_checkpoint, tmp_path):
     exe = find_chromium()
     tok, model = Tokenizer.load(r1_checkpoint), load_model(r1_checkpoint)
-    app = create_app(Engine(model, tok, max_batch=4), tok, ServeConfig(rate_limit=0, cache_block=4, db=str(tmp_path / "usage.sqlite")))
+    app = create_app(
+        Engine(model, tok, max_batch=4),
+        tok,
+        ServeConfig(rate_limit=0, cache_block=4, db=str(tmp_path / "usage.sqlite")),
+    )
     # (4-token cache blocks: the first turn's 15-token prompt leaves 3 blocks for the second turn to hit)
     with serve_in_thread(app) as url:
         browser = Browser(exe, tmp_path / "chromium-profile")
         try:
             browser.open(url + "/")
-            browser.wait_for("document.readyState === 'complete' && document.querySelectorAll('#model option').length > 0")
+            browser.wait_for(
+                "document.readyState === 'complete' && document.querySelectorAll('#model option').length > 0"
+            )
             assert browser.js("document.querySelector('#model').value") == "tinyseek"
             # count DOM updates of the reasoning and the answer while they stream
             browser.js("""window.__updates = {reasoning: 0, answer: 0};
@@ -144,8 +164,10 @@ def test_chat_page_streams_reasoning_and_answer(r1_checkpoint, tmp_path):
                     if (t.closest('.reasoning-text')) window.__updates.reasoning++;
                     if (t.closest('.answer')) window.__updates.answer++; } })
                   .observe(document.querySelector('#log'), {subtree: true, childList: true, characterData: true}); true""")
-            browser.js("document.querySelector('#input').value = 'What is 2 plus 3?';"
-                       "document.querySelector('#form').requestSubmit(); true")
+            browser.js(
+                "document.querySelector('#input').value = 'What is 2 plus 3?';"
+                "document.querySelector('#form').requestSubmit(); true"
+            )
             browser.wait_for("document.querySelectorAll('.assistant .usage')[0]?.textContent.length > 0")
             turn = browser.js("""(() => { const a = document.querySelector('.assistant');
                 return {reasoning: a.querySelector('.reasoning-text').textContent, answer: a.querySelector('.answer').textContent,
@@ -161,8 +183,10 @@ def test_chat_page_streams_reasoning_and_answer(r1_checkpoint, tmp_path):
             updates = browser.js("window.__updates")
             assert updates["reasoning"] >= 2, f"the reasoning did not stream: {updates}"
             # the second turn carries the first one: the conversation is kept, and its prefix is a cache hit
-            browser.js("document.querySelector('#input').value = 'Say hi.';"
-                       "document.querySelector('#form').requestSubmit(); true")
+            browser.js(
+                "document.querySelector('#input').value = 'Say hi.';"
+                "document.querySelector('#form').requestSubmit(); true"
+            )
             browser.wait_for("document.querySelectorAll('.assistant .usage')[1]?.textContent.length > 0")
             second = browser.js("""(() => { const a = document.querySelectorAll('.assistant')[1];
                 return {answer: a.querySelector('.answer').textContent, usage: a.querySelector('.usage').textContent,

@@ -47,8 +47,10 @@ def test_prefix_cache_hits_whole_blocks_and_leaves_the_last_token():
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 2), min_size=1, max_size=14)), min_size=1, max_size=25),
-       st.sampled_from([1 << 20, 200, 100]))
+@given(
+    st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 2), min_size=1, max_size=14)), min_size=1, max_size=25),
+    st.sampled_from([1 << 20, 200, 100]),
+)
 def test_prefix_cache_against_a_brute_force_reference(ops, budget):
     """Random inserts and lookups over a 3-token alphabet (many shared prefixes): a hit is never longer than
     the longest block-aligned prefix shared with an inserted prompt, equals it while nothing was evicted,
@@ -129,7 +131,7 @@ def test_prefix_cache_served_rows_give_the_same_greedy_tokens_as_a_fresh_prefill
         while eng.has_unfinished():
             eng.step()
         cached = eng.collect(rid).token_ids
-        (fresh,), = Engine(model, max_batch=1).generate([p], params)
+        ((fresh,),) = Engine(model, max_batch=1).generate([p], params)
         assert cached == fresh.token_ids
 
 
@@ -145,7 +147,7 @@ def tok():
 def split(text, start_in_reasoning=False, pieces=None):
     """Feed `text` in `pieces` (default: one character at a time, so every tag arrives cut up)."""
     sp = ReasoningSplitter(start_in_reasoning)
-    cuts = pieces if pieces is not None else [text[i:i + 1] for i in range(len(text))]
+    cuts = pieces if pieces is not None else [text[i : i + 1] for i in range(len(text))]
     deltas = [d for piece in cuts for d in sp.feed(piece)] + sp.finish()
     return sp, deltas
 
@@ -171,7 +173,9 @@ def test_split_without_reasoning_and_forced_reasoning(tok):
     assert sp.result() == ("the answer", "42")
     ids = tok.encode("the answer\n</think>\n42")
     assert reasoning_tokens(ids, think, end, start_in_reasoning=True) == ids.index(end) + 1
-    assert reasoning_tokens(tok.encode("<think>\nstill thinking"), think, end) == len(tok.encode("<think>\nstill thinking"))
+    assert reasoning_tokens(tok.encode("<think>\nstill thinking"), think, end) == len(
+        tok.encode("<think>\nstill thinking")
+    )
     sp, _ = split("</think>42")  # a stray end tag first: straight to the answer
     assert sp.result() == (None, "42")
 
@@ -179,9 +183,28 @@ def test_split_without_reasoning_and_forced_reasoning(tok):
 def test_split_is_the_same_however_the_text_is_cut():
     """The streaming path (pieces of any size, tags cut anywhere) against the reference (the text fed whole)."""
     g = torch.Generator().manual_seed(0)
-    words = ["<think>", "</think>", "<answer>", "</answer>", "\n", " ", "a", "bc", "4", "2", "你好", "<", "th", ">", "ink"]
+    words = [
+        "<think>",
+        "</think>",
+        "<answer>",
+        "</answer>",
+        "\n",
+        " ",
+        "a",
+        "bc",
+        "4",
+        "2",
+        "你好",
+        "<",
+        "th",
+        ">",
+        "ink",
+    ]
     for trial in range(200):
-        text = "".join(words[int(i)] for i in torch.randint(0, len(words), (int(torch.randint(0, 14, (1,), generator=g)),), generator=g))
+        text = "".join(
+            words[int(i)]
+            for i in torch.randint(0, len(words), (int(torch.randint(0, 14, (1,), generator=g)),), generator=g)
+        )
         whole, _ = split(text, trial % 5 == 0, pieces=[text])
         cuts = sorted(set(torch.randint(0, len(text) + 1, (4,), generator=g).tolist())) if text else []
         pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
@@ -205,7 +228,9 @@ def test_ledger_totals_cost_and_usage_command(tmp_path, capsys):
     assert (a["requests"], a["prompt_tokens"], a["completion_tokens"], a["reasoning_tokens"]) == (2, 23, 9, 3)
     assert a["cost_usd"] == pytest.approx((10 * 1 + 13 * 4 + 9 * 16) / 1e6)
     days = sorted((r["key_id"], r["day"], r["requests"]) for r in led.totals(by_day=True))
-    assert days == sorted([(key_id("sk-a"), "2023-11-14", 1), (key_id("sk-a"), "2023-11-15", 1), (key_id("sk-b"), "2023-11-14", 1)])
+    assert days == sorted(
+        [(key_id("sk-a"), "2023-11-14", 1), (key_id("sk-a"), "2023-11-15", 1), (key_id("sk-b"), "2023-11-14", 1)]
+    )
     led.close()
     assert b"sk-a" not in db.read_bytes()  # keys are never stored, only their hash ids
     assert cli_usage(["--db", str(db)]) == 0
@@ -252,9 +277,24 @@ def free_port() -> int:
 def test_serve_command_runs_as_a_process(r1_checkpoint, tmp_path):
     port = free_port()
     db = tmp_path / "ledger.sqlite"
-    cmd = [sys.executable, "-m", "tinyseek.cli", "serve", str(r1_checkpoint), "--port", str(port), "--db", str(db),
-           "--api-key", "sk-proc", "--max-batch", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinyseek.cli",
+        "serve",
+        str(r1_checkpoint),
+        "--port",
+        str(port),
+        "--db",
+        str(db),
+        "--api-key",
+        "sk-proc",
+        "--max-batch",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -267,7 +307,12 @@ def test_serve_command_runs_as_a_process(r1_checkpoint, tmp_path):
             assert proc.poll() is None, proc.stdout.read().decode()
             assert time.monotonic() < deadline, "the server did not come up"
             time.sleep(0.2)
-        body = {"model": "tinyseek", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 40, "temperature": 0}
+        body = {
+            "model": "tinyseek",
+            "messages": [{"role": "user", "content": "Say hi."}],
+            "max_tokens": 40,
+            "temperature": 0,
+        }
         r = httpx.post(url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-proc"}, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] == "Hi there!"

@@ -34,7 +34,9 @@ def engine():
 
 
 def test_smollm2_answers_through_the_adapter(engine):
-    prompts = [engine.encode_chat([{"role": "user", "content": q}]) for q in ("What is 2+3?", "What is the capital of France?")]
+    prompts = [
+        engine.encode_chat([{"role": "user", "content": q}]) for q in ("What is 2+3?", "What is the capital of France?")
+    ]
     assert engine.decode(prompts[0]).endswith("assistant\n")  # the model's own chat template
     out = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=24, logprobs=True))
     add, paris = out[0][0], out[1][0]

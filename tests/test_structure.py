@@ -61,7 +61,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(n)
         for m in sorted(graph[n]):
             if state.get(m) == 1:
-                return path[path.index(m):] + [m]
+                return path[path.index(m) :] + [m]
             if m not in state and (c := visit(m)) is not None:
                 return c
         path.pop()
@@ -77,7 +77,10 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_checker_sees_imports_inside_functions_and_finds_cycles():
     known = {"tinyseek", "tinyseek.a", "tinyseek.b", "tinyseek.pkg", "tinyseek.pkg.c"}
     src = PKG.parent / "tests" / "_structure_probe.py"
-    src.write_text("from tinyseek import a\ndef f():\n    from tinyseek.pkg.c import X\n    import tinyseek.b.attr\n", encoding="utf-8")
+    src.write_text(
+        "from tinyseek import a\ndef f():\n    from tinyseek.pkg.c import X\n    import tinyseek.b.attr\n",
+        encoding="utf-8",
+    )
     try:
         assert _imports("tinyseek.x", src, known) == {"tinyseek.a", "tinyseek.pkg.c", "tinyseek.b"}
     finally:

@@ -95,7 +95,7 @@ def test_equations_solutions_satisfy_the_equation():
     x = sympy.Symbol("x")
     for d in range(1, 5):
         for r in tasks.get("equations").generate(50, seed=d, difficulty=d):
-            eq = r["prompt"][len("Solve "):-1]
+            eq = r["prompt"][len("Solve ") : -1]
             lhs, rhs = (re.sub(r"(\d)(x|\()", r"\1*\2", side) for side in eq.split("="))
             sol = sympy.solve(sympy.sympify(lhs) - sympy.sympify(rhs), x)
             assert sol == [int(r["answer"])], (eq, r["answer"])
@@ -128,7 +128,9 @@ def test_chinese_word_problems_are_chinese_and_verify():
     assert all(not CJK.search(r["prompt"] + r["solution"]) for r in en)
     # an English problem and its Chinese twin are the same canonical problem (same side of the split)
     for s in range(20):
-        assert WordProblems(lang="en").draw(random.Random(s), 3)[0] == WordProblems(lang="zh").draw(random.Random(s), 3)[0]
+        assert (
+            WordProblems(lang="en").draw(random.Random(s), 3)[0] == WordProblems(lang="zh").draw(random.Random(s), 3)[0]
+        )
 
 
 def _disjoint(name, n_train, n_test):
@@ -265,8 +267,16 @@ def test_parquet_and_datasets_dir_load_the_same_rows(tmp_path):
     import pyarrow.parquet as pq
 
     rows = [{"id": f"q{i}", "question": f"What is {i}*3?", "answer": f"{i} times 3 #### {3 * i}"} for i in range(50)]
-    rows += [{"id": "cd", "question": "Use 2 3 4 to make 14.", "answer": "2+3*4", "task": "countdown",
-              "numbers": [2, 3, 4], "target": 14}]
+    rows += [
+        {
+            "id": "cd",
+            "question": "Use 2 3 4 to make 14.",
+            "answer": "2+3*4",
+            "task": "countdown",
+            "numbers": [2, 3, 4],
+            "target": 14,
+        }
+    ]
     full = [{"task": None, "numbers": None, "target": None, **r} for r in rows]
     pq.write_table(pa.Table.from_pylist(full), tmp_path / "data.parquet")
     datasets.Dataset.from_list(full).save_to_disk(str(tmp_path / "ds"))

@@ -7,8 +7,22 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tinyseek.errors import TinyseekError
-from tinyseek.tokenizer import (ANSWER, ASSISTANT, BOS, CHAT_TEMPLATE, EOS, MIN_VOCAB, SPECIAL_TOKENS, THINK, THINK_END, USER,
-                                Tokenizer, cli_tokenizer, hf_tokenizer_files, render_chat)
+from tinyseek.tokenizer import (
+    ANSWER,
+    ASSISTANT,
+    BOS,
+    CHAT_TEMPLATE,
+    EOS,
+    MIN_VOCAB,
+    SPECIAL_TOKENS,
+    THINK,
+    THINK_END,
+    USER,
+    Tokenizer,
+    cli_tokenizer,
+    hf_tokenizer_files,
+    render_chat,
+)
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. 12345 + 678 = 13023",
@@ -23,13 +37,16 @@ def tok():
     return Tokenizer.train(CORPUS, 400)
 
 
-@pytest.mark.parametrize("text", [
-    "Hello, world!  Two  spaces\tand a tab\n",
-    "你好，世界！数学题：三加四等于七。",
-    "mixed 中文 and emoji 👩‍👩‍👧‍👦 🇫🇷 \u200b zero-width",
-    "",
-    "\x00\x01 control bytes \x7f",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello, world!  Two  spaces\tand a tab\n",
+        "你好，世界！数学题：三加四等于七。",
+        "mixed 中文 and emoji 👩‍👩‍👧‍👦 🇫🇷 \u200b zero-width",
+        "",
+        "\x00\x01 control bytes \x7f",
+    ],
+)
 def test_round_trip(tok, text):
     ids = tok.encode(text)
     assert tok.decode(ids) == text
@@ -70,9 +87,12 @@ def test_small_vocab_limits():
 
 
 def test_chat_template_strips_prior_reasoning():
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"},
-            {"role": "assistant", "content": f"{THINK}\n1+1=2\n{THINK_END}\n{ANSWER}2</answer>"},
-            {"role": "user", "content": "2+2?"}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "1+1?"},
+        {"role": "assistant", "content": f"{THINK}\n1+1=2\n{THINK_END}\n{ANSWER}2</answer>"},
+        {"role": "user", "content": "2+2?"},
+    ]
     text = render_chat(msgs)
     assert text == f"{BOS}Be brief.{USER}1+1?{ASSISTANT}\n{ANSWER}2</answer>{EOS}{USER}2+2?{ASSISTANT}"
     assert render_chat(msgs[:2], add_generation_prompt=False) == f"{BOS}Be brief.{USER}1+1?"
@@ -87,8 +107,12 @@ def test_jinja_template_matches_python(tok, tmp_path):
     hf = AutoTokenizer.from_pretrained(str(tmp_path))
     convs = [
         [{"role": "user", "content": "你好"}],
-        [{"role": "system", "content": "S"}, {"role": "user", "content": "a"},
-         {"role": "assistant", "content": "<think>r</think><answer>x</answer>"}, {"role": "user", "content": "b"}],
+        [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "<think>r</think><answer>x</answer>"},
+            {"role": "user", "content": "b"},
+        ],
         [{"role": "user", "content": "q"}, {"role": "assistant", "content": "no think tags"}],
     ]
     for msgs in convs:
@@ -113,7 +137,23 @@ def test_cli(tmp_path, capsys):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(CORPUS[:8]), encoding="utf-8")
     out = tmp_path / "tok"
-    assert cli_tokenizer(["--corpus", str(corpus), "--tasks", "arithmetic", "--n-per-task", "50", "--vocab-size", "300", "--out", str(out)]) == 0
+    assert (
+        cli_tokenizer(
+            [
+                "--corpus",
+                str(corpus),
+                "--tasks",
+                "arithmetic",
+                "--n-per-task",
+                "50",
+                "--vocab-size",
+                "300",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     t = Tokenizer.load(out)
     assert t.vocab_size <= 300
     assert (out / "tokenizer_config.json").is_file() and (out / "special_tokens_map.json").is_file()

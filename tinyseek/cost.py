@@ -75,8 +75,12 @@ def _mtp_block_layer(cfg: ModelConfig, k: int) -> int:
 
 def mtp_params(cfg: ModelConfig, active: bool = False) -> int:
     """All MTP modules (embedding and head are shared with the main model, so not counted again)."""
-    per = [3 * cfg.dim + 2 * cfg.dim * cfg.dim + block_params(cfg, _mtp_block_layer(cfg, k), active)  # enorm, hnorm, norm, eh_proj
-           for k in range(cfg.mtp_depth)]
+    per = [
+        3 * cfg.dim
+        + 2 * cfg.dim * cfg.dim
+        + block_params(cfg, _mtp_block_layer(cfg, k), active)  # enorm, hnorm, norm, eh_proj
+        for k in range(cfg.mtp_depth)
+    ]
     return sum(per)
 
 
@@ -128,7 +132,9 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int, include_mtp: bool = Tr
     if seq_len <= 0:
         raise TinyseekError(f"seq_len: must be positive (got {seq_len})")
     blocks = cfg.n_layers + (cfg.mtp_depth if include_mtp else 0)
-    return 6.0 * active_matmul_params(cfg, include_mtp) + 3.0 * attention_flops_per_token(cfg, (seq_len + 1) / 2, blocks)
+    return 6.0 * active_matmul_params(cfg, include_mtp) + 3.0 * attention_flops_per_token(
+        cfg, (seq_len + 1) / 2, blocks
+    )
 
 
 def model_train_flops_per_token(model, seq_len: int) -> float:
@@ -243,8 +249,14 @@ class CostSummary:
 def summarize(cfg: ModelConfig, seq_len: int | None = None) -> CostSummary:
     """The figures `tinyseek cost` prints (and run summaries record); seq_len defaults to cfg.max_seq_len."""
     seq_len = cfg.max_seq_len if seq_len is None else seq_len
-    return CostSummary(total_params(cfg), active_params(cfg), mtp_params(cfg),
-                       train_flops_per_token(cfg, seq_len), inference_flops_per_token(cfg, seq_len - 1), seq_len)
+    return CostSummary(
+        total_params(cfg),
+        active_params(cfg),
+        mtp_params(cfg),
+        train_flops_per_token(cfg, seq_len),
+        inference_flops_per_token(cfg, seq_len - 1),
+        seq_len,
+    )
 
 
 def _human(x: float) -> str:
@@ -259,7 +271,10 @@ def format_table(name: str, cfg: ModelConfig, s: CostSummary) -> str:
         ("model", name),
         ("total parameters (main)", f"{_human(s.total_params)}  ({s.total_params:,})"),
         ("active parameters / token", f"{_human(s.active_params)}  ({s.active_params:,})"),
-        (f"MTP parameters ({cfg.mtp_depth} module{'s' if cfg.mtp_depth != 1 else ''})", f"{_human(s.mtp_params)}  ({s.mtp_params:,})"),
+        (
+            f"MTP parameters ({cfg.mtp_depth} module{'s' if cfg.mtp_depth != 1 else ''})",
+            f"{_human(s.mtp_params)}  ({s.mtp_params:,})",
+        ),
         (f"training FLOPs / token (T={s.seq_len})", f"{_human(s.train_flops_per_token)}"),
         (f"inference FLOPs / token (context {s.seq_len})", f"{_human(s.inference_flops_per_token)}"),
         ("training FLOPs / 1B tokens", f"{s.train_flops_per_token * 1e9:.3e}"),
@@ -269,10 +284,20 @@ def format_table(name: str, cfg: ModelConfig, s: CostSummary) -> str:
 
 
 def cli_cost(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tinyseek cost", description="Parameters, active parameters and FLOPs of a model, from its config (nothing is allocated).")
-    p.add_argument("checkpoint", nargs="?", help="a checkpoint directory (tinyseek or exported transformers DeepseekV3)")
+    p = argparse.ArgumentParser(
+        prog="tinyseek cost",
+        description="Parameters, active parameters and FLOPs of a model, from its config (nothing is allocated).",
+    )
+    p.add_argument(
+        "checkpoint", nargs="?", help="a checkpoint directory (tinyseek or exported transformers DeepseekV3)"
+    )
     p.add_argument("--preset", help="a named preset instead of a checkpoint (e.g. tiny, deepseek-v3-671b)")
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length for the FLOP counts (default: the model's max_seq_len)")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="sequence length for the FLOP counts (default: the model's max_seq_len)",
+    )
     args = p.parse_args(argv)
     if (args.preset is None) == (args.checkpoint is None):
         raise TinyseekError("give exactly one of --preset NAME or a checkpoint directory")

@@ -83,19 +83,27 @@ class PackedStream:
     def next_rows(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         L = self.seq_len + 1
         self._fill(n * L)
-        rows = torch.tensor(self.buffer[:n * L], dtype=torch.long).view(n, L)
-        del self.buffer[:n * L]
+        rows = torch.tensor(self.buffer[: n * L], dtype=torch.long).view(n, L)
+        del self.buffer[: n * L]
         x, y = rows[:, :-1], rows[:, 1:].clone()
         y[x == self.eos_id] = IGNORE
         return x.contiguous(), y
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "buffer": list(self.buffer), "seed": self.seed, "n_docs": len(self.docs)}
+        return {
+            "epoch": self.epoch,
+            "index": self.index,
+            "buffer": list(self.buffer),
+            "seed": self.seed,
+            "n_docs": len(self.docs),
+        }
 
     def load_state_dict(self, s: dict) -> None:
         if s["n_docs"] != len(self.docs) or s["seed"] != self.seed:
-            raise TinyseekError(f"--resume: the corpus changed since the checkpoint ({s['n_docs']} documents, seed {s['seed']} then; "
-                                f"{len(self.docs)}, seed {self.seed} now)")
+            raise TinyseekError(
+                f"--resume: the corpus changed since the checkpoint ({s['n_docs']} documents, seed {s['seed']} then; "
+                f"{len(self.docs)}, seed {self.seed} now)"
+            )
         self.epoch, self.index, self.buffer = s["epoch"], s["index"], list(s["buffer"])
         self._order = self._perm(self.epoch)
 
@@ -138,7 +146,9 @@ def row_to_messages(row: Any, where: str) -> list[dict]:
         except (KeyError, TypeError) as e:
             raise TinyseekError(f"{where}: a task record needs 'solution' and 'answer' ({e})") from None
     else:
-        raise TinyseekError(f"{where}: a row needs 'messages', 'prompt'+'completion', or a task record ('prompt'+'solution'+'answer')")
+        raise TinyseekError(
+            f"{where}: a row needs 'messages', 'prompt'+'completion', or a task record ('prompt'+'solution'+'answer')"
+        )
     for i, m in enumerate(msgs):
         if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
             raise TinyseekError(f"{where}: message {i} needs role system|user|assistant and a string content")
@@ -161,13 +171,15 @@ def sft_example(tok: Tokenizer, messages: list[dict]) -> tuple[list[int], list[i
     return p_ids + c_ids, [IGNORE] * len(p_ids) + c_ids
 
 
-def sft_examples_from_rows(tok: Tokenizer, rows: Iterable[tuple[str, Any]], max_len: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+def sft_examples_from_rows(
+    tok: Tokenizer, rows: Iterable[tuple[str, Any]], max_len: int
+) -> tuple[list[tuple[list[int], list[int]]], int]:
     """Tokenised examples cut to max_len + 1 tokens; examples with no assistant token left are dropped.
     Returns (examples, number dropped)."""
     out, dropped = [], 0
     for where, row in rows:
         ids, labels = sft_example(tok, row_to_messages(row, where))
-        ids, labels = ids[:max_len + 1], labels[:max_len + 1]
+        ids, labels = ids[: max_len + 1], labels[: max_len + 1]
         if all(l == IGNORE for l in labels[1:]):
             dropped += 1
             continue
@@ -218,6 +230,8 @@ class ExampleStream:
 
     def load_state_dict(self, s: dict) -> None:
         if s["n"] != len(self.examples) or s["seed"] != self.seed:
-            raise TinyseekError(f"--resume: the dataset changed since the checkpoint ({s['n']} examples then, {len(self.examples)} now)")
+            raise TinyseekError(
+                f"--resume: the dataset changed since the checkpoint ({s['n']} examples then, {len(self.examples)} now)"
+            )
         self.epoch, self.index = s["epoch"], s["index"]
         self._order = self._perm(self.epoch)

@@ -114,8 +114,12 @@ def ks_for(samples: int) -> list[int]:
     return ks + [samples]
 
 
-def summarize(correct: list[list[float | None]], answers: list[list[str | None]], formats: list[list[float]],
-              lengths: list[list[int]]) -> dict:
+def summarize(
+    correct: list[list[float | None]],
+    answers: list[list[str | None]],
+    formats: list[list[float]],
+    lengths: list[list[int]],
+) -> dict:
     """Metrics with 95% intervals from per-problem, per-sample results (see the module docstring)."""
     N = len(correct)
     K = len(correct[0]) if N else 0
@@ -146,8 +150,17 @@ def summarize(correct: list[list[float | None]], answers: list[list[str | None]]
 # running an engine
 
 
-def evaluate(engine, records: list[dict], samples: int = 1, params: SamplingParams | None = None, system: str = "",
-             keep_text: bool = True, progress=None, chunk: int = 64, render=None) -> dict:
+def evaluate(
+    engine,
+    records: list[dict],
+    samples: int = 1,
+    params: SamplingParams | None = None,
+    system: str = "",
+    keep_text: bool = True,
+    progress=None,
+    chunk: int = 64,
+    render=None,
+) -> dict:
     """Generate `samples` completions for every record, score them with tinyseek.rewards, summarise.
 
     records: task records (`prompt`, `answer`, and for countdown `numbers`/`target`). Returns a dict with the
@@ -166,11 +179,13 @@ def evaluate(engine, records: list[dict], samples: int = 1, params: SamplingPara
         if not isinstance(r.get("prompt"), str) or "answer" not in r:
             raise TinyseekError(f"record {i} (id {r.get('id', '?')}): needs a string 'prompt' and an 'answer'")
     t0 = time.time()
-    msgs = lambda r: ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": r["prompt"]}]
+    msgs = lambda r: (
+        ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": r["prompt"]}]
+    )
     correct, answers, formats, lengths, texts = [], [], [], [], []
     n_tokens = 0
     for start in range(0, len(records), chunk):
-        recs = records[start: start + chunk]
+        recs = records[start : start + chunk]
         prompt_ids = [render(r) if render is not None else engine.encode_chat(msgs(r)) for r in recs]
         groups = engine.generate(prompt_ids, params, n=samples)
         for r, ids, grp in zip(recs, prompt_ids, groups):
@@ -191,8 +206,15 @@ def evaluate(engine, records: list[dict], samples: int = 1, params: SamplingPara
     out["time_s"] = round(elapsed, 3)
     out["tokens_per_s"] = round(n_tokens / elapsed, 1) if elapsed > 0 else None
     out["problems"] = [
-        {"id": r.get("id", i), "prompt": r["prompt"], "answer": r["answer"], "correct": correct[i], "answers": answers[i],
-         "lengths": lengths[i], **({"completions": texts[i]} if keep_text else {})}
+        {
+            "id": r.get("id", i),
+            "prompt": r["prompt"],
+            "answer": r["answer"],
+            "correct": correct[i],
+            "answers": answers[i],
+            "lengths": lengths[i],
+            **({"completions": texts[i]} if keep_text else {}),
+        }
         for i, r in enumerate(records)
     ]
     return out
@@ -221,10 +243,14 @@ def cli_eval(argv: list[str]) -> int:
     from tinyseek.config import dtype_arg
     from tinyseek.inference.load import load_engine
 
-    ap = argparse.ArgumentParser(prog="tinyseek eval", description="pass@1 / pass@k / cons@k with 95% intervals on held-out problems.")
+    ap = argparse.ArgumentParser(
+        prog="tinyseek eval", description="pass@1 / pass@k / cons@k with 95% intervals on held-out problems."
+    )
     ap.add_argument("ckpt", help="tinyseek checkpoint, transformers model directory, or .gguf file")
     ap.add_argument("--task", default=None, help=f"task name ({', '.join(tasks.names())}); its test split is used")
-    ap.add_argument("--data", default=None, help="a JSONL/Parquet file of records (prompt, answer, ...) instead of a task")
+    ap.add_argument(
+        "--data", default=None, help="a JSONL/Parquet file of records (prompt, answer, ...) instead of a task"
+    )
     ap.add_argument("--n", type=int, default=100, help="number of problems")
     ap.add_argument("--samples", type=int, default=1, help="completions per problem (K)")
     ap.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
@@ -236,7 +262,12 @@ def cli_eval(argv: list[str]) -> int:
     ap.add_argument("--batch", type=int, default=64, help="sequences decoded together")
     ap.add_argument("--dtype", default=None, help="fp32 | bf16 (default: as stored)")
     ap.add_argument("--out", default=None, help="directory for eval.json (default runs/eval/<ckpt>-<task>)")
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; 1 is best on a busy machine)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice; 1 is best on a busy machine)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         import torch
@@ -247,18 +278,28 @@ def cli_eval(argv: list[str]) -> int:
     if args.n < 1 or args.samples < 1:
         raise TinyseekError("--n and --samples must be >= 1")
     if args.task is not None:
-        records = tasks.get(args.task, field="--task").generate(args.n, seed=args.seed, split="test", difficulty=args.difficulty)
+        records = tasks.get(args.task, field="--task").generate(
+            args.n, seed=args.seed, split="test", difficulty=args.difficulty
+        )
         name = args.task
     else:
         records = tasks.load_records(args.data)[: args.n]
         name = Path(args.data).stem
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p if args.temperature > 0 else 1.0,
-                            max_new_tokens=args.max_new_tokens, seed=args.seed)
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p if args.temperature > 0 else 1.0,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
     engine = load_engine(args.ckpt, max_batch=args.batch, dtype=dtype_arg(args.dtype))
     if getattr(engine, "tokenizer", None) is None:
         raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
     prog = lambda done, total: print(f"\r{done}/{total} problems", end="", file=sys.stderr, flush=True)
-    result = {"task": name, "ckpt": str(args.ckpt), **evaluate(engine, records, args.samples, params, system=args.system, progress=prog)}
+    result = {
+        "task": name,
+        "ckpt": str(args.ckpt),
+        **evaluate(engine, records, args.samples, params, system=args.system, progress=prog),
+    }
     print(file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs/eval") / f"{Path(str(args.ckpt).rstrip('/')).name}-{name}"
     write_json(out / "eval.json", result, indent=1)

@@ -54,7 +54,11 @@ MTP_PREFIX = "model.layers.61.mtp"  # + ".{k}." ; see the module docstring
 # fields transformers' config has no place for: always stored under config.json's "tinyseek" key
 TINYSEEK_ONLY = ("mtp_depth", "mtp_loss_weight", "bias_update_speed", "seq_aux_alpha", "mla_impl", "moe_impl")
 
-TOP_NAMES = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "head.weight": "lm_head.weight"}
+TOP_NAMES = {
+    "embed.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "head.weight": "lm_head.weight",
+}
 
 # a block's tensors, tinyseek suffix -> transformers suffix (routed experts are handled apart: 3D <-> per expert)
 BLOCK_NAMES = {
@@ -77,9 +81,17 @@ BLOCK_NAMES = {
     "ffn.shared.w3.weight": "mlp.shared_experts.up_proj.weight",
     "ffn.shared.w2.weight": "mlp.shared_experts.down_proj.weight",
 }
-EXPERT_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}  # ffn.experts.w1 [E, F, D] <-> mlp.experts.{j}.gate_proj.weight [F, D]
-MTP_NAMES = {"enorm.weight": "enorm.weight", "hnorm.weight": "hnorm.weight", "eh_proj.weight": "eh_proj.weight",
-             "norm.weight": "shared_head.norm.weight"}
+EXPERT_NAMES = {
+    "w1": "gate_proj",
+    "w3": "up_proj",
+    "w2": "down_proj",
+}  # ffn.experts.w1 [E, F, D] <-> mlp.experts.{j}.gate_proj.weight [F, D]
+MTP_NAMES = {
+    "enorm.weight": "enorm.weight",
+    "hnorm.weight": "hnorm.weight",
+    "eh_proj.weight": "eh_proj.weight",
+    "norm.weight": "shared_head.norm.weight",
+}
 
 _HF_BLOCK = {v: k for k, v in BLOCK_NAMES.items()}
 _HF_EXPERT = {v: k for k, v in EXPERT_NAMES.items()}
@@ -99,34 +111,67 @@ def check_exportable(cfg: ModelConfig) -> None:
     """One-line error for what transformers' DeepseekV3 cannot express."""
     if cfg.is_moe and cfg.n_moe_layers > 0:
         if cfg.score_func != "sigmoid":
-            raise ConfigError(f"score_func: transformers' DeepseekV3 router is sigmoid only, cannot export {cfg.score_func!r}")
+            raise ConfigError(
+                f"score_func: transformers' DeepseekV3 router is sigmoid only, cannot export {cfg.score_func!r}"
+            )
         if cfg.n_routed_experts // cfg.n_expert_groups < 2:
-            raise ConfigError(f"n_expert_groups: transformers scores a group by its top-2 experts, so each group needs >= 2 experts "
-                              f"(got {cfg.n_routed_experts} experts in {cfg.n_expert_groups} groups)")
+            raise ConfigError(
+                f"n_expert_groups: transformers scores a group by its top-2 experts, so each group needs >= 2 experts "
+                f"(got {cfg.n_routed_experts} experts in {cfg.n_expert_groups} groups)"
+            )
         if cfg.n_shared_experts == 0:
-            raise ConfigError("n_shared_experts: transformers' DeepseekV3 MoE always has shared experts, cannot export 0")
+            raise ConfigError(
+                "n_shared_experts: transformers' DeepseekV3 MoE always has shared experts, cannot export 0"
+            )
 
 
 def _rope_to_hf(cfg: ModelConfig) -> dict:
     if not _yarn_on(cfg):
         return {"rope_type": "default", "rope_theta": cfg.rope_theta}
-    return {"rope_type": "yarn", "rope_theta": cfg.rope_theta, "factor": cfg.rope_factor,
-            "original_max_position_embeddings": cfg.original_seq_len, "beta_fast": cfg.beta_fast, "beta_slow": cfg.beta_slow,
-            "mscale": cfg.mscale, "mscale_all_dim": cfg.mscale, "attention_factor": 1.0}
+    return {
+        "rope_type": "yarn",
+        "rope_theta": cfg.rope_theta,
+        "factor": cfg.rope_factor,
+        "original_max_position_embeddings": cfg.original_seq_len,
+        "beta_fast": cfg.beta_fast,
+        "beta_slow": cfg.beta_slow,
+        "mscale": cfg.mscale,
+        "mscale_all_dim": cfg.mscale,
+        "attention_factor": 1.0,
+    }
 
 
 def _hf_fields(cfg: ModelConfig) -> dict:
     """The DeepseekV3Config fields of `cfg` (without the `tinyseek` extras)."""
     return dict(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.inter_dim, moe_intermediate_size=cfg.moe_inter_dim,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,
-        n_shared_experts=cfg.n_shared_experts, n_routed_experts=cfg.n_routed_experts, routed_scaling_factor=cfg.route_scale,
-        kv_lora_rank=cfg.kv_lora_rank, q_lora_rank=cfg.q_lora_rank or None, qk_rope_head_dim=cfg.qk_rope_head_dim,
-        v_head_dim=cfg.v_head_dim, qk_nope_head_dim=cfg.qk_nope_head_dim, n_group=cfg.n_expert_groups,
-        topk_group=cfg.n_limited_groups, num_experts_per_tok=cfg.n_activated_experts,
-        first_k_dense_replace=cfg.n_dense_layers if cfg.is_moe else cfg.n_layers, norm_topk_prob=True, hidden_act="silu",
-        max_position_embeddings=cfg.max_seq_len, initializer_range=cfg.init_std, rms_norm_eps=cfg.norm_eps,
-        tie_word_embeddings=False, rope_parameters=_rope_to_hf(cfg), rope_interleave=True, attention_bias=False,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.dim,
+        intermediate_size=cfg.inter_dim,
+        moe_intermediate_size=cfg.moe_inter_dim,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_heads,
+        n_shared_experts=cfg.n_shared_experts,
+        n_routed_experts=cfg.n_routed_experts,
+        routed_scaling_factor=cfg.route_scale,
+        kv_lora_rank=cfg.kv_lora_rank,
+        q_lora_rank=cfg.q_lora_rank or None,
+        qk_rope_head_dim=cfg.qk_rope_head_dim,
+        v_head_dim=cfg.v_head_dim,
+        qk_nope_head_dim=cfg.qk_nope_head_dim,
+        n_group=cfg.n_expert_groups,
+        topk_group=cfg.n_limited_groups,
+        num_experts_per_tok=cfg.n_activated_experts,
+        first_k_dense_replace=cfg.n_dense_layers if cfg.is_moe else cfg.n_layers,
+        norm_topk_prob=True,
+        hidden_act="silu",
+        max_position_embeddings=cfg.max_seq_len,
+        initializer_range=cfg.init_std,
+        rms_norm_eps=cfg.norm_eps,
+        tie_word_embeddings=False,
+        rope_parameters=_rope_to_hf(cfg),
+        rope_interleave=True,
+        attention_bias=False,
         num_mtp_layers=0,  # transformers' own MTP drafting looks for layer 61 only; ours are read by tinyseek import
     )
 
@@ -156,16 +201,33 @@ def _base_from_hf(h: dict, where: str) -> dict:
     moe = k_dense < L and (get("n_routed_experts") or 0) > 0
     if moe and not get("norm_topk_prob", False):
         raise bad("norm_topk_prob", "tinyseek normalises the sigmoid router's top-k weights")
-    d = dict(vocab_size=get("vocab_size"), dim=get("hidden_size"), n_layers=L, n_heads=H,
-             max_seq_len=get("max_position_embeddings"), norm_eps=get("rms_norm_eps"), init_std=get("initializer_range"),
-             q_lora_rank=get("q_lora_rank") or 0, kv_lora_rank=get("kv_lora_rank"), qk_nope_head_dim=get("qk_nope_head_dim"),
-             qk_rope_head_dim=get("qk_rope_head_dim"), v_head_dim=get("v_head_dim"), inter_dim=get("intermediate_size"),
-             n_dense_layers=k_dense)
+    d = dict(
+        vocab_size=get("vocab_size"),
+        dim=get("hidden_size"),
+        n_layers=L,
+        n_heads=H,
+        max_seq_len=get("max_position_embeddings"),
+        norm_eps=get("rms_norm_eps"),
+        init_std=get("initializer_range"),
+        q_lora_rank=get("q_lora_rank") or 0,
+        kv_lora_rank=get("kv_lora_rank"),
+        qk_nope_head_dim=get("qk_nope_head_dim"),
+        qk_rope_head_dim=get("qk_rope_head_dim"),
+        v_head_dim=get("v_head_dim"),
+        inter_dim=get("intermediate_size"),
+        n_dense_layers=k_dense,
+    )
     if moe:
-        d.update(moe_inter_dim=get("moe_intermediate_size"), n_routed_experts=get("n_routed_experts"),
-                 n_shared_experts=get("n_shared_experts"), n_activated_experts=get("num_experts_per_tok"),
-                 n_expert_groups=get("n_group") or 1, n_limited_groups=get("topk_group") or 1,
-                 route_scale=get("routed_scaling_factor"), score_func="sigmoid")
+        d.update(
+            moe_inter_dim=get("moe_intermediate_size"),
+            n_routed_experts=get("n_routed_experts"),
+            n_shared_experts=get("n_shared_experts"),
+            n_activated_experts=get("num_experts_per_tok"),
+            n_expert_groups=get("n_group") or 1,
+            n_limited_groups=get("topk_group") or 1,
+            route_scale=get("routed_scaling_factor"),
+            score_func="sigmoid",
+        )
     else:
         d.update(n_routed_experts=0, n_shared_experts=0, n_activated_experts=0)
     rope = dict(get("rope_parameters") or get("rope_scaling") or {})
@@ -179,18 +241,32 @@ def _base_from_hf(h: dict, where: str) -> dict:
         if af is None:  # transformers' rule; tinyseek (as DeepSeek) never rescales cos/sin
             af = 1.0 if (ms and ms_all and ms == ms_all) or factor <= 1 else None
         if af != 1.0:
-            raise ConfigError(f"{where}: rope_parameters.attention_factor: tinyseek needs mscale == mscale_all_dim (cos/sin unscaled), got mscale={ms!r}, mscale_all_dim={ms_all!r}, attention_factor={rope.get('attention_factor')!r}")
+            raise ConfigError(
+                f"{where}: rope_parameters.attention_factor: tinyseek needs mscale == mscale_all_dim (cos/sin unscaled), got mscale={ms!r}, mscale_all_dim={ms_all!r}, attention_factor={rope.get('attention_factor')!r}"
+            )
         if not (d["max_seq_len"] > orig and factor > 1):
-            raise ConfigError(f"{where}: rope_parameters: YaRN applies only when max_position_embeddings ({d['max_seq_len']}) > original_max_position_embeddings ({orig}) and factor ({factor}) > 1")
-        d.update(rope_factor=factor, original_seq_len=orig, beta_fast=rope.get("beta_fast") or 32,
-                 beta_slow=rope.get("beta_slow") or 1, mscale=ms_all or 0.0)
+            raise ConfigError(
+                f"{where}: rope_parameters: YaRN applies only when max_position_embeddings ({d['max_seq_len']}) > original_max_position_embeddings ({orig}) and factor ({factor}) > 1"
+            )
+        d.update(
+            rope_factor=factor,
+            original_seq_len=orig,
+            beta_fast=rope.get("beta_fast") or 32,
+            beta_slow=rope.get("beta_slow") or 1,
+            mscale=ms_all or 0.0,
+        )
     elif rtype != "default":
         raise ConfigError(f"{where}: rope_parameters.rope_type: {rtype!r} not supported (default or yarn)")
     return d
 
 
-def to_hf_config(cfg: ModelConfig, bos_token_id: int | None = None, eos_token_id: int | None = None,
-                 pad_token_id: int | None = None, dtype: torch.dtype = torch.float32):
+def to_hf_config(
+    cfg: ModelConfig,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    dtype: torch.dtype = torch.float32,
+):
     """A `transformers.DeepseekV3Config` for `cfg`, with the tinyseek-only fields under `.tinyseek`."""
     from transformers import DeepseekV3Config
 
@@ -200,8 +276,9 @@ def to_hf_config(cfg: ModelConfig, bos_token_id: int | None = None, eos_token_id
     base = _base_from_hf({**fields, "model_type": "deepseek_v3"}, "config")
     defaults = to_dict(ModelConfig())
     extras = {k: v for k, v in to_dict(cfg).items() if k in TINYSEEK_ONLY or base.get(k, defaults[k]) != v}
-    hf = DeepseekV3Config(**fields, bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                          tinyseek=extras)
+    hf = DeepseekV3Config(
+        **fields, bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, tinyseek=extras
+    )
     hf.architectures = ["DeepseekV3ForCausalLM"]
     hf.dtype = dtype
     return hf
@@ -227,7 +304,9 @@ def hf_config_from_json(raw: Any, where: str = "config", weight_keys: list[str] 
     fields it leaves out; `weight_keys` (the checkpoint's tensor names) give the MTP depth of a file
     without the `tinyseek` key."""
     if not isinstance(raw, dict) or raw.get("model_type") != "deepseek_v3":
-        raise ConfigError(f"{where}: model_type: not a transformers DeepseekV3 config (got {raw.get('model_type') if isinstance(raw, dict) else raw!r})")
+        raise ConfigError(
+            f"{where}: model_type: not a transformers DeepseekV3 config (got {raw.get('model_type') if isinstance(raw, dict) else raw!r})"
+        )
     # a field config.json leaves out means what transformers would build: its DeepseekV3Config default
     from transformers import DeepseekV3Config
 
@@ -261,7 +340,9 @@ def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
             raise TinyseekError(f"unexpected tensor {key!r}")
         proj = EXPERT_NAMES[m.group(1)]
         for j in range(v.shape[0]):
-            out[f"{prefix}mlp.experts.{j}.{proj}.weight"] = v[j].clone()  # own storage: safetensors refuses shared views
+            out[f"{prefix}mlp.experts.{j}.{proj}.weight"] = v[
+                j
+            ].clone()  # own storage: safetensors refuses shared views
 
     for key, v in sd.items():
         if key in TOP_NAMES:
@@ -295,7 +376,9 @@ def _canonical_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, tied: bool = Fa
             key = f"{MTP_PREFIX}.{k}.{m.group(2)}" if not m.group(2).startswith("mtp.") else key
         if m := re.fullmatch(r"(.+\.)mlp\.experts\.gate_up_proj", key):
             if v.dim() != 3 or v.shape[1] != 2 * F_:
-                raise TinyseekError(f"tensor {key!r} has shape {tuple(v.shape)}, the config expects [{cfg.n_routed_experts}, {2 * F_}, {cfg.dim}]")
+                raise TinyseekError(
+                    f"tensor {key!r} has shape {tuple(v.shape)}, the config expects [{cfg.n_routed_experts}, {2 * F_}, {cfg.dim}]"
+                )
             for j in range(v.shape[0]):
                 out[f"{m.group(1)}mlp.experts.{j}.gate_proj.weight"] = v[j, :F_]
                 out[f"{m.group(1)}mlp.experts.{j}.up_proj.weight"] = v[j, F_:]
@@ -327,8 +410,13 @@ def _interleave_rope(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
     return out
 
 
-def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, source: str = "state dict", tied: bool = False,
-                       rope_interleave: bool = True) -> dict[str, torch.Tensor]:
+def from_hf_state_dict(
+    sd: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    source: str = "state dict",
+    tied: bool = False,
+    rope_interleave: bool = True,
+) -> dict[str, torch.Tensor]:
     """transformers names (per-expert or fused) -> tinyseek names, checked tensor by tensor against `cfg`.
 
     A missing, unexpected or misshaped tensor raises a one-line TinyseekError naming it (transformers' name)."""
@@ -365,13 +453,19 @@ def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Ten
     """One-line error naming the first missing, unexpected or misshaped tensor."""
     missing = [k for k in expected if k not in got]
     if missing:
-        raise TinyseekError(f"{source}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise TinyseekError(
+            f"{source}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     extra = [k for k in got if k not in expected]
     if extra:
-        raise TinyseekError(f"{source}: unexpected tensor {extra[0]!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+        raise TinyseekError(
+            f"{source}: unexpected tensor {extra[0]!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+        )
     for k, v in expected.items():
         if tuple(got[k].shape) != tuple(v.shape):
-            raise TinyseekError(f"{source}: tensor {k!r} has shape {tuple(got[k].shape)}, the config expects {tuple(v.shape)}")
+            raise TinyseekError(
+                f"{source}: tensor {k!r} has shape {tuple(got[k].shape)}, the config expects {tuple(v.shape)}"
+            )
 
 
 def meta_model(cfg: ModelConfig):

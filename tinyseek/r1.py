@@ -54,7 +54,11 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = True, where:
         raise TinyseekError(f"{where}: expected a list of messages, got {type(messages).__name__}")
     parts = [BOS]
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant"):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("content"), str)
+            or m.get("role") not in ("system", "user", "assistant")
+        ):
             raise TinyseekError(f"{where}[{i}]: a message needs role system|user|assistant and a string content")
     parts += [m["content"] for m in messages if m["role"] == "system"]
     for m in messages:
@@ -77,7 +81,7 @@ def training_text(rec: dict, fmt: str = "plain") -> str:
     "chat" is the prompt in the chat template (without BOS: a document gets its own) and the completion, so
     pretraining already sees the SFT format."""
     if fmt == "chat":
-        return render_chat([{"role": "user", "content": rec["prompt"]}])[len(BOS):] + completion_text(rec)
+        return render_chat([{"role": "user", "content": rec["prompt"]}])[len(BOS) :] + completion_text(rec)
     return rec["prompt"] + "\n" + completion_text(rec)
 
 

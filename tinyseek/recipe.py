@@ -130,7 +130,9 @@ def load_recipe(path: str | Path, run: str | Path, quick: bool = False) -> Recip
         raise ConfigError(f"{path}: no [[stage]] tables")
     unknown_top = set(data) - {"name", "description", "stage", "threads"}
     if unknown_top:
-        raise ConfigError(f"{path}: unknown top-level field {sorted(unknown_top)[0]!r} (known: name, description, threads, stage)")
+        raise ConfigError(
+            f"{path}: unknown top-level field {sorted(unknown_top)[0]!r} (known: name, description, threads, stage)"
+        )
     threads = data.get("threads", 0)
     if not isinstance(threads, int) or threads < 0:
         raise ConfigError(f"{path}: threads must be an integer >= 0 (got {threads!r})")
@@ -187,8 +189,14 @@ def _command(kind: str) -> Callable[[list[str]], int]:
     from tinyseek.train.sample import cli_sample
     from tinyseek.train.sft import cli_sft
 
-    return {"tokenizer": cli_tokenizer, "pretrain": cli_pretrain, "sft": cli_sft, "grpo": cli_grpo, "sample": cli_sample,
-            "distill": cli_distill}[kind]
+    return {
+        "tokenizer": cli_tokenizer,
+        "pretrain": cli_pretrain,
+        "sft": cli_sft,
+        "grpo": cli_grpo,
+        "sample": cli_sample,
+        "distill": cli_distill,
+    }[kind]
 
 
 @contextlib.contextmanager
@@ -205,7 +213,9 @@ def stage_argv(kind: str, argv: list[str]) -> Iterator[list[str]]:
         return
     stages = [s for s in load_recipe(argv[i + 1], argv[j + 1], quick="--quick" in argv).stages if s.kind == kind]
     if len(stages) != 1:
-        raise ConfigError(f"{argv[i + 1]}: a recipe given to tinyseek {kind} must hold exactly one {kind} stage (it has {len(stages)})")
+        raise ConfigError(
+            f"{argv[i + 1]}: a recipe given to tinyseek {kind} must hold exactly one {kind} stage (it has {len(stages)})"
+        )
     fd, tmp = tempfile.mkstemp(suffix=".toml", prefix=f"{kind}-stage-")
     os.close(fd)
     try:
@@ -247,7 +257,9 @@ def _run_tokenizer(stage: Stage, out: Path, resume: bool) -> None:
     argv = []
     for k, v in stage.fields.items():
         if k not in TOKENIZER_FIELDS:
-            raise ConfigError(f"{stage.where}: unknown field {k!r} for a tokenizer stage (known: {', '.join(TOKENIZER_FIELDS)})")
+            raise ConfigError(
+                f"{stage.where}: unknown field {k!r} for a tokenizer stage (known: {', '.join(TOKENIZER_FIELDS)})"
+            )
         flag = "--" + k.replace("_", "-")
         if k == "corpus":
             argv += [flag, *map(str, v if isinstance(v, list) else [v])]
@@ -260,8 +272,16 @@ def _run_tokenizer(stage: Stage, out: Path, resume: bool) -> None:
         raise TinyseekError(f"{stage.where}: tinyseek tokenizer exited with status {rc}")
 
 
-TASKS_FIELDS = {"tasks": ["arithmetic"], "seed": 0, "difficulty": None, "splits": {}, "test": 200,
-                "corpus": {}, "corpus_difficulty": None, "corpus_format": "plain"}
+TASKS_FIELDS = {
+    "tasks": ["arithmetic"],
+    "seed": 0,
+    "difficulty": None,
+    "splits": {},
+    "test": 200,
+    "corpus": {},
+    "corpus_difficulty": None,
+    "corpus_format": "plain",
+}
 
 
 def _difficulty(value: Any, where: str) -> Any:
@@ -287,7 +307,9 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
     f = {**TASKS_FIELDS, **stage.fields}
     unknown = set(f) - set(TASKS_FIELDS)
     if unknown:
-        raise ConfigError(f"{stage.where}: unknown field {sorted(unknown)[0]!r} for a tasks stage (known: {', '.join(TASKS_FIELDS)})")
+        raise ConfigError(
+            f"{stage.where}: unknown field {sorted(unknown)[0]!r} for a tasks stage (known: {', '.join(TASKS_FIELDS)})"
+        )
     from tinyseek import tasks as T
 
     names = f["tasks"] if isinstance(f["tasks"], list) else [f["tasks"]]
@@ -306,10 +328,12 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
         # set's intervals are over distinct problems
         train = task.generate(total, seed=int(f["seed"]), split="train", difficulty=diff, unique=True) if total else []
         if len(train) < total:
-            raise ConfigError(f"{stage.where}: task {name!r} produced {len(train)} train problems, the splits need {total}")
+            raise ConfigError(
+                f"{stage.where}: task {name!r} produced {len(train)} train problems, the splits need {total}"
+            )
         i = 0
         for k, n in splits.items():
-            out_recs[k] += train[i:i + n]
+            out_recs[k] += train[i : i + n]
             i += n
         test += task.generate(int(f["test"]), seed=int(f["seed"]), split="test", difficulty=diff, unique=True)
     cdiff = _difficulty(f["corpus_difficulty"], f"{stage.where}: corpus_difficulty")
@@ -325,8 +349,19 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
             (tmp / "corpus.txt").write_text("\n\n".join(corpus) + "\n", encoding="utf-8")
 
 
-EVAL_FIELDS = {"model": None, "data": None, "n": 0, "samples": 8, "temperature": 1.0, "top_p": 1.0,
-               "max_new_tokens": 128, "seed": 0, "greedy": True, "batch": 64, "system": ""}
+EVAL_FIELDS = {
+    "model": None,
+    "data": None,
+    "n": 0,
+    "samples": 8,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "max_new_tokens": 128,
+    "seed": 0,
+    "greedy": True,
+    "batch": 64,
+    "system": "",
+}
 
 
 def _run_eval(stage: Stage, out: Path, resume: bool) -> None:
@@ -340,7 +375,9 @@ def _run_eval(stage: Stage, out: Path, resume: bool) -> None:
     f = {**EVAL_FIELDS, **stage.fields}
     unknown = set(f) - set(EVAL_FIELDS)
     if unknown:
-        raise ConfigError(f"{stage.where}: unknown field {sorted(unknown)[0]!r} for an eval stage (known: {', '.join(EVAL_FIELDS)})")
+        raise ConfigError(
+            f"{stage.where}: unknown field {sorted(unknown)[0]!r} for an eval stage (known: {', '.join(EVAL_FIELDS)})"
+        )
     for k in ("model", "data"):
         if not f[k]:
             raise ConfigError(f"{stage.where}: an eval stage needs {k}")
@@ -351,21 +388,36 @@ def _run_eval(stage: Stage, out: Path, resume: bool) -> None:
 
     records = tasks.load_records(f["data"])
     if int(f["n"]) > 0:
-        records = records[:int(f["n"])]
+        records = records[: int(f["n"])]
     samples, batch = int(f["samples"]), int(f["batch"])
     if samples < 1 or batch < 1:
         raise ConfigError(f"{stage.where}: samples and batch must be >= 1")
     engine = load_engine(f["model"], max_batch=max(batch, samples))
     chunk = max(1, batch // samples)  # problems per generate call: their K samples fill the batch
-    params = SamplingParams(temperature=float(f["temperature"]), top_p=float(f["top_p"]), max_new_tokens=int(f["max_new_tokens"]),
-                            seed=int(f["seed"]))
+    params = SamplingParams(
+        temperature=float(f["temperature"]),
+        top_p=float(f["top_p"]),
+        max_new_tokens=int(f["max_new_tokens"]),
+        seed=int(f["seed"]),
+    )
     t0 = time.perf_counter()
-    result = {"model": str(f["model"]), "data": str(f["data"]), "n": len(records),
-              **evaluate(engine, records, samples, params, system=f["system"], chunk=chunk)}
+    result = {
+        "model": str(f["model"]),
+        "data": str(f["data"]),
+        "n": len(records),
+        **evaluate(engine, records, samples, params, system=f["system"], chunk=chunk),
+    }
     gen = sum(sum(p["lengths"]) for p in result["problems"])
     if f["greedy"]:
-        g = evaluate(engine, records, 1, SamplingParams(temperature=0.0, max_new_tokens=int(f["max_new_tokens"]), seed=int(f["seed"])),
-                     system=f["system"], keep_text=False, chunk=batch)
+        g = evaluate(
+            engine,
+            records,
+            1,
+            SamplingParams(temperature=0.0, max_new_tokens=int(f["max_new_tokens"]), seed=int(f["seed"])),
+            system=f["system"],
+            keep_text=False,
+            chunk=batch,
+        )
         gen += sum(sum(p["lengths"]) for p in g["problems"])
         result["greedy"] = g
     result["generated_tokens"] = gen
@@ -401,9 +453,14 @@ def read_marker(out: Path) -> dict | None:
 
 
 def _write_marker(out: Path, stage: Stage, wall_s: float, resumed: bool = False) -> None:
-    data = {"kind": stage.kind, "name": stage.name, "config_hash": stage.config_hash, "wall_s": round(wall_s, 3),
-            "resumed": resumed,  # then wall_s is the last attempt's only
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    data = {
+        "kind": stage.kind,
+        "name": stage.name,
+        "config_hash": stage.config_hash,
+        "wall_s": round(wall_s, 3),
+        "resumed": resumed,  # then wall_s is the last attempt's only
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     write_json(out / MARKER, data)
 
 
@@ -430,8 +487,14 @@ def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = pri
         import torch
 
         torch.set_num_threads(recipe.threads)
-    resolved = {"name": recipe.name, "threads": recipe.threads, "recipe": str(recipe.path),
-                "stages": [{"kind": s.kind, "name": s.name, "config_hash": s.config_hash, "fields": s.fields} for s in recipe.stages]}
+    resolved = {
+        "name": recipe.name,
+        "threads": recipe.threads,
+        "recipe": str(recipe.path),
+        "stages": [
+            {"kind": s.kind, "name": s.name, "config_hash": s.config_hash, "fields": s.fields} for s in recipe.stages
+        ],
+    }
     write_json(run / RECIPE_COPY, resolved)
     statuses = []
     dirty = False  # an earlier stage re-ran: everything after it is stale
@@ -441,7 +504,9 @@ def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = pri
         head = f"[{i}/{len(recipe.stages)}] {stage.kind} -> {out}"
         if marker and marker.get("config_hash") == stage.config_hash and not dirty:
             log(f"{head}: complete, skipped")
-            statuses.append({"name": stage.name, "kind": stage.kind, "status": "skipped", "wall_s": marker.get("wall_s")})
+            statuses.append(
+                {"name": stage.name, "kind": stage.kind, "status": "skipped", "wall_s": marker.get("wall_s")}
+            )
             continue
         resume = out.exists() and marker is None and not dirty
         if marker is not None or (out.exists() and dirty):  # complete but stale: start it over
@@ -460,7 +525,9 @@ def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = pri
             raise TinyseekError(f"{stage.where}: the stage finished but wrote no {out}")
         _write_marker(out, stage, wall, resume)
         dirty = True
-        statuses.append({"name": stage.name, "kind": stage.kind, "status": "resumed" if resume else "ran", "wall_s": round(wall, 3)})
+        statuses.append(
+            {"name": stage.name, "kind": stage.kind, "status": "resumed" if resume else "ran", "wall_s": round(wall, 3)}
+        )
     return statuses
 
 
@@ -472,7 +539,9 @@ def _run_and_report(recipe_path: Path, out: Path, quick: bool, report: bool) -> 
     recipe = load_recipe(recipe_path, out, quick=quick)
     t0 = time.perf_counter()
     run_recipe(recipe, out)
-    print(f"recipe {recipe.name}: all {len(recipe.stages)} stages complete in {out} ({time.perf_counter() - t0:.1f} s this invocation)")
+    print(
+        f"recipe {recipe.name}: all {len(recipe.stages)} stages complete in {out} ({time.perf_counter() - t0:.1f} s this invocation)"
+    )
     if report:
         from tinyseek.report import write_report
 
@@ -482,22 +551,34 @@ def _run_and_report(recipe_path: Path, out: Path, quick: bool, report: bool) -> 
 
 
 def cli_run(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tinyseek run", description="Run a recipe (a TOML list of stages) into a run directory; "
-                                "complete stages are skipped and an interrupted one resumes.")
+    p = argparse.ArgumentParser(
+        prog="tinyseek run",
+        description="Run a recipe (a TOML list of stages) into a run directory; "
+        "complete stages are skipped and an interrupted one resumes.",
+    )
     p.add_argument("recipe", help="a recipe TOML file, or the name of a shipped recipe (demo)")
     p.add_argument("--out", required=True, help="the run directory; stage NAME writes OUT/NAME/")
-    p.add_argument("--quick", action="store_true", help="apply each stage's [stage.quick] overrides (same stages, smaller)")
+    p.add_argument(
+        "--quick", action="store_true", help="apply each stage's [stage.quick] overrides (same stages, smaller)"
+    )
     p.add_argument("--no-report", action="store_true", help="do not write the report card at the end")
     a = p.parse_args(argv)
     return _run_and_report(find_recipe(a.recipe), Path(a.out), a.quick, not a.no_report)
 
 
 def cli_demo(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tinyseek demo", description="The whole R1 recipe in miniature (tasks, tokenizer, MoE teacher "
-                                "pretrain, cold-start SFT, GRPO, rejection sampling, distillation into a dense student, "
-                                "evaluation), ending in a report card. Same as `tinyseek run demo --out OUT`.")
-    p.add_argument("--out", default="runs/demo", help="the run directory (default runs/demo; runs/demo-quick with --quick)")
-    p.add_argument("--quick", action="store_true", help="the same stages, much smaller (about a minute; used by the tests)")
+    p = argparse.ArgumentParser(
+        prog="tinyseek demo",
+        description="The whole R1 recipe in miniature (tasks, tokenizer, MoE teacher "
+        "pretrain, cold-start SFT, GRPO, rejection sampling, distillation into a dense student, "
+        "evaluation), ending in a report card. Same as `tinyseek run demo --out OUT`.",
+    )
+    p.add_argument(
+        "--out", default="runs/demo", help="the run directory (default runs/demo; runs/demo-quick with --quick)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="the same stages, much smaller (about a minute; used by the tests)"
+    )
     a = p.parse_args(argv)
     out = a.out
     if a.quick and a.out == "runs/demo":

@@ -28,18 +28,29 @@ from tinyseek.errors import TinyseekError
 REPORT_DIR = "report"
 
 # labelled assumptions (not measurements of this run)
-H200_TRAIN_TOKENS_PER_S = 108_000.0  # transformers DeepseekV3 673M/138M (gpu-500m shape), bf16, grouped_mm, batch 16x1024
+H200_TRAIN_TOKENS_PER_S = (
+    108_000.0  # transformers DeepseekV3 673M/138M (gpu-500m shape), bf16, grouped_mm, batch 16x1024
+)
 H200_GENERATE_TOKENS_PER_S = 1_390.0  # same model, HF generate, batch 64 x 256 new tokens
 H200_SOURCE = "measured on a lent H200, 2026-11-28 (transformers DeepseekV3 of the gpu-500m shape; the project's shared notes, h200-measured.md)"
 V3_H800_HOURS = 2.788e6
 V3_COST_USD = 5.576e6
 V3_TOKENS = 14.8e12
-V3_SOURCE = "DeepSeek-V3 technical report (2412.19437), Table 1: 2.788M H800 GPU-hours at $2/hour, 14.8T pretraining tokens"
+V3_SOURCE = (
+    "DeepSeek-V3 technical report (2412.19437), Table 1: 2.788M H800 GPU-hours at $2/hour, 14.8T pretraining tokens"
+)
 
 RL_KEYS = {  # first key present wins; the GRPO stage's metrics.jsonl names
     "reward": ("reward", "reward_mean", "rewards/mean"),
     "accuracy": ("accuracy", "acc", "reward_accuracy", "accuracy_reward"),
-    "response length": ("len_mean", "completion_len", "response_len", "completion_length", "mean_completion_len", "length"),
+    "response length": (
+        "len_mean",
+        "completion_len",
+        "response_len",
+        "completion_length",
+        "mean_completion_len",
+        "length",
+    ),
 }
 
 
@@ -93,10 +104,17 @@ def _model_params(ckpt: Path) -> dict | None:
         cfg = read_config(ckpt)
     except TinyseekError:
         return None
-    return {"total": cost.total_params(cfg), "active": cost.active_params(cfg), "moe": cfg.is_moe,
-            "dim": cfg.dim, "n_layers": cfg.n_layers, "vocab_size": cfg.vocab_size,
-            "n_routed_experts": cfg.n_routed_experts, "n_activated_experts": cfg.n_activated_experts,
-            "mtp_depth": cfg.mtp_depth}
+    return {
+        "total": cost.total_params(cfg),
+        "active": cost.active_params(cfg),
+        "moe": cfg.is_moe,
+        "dim": cfg.dim,
+        "n_layers": cfg.n_layers,
+        "vocab_size": cfg.vocab_size,
+        "n_routed_experts": cfg.n_routed_experts,
+        "n_activated_experts": cfg.n_activated_experts,
+        "mtp_depth": cfg.mtp_depth,
+    }
 
 
 def load_run(run: str | Path) -> dict:
@@ -108,13 +126,18 @@ def load_run(run: str | Path) -> dict:
     stages = []
     for s in recipe["stages"]:
         d = run / s["name"]
-        stages.append({
-            "name": s["name"], "kind": s["kind"], "fields": s.get("fields", {}), "dir": d,
-            "marker": _read_json(d / "stage.json"),
-            "summary": _read_json(d / "summary.json"),
-            "metrics": read_metrics(d / "metrics.jsonl"),
-            "eval": _read_json(d / "eval.json"),
-        })
+        stages.append(
+            {
+                "name": s["name"],
+                "kind": s["kind"],
+                "fields": s.get("fields", {}),
+                "dir": d,
+                "marker": _read_json(d / "stage.json"),
+                "summary": _read_json(d / "summary.json"),
+                "metrics": read_metrics(d / "metrics.jsonl"),
+                "eval": _read_json(d / "eval.json"),
+            }
+        )
     return {"run": run, "recipe": recipe, "stages": stages}
 
 
@@ -148,8 +171,12 @@ def given(stage: dict, run: Path) -> str:
     """
     f, kind = stage["fields"], stage["kind"]
     files = lambda key: f.get(key) if isinstance(f.get(key), list) else ([f[key]] if f.get(key) else [])  # noqa: E731
+
     def counted(key: str) -> str:
-        return ", ".join(f"{_short(p, run)} ({_count_lines(p) if _count_lines(p) is not None else '?'} rows)" for p in files(key))
+        return ", ".join(
+            f"{_short(p, run)} ({_count_lines(p) if _count_lines(p) is not None else '?'} rows)" for p in files(key)
+        )
+
     if kind == "tasks":
         sp = ", ".join(f"{k} {v}" for k, v in (f.get("splits") or {}).items())
         return f"tasks {f.get('tasks')}: train splits {sp}; {f.get('test')} held-out; corpus {f.get('corpus') or {}}"
@@ -162,16 +189,27 @@ def given(stage: dict, run: Path) -> str:
         return f"worked traces {counted('data')}, {f.get('max_steps')} steps x {f.get('batch_size')}"
     if kind == "grpo":
         src = counted("data") if f.get("data") else f"task {f.get('task')}"
-        return (f"prompts and answers only (no traces) from {src}; rewards {f.get('rewards')}; "
-                f"{f.get('max_steps')} steps x {f.get('batch_size')} prompts x {f.get('group_size')} samples")
+        return (
+            f"prompts and answers only (no traces) from {src}; rewards {f.get('rewards')}; "
+            f"{f.get('max_steps')} steps x {f.get('batch_size')} prompts x {f.get('group_size')} samples"
+        )
     if kind == "sample":
         st = _read_json(stage["dir"] / "stats.json") or {}
         kept = _count_lines(stage["dir"] / "sft.jsonl")
-        return (f"{f.get('n')} problems of {_short(f.get('data') or f.get('task'), run)} x {f.get('samples')} samples from "
-                f"{_short(f.get('model'), run)}; kept {kept} verified traces" + (f" ({st['acceptance']:.0%} accepted)" if isinstance(st.get("acceptance"), float) else ""))
+        return (
+            f"{f.get('n')} problems of {_short(f.get('data') or f.get('task'), run)} x {f.get('samples')} samples from "
+            f"{_short(f.get('model'), run)}; kept {kept} verified traces"
+            + (f" ({st['acceptance']:.0%} accepted)" if isinstance(st.get("acceptance"), float) else "")
+        )
     if kind == "distill":
-        return (f"{f.get('mode', 'blackbox')} from {_short(f.get('teacher'), run)}: verified traces {counted('data')}"
-                + (f", KL {f.get('kd', 'forward')} on the teacher's top-{f.get('kd_top_k', 20)}" if f.get("mode") == "whitebox" else ""))
+        return (
+            f"{f.get('mode', 'blackbox')} from {_short(f.get('teacher'), run)}: verified traces {counted('data')}"
+            + (
+                f", KL {f.get('kd', 'forward')} on the teacher's top-{f.get('kd_top_k', 20)}"
+                if f.get("mode") == "whitebox"
+                else ""
+            )
+        )
     if kind == "eval":
         return f"{_short(f.get('model'), run)} on {_short(f.get('data'), run)}: {f.get('samples', 8)} samples at T={f.get('temperature', 1.0)} + greedy"
     return ""
@@ -223,10 +261,20 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
         m, summ = s["marker"] or {}, s["summary"] or {}
         c = summ.get("cost", {})
         wall = m.get("wall_s")
-        row = {"name": s["name"], "kind": s["kind"], "given": given(s, run), "complete": s["marker"] is not None,
-               "resumed": bool(m.get("resumed")), "wall_s": wall,
-               "steps": summ.get("steps"), "tokens": summ.get("tokens"), "tokens_per_s": summ.get("tokens_per_s"),
-               "train_s": c.get("elapsed_s"), "flops": c.get("flops"), "mfu": summ.get("mfu")}
+        row = {
+            "name": s["name"],
+            "kind": s["kind"],
+            "given": given(s, run),
+            "complete": s["marker"] is not None,
+            "resumed": bool(m.get("resumed")),
+            "wall_s": wall,
+            "steps": summ.get("steps"),
+            "tokens": summ.get("tokens"),
+            "tokens_per_s": summ.get("tokens_per_s"),
+            "train_s": c.get("elapsed_s"),
+            "flops": c.get("flops"),
+            "mfu": summ.get("mfu"),
+        }
         device = c.get("device", "cpu")
         price = c.get("price_per_device_hour", gpu_price if device == "cuda" else cpu_price)
         hours = (wall or 0.0) / 3600 * c.get("n_devices", 1)  # the whole stage's wall time, not only its train steps
@@ -247,18 +295,32 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
             continue
         model_stage = _stage_of(e.get("model") or s["fields"].get("model"), run)
         ms = by_name.get(model_stage)
-        params = _model_params(Path(e.get("model") or s["fields"].get("model", ""))) if (e.get("model") or s["fields"].get("model")) else None
+        params = (
+            _model_params(Path(e.get("model") or s["fields"].get("model", "")))
+            if (e.get("model") or s["fields"].get("model"))
+            else None
+        )
         K = e.get("samples")
         g = e.get("greedy") or {}
-        evals.append({
-            "stage": s["name"], "model_stage": model_stage, "model_kind": ms["kind"] if ms else None,
-            "n": e.get("n_problems"), "samples": K, "temperature": (e.get("params") or {}).get("temperature"),
-            "pass@1": _value(e, "pass@1"), "pass@1_ci95": _value(e, "pass@1", "ci95"),
-            "pass@k": _value(e, f"pass@{K}"), "cons@k": _value(e, f"cons@{K}"),
-            "greedy": _value(g, "pass@1"), "greedy_ci95": _value(g, "pass@1", "ci95"),
-            "format": _value(e, "format"), "mean_response_tokens": _value(e, "mean_length"),
-            "params": params,
-        })
+        evals.append(
+            {
+                "stage": s["name"],
+                "model_stage": model_stage,
+                "model_kind": ms["kind"] if ms else None,
+                "n": e.get("n_problems"),
+                "samples": K,
+                "temperature": (e.get("params") or {}).get("temperature"),
+                "pass@1": _value(e, "pass@1"),
+                "pass@1_ci95": _value(e, "pass@1", "ci95"),
+                "pass@k": _value(e, f"pass@{K}"),
+                "cons@k": _value(e, f"cons@{K}"),
+                "greedy": _value(g, "pass@1"),
+                "greedy_ci95": _value(g, "pass@1", "ci95"),
+                "format": _value(e, "format"),
+                "mean_response_tokens": _value(e, "mean_length"),
+                "params": params,
+            }
+        )
 
     # -- each evaluated stage against the evaluated stage it started from
     eval_of = {e["model_stage"]: e for e in evals if e["model_stage"]}
@@ -272,11 +334,17 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
             pe = eval_of.get(parent)
             if parent is None or pe is None or pe is e or e["pass@1"] is None or pe["pass@1"] is None:
                 continue
-            comp = {"stage": e["model_stage"], "kind": st["kind"], "parent": parent, "relation": rel,
-                    "pass@1": e["pass@1"], "parent_pass@1": pe["pass@1"],
-                    "delta_points": 100 * (e["pass@1"] - pe["pass@1"]),
-                    "ratio": e["pass@1"] / pe["pass@1"] if pe["pass@1"] else None,
-                    "ci_disjoint": _ci_disjoint(e["pass@1_ci95"], pe["pass@1_ci95"])}
+            comp = {
+                "stage": e["model_stage"],
+                "kind": st["kind"],
+                "parent": parent,
+                "relation": rel,
+                "pass@1": e["pass@1"],
+                "parent_pass@1": pe["pass@1"],
+                "delta_points": 100 * (e["pass@1"] - pe["pass@1"]),
+                "ratio": e["pass@1"] / pe["pass@1"] if pe["pass@1"] else None,
+                "ci_disjoint": _ci_disjoint(e["pass@1_ci95"], pe["pass@1_ci95"]),
+            }
             if e["params"] and pe["params"]:
                 comp["active_params_ratio"] = e["params"]["active"] / pe["params"]["active"]
             comparisons.append(comp)
@@ -297,14 +365,31 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
     v3 = ModelConfig.preset("deepseek-v3-671b")
     v3_flops = V3_TOKENS * cost.train_flops_per_token(v3, 4096)
     cost_rows = [
-        {"what": "this run (measured)", "flops": tot_flops, "wall_s": tot_wall, "device_hours": tot_hours,
-         "cost_usd": tot_cost, "basis": f"stage wall times; ${cpu_price}/CPU-machine-hour, ${gpu_price}/GPU-hour (configurable)"},
-        {"what": "same token counts, gpu-500m on one H200 (projected)",
-         "flops": (tot_tokens + rl_tokens) * cost.train_flops_per_token(g, seq) + gen_tokens * cost.inference_flops_per_token(g, seq // 2),
-         "wall_s": proj_hours * 3600, "device_hours": proj_hours, "cost_usd": proj_hours * gpu_price,
-         "basis": f"{H200_TRAIN_TOKENS_PER_S:,.0f} training tokens/s and {H200_GENERATE_TOKENS_PER_S:,.0f} generated tokens/s, {H200_SOURCE}; ${gpu_price}/GPU-hour"},
-        {"what": "DeepSeek-V3 (published)", "flops": v3_flops, "wall_s": None, "device_hours": V3_H800_HOURS,
-         "cost_usd": V3_COST_USD, "basis": f"{V3_SOURCE}; FLOPs computed here from the config (6N + attention, 14.8T tokens at 4K)"},
+        {
+            "what": "this run (measured)",
+            "flops": tot_flops,
+            "wall_s": tot_wall,
+            "device_hours": tot_hours,
+            "cost_usd": tot_cost,
+            "basis": f"stage wall times; ${cpu_price}/CPU-machine-hour, ${gpu_price}/GPU-hour (configurable)",
+        },
+        {
+            "what": "same token counts, gpu-500m on one H200 (projected)",
+            "flops": (tot_tokens + rl_tokens) * cost.train_flops_per_token(g, seq)
+            + gen_tokens * cost.inference_flops_per_token(g, seq // 2),
+            "wall_s": proj_hours * 3600,
+            "device_hours": proj_hours,
+            "cost_usd": proj_hours * gpu_price,
+            "basis": f"{H200_TRAIN_TOKENS_PER_S:,.0f} training tokens/s and {H200_GENERATE_TOKENS_PER_S:,.0f} generated tokens/s, {H200_SOURCE}; ${gpu_price}/GPU-hour",
+        },
+        {
+            "what": "DeepSeek-V3 (published)",
+            "flops": v3_flops,
+            "wall_s": None,
+            "device_hours": V3_H800_HOURS,
+            "cost_usd": V3_COST_USD,
+            "basis": f"{V3_SOURCE}; FLOPs computed here from the config (6N + attention, 14.8T tokens at 4K)",
+        },
     ]
 
     # -- RL curves (first GRPO stage) and expert balance
@@ -320,10 +405,23 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
             break
 
     rep = {
-        "run": str(run), "recipe": data["recipe"].get("name"), "machine": _machine(),
-        "stages": stage_rows, "evals": evals, "comparisons": comparisons, "cost": cost_rows, "rl": rl,
-        "totals": {"wall_s": tot_wall, "flops": tot_flops, "train_tokens": tot_tokens, "rl_tokens": rl_tokens,
-                   "generated_tokens_eval": gen_tokens, "device_hours": tot_hours, "cost_usd": tot_cost},
+        "run": str(run),
+        "recipe": data["recipe"].get("name"),
+        "machine": _machine(),
+        "stages": stage_rows,
+        "evals": evals,
+        "comparisons": comparisons,
+        "cost": cost_rows,
+        "rl": rl,
+        "totals": {
+            "wall_s": tot_wall,
+            "flops": tot_flops,
+            "train_tokens": tot_tokens,
+            "rl_tokens": rl_tokens,
+            "generated_tokens_eval": gen_tokens,
+            "device_hours": tot_hours,
+            "cost_usd": tot_cost,
+        },
         "prices": {"cpu_hour_usd": cpu_price, "gpu_hour_usd": gpu_price},
         "plots": [],
     }
@@ -360,35 +458,80 @@ def _money(x: Any) -> str:
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
 
 
 def accuracy_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["stage", "model", "params (active / total)", "pass@1 %", "95% CI", "cons@k %", "pass@k %", "greedy %", "k", "n"]
+    head = [
+        "stage",
+        "model",
+        "params (active / total)",
+        "pass@1 %",
+        "95% CI",
+        "cons@k %",
+        "pass@k %",
+        "greedy %",
+        "k",
+        "n",
+    ]
     rows = []
     for e in rep["evals"]:
         p = e["params"]
-        rows.append([e["stage"], f"{e['model_stage']} ({e['model_kind']})",
-                     f"{p['active'] / 1e6:.2f}M / {p['total'] / 1e6:.2f}M" if p else "—",
-                     _pct(e["pass@1"]), _ci(e["pass@1_ci95"]), _pct(e["cons@k"]), _pct(e["pass@k"]), _pct(e["greedy"]),
-                     _f(e["samples"], "{}"), _f(e["n"], "{}")])
+        rows.append(
+            [
+                e["stage"],
+                f"{e['model_stage']} ({e['model_kind']})",
+                f"{p['active'] / 1e6:.2f}M / {p['total'] / 1e6:.2f}M" if p else "—",
+                _pct(e["pass@1"]),
+                _ci(e["pass@1_ci95"]),
+                _pct(e["cons@k"]),
+                _pct(e["pass@k"]),
+                _pct(e["greedy"]),
+                _f(e["samples"], "{}"),
+                _f(e["n"], "{}"),
+            ]
+        )
     return head, rows
 
 
 def comparison_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
     head = ["stage", "vs", "pass@1 %", "vs %", "delta (points)", "ratio", "95% CIs disjoint", "active params ratio"]
-    rows = [[c["stage"], f"{c['parent']} ({c['relation']})", _pct(c["pass@1"]), _pct(c["parent_pass@1"]),
-             _f(c["delta_points"], "{:+.1f}"), _f(c["ratio"], "{:.2f}"),
-             {True: "yes", False: "no", None: "—"}[c["ci_disjoint"]], _f(c.get("active_params_ratio"), "{:.2f}")]
-            for c in rep["comparisons"]]
+    rows = [
+        [
+            c["stage"],
+            f"{c['parent']} ({c['relation']})",
+            _pct(c["pass@1"]),
+            _pct(c["parent_pass@1"]),
+            _f(c["delta_points"], "{:+.1f}"),
+            _f(c["ratio"], "{:.2f}"),
+            {True: "yes", False: "no", None: "—"}[c["ci_disjoint"]],
+            _f(c.get("active_params_ratio"), "{:.2f}"),
+        ]
+        for c in rep["comparisons"]
+    ]
     return head, rows
 
 
 def stage_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
     head = ["stage", "kind", "wall s", "train s", "steps", "tokens", "tokens/s", "FLOPs", "final loss", "device-h", "$"]
-    rows = [[r["name"] + (" (resumed)" if r.get("resumed") else ""), r["kind"], _f(r["wall_s"]), _f(r["train_s"]), _f(r["steps"], "{}"), _f(r["tokens"], "{:,}"),
-             _f(r["tokens_per_s"], "{:,.0f}"), _human(r["flops"]), _f(r.get("final_loss"), "{:.3f}"),
-             _f(r["device_hours"], "{:.4f}"), _f(r["cost_usd"], "{:.4f}")] for r in rep["stages"]]
+    rows = [
+        [
+            r["name"] + (" (resumed)" if r.get("resumed") else ""),
+            r["kind"],
+            _f(r["wall_s"]),
+            _f(r["train_s"]),
+            _f(r["steps"], "{}"),
+            _f(r["tokens"], "{:,}"),
+            _f(r["tokens_per_s"], "{:,.0f}"),
+            _human(r["flops"]),
+            _f(r.get("final_loss"), "{:.3f}"),
+            _f(r["device_hours"], "{:.4f}"),
+            _f(r["cost_usd"], "{:.4f}"),
+        ]
+        for r in rep["stages"]
+    ]
     return head, rows
 
 
@@ -405,21 +548,36 @@ def cost_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
 def render_markdown(rep: dict) -> str:
     out = [f"# Report card: {rep['recipe']} ({rep['run']})", "", f"Machine: {rep['machine']}.", ""]
     t = rep["totals"]
-    out += [f"Total wall time of the stages: {t['wall_s']:.0f} s. Every figure below is read from this run's files "
-            "(stage.json, summary.json, metrics.jsonl, eval.json); the projections' assumptions are stated beside them.", ""]
+    out += [
+        f"Total wall time of the stages: {t['wall_s']:.0f} s. Every figure below is read from this run's files "
+        "(stage.json, summary.json, metrics.jsonl, eval.json); the projections' assumptions are stated beside them.",
+        "",
+    ]
     out += ["## Accuracy on the held-out problems", ""] + _table(*accuracy_rows(rep)) + [""]
-    out += ["pass@1 is the mean over k samples per problem; the 95% interval is over problems. cons@k is majority vote "
-            "over the k samples, pass@k any of them; greedy is temperature 0.", ""]
+    out += [
+        "pass@1 is the mean over k samples per problem; the 95% interval is over problems. cons@k is majority vote "
+        "over the k samples, pass@k any of them; greedy is temperature 0.",
+        "",
+    ]
     if rep["comparisons"]:
         out += ["## Each stage against the one it started from", ""] + _table(*comparison_rows(rep)) + [""]
     if rep["rl"]:
         r = rep["rl"]
-        bits = [f"{k} {_f(v['first'], '{:.3g}')} -> {_f(v['last'], '{:.3g}')}" for k, v in r.items() if isinstance(v, dict)]
+        bits = [
+            f"{k} {_f(v['first'], '{:.3g}')} -> {_f(v['last'], '{:.3g}')}" for k, v in r.items() if isinstance(v, dict)
+        ]
         out += ["## Reinforcement learning", "", f"{r['stage']}: {r['steps']} steps; " + "; ".join(bits) + ".", ""]
-    out += ["## Stages", "", "What each stage was given:", ""] + [f"- **{r['name']}** ({r['kind']}): {r['given']}" for r in rep["stages"]] + [""]
+    out += (
+        ["## Stages", "", "What each stage was given:", ""]
+        + [f"- **{r['name']}** ({r['kind']}): {r['given']}" for r in rep["stages"]]
+        + [""]
+    )
     out += _table(*stage_rows(rep)) + [""]
     if any(r.get("resumed") for r in rep["stages"]):
-        out += ["A resumed stage's wall time is its last attempt's only; train s (the loop's own clock) covers every attempt.", ""]
+        out += [
+            "A resumed stage's wall time is its last attempt's only; train s (the loop's own clock) covers every attempt.",
+            "",
+        ]
     out += ["## Cost", ""] + _table(*cost_rows(rep)) + [""]
     out += [f"- {c['what']}: {c['basis']}." for c in rep["cost"]] + [""]
     if rep["plots"]:
@@ -436,8 +594,14 @@ def render_console(rep: dict) -> str:
     parts = [f"report card: {rep['run']}   ({rep['machine']})", "", fmt(*accuracy_rows(rep))]
     if rep["comparisons"]:
         parts += ["", fmt(*comparison_rows(rep))]
-    parts += ["", fmt(*stage_rows(rep)), "", fmt(*cost_rows(rep)),
-              "", f"written: {Path(rep['run']) / REPORT_DIR / 'report.md'}"]
+    parts += [
+        "",
+        fmt(*stage_rows(rep)),
+        "",
+        fmt(*cost_rows(rep)),
+        "",
+        f"written: {Path(rep['run']) / REPORT_DIR / 'report.md'}",
+    ]
     return "\n".join(parts)
 
 
@@ -468,7 +632,14 @@ def plot_accuracy(rep: dict, path: Path) -> bool:
     for key, marker, color in (("cons@k", "D", "#dd8452"), ("greedy", "o", "#55a868")):
         ys = [100 * e[key] if e[key] is not None else math.nan for e in evals]
         if any(not math.isnan(y) for y in ys):
-            ax.scatter(xs, ys, marker=marker, color=color, zorder=3, label=key if key != "cons@k" else f"cons@{evals[0]['samples']}")
+            ax.scatter(
+                xs,
+                ys,
+                marker=marker,
+                color=color,
+                zorder=3,
+                label=key if key != "cons@k" else f"cons@{evals[0]['samples']}",
+            )
     for x, y, h in zip(xs, p1, hi):
         ax.text(x, y + h + 1.5, f"{y:.1f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(xs), [f"{e['model_stage']}\n({e['model_kind']})" for e in evals], fontsize=8)
@@ -520,7 +691,10 @@ def plot_rl(data: dict, path: Path) -> bool:
             pts = [(x, y) for x, y in zip(steps, ys) if isinstance(y, (int, float))]
             ax.plot(*zip(*pts), ".", markersize=3, alpha=0.4)
             w = max(1, len(pts) // 10)  # running mean over a tenth of the run
-            sm = [sum(y for _, y in pts[max(0, i - w + 1):i + 1]) / len(pts[max(0, i - w + 1):i + 1]) for i in range(len(pts))]
+            sm = [
+                sum(y for _, y in pts[max(0, i - w + 1) : i + 1]) / len(pts[max(0, i - w + 1) : i + 1])
+                for i in range(len(pts))
+            ]
             ax.plot([x for x, _ in pts], sm, "-", color="#c44e52")
         ax.set_title(f"{label} ({k or 'not logged'})", fontsize=9)
         ax.set_xlabel(f"{s['name']} step")
@@ -545,12 +719,18 @@ def plot_expert_load(data: dict, path: Path) -> bool:
     for si, s in enumerate(stages):
         rows = [r for r in s["metrics"] if "moe_maxvio" in r]
         for layer in range(n_layers):
-            pts = [(offset + r["step"], r["moe_maxvio"][layer]) for r in rows if layer < len(r["moe_maxvio"]) and r["moe_maxvio"][layer] is not None]
+            pts = [
+                (offset + r["step"], r["moe_maxvio"][layer])
+                for r in rows
+                if layer < len(r["moe_maxvio"]) and r["moe_maxvio"][layer] is not None
+            ]
             if pts:
                 ax.plot(*zip(*pts), color=colors[layer], lw=1, label=f"MoE layer {layer + 1}" if si == 0 else None)
         end = offset + max(r["step"] for r in rows)
         ax.axvline(end, color="gray", lw=0.5, ls="--")
-        ax.text((offset + end) / 2, 1.0, s["name"], transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
+        ax.text(
+            (offset + end) / 2, 1.0, s["name"], transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8
+        )
         offset = end
     ax.set_xlabel("step (stages laid end to end)")
     ax.set_ylabel("MaxVio (max/mean load - 1)")
@@ -565,8 +745,9 @@ def plot_expert_load(data: dict, path: Path) -> bool:
 # writing
 
 
-def write_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_price: float | None = None,
-                 plots: bool = True) -> dict:
+def write_report(
+    run: str | Path, cpu_hour_price: float | None = None, gpu_hour_price: float | None = None, plots: bool = True
+) -> dict:
     """Build the report and write RUN/report/ (atomically); returns the report with a "console" string added."""
     from tinyseek.io import atomic_dir
 
@@ -575,8 +756,12 @@ def write_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
     data = load_run(run) if plots else None
     with atomic_dir(run / REPORT_DIR) as tmp:
         if plots:
-            for name, fn, arg in (("accuracy.png", plot_accuracy, rep), ("losses.png", plot_losses, data),
-                                  ("rl.png", plot_rl, data), ("expert_load.png", plot_expert_load, data)):
+            for name, fn, arg in (
+                ("accuracy.png", plot_accuracy, rep),
+                ("losses.png", plot_losses, data),
+                ("rl.png", plot_rl, data),
+                ("expert_load.png", plot_expert_load, data),
+            ):
                 if fn(arg, tmp / name):
                     rep["plots"].append(str(run / REPORT_DIR / name))
         (tmp / "report.json").write_text(json.dumps(rep, indent=2, default=str) + "\n", encoding="utf-8")
@@ -586,11 +771,21 @@ def write_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
 
 
 def cli_report(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tinyseek report", description="Write the report card of a recipe run: "
-                                "RUN/report/report.json, report.md and PNG plots; prints the tables.")
+    p = argparse.ArgumentParser(
+        prog="tinyseek report",
+        description="Write the report card of a recipe run: "
+        "RUN/report/report.json, report.md and PNG plots; prints the tables.",
+    )
     p.add_argument("run", help="a run directory written by `tinyseek run` / `tinyseek demo`")
-    p.add_argument("--cpu-hour-price", type=float, default=None, help="$ per CPU-machine-hour (default: the training loop's)")
-    p.add_argument("--gpu-hour-price", type=float, default=None, help="$ per GPU-hour (default: the training loop's, $2 as DeepSeek-V3's report)")
+    p.add_argument(
+        "--cpu-hour-price", type=float, default=None, help="$ per CPU-machine-hour (default: the training loop's)"
+    )
+    p.add_argument(
+        "--gpu-hour-price",
+        type=float,
+        default=None,
+        help="$ per GPU-hour (default: the training loop's, $2 as DeepSeek-V3's report)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     a = p.parse_args(argv)
     rep = write_report(a.run, a.cpu_hour_price, a.gpu_hour_price, plots=not a.no_plots)

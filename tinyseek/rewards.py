@@ -96,7 +96,7 @@ def extract_answer(text) -> str | None:
     end = text.rfind("</answer>")
     start = text.rfind("<answer>", 0, end) if end >= 0 else -1
     if start >= 0:
-        inner = text[start + len("<answer>"):end]
+        inner = text[start + len("<answer>") : end]
         return inner.split("</answer>", 1)[0].strip()  # nested tags: the innermost content
     boxed = _last_boxed(text)
     if boxed is not None:

@@ -66,15 +66,22 @@ class Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
         if vocab_size < MIN_VOCAB:
-            raise TinyseekError(f"vocab_size: must be >= {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special tokens), got {vocab_size}")
+            raise TinyseekError(
+                f"vocab_size: must be >= {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special tokens), got {vocab_size}"
+            )
         tok = HFTokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2, show_progress=False,
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            min_frequency=2,
+            show_progress=False,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
         tok.train_from_iterator(texts, trainer=trainer)
@@ -146,7 +153,14 @@ def hf_tokenizer_files(tokenizer_json_path: str | Path) -> dict[str, str]:
     tok = Tokenizer.load(tokenizer_json_path)
     special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
     added = {
-        str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+        str(i): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
         for t, i in sorted(tok.special_ids.items(), key=lambda kv: kv[1])
     }
     config = {
@@ -179,12 +193,20 @@ def task_texts(names: list[str], n: int, seed: int = 0) -> list[str]:
 
 def cli_tokenizer(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="tinyseek tokenizer", description="Train the byte-level BPE tokenizer.")
-    ap.add_argument("--corpus", nargs="*", default=[], help="UTF-8 .txt files (paragraphs) or JSONL files with a 'text' field")
-    ap.add_argument("--tasks", default="", help="comma-separated task names whose problems and traces are added to the corpus")
+    ap.add_argument(
+        "--corpus", nargs="*", default=[], help="UTF-8 .txt files (paragraphs) or JSONL files with a 'text' field"
+    )
+    ap.add_argument(
+        "--tasks", default="", help="comma-separated task names whose problems and traces are added to the corpus"
+    )
     ap.add_argument("--n-per-task", type=int, default=5000, help="problems generated per task for --tasks")
-    ap.add_argument("--vocab-size", type=int, default=4096, help=f"vocabulary size, special tokens included (>= {MIN_VOCAB})")
+    ap.add_argument(
+        "--vocab-size", type=int, default=4096, help=f"vocabulary size, special tokens included (>= {MIN_VOCAB})"
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the task problems")
-    ap.add_argument("--out", required=True, help="directory to write tokenizer.json (+ transformers' config files) into")
+    ap.add_argument(
+        "--out", required=True, help="directory to write tokenizer.json (+ transformers' config files) into"
+    )
     a = ap.parse_args(argv)
     names = [t for t in a.tasks.split(",") if t]
     if not a.corpus and not names:

@@ -92,8 +92,16 @@ class StepEvent:
 class Engine:
     """Generation for a tinyseek `Transformer` (see the module docstring)."""
 
-    def __init__(self, model, tokenizer=None, max_batch: int = 64, max_len: int | None = None, speculative: bool = False,
-                 dtype: torch.dtype | None = None, recompute: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        max_batch: int = 64,
+        max_len: int | None = None,
+        speculative: bool = False,
+        dtype: torch.dtype | None = None,
+        recompute: bool = False,
+    ):
         if dtype is not None:
             model.to(dtype=dtype)  # in place: the caller's model is cast
         self.model = model
@@ -134,12 +142,20 @@ class Engine:
         self.stats = {"steps": 0, "forward_tokens": 0, "drafted": 0, "accepted": 0}
 
     # -- requests --------------------------------------------------------------------------------
-    def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None, prefix: PromptCache | None = None,
-                    capture_prompt_cache: bool = False, stream: bool = True) -> int:
+    def add_request(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams | None = None,
+        prefix: PromptCache | None = None,
+        capture_prompt_cache: bool = False,
+        stream: bool = True,
+    ) -> int:
         """Queue one sequence; returns its request id. See the module docstring for `prefix`/`capture_prompt_cache`."""
         return self._add_group(prompt_ids, params or SamplingParams(), 1, prefix, capture_prompt_cache, stream)[0]
 
-    def _add_group(self, prompt_ids, params: SamplingParams, n: int, prefix=None, capture=False, stream=True) -> list[int]:
+    def _add_group(
+        self, prompt_ids, params: SamplingParams, n: int, prefix=None, capture=False, stream=True
+    ) -> list[int]:
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise TinyseekError("prompt: empty (at least one token is needed)")
@@ -154,27 +170,40 @@ class Engine:
         if prefix is not None:
             self._check_prefix(prefix, prompt)
         # the prompt is mixed into the seed: one seed over a batch of prompts must not give correlated draws
-        base = derive_seed(params.seed, zlib.crc32(array.array("q", prompt).tobytes())) if params.seed is not None \
+        base = (
+            derive_seed(params.seed, zlib.crc32(array.array("q", prompt).tobytes()))
+            if params.seed is not None
             else self._rng.getrandbits(62)
+        )
         g = next(self._group)
         budget = min(params.max_new_tokens, self.max_len - len(prompt))
         group = []
         for i in range(n):
-            s = Seq(next(self._rid), prompt, params, derive_seed(base, i),
-                     stream=stream, prefix=prefix, capture=capture, group=g, budget=budget)
+            s = Seq(
+                next(self._rid),
+                prompt,
+                params,
+                derive_seed(base, i),
+                stream=stream,
+                prefix=prefix,
+                capture=capture,
+                group=g,
+                budget=budget,
+            )
             self.seqs[s.rid] = s
             group.append(s)
         # a group larger than the batch is admitted in pieces (each piece prefills once)
         for i in range(0, n, self.max_batch):
-            self.waiting.append(group[i: i + self.max_batch])
+            self.waiting.append(group[i : i + self.max_batch])
         return [s.rid for s in group]
 
     def _check_prefix(self, prefix: PromptCache, prompt: list[int]) -> None:
         if tuple(prompt[: prefix.n]) != tuple(prefix.token_ids):
             raise TinyseekError(f"prefix: its {prefix.n} token ids are not a prefix of the prompt")
         mine = self.cache._tensors()
-        if len(prefix.tensors) != len(mine) or any(tuple(p.shape[1:]) != tuple(m.shape[2:]) or p.shape[0] != prefix.n
-                                                   for p, m in zip(prefix.tensors, mine)):
+        if len(prefix.tensors) != len(mine) or any(
+            tuple(p.shape[1:]) != tuple(m.shape[2:]) or p.shape[0] != prefix.n for p, m in zip(prefix.tensors, mine)
+        ):
             raise TinyseekError("prefix: its tensors do not match this engine's cache layout")
 
     def abort(self, rid: int) -> Completion | None:
@@ -217,8 +246,9 @@ class Engine:
 
     # -- the batch API -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
-                 n: int = 1) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None, n: int = 1
+    ) -> list[list[Completion]]:
         """n samples for each prompt (prefill shared within a prompt's group); results in prompt order."""
         params = params or SamplingParams()
         plist = params if isinstance(params, list) else [params] * len(prompts)
@@ -298,7 +328,9 @@ class Engine:
                 logits = self._full_logits([s.prompt for s in hs])
             else:
                 pad = [[0] * (T - L) for L in lens]
-                tokens = torch.tensor([s.prompt[len(s.prompt) - L:] + p for s, L, p in zip(hs, lens, pad)], device=self.device)  # [k, T]
+                tokens = torch.tensor(
+                    [s.prompt[len(s.prompt) - L :] + p for s, L, p in zip(hs, lens, pad)], device=self.device
+                )  # [k, T]
                 rows = torch.tensor([s.row for s in hs], device=self.device)
                 out = self.model(tokens, cache=self.cache, rows=rows)
                 last = torch.tensor(lens, device=self.device) - 1
@@ -416,7 +448,7 @@ class Engine:
             head = grp[0]
             T = head._residual.shape[0]
             n0 = len(head.prompt) - T
-            ahead = head.prompt[n0 + 1:] + [first_tokens[i]]  # tokens one position ahead of the hidden states
+            ahead = head.prompt[n0 + 1 :] + [first_tokens[i]]  # tokens one position ahead of the hidden states
             tokens = torch.tensor([ahead], device=self.device)
             rows = torch.tensor([head.row], device=self.device)
             h, lg = self.model.mtp_step(1, head._residual[None], tokens, cache=self.cache, rows=rows)
@@ -474,9 +506,9 @@ class Engine:
             n_acc = int(h_row[k + 1])
             self.stats["accepted"] += n_acc
             new_toks.append([int(t) for t in h_row[: n_acc + 1]])
-            s.draft = [int(t) for t in h_row[k + 2: 2 * k + 2]]
+            s.draft = [int(t) for t in h_row[k + 2 : 2 * k + 2]]
             if want_lp:
-                new_lps.append(h_row[2 * k + 2: 2 * k + 3 + n_acc])
+                new_lps.append(h_row[2 * k + 2 : 2 * k + 3 + n_acc])
         self._emit(seqs, new_toks, new_lps if want_lp else None, events)
 
     # -- bookkeeping ------------------------------------------------------------------------------------

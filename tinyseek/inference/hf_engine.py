@@ -73,8 +73,13 @@ class HFEngine:
 
     # -- generation ---------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
-                 n: int = 1, on_tokens=None) -> list[list[Completion]]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams | list[SamplingParams] | None = None,
+        n: int = 1,
+        on_tokens=None,
+    ) -> list[list[Completion]]:
         params = params or SamplingParams()
         plist = params if isinstance(params, list) else [params] * len(prompts)
         if len(plist) != len(prompts):
@@ -93,7 +98,7 @@ class HFEngine:
         self.model.eval()
         try:
             for i in range(0, len(prompts), per_chunk):
-                results += self._chunk(prompts[i: i + per_chunk], plist[i: i + per_chunk], n, on_tokens)
+                results += self._chunk(prompts[i : i + per_chunk], plist[i : i + per_chunk], n, on_tokens)
         finally:
             self.model.train(was_training)
         return results
@@ -111,15 +116,28 @@ class HFEngine:
         mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=dev)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache()
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_kw: cache}).logits[:, -1]
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_kw: cache}
+        ).logits[:, -1]
         self.stats["forward_tokens"] += ids.numel()
         seqs = []
         for j, (p, sp) in enumerate(zip(prompts, plist)):
-            base = derive_seed(sp.seed, zlib.crc32(array.array("q", p).tobytes())) if sp.seed is not None \
+            base = (
+                derive_seed(sp.seed, zlib.crc32(array.array("q", p).tobytes()))
+                if sp.seed is not None
                 else int(torch.randint(0, 2**62, ()).item())
+            )
             for k in range(n):
-                seqs.append(Seq(rid=j * n + k, prompt=list(p), params=sp, seed=derive_seed(base, k), budget=sp.max_new_tokens,
-                                stream=on_tokens is not None))
+                seqs.append(
+                    Seq(
+                        rid=j * n + k,
+                        prompt=list(p),
+                        params=sp,
+                        seed=derive_seed(base, k),
+                        budget=sp.max_new_tokens,
+                        stream=on_tokens is not None,
+                    )
+                )
         if n > 1:
             cache.batch_repeat_interleave(n)
         logits = logits.repeat_interleave(n, 0)  # [P*n, V]
@@ -137,9 +155,15 @@ class HFEngine:
         bp_all = BatchParams.build([s.params for s in seqs], [s.seed for s in seqs], dev)
         while True:
             idx = torch.tensor(active, device=dev)
-            bp = bp_all if len(active) == len(seqs) else BatchParams.build([seqs[i].params for i in active], [seqs[i].seed for i in active], dev)
+            bp = (
+                bp_all
+                if len(active) == len(seqs)
+                else BatchParams.build([seqs[i].params for i in active], [seqs[i].seed for i in active], dev)
+            )
             counters = torch.tensor([len(seqs[i].out) for i in active], device=dev)
-            toks, lps = sample(logits, bp, counters, seen=seen[idx] if track else None, counts=counts[idx] if track else None)
+            toks, lps = sample(
+                logits, bp, counters, seen=seen[idx] if track else None, counts=counts[idx] if track else None
+            )
             if track:
                 seen[idx, toks] = True
                 counts[idx, toks] += 1
@@ -162,13 +186,18 @@ class HFEngine:
             last_pos = last_pos + 1
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             inp = torch.tensor([[seqs[i].out[-1]] for i in active], device=dev)
-            logits = self.model(input_ids=inp, attention_mask=mask, position_ids=last_pos[:, None], use_cache=True,
-                                **{self._cache_kw: cache}).logits[:, -1]
+            logits = self.model(
+                input_ids=inp,
+                attention_mask=mask,
+                position_ids=last_pos[:, None],
+                use_cache=True,
+                **{self._cache_kw: cache},
+            ).logits[:, -1]
             self.stats["forward_tokens"] += len(active)
         out = []
         for j in range(P):
             grp = []
-            for s in seqs[j * n:(j + 1) * n]:
+            for s in seqs[j * n : (j + 1) * n]:
                 text = s.output_text(self.eos_ids, self.tokenizer) if self.tokenizer is not None else None
                 grp.append(Completion(s.out, s.lps if s.params.logprobs else None, s.finish, text, len(s.prompt)))
             out.append(grp)
@@ -176,9 +205,9 @@ class HFEngine:
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, write) -> str:
         """One request, calling `write(new_text)` as tokens arrive (the generate/chat commands)."""
+
         def on_tokens(s, t):
             if delta := s.delta(self.eos_ids, self.tokenizer):
                 write(delta)
 
         return self.generate([prompt_ids], params, on_tokens=on_tokens)[0][0].text or ""
-

@@ -12,8 +12,15 @@ from tinyseek.inference.engine import Engine
 from tinyseek.inference.hf_engine import HFEngine
 
 
-def load_engine(path: str | Path, max_batch: int = 64, max_len: int | None = None, speculative: bool = False,
-                dtype: torch.dtype | None = None, gguf_file: str | None = None, device: str | torch.device = "cpu"):
+def load_engine(
+    path: str | Path,
+    max_batch: int = 64,
+    max_len: int | None = None,
+    speculative: bool = False,
+    dtype: torch.dtype | None = None,
+    gguf_file: str | None = None,
+    device: str | torch.device = "cpu",
+):
     """A tinyseek checkpoint (or exported DeepseekV3 dir) -> `Engine`; any other transformers dir or a .gguf file
     -> `HFEngine` (`checkpoint.load` decides which). The model's tokenizer comes along when it has one."""
     loaded = load(Path(path) / gguf_file if gguf_file else path, device=device, dtype=dtype)

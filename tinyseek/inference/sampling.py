@@ -193,7 +193,9 @@ class BatchParams:
 # logits processors (all [B, V] -> [B, V], per-row parameters)
 
 
-def apply_penalties(logits: torch.Tensor, bp: BatchParams, seen: torch.Tensor | None, counts: torch.Tensor | None) -> torch.Tensor:
+def apply_penalties(
+    logits: torch.Tensor, bp: BatchParams, seen: torch.Tensor | None, counts: torch.Tensor | None
+) -> torch.Tensor:
     """Repetition penalty on tokens in `seen` [B, V] bool (prompt + output); presence/frequency on `counts` [B, V] (output)."""
     if bp.any_repetition and seen is not None:
         r = bp.repetition_penalty[:, None]
@@ -231,8 +233,14 @@ def truncation_mask(logprobs: torch.Tensor, bp: BatchParams) -> torch.Tensor:
     return keep
 
 
-def sample(logits: torch.Tensor, bp: BatchParams, counters: torch.Tensor, seen: torch.Tensor | None = None,
-           counts: torch.Tensor | None = None, want_logprobs: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def sample(
+    logits: torch.Tensor,
+    bp: BatchParams,
+    counters: torch.Tensor,
+    seen: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
+    want_logprobs: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next tokens [B] (long) and their log-probabilities [B] (see the module docstring for which).
 
     logits: [B, V] raw model logits (any float dtype; processed in float32). counters: [B] long, the index of
@@ -257,8 +265,14 @@ def sample(logits: torch.Tensor, bp: BatchParams, counters: torch.Tensor, seen: 
     return tokens, out_lp
 
 
-def sample_reference(logits: torch.Tensor, params: list[SamplingParams], seeds: list[int], counters: list[int],
-                     seen: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> tuple[list[int], list[float]]:
+def sample_reference(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    seeds: list[int],
+    counters: list[int],
+    seen: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
+) -> tuple[list[int], list[float]]:
     """The plain path: one row at a time, written out with sort and loops; `sample` must agree with it."""
     toks, lps = [], []
     V = logits.shape[-1]

@@ -95,7 +95,7 @@ class Seq:
             start = len(self.text)
             self._decode(tokenizer)
             if p.stop_strings:
-                window = self.text[max(0, start - max(len(x) for x in p.stop_strings) + 1):]
+                window = self.text[max(0, start - max(len(x) for x in p.stop_strings) + 1) :]
                 if any(x in window for x in p.stop_strings):
                     return "stop"
         if len(self.out) >= self.budget:
@@ -103,10 +103,10 @@ class Seq:
         return None
 
     def _decode(self, tokenizer) -> None:
-        prefix_text = tokenizer.decode(self.out[self._prefix:self._read])
-        new_text = tokenizer.decode(self.out[self._prefix:])
+        prefix_text = tokenizer.decode(self.out[self._prefix : self._read])
+        new_text = tokenizer.decode(self.out[self._prefix :])
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            self.text += new_text[len(prefix_text):]
+            self.text += new_text[len(prefix_text) :]
             self._prefix, self._read = self._read, len(self.out)
 
     def output_text(self, eos_ids: set[int], tokenizer) -> str:
@@ -126,6 +126,6 @@ class Seq:
             text = self.text[: max(self.sent, len(self.text) - hold)]
         else:
             text = self.output_text(eos_ids, tokenizer)
-        delta = text[self.sent:]
+        delta = text[self.sent :]
         self.sent = max(self.sent, len(text))
         return delta

@@ -105,7 +105,9 @@ class _EventStream(StreamingResponse):
     enough: a client that leaves before the first byte means the generator never starts, so it never ends."""
 
     def __init__(self, content, on_close):
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         self._on_close = on_close
 
     async def __call__(self, scope, receive, send):
@@ -166,8 +168,12 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
         finally:
             sched.stop()
 
-    app = FastAPI(title="tinyseek", version="0.1.0", lifespan=lifespan,
-                  description="DeepSeek-API-compatible chat completions from a tinyseek model.")
+    app = FastAPI(
+        title="tinyseek",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="DeepSeek-API-compatible chat completions from a tinyseek model.",
+    )
     app.state.scheduler, app.state.prefix_cache, app.state.ledger, app.state.config = sched, cache, ledger, cfg
 
     # -- errors: always the OpenAI shape, never a 500 for a client's input --------------------------
@@ -189,7 +195,9 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, e: Exception):
-        return _error_response(APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error", code="internal_error"))
+        return _error_response(
+            APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error", code="internal_error")
+        )
 
     # -- helpers ----------------------------------------------------------------------------------
     def authenticate(request: Request) -> str:
@@ -199,8 +207,12 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise APIError(401, "missing API key: send 'Authorization: Bearer KEY'", type="authentication_error",
-                           code="invalid_api_key")
+            raise APIError(
+                401,
+                "missing API key: send 'Authorization: Bearer KEY'",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
         token = token.strip()
         for k, kid in key_ids.items():
             if secrets.compare_digest(k.encode(), token.encode()):
@@ -217,10 +229,15 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 completion = sum(len(j.token_ids) for j in call.jobs)
                 reasoning = sum(reasoning_tokens(j.token_ids, *think_ids) for j in call.jobs)
                 ledger.record(call.kid, cfg.model_name, call.rid, hit, n_prompt - hit, completion, reasoning)
-                call.usage = {"prompt_tokens": n_prompt, "completion_tokens": completion, "total_tokens": n_prompt + completion,
-                              "prompt_cache_hit_tokens": hit, "prompt_cache_miss_tokens": n_prompt - hit,
-                              "prompt_tokens_details": {"cached_tokens": hit},
-                              "completion_tokens_details": {"reasoning_tokens": reasoning}}
+                call.usage = {
+                    "prompt_tokens": n_prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": n_prompt + completion,
+                    "prompt_cache_hit_tokens": hit,
+                    "prompt_cache_miss_tokens": n_prompt - hit,
+                    "prompt_tokens_details": {"cached_tokens": hit},
+                    "completion_tokens_details": {"reasoning_tokens": reasoning},
+                }
         return call.usage
 
     async def consume(call: _Call, queue: asyncio.Queue, disconnected=None):
@@ -249,8 +266,12 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
         from tinyseek.inference.sampling import SamplingParams
 
         if req.model not in model_names:
-            raise APIError(404, f"model {req.model!r} does not exist (served: {', '.join(model_names)})",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"model {req.model!r} does not exist (served: {', '.join(model_names)})",
+                param="model",
+                code="model_not_found",
+            )
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         try:
             prompt = tokenizer.encode(tokenizer.chat(msgs, add_generation_prompt=True))
@@ -262,9 +283,13 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
             max_tokens = min(cfg.default_max_tokens, room)
         if max_tokens < 1 or len(prompt) + max_tokens > ctx_len:
             asked = req.max_tokens or req.max_completion_tokens or max_tokens
-            raise APIError(400, f"this model's maximum context length is {ctx_len} tokens; the messages are "
-                                f"{len(prompt)} tokens and max_tokens is {asked} ({len(prompt) + asked} in all)",
-                           param="messages", code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"this model's maximum context length is {ctx_len} tokens; the messages are "
+                f"{len(prompt)} tokens and max_tokens is {asked} ({len(prompt) + asked} in all)",
+                param="messages",
+                code="context_length_exceeded",
+            )
         queue: asyncio.Queue = asyncio.Queue()
         jobs = []
         for i in range(req.n):
@@ -276,34 +301,50 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 presence_penalty=req.presence_penalty or 0.0,
                 frequency_penalty=req.frequency_penalty or 0.0,
                 stop_strings=tuple(req.stop_list()),
-                seed=seed)
+                seed=seed,
+            )
             jobs.append(Job(prompt, params, queue, loop, index=i, use_cache=cache is not None))
         return prompt, jobs, queue, max_tokens
 
     def admit(request: Request, kid: str, jobs: list[Job]) -> None:
         wait = limiter.check(kid)
         if wait > 0:
-            raise APIError(429, f"rate limit of {cfg.rate_limit} requests per minute reached; retry in {wait:.1f} s",
-                           type="rate_limit_error", code="rate_limit_exceeded",
-                           headers={"Retry-After": str(max(1, round(wait)))})
+            raise APIError(
+                429,
+                f"rate limit of {cfg.rate_limit} requests per minute reached; retry in {wait:.1f} s",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
         try:
             sched.submit(jobs)
         except QueueFull as e:
-            raise APIError(503, f"server overloaded: {e}; retry later", type="server_error", code="server_overloaded",
-                           headers={"Retry-After": "1"}) from None
+            raise APIError(
+                503,
+                f"server overloaded: {e}; retry later",
+                type="server_error",
+                code="server_overloaded",
+                headers={"Retry-After": "1"},
+            ) from None
 
     async def read_body(request: Request) -> bytes:
         """The body, refused with 413 beyond `max_body_bytes` (checked while reading, not after)."""
         limit = cfg.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise APIError(413, f"request body of {declared} bytes is over the limit of {limit} bytes", param="body",
-                           code="request_too_large")
+            raise APIError(
+                413,
+                f"request body of {declared} bytes is over the limit of {limit} bytes",
+                param="body",
+                code="request_too_large",
+            )
         chunks, n = [], 0
         async for chunk in request.stream():
             n += len(chunk)
             if n > limit:
-                raise APIError(413, f"request body is over the limit of {limit} bytes", param="body", code="request_too_large")
+                raise APIError(
+                    413, f"request body is over the limit of {limit} bytes", param="body", code="request_too_large"
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -314,27 +355,48 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": cfg.model_name, **sched.load(),
-                "prefix_cache": cache.stats() if cache is not None else None}
+        return {
+            "status": "ok",
+            "model": cfg.model_name,
+            **sched.load(),
+            "prefix_cache": cache.stats() if cache is not None else None,
+        }
 
     @app.get("/v1/models")
     async def models(request: Request):
         authenticate(request)
-        return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "tinyseek"}
-                                           for m in model_names]}
+        return {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": created, "owned_by": "tinyseek"} for m in model_names],
+        }
 
     @app.get("/v1/usage")
     async def usage(request: Request):
         kid = authenticate(request)
         rows = ledger.totals(kid)
-        tot = rows[0] if rows else {"requests": 0, "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": 0,
-                                    "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0,
-                                    "total_tokens": 0, "cost_usd": 0.0}
+        tot = (
+            rows[0]
+            if rows
+            else {
+                "requests": 0,
+                "prompt_cache_hit_tokens": 0,
+                "prompt_cache_miss_tokens": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "reasoning_tokens": 0,
+                "total_tokens": 0,
+                "cost_usd": 0.0,
+            }
+        )
         tot = {k: v for k, v in tot.items() if k != "key_id"}
         p = cfg.prices
-        return {"object": "usage", "key_id": kid, **tot,
-                "prices_per_million_tokens": {"cache_hit": p.cache_hit, "cache_miss": p.cache_miss, "output": p.output},
-                "by_day": [{k: v for k, v in r.items() if k != "key_id"} for r in ledger.totals(kid, by_day=True)]}
+        return {
+            "object": "usage",
+            "key_id": kid,
+            **tot,
+            "prices_per_million_tokens": {"cache_hit": p.cache_hit, "cache_miss": p.cache_miss, "output": p.output},
+            "by_day": [{k: v for k, v in r.items() if k != "key_id"} for r in ledger.totals(kid, by_day=True)],
+        }
 
     # the body is validated by hand (protocol.parse_chat_request) so that each failure gets its DeepSeek
     # status; the schema still goes into /openapi.json, with its sub-models as components
@@ -378,24 +440,52 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
         choices = []
         for i, sp in enumerate(call.splitters):
             reasoning, content = sp.result()
-            choices.append({"index": i, "message": {"role": "assistant", "content": content, "reasoning_content": reasoning},
-                            "logprobs": None, "finish_reason": call.finish[i]})
-        return {"id": call.rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
-                "system_fingerprint": "tinyseek-0.1.0", "choices": choices, "usage": bill(call)}
+            choices.append(
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": content, "reasoning_content": reasoning},
+                    "logprobs": None,
+                    "finish_reason": call.finish[i],
+                }
+            )
+        return {
+            "id": call.rid,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": req.model,
+            "system_fingerprint": "tinyseek-0.1.0",
+            "choices": choices,
+            "usage": bill(call),
+        }
 
     async def _stream(call: _Call, req: ChatRequest, queue: asyncio.Queue, include_usage: bool, close):
         created_ = int(time.time())
 
         def chunk(choices, usage=None):
-            obj = {"id": call.rid, "object": "chat.completion.chunk", "created": created_, "model": req.model,
-                   "system_fingerprint": "tinyseek-0.1.0", "choices": choices}
+            obj = {
+                "id": call.rid,
+                "object": "chat.completion.chunk",
+                "created": created_,
+                "model": req.model,
+                "system_fingerprint": "tinyseek-0.1.0",
+                "choices": choices,
+            }
             if include_usage:
                 obj["usage"] = usage
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
         try:
             for i in range(len(call.jobs)):
-                yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+                yield chunk(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
             async for i, pieces, reason in consume(call, queue):
                 for field_, text in pieces:
                     yield chunk([{"index": i, "delta": {field_: text}, "logprobs": None, "finish_reason": None}])
@@ -429,14 +519,20 @@ def _is_loopback(host: str) -> bool:
 
 
 def cli_serve(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tinyseek serve", description="DeepSeek/OpenAI-compatible HTTP API and chat page for a checkpoint.")
+    p = argparse.ArgumentParser(
+        prog="tinyseek serve", description="DeepSeek/OpenAI-compatible HTTP API and chat page for a checkpoint."
+    )
     p.add_argument("ckpt", help="checkpoint directory (with tokenizer.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port to bind")
-    p.add_argument("--api-key", action="append", default=[], help="accepted API key (repeatable); none = no authentication")
+    p.add_argument(
+        "--api-key", action="append", default=[], help="accepted API key (repeatable); none = no authentication"
+    )
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without any --api-key")
     p.add_argument("--db", default=None, help="SQLite usage ledger (default: usage.sqlite in the current directory)")
-    p.add_argument("--model-name", default="tinyseek", help="the model id clients send (deepseek-reasoner/-chat are aliases)")
+    p.add_argument(
+        "--model-name", default="tinyseek", help="the model id clients send (deepseek-reasoner/-chat are aliases)"
+    )
     p.add_argument("--max-batch", type=int, default=32, help="requests decoded together (engine slots)")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 503")
     p.add_argument("--max-tokens", type=int, default=1024, help="default max_tokens when a request gives none")
@@ -448,11 +544,18 @@ def cli_serve(argv: list[str]) -> int:
     p.add_argument("--price-miss", type=float, default=Prices.cache_miss, help="$ per million cache-miss input tokens")
     p.add_argument("--price-output", type=float, default=Prices.output, help="$ per million output tokens")
     p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default; 1 is fastest for tiny models on a busy box)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0 = torch's default; 1 is fastest for tiny models on a busy box)",
+    )
     args = p.parse_args(argv)
 
     if not _is_loopback(args.host) and not args.api_key and not args.insecure:
-        raise TinyseekError(f"--host {args.host}: refusing to serve beyond loopback without --api-key (or pass --insecure)")
+        raise TinyseekError(
+            f"--host {args.host}: refusing to serve beyond loopback without --api-key (or pass --insecure)"
+        )
     if args.port < 0 or args.port > 65535:
         raise TinyseekError(f"--port: must be in 0..65535, got {args.port}")
     for name in ("max_batch", "max_queue", "max_tokens", "cache_block"):
@@ -470,23 +573,37 @@ def cli_serve(argv: list[str]) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     engine = load_engine(args.ckpt, max_batch=args.max_batch, device=device)
     if not isinstance(engine, Engine):
-        raise TinyseekError(f"{args.ckpt}: tinyseek serve runs tinyseek checkpoints (continuous batching on the MLA cache), "
-                            "not other transformers models")
+        raise TinyseekError(
+            f"{args.ckpt}: tinyseek serve runs tinyseek checkpoints (continuous batching on the MLA cache), "
+            "not other transformers models"
+        )
     tokenizer = engine.tokenizer
     if tokenizer is None:
         raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
     if tokenizer.vocab_size > engine.cfg.vocab_size:
-        raise TinyseekError(f"{args.ckpt}: tokenizer.json has {tokenizer.vocab_size} tokens, more than the model's "
-                            f"vocab_size={engine.cfg.vocab_size}")
-    cfg = ServeConfig(model_name=args.model_name, api_keys=tuple(args.api_key), rate_limit=args.rate_limit,
-                      max_queue=args.max_queue, default_max_tokens=args.max_tokens,
-                      prefix_cache=not args.no_prefix_cache, cache_block=args.cache_block, cache_budget_mb=args.cache_mb,
-                      prices=Prices(args.price_hit, args.price_miss, args.price_output),
-                      db=args.db or str(Path.cwd() / "usage.sqlite"))
+        raise TinyseekError(
+            f"{args.ckpt}: tokenizer.json has {tokenizer.vocab_size} tokens, more than the model's "
+            f"vocab_size={engine.cfg.vocab_size}"
+        )
+    cfg = ServeConfig(
+        model_name=args.model_name,
+        api_keys=tuple(args.api_key),
+        rate_limit=args.rate_limit,
+        max_queue=args.max_queue,
+        default_max_tokens=args.max_tokens,
+        prefix_cache=not args.no_prefix_cache,
+        cache_block=args.cache_block,
+        cache_budget_mb=args.cache_mb,
+        prices=Prices(args.price_hit, args.price_miss, args.price_output),
+        db=args.db or str(Path.cwd() / "usage.sqlite"),
+    )
     app = create_app(engine, tokenizer, cfg)
     for k in cfg.api_keys:
         print(f"tinyseek serve: key {k[:4]}... is {key_id(k)} in the ledger", file=sys.stderr)
-    print(f"tinyseek serve: {args.ckpt} as {cfg.model_name!r} on http://{args.host}:{args.port}/  (ledger {cfg.db})", file=sys.stderr)
+    print(
+        f"tinyseek serve: {args.ckpt} as {cfg.model_name!r} on http://{args.host}:{args.port}/  (ledger {cfg.db})",
+        file=sys.stderr,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

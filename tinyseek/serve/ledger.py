@@ -79,8 +79,17 @@ class Ledger:
         except sqlite3.DatabaseError as e:
             raise TinyseekError(f"{self.path}: not a usable SQLite ledger ({e})") from None
 
-    def record(self, key: str, model: str, request_id: str, hit: int, miss: int, completion: int,
-               reasoning: int, now: float | None = None) -> float:
+    def record(
+        self,
+        key: str,
+        model: str,
+        request_id: str,
+        hit: int,
+        miss: int,
+        completion: int,
+        reasoning: int,
+        now: float | None = None,
+    ) -> float:
         """Store one request's usage (key is the key id); returns its cost in dollars."""
         import time
 
@@ -92,7 +101,8 @@ class Ledger:
                 "INSERT INTO requests (ts, day, key_id, model, request_id, prompt_cache_hit_tokens,"
                 " prompt_cache_miss_tokens, completion_tokens, reasoning_tokens, cost_usd)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (now, day, key, model, request_id, hit, miss, completion, reasoning, cost))
+                (now, day, key, model, request_id, hit, miss, completion, reasoning, cost),
+            )
             self._db.commit()
         return cost
 
@@ -104,15 +114,27 @@ class Ledger:
             cur = self._db.execute(
                 f"SELECT {group}, COUNT(*), SUM(prompt_cache_hit_tokens), SUM(prompt_cache_miss_tokens),"
                 f" SUM(completion_tokens), SUM(reasoning_tokens), SUM(cost_usd)"
-                f" FROM requests {where} GROUP BY {group} ORDER BY {group}", args)
+                f" FROM requests {where} GROUP BY {group} ORDER BY {group}",
+                args,
+            )
             rows = cur.fetchall()
         out = []
         for r in rows:
             head = {"key_id": r[0], "day": r[1]} if by_day else {"key_id": r[0]}
             n, hit, miss, comp, reas, cost = r[-6:]
-            out.append({**head, "requests": n, "prompt_cache_hit_tokens": hit, "prompt_cache_miss_tokens": miss,
-                        "prompt_tokens": hit + miss, "completion_tokens": comp, "reasoning_tokens": reas,
-                        "total_tokens": hit + miss + comp, "cost_usd": cost})
+            out.append(
+                {
+                    **head,
+                    "requests": n,
+                    "prompt_cache_hit_tokens": hit,
+                    "prompt_cache_miss_tokens": miss,
+                    "prompt_tokens": hit + miss,
+                    "completion_tokens": comp,
+                    "reasoning_tokens": reas,
+                    "total_tokens": hit + miss + comp,
+                    "cost_usd": cost,
+                }
+            )
         return out
 
     def close(self) -> None:
@@ -121,7 +143,9 @@ class Ledger:
 
 
 def cli_usage(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tinyseek usage", description="Usage totals per key and UTC day from a server's ledger.")
+    p = argparse.ArgumentParser(
+        prog="tinyseek usage", description="Usage totals per key and UTC day from a server's ledger."
+    )
     p.add_argument("--db", required=True, help="the SQLite ledger written by `tinyseek serve --db`")
     p.add_argument("--key-id", default=None, help="only this key id (as printed by `tinyseek serve`)")
     args = p.parse_args(argv)
@@ -130,8 +154,16 @@ def cli_usage(argv: list[str]) -> int:
     ledger = Ledger(args.db)
     rows = ledger.totals(args.key_id, by_day=True)
     ledger.close()
-    cols = ["key_id", "day", "requests", "prompt_cache_hit_tokens", "prompt_cache_miss_tokens", "completion_tokens",
-            "reasoning_tokens", "cost_usd"]
+    cols = [
+        "key_id",
+        "day",
+        "requests",
+        "prompt_cache_hit_tokens",
+        "prompt_cache_miss_tokens",
+        "completion_tokens",
+        "reasoning_tokens",
+        "cost_usd",
+    ]
     names = ["key", "day", "requests", "hit", "miss", "output", "reasoning", "cost $"]
     table = [[f"{r[c]:.6f}" if c == "cost_usd" else str(r[c]) for c in cols] for r in rows]
     widths = [max([len(n)] + [len(t[i]) for t in table]) for i, n in enumerate(names)]

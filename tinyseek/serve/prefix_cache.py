@@ -67,7 +67,7 @@ class PrefixCache:
     def _keys(self, ids: list[int], n_blocks: int) -> list[tuple[bytes, tuple[int, ...]]]:
         out, prev, bs = [], b"", self.block_size
         for i in range(n_blocks):
-            toks = tuple(ids[i * bs:(i + 1) * bs])
+            toks = tuple(ids[i * bs : (i + 1) * bs])
             prev = _chain(prev, toks)
             out.append((prev, toks))
         return out
@@ -108,7 +108,7 @@ class PrefixCache:
             for i, (key, toks) in enumerate(keys):
                 if key in self._blocks:
                     continue
-                rows = [t[i * bs:(i + 1) * bs].detach().clone() for t in tensors]
+                rows = [t[i * bs : (i + 1) * bs].detach().clone() for t in tensors]
                 nbytes = sum(r.numel() * r.element_size() for r in rows)
                 if nbytes > self.budget_bytes:
                     break
@@ -130,5 +130,11 @@ class PrefixCache:
             self.nbytes = 0
 
     def stats(self) -> dict:
-        return {"blocks": len(self._blocks), "bytes": self.nbytes, "budget_bytes": self.budget_bytes,
-                "block_size": self.block_size, "hit_tokens": self.hits, "evictions": self.evictions}
+        return {
+            "blocks": len(self._blocks),
+            "bytes": self.nbytes,
+            "budget_bytes": self.budget_bytes,
+            "block_size": self.block_size,
+            "hit_tokens": self.hits,
+            "evictions": self.evictions,
+        }

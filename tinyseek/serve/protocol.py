@@ -31,8 +31,15 @@ MAX_STOP = 16
 class APIError(Exception):
     """An error answered to the client as `{"error": {"message", "type", "param", "code"}}`."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers
@@ -101,8 +108,18 @@ class ChatRequest(_Model):
 
 
 # pydantic error types that mean "right type, bad value" (422); everything else is a format error (400)
-_VALUE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error",
-                 "too_short", "too_long", "finite_number", "value_error", "enum"}
+_VALUE_ERRORS = {
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "literal_error",
+    "too_short",
+    "too_long",
+    "finite_number",
+    "value_error",
+    "enum",
+}
 
 
 def _loc(loc: tuple) -> str:
@@ -142,17 +159,31 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise APIError(status, msg, param=field, code="invalid_value" if status == 422 else "invalid_format") from None
     stops = req.stop_list()
     if len(stops) > MAX_STOP:
-        raise APIError(422, f"stop: at most {MAX_STOP} stop sequences, got {len(stops)}", param="stop", code="invalid_value")
+        raise APIError(
+            422, f"stop: at most {MAX_STOP} stop sequences, got {len(stops)}", param="stop", code="invalid_value"
+        )
     if any(s == "" for s in stops):
         raise APIError(422, "stop: stop sequences must not be empty", param="stop", code="invalid_value")
     if req.response_format is not None and req.response_format.type != "text":
-        raise APIError(422, f"response_format: type {req.response_format.type!r} is not supported by tinyseek"
-                            " (only 'text'; a small model cannot be trusted to emit valid JSON)",
-                       param="response_format.type", code="invalid_value")
+        raise APIError(
+            422,
+            f"response_format: type {req.response_format.type!r} is not supported by tinyseek"
+            " (only 'text'; a small model cannot be trusted to emit valid JSON)",
+            param="response_format.type",
+            code="invalid_value",
+        )
     if req.logprobs:
         raise APIError(422, "logprobs: not supported by tinyseek serve", param="logprobs", code="invalid_value")
     if req.tools:
-        raise APIError(422, "tools: function calling is not supported by tinyseek serve", param="tools", code="invalid_value")
-    if req.max_tokens is not None and req.max_completion_tokens is not None and req.max_tokens != req.max_completion_tokens:
-        raise APIError(422, "max_tokens and max_completion_tokens disagree; send one", param="max_tokens", code="invalid_value")
+        raise APIError(
+            422, "tools: function calling is not supported by tinyseek serve", param="tools", code="invalid_value"
+        )
+    if (
+        req.max_tokens is not None
+        and req.max_completion_tokens is not None
+        and req.max_tokens != req.max_completion_tokens
+    ):
+        raise APIError(
+            422, "max_tokens and max_completion_tokens disagree; send one", param="max_tokens", code="invalid_value"
+        )
     return req

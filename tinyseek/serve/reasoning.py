@@ -57,9 +57,9 @@ class ReasoningSplitter:
                 if any(tag.startswith(self.buf) and tag != self.buf for tag in (THINK, THINK_END)):
                     break
                 if self.buf.startswith(THINK):
-                    self.buf, self.mode, self.reasoned = self.buf[len(THINK):], REASONING, True
+                    self.buf, self.mode, self.reasoned = self.buf[len(THINK) :], REASONING, True
                 elif self.buf.startswith(THINK_END):
-                    self.buf, self.mode = self.buf[len(THINK_END):], CONTENT
+                    self.buf, self.mode = self.buf[len(THINK_END) :], CONTENT
                 else:
                     self.mode = CONTENT
                 continue
@@ -68,11 +68,11 @@ class ReasoningSplitter:
             if not hits:  # place everything but a tail that could still become a tag
                 keep = max((k for t in tags for k in range(1, len(t)) if self.buf.endswith(t[:k])), default=0)
                 self.parts[self.mode].text += self.buf[: len(self.buf) - keep]
-                self.buf = self.buf[len(self.buf) - keep:]
+                self.buf = self.buf[len(self.buf) - keep :]
                 break
             at, tag = min(hits)
             self.parts[self.mode].text += self.buf[:at]
-            self.buf = self.buf[at + len(tag):]
+            self.buf = self.buf[at + len(tag) :]
             if tag == THINK_END:
                 out += self._emit(REASONING)
                 self.mode = CONTENT
@@ -88,8 +88,10 @@ class ReasoningSplitter:
 
     def _emit(self, field: str) -> list[tuple[str, str]]:
         part = self.parts[field]
-        end = max(len(part.text.rstrip()), part.sent)  # trailing whitespace waits for more text, and is dropped at the end
-        delta = part.text[part.sent:end]
+        end = max(
+            len(part.text.rstrip()), part.sent
+        )  # trailing whitespace waits for more text, and is dropped at the end
+        delta = part.text[part.sent : end]
         part.sent = end
         if not part.started:
             delta = delta.lstrip()
@@ -99,4 +101,4 @@ class ReasoningSplitter:
     def result(self) -> tuple[str | None, str]:
         """(reasoning_content or None, content) as emitted."""
         r, c = self.parts[REASONING], self.parts[CONTENT]
-        return (r.text[:r.sent].lstrip() if self.reasoned else None), c.text[:c.sent].lstrip()
+        return (r.text[: r.sent].lstrip() if self.reasoned else None), c.text[: c.sent].lstrip()

@@ -67,7 +67,9 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, engine, prefix_cache: PrefixCache | None = None, max_queue: int = 64, max_running: int | None = None):
+    def __init__(
+        self, engine, prefix_cache: PrefixCache | None = None, max_queue: int = 64, max_running: int | None = None
+    ):
         self.engine = engine
         self.prefix_cache = prefix_cache
         self.max_queue = max_queue
@@ -106,8 +108,13 @@ class Scheduler:
 
     def load(self) -> dict:
         with self._lock:
-            return {"waiting": len(self._waiting), "running": len(self._running), "max_queue": self.max_queue,
-                    "max_running": self.max_running, "steps": self.steps}
+            return {
+                "waiting": len(self._waiting),
+                "running": len(self._running),
+                "max_queue": self.max_queue,
+                "max_running": self.max_running,
+                "steps": self.steps,
+            }
 
     # -- the engine thread ---------------------------------------------------------------------
     def start(self) -> None:
@@ -172,11 +179,12 @@ class Scheduler:
             if self.prefix_cache is not None and job.use_cache:
                 hit = self.prefix_cache.lookup(job.prompt_ids)
                 if hit.n_tokens:
-                    prefix = PromptCache(tuple(job.prompt_ids[:hit.n_tokens]), hit.tensors)
+                    prefix = PromptCache(tuple(job.prompt_ids[: hit.n_tokens]), hit.tensors)
                     job.cached_tokens = hit.n_tokens
             try:
-                job.rid = self.engine.add_request(job.prompt_ids, job.params, prefix=prefix,
-                                                  capture_prompt_cache=self._worth_caching(job))
+                job.rid = self.engine.add_request(
+                    job.prompt_ids, job.params, prefix=prefix, capture_prompt_cache=self._worth_caching(job)
+                )
             except TinyseekError as e:  # the engine refused this prompt: fail this job alone
                 job.done = True
                 job.post("error", f"engine refused the request: {e}")

@@ -53,14 +53,22 @@ def get(name: str, field: str = "task") -> Task:
     return _REGISTRY[name]()
 
 
-def records(counts: dict[str, int], seed: int = 0, split: str = "train", difficulty=None, field: str = "tasks") -> list[dict]:
+def records(
+    counts: dict[str, int], seed: int = 0, split: str = "train", difficulty=None, field: str = "tasks"
+) -> list[dict]:
     """`counts[name]` generated problems of each named task, task after task (every name is checked first)."""
     chosen = [(get(name, field), int(n)) for name, n in counts.items()]
     return [rec for task, n in chosen for rec in task.generate(n, seed=seed, split=split, difficulty=difficulty)]
 
 
-def documents(counts: dict[str, int], seed: int = 0, split: str = "train", fmt: str = "plain", difficulty=None,
-              field: str = "tasks") -> list[str]:
+def documents(
+    counts: dict[str, int],
+    seed: int = 0,
+    split: str = "train",
+    fmt: str = "plain",
+    difficulty=None,
+    field: str = "tasks",
+) -> list[str]:
     """Worked problems as training text (`r1.training_text`): the task corpus of the tokenizer, pretraining and recipes."""
     return [training_text(rec, fmt) for rec in records(counts, seed, split, difficulty, field)]
 
@@ -73,12 +81,16 @@ def load_records(path) -> list[dict]:
 
 
 def cli_tasks(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tinyseek tasks", description="list the verifiable tasks, or print sample problems")
+    parser = argparse.ArgumentParser(
+        prog="tinyseek tasks", description="list the verifiable tasks, or print sample problems"
+    )
     parser.add_argument("name", nargs="?", help="a task name; without one, list the tasks")
     parser.add_argument("--n", type=int, default=5, help="how many problems to generate (default 5)")
     parser.add_argument("--split", default="train", choices=["train", "test"], help="which side of the split")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same problems)")
-    parser.add_argument("--difficulty", type=str, default=None, help="an int, or LO-HI for a uniform mix (default: the task's)")
+    parser.add_argument(
+        "--difficulty", type=str, default=None, help="an int, or LO-HI for a uniform mix (default: the task's)"
+    )
     parser.add_argument("--unique", action="store_true", help="n distinct problems (error if the split has fewer)")
     parser.add_argument("--out", default=None, help="write JSONL here (atomically) instead of printing")
     parser.add_argument("--completion", action="store_true", help="add a `completion` field (R1 format) to each record")
@@ -98,11 +110,16 @@ def cli_tasks(argv: list[str]) -> int:
         except ValueError:
             raise TinyseekError(f"--difficulty: expected an int or LO-HI, got {args.difficulty!r}") from None
     t0 = time.perf_counter()
-    records = get(args.name).generate(args.n, seed=args.seed, split=args.split, difficulty=difficulty, unique=args.unique)
+    records = get(args.name).generate(
+        args.n, seed=args.seed, split=args.split, difficulty=difficulty, unique=args.unique
+    )
     seconds = time.perf_counter() - t0
     if args.out:
         write_jsonl(args.out, ({**r, "completion": completion_text(r)} if args.completion else r for r in records))
-        print(f"wrote {len(records)} {args.name} problems ({args.split}) to {args.out} in {seconds:.2f} s", file=sys.stderr)
+        print(
+            f"wrote {len(records)} {args.name} problems ({args.split}) to {args.out} in {seconds:.2f} s",
+            file=sys.stderr,
+        )
     elif args.text:
         for rec in records:
             print(f"# {rec['id']} (difficulty {rec['difficulty']})\n{rec['prompt']}\n{completion_text(rec)}\n")

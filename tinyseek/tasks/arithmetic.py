@@ -44,7 +44,7 @@ def add_trace(a: int, b: int) -> str:
 
 def sub_trace(a: int, b: int) -> str:
     if a < b:
-        return "swap " + sub_trace(b, a)[:-len(str(b - a))] + f"-{b - a}"
+        return "swap " + sub_trace(b, a)[: -len(str(b - a))] + f"-{b - a}"
     ra, rb = str(a)[::-1], str(b)[::-1]
     borrow, parts = 0, []
     for i in range(len(ra)):

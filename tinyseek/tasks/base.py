@@ -143,4 +143,6 @@ class Task:
 
     def info(self) -> str:
         lo, hi = self.difficulties.start, self.difficulties.stop - 1
-        return f"{self.description} (difficulty {lo}..{hi}: {self.difficulty_meaning}; default {self.default_difficulty})"
+        return (
+            f"{self.description} (difficulty {lo}..{hi}: {self.difficulty_meaning}; default {self.default_difficulty})"
+        )

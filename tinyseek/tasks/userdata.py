@@ -24,7 +24,9 @@ def _is_messages(x) -> bool:
 def row_to_record(row, where: str, index: int, source: str) -> dict:
     """One user row as a record {id, task, prompt, answer, solution, difficulty, ...}; `where` names file:line."""
     if not isinstance(row, dict):
-        raise TinyseekError(f"{where}: expected an object with 'prompt' (or 'question') and 'answer', got {type(row).__name__}")
+        raise TinyseekError(
+            f"{where}: expected an object with 'prompt' (or 'question') and 'answer', got {type(row).__name__}"
+        )
     prompt = row.get("prompt", row.get("question"))
     if prompt is None:
         raise TinyseekError(f"{where}: missing field 'prompt' (or 'question')")

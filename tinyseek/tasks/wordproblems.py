@@ -26,10 +26,26 @@ import random
 from tinyseek.tasks.base import Task
 
 NAMES = {
-    "en": [("Tom", "He", "him"), ("Anna", "She", "her"), ("Ben", "He", "him"), ("Lily", "She", "her"),
-           ("Sam", "He", "him"), ("Mia", "She", "her"), ("Leo", "He", "him"), ("Emma", "She", "her")],
-    "zh": [("小明", "他", "他"), ("小红", "她", "她"), ("小刚", "他", "他"), ("小丽", "她", "她"),
-           ("小华", "他", "他"), ("小芳", "她", "她"), ("小军", "他", "他"), ("小雪", "她", "她")],
+    "en": [
+        ("Tom", "He", "him"),
+        ("Anna", "She", "her"),
+        ("Ben", "He", "him"),
+        ("Lily", "She", "her"),
+        ("Sam", "He", "him"),
+        ("Mia", "She", "her"),
+        ("Leo", "He", "him"),
+        ("Emma", "She", "her"),
+    ],
+    "zh": [
+        ("小明", "他", "他"),
+        ("小红", "她", "她"),
+        ("小刚", "他", "他"),
+        ("小丽", "她", "她"),
+        ("小华", "他", "他"),
+        ("小芳", "她", "她"),
+        ("小军", "他", "他"),
+        ("小雪", "她", "她"),
+    ],
 }
 ITEMS = {  # (plural, counter word in Chinese)
     "en": [("apples", ""), ("marbles", ""), ("stickers", ""), ("books", ""), ("pencils", ""), ("cookies", "")],
@@ -38,31 +54,56 @@ ITEMS = {  # (plural, counter word in Chinese)
 
 # chain events: (kind, text en, text zh, trace en, trace zh); {n}{m} are numbers, {cur}/{new} the count
 EVENTS = {
-    "buy": ("{P} buys {n} bags with {m} {item} each.", "{p}买了{n}袋，每袋{m}{u}。",
-            "buys {n}*{m}={nm}, {cur}+{nm}={new}", "买了{n}*{m}={nm}{u}，{cur}+{nm}={new}"),
-    "get": ("{F} gives {o} {n} more {item}.", "{f}又给了{p}{n}{u}。",
-            "gets {n}, {cur}+{n}={new}", "得到{n}{u}，{cur}+{n}={new}"),
-    "give": ("{P} gives {n} {item} to {F}.", "{p}给了{f}{n}{u}。",
-             "gives {n}, {cur}-{n}={new}", "给出{n}{u}，{cur}-{n}={new}"),
-    "half": ("{P} sells half of them.", "{p}卖掉了一半。",
-             "sells half, {cur}/2={new}", "卖掉一半，{cur}/2={new}"),
+    "buy": (
+        "{P} buys {n} bags with {m} {item} each.",
+        "{p}买了{n}袋，每袋{m}{u}。",
+        "buys {n}*{m}={nm}, {cur}+{nm}={new}",
+        "买了{n}*{m}={nm}{u}，{cur}+{nm}={new}",
+    ),
+    "get": (
+        "{F} gives {o} {n} more {item}.",
+        "{f}又给了{p}{n}{u}。",
+        "gets {n}, {cur}+{n}={new}",
+        "得到{n}{u}，{cur}+{n}={new}",
+    ),
+    "give": (
+        "{P} gives {n} {item} to {F}.",
+        "{p}给了{f}{n}{u}。",
+        "gives {n}, {cur}-{n}={new}",
+        "给出{n}{u}，{cur}-{n}={new}",
+    ),
+    "half": ("{P} sells half of them.", "{p}卖掉了一半。", "sells half, {cur}/2={new}", "卖掉一半，{cur}/2={new}"),
 }
 
 FIXED = {  # name -> (calculations, en, zh, trace en, trace zh)
-    "speed": (1, "A train travels at {a} km per hour for {b} hours. How many km does it travel?",
-              "一列火车每小时行驶{a}千米，行驶了{b}小时。它一共行驶了多少千米？",
-              "distance {a}*{b}={r}", "路程{a}*{b}={r}"),
-    "factory": (2, "A machine makes {a} toys per hour. It works {b} hours a day for {c} days. How many toys does it make?",
-                "一台机器每小时做{a}个玩具，每天工作{b}小时，工作了{c}天。它一共做了多少个玩具？",
-                "per day {a}*{b}={ab}, in {c} days {ab}*{c}={r}", "每天{a}*{b}={ab}个，{c}天{ab}*{c}={r}个"),
-    "shopping": (3, "{N} buys {a} pens at {b} dollars each and {c} notebooks at {d} dollars each. How many dollars does {N} spend?",
-                 "{N}买了{a}支笔，每支{b}元，又买了{c}本笔记本，每本{d}元。{N}一共花了多少元？",
-                 "pens {a}*{b}={ab}, notebooks {c}*{d}={cd}, total {ab}+{cd}={r}",
-                 "笔{a}*{b}={ab}元，笔记本{c}*{d}={cd}元，一共{ab}+{cd}={r}元"),
-    "change": (4, "{N} buys {a} pens at {b} dollars each and {c} notebooks at {d} dollars each, and pays with {e} dollars. How many dollars of change does {N} get?",
-               "{N}买了{a}支笔，每支{b}元，又买了{c}本笔记本，每本{d}元，付了{e}元。应该找回多少元？",
-               "pens {a}*{b}={ab}, notebooks {c}*{d}={cd}, total {ab}+{cd}={t}, change {e}-{t}={r}",
-               "笔{a}*{b}={ab}元，笔记本{c}*{d}={cd}元，一共{ab}+{cd}={t}元，找回{e}-{t}={r}元"),
+    "speed": (
+        1,
+        "A train travels at {a} km per hour for {b} hours. How many km does it travel?",
+        "一列火车每小时行驶{a}千米，行驶了{b}小时。它一共行驶了多少千米？",
+        "distance {a}*{b}={r}",
+        "路程{a}*{b}={r}",
+    ),
+    "factory": (
+        2,
+        "A machine makes {a} toys per hour. It works {b} hours a day for {c} days. How many toys does it make?",
+        "一台机器每小时做{a}个玩具，每天工作{b}小时，工作了{c}天。它一共做了多少个玩具？",
+        "per day {a}*{b}={ab}, in {c} days {ab}*{c}={r}",
+        "每天{a}*{b}={ab}个，{c}天{ab}*{c}={r}个",
+    ),
+    "shopping": (
+        3,
+        "{N} buys {a} pens at {b} dollars each and {c} notebooks at {d} dollars each. How many dollars does {N} spend?",
+        "{N}买了{a}支笔，每支{b}元，又买了{c}本笔记本，每本{d}元。{N}一共花了多少元？",
+        "pens {a}*{b}={ab}, notebooks {c}*{d}={cd}, total {ab}+{cd}={r}",
+        "笔{a}*{b}={ab}元，笔记本{c}*{d}={cd}元，一共{ab}+{cd}={r}元",
+    ),
+    "change": (
+        4,
+        "{N} buys {a} pens at {b} dollars each and {c} notebooks at {d} dollars each, and pays with {e} dollars. How many dollars of change does {N} get?",
+        "{N}买了{a}支笔，每支{b}元，又买了{c}本笔记本，每本{d}元，付了{e}元。应该找回多少元？",
+        "pens {a}*{b}={ab}, notebooks {c}*{d}={cd}, total {ab}+{cd}={t}, change {e}-{t}={r}",
+        "笔{a}*{b}={ab}元，笔记本{c}*{d}={cd}元，一共{ab}+{cd}={t}元，找回{e}-{t}={r}元",
+    ),
 }
 FIXED_BY_STEPS = {steps: name for name, (steps, *_) in FIXED.items()}
 ANSWER_WORDS = {"en": "answer ", "zh": "答案是"}
@@ -122,7 +163,9 @@ class WordProblems(Task):
         if lang not in NAMES:
             raise ValueError(f"wordproblems: lang must be 'en' or 'zh', got {lang!r}")
         self.name, self.lang = name, lang
-        self.description = f"GSM8K-like multi-step word problems in {'English' if lang == 'en' else 'Chinese'}, integer answers"
+        self.description = (
+            f"GSM8K-like multi-step word problems in {'English' if lang == 'en' else 'Chinese'}, integer answers"
+        )
 
     def draw(self, rng: random.Random, difficulty: int):
         if difficulty in FIXED_BY_STEPS and rng.random() < 0.5:
@@ -139,7 +182,15 @@ class WordProblems(Task):
             sentences = [f"{name}有{start}{unit}{item}。" if zh else f"{name} has {start} {item}."]
             clauses, cur = [], start
             for kind, n, m in events:
-                new = cur + n * m if kind == "buy" else cur + n if kind == "get" else cur - n if kind == "give" else cur // 2
+                new = (
+                    cur + n * m
+                    if kind == "buy"
+                    else cur + n
+                    if kind == "get"
+                    else cur - n
+                    if kind == "give"
+                    else cur // 2
+                )
                 text_en, text_zh, trace_en, trace_zh = EVENTS[kind]
                 values = {**fill, "n": n, "m": m, "nm": n * m, "cur": cur, "new": new}
                 sentences.append((text_zh if zh else text_en).format(**values))
@@ -154,8 +205,12 @@ class WordProblems(Task):
             values = {**nums, "N": name}
             a, b, c, d = nums["a"], nums["b"], nums.get("c", 0), nums.get("d", 0)
             values.update(ab=a * b, cd=c * d, t=a * b + c * d)
-            answer = {"speed": a * b, "factory": a * b * c, "shopping": a * b + c * d,
-                      "change": nums.get("e", 0) - (a * b + c * d)}[tname]
+            answer = {
+                "speed": a * b,
+                "factory": a * b * c,
+                "shopping": a * b + c * d,
+                "change": nums.get("e", 0) - (a * b + c * d),
+            }[tname]
             values["r"] = answer
             prompt = (text_zh if zh else text_en).format(**values)
             clauses = [(trace_zh if zh else trace_en).format(**values)]

@@ -41,7 +41,9 @@ CACHE_FILE = "teacher_topk.safetensors"
 
 @dataclass
 class DistillConfig(TrainConfig):
-    data: list[str] = field(default_factory=list)  # trace files (JSONL / Parquet / datasets dir): `tinyseek sample` output
+    data: list[str] = field(
+        default_factory=list
+    )  # trace files (JSONL / Parquet / datasets dir): `tinyseek sample` output
     mode: str = "blackbox"  # blackbox: fine-tune on verified traces | whitebox: also match the teacher's distributions
     teacher: str = ""  # teacher checkpoint (whitebox; in blackbox it only lends its tokenizer when none is given)
     preset: str = "tiny-dense"  # student preset (ignored with init)
@@ -99,7 +101,9 @@ def verified_rows(paths: list[str], verify: bool = True) -> tuple[list[tuple[str
             msgs = row_to_messages(row, where)
             if verify:
                 if not isinstance(row, dict) or row.get("answer") in (None, ""):
-                    raise TinyseekError(f"{where}: no 'answer' to verify the trace against (set verify = false to trust the file)")
+                    raise TinyseekError(
+                        f"{where}: no 'answer' to verify the trace against (set verify = false to trust the file)"
+                    )
                 cols = {k: [row[k]] for k in ("answer", "task", "numbers", "target") if k in row}
                 if accuracy_reward([msgs[:-1]], [msgs[-1]["content"]], **cols)[0] != 1.0:
                     dropped += 1
@@ -113,7 +117,7 @@ def tokenize(tok, rows: list[tuple[str, dict]], max_len: int) -> list[tuple[list
     out = []
     for where, row in rows:
         ids, labels = sft_example(tok, row_to_messages(row, where))
-        ids, labels = ids[:max_len + 1], labels[:max_len + 1]
+        ids, labels = ids[: max_len + 1], labels[: max_len + 1]
         if any(lab != IGNORE for lab in labels[1:]):
             out.append((ids, labels))
     return out
@@ -126,8 +130,14 @@ def tokenize(tok, rows: list[tuple[str, dict]], max_len: int) -> list[tuple[list
 class DistillStage(StreamStage):
     """Batches of verified examples; the extra loss is the KD term (white-box) against cached or live teacher top-k."""
 
-    def __init__(self, cfg: DistillConfig, examples: list, pad_id: int, cache: TeacherCache | None = None,
-                 teacher: torch.nn.Module | None = None):
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        examples: list,
+        pad_id: int,
+        cache: TeacherCache | None = None,
+        teacher: torch.nn.Module | None = None,
+    ):
         self.cfg, self.examples, self.pad_id = cfg, examples, pad_id
         self.cache, self.teacher = cache, teacher
         self.stream = ExampleStream(list(range(len(examples))), seed=cfg.seed)  # yields example indices
@@ -186,16 +196,22 @@ def run(cfg: DistillConfig, run_dir: Path, resume: bool = False) -> dict:
     rows, dropped = verified_rows(cfg.data, cfg.verify)
     examples = tokenize(tok, rows, cfg.max_len)
     if not examples:
-        raise TinyseekError(f"data: no verified traces to learn from in {', '.join(cfg.data)} ({dropped} rows failed verification)")
-    print(f"distill: {len(examples)} verified traces ({dropped} rows dropped as unverified), mode {cfg.mode}", flush=True)
+        raise TinyseekError(
+            f"data: no verified traces to learn from in {', '.join(cfg.data)} ({dropped} rows failed verification)"
+        )
+    print(
+        f"distill: {len(examples)} verified traces ({dropped} rows dropped as unverified), mode {cfg.mode}", flush=True
+    )
 
     cache = teacher = None
     teacher_vocab = None
     if cfg.mode == "whitebox":
         teacher_tok = Path(cfg.teacher) / TOKENIZER_FILE
         if not teacher_tok.is_file() or not _same_tokenizer(teacher_tok, tok_file):
-            raise ConfigError(f"teacher: whitebox distillation needs the student to use the teacher's tokenizer "
-                              f"({teacher_tok} differs from {tok_file}); use mode = \"blackbox\" across tokenizers")
+            raise ConfigError(
+                f"teacher: whitebox distillation needs the student to use the teacher's tokenizer "
+                f'({teacher_tok} differs from {tok_file}); use mode = "blackbox" across tokenizers'
+            )
         teacher = load_model(cfg.teacher)
         teacher_vocab = teacher.cfg.vocab_size
         if cfg.teacher_cache != "none":
@@ -207,8 +223,15 @@ def run(cfg: DistillConfig, run_dir: Path, resume: bool = False) -> dict:
             if path.is_file():
                 cache = TeacherCache.load(path, expect=expect)
             else:
-                cache = build_teacher_cache(teacher, examples, cfg.kd_top_k, cfg.kd_temperature, batch_size=cfg.batch_size,
-                                            pad_id=tok.pad_id, meta={"teacher": expect["teacher"]})
+                cache = build_teacher_cache(
+                    teacher,
+                    examples,
+                    cfg.kd_top_k,
+                    cfg.kd_temperature,
+                    batch_size=cfg.batch_size,
+                    pad_id=tok.pad_id,
+                    meta={"teacher": expect["teacher"]},
+                )
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if int(os.environ.get("RANK", "0")) == 0:
                     cache.save(path)
@@ -217,21 +240,35 @@ def run(cfg: DistillConfig, run_dir: Path, resume: bool = False) -> dict:
     seed_everything(cfg.seed)
     student, student_cfg = build_model(cfg.preset, cfg.model, cfg.init, tok.vocab_size, cfg.max_len)
     if teacher_vocab is not None and student.cfg.vocab_size != teacher_vocab:
-        raise ConfigError(f"model.vocab_size: the student's {student.cfg.vocab_size} differs from the teacher's {teacher_vocab} (whitebox needs one vocabulary)")
+        raise ConfigError(
+            f"model.vocab_size: the student's {student.cfg.vocab_size} differs from the teacher's {teacher_vocab} (whitebox needs one vocabulary)"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
         write_atomic(run_dir / TOKENIZER_FILE, tok_file.read_bytes())
     resolved = {**to_dict(cfg), "model": student_cfg, "n_examples": len(examples), "n_dropped": dropped}
-    loop = Loop(cfg, student, run_dir, tokenizer_file=run_dir / TOKENIZER_FILE, resolved_config=resolved, resume=resume,
-                stage_name="distill", seq_len=cfg.max_len)
+    loop = Loop(
+        cfg,
+        student,
+        run_dir,
+        tokenizer_file=run_dir / TOKENIZER_FILE,
+        resolved_config=resolved,
+        resume=resume,
+        stage_name="distill",
+        seq_len=cfg.max_len,
+    )
     if teacher is not None:
         teacher.to(loop.device)
     return loop.run(DistillStage(cfg, examples, tok.pad_id, cache, teacher))
 
 
 def cli_distill(argv: list[str]) -> int:
-    cfg, run_dir, resume = stage_cli(DistillConfig, argv, "tinyseek distill",
-                                     "Distil a teacher into a (dense) student: fine-tune on its verified traces (blackbox), "
-                                     "and in whitebox mode also match its token distributions.")
+    cfg, run_dir, resume = stage_cli(
+        DistillConfig,
+        argv,
+        "tinyseek distill",
+        "Distil a teacher into a (dense) student: fine-tune on its verified traces (blackbox), "
+        "and in whitebox mode also match its token distributions.",
+    )
     run(cfg, run_dir, resume)
     return 0

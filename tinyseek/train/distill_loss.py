@@ -53,8 +53,14 @@ def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(dim=-1)
 
 
-def kd_loss(student_logits: torch.Tensor, t_logp: torch.Tensor, t_idx: torch.Tensor, kind: str = "forward",
-            temperature: float = 1.0, mix: float = 0.5) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor,
+    t_logp: torch.Tensor,
+    t_idx: torch.Tensor,
+    kind: str = "forward",
+    temperature: float = 1.0,
+    mix: float = 0.5,
+) -> torch.Tensor:
     """Mean per-position KD loss over the k + 1 buckets.
 
     student_logits [N, V] (the positions that are trained: completion tokens), t_logp [N, k] the teacher's
@@ -63,8 +69,10 @@ def kd_loss(student_logits: torch.Tensor, t_logp: torch.Tensor, t_idx: torch.Ten
     if kind not in KD_KINDS:
         raise TinyseekError(f"kd: must be one of {', '.join(KD_KINDS)} (got {kind!r})")
     if t_logp.shape != t_idx.shape or t_logp.shape[0] != student_logits.shape[0]:
-        raise TinyseekError(f"teacher log-probs {tuple(t_logp.shape)} / ids {tuple(t_idx.shape)} do not match "
-                            f"the student's {student_logits.shape[0]} positions")
+        raise TinyseekError(
+            f"teacher log-probs {tuple(t_logp.shape)} / ids {tuple(t_idx.shape)} do not match "
+            f"the student's {student_logits.shape[0]} positions"
+        )
     if student_logits.shape[0] == 0:
         return student_logits.sum() * 0.0
     s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, t_idx)  # [N, k]
@@ -76,8 +84,13 @@ def kd_loss(student_logits: torch.Tensor, t_logp: torch.Tensor, t_idx: torch.Ten
     return per_pos.mean() * temperature**2
 
 
-def kd_loss_full(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "forward",
-                 temperature: float = 1.0, mix: float = 0.5) -> torch.Tensor:
+def kd_loss_full(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: str = "forward",
+    temperature: float = 1.0,
+    mix: float = 0.5,
+) -> torch.Tensor:
     """The plain reference: full-vocabulary KL between [N, V] logits (what kd_loss is with k = V)."""
     s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
@@ -116,8 +129,11 @@ class TeacherCache:
         from safetensors.torch import save_file
 
         with atomic_file(path) as tmp:
-            save_file({"logp": self.logp.contiguous(), "idx": self.idx.contiguous(), "offsets": self.offsets.contiguous()},
-                      str(tmp), metadata={"tinyseek": json.dumps(self.meta)})
+            save_file(
+                {"logp": self.logp.contiguous(), "idx": self.idx.contiguous(), "offsets": self.offsets.contiguous()},
+                str(tmp),
+                metadata={"tinyseek": json.dumps(self.meta)},
+            )
 
     @classmethod
     def load(cls, path: str | Path, expect: dict | None = None) -> "TeacherCache":
@@ -135,7 +151,9 @@ class TeacherCache:
             raise TinyseekError(f"{path}: unreadable teacher cache ({e})") from None
         for k, v in (expect or {}).items():
             if meta.get(k) != v:
-                raise TinyseekError(f"{path}: built with {k}={meta.get(k)!r}, this run needs {v!r} (delete it to rebuild)")
+                raise TinyseekError(
+                    f"{path}: built with {k}={meta.get(k)!r}, this run needs {v!r} (delete it to rebuild)"
+                )
         return cls(t["logp"], t["idx"], t["offsets"], meta)
 
 
@@ -148,8 +166,15 @@ def data_hash(examples: list[tuple[list[int], list[int]]]) -> str:
 
 
 @torch.no_grad()
-def build_teacher_cache(teacher: torch.nn.Module, examples: list[tuple[list[int], list[int]]], k: int,
-                        temperature: float, batch_size: int = 16, pad_id: int = 0, meta: dict | None = None) -> TeacherCache:
+def build_teacher_cache(
+    teacher: torch.nn.Module,
+    examples: list[tuple[list[int], list[int]]],
+    k: int,
+    temperature: float,
+    batch_size: int = 16,
+    pad_id: int = 0,
+    meta: dict | None = None,
+) -> TeacherCache:
     """Run the teacher over SFT `examples` ((ids, labels) as tinyseek.data makes them) and keep its top-k.
 
     Examples go through the teacher one `tinyseek.data.collate` batch at a time; padding is on the right
@@ -161,7 +186,7 @@ def build_teacher_cache(teacher: torch.nn.Module, examples: list[tuple[list[int]
     teacher.eval()
     logps, idxs, counts = [], [], []
     for b in range(0, len(examples), batch_size):
-        mb = collate(examples[b:b + batch_size], pad_id)
+        mb = collate(examples[b : b + batch_size], pad_id)
         mask = mb["targets"] != -100  # [B, T]
         lp, ix = teacher_topk(teacher(mb["tokens"]).logits[mask], k, temperature)
         logps.append(lp)

@@ -83,7 +83,9 @@ class GrpoConfig(TrainConfig):
     rollout_impl: str = "engine"  # engine (KV cache, shared prefill) | plain (reference: full recompute per token)
     ignore_eos: bool = False  # benchmarks: every completion runs to max_new_tokens
     # rewards: names from tinyseek.rewards (accuracy, format, language, length) or `pkg.mod:func` (TRL signature)
-    rewards: list[str] = field(default_factory=lambda: ["accuracy"])  # names or pkg.mod:func, comma-separated on the CLI
+    rewards: list[str] = field(
+        default_factory=lambda: ["accuracy"]
+    )  # names or pkg.mod:func, comma-separated on the CLI
     reward_weights: list[float] = field(default_factory=list)  # default: 1 each
     # the objective
     loss_type: str = "dapo"  # grpo | dr_grpo | dapo
@@ -121,8 +123,11 @@ class GrpoConfig(TrainConfig):
         need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         need(self.rollout_impl in ("engine", "plain"), "rollout_impl", "must be engine or plain")
         need(bool(self.rewards), "rewards", "at least one reward function")
-        need(not self.reward_weights or len(self.reward_weights) == len(self.rewards), "reward_weights",
-             f"needs one weight per reward ({len(self.rewards)})")
+        need(
+            not self.reward_weights or len(self.reward_weights) == len(self.rewards),
+            "reward_weights",
+            f"needs one weight per reward ({len(self.rewards)})",
+        )
         need(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}")
         need(self.scale_rewards in SCALE_REWARDS, "scale_rewards", f"must be one of {', '.join(SCALE_REWARDS)}")
         need(0 <= self.epsilon < 1, "epsilon", "must be in [0, 1)")
@@ -132,9 +137,11 @@ class GrpoConfig(TrainConfig):
         need(self.micro_batch >= 1, "micro_batch", "must be >= 1")
         need(self.logprob_impl in ("chunked", "full"), "logprob_impl", "must be chunked or full")
         need(self.eval_samples >= 1, "eval_samples", "must be >= 1")
-        need(self.prompt_template in ("chat", "r1-zero", "raw") or "{prompt}" in self.prompt_template, "prompt_template",
-             "must be chat, r1-zero, raw, or a text holding {prompt}")
-
+        need(
+            self.prompt_template in ("chat", "r1-zero", "raw") or "{prompt}" in self.prompt_template,
+            "prompt_template",
+            "must be chat, r1-zero, raw, or a text holding {prompt}",
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,8 +198,15 @@ class PromptSource:
     def batch(self, step: int, n: int) -> list[dict]:
         if self.records is None:  # several tasks (task = "a,b"): an even mix, interleaved
             k = len(self.tasks)
-            parts = [t.generate(n // k + (i < n % k), seed=self.cfg.seed * 1_000_003 + step, split="train",
-                                difficulty=self.cfg.difficulty) for i, t in enumerate(self.tasks)]
+            parts = [
+                t.generate(
+                    n // k + (i < n % k),
+                    seed=self.cfg.seed * 1_000_003 + step,
+                    split="train",
+                    difficulty=self.cfg.difficulty,
+                )
+                for i, t in enumerate(self.tasks)
+            ]
             return [parts[i % k][i // k] for i in range(n)]
         import random
 
@@ -214,8 +228,15 @@ class PromptSource:
             return []
         else:
             k = len(self.tasks)
-            parts = [t.generate(self.cfg.eval_n // k + (i < self.cfg.eval_n % k), seed=0, split="test",
-                                difficulty=self.cfg.difficulty) for i, t in enumerate(self.tasks)]
+            parts = [
+                t.generate(
+                    self.cfg.eval_n // k + (i < self.cfg.eval_n % k),
+                    seed=0,
+                    split="test",
+                    difficulty=self.cfg.difficulty,
+                )
+                for i, t in enumerate(self.tasks)
+            ]
             recs = [r for part in parts for r in part]
         return recs[: self.cfg.eval_n]
 
@@ -257,8 +278,14 @@ class MicroBatch:
     ref: torch.Tensor | None = None  # [b, L] reference log-probs (beta > 0)
 
 
-def build_micro_batches(prompts: list[list[int]], completions: list[list[int]], adv: torch.Tensor, loss_mask: list[bool],
-                        micro_batch: int, pad_id: int) -> list[MicroBatch]:
+def build_micro_batches(
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    adv: torch.Tensor,
+    loss_mask: list[bool],
+    micro_batch: int,
+    pad_id: int,
+) -> list[MicroBatch]:
     """Sequences (prompt_i + completion_i) cut into micro-batches of `micro_batch` rows.
 
     Rows are sorted by length first so a micro-batch pads little. `loss_mask[i]` False masks a whole
@@ -267,7 +294,7 @@ def build_micro_batches(prompts: list[list[int]], completions: list[list[int]], 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
     out = []
     for s in range(0, len(order), micro_batch):
-        idx = order[s:s + micro_batch]
+        idx = order[s : s + micro_batch]
         T = max(len(prompts[i]) + len(completions[i]) for i in idx)
         L = max(1, max(len(completions[i]) for i in idx))
         ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
@@ -275,21 +302,37 @@ def build_micro_batches(prompts: list[list[int]], completions: list[list[int]], 
         rows, pos, slot, tgt = [], [], [], []
         for b, i in enumerate(idx):
             p, c = prompts[i], completions[i]
-            ids[b, :len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+            ids[b, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
             rows += [b] * len(c)
             pos += range(len(p) - 1, len(p) - 1 + len(c))
             slot += range(len(c))
             tgt += c
             if loss_mask[i]:
-                mask[b, :len(c)] = 1.0
-        out.append(MicroBatch(ids, torch.tensor(rows, dtype=torch.long), torch.tensor(pos, dtype=torch.long),
-                              torch.tensor(slot, dtype=torch.long), torch.tensor(tgt, dtype=torch.long), mask,
-                              adv[idx].clone(), sum(len(prompts[i]) + len(completions[i]) for i in idx)))
+                mask[b, : len(c)] = 1.0
+        out.append(
+            MicroBatch(
+                ids,
+                torch.tensor(rows, dtype=torch.long),
+                torch.tensor(pos, dtype=torch.long),
+                torch.tensor(slot, dtype=torch.long),
+                torch.tensor(tgt, dtype=torch.long),
+                mask,
+                adv[idx].clone(),
+                sum(len(prompts[i]) + len(completions[i]) for i in idx),
+            )
+        )
     return out
 
 
-def sequence_logprobs(policy: Policy, module: torch.nn.Module, mb: MicroBatch, temperature: float, impl: str, chunk: int,
-                      want_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def sequence_logprobs(
+    policy: Policy,
+    module: torch.nn.Module,
+    mb: MicroBatch,
+    temperature: float,
+    impl: str,
+    chunk: int,
+    want_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [b, L] of the completions in `mb` (zeros at padding), the entropies [b, L]
     (detached; zeros unless asked) and the MoE expert load of the forward (or None)."""
     hidden, load = policy.hidden(module, mb.ids)  # [b, T, D]
@@ -339,9 +382,18 @@ class GrpoStage:
         prompt_ids = [pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt) for r in recs]
         t0 = time.perf_counter()
         # the engine's completions, as they are: token ids (ending with the stop token sampled), text, finish reason
-        comps = pol.generate(prompt_ids, G, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
-                             seed=cfg.seed * 1_000_003 + loop.step, impl=cfg.rollout_impl, max_batch=min(256, len(recs) * G),
-                             ignore_eos=cfg.ignore_eos)
+        comps = pol.generate(
+            prompt_ids,
+            G,
+            cfg.max_new_tokens,
+            cfg.temperature,
+            cfg.top_p,
+            cfg.top_k,
+            seed=cfg.seed * 1_000_003 + loop.step,
+            impl=cfg.rollout_impl,
+            max_batch=min(256, len(recs) * G),
+            ignore_eos=cfg.ignore_eos,
+        )
         t_roll = time.perf_counter() - t0
         gen_tokens = sum(len(c.token_ids) for c in comps)
 
@@ -374,14 +426,23 @@ class GrpoStage:
         m["groups_informative"] = float(informative.float().mean())
         m["seqs_updated"] = len(keep)
         a = adv[keep] if keep else torch.zeros(1)
-        m["adv_mean"], m["adv_std"], m["adv_absmax"] = float(a.mean()), float(a.std()) if len(keep) > 1 else 0.0, float(a.abs().max())
+        m["adv_mean"], m["adv_std"], m["adv_absmax"] = (
+            float(a.mean()),
+            float(a.std()) if len(keep) > 1 else 0.0,
+            float(a.abs().max()),
+        )
         if cfg.sample_every and (loop.step + 1) % cfg.sample_every == 0 and loop.is_main:
             self._write_samples(loop.step + 1, rows, comps, total, parts, adv)
 
         # updates
         t1 = time.perf_counter()
-        upd = self._update(loop, [prompt_ids[i // G] for i in keep], [comps[i].token_ids for i in keep], adv[keep],
-                           [not (cfg.mask_truncated_completions and truncated[i]) for i in keep])
+        upd = self._update(
+            loop,
+            [prompt_ids[i // G] for i in keep],
+            [comps[i].token_ids for i in keep],
+            adv[keep],
+            [not (cfg.mask_truncated_completions and truncated[i]) for i in keep],
+        )
         t_upd = time.perf_counter() - t1
         m.update(upd)
         m["rollout_s"], m["update_s"] = t_roll, t_upd
@@ -393,8 +454,16 @@ class GrpoStage:
     def _update(self, loop, prompts, completions, adv, loss_mask) -> dict:
         cfg, pol = self.cfg, self.policy
         if not prompts:  # every group was uninformative: nothing to learn from, no optimizer step
-            return {"loss": 0.0, "tokens": 0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "entropy": float("nan"),
-                    "grad_norm": 0.0, "skipped": 0}
+            return {
+                "loss": 0.0,
+                "tokens": 0,
+                "kl": 0.0,
+                "clip_low": 0.0,
+                "clip_high": 0.0,
+                "entropy": float("nan"),
+                "grad_norm": 0.0,
+                "skipped": 0,
+            }
         dev = loop.device
         mbs = build_micro_batches(prompts, completions, adv, loss_mask, cfg.micro_batch, pol.pad_id)
         for mb in mbs:
@@ -403,15 +472,27 @@ class GrpoStage:
         n_seq = sum(mb.ids.size(0) for mb in mbs)
         n_tok = sum(float(mb.mask.sum()) for mb in mbs)
         if n_tok == 0:
-            return {"loss": 0.0, "tokens": 0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "entropy": float("nan"),
-                    "grad_norm": 0.0, "skipped": 0}
+            return {
+                "loss": 0.0,
+                "tokens": 0,
+                "kl": 0.0,
+                "clip_low": 0.0,
+                "clip_high": 0.0,
+                "entropy": float("nan"),
+                "grad_norm": 0.0,
+                "skipped": 0,
+            }
         with torch.no_grad():  # fixed targets of the ratio and the KL, computed once per batch
             for mb in mbs:
                 with loop.autocast():
                     if cfg.num_iterations > 1:
-                        mb.old = sequence_logprobs(pol, loop.model, mb, cfg.temperature, cfg.logprob_impl, cfg.logprob_chunk)[0]
+                        mb.old = sequence_logprobs(
+                            pol, loop.model, mb, cfg.temperature, cfg.logprob_impl, cfg.logprob_chunk
+                        )[0]
                     if cfg.beta > 0:
-                        mb.ref = sequence_logprobs(pol, self.ref, mb, cfg.temperature, cfg.logprob_impl, cfg.logprob_chunk)[0]
+                        mb.ref = sequence_logprobs(
+                            pol, self.ref, mb, cfg.temperature, cfg.logprob_impl, cfg.logprob_chunk
+                        )[0]
         sums = {"kl": 0.0, "clip_low": 0.0, "clip_high": 0.0}
         ent_sum = 0.0
         loss_total = 0.0
@@ -422,11 +503,28 @@ class GrpoStage:
             for k, mb in enumerate(mbs):
                 with loop.no_sync(last=k == len(mbs) - 1):
                     with loop.autocast():
-                        logp, ent, el = sequence_logprobs(pol, loop.model, mb, cfg.temperature, cfg.logprob_impl,
-                                                          cfg.logprob_chunk, want_entropy=it == 0)
+                        logp, ent, el = sequence_logprobs(
+                            pol,
+                            loop.model,
+                            mb,
+                            cfg.temperature,
+                            cfg.logprob_impl,
+                            cfg.logprob_chunk,
+                            want_entropy=it == 0,
+                        )
                     old = logp.detach() if mb.old is None else mb.old
-                    out = grpo_loss(logp, old, mb.adv, mb.mask, mb.ref, cfg.beta, cfg.epsilon, cfg.epsilon_high,
-                                    cfg.loss_type, cfg.max_new_tokens)
+                    out = grpo_loss(
+                        logp,
+                        old,
+                        mb.adv,
+                        mb.mask,
+                        mb.ref,
+                        cfg.beta,
+                        cfg.epsilon,
+                        cfg.epsilon_high,
+                        cfg.loss_type,
+                        cfg.max_new_tokens,
+                    )
                     w_tok = float(mb.mask.sum()) / n_tok
                     # each micro-batch's share of the whole batch's loss (see grpo_loss for the normalisers)
                     weight = w_tok if cfg.loss_type == "dapo" else mb.ids.size(0) / n_seq
@@ -448,11 +546,23 @@ class GrpoStage:
     def _write_samples(self, step: int, rows, comps, total, parts, adv) -> None:
         from tinyseek.io import write_jsonl
 
-        write_jsonl(self.run_dir / "samples" / f"step-{step}.jsonl", (
-            {"step": step, "prompt": rows[i]["prompt"], "answer": rows[i].get("answer"), "completion": comps[i].text,
-             "finish_reason": comps[i].finish_reason, "tokens": len(comps[i].token_ids), "reward": total[i],
-             "rewards": {k: v[i] for k, v in parts.items()}, "advantage": float(adv[i])}
-            for i in range(min(self.cfg.samples_logged, len(comps)))))
+        write_jsonl(
+            self.run_dir / "samples" / f"step-{step}.jsonl",
+            (
+                {
+                    "step": step,
+                    "prompt": rows[i]["prompt"],
+                    "answer": rows[i].get("answer"),
+                    "completion": comps[i].text,
+                    "finish_reason": comps[i].finish_reason,
+                    "tokens": len(comps[i].token_ids),
+                    "reward": total[i],
+                    "rewards": {k: v[i] for k, v in parts.items()},
+                    "advantage": float(adv[i]),
+                }
+                for i in range(min(self.cfg.samples_logged, len(comps)))
+            ),
+        )
 
     def evaluate(self, loop) -> dict:
         if self._heldout is None:
@@ -470,10 +580,17 @@ class GrpoStage:
         render = lambda r: pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt)  # noqa: E731
         prompt_ids = [render(r) for r in recs]
         out: dict = {"eval_n": len(recs)}
-        for name, k, params in (("greedy", 1, pol.sampling_params(cfg.max_new_tokens, 0.0, seed=seed)),
-                                ("pass1", cfg.eval_samples, pol.sampling_params(cfg.max_new_tokens, cfg.eval_temperature, cfg.top_p,
-                                                                                 seed=seed))):
-            engine = pol.engine(prompt_ids, cfg.max_new_tokens, max_batch=min(256, len(recs) * k), n=k, impl=cfg.rollout_impl)
+        for name, k, params in (
+            ("greedy", 1, pol.sampling_params(cfg.max_new_tokens, 0.0, seed=seed)),
+            (
+                "pass1",
+                cfg.eval_samples,
+                pol.sampling_params(cfg.max_new_tokens, cfg.eval_temperature, cfg.top_p, seed=seed),
+            ),
+        ):
+            engine = pol.engine(
+                prompt_ids, cfg.max_new_tokens, max_batch=min(256, len(recs) * k), n=k, impl=cfg.rollout_impl
+            )
             res = evaluate(engine, recs, k, params, render=render, keep_text=False, chunk=max(1, 256 // k))
             out[f"eval_{name}"] = res["pass@1"]["value"]
             out[f"eval_{name}_lo"], out[f"eval_{name}_hi"] = res["pass@1"]["ci95"]
@@ -498,14 +615,24 @@ def build_stage(cfg: GrpoConfig, run_dir, resume: bool = False):
     seed_everything(cfg.seed)
     policy = Policy.load(cfg.model, cfg.tokenizer)
     if resume and not policy.resumable:
-        raise TinyseekError(f"{cfg.model}: --resume is not supported for {policy.kind} models (restart from the last checkpoint instead)")
+        raise TinyseekError(
+            f"{cfg.model}: --resume is not supported for {policy.kind} models (restart from the last checkpoint instead)"
+        )
     ref = None
     if cfg.beta > 0:
         ref = copy.deepcopy(policy.module).eval()
         for p in ref.parameters():
             p.requires_grad_(False)
-    loop = Loop(cfg, policy.module, run_dir, tokenizer_file=policy.tokenizer_file, resolved_config=to_dict(cfg), resume=resume,
-                stage_name="grpo", seq_len=cfg.max_new_tokens)
+    loop = Loop(
+        cfg,
+        policy.module,
+        run_dir,
+        tokenizer_file=policy.tokenizer_file,
+        resolved_config=to_dict(cfg),
+        resume=resume,
+        stage_name="grpo",
+        seq_len=cfg.max_new_tokens,
+    )
     if ref is not None:
         ref.to(loop.device)
     loop.save_model = policy.save  # the model's own checkpoint format (save_pretrained for a transformers model)
@@ -515,9 +642,13 @@ def build_stage(cfg: GrpoConfig, run_dir, resume: bool = False):
 def cli_grpo(argv: list[str]) -> int:
     from tinyseek.config import stage_cli
 
-    cfg, run_dir, resume = stage_cli(GrpoConfig, argv, prog="tinyseek grpo",
-                                     description="GRPO with rule-based rewards on a tinyseek checkpoint or a transformers "
-                                                 "model (a directory, a .gguf file or pkg:PACKAGE/FILE).")
+    cfg, run_dir, resume = stage_cli(
+        GrpoConfig,
+        argv,
+        prog="tinyseek grpo",
+        description="GRPO with rule-based rewards on a tinyseek checkpoint or a transformers "
+        "model (a directory, a .gguf file or pkg:PACKAGE/FILE).",
+    )
     loop, stage = build_stage(cfg, run_dir, resume=resume)
     loop.run(stage)
     return 0

@@ -39,8 +39,9 @@ STD_EPS = 1e-4  # added to the std before dividing, as TRL
 # advantages
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group",
-                     std_threshold: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale_rewards: str = "group", std_threshold: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Group-relative advantages for rewards laid out group after group.
 
     rewards: [P * G] float, the G completions of prompt p at rows p*G ... p*G + G - 1.
@@ -48,7 +49,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
     reward std exceeds `std_threshold`; the advantages of the other groups are exactly zero.
     """
     if rewards.dim() != 1 or rewards.numel() % group_size:
-        raise ConfigError(f"rewards: expected a flat tensor of groups of {group_size}, got shape {tuple(rewards.shape)}")
+        raise ConfigError(
+            f"rewards: expected a flat tensor of groups of {group_size}, got shape {tuple(rewards.shape)}"
+        )
     if scale_rewards not in SCALE_REWARDS:
         raise ConfigError(f"scale_rewards: must be one of {', '.join(SCALE_REWARDS)} (got {scale_rewards!r})")
     r = rewards.float().view(-1, group_size)  # [P, G]
@@ -81,10 +84,18 @@ class LossOut:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-              ref_logp: torch.Tensor | None = None, beta: float = 0.0, epsilon: float = 0.2,
-              epsilon_high: float | None = None, loss_type: str = "grpo", max_completion_len: int | None = None
-              ) -> LossOut:
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.0,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    loss_type: str = "grpo",
+    max_completion_len: int | None = None,
+) -> LossOut:
     """The clipped surrogate with a k3 KL penalty, aggregated by `loss_type` (see the module docstring).
 
     logp, old_logp, ref_logp, mask: [B, T] over completion tokens (mask 1 = a real, unmasked token).
@@ -138,8 +149,9 @@ def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tens
     return logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def _chunk_logp(hidden: torch.Tensor, ids: torch.Tensor, head_weight: torch.Tensor, head, temperature: float,
-                want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_logp(
+    hidden: torch.Tensor, ids: torch.Tensor, head_weight: torch.Tensor, head, temperature: float, want_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden).float()  # [n, V]: lives only inside this chunk
     if temperature != 1.0:
         logits = logits / temperature
@@ -153,9 +165,15 @@ def _chunk_logp(hidden: torch.Tensor, ids: torch.Tensor, head_weight: torch.Tens
     return logp, ent
 
 
-def token_logprobs(hidden: torch.Tensor, ids: torch.Tensor, head: torch.nn.Module, temperature: float = 1.0,
-                   chunk_tokens: int = 1024, impl: str = "chunked", want_entropy: bool = False
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    head: torch.nn.Module,
+    temperature: float = 1.0,
+    chunk_tokens: int = 1024,
+    impl: str = "chunked",
+    want_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(ids | context) for N positions, given the hidden states that predict them.
 
     hidden [N, D] (the final-norm output at the position *before* each token), ids [N] -> (logp [N] fp32,
@@ -170,14 +188,18 @@ def token_logprobs(hidden: torch.Tensor, ids: torch.Tensor, head: torch.nn.Modul
             logits = logits / temperature
         logp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
-            ent = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1) if want_entropy else torch.zeros_like(logp)
+            ent = (
+                -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+                if want_entropy
+                else torch.zeros_like(logp)
+            )
         return logp, ent
     if impl != "chunked":
         raise ConfigError(f"logprob_impl: must be chunked or full (got {impl!r})")
     weight = getattr(head, "weight", None)
     outs, ents = [], []
     for s in range(0, hidden.size(0), chunk_tokens):
-        h, t = hidden[s:s + chunk_tokens], ids[s:s + chunk_tokens]
+        h, t = hidden[s : s + chunk_tokens], ids[s : s + chunk_tokens]
         if torch.is_grad_enabled() and h.requires_grad:
             lp, en = checkpoint(_chunk_logp, h, t, weight, head, temperature, want_entropy, use_reentrant=False)
         else:

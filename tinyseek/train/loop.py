@@ -123,9 +123,28 @@ class TrainConfig:
             if not cond:
                 raise ConfigError(f"{name}: {msg} (got {getattr(self, name)!r})")
 
-        for name in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_batches", "max_bad_steps", "keep_last"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "eval_batches",
+            "max_bad_steps",
+            "keep_last",
+        ):
             need(getattr(self, name) >= 1, name, "must be >= 1")
-        for name in ("threads", "warmup_steps", "eval_every", "ckpt_every", "weight_decay", "grad_clip", "peak_tflops", "gpu_hour_price", "cpu_hour_price", "adam_eps"):
+        for name in (
+            "threads",
+            "warmup_steps",
+            "eval_every",
+            "ckpt_every",
+            "weight_decay",
+            "grad_clip",
+            "peak_tflops",
+            "gpu_hour_price",
+            "cpu_hour_price",
+            "adam_eps",
+        ):
             need(getattr(self, name) >= 0, name, "must be >= 0")
         need(self.lr > 0, "lr", "must be positive")
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be between 0 and 1")
@@ -133,7 +152,9 @@ class TrainConfig:
         need(0 <= self.beta2 < 1, "beta2", "must be in [0, 1)")
         need(self.dtype in ("float32", "bfloat16"), "dtype", "must be float32 or bfloat16")
         need(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
-        need(self.batch_size % self.grad_accum == 0, "batch_size", f"must be a multiple of grad_accum={self.grad_accum}")
+        need(
+            self.batch_size % self.grad_accum == 0, "batch_size", f"must be a multiple of grad_accum={self.grad_accum}"
+        )
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -284,8 +305,18 @@ class StreamStage:
 class Loop:
     """Owns the model's training machinery for one stage run; see the module docstring for the protocol."""
 
-    def __init__(self, cfg: TrainConfig, model: torch.nn.Module, run_dir: str | Path, *, tokenizer_file: str | Path | None = None,
-                 resolved_config: dict | None = None, resume: bool = False, stage_name: str = "train", seq_len: int = 0):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: torch.nn.Module,
+        run_dir: str | Path,
+        *,
+        tokenizer_file: str | Path | None = None,
+        resolved_config: dict | None = None,
+        resume: bool = False,
+        stage_name: str = "train",
+        seq_len: int = 0,
+    ):
         self.cfg = cfg
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
@@ -302,7 +333,9 @@ class Loop:
         self.optimizer = build_optimizer(self.raw_model, cfg)
         self.micro_batch_size = cfg.batch_size // cfg.grad_accum // self.dist.world
         if cfg.batch_size % (cfg.grad_accum * self.dist.world):
-            raise ConfigError(f"batch_size: {cfg.batch_size} must be a multiple of grad_accum x processes = {cfg.grad_accum * self.dist.world}")
+            raise ConfigError(
+                f"batch_size: {cfg.batch_size} must be a multiple of grad_accum x processes = {cfg.grad_accum * self.dist.world}"
+            )
         self.seq_len = seq_len
         self.flops_per_token = cost.model_train_flops_per_token(self.raw_model, seq_len or 1)
         self.peak = cost.device_peak_flops(self.device, cfg.peak_tflops)
@@ -357,7 +390,7 @@ class Loop:
         if len(items) != self.cfg.batch_size:
             raise ValueError(f"split_batch: expected {self.cfg.batch_size} items, got {len(items)}")
         mb, w, r = self.micro_batch_size, self.dist.world, self.dist.rank
-        return [items[(k * w + r) * mb:(k * w + r + 1) * mb] for k in range(self.cfg.grad_accum)]
+        return [items[(k * w + r) * mb : (k * w + r + 1) * mb] for k in range(self.cfg.grad_accum)]
 
     def optimizer_step(self, loss: float, expert_load: torch.Tensor | None = None) -> dict:
         """Clip, guard, step, update MoE biases. Returns {"grad_norm", "skipped"}; call once per train_step."""
@@ -457,8 +490,13 @@ class Loop:
             "scheduler": {"step": self.step, "lr": lr_at(self.step, self.cfg)},  # the schedule is a function of step
             "rng": rng_state(),
             "data": stage.state_dict() if hasattr(stage, "state_dict") else None,
-            "counters": {"tokens": self.tokens, "flops": self.flops, "elapsed": self.elapsed, "bad_steps": self.bad_steps,
-                         "bad_in_a_row": self.bad_in_a_row},
+            "counters": {
+                "tokens": self.tokens,
+                "flops": self.flops,
+                "elapsed": self.elapsed,
+                "bad_steps": self.bad_steps,
+                "bad_in_a_row": self.bad_in_a_row,
+            },
             "metrics": {"last": self.last_metrics, "eval": self.last_eval},
             "stage": self.stage_name,
         }
@@ -470,11 +508,18 @@ class Loop:
             if final:
                 out = self.save_model(self.raw_model, self.run_dir / "final", self.tokenizer_file)
             else:
-                out = self.save_model(self.raw_model, self.run_dir / "checkpoints" / f"step-{self.step}", self.tokenizer_file,
-                                      trainer_state=self._trainer_state(stage))
-                steps = sorted((int(p.name[5:]), p) for p in (self.run_dir / "checkpoints").iterdir()
-                               if p.name.startswith("step-") and p.name[5:].isdigit())
-                for _, p in steps[:-self.cfg.keep_last]:
+                out = self.save_model(
+                    self.raw_model,
+                    self.run_dir / "checkpoints" / f"step-{self.step}",
+                    self.tokenizer_file,
+                    trainer_state=self._trainer_state(stage),
+                )
+                steps = sorted(
+                    (int(p.name[5:]), p)
+                    for p in (self.run_dir / "checkpoints").iterdir()
+                    if p.name.startswith("step-") and p.name[5:].isdigit()
+                )
+                for _, p in steps[: -self.cfg.keep_last]:
                     shutil.rmtree(p, ignore_errors=True)
         if self.dist.enabled:
             torch_dist.barrier()
@@ -529,8 +574,15 @@ class Loop:
 
     def cost(self) -> dict:
         hours = self.elapsed / 3600 * self.dist.world
-        return {"flops": self.flops, "elapsed_s": self.elapsed, "device": self.device.type, "n_devices": self.dist.world,
-                "device_hours": hours, "price_per_device_hour": self.price, "cost_usd": hours * self.price}
+        return {
+            "flops": self.flops,
+            "elapsed_s": self.elapsed,
+            "device": self.device.type,
+            "n_devices": self.dist.world,
+            "device_hours": hours,
+            "price_per_device_hour": self.price,
+            "cost_usd": hours * self.price,
+        }
 
     # -- the run ------------------------------------------------------------------------------------
     def run(self, stage: Any) -> dict:
@@ -548,8 +600,10 @@ class Loop:
             # outrank (and outlive, under keep_last) this run's, and --resume would pick them up
             old = [p for p in (self.run_dir / "checkpoints").iterdir() if p.name.startswith("step-")]
             if old:
-                print(f"note: {self.run_dir} held an earlier run; removing its {len(old)} checkpoint(s) (use --resume to continue one)",
-                      flush=True)
+                print(
+                    f"note: {self.run_dir} held an earlier run; removing its {len(old)} checkpoint(s) (use --resume to continue one)",
+                    flush=True,
+                )
                 for p in old:
                     shutil.rmtree(p, ignore_errors=True)
         if self.is_main:
@@ -579,7 +633,12 @@ class Loop:
             self.tokens += tokens
             step_flops = self.flops_per_token * tokens
             self.flops += step_flops
-            rec: dict[str, Any] = {"step": self.step, **{k: v for k, v in m.items() if k != "expert_load"}, "lr": lr, "tokens": tokens}
+            rec: dict[str, Any] = {
+                "step": self.step,
+                **{k: v for k, v in m.items() if k != "expert_load"},
+                "lr": lr,
+                "tokens": tokens,
+            }
             load = m.get("expert_load")
             if load is not None and load.numel():  # a dense model reports an empty [0, 0] load
                 mean = load.mean(dim=-1).clamp_min(1e-9)
@@ -587,15 +646,22 @@ class Loop:
                 rec["moe_cv"] = [round(float(v), 4) for v in (load.std(dim=-1) / mean)]
             rec["tokens_per_s"] = tokens / dt if dt > 0 else 0.0
             rec["mfu"] = step_flops / dt / (self.peak * self.dist.world) if dt > 0 else 0.0
-            rec.update(elapsed_s=self.elapsed, total_tokens=self.tokens, total_flops=self.flops, cost_usd=self.cost()["cost_usd"],
-                       bad_steps=self.bad_steps)
+            rec.update(
+                elapsed_s=self.elapsed,
+                total_tokens=self.tokens,
+                total_flops=self.flops,
+                cost_usd=self.cost()["cost_usd"],
+                bad_steps=self.bad_steps,
+            )
             if self.bad_in_a_row >= cfg.max_bad_steps:
                 if self.is_main:
                     self._log(rec)
                 self.save(stage)  # skipped steps leave the weights alone: these are the last good step's weights
                 good = self.step - self.bad_in_a_row
-                raise TrainingStopped(f"loss: {cfg.max_bad_steps} non-finite steps in a row (steps {good + 1}-{self.step}); "
-                                      f"stopped, the weights of step {good} are saved in {self.run_dir / 'checkpoints' / f'step-{self.step}'}")
+                raise TrainingStopped(
+                    f"loss: {cfg.max_bad_steps} non-finite steps in a row (steps {good + 1}-{self.step}); "
+                    f"stopped, the weights of step {good} are saved in {self.run_dir / 'checkpoints' / f'step-{self.step}'}"
+                )
             last = self.step == cfg.max_steps
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
                 if hasattr(stage, "evaluate"):
@@ -621,18 +687,25 @@ class Loop:
                 self._tb.close()
             if cfg.progress:
                 c = summary["cost"]
-                print(f"done: {self.step} steps, {self.tokens:,} tokens, {summary['tokens_per_s']:,.0f} tokens/s, "
-                      f"MFU {summary['mfu']:.2%}, {c['flops']:.3g} FLOPs, {c['device_hours']:.4f} {c['device']}-hours, "
-                      f"${c['cost_usd']:.4f} -> {self.run_dir}", flush=True)
+                print(
+                    f"done: {self.step} steps, {self.tokens:,} tokens, {summary['tokens_per_s']:,.0f} tokens/s, "
+                    f"MFU {summary['mfu']:.2%}, {c['flops']:.3g} FLOPs, {c['device_hours']:.4f} {c['device']}-hours, "
+                    f"${c['cost_usd']:.4f} -> {self.run_dir}",
+                    flush=True,
+                )
         return summary
 
     def _print(self, rec: dict, sec_per_step: float) -> None:
         eta = (self.cfg.max_steps - self.step) * sec_per_step
         extra = f" | eval {rec['eval_loss']:.4f}" if "eval_loss" in rec else ""
         skipped = f" | skipped {self.bad_steps}" if self.bad_steps else ""
-        print(f"{self.stage_name} step {self.step}/{self.cfg.max_steps} | loss {rec.get('loss', float('nan')):.4f}{extra} | "
-              f"lr {rec['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s | MFU {rec['mfu']:.2%} | ${rec['cost_usd']:.4f} | "
-              f"ETA {_fmt_time(eta)}{skipped}", file=sys.stdout, flush=True)
+        print(
+            f"{self.stage_name} step {self.step}/{self.cfg.max_steps} | loss {rec.get('loss', float('nan')):.4f}{extra} | "
+            f"lr {rec['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s | MFU {rec['mfu']:.2%} | ${rec['cost_usd']:.4f} | "
+            f"ETA {_fmt_time(eta)}{skipped}",
+            file=sys.stdout,
+            flush=True,
+        )
 
     def summary(self) -> dict:
         c = self.cost()
@@ -667,7 +740,9 @@ def build_model(preset: str, model_overrides: dict, init: str, vocab_size: int, 
         model = load_model(init)
         model.train()
         if model.cfg.vocab_size < vocab_size:
-            raise ConfigError(f"init: {init} has vocab_size {model.cfg.vocab_size}, smaller than the tokenizer's {vocab_size}")
+            raise ConfigError(
+                f"init: {init} has vocab_size {model.cfg.vocab_size}, smaller than the tokenizer's {vocab_size}"
+            )
     else:
         fields = {**model_overrides}
         fields.setdefault("vocab_size", vocab_size)

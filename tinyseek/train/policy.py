@@ -50,7 +50,9 @@ class Policy:
         """The policy for a model path (anything `checkpoint.load` accepts)."""
         loaded = load(path, tokenizer or None)
         if loaded.tokenizer is None:
-            raise TinyseekError(f"{loaded.path}: no tokenizer with the model (prompts are rendered and completions decoded with it)")
+            raise TinyseekError(
+                f"{loaded.path}: no tokenizer with the model (prompts are rendered and completions decoded with it)"
+            )
         cls = TinyseekPolicy if loaded.kind == "tinyseek" else HFPolicy
         return cls(loaded.model, loaded.tokenizer, str(loaded.path))
 
@@ -110,13 +112,29 @@ class Policy:
             return self.text_ids(R1_ZERO_TEMPLATE.format(prompt=prompt))
         return self.text_ids(prompt if template == "raw" else template.replace("{prompt}", prompt))
 
-    def sampling_params(self, max_new_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-                        ignore_eos: bool = False) -> SamplingParams:
+    def sampling_params(
+        self,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int = 0,
+        ignore_eos: bool = False,
+    ) -> SamplingParams:
         """Rollout sampling: the model's end-of-sequence token stops a completion (unless `ignore_eos`)."""
-        return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                              stop_token_ids=() if ignore_eos else (self.eos_id,), ignore_eos=ignore_eos)
+        return SamplingParams(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop_token_ids=() if ignore_eos else (self.eos_id,),
+            ignore_eos=ignore_eos,
+        )
 
-    def engine(self, prompts: list[list[int]], max_new_tokens: int, max_batch: int = 256, n: int = 1, impl: str = "engine"):
+    def engine(
+        self, prompts: list[list[int]], max_new_tokens: int, max_batch: int = 256, n: int = 1, impl: str = "engine"
+    ):
         """An engine able to run `prompts` with `max_new_tokens` each: `PlainRollout` for impl "plain", else the
         cached engine (one preallocated KV cache), rebuilt only when it is too small or the model changed."""
         module = unwrap(self.module)
@@ -130,8 +148,19 @@ class Policy:
             self._engine_key = (id(module), max_len, max_batch)
         return self._engine
 
-    def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0,
-                 top_k: int = 0, seed: int = 0, impl: str = "engine", max_batch: int = 256, ignore_eos: bool = False) -> list[Completion]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int = 0,
+        impl: str = "engine",
+        max_batch: int = 256,
+        ignore_eos: bool = False,
+    ) -> list[Completion]:
         """n samples for each prompt, group after group (prompt p's samples at p*n ... p*n + n - 1), exactly as the
         engine returned them. `token_ids` are what the loss trains on: they end with the stop token the model
         sampled (one of several end tokens, for a transformers model), never one it did not; `text` (what the
@@ -180,7 +209,9 @@ class TinyseekPolicy(Policy):
 
     def _new_engine(self, module, need, max_len, max_batch, n):
         # the rounding stops at the model's context length; a longer need is the caller's to answer for
-        return Engine(module, tokenizer=self.tok, max_batch=max_batch, max_len=max(need, min(max_len, module.cfg.max_seq_len)))
+        return Engine(
+            module, tokenizer=self.tok, max_batch=max_batch, max_len=max(need, min(max_len, module.cfg.max_seq_len))
+        )
 
     def save(self, model, out, tokenizer_file=None, trainer_state=None):
         return save_checkpoint(model, out, tokenizer_file, trainer_state=trainer_state)
@@ -257,7 +288,7 @@ class PlainRollout:
             rows = self._sample([p for p in prompts for _ in range(n)], params)
         finally:
             self.model.train(was_training)
-        return [rows[i * n:(i + 1) * n] for i in range(len(prompts))]
+        return [rows[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def _sample(self, rows: list[list[int]], params: SamplingParams) -> list[Completion]:
         pol = self.policy
@@ -267,13 +298,13 @@ class PlainRollout:
         lens = torch.tensor([len(p) for p in rows])  # [N]
         buf = torch.full((N, int(lens.max()) + params.max_new_tokens), pol.pad_id, dtype=torch.long)
         for i, p in enumerate(rows):
-            buf[i, :len(p)] = torch.tensor(p, dtype=torch.long)
+            buf[i, : len(p)] = torch.tensor(p, dtype=torch.long)
         gen = torch.Generator().manual_seed(params.seed or 0)
         done = torch.zeros(N, dtype=torch.bool)
         new: list[list[int]] = [[] for _ in range(N)]
         reasons = ["length"] * N
         for _ in range(params.max_new_tokens):
-            logits = pol.logits(self.model, buf[:, :int(lens.max())]).float()  # [N, L, V]
+            logits = pol.logits(self.model, buf[:, : int(lens.max())]).float()  # [N, L, V]
             probs = torch.softmax(logits[torch.arange(N), lens - 1] / temperature, dim=-1)  # [N, V]
             if top_k > 0:
                 kth = probs.topk(min(top_k, probs.size(-1)), dim=-1).values[:, -1:]
@@ -293,5 +324,7 @@ class PlainRollout:
                     reasons[i] = "stop"
             if done.all():
                 break
-        return [Completion(ids, None, r, pol.decode(ids[:-1] if r == "stop" else ids), len(p))
-                for ids, r, p in zip(new, reasons, rows)]
+        return [
+            Completion(ids, None, r, pol.decode(ids[:-1] if r == "stop" else ids), len(p))
+            for ids, r, p in zip(new, reasons, rows)
+        ]

@@ -23,7 +23,9 @@ from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, see
 @dataclass
 class PretrainConfig(TrainConfig):
     preset: str = "nano"  # model preset (ignored when init is set)
-    model: dict = field(default_factory=dict)  # ModelConfig fields overriding the preset ([model] table / --model.FIELD)
+    model: dict = field(
+        default_factory=dict
+    )  # ModelConfig fields overriding the preset ([model] table / --model.FIELD)
     init: str = ""  # start from this checkpoint instead of a random init
     tokenizer: str = ""  # tokenizer.json (or a dir holding one); "" = train one on the corpus
     vocab_size: int = 0  # vocabulary of a tokenizer trained here; 0 = the preset's (at least 265)
@@ -61,7 +63,9 @@ class PretrainStage(StreamStage):
     def train_step(self, loop: Loop) -> dict:
         x, y = self.stream.next_rows(loop.cfg.batch_size)  # the global batch, identical on every rank
         items = list(range(loop.cfg.batch_size))
-        micro = [{"tokens": x[idx[0]:idx[-1] + 1], "targets": y[idx[0]:idx[-1] + 1]} for idx in loop.split_batch(items)]
+        micro = [
+            {"tokens": x[idx[0] : idx[-1] + 1], "targets": y[idx[0] : idx[-1] + 1]} for idx in loop.split_batch(items)
+        ]
         return loop.supervised_step(micro)
 
 
@@ -81,7 +85,9 @@ def prepare(cfg: PretrainConfig, run_dir: Path, resume: bool) -> tuple[Tokenizer
     else:
         from tinyseek.config import PRESETS
 
-        vocab = cfg.vocab_size or max(MIN_VOCAB, int(cfg.model.get("vocab_size", PRESETS.get(cfg.preset, {}).get("vocab_size", 4096))))
+        vocab = cfg.vocab_size or max(
+            MIN_VOCAB, int(cfg.model.get("vocab_size", PRESETS.get(cfg.preset, {}).get("vocab_size", 4096)))
+        )
         tok = Tokenizer.train(train_docs, vocab)
     train = PackedStream(tokenize_documents(tok, train_docs), cfg.seq_len, tok.eos_id, seed=cfg.seed)
     eval_batches = []
@@ -100,16 +106,27 @@ def run(cfg: PretrainConfig, run_dir: Path, resume: bool = False) -> dict:
     seed_everything(cfg.seed)
     model, model_cfg = build_model(cfg.preset, cfg.model, cfg.init, tok.vocab_size, cfg.seq_len)
     # the tokenizer travels with the run (and from there into every checkpoint); rank 0 writes it
-    if int(os.environ.get("RANK", "0")) == 0 and (tok.path is None or Path(tok.path).resolve() != (run_dir / TOKENIZER_FILE).resolve()):
+    if int(os.environ.get("RANK", "0")) == 0 and (
+        tok.path is None or Path(tok.path).resolve() != (run_dir / TOKENIZER_FILE).resolve()
+    ):
         tok.save(run_dir)
     resolved = {**to_dict(cfg), "model": model_cfg, "tokenizer": str(run_dir / TOKENIZER_FILE)}
-    loop = Loop(cfg, model, run_dir, tokenizer_file=run_dir / TOKENIZER_FILE, resolved_config=resolved, resume=resume,
-                stage_name="pretrain", seq_len=cfg.seq_len)
+    loop = Loop(
+        cfg,
+        model,
+        run_dir,
+        tokenizer_file=run_dir / TOKENIZER_FILE,
+        resolved_config=resolved,
+        resume=resume,
+        stage_name="pretrain",
+        seq_len=cfg.seq_len,
+    )
     return loop.run(PretrainStage(stream, eval_batches))
 
 
 def cli_pretrain(argv: list[str]) -> int:
-    cfg, run_dir, resume = stage_cli(PretrainConfig, argv, "tinyseek pretrain",
-                                     "Pretrain a model on task traces and text (next-token + MTP loss).")
+    cfg, run_dir, resume = stage_cli(
+        PretrainConfig, argv, "tinyseek pretrain", "Pretrain a model on task traces and text (next-token + MTP loss)."
+    )
     run(cfg, run_dir, resume)
     return 0

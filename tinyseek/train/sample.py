@@ -69,8 +69,9 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def select(records: list[dict], completions: list[list[tuple[str, int, str]]], shortest: bool = False,
-           dedup: bool = False) -> tuple[list[dict], dict]:
+def select(
+    records: list[dict], completions: list[list[tuple[str, int, str]]], shortest: bool = False, dedup: bool = False
+) -> tuple[list[dict], dict]:
     """Keep the verified completions. completions[i] lists (text, n_tokens, finish_reason) for records[i].
 
     Returns (rows, stats): rows are {"prompt", "completion", "id", "task", "answer", "tokens"}.
@@ -99,11 +100,24 @@ def select(records: list[dict], completions: list[list[tuple[str, int, str]]], s
         if good:
             kept_problems += 1
         for t, n in good:
-            rows.append({"prompt": rec["prompt"], "completion": t, "id": rec.get("id"), "task": rec.get("task"),
-                         "answer": rec.get("answer"), "tokens": n})
-    stats = {"problems": len(records), "problems_kept": kept_problems, "completions": seen_total,
-             "verified": correct_total, "rows": len(rows),
-             "acceptance": correct_total / seen_total if seen_total else 0.0}
+            rows.append(
+                {
+                    "prompt": rec["prompt"],
+                    "completion": t,
+                    "id": rec.get("id"),
+                    "task": rec.get("task"),
+                    "answer": rec.get("answer"),
+                    "tokens": n,
+                }
+            )
+    stats = {
+        "problems": len(records),
+        "problems_kept": kept_problems,
+        "completions": seen_total,
+        "verified": correct_total,
+        "rows": len(rows),
+        "acceptance": correct_total / seen_total if seen_total else 0.0,
+    }
     return rows, stats
 
 
@@ -126,12 +140,21 @@ def rejection_sample(cfg: SampleConfig) -> tuple[list[dict], dict]:
     comps: list[list[tuple[str, int, str]]] = []
     per_call = max(1, cfg.batch // cfg.samples)
     for s in range(0, len(records), per_call):
-        chunk = records[s:s + per_call]
+        chunk = records[s : s + per_call]
         ids = [policy.render(r["prompt"], cfg.prompt_template, cfg.system_prompt) for r in chunk]
-        out = policy.generate(ids, cfg.samples, cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=cfg.seed * 1_000_003 + s,
-                              max_batch=min(cfg.batch, len(chunk) * cfg.samples))
+        out = policy.generate(
+            ids,
+            cfg.samples,
+            cfg.max_new_tokens,
+            cfg.temperature,
+            cfg.top_p,
+            seed=cfg.seed * 1_000_003 + s,
+            max_batch=min(cfg.batch, len(chunk) * cfg.samples),
+        )
         for i in range(len(chunk)):
-            comps.append([(x.text, len(x.token_ids), x.finish_reason) for x in out[i * cfg.samples:(i + 1) * cfg.samples]])
+            comps.append(
+                [(x.text, len(x.token_ids), x.finish_reason) for x in out[i * cfg.samples : (i + 1) * cfg.samples]]
+            )
     return select(records, comps, cfg.shortest, cfg.dedup)
 
 
@@ -141,10 +164,14 @@ def cli_sample(argv: list[str]) -> int:
     from tinyseek.io import atomic_dir, write_json, write_jsonl
     from tinyseek.config import from_dict, read_file
 
-    ap = argparse.ArgumentParser(prog="tinyseek sample",
-                                 description="Rejection sampling: keep correct, well-formed completions as an SFT dataset.")
+    ap = argparse.ArgumentParser(
+        prog="tinyseek sample",
+        description="Rejection sampling: keep correct, well-formed completions as an SFT dataset.",
+    )
     ap.add_argument("ckpt", nargs="?", help="checkpoint (tinyseek dir, transformers dir or .gguf) to sample from")
-    ap.add_argument("--config", help="a TOML/JSON file of SampleConfig fields (the recipe runner's form); flags override it")
+    ap.add_argument(
+        "--config", help="a TOML/JSON file of SampleConfig fields (the recipe runner's form); flags override it"
+    )
     ap.add_argument("--task", help="task name: problems from its train split")
     ap.add_argument("--data", help="a JSONL/Parquet file of records (prompt, answer, ...) instead of --task")
     ap.add_argument("--n", type=int, help="number of problems (default 100)")
@@ -155,15 +182,30 @@ def cli_sample(argv: list[str]) -> int:
     ap.add_argument("--difficulty", type=int, help="task difficulty (default: the task's own)")
     ap.add_argument("--seed", type=int, help="problem and sampling seed (default 0)")
     ap.add_argument("--prompt-template", help="chat (default) | r1-zero | raw | a text holding {prompt}")
-    ap.add_argument("--shortest", action="store_true", default=None, help="keep only the shortest verified completion per problem")
+    ap.add_argument(
+        "--shortest", action="store_true", default=None, help="keep only the shortest verified completion per problem"
+    )
     ap.add_argument("--dedup", action="store_true", default=None, help="drop repeated completions of a problem")
     ap.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     ap.add_argument("--out", required=True, help="FILE.jsonl, or a directory (then DIR/sft.jsonl and DIR/stats.json)")
     a = ap.parse_args(argv)
     data = read_file(a.config) if a.config else {}
-    flags = {"model": a.ckpt, "task": a.task, "data": a.data, "n": a.n, "samples": a.samples, "temperature": a.temperature,
-             "top_p": a.top_p, "max_new_tokens": a.max_new_tokens, "difficulty": a.difficulty, "seed": a.seed,
-             "prompt_template": a.prompt_template, "shortest": a.shortest, "dedup": a.dedup, "threads": a.threads}
+    flags = {
+        "model": a.ckpt,
+        "task": a.task,
+        "data": a.data,
+        "n": a.n,
+        "samples": a.samples,
+        "temperature": a.temperature,
+        "top_p": a.top_p,
+        "max_new_tokens": a.max_new_tokens,
+        "difficulty": a.difficulty,
+        "seed": a.seed,
+        "prompt_template": a.prompt_template,
+        "shortest": a.shortest,
+        "dedup": a.dedup,
+        "threads": a.threads,
+    }
     data.update({k: v for k, v in flags.items() if v is not None})
     cfg = from_dict(SampleConfig, data, where=a.config or "flags")
     rows, stats = rejection_sample(cfg)
@@ -176,6 +218,8 @@ def cli_sample(argv: list[str]) -> int:
             write_jsonl(tmp / "sft.jsonl", rows)
             write_json(tmp / "stats.json", stats)
         target = out / "sft.jsonl"
-    print(f"sample: kept {stats['rows']} completions for {stats['problems_kept']}/{stats['problems']} problems "
-          f"(acceptance {stats['acceptance']:.1%} of {stats['completions']}) -> {target}")
+    print(
+        f"sample: kept {stats['rows']} completions for {stats['problems_kept']}/{stats['problems']} problems "
+        f"(acceptance {stats['acceptance']:.1%} of {stats['completions']}) -> {target}"
+    )
     return 0

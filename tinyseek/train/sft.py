@@ -88,7 +88,7 @@ def prepare(cfg: SFTConfig) -> tuple[Tokenizer, ExampleStream, list[dict]]:
     eval_counts = cfg.eval_tasks or {k: max(1, v // 10) for k, v in cfg.tasks.items() if v > 0}
     ev, _ = sft_examples_from_rows(tok, _rows(cfg.eval_data, eval_counts, cfg.seed, "test"), cfg.seq_len)
     mb = max(1, cfg.batch_size // cfg.grad_accum)
-    eval_batches = [collate(ev[i:i + mb], tok.pad_id) for i in range(0, min(len(ev), mb * cfg.eval_batches), mb)]
+    eval_batches = [collate(ev[i : i + mb], tok.pad_id) for i in range(0, min(len(ev), mb * cfg.eval_batches), mb)]
     return tok, ExampleStream(train, seed=cfg.seed), eval_batches
 
 
@@ -97,13 +97,25 @@ def run(cfg: SFTConfig, run_dir: Path, resume: bool = False) -> dict:
     tok, stream, eval_batches = prepare(cfg)
     model, model_cfg = build_model(cfg.preset, cfg.model, cfg.init, tok.vocab_size, cfg.seq_len)
     resolved = {**to_dict(cfg), "model": model_cfg, "tokenizer": str(tok.path)}
-    loop = Loop(cfg, model, run_dir, tokenizer_file=tok.path, resolved_config=resolved, resume=resume,
-                stage_name="sft", seq_len=cfg.seq_len)
+    loop = Loop(
+        cfg,
+        model,
+        run_dir,
+        tokenizer_file=tok.path,
+        resolved_config=resolved,
+        resume=resume,
+        stage_name="sft",
+        seq_len=cfg.seq_len,
+    )
     return loop.run(SFTStage(stream, eval_batches, tok.pad_id))
 
 
 def cli_sft(argv: list[str]) -> int:
-    cfg, run_dir, resume = stage_cli(SFTConfig, argv, "tinyseek sft",
-                                     "Supervised fine-tuning (cold start) in the R1 chat format; loss on assistant tokens only.")
+    cfg, run_dir, resume = stage_cli(
+        SFTConfig,
+        argv,
+        "tinyseek sft",
+        "Supervised fine-tuning (cold start) in the R1 chat format; loss on assistant tokens only.",
+    )
     run(cfg, run_dir, resume)
     return 0
