@@ -117,8 +117,9 @@ def main() -> int:
     model = Transformer(cfg).eval()
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"preset {args.preset}: {n_params / 1e6:.1f}M parameters; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine: figures are noisy)"
+        f"preset {args.preset}: {n_params / 1e6:.1f}M parameters; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+        "(a shared machine: figures are noisy)"
     )
     batches = [int(b) for b in args.batches.split(",")]
     N, P = args.new_tokens, args.prompt_len
@@ -192,11 +193,13 @@ def main() -> int:
     naive = KVCache(dataclasses.replace(cfg, mtp_depth=0), 1, 1, impl="naive")
     naive_b = sum(x[0, 0].numel() * x.element_size() for x in naive._tensors())
     print(
-        f"  a full K/V cache of the same model (tinyseek's naive MLA path) would take {naive_b:.0f}: ratio {ours_b / naive_b:.3f}"
+        f"  a full K/V cache of the same model (tinyseek's naive MLA path) would take {naive_b:.0f}: ratio "
+        f"{ours_b / naive_b:.3f}"
     )
     spec_eng = Engine(model, max_batch=1, speculative=True)
     print(
-        f"  (with speculative decoding the MTP layer's cache is added: {ours_cache_bytes_per_token(spec_eng):.0f} bytes per token)"
+        f"  (with speculative decoding the MTP layer's cache is added: {ours_cache_bytes_per_token(spec_eng):.0f} "
+        "bytes per token)"
     )
 
     # bf16
@@ -216,8 +219,9 @@ def main() -> int:
         k = next((i for i in range(len(x)) if x[i] != y[i]), len(x))
         agree.append(k / len(x))
     print(
-        f"\nbf16 at batch {B}: {B * N / dt16:.0f} tok/s vs float32 {B * N / dt32:.0f} ({dt32 / dt16:.2f}x); max |logit diff| on the "
-        f"prompts {d:.3f}; greedy tokens equal to float32 before the first divergence: {100 * sum(agree) / len(agree):.0f}%"
+        f"\nbf16 at batch {B}: {B * N / dt16:.0f} tok/s vs float32 {B * N / dt32:.0f} ({dt32 / dt16:.2f}x); "
+        f"max |logit diff| on the prompts {d:.3f}; greedy tokens equal to float32 before the first divergence: "
+        f"{100 * sum(agree) / len(agree):.0f}%"
     )
 
     if args.mtp_steps > 0 and cfg.mtp_depth > 0:
@@ -226,7 +230,8 @@ def main() -> int:
         e = Engine(model, max_batch=1, speculative=True)
         e.generate([all_prompts[0].tolist()], p)
         print(
-            f"\nMTP speculative decoding, batch 1: untrained model acceptance {e.stats['accepted'] / max(1, e.stats['drafted']):.2f}"
+            "\nMTP speculative decoding, batch 1: untrained model acceptance "
+            f"{e.stats['accepted'] / max(1, e.stats['drafted']):.2f}"
         )
         print(
             f"training a copy for {args.mtp_steps} steps on a repetitive corpus (best case for acceptance)...",
@@ -252,8 +257,9 @@ def main() -> int:
             st = engines[k].stats
             same = outs[k][0][0].token_ids == outs[0][0][0].token_ids
             print(
-                f"  speculative, {k} draft{'s' if k > 1 else ''} a step: {M / best[k]:.0f} tok/s, speed-up {best[0] / best[k]:.2f}x, "
-                f"acceptance {st['accepted'] / max(1, st['drafted']):.2f}, identical output {same}"
+                f"  speculative, {k} draft{'s' if k > 1 else ''} a step: {M / best[k]:.0f} tok/s, "
+                f"speed-up {best[0] / best[k]:.2f}x, acceptance {st['accepted'] / max(1, st['drafted']):.2f}, "
+                f"identical output {same}"
             )
     return 0
 

@@ -196,7 +196,8 @@ def main() -> None:
     n_params = sum(p.numel() for p in base.parameters())
     print(
         f"random Llama {n_params / 1e6:.2f}M params (vocab {tok.vocab_size}), {P} prompts x G={G}, {NEW} new tokens, "
-        f"beta {BETA}, fp32, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        f"beta {BETA}, fp32, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs"
     )
     results = {}
     policy = HFPolicy(copy.deepcopy(base), hf_tok)
@@ -222,8 +223,9 @@ def main() -> None:
         model = Transformer(ModelConfig.preset("tiny", vocab_size=tok.vocab_size))
         s2, m2 = run_tinyseek(TinyseekPolicy(model, tok), recs, a.steps, tmp, "ts-tiny")
         print(
-            f"tinyseek, own tiny preset ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M MoE): {s2:.2f} s/step, "
-            f"{P * G / s2:.1f} completions/s (rollout {m2['rollout_s']:.2f} s, update {m2['update_s']:.2f} s)"
+            f"tinyseek, own tiny preset ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M MoE): "
+            f"{s2:.2f} s/step, {P * G / s2:.1f} completions/s "
+            f"(rollout {m2['rollout_s']:.2f} s, update {m2['update_s']:.2f} s)"
         )
 
 

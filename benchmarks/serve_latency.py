@@ -170,8 +170,9 @@ def main() -> None:
                 runs = [clients(url, [msgs], 1, False)[0][0] for _ in range(5)]
             out[cache] = (statistics.median(r[2] for r in runs), runs[-1][3])
         print(
-            f"4. {n_prompt}-token prompt, max_tokens=1: latency without the prefix cache {out[False][0] * 1e3:7.1f} ms, "
-            f"with it {out[True][0] * 1e3:7.1f} ms ({out[True][1]} tokens hit)  -> {out[False][0] / out[True][0]:.2f}x faster"
+            f"4. {n_prompt}-token prompt, max_tokens=1: latency without the prefix cache "
+            f"{out[False][0] * 1e3:7.1f} ms, with it {out[True][0] * 1e3:7.1f} ms ({out[True][1]} tokens hit)  -> "
+            f"{out[False][0] / out[True][0]:.2f}x faster"
         )
 
 

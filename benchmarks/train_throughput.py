@@ -40,8 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tinyseek import cost  # noqa: E402
-from tinyseek.config import ModelConfig  # noqa: E402
 from tinyseek.checkpoint import export_dir  # noqa: E402
+from tinyseek.config import ModelConfig  # noqa: E402
 from tinyseek.model import Transformer  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -144,8 +144,9 @@ def run(
     cfg = ModelConfig.preset(preset, mtp_depth=0, max_seq_len=max(seq, ModelConfig.preset(preset).max_seq_len))
     flops = cost.train_flops_per_token(cfg, seq, include_mtp=False)
     print(
-        f"\n## {preset} on {device}: {cost.total_params(cfg) / 1e6:.1f}M params, {cost.active_params(cfg) / 1e6:.1f}M active, "
-        f"batch {batch} x {seq}, {steps} timed steps after {warmup} warm-up, AdamW lr {lr}"
+        f"\n## {preset} on {device}: {cost.total_params(cfg) / 1e6:.1f}M params, "
+        f"{cost.active_params(cfg) / 1e6:.1f}M active, batch {batch} x {seq}, {steps} timed steps after {warmup} "
+        f"warm-up, AdamW lr {lr}"
     )
     torch.manual_seed(0)
     base = Transformer(cfg)

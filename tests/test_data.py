@@ -96,10 +96,10 @@ def test_sft_mask_covers_exactly_the_assistant_tokens(tok):
     ids, labels = sft_example(tok, msgs)
     assert tok.decode(ids) == tok.chat(msgs[:-1]) + completion + EOS
     assert tok.encode(tok.decode(ids)) == ids  # encoding in two parts == encoding the whole text
-    trained = [i for i, l in zip(ids, labels) if l != IGNORE]
+    trained = [i for i, lab in zip(ids, labels) if lab != IGNORE]
     assert tok.decode(trained) == completion + EOS
-    first = next(i for i, l in enumerate(labels) if l != IGNORE)
-    assert ids[first - 1] == tok.token_id(ASSISTANT) and all(l == IGNORE for l in labels[:first])
+    first = next(i for i, lab in enumerate(labels) if lab != IGNORE)
+    assert ids[first - 1] == tok.token_id(ASSISTANT) and all(lab == IGNORE for lab in labels[:first])
     assert labels[first:] == ids[first:]
     # after the shift and padding: targets are -100 exactly on prompt + padding
     short = sft_example(

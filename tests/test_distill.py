@@ -182,8 +182,8 @@ def test_blackbox_data_holds_only_verified_traces(world, tmp_path):
 
 
 def _distill(d, out, **fields):
-    from tinyseek.train.distill import DistillConfig, run
     from tinyseek.config import from_dict
+    from tinyseek.train.distill import DistillConfig, run
 
     base = dict(
         data=[str(d / "traces.jsonl")],

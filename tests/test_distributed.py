@@ -78,8 +78,8 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("done:") == 1  # only rank 0 prints and writes
-    r1 = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    r2 = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    r1 = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    r2 = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in r2] == list(range(1, 7))
     for a, b in zip(r1, r2):
         assert b["tokens"] == a["tokens"] and b["loss_tokens"] == a["loss_tokens"]  # the same global batch

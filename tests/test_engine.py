@@ -52,7 +52,7 @@ def test_cached_decoding_equals_full_recompute(impl):
     assert _ids(out_f) == _ids(out_r)
     assert fast.stats["prefill_pad_tokens"] > 0  # the prompts (lengths 7, 2, 4, 1) shared a right-padded prefill
     assert len(lf) == len(lr) == 8
-    for (rf, steps_f), (rr, steps_r) in zip(sorted(lf.items()), sorted(lr.items())):
+    for (_, steps_f), (_, steps_r) in zip(sorted(lf.items()), sorted(lr.items())):
         assert len(steps_f) == len(steps_r)
         for a, b in zip(steps_f, steps_r):
             assert (a - b).abs().max() < 1e-4
@@ -325,7 +325,7 @@ def test_cli_chat_multi_turn(r1_checkpoint, monkeypatch, capsys):
         try:
             return next(lines)
         except StopIteration:
-            raise EOFError
+            raise EOFError from None
 
     monkeypatch.setattr("builtins.input", fake_input)
     assert cli_chat([str(r1_checkpoint), "--temperature", "0", "--max-new-tokens", "40"]) == 0
@@ -360,8 +360,8 @@ def test_bf16_engine_keeps_a_trained_models_answers(r1_checkpoint):
 
 def test_load_engine_picks_the_implementation(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from tinyseek.engine import load_engine
     from tinyseek.checkpoint import export_dir
+    from tinyseek.engine import load_engine
     from tinyseek.hf_engine import HFEngine
 
     m = _model(seed=5)

@@ -1,4 +1,4 @@
-"""tinyseek <-> transformers' native DeepseekV3ForCausalLM: same logits both ways, lossless round trips, clean errors."""
+"""tinyseek <-> transformers' DeepseekV3ForCausalLM: the same logits both ways, lossless round trips, clear errors."""
 
 from __future__ import annotations
 

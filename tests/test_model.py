@@ -29,7 +29,7 @@ def make(cfg: ModelConfig, seed: int = 0) -> Transformer:
     m = Transformer(cfg)
     # random (non-trivial) norm weights and biases, so that a wrong eps/order/bias use shows
     with torch.no_grad():
-        for name, p in m.named_parameters():
+        for p in m.parameters():
             if p.dim() == 1:
                 p.copy_(1 + 0.2 * torch.randn_like(p))
         for moe in m.moe_blocks:
@@ -158,17 +158,17 @@ def test_loop_and_sorted_dispatch_agree_in_outputs_and_every_gradient(score_func
     import tinyseek.model as model
 
     s = make(nano(moe_impl="sorted", score_func=score_func, route_scale=2.5)).train()
-    l = twin(s, moe_impl="loop").train()
+    loop = twin(s, moe_impl="loop").train()
     x = tokens(B, T)
     assert model._group_align(x.device, torch.float32, B * T * 2, 8) == (16 if B * T >= 128 else 1)
     outs = []
-    for m in (s, l):
+    for m in (s, loop):
         out = m(x, targets=x.roll(-1, 1))
         out.loss.backward()
         outs.append(out)
     torch.testing.assert_close(outs[0].logits, outs[1].logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(outs[0].expert_load, outs[1].expert_load)
-    gl = dict(l.named_parameters())
+    gl = dict(loop.named_parameters())
     for name, p in s.named_parameters():
         assert p.grad is not None, name
         torch.testing.assert_close(p.grad, gl[name].grad, atol=1e-5, rtol=1e-4, msg=name)
@@ -178,11 +178,11 @@ def test_loop_and_sorted_dispatch_agree_in_outputs_and_every_gradient(score_func
 @pytest.mark.parametrize("B,T", [(1, 1), (1, 7), (3, 5)])
 def test_loop_and_sorted_agree_when_experts_get_no_tokens(B, T):
     s = make(nano())
-    l = twin(s, moe_impl="loop")
+    loop = twin(s, moe_impl="loop")
     x = tokens(B, T)
     out = s(x)
     assert (out.expert_load == 0).any()
-    torch.testing.assert_close(out.logits, l(x).logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.logits, loop(x).logits, atol=1e-5, rtol=0)
 
 
 def test_padded_fallback_agrees_with_grouped_mm(monkeypatch):

@@ -13,8 +13,8 @@ import asyncio
 import httpx
 import openai
 import pytest
-
 from conftest import R1_CHATS
+
 from tinyseek.checkpoint import load_model
 from tinyseek.engine import Engine, SamplingParams
 from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread
@@ -37,7 +37,7 @@ def parts(r1_checkpoint):
 
 
 def reference(parts, messages, max_tokens):
-    """(reasoning, content, completion_tokens, reasoning_tokens, finish) of a single-request greedy run on its own engine."""
+    """(reasoning, content, completion_tokens, reasoning_tokens, finish) of a greedy run alone on its own engine."""
     tok, model = parts
     eng = Engine(model, tok, max_batch=1)
     ids = tok.encode(tok.chat(messages))

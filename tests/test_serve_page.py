@@ -77,7 +77,10 @@ class Browser:
         self._r, res_w = high_fds(os.pipe())  # chromium writes answers and events on its fd 4
         # a small launcher moves the pipe ends to fds 3 and 4 and execs chromium (no preexec_fn: threads run)
         args = [*FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"]
-        launch = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); os.execv(sys.argv[3], sys.argv[3:])"
+        launch = (
+            "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+            "os.execv(sys.argv[3], sys.argv[3:])"
+        )
         self.proc = subprocess.Popen(
             [sys.executable, "-c", launch, str(cmd_r), str(res_w), exe, *args],
             pass_fds=(cmd_r, res_w),

@@ -97,7 +97,7 @@ def test_no_import_cycle_among_tinyseek_modules():
 
 
 def test_every_module_opens_with_a_one_line_summary():
-    for name, path in _modules().items():
+    for path in _modules().values():
         doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
         assert doc, f"{path}: no module docstring"
         first = doc.splitlines()[0].strip()

@@ -4,7 +4,8 @@ digits split one by one, the R1 chat template (Python == jinja through transform
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinyseek.errors import TinyseekError
 from tinyseek.tokenizer import (

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinyseek.config import ConfigError, ModelConfig, from_dict
-from tinyseek.errors import TinyseekError
+from tinyseek.config import ModelConfig, from_dict
 from tinyseek.model import Transformer
 from tinyseek.tokenizer import Tokenizer
 from tinyseek.train.loop import (
@@ -124,7 +123,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
     for a, b in [(0, 1), (3, 4), (3, 5), (3, 6)]:  # a skipped step changes nothing (biases included)
         assert all(torch.equal(w[a][k], w[b][k]) for k in w[a]), (a, b)
     assert loop.bad_steps == 4
-    recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped"] for r in recs] == [0, 1, 0, 0, 1, 1, 1]
     assert recs[1]["loss"] is None  # strict JSON: NaN written as null
     ckpt = latest_checkpoint(tmp_path / "run")
@@ -158,7 +157,8 @@ def test_pretrain_loss_falls_well_below_unigram_entropy(tmp_path):
     s = run_pretrain(cfg, tmp_path / "run")
     assert s["eval"]["eval_ce"] < 0.7 * unigram, (s["eval"], unigram)
     print(
-        f"nano pretrain: {time.perf_counter() - t0:.1f} s, held-out CE {s['eval']['eval_ce']:.3f} vs unigram {unigram:.3f}"
+        f"nano pretrain: {time.perf_counter() - t0:.1f} s, held-out CE {s['eval']['eval_ce']:.3f} vs unigram "
+        f"{unigram:.3f}"
     )
     # auxiliary-loss-free balancing moved the correction biases
     from tinyseek import load_model
@@ -223,8 +223,8 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path, tok_file):
     out, err = c.communicate(timeout=300)
     assert c.returncode == 0, err
     assert f"resumed from {tmp_path / 'b' / 'checkpoints'}" in out
-    ra = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    rb = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    ra = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rb] == list(range(1, 41))
     assert [r["loss"] for r in ra] == [r["loss"] for r in rb]  # bitwise, every step
     assert [r.get("eval_loss") for r in ra] == [r.get("eval_loss") for r in rb]
@@ -250,7 +250,7 @@ def test_tiny_pretrain_cli_reports_throughput_and_cost(tmp_path, capsys, tok_fil
     assert main(["pretrain", "--config", str(cfg), "--out", str(tmp_path / "run"), "--gpu-hour-price", "3"]) == 0
     out = capsys.readouterr().out
     assert "tok/s" in out and "MFU" in out and "$" in out and "tokens/s" in out
-    recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(recs) == 3
     for r in recs:
         assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["cost_usd"] > 0 and r["total_flops"] > 0
@@ -373,7 +373,7 @@ def test_bf16_autocast_agrees_with_fp32(tmp_path):
     losses = {}
     for dt in ("float32", "bfloat16"):
         s = run_pretrain(_pre(dtype=dt, max_steps=3), tmp_path / dt)
-        recs = [json.loads(l) for l in (tmp_path / dt / "metrics.jsonl").read_text().splitlines()]
+        recs = [json.loads(line) for line in (tmp_path / dt / "metrics.jsonl").read_text().splitlines()]
         losses[dt] = [r["loss"] for r in recs]
         assert s["steps"] == 3
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)

@@ -345,12 +345,14 @@ def init_model(cfg: ModelConfig, seed: int = 0, name: str = ""):
     """A randomly initialised Transformer for `cfg`; refuses configs that must never be allocated."""
     if name in NEVER_ALLOCATE:
         raise TinyseekError(
-            f"preset {name!r} is for parameter and FLOP accounting only (tinyseek cost --preset {name}); it is never allocated"
+            f"preset {name!r} is for parameter and FLOP accounting only (tinyseek cost --preset {name}); it is "
+            "never allocated"
         )
     n = sum(p.numel() for p in meta_model(cfg).parameters())  # counted on the meta device: nothing allocated yet
     if n > MAX_INIT_PARAMS:
         raise TinyseekError(
-            f"config: {n / 1e9:.1f}B parameters ({n * 4 / 2**30:.0f} GiB in float32) is more than init allocates (limit {MAX_INIT_PARAMS / 1e9:.0f}B)"
+            f"config: {n / 1e9:.1f}B parameters ({n * 4 / 2**30:.0f} GiB in float32) is more than init allocates "
+            f"(limit {MAX_INIT_PARAMS / 1e9:.0f}B)"
         )
     from tinyseek.model import Transformer
 
@@ -374,7 +376,8 @@ def cli_init(argv: list[str]) -> int:
     overrides = parse_overrides(rest)
     if args.preset in NEVER_ALLOCATE:
         raise TinyseekError(
-            f"preset {args.preset!r} is for parameter and FLOP accounting only (tinyseek cost --preset {args.preset}); it is never allocated"
+            f"preset {args.preset!r} is for parameter and FLOP accounting only (tinyseek cost --preset "
+            f"{args.preset}); it is never allocated"
         )
     cfg = ModelConfig.preset(args.preset, **overrides)
     tok_file = None
@@ -384,14 +387,16 @@ def cli_init(argv: list[str]) -> int:
         tok = Tokenizer.load(args.tokenizer)
         if tok.vocab_size > cfg.vocab_size:
             raise ConfigError(
-                f"vocab_size: the tokenizer {tok.path} has {tok.vocab_size} tokens, more than vocab_size={cfg.vocab_size}"
+                f"vocab_size: the tokenizer {tok.path} has {tok.vocab_size} tokens, more than "
+                f"vocab_size={cfg.vocab_size}"
             )
         tok_file = tok.path
     model = init_model(cfg, args.seed, args.preset)
     save_checkpoint(model, args.out, tokenizer_file=tok_file)
     n_main = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("mtp."))
     print(
-        f"wrote {args.out}: preset {args.preset}, {n_main / 1e6:.2f}M parameters (+{cfg.mtp_depth} MTP), seed {args.seed}"
+        f"wrote {args.out}: preset {args.preset}, {n_main / 1e6:.2f}M parameters (+{cfg.mtp_depth} MTP), seed "
+        f"{args.seed}"
     )
     return 0
 
@@ -412,7 +417,8 @@ def cli_export(argv: list[str]) -> int:
     sd = read_weights(src)
     export_dir(cfg, sd, args.out, tokenizer_file=src / TOKENIZER_FILE, source=str(src / WEIGHTS_FILE))
     print(
-        f"wrote {args.out}: transformers DeepseekV3ForCausalLM ({len(sd)} tensors{', tokenizer' if (src / TOKENIZER_FILE).is_file() else ''})"
+        f"wrote {args.out}: transformers DeepseekV3ForCausalLM ({len(sd)} "
+        f"tensors{', tokenizer' if (src / TOKENIZER_FILE).is_file() else ''})"
     )
     return 0
 

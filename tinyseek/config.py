@@ -17,7 +17,7 @@ import math
 import re
 import sys
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -454,7 +454,8 @@ class ModelConfig:
             need(
                 self.n_limited_groups * per_group >= self.n_activated_experts,
                 "n_limited_groups",
-                f"the {self.n_limited_groups} chosen groups hold {self.n_limited_groups * per_group} experts, fewer than n_activated_experts={self.n_activated_experts}",
+                f"the {self.n_limited_groups} chosen groups hold {self.n_limited_groups * per_group} experts, fewer "
+                f"than n_activated_experts={self.n_activated_experts}",
             )
             need(self.route_scale > 0, "route_scale", "must be positive")
 
@@ -462,7 +463,7 @@ class ModelConfig:
         return to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "") -> "ModelConfig":
+    def from_dict(cls, data: dict, where: str = "") -> ModelConfig:
         return from_dict(cls, data, where=where)
 
     def save(self, path: str | Path) -> None:
@@ -473,11 +474,11 @@ class ModelConfig:
             write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
+    def load(cls, path: str | Path) -> ModelConfig:
         return load_file(cls, path)
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
         if name not in PRESETS:
             raise ConfigError(f"preset: unknown preset {name!r} (known: {', '.join(PRESETS)})")
         return from_dict(cls, {**PRESETS[name], **overrides}, where=f"preset {name}")

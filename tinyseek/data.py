@@ -20,7 +20,8 @@ TinyseekError naming the file and line (row).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -180,7 +181,7 @@ def sft_examples_from_rows(
     for where, row in rows:
         ids, labels = sft_example(tok, row_to_messages(row, where))
         ids, labels = ids[: max_len + 1], labels[: max_len + 1]
-        if all(l == IGNORE for l in labels[1:]):
+        if all(lab == IGNORE for lab in labels[1:]):
             dropped += 1
             continue
         out.append((ids, labels))

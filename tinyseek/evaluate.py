@@ -33,8 +33,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from tinyseek.errors import TinyseekError
-from tinyseek.io import write_json
 from tinyseek.inference.sampling import SamplingParams
+from tinyseek.io import write_json
 
 Z95 = 1.959963984540054
 
@@ -179,9 +179,10 @@ def evaluate(
         if not isinstance(r.get("prompt"), str) or "answer" not in r:
             raise TinyseekError(f"record {i} (id {r.get('id', '?')}): needs a string 'prompt' and an 'answer'")
     t0 = time.time()
-    msgs = lambda r: (
-        ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": r["prompt"]}]
-    )
+
+    def msgs(r: dict) -> list[dict]:
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": r["prompt"]}]
+
     correct, answers, formats, lengths, texts = [], [], [], [], []
     n_tokens = 0
     for start in range(0, len(records), chunk):
@@ -294,7 +295,10 @@ def cli_eval(argv: list[str]) -> int:
     engine = load_engine(args.ckpt, max_batch=args.batch, dtype=dtype_arg(args.dtype))
     if getattr(engine, "tokenizer", None) is None:
         raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
-    prog = lambda done, total: print(f"\r{done}/{total} problems", end="", file=sys.stderr, flush=True)
+
+    def prog(done: int, total: int) -> None:
+        print(f"\r{done}/{total} problems", end="", file=sys.stderr, flush=True)
+
     result = {
         "task": name,
         "ckpt": str(args.ckpt),

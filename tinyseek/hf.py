@@ -1,7 +1,7 @@
-"""The mapping between tinyseek and transformers' native `DeepseekV3ForCausalLM` (no remote code): configs and state dicts.
+"""The mapping between tinyseek and transformers' native `DeepseekV3ForCausalLM`: configs and state dicts.
 
-Pure functions on dicts and tensors, like torchtitan's state-dict adapters; reading and writing the
-directories (`tinyseek export` / `import`) is tinyseek/checkpoint.py's.
+Pure functions on dicts and tensors (no remote code, nothing read or written), like torchtitan's state-dict
+adapters; reading and writing the directories (`tinyseek export` / `import`) is tinyseek/checkpoint.py's.
 
 An exported directory is what `DeepseekV3ForCausalLM.save_pretrained` itself writes: `config.json`
 (model_type deepseek_v3) and one `model.safetensors` with the routed experts split per expert,
@@ -242,11 +242,14 @@ def _base_from_hf(h: dict, where: str) -> dict:
             af = 1.0 if (ms and ms_all and ms == ms_all) or factor <= 1 else None
         if af != 1.0:
             raise ConfigError(
-                f"{where}: rope_parameters.attention_factor: tinyseek needs mscale == mscale_all_dim (cos/sin unscaled), got mscale={ms!r}, mscale_all_dim={ms_all!r}, attention_factor={rope.get('attention_factor')!r}"
+                f"{where}: rope_parameters.attention_factor: tinyseek needs mscale == mscale_all_dim (cos/sin "
+                f"unscaled), got mscale={ms!r}, mscale_all_dim={ms_all!r}, "
+                f"attention_factor={rope.get('attention_factor')!r}"
             )
         if not (d["max_seq_len"] > orig and factor > 1):
             raise ConfigError(
-                f"{where}: rope_parameters: YaRN applies only when max_position_embeddings ({d['max_seq_len']}) > original_max_position_embeddings ({orig}) and factor ({factor}) > 1"
+                f"{where}: rope_parameters: YaRN applies only when max_position_embeddings ({d['max_seq_len']}) > "
+                f"original_max_position_embeddings ({orig}) and factor ({factor}) > 1"
             )
         d.update(
             rope_factor=factor,
@@ -305,7 +308,8 @@ def hf_config_from_json(raw: Any, where: str = "config", weight_keys: list[str] 
     without the `tinyseek` key."""
     if not isinstance(raw, dict) or raw.get("model_type") != "deepseek_v3":
         raise ConfigError(
-            f"{where}: model_type: not a transformers DeepseekV3 config (got {raw.get('model_type') if isinstance(raw, dict) else raw!r})"
+            f"{where}: model_type: not a transformers DeepseekV3 config (got "
+            f"{raw.get('model_type') if isinstance(raw, dict) else raw!r})"
         )
     # a field config.json leaves out means what transformers would build: its DeepseekV3Config default
     from transformers import DeepseekV3Config
@@ -377,7 +381,8 @@ def _canonical_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, tied: bool = Fa
         if m := re.fullmatch(r"(.+\.)mlp\.experts\.gate_up_proj", key):
             if v.dim() != 3 or v.shape[1] != 2 * F_:
                 raise TinyseekError(
-                    f"tensor {key!r} has shape {tuple(v.shape)}, the config expects [{cfg.n_routed_experts}, {2 * F_}, {cfg.dim}]"
+                    f"tensor {key!r} has shape {tuple(v.shape)}, the config expects [{cfg.n_routed_experts}, "
+                    f"{2 * F_}, {cfg.dim}]"
                 )
             for j in range(v.shape[0]):
                 out[f"{m.group(1)}mlp.experts.{j}.gate_proj.weight"] = v[j, :F_]

@@ -41,9 +41,10 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from tinyseek.config import ConfigError, read_file, write_toml
 from tinyseek.errors import TinyseekError
@@ -214,7 +215,8 @@ def stage_argv(kind: str, argv: list[str]) -> Iterator[list[str]]:
     stages = [s for s in load_recipe(argv[i + 1], argv[j + 1], quick="--quick" in argv).stages if s.kind == kind]
     if len(stages) != 1:
         raise ConfigError(
-            f"{argv[i + 1]}: a recipe given to tinyseek {kind} must hold exactly one {kind} stage (it has {len(stages)})"
+            f"{argv[i + 1]}: a recipe given to tinyseek {kind} must hold exactly one {kind} stage (it has "
+            f"{len(stages)})"
         )
     fd, tmp = tempfile.mkstemp(suffix=".toml", prefix=f"{kind}-stage-")
     os.close(fd)
@@ -382,8 +384,8 @@ def _run_eval(stage: Stage, out: Path, resume: bool) -> None:
         if not f[k]:
             raise ConfigError(f"{stage.where}: an eval stage needs {k}")
     from tinyseek import tasks
-    from tinyseek.inference.load import load_engine
     from tinyseek.evaluate import evaluate
+    from tinyseek.inference.load import load_engine
     from tinyseek.inference.sampling import SamplingParams
 
     records = tasks.load_records(f["data"])
@@ -540,7 +542,8 @@ def _run_and_report(recipe_path: Path, out: Path, quick: bool, report: bool) -> 
     t0 = time.perf_counter()
     run_recipe(recipe, out)
     print(
-        f"recipe {recipe.name}: all {len(recipe.stages)} stages complete in {out} ({time.perf_counter() - t0:.1f} s this invocation)"
+        f"recipe {recipe.name}: all {len(recipe.stages)} stages complete in {out} ({time.perf_counter() - t0:.1f} s "
+        "this invocation)"
     )
     if report:
         from tinyseek.report import write_report

@@ -32,7 +32,10 @@ H200_TRAIN_TOKENS_PER_S = (
     108_000.0  # transformers DeepseekV3 673M/138M (gpu-500m shape), bf16, grouped_mm, batch 16x1024
 )
 H200_GENERATE_TOKENS_PER_S = 1_390.0  # same model, HF generate, batch 64 x 256 new tokens
-H200_SOURCE = "measured on a lent H200, 2026-11-28 (transformers DeepseekV3 of the gpu-500m shape; the project's shared notes, h200-measured.md)"
+H200_SOURCE = (
+    "measured on a lent H200, 2026-11-28 (transformers DeepseekV3 of the gpu-500m shape; "
+    "the project's shared notes, h200-measured.md)"
+)
 V3_H800_HOURS = 2.788e6
 V3_COST_USD = 5.576e6
 V3_TOKENS = 14.8e12
@@ -68,7 +71,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl as a list of dicts; a torn last line (a killed writer) is ignored, any other bad line is an error."""
+    """metrics.jsonl as a list of dicts; a torn last line (a killed writer) is ignored, another bad line is an error."""
     if not path.is_file():
         return []
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -184,7 +187,8 @@ def given(stage: dict, run: Path) -> str:
         return f"BPE on {f.get('corpus') or f.get('tasks')}, vocab_size {f.get('vocab_size')}"
     if kind == "pretrain":
         src = counted("text_files") or ""
-        return f"next-token + MTP on {src or f.get('tasks')}, {f.get('max_steps')} steps x {f.get('batch_size')} x {f.get('seq_len')} tokens"
+        steps = f"{f.get('max_steps')} steps x {f.get('batch_size')} x {f.get('seq_len')} tokens"
+        return f"next-token + MTP on {src or f.get('tasks')}, {steps}"
     if kind == "sft":
         return f"worked traces {counted('data')}, {f.get('max_steps')} steps x {f.get('batch_size')}"
     if kind == "grpo":
@@ -211,7 +215,8 @@ def given(stage: dict, run: Path) -> str:
             )
         )
     if kind == "eval":
-        return f"{_short(f.get('model'), run)} on {_short(f.get('data'), run)}: {f.get('samples', 8)} samples at T={f.get('temperature', 1.0)} + greedy"
+        model, data = _short(f.get("model"), run), _short(f.get("data"), run)
+        return f"{model} on {data}: {f.get('samples', 8)} samples at T={f.get('temperature', 1.0)} + greedy"
     return ""
 
 
@@ -380,7 +385,10 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
             "wall_s": proj_hours * 3600,
             "device_hours": proj_hours,
             "cost_usd": proj_hours * gpu_price,
-            "basis": f"{H200_TRAIN_TOKENS_PER_S:,.0f} training tokens/s and {H200_GENERATE_TOKENS_PER_S:,.0f} generated tokens/s, {H200_SOURCE}; ${gpu_price}/GPU-hour",
+            "basis": (
+                f"{H200_TRAIN_TOKENS_PER_S:,.0f} training tokens/s and {H200_GENERATE_TOKENS_PER_S:,.0f} generated "
+                f"tokens/s, {H200_SOURCE}; ${gpu_price}/GPU-hour"
+            ),
         },
         {
             "what": "DeepSeek-V3 (published)",
@@ -575,7 +583,8 @@ def render_markdown(rep: dict) -> str:
     out += _table(*stage_rows(rep)) + [""]
     if any(r.get("resumed") for r in rep["stages"]):
         out += [
-            "A resumed stage's wall time is its last attempt's only; train s (the loop's own clock) covers every attempt.",
+            "A resumed stage's wall time is its last attempt's only; train s (the loop's own clock) covers every "
+            "attempt.",
             "",
         ]
     out += ["## Cost", ""] + _table(*cost_rows(rep)) + [""]

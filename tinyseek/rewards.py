@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from numbers import Integral
-from typing import Callable, Sequence
 
 from tinyseek.tasks.countdown import check_equation
 

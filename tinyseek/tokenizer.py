@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tinyseek.errors import TinyseekError
 from tinyseek.io import atomic_file, write_atomic
@@ -61,13 +61,15 @@ class Tokenizer:
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> "Tokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int) -> Tokenizer:
         """Train byte-level BPE on `texts` to (at most) `vocab_size` tokens, special tokens included."""
-        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
 
         if vocab_size < MIN_VOCAB:
             raise TinyseekError(
-                f"vocab_size: must be >= {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special tokens), got {vocab_size}"
+                f"vocab_size: must be >= {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special tokens), got "
+                f"{vocab_size}"
             )
         tok = HFTokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -88,7 +90,7 @@ class Tokenizer:
         return cls(tok)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path) -> Tokenizer:
         """From a tokenizer.json file or a directory holding one (a checkpoint, an export)."""
         from tokenizers import Tokenizer as HFTokenizer
 

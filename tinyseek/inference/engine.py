@@ -86,7 +86,7 @@ class StepEvent:
     logprobs: list[float] | None
     text: str = ""  # new text since the last event (streaming; "" without a tokenizer)
     finish_reason: str | None = None
-    prompt_cache: "PromptCache | None" = None
+    prompt_cache: PromptCache | None = None
 
 
 class Engine:

@@ -16,7 +16,6 @@ GGUF: transformers de-quantises the file to float32 while loading (~13 s for Smo
 
 from __future__ import annotations
 
-
 import torch
 
 from tinyseek.errors import TinyseekError

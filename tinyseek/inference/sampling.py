@@ -89,7 +89,7 @@ class SamplingParams:
     def uses_penalties(self) -> bool:
         return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
 
-    def replace(self, **changes) -> "SamplingParams":
+    def replace(self, **changes) -> SamplingParams:
         return SamplingParams(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
 
 
@@ -166,7 +166,7 @@ class BatchParams:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def build(cls, params: list[SamplingParams], seeds: list[int], device: torch.device | str = "cpu") -> "BatchParams":
+    def build(cls, params: list[SamplingParams], seeds: list[int], device: torch.device | str = "cpu") -> BatchParams:
         def t(vals, dtype=torch.float32):
             return torch.tensor(vals, dtype=dtype, device=device)
 
@@ -196,7 +196,8 @@ class BatchParams:
 def apply_penalties(
     logits: torch.Tensor, bp: BatchParams, seen: torch.Tensor | None, counts: torch.Tensor | None
 ) -> torch.Tensor:
-    """Repetition penalty on tokens in `seen` [B, V] bool (prompt + output); presence/frequency on `counts` [B, V] (output)."""
+    """Repetition penalty on tokens in `seen` [B, V] bool (prompt + output); presence and frequency penalties on
+    `counts` [B, V] (output)."""
     if bp.any_repetition and seen is not None:
         r = bp.repetition_penalty[:, None]
         penalised = torch.where(logits > 0, logits / r, logits * r)

@@ -20,7 +20,7 @@ to the statuses above rather than FastAPI's default 422 shape.
 from __future__ import annotations
 
 import json
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -59,9 +59,9 @@ class TextPart(_Model):
 
 class Message(_Model):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart], None] = None
-    reasoning_content: Union[str, None] = None  # accepted and ignored: prior reasoning never re-enters the prompt
-    name: Union[str, None] = None
+    content: str | list[TextPart] | None = None
+    reasoning_content: str | None = None  # accepted and ignored: prior reasoning never re-enters the prompt
+    name: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -84,22 +84,22 @@ class ChatRequest(_Model):
 
     model: str
     messages: list[Message] = Field(min_length=1)
-    max_tokens: Union[int, None] = Field(None, ge=1)
-    max_completion_tokens: Union[int, None] = Field(None, ge=1)  # the newer OpenAI name for max_tokens
-    temperature: Union[float, None] = Field(None, ge=0, le=2)
-    top_p: Union[float, None] = Field(None, gt=0, le=1)
-    stop: Union[str, list[str], None] = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # the newer OpenAI name for max_tokens
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
     stream: bool = False
-    stream_options: Union[StreamOptions, None] = None
+    stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=MAX_N)
-    seed: Union[int, None] = Field(None, ge=-(2**63), le=2**64 - 1)
-    presence_penalty: Union[float, None] = Field(None, ge=-2, le=2)
-    frequency_penalty: Union[float, None] = Field(None, ge=-2, le=2)
-    response_format: Union[ResponseFormat, None] = None
-    user: Union[str, None] = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    response_format: ResponseFormat | None = None
+    user: str | None = None
     # accepted only in their "off" form, so a client that relies on them hears so instead of being ignored
-    logprobs: Union[bool, None] = None
-    tools: Union[list[dict], None] = None
+    logprobs: bool | None = None
+    tools: list[dict] | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

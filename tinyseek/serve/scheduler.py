@@ -32,8 +32,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from tinyseek.inference.engine import PromptCache
 from tinyseek.errors import TinyseekError
+from tinyseek.inference.engine import PromptCache
 from tinyseek.serve.prefix_cache import PrefixCache
 
 

@@ -69,7 +69,8 @@ def documents(
     difficulty=None,
     field: str = "tasks",
 ) -> list[str]:
-    """Worked problems as training text (`r1.training_text`): the task corpus of the tokenizer, pretraining and recipes."""
+    """Worked problems as training text (`r1.training_text`): the task corpus of the tokenizer, pretraining and
+    recipes."""
     return [training_text(rec, fmt) for rec in records(counts, seed, split, difficulty, field)]
 
 

@@ -99,7 +99,8 @@ FIXED = {  # name -> (calculations, en, zh, trace en, trace zh)
     ),
     "change": (
         4,
-        "{N} buys {a} pens at {b} dollars each and {c} notebooks at {d} dollars each, and pays with {e} dollars. How many dollars of change does {N} get?",
+        "{N} buys {a} pens at {b} dollars each and {c} notebooks at {d} dollars each, and pays with {e} dollars. "
+        "How many dollars of change does {N} get?",
         "{N}买了{a}支笔，每支{b}元，又买了{c}本笔记本，每本{d}元，付了{e}元。应该找回多少元？",
         "pens {a}*{b}={ab}, notebooks {c}*{d}={cd}, total {ab}+{cd}={t}, change {e}-{t}={r}",
         "笔{a}*{b}={ab}元，笔记本{c}*{d}={cd}元，一共{ab}+{cd}={t}元，找回{e}-{t}={r}元",

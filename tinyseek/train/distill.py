@@ -241,7 +241,8 @@ def run(cfg: DistillConfig, run_dir: Path, resume: bool = False) -> dict:
     student, student_cfg = build_model(cfg.preset, cfg.model, cfg.init, tok.vocab_size, cfg.max_len)
     if teacher_vocab is not None and student.cfg.vocab_size != teacher_vocab:
         raise ConfigError(
-            f"model.vocab_size: the student's {student.cfg.vocab_size} differs from the teacher's {teacher_vocab} (whitebox needs one vocabulary)"
+            f"model.vocab_size: the student's {student.cfg.vocab_size} differs from the teacher's {teacher_vocab} "
+            "(whitebox needs one vocabulary)"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:

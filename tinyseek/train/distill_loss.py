@@ -136,7 +136,7 @@ class TeacherCache:
             )
 
     @classmethod
-    def load(cls, path: str | Path, expect: dict | None = None) -> "TeacherCache":
+    def load(cls, path: str | Path, expect: dict | None = None) -> TeacherCache:
         """Read a cache; every key of `expect` (k, temperature, data hash, ...) must match what it was built with."""
         from safetensors import safe_open
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tinyseek.checkpoint import resolve_model_path  # noqa: F401  (also public here)
 from tinyseek.config import ConfigError
-from tinyseek.train.loop import TrainConfig
 from tinyseek.train.grpo_loss import (  # noqa: F401  (also public here: tinyseek.train.grpo.grpo_loss etc.)
     LOSS_TYPES,
     SCALE_REWARDS,
@@ -44,7 +44,7 @@ from tinyseek.train.grpo_loss import (  # noqa: F401  (also public here: tinysee
     selective_log_softmax,
     token_logprobs,
 )
-from tinyseek.checkpoint import resolve_model_path  # noqa: F401  (also public here)
+from tinyseek.train.loop import TrainConfig
 from tinyseek.train.policy import HFPolicy, Policy, TinyseekPolicy  # noqa: F401
 
 # ----------------------------------------------------------------------------------------------
@@ -616,7 +616,8 @@ def build_stage(cfg: GrpoConfig, run_dir, resume: bool = False):
     policy = Policy.load(cfg.model, cfg.tokenizer)
     if resume and not policy.resumable:
         raise TinyseekError(
-            f"{cfg.model}: --resume is not supported for {policy.kind} models (restart from the last checkpoint instead)"
+            f"{cfg.model}: --resume is not supported for {policy.kind} models (restart from the last checkpoint "
+            "instead)"
         )
     ref = None
     if cfg.beta > 0:

@@ -64,9 +64,10 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -175,7 +176,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     """
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     decay, no_decay = [], []
-    for name, p in sorted(model.named_parameters()):
+    for _name, p in sorted(model.named_parameters()):  # sorted by name: the same order in every process
         if not p.requires_grad:
             continue
         (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
@@ -292,7 +293,7 @@ class StreamStage:
     stream: Any
     eval_batches: list[dict] | None = None
 
-    def evaluate(self, loop: "Loop") -> dict:
+    def evaluate(self, loop: Loop) -> dict:
         return loop.eval_loss(self.eval_batches) if self.eval_batches else {}
 
     def state_dict(self) -> dict:
@@ -334,7 +335,8 @@ class Loop:
         self.micro_batch_size = cfg.batch_size // cfg.grad_accum // self.dist.world
         if cfg.batch_size % (cfg.grad_accum * self.dist.world):
             raise ConfigError(
-                f"batch_size: {cfg.batch_size} must be a multiple of grad_accum x processes = {cfg.grad_accum * self.dist.world}"
+                f"batch_size: {cfg.batch_size} must be a multiple of grad_accum x processes = "
+                f"{cfg.grad_accum * self.dist.world}"
             )
         self.seq_len = seq_len
         self.flops_per_token = cost.model_train_flops_per_token(self.raw_model, seq_len or 1)
@@ -601,7 +603,8 @@ class Loop:
             old = [p for p in (self.run_dir / "checkpoints").iterdir() if p.name.startswith("step-")]
             if old:
                 print(
-                    f"note: {self.run_dir} held an earlier run; removing its {len(old)} checkpoint(s) (use --resume to continue one)",
+                    f"note: {self.run_dir} held an earlier run; removing its {len(old)} checkpoint(s) (use --resume "
+                    "to continue one)",
                     flush=True,
                 )
                 for p in old:
@@ -660,7 +663,8 @@ class Loop:
                 good = self.step - self.bad_in_a_row
                 raise TrainingStopped(
                     f"loss: {cfg.max_bad_steps} non-finite steps in a row (steps {good + 1}-{self.step}); "
-                    f"stopped, the weights of step {good} are saved in {self.run_dir / 'checkpoints' / f'step-{self.step}'}"
+                    f"stopped, the weights of step {good} are saved in "
+                    f"{self.run_dir / 'checkpoints' / f'step-{self.step}'}"
                 )
             last = self.step == cfg.max_steps
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
@@ -700,7 +704,8 @@ class Loop:
         extra = f" | eval {rec['eval_loss']:.4f}" if "eval_loss" in rec else ""
         skipped = f" | skipped {self.bad_steps}" if self.bad_steps else ""
         print(
-            f"{self.stage_name} step {self.step}/{self.cfg.max_steps} | loss {rec.get('loss', float('nan')):.4f}{extra} | "
+            f"{self.stage_name} step {self.step}/{self.cfg.max_steps} | loss "
+            f"{rec.get('loss', float('nan')):.4f}{extra} | "
             f"lr {rec['lr']:.2e} | {rec['tokens_per_s']:,.0f} tok/s | MFU {rec['mfu']:.2%} | ${rec['cost_usd']:.4f} | "
             f"ETA {_fmt_time(eta)}{skipped}",
             file=sys.stdout,

@@ -257,7 +257,7 @@ class HFPolicy(Policy):
         return HFEngine(module, self.tok, max_batch=max(max_batch, n))
 
     def save(self, model, out, tokenizer_file=None, trainer_state=None):
-        """`save_pretrained` + the tokenizer files: loadable by `from_pretrained`, and by `tinyseek grpo --model` again."""
+        """`save_pretrained` + the tokenizer files: loadable by `from_pretrained`, and by `tinyseek grpo --model`."""
         with atomic_dir(out) as tmp:
             unwrap(model).save_pretrained(tmp)
             self.tok.save_pretrained(tmp)

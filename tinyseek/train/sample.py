@@ -161,8 +161,8 @@ def rejection_sample(cfg: SampleConfig) -> tuple[list[dict], dict]:
 def cli_sample(argv: list[str]) -> int:
     import argparse
 
-    from tinyseek.io import atomic_dir, write_json, write_jsonl
     from tinyseek.config import from_dict, read_file
+    from tinyseek.io import atomic_dir, write_json, write_jsonl
 
     ap = argparse.ArgumentParser(
         prog="tinyseek sample",
