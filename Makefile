@@ -23,7 +23,10 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/tinyseek demo
 
+# the formatter and the linter first (configured in pyproject.toml): a violation fails the run, as it fails CI
 test: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: install
