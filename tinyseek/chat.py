@@ -1,8 +1,8 @@
-"""The console commands on top of the engines: `tinyseek generate` (streams a reply) and `tinyseek chat`
-(a multi-turn REPL that shows the model's thinking dimmed and its answer plain).
+"""The console commands: `tinyseek generate` (streams a reply) and `tinyseek chat` (a multi-turn REPL).
 
 Both take a tinyseek checkpoint, a transformers directory or a .gguf file (`load_engine`), build the prompt
-with the model's own chat template, and stream text as the engine produces it.
+with the model's own chat template, and stream text as the engine produces it; `chat` shows the model's
+thinking dimmed and its answer plain.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What a model costs, computed from its `ModelConfig` alone: parameters, FLOPs, MFU.
+"""What a model costs, computed from its `ModelConfig` alone: parameters, FLOPs, device peaks, MFU.
 
 Nothing here allocates a tensor, so `deepseek-v3-671b` can be accounted for on a laptop.
 

@@ -3,7 +3,7 @@
 Every figure is read from the files the stages wrote (`RUN/recipe.json`, and in each stage directory
 `stage.json`, `summary.json`, `metrics.jsonl`, `eval.json`); nothing is typed in by hand. The only
 constants are labelled assumptions: prices per device-hour, the H200 throughputs measured on a lent H200
-(transformers' DeepseekV3 of the `gpu-500m` shape, see dev/LOG.md and the notes it cites), and
+(transformers' DeepseekV3 of the `gpu-500m` shape; `H200_SOURCE` says how), and
 DeepSeek-V3's published budget (2.788M H800-hours, $5.576M, 14.8T tokens; report 2412.19437 §1).
 
     tinyseek report RUN            # writes RUN/report/{report.json, report.md, *.png}, prints the tables
@@ -33,8 +33,8 @@ H200_TRAIN_TOKENS_PER_S = (
 )
 H200_GENERATE_TOKENS_PER_S = 1_390.0  # same model, HF generate, batch 64 x 256 new tokens
 H200_SOURCE = (
-    "measured on a lent H200, 2026-11-28 (transformers DeepseekV3 of the gpu-500m shape; "
-    "the project's shared notes, h200-measured.md)"
+    "measured on a lent H200, 2026-11-28 (transformers DeepseekV3 of the gpu-500m shape: training bf16 with "
+    "grouped_mm at batch 16 x 1024, generation at batch 64 x 256 new tokens)"
 )
 V3_H800_HOURS = 2.788e6
 V3_COST_USD = 5.576e6
@@ -169,8 +169,8 @@ def _short(path: Any, run: Path) -> str:
 def given(stage: dict, run: Path) -> str:
     """What a stage was given to learn from, in words, read from its resolved fields and the files they name.
 
-    The point (shared/notes/rl-on-cpu-measured.md): a demo where RL "wins" must say that RL saw answers only,
-    while SFT and distillation saw whole worked traces.
+    Why: a demo where RL "wins" must say that RL saw answers only, while SFT and distillation saw whole
+    worked traces; otherwise the comparison reads as stronger than it is.
     """
     f, kind = stage["fields"], stage["kind"]
     files = lambda key: f.get(key) if isinstance(f.get(key), list) else ([f[key]] if f.get(key) else [])  # noqa: E731

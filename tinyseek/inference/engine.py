@@ -1,4 +1,4 @@
-"""The inference engine: batched generation on the preallocated KV cache, continuous batching, MTP drafts.
+"""tinyseek's engine: batched generation on the preallocated KV cache, continuous batching, MTP drafts.
 
     engine = Engine(model, tokenizer=None, max_batch=64, max_len=None, speculative=False, dtype=None)
     engine.generate(prompts, params, n=1) -> list[list[Completion]]   # batch API (GRPO, eval, distillation)

@@ -1,7 +1,7 @@
 """Multi-digit arithmetic with traces that show the work, in a form a tiny character-level model can learn.
 
-Prompts are bare expressions (`4821+3967=`). Traces (measured learnable by a 0.8M model, see
-shared/notes/rl-on-cpu-measured.md) go digit by digit from the right:
+Prompts are bare expressions (`4821+3967=`). Traces (measured learnable by a 0.8M-parameter model) go
+digit by digit from the right:
 
     addition     4821+3967=   1+7+0=08 2+6+0=08 8+9+0=17 4+3+1=08 so 8788      (x+y+carry=two-digit sum)
     subtraction  4821-3967=   11-7-0=4 12-6-1=5 18-9-1=8 4-3-1=0 so 854         (a leading 1 marks a borrow)

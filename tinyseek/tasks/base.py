@@ -5,7 +5,7 @@ only then builds the prompt and the reasoning trace. Which side of the split a p
 a real hash (blake2b) of `family|canonical key`, never by the seed or by a formula over the numbers: the same
 problem is on the same side whatever the seed, whatever the task variant (`addition` and `arithmetic` share
 their sums; English and Chinese word problems share their numbers), and the held-out set is not "the problems
-whose last digits look like X" (the linear-hash pitfall in shared/notes/rl-on-cpu-measured.md).
+whose last digits look like X", the pitfall of a linear hash of the numbers.
 
 Generation draws problems i.i.d. from the requested side (rejection on the hash), so a split may repeat a
 problem when the problem space is small; `unique=True` asks for n distinct problems and raises a

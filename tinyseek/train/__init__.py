@@ -1,10 +1,13 @@
-"""Training stages. Each is one command built on the shared loop in `tinyseek.train.loop`:
+"""Training: the loop every stage shares, and one stage per command.
 
-- `pretrain.py` — next-token prediction on packed documents (task traces + plain text),
-- `sft.py`      — cold-start supervised fine-tuning in the R1 chat format, loss on assistant tokens only,
-- `grpo.py`     — reinforcement learning with rule rewards (group-relative advantages),
-- `distill.py`  — a student trained on a teacher's outputs.
+- `loop.py`         — optimizer, schedule, precision, DDP, checkpoints and resume, metrics, cost,
+- `pretrain.py`     — next-token prediction on packed documents (task traces + plain text),
+- `sft.py`          — cold-start supervised fine-tuning in the R1 chat format, loss on assistant tokens only,
+- `grpo.py`         — reinforcement learning with rule rewards (the stage), over `grpo_loss.py` (the maths)
+                      and `policy.py` (the model it trains and samples, tinyseek or transformers),
+- `sample.py`       — rejection sampling: verified completions as an SFT dataset,
+- `distill.py`      — a student trained on a teacher's outputs, over `distill_loss.py` (the KD maths).
 
 `loop.py`'s docstring describes how a stage plugs in (a `train_step(loop)` method, optional
-`evaluate`, `state_dict`, `load_state_dict`) and holds the config/CLI plumbing the stage commands share.
+`evaluate`, `state_dict`, `load_state_dict`); the stage commands read their configs with `config.stage_cli`.
 """

@@ -11,10 +11,10 @@ A stage (pretrain, sft, grpo, distill) is an object with one required method and
 Pretrain, SFT and distillation draw from a resumable stream and inherit the optional three from
 `StreamStage`. A command runs a stage as
 
-    cfg = load_stage_config(MyConfig, argv)                 # a dataclass that subclasses TrainConfig
+    cfg, run_dir, resume = config.stage_cli(MyConfig, argv, prog, description)   # MyConfig subclasses TrainConfig
     seed_everything(cfg.seed)
     model = build_model(...)                                # a plain single-device tinyseek Transformer
-    loop = Loop(cfg, model, run_dir, tokenizer_file=..., resume=args.resume, stage_name="grpo")
+    loop = Loop(cfg, model, run_dir, tokenizer_file=..., resume=resume, stage_name="grpo")
     loop.run(MyStage(...))                                  # returns the summary dict (also RUN/summary.json)
 
 `train_step` does its forward/backward passes through `loop.model` (the wrapped model: DDP and/or
@@ -27,8 +27,8 @@ Two ways to write it:
   items into exactly that. Distillation passes `extra_loss(out, mb) -> (scalar, {name: float})`,
   e.g. a KL term against teacher logits carried in `mb`; the loss backpropagated is
   `out.loss + extra`.
-- Anything else (GRPO: rollouts, then one or more updates): generate with `loop.raw_model` (unwrapped;
-  call `loop.raw_model.eval()`/`.train()` around it), then for each update: forward through
+- Anything else (GRPO: rollouts, then one or more updates): generate through an engine over
+  `loop.raw_model` (the unwrapped model; engines switch it to eval mode and back), then for each update: forward through
   `loop.model` under `loop.autocast()` (use `loop.no_sync(last)` around forward+backward for all but the
   last micro-batch of an update when accumulating under DDP; DDP *averages* gradients over ranks, so
   a loss normalised by a global count must be multiplied by `loop.dist.world`), `loop.backward(loss)`, and

@@ -6,8 +6,8 @@ Held-out loss comes from `eval_data` and `eval_tasks` (the tasks' test side; by 
 `tasks`). The model starts from `init` (a pretrained checkpoint, whose tokenizer.json is used unless
 `tokenizer` is given) or, for experiments, from a random `preset`.
 
-Defaults follow what worked for a cold start on tiny models (shared/notes/rl-on-cpu-measured.md):
-AdamW 1e-3, betas (0.9, 0.98), weight decay 0.01, batch 64, clip 1.
+Defaults are what worked for a cold start on tiny models: AdamW 1e-3, betas (0.9, 0.98), weight decay 0.01,
+batch 64, clip 1.
 """
 
 from __future__ import annotations
