@@ -13,6 +13,22 @@ R1_CHATS = [
 ]
 
 
+def tiny_llama(vocab_size: int = 64, hidden_size: int = 32, max_position_embeddings: int = 64):
+    """A one-layer random transformers Llama: a stand-in for "any other transformers causal LM"."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=max_position_embeddings,
+    )
+    return transformers.LlamaForCausalLM(cfg)
+
+
 @pytest.fixture(scope="session")
 def r1_checkpoint(tmp_path_factory):
     """A `nano` tinyseek checkpoint (with tokenizer.json) overfit on R1_CHATS: greedy decoding of one of

@@ -4,6 +4,7 @@ output equals transformers' `generate` on the exported weights."""
 
 import pytest
 import torch
+from conftest import tiny_llama
 
 from tinyseek.config import ModelConfig
 from tinyseek.engine import Engine, PromptCache
@@ -359,7 +360,7 @@ def test_bf16_engine_keeps_a_trained_models_answers(r1_checkpoint):
 
 
 def test_load_engine_picks_the_implementation(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from tinyseek.checkpoint import export_dir
     from tinyseek.engine import load_engine
     from tinyseek.hf_engine import HFEngine
@@ -371,16 +372,7 @@ def test_load_engine_picks_the_implementation(tmp_path):
     assert e.generate([PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=5)) == Engine(m, max_batch=2).generate(
         [PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=5)
     )
-    cfg = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    tiny_llama().save_pretrained(tmp_path / "llama")
     h = load_engine(tmp_path / "llama", max_batch=2)
     assert isinstance(h, HFEngine) and h.tokenizer is None
     assert len(h.generate([[1, 2, 3]], SamplingParams(max_new_tokens=4, seed=1, ignore_eos=True))[0][0].token_ids) == 4
@@ -390,22 +382,13 @@ def test_load_engine_picks_the_implementation(tmp_path):
 
 def test_engines_restore_the_training_flag(model, tmp_path):
     """GRPO generates with the policy it trains: generation must not leave it in eval mode."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from tinyseek.hf_engine import HFEngine
 
     m = _model(seed=6).train()
     Engine(m, max_batch=2).generate([PROMPTS[1]], SamplingParams(max_new_tokens=2))
     assert m.training
-    cfg = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    hf = transformers.LlamaForCausalLM(cfg).train()
+    hf = tiny_llama().train()
     HFEngine(hf, max_batch=2).generate([[1, 2]], SamplingParams(max_new_tokens=2))
     assert hf.training
 

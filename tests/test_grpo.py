@@ -159,6 +159,8 @@ def test_chunked_logprobs_match_full_reference(temperature):
 
 import contextlib  # noqa: E402
 
+from conftest import tiny_llama  # noqa: E402
+
 from tinyseek.config import ModelConfig  # noqa: E402
 from tinyseek.model import Transformer  # noqa: E402
 from tinyseek.train.grpo import GrpoConfig, GrpoStage, build_micro_batches, sequence_logprobs  # noqa: E402
@@ -380,16 +382,7 @@ def _two_eos_policy(tmp_path, sampled):
         (tmp_path / "tok" / name).write_text(text, encoding="utf-8")
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    model = transformers.LlamaForCausalLM(cfg)
+    model = tiny_llama(tok.vocab_size, max_position_embeddings=128)
     model.lm_head = torch.nn.Linear(32, tok.vocab_size, bias=True)
     with torch.no_grad():
         model.lm_head.weight.zero_()

@@ -347,6 +347,18 @@ def sequence_logprobs(
 # ----------------------------------------------------------------------------------------------
 # the stage
 
+# the update's metrics when there is nothing to learn from (no informative group, or no unmasked token): no step
+NO_UPDATE = {
+    "loss": 0.0,
+    "tokens": 0,
+    "kl": 0.0,
+    "clip_low": 0.0,
+    "clip_high": 0.0,
+    "entropy": float("nan"),
+    "grad_norm": 0.0,
+    "skipped": 0,
+}
+
 
 class GrpoStage:
     """The GRPO stage for `tinyseek.train.loop.Loop`: one `train_step` = rollout, rewards, advantages, updates."""
@@ -454,16 +466,7 @@ class GrpoStage:
     def _update(self, loop, prompts, completions, adv, loss_mask) -> dict:
         cfg, pol = self.cfg, self.policy
         if not prompts:  # every group was uninformative: nothing to learn from, no optimizer step
-            return {
-                "loss": 0.0,
-                "tokens": 0,
-                "kl": 0.0,
-                "clip_low": 0.0,
-                "clip_high": 0.0,
-                "entropy": float("nan"),
-                "grad_norm": 0.0,
-                "skipped": 0,
-            }
+            return dict(NO_UPDATE)
         dev = loop.device
         mbs = build_micro_batches(prompts, completions, adv, loss_mask, cfg.micro_batch, pol.pad_id)
         for mb in mbs:
@@ -472,16 +475,7 @@ class GrpoStage:
         n_seq = sum(mb.ids.size(0) for mb in mbs)
         n_tok = sum(float(mb.mask.sum()) for mb in mbs)
         if n_tok == 0:
-            return {
-                "loss": 0.0,
-                "tokens": 0,
-                "kl": 0.0,
-                "clip_low": 0.0,
-                "clip_high": 0.0,
-                "entropy": float("nan"),
-                "grad_norm": 0.0,
-                "skipped": 0,
-            }
+            return dict(NO_UPDATE)
         with torch.no_grad():  # fixed targets of the ratio and the KL, computed once per batch
             for mb in mbs:
                 with loop.autocast():
