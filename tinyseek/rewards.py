@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from numbers import Integral
 
+from tinyseek.config import ConfigError
+from tinyseek.errors import TinyseekError
 from tinyseek.tasks.countdown import check_equation
 
 MAX_NUMBER_CHARS = 400  # a "number" longer than this is not parsed (Fraction of 10**10**9 would hang)
@@ -384,11 +386,29 @@ REWARDS: dict[str, RewardFn] = {
 
 def get(name: str) -> RewardFn:
     """A reward function by its short name (accuracy, format, language, length)."""
-    from tinyseek.errors import TinyseekError
-
     if name not in REWARDS:
         raise TinyseekError(f"unknown reward {name!r}; choose from {', '.join(REWARDS)}")
     return REWARDS[name]
+
+
+def resolve(name: str) -> RewardFn:
+    """A reward function named in a config: a short name (see `get`) or an import path `pkg.mod:func` to any
+    function with TRL's signature f(prompts, completions, **columns). Errors name the `rewards` field."""
+    import importlib
+
+    if ":" in name:
+        mod, fn = name.split(":", 1)
+        try:
+            f = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"rewards: cannot import {name!r} ({e})") from None
+        if not callable(f):
+            raise ConfigError(f"rewards: {name!r} is not callable")
+        return f
+    try:
+        return get(name)
+    except TinyseekError as e:
+        raise ConfigError(f"rewards: {e}") from None
 
 
 class Combined:

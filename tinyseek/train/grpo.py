@@ -33,6 +33,7 @@ import torch
 
 from tinyseek.checkpoint import resolve_model_path  # noqa: F401  (also public here)
 from tinyseek.config import ConfigError
+from tinyseek.rewards import resolve as resolve_reward  # noqa: F401  (also public here)
 from tinyseek.train.grpo_loss import (  # noqa: F401  (also public here: tinyseek.train.grpo.grpo_loss etc.)
     LOSS_TYPES,
     SCALE_REWARDS,
@@ -146,30 +147,6 @@ class GrpoConfig(TrainConfig):
 
 # ----------------------------------------------------------------------------------------------
 # rewards and prompts
-
-
-def resolve_reward(name: str):
-    """A reward function: a short name from tinyseek.rewards (accuracy, format, language, length) or an import
-    path `pkg.mod:func` to any function with TRL's signature f(prompts, completions, **columns)."""
-    import importlib
-
-    from tinyseek.errors import TinyseekError
-
-    if ":" in name:
-        mod, fn = name.split(":", 1)
-        try:
-            f = getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"rewards: cannot import {name!r} ({e})") from None
-        if not callable(f):
-            raise ConfigError(f"rewards: {name!r} is not callable")
-        return f
-    from tinyseek import rewards
-
-    try:
-        return rewards.get(name)
-    except TinyseekError as e:
-        raise ConfigError(f"rewards: {e}") from None
 
 
 class PromptSource:
@@ -370,7 +347,7 @@ class GrpoStage:
 
         self.cfg, self.policy, self.ref = cfg, policy, ref_module
         self.run_dir = Path(run_dir)
-        funcs = [resolve_reward(n) for n in cfg.rewards]
+        funcs = [rewards.resolve(n) for n in cfg.rewards]
         self.reward = rewards.combine(funcs, cfg.reward_weights or None)
         self.reward_names = list(cfg.rewards)
         self.prompts = PromptSource(cfg)
