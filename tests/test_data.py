@@ -110,6 +110,8 @@ def test_sft_mask_covers_exactly_the_assistant_tokens(tok):
     assert b["targets"][0].tolist() == labels[1:]
     n = len(short[0]) - 1
     assert (b["targets"][1, n:] == IGNORE).all() and (b["tokens"][1, n:] == tok.pad_id).all()
+    # real_mask marks the unpadded positions (the MoE routing statistics count only those)
+    assert b["real_mask"][0].all() and b["real_mask"][1].tolist() == [True] * n + [False] * (len(ids) - 1 - n)
     assert tok.decode([t for t in b["targets"][1].tolist() if t != IGNORE]) == "<answer>x</answer>" + EOS
 
 

@@ -312,6 +312,8 @@ def test_sequence_logprobs_align_with_model_logits():
         expect = torch.log_softmax(logits, -1)[torch.arange(len(p) - 1, len(p) + len(c) - 1), torch.tensor(c)]
         assert torch.allclose(lp[b, : len(c)], expect, atol=1e-5)
         assert torch.equal(mb.mask[b], torch.tensor([1.0] * len(c) + [0.0] * (mb.mask.size(1) - len(c))))
+        # the real (unpadded) positions, which the MoE routing statistics count
+        assert mb.real[b].tolist() == [True] * (len(p) + len(c)) + [False] * (mb.ids.size(1) - len(p) - len(c))
 
 
 class _GradLoop:

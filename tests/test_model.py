@@ -277,6 +277,51 @@ def test_bias_updates_shrink_a_skewed_load():
     assert before > 4 and after < before / 2, (before, after)
 
 
+def test_routing_statistics_count_real_tokens_not_padding():
+    """With `real_mask`, a right-padded batch's expert load and balance loss count its real tokens only."""
+    m = make(nano(seq_aux_alpha=1.0, mtp_depth=1))
+    E, K = m.cfg.n_routed_experts, m.cfg.n_activated_experts
+    lens = [12, 5, 9]
+    x = tokens(3, max(lens), seed=10)
+    real = torch.arange(max(lens))[None, :] < torch.tensor(lens)[:, None]  # [B, T]
+    x[~real] = 0  # padding after each row
+    routed = []  # per MoE block that runs: (scores [T*B, E], experts [T*B, K], its real mask [B, T'])
+    hooks = [moe.gate.register_forward_hook(lambda mod, inp, out: routed.append(out)) for moe in m.moe_blocks]
+    out = m(x, targets=x.roll(-1, 1), real_mask=real)
+    for h in hooks:
+        h.remove()
+    masks = [real] * m.cfg.n_moe_layers + [real[:, 1:]]  # the MTP block's position i carries token i + 1
+    assert len(routed) == len(masks)
+    auxes = []
+    for (_, experts_TK, scores_TE), r_BT, load_E in zip(routed, masks, out.expert_load):
+        B, T = r_BT.shape
+        experts_BTK = experts_TK.view(B, T, K)
+        want = torch.bincount(experts_BTK[r_BT].flatten(), minlength=E).float()
+        torch.testing.assert_close(load_E, want)  # every routed slot of a real token once, padding nowhere
+        per_row = []
+        for b in range(B):
+            n = int(r_BT[b].sum())
+            counts = torch.bincount(experts_BTK[b, :n].flatten(), minlength=E)[None]
+            per_row.append(seq_balance_loss(scores_TE.view(B, T, E)[b : b + 1, :n], counts, K, m.cfg.score_func))
+        auxes.append(torch.stack(per_row).mean())
+    torch.testing.assert_close(out.aux_loss, torch.stack(auxes).mean())  # each row's loss as if it were alone
+    # without the mask the padding is counted as routed tokens (the bug this guards against)
+    unmasked = m(x, targets=x.roll(-1, 1))
+    assert unmasked.expert_load[0].sum() == x.numel() * K > out.expert_load[0].sum() == sum(lens) * K
+    # outputs at real positions do not depend on the mask
+    torch.testing.assert_close(out.logits[real], unmasked.logits[real])
+
+
+def test_bias_update_speed_zero_leaves_the_biases_alone():
+    m = make(nano())
+    before = [moe.gate.bias.clone() for moe in m.moe_blocks]
+    load = m(tokens(2, 16)).expert_load
+    m.update_expert_bias(load, speed=0.0)
+    assert all(torch.equal(a, moe.gate.bias) for a, moe in zip(before, m.moe_blocks))
+    m.update_expert_bias(load)  # the model's own gamma moves them
+    assert not all(torch.equal(a, moe.gate.bias) for a, moe in zip(before, m.moe_blocks))
+
+
 def test_update_expert_bias_rejects_a_wrong_shape():
     m = make(nano())
     with pytest.raises(TinyseekError, match="load"):

@@ -134,6 +134,27 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
     assert all(torch.equal(saved[k], w[3][k]) for k in saved)  # the last good weights
 
 
+def test_padded_batches_move_the_moe_biases_by_real_tokens_only(tmp_path):
+    """A right-padded SFT-style batch: the step's expert load counts real tokens (not padding), and
+    `bias_update_speed = 0` (GRPO's default) leaves the balancing biases where they were."""
+    from tinyseek.data import collate
+
+    seed_everything(0)
+    lens = [17, 6, 11, 3]
+    g = torch.Generator().manual_seed(3)
+    batch = collate([(torch.randint(1, 64, (n,), generator=g).tolist(),) * 2 for n in lens], pad_id=0)
+    for speed, moves in ((None, True), (0.0, False)):
+        model = Transformer(ModelConfig.preset("nano", vocab_size=64, mtp_depth=0))
+        cfg = TrainConfig(max_steps=1, batch_size=4, progress=False, bias_update_speed=speed)
+        loop = Loop(cfg, model, tmp_path / f"run-{speed}", stage_name="t")
+        before = [moe.gate.bias.clone() for moe in model.moe_blocks]
+        m = loop.supervised_step([batch])
+        real_tokens = sum(n - 1 for n in lens)  # collate shifts: n ids give n - 1 positions
+        assert m["expert_load"].sum(-1).eq(real_tokens * model.cfg.n_activated_experts).all()
+        moved = any(not torch.equal(b, moe.gate.bias) for b, moe in zip(before, model.moe_blocks))
+        assert moved == moves
+
+
 @pytest.mark.slow
 def test_pretrain_loss_falls_well_below_unigram_entropy(tmp_path):
     cfg = from_dict(

@@ -189,15 +189,18 @@ def sft_examples_from_rows(
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
-    """Right-padded batch: tokens [b, L] (ids[:-1]), targets [b, L] (labels[1:], -100 on padding)."""
+    """Right-padded batch: tokens [b, L] (ids[:-1]), targets [b, L] (labels[1:], -100 on padding), and
+    real_mask [b, L] (True at real tokens: the model's MoE statistics skip the padding)."""
     L = max(len(ids) for ids, _ in examples) - 1
     tokens = torch.full((len(examples), L), pad_id, dtype=torch.long)
     targets = torch.full((len(examples), L), IGNORE, dtype=torch.long)
+    real = torch.zeros((len(examples), L), dtype=torch.bool)
     for i, (ids, labels) in enumerate(examples):
         n = len(ids) - 1
         tokens[i, :n] = torch.tensor(ids[:-1])
         targets[i, :n] = torch.tensor(labels[1:])
-    return {"tokens": tokens, "targets": targets}
+        real[i, :n] = True
+    return {"tokens": tokens, "targets": targets, "real_mask": real}
 
 
 class ExampleStream:

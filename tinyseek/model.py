@@ -46,6 +46,9 @@ Additions to docs/design.md's contract (names there are kept):
   (`cfg.n_moe_layers` rows), then the MoE blocks of the MTP modules (rows of zeros when MTP did not run).
   `update_expert_bias` accepts either all rows or only the main ones. `out.aux_loss` is the mean over the
   MoE blocks that ran of the sequence-wise balance loss (eqs. 17-20, without alpha).
+- `forward(..., real_mask=None)`: [B, T] bool, True at real tokens. Right-padded batches (SFT, distillation,
+  GRPO updates) pass it so that padding is not counted as routed tokens: the expert load that moves the
+  balancing biases and the balance loss count real tokens only. The outputs do not depend on it.
 - `model.mtp_step(k, hidden_prev, tokens, cache=None, rows=None, start=None) -> (hidden_k, logits_k)`:
   one MTP depth for speculative drafting. `hidden_prev` [B, T, dim] is `out.residual` (k=1) or the
   previous depth's `hidden_k`, at positions `start .. start+T-1` (default `cache.pos[rows] - T`: the
@@ -152,6 +155,7 @@ class _Step:
     length: int = 0  # keys attended: cache slots 0 .. length-1
     mask: torch.Tensor | None = None  # [B, 1, T, length] bool, True = attend
     want_aux: bool = False
+    real: torch.Tensor | None = None  # [B, T] bool, the positions routing statistics count (None = all)
     loads: list = field(default_factory=list)  # per MoE block: [E] token counts
     auxes: list = field(default_factory=list)  # per MoE block: scalar
 
@@ -466,28 +470,40 @@ class MoE(nn.Module):
         with torch.no_grad():
             counts_BE = torch.zeros(B, E, device=x.device, dtype=torch.long)
             counts_BE.scatter_add_(1, experts_TK.view(B, T * K), torch.ones_like(experts_TK).view(B, T * K))
-            counts_E = counts_BE.sum(0)
+            counts_E = counts_BE.sum(0)  # every position is computed (dispatch needs them all)
+            if st.real is not None:  # padding is not a token: it moves no balancing bias and is not in the loss
+                real_BTK = st.real.unsqueeze(-1).expand(B, T, K).reshape(B, T * K).long()
+                counts_BE = torch.zeros_like(counts_BE).scatter_add_(1, experts_TK.view(B, T * K), real_BTK)
         if self.cfg.moe_impl == "loop":
             y_TD = self.experts.loop(x_TD, weights_TK, experts_TK)
         else:
             y_TD = self.experts.sorted(x_TD, weights_TK, experts_TK, counts_E)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)
-        st.loads.append(counts_E.float())
+        st.loads.append(counts_BE.sum(0).float() if st.real is not None else counts_E.float())
         if st.want_aux:
-            st.auxes.append(seq_balance_loss(scores_TE.view(B, T, E), counts_BE, K, self.cfg.score_func))
+            st.auxes.append(seq_balance_loss(scores_TE.view(B, T, E), counts_BE, K, self.cfg.score_func, st.real))
         return y_TD.view(B, T, D)
 
 
-def seq_balance_loss(scores_BTE: torch.Tensor, counts_BE: torch.Tensor, k: int, score_func: str) -> torch.Tensor:
+def seq_balance_loss(scores_BTE: torch.Tensor, counts_BE: torch.Tensor, k: int, score_func: str,
+                     real_BT: torch.Tensor | None = None) -> torch.Tensor:
     """Complementary sequence-wise balance loss (V3 eqs. 17-20), averaged over sequences, without alpha.
 
     f_i = E / (K T) * (tokens of the sequence routed to i), P_i = mean_t s'_{i,t}, with s' the scores
-    normalised over experts; L = sum_i f_i P_i. f carries no gradient (a count)."""
+    normalised over experts; L = sum_i f_i P_i. f carries no gradient (a count). With `real_BT`, T is each
+    sequence's count of real (unpadded) tokens and P_i averages over those; `counts_BE` must count only them."""
     B, T, E = scores_BTE.shape
     s = scores_BTE / scores_BTE.sum(dim=-1, keepdim=True) if score_func == "sigmoid" else scores_BTE
-    f_BE = counts_BE.to(s.dtype) * (E / (k * T))
-    return (f_BE * s.mean(dim=1)).sum(dim=-1).mean()
+    if real_BT is None:
+        n_B1 = s.new_full((B, 1), float(T))
+        p_BE = s.mean(dim=1)
+    else:
+        w_BT1 = real_BT.to(s.dtype).unsqueeze(-1)
+        n_B1 = w_BT1.sum(dim=1).clamp(min=1.0)
+        p_BE = (s * w_BT1).sum(dim=1) / n_B1
+    f_BE = counts_BE.to(s.dtype) * (E / k) / n_B1
+    return (f_BE * p_BE).sum(dim=-1).mean()
 
 
 def cross_entropy(logits_NV: torch.Tensor, targets_N: torch.Tensor, chunk: int = 64) -> torch.Tensor:
@@ -602,10 +618,10 @@ class Transformer(nn.Module):
         ang = positions.float().unsqueeze(-1) * inv
         return ang.cos().to(dtype), ang.sin().to(dtype)
 
-    def _step(self, B: int, T: int, device, dtype, cache, rows, start=None, want_aux=False) -> _Step:
+    def _step(self, B: int, T: int, device, dtype, cache, rows, start=None, want_aux=False, real=None) -> _Step:
         if cache is None:
             cos, sin = self._rope(torch.arange(T, device=device), dtype)
-            return _Step(cos, sin, want_aux=want_aux)
+            return _Step(cos, sin, want_aux=want_aux, real=real)
         if rows is None:
             if B > cache.batch_size:
                 raise TinyseekError(f"cache: batch of {B} rows does not fit a cache of {cache.batch_size} rows")
@@ -623,10 +639,12 @@ class Transformer(nn.Module):
         length = min(cache.max_len, -(-length // 64) * 64)
         mask = (torch.arange(length, device=device) <= positions[:, :, None]).unsqueeze(1)  # [B, 1, T, L]
         cos, sin = self._rope(positions, dtype)
-        return _Step(cos, sin, cache=cache, rows=rows, positions=positions, length=length, mask=mask, want_aux=want_aux)
+        return _Step(cos, sin, cache=cache, rows=rows, positions=positions, length=length, mask=mask, want_aux=want_aux,
+                     real=real)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                rows: torch.Tensor | None = None, compute_logits: bool = True) -> ModelOutput:
+                rows: torch.Tensor | None = None, compute_logits: bool = True,
+                real_mask: torch.Tensor | None = None) -> ModelOutput:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
             raise TinyseekError(f"tokens: expected a LongTensor [B, T], got {getattr(tokens, 'dtype', type(tokens))} {tuple(getattr(tokens, 'shape', ()))}")
         B, T = tokens.shape
@@ -637,8 +655,10 @@ class Transformer(nn.Module):
             raise TinyseekError(f"targets: expected shape {tuple(tokens.shape)}, got {tuple(targets.shape)}")
         if cache is not None and cache.impl != self.cfg.mla_impl:
             raise TinyseekError(f"cache: built for mla_impl={cache.impl!r}, model uses {self.cfg.mla_impl!r}")
+        if real_mask is not None and (real_mask.shape != tokens.shape or real_mask.dtype != torch.bool):
+            raise TinyseekError(f"real_mask: expected a bool tensor of shape {tuple(tokens.shape)}, got {real_mask.dtype} {tuple(real_mask.shape)}")
         h = self.embed(tokens)
-        st = self._step(B, T, tokens.device, h.dtype, cache, rows, want_aux=targets is not None)
+        st = self._step(B, T, tokens.device, h.dtype, cache, rows, want_aux=targets is not None, real=real_mask)
         for layer in self.layers:
             h = layer(h, st)
         if cache is not None:
@@ -669,7 +689,9 @@ class Transformer(nn.Module):
         for k, mod in enumerate(self.mtp, start=1):
             if T - k < 1:
                 break
-            sub = _Step(st.cos[..., : T - k, :], st.sin[..., : T - k, :], want_aux=st.want_aux, loads=st.loads, auxes=st.auxes)
+            real = None if st.real is None else st.real[:, k:]  # position i carries token i+k
+            sub = _Step(st.cos[..., : T - k, :], st.sin[..., : T - k, :], want_aux=st.want_aux, real=real, loads=st.loads,
+                        auxes=st.auxes)
             h = mod(h[:, : T - k], self.embed(tokens[:, k:]), sub)
             lg = self.head(mod.norm(h))
             logits.append(lg)
@@ -695,14 +717,18 @@ class Transformer(nn.Module):
         return h, self.head(mod.norm(h))
 
     @torch.no_grad()
-    def update_expert_bias(self, load: torch.Tensor) -> None:
+    def update_expert_bias(self, load: torch.Tensor, speed: float | None = None) -> None:
         """Auxiliary-loss-free balancing: bias_e += gamma * sign(mean load - load_e), per MoE block.
 
-        `load` [n_blocks or n_moe_layers, E]: token counts (e.g. out.expert_load summed over a step)."""
+        `load` [n_blocks or n_moe_layers, E]: token counts (e.g. out.expert_load summed over a step).
+        `speed` is gamma (default `cfg.bias_update_speed`); 0 leaves the biases alone."""
+        gamma = self.cfg.bias_update_speed if speed is None else speed
+        if gamma == 0:
+            return
         blocks = self.moe_blocks
         if load.dim() != 2 or load.shape[0] not in (len(blocks), self.cfg.n_moe_layers) or load.shape[1] != self.cfg.n_routed_experts:
             raise TinyseekError(f"load: expected [{len(blocks)} or {self.cfg.n_moe_layers}, {self.cfg.n_routed_experts}], got {tuple(load.shape)}")
         for moe, l_E in zip(blocks, load):
             l_E = l_E.to(moe.gate.bias.device, torch.float32)
             ran = (l_E.sum() > 0).float()  # an MTP block that did not run keeps its bias (no host sync)
-            moe.gate.bias += self.cfg.bias_update_speed * ran * torch.sign(l_E.mean() - l_E)
+            moe.gate.bias += gamma * ran * torch.sign(l_E.mean() - l_E)

@@ -251,6 +251,7 @@ class MicroBatch:
     mask: torch.Tensor  # [b, L] 1 = the token counts in the loss (L = longest completion here)
     adv: torch.Tensor  # [b]
     tokens: int  # real (unpadded) tokens in the batch, for throughput
+    real: torch.Tensor | None = None  # [b, T] bool, True at real (unpadded) positions: MoE statistics skip padding
     old: torch.Tensor | None = None  # [b, L] log-probs before this batch's first update (num_iterations > 1)
     ref: torch.Tensor | None = None  # [b, L] reference log-probs (beta > 0)
 
@@ -275,11 +276,13 @@ def build_micro_batches(
         T = max(len(prompts[i]) + len(completions[i]) for i in idx)
         L = max(1, max(len(completions[i]) for i in idx))
         ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
+        real = torch.zeros((len(idx), T), dtype=torch.bool)
         mask = torch.zeros(len(idx), L)
         rows, pos, slot, tgt = [], [], [], []
         for b, i in enumerate(idx):
             p, c = prompts[i], completions[i]
             ids[b, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+            real[b, : len(p) + len(c)] = True
             rows += [b] * len(c)
             pos += range(len(p) - 1, len(p) - 1 + len(c))
             slot += range(len(c))
@@ -296,6 +299,7 @@ def build_micro_batches(
                 mask,
                 adv[idx].clone(),
                 sum(len(prompts[i]) + len(completions[i]) for i in idx),
+                real,
             )
         )
     return out
@@ -312,7 +316,7 @@ def sequence_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [b, L] of the completions in `mb` (zeros at padding), the entropies [b, L]
     (detached; zeros unless asked) and the MoE expert load of the forward (or None)."""
-    hidden, load = policy.hidden(module, mb.ids)  # [b, T, D]
+    hidden, load = policy.hidden(module, mb.ids, mb.real)  # [b, T, D]
     h = hidden[mb.rows, mb.pos]  # [n, D]: only completion positions go through the head
     lp, ent = token_logprobs(h, mb.tgt, policy.head(module), temperature, chunk, impl, want_entropy)
     b, L = mb.mask.shape
@@ -447,7 +451,7 @@ class GrpoStage:
         dev = loop.device
         mbs = build_micro_batches(prompts, completions, adv, loss_mask, cfg.micro_batch, pol.pad_id)
         for mb in mbs:
-            for k in ("ids", "rows", "pos", "slot", "tgt", "mask", "adv"):
+            for k in ("ids", "rows", "pos", "slot", "tgt", "mask", "adv", "real"):
                 setattr(mb, k, getattr(mb, k).to(dev))
         n_seq = sum(mb.ids.size(0) for mb in mbs)
         n_tok = sum(float(mb.mask.sum()) for mb in mbs)

@@ -103,6 +103,7 @@ class TrainConfig:
     beta2: float = 0.95  # AdamW beta2
     adam_eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still measured)
+    bias_update_speed: float | None = None  # MoE balancing-bias step gamma (None = the model's own; 0 = frozen)
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (autocast; master weights stay fp32)
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda
@@ -148,6 +149,7 @@ class TrainConfig:
         ):
             need(getattr(self, name) >= 0, name, "must be >= 0")
         need(self.lr > 0, "lr", "must be positive")
+        need(self.bias_update_speed is None or self.bias_update_speed >= 0, "bias_update_speed", "must be >= 0")
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be between 0 and 1")
         need(0 <= self.beta1 < 1, "beta1", "must be in [0, 1)")
         need(0 <= self.beta2 < 1, "beta2", "must be in [0, 1)")
@@ -411,7 +413,7 @@ class Loop:
         self.optimizer.zero_grad(set_to_none=True)
         if expert_load is not None and hasattr(self.raw_model, "update_expert_bias") and expert_load.numel():
             load = self.all_sum(expert_load.detach().float())
-            self.raw_model.update_expert_bias(load)
+            self.raw_model.update_expert_bias(load, speed=self.cfg.bias_update_speed)
         self.bad_in_a_row = 0
         return {"grad_norm": grad_norm, "skipped": 0}
 
@@ -441,10 +443,12 @@ class Loop:
         for i, mb in enumerate(micro_batches):
             x = mb["tokens"].to(self.device, non_blocking=True)
             y = mb["targets"].to(self.device, non_blocking=True)
+            real = mb.get("real_mask")  # right-padded batches: padding is not routed (MoE statistics)
+            real = None if real is None else real.to(self.device, non_blocking=True)
             w = weights[i]
             with self.no_sync(last=i == n - 1):
                 with self.autocast():
-                    out = self.model(x, targets=y)
+                    out = self.model(x, targets=y, real_mask=real)
                     loss = out.loss
                     if extra_loss is not None:
                         extra, extra_metrics = extra_loss(out, mb)
@@ -478,7 +482,12 @@ class Loop:
         loss = ce = 0.0
         for mb in batches:
             with self.autocast():
-                out = self.raw_model(mb["tokens"].to(self.device), targets=mb["targets"].to(self.device))
+                real = mb.get("real_mask")
+                out = self.raw_model(
+                    mb["tokens"].to(self.device),
+                    targets=mb["targets"].to(self.device),
+                    real_mask=None if real is None else real.to(self.device),
+                )
             loss += out.loss.item() / len(batches)
             ce += float(out.ce_loss if getattr(out, "ce_loss", None) is not None else out.loss) / len(batches)
         self.raw_model.train()

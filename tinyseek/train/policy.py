@@ -81,9 +81,12 @@ class Policy:
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
 
-    def hidden(self, module: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Final hidden states [B, T, D] of right-padded `ids` [B, T] (no mask needed: attention is causal, so
-        a real position never sees the padding after it), and the MoE expert load of the forward (or None)."""
+    def hidden(
+        self, module: torch.nn.Module, ids: torch.Tensor, real_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final hidden states [B, T, D] of right-padded `ids` [B, T] (no attention mask needed: attention is
+        causal, so a real position never sees the padding after it), and the MoE expert load of the forward
+        (or None). `real_mask` [B, T] (True at real tokens) keeps padding out of the MoE routing statistics."""
         raise NotImplementedError
 
     def head(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -197,8 +200,8 @@ class TinyseekPolicy(Policy):
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids)
 
-    def hidden(self, module, ids):
-        out = module(ids, compute_logits=False)
+    def hidden(self, module, ids, real_mask=None):
+        out = module(ids, compute_logits=False, real_mask=real_mask)
         return out.hidden, out.expert_load
 
     def head(self, module):
@@ -244,7 +247,7 @@ class HFPolicy(Policy):
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
 
-    def hidden(self, module, ids):
+    def hidden(self, module, ids, real_mask=None):
         return unwrap(module).get_decoder()(input_ids=ids, use_cache=False).last_hidden_state, None
 
     def head(self, module):
