@@ -155,3 +155,57 @@ def test_shipped_recipes_are_found_and_parse(tmp_path):
             assert k in kinds
     with pytest.raises(TinyseekError, match="no-such-recipe"):
         R.find_recipe("no-such-recipe")
+
+
+def _demo_tasks_stage(tmp_path: Path, quick: bool = False):
+    rec = R.load_recipe(R.recipes_dir() / "demo.toml", tmp_path / "run", quick=quick)
+    return next(s for s in rec.stages if s.kind == "tasks")
+
+
+def _problems(path: Path) -> set[str]:
+    return {json.loads(line)["prompt"] for line in path.read_text().splitlines()}
+
+
+def test_the_demo_gives_every_stage_its_own_problems(tmp_path):
+    """The demo's (full-size) tasks stage: corpus, SFT traces, RL prompts, distillation prompts and the test
+    set are disjoint sets of problems, and each split holds distinct problems."""
+    stage = _demo_tasks_stage(tmp_path)
+    out = tmp_path / "tasks"
+    R.RUNNERS["tasks"](stage, out, False)
+    sets = {k: _problems(out / f"{k}.jsonl") for k in [*stage.fields["splits"], "test"]}
+    for k in sets:
+        n = len((out / f"{k}.jsonl").read_text().splitlines())
+        assert len(sets[k]) == n > 0, k  # distinct problems
+    # the corpus: worked problems in the chat layout; its prompts sit between the user tag and the assistant tag
+    corpus = {
+        doc.split("<｜Assistant｜>")[0].split("<｜User｜>")[-1]
+        for doc in (out / "corpus.txt").read_text().split("\n\n")
+    }
+    sets["corpus"] = {p for p in corpus if p.strip()}
+    names = list(sets)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not sets[a] & sets[b], (a, b, sorted(sets[a] & sets[b])[:3])
+    roles = json.loads((out / "roles.json").read_text())
+    assert set(roles) == set(names)
+
+
+@pytest.mark.parametrize(
+    "fields, needle",
+    [
+        ({"splits": {"sft": 10, "rl": 0}}, "splits.rl: an empty split"),
+        ({"splits": {"sft": 10, "rl": 10}, "shares": {"sft": 0.6, "rl": 0.6}}, "shares: the roles overlap"),
+        ({"splits": {"sft": 10, "rl": 10}, "shares": {"sft": 0.5}}, "shares.rl: every split needs a share"),
+        ({"splits": {"sft": 10}, "shares": {"sft": 0.5, "rl": 0.1}}, "shares.rl: no such split"),
+        ({"splits": {"sft": 10, "rl": 10}, "shares": {"sft": 0.5, "rl": 0.0}}, "shares.rl: must be in (0, 1]"),
+        ({"splits": {"sft": 10, "rl": 900}, "shares": {"sft": 0.5, "rl": 0.1}}, "splits.rl: task addition"),
+    ],
+)
+def test_bad_splits_stop_before_anything_is_written(tmp_path, fields, needle):
+    stage = R.Stage(
+        "tasks", "tasks", {"tasks": ["addition"], "difficulty": 2, "test": 10, **fields}, "r.toml stage 1 (tasks)"
+    )
+    with pytest.raises(TinyseekError) as e:
+        R.RUNNERS["tasks"](stage, tmp_path / "tasks", False)
+    assert needle in str(e.value) and "\n" not in str(e.value) and "r.toml stage 1 (tasks)" in str(e.value)
+    assert not (tmp_path / "tasks").exists()

@@ -283,6 +283,7 @@ TASKS_FIELDS = {
     "corpus": {},
     "corpus_difficulty": None,
     "corpus_format": "plain",
+    "shares": {},
 }
 
 
@@ -295,16 +296,57 @@ def _difficulty(value: Any, where: str) -> Any:
     return value
 
 
-def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
-    """Generate disjoint problem sets: RUN/tasks/<split>.jsonl for each named train split, test.jsonl, corpus.txt.
+def role_parts(splits: dict[str, int], shares: dict[str, float], corpus: bool, where: str) -> dict[str, tuple]:
+    """Each role's slice (lo, hi) of the train side: the named splits, and "corpus" when there is one.
 
-    Fields: tasks (names), splits (name -> count, drawn in order from the tasks' train side, so disjoint),
-    test (count, from the held-out side), seed, difficulty (an int or [lo, hi]), corpus (task -> count:
-    worked problems of the train side, prompt + completion, as blank-line separated documents in
-    corpus.txt for the tokenizer and pretraining) and corpus_difficulty. Counts are per task. Train and
-    test sides are split by a hash of the problem (tinyseek.tasks), so no held-out problem is ever trained on;
-    the splits and the test set hold distinct problems (a task whose side is too small raises). The corpus is
-    drawn independently (background reading), so it can contain problems that are also in a split.
+    `shares` gives each role its fraction of the train side; by default the splits share it in proportion to
+    their counts, after a fifth for the corpus. A problem's role is decided by its hash alone (see
+    tinyseek.tasks.base), so the roles never share a problem, whatever the seed.
+    """
+    roles = [*splits, *(["corpus"] if corpus else [])]
+    for k, n in splits.items():
+        if n <= 0:
+            raise ConfigError(
+                f"{where}: splits.{k}: an empty split ({n} problems); give it a positive count or drop it"
+            )
+    if shares:
+        extra = sorted(set(shares) - set(roles))
+        if extra:
+            raise ConfigError(f"{where}: shares.{extra[0]}: no such split (splits: {', '.join(roles)})")
+        missing = [k for k in roles if k not in shares]
+        if missing:
+            raise ConfigError(f"{where}: shares.{missing[0]}: every split needs a share when shares are given")
+        frac = {k: float(shares[k]) for k in roles}
+    else:
+        corpus_share = 0.2 if corpus else 0.0
+        total = sum(splits.values())
+        frac = {k: (1 - corpus_share) * n / total for k, n in splits.items()} if total else {}
+        if corpus:
+            frac["corpus"] = corpus_share
+    for k, v in frac.items():
+        if not 0 < v <= 1:
+            raise ConfigError(f"{where}: shares.{k}: must be in (0, 1] (got {v!r}); a role without problems is empty")
+    if sum(frac.values()) > 1 + 1e-9:
+        raise ConfigError(f"{where}: shares: the roles overlap (their shares add up to {sum(frac.values()):g} > 1)")
+    parts, lo = {}, 0.0
+    for k in roles:
+        parts[k] = (lo, min(1.0, lo + frac[k]))
+        lo = parts[k][1]
+    return parts
+
+
+def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
+    """Problem sets whose roles are disjoint: RUN/tasks/<split>.jsonl per named split, test.jsonl, corpus.txt,
+    roles.json.
+
+    Fields: tasks (names), splits (name -> count of distinct problems), test (count, from the held-out side),
+    seed, difficulty (an int or [lo, hi]), corpus (task -> count: worked problems, prompt + completion, as
+    blank-line separated documents in corpus.txt for the tokenizer and pretraining; drawn with repeats),
+    corpus_difficulty, corpus_format, shares (role -> fraction of the train side; see `role_parts`). Counts
+    are per task. One hash of each problem decides its role: the held-out side (tinyseek.tasks), then one
+    slice of the train side per split and one for the corpus, so the test set, the corpus and every split
+    are disjoint sets of problems. A split whose slice cannot supply its count raises, naming the split,
+    before anything is written. roles.json records each role's slice and count for the report.
     """
     f = {**TASKS_FIELDS, **stage.fields}
     unknown = set(f) - set(TASKS_FIELDS)
@@ -320,33 +362,39 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
     splits: dict[str, int] = {k: int(v) for k, v in f["splits"].items()}
     if "test" in splits or "corpus" in splits:
         raise ConfigError(f"{stage.where}: splits: 'test' and 'corpus' are reserved names")
+    parts = role_parts(splits, dict(f["shares"]), bool(f["corpus"]), stage.where)
     diff = _difficulty(f["difficulty"], f"{stage.where}: difficulty")
     out_recs: dict[str, list[dict]] = {k: [] for k in splits}
     test: list[dict] = []
     for name in names:
         task = T.get(name)
-        total = sum(splits.values())
-        # distinct problems: the splits never share a problem (RL's prompts are not SFT's), and the held-out
-        # set's intervals are over distinct problems
-        train = task.generate(total, seed=int(f["seed"]), split="train", difficulty=diff, unique=True) if total else []
-        if len(train) < total:
-            raise ConfigError(
-                f"{stage.where}: task {name!r} produced {len(train)} train problems, the splits need {total}"
-            )
-        i = 0
         for k, n in splits.items():
-            out_recs[k] += train[i : i + n]
-            i += n
+            # distinct problems within a split, too: its interval counts problems, not repeats
+            try:
+                out_recs[k] += task.generate(
+                    n, seed=int(f["seed"]), split="train", difficulty=diff, unique=True, part=parts[k]
+                )
+            except TinyseekError as e:
+                raise ConfigError(f"{stage.where}: splits.{k}: {e}; or give the split a larger share") from None
         test += task.generate(int(f["test"]), seed=int(f["seed"]), split="test", difficulty=diff, unique=True)
     cdiff = _difficulty(f["corpus_difficulty"], f"{stage.where}: corpus_difficulty")
     if f["corpus_format"] not in ("plain", "chat"):
         raise ConfigError(f"{stage.where}: corpus_format must be plain or chat (got {f['corpus_format']!r})")
-    # another seed than the splits': the corpus is background reading, not the SFT/RL problems again
-    corpus = T.documents(f["corpus"], int(f["seed"]) + 1, "train", f["corpus_format"], cdiff)
+    corpus = []
+    if f["corpus"]:
+        try:
+            corpus = T.documents(f["corpus"], int(f["seed"]), "train", f["corpus_format"], cdiff, part=parts["corpus"])
+        except TinyseekError as e:
+            raise ConfigError(f"{stage.where}: corpus: {e}") from None
+    roles = {k: {"part": list(parts[k]), "problems": len(out_recs[k])} for k in splits}
+    if corpus:
+        roles["corpus"] = {"part": list(parts["corpus"]), "documents": len(corpus)}
+    roles["test"] = {"part": "held-out side", "problems": len(test)}
     with atomic_dir(out) as tmp:
         for k, recs in out_recs.items():
             write_jsonl(tmp / f"{k}.jsonl", recs)
         write_jsonl(tmp / "test.jsonl", test)
+        write_json(tmp / "roles.json", roles)
         if corpus:
             (tmp / "corpus.txt").write_text("\n\n".join(corpus) + "\n", encoding="utf-8")
 

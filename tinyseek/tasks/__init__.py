@@ -54,11 +54,14 @@ def get(name: str, field: str = "task") -> Task:
 
 
 def records(
-    counts: dict[str, int], seed: int = 0, split: str = "train", difficulty=None, field: str = "tasks"
+    counts: dict[str, int], seed: int = 0, split: str = "train", difficulty=None, field: str = "tasks", part=None
 ) -> list[dict]:
-    """`counts[name]` generated problems of each named task, task after task (every name is checked first)."""
+    """`counts[name]` generated problems of each named task, task after task (every name is checked first);
+    `part` restricts the train side to one role's slice (see tinyseek.tasks.base)."""
     chosen = [(get(name, field), int(n)) for name, n in counts.items()]
-    return [rec for task, n in chosen for rec in task.generate(n, seed=seed, split=split, difficulty=difficulty)]
+    return [
+        rec for task, n in chosen for rec in task.generate(n, seed=seed, split=split, difficulty=difficulty, part=part)
+    ]
 
 
 def documents(
@@ -68,10 +71,11 @@ def documents(
     fmt: str = "plain",
     difficulty=None,
     field: str = "tasks",
+    part=None,
 ) -> list[str]:
     """Worked problems as training text (`r1.training_text`): the task corpus of the tokenizer, pretraining and
     recipes."""
-    return [training_text(rec, fmt) for rec in records(counts, seed, split, difficulty, field)]
+    return [training_text(rec, fmt) for rec in records(counts, seed, split, difficulty, field, part)]
 
 
 def load_records(path) -> list[dict]:

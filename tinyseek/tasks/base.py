@@ -7,6 +7,11 @@ problem is on the same side whatever the seed, whatever the task variant (`addit
 their sums; English and Chinese word problems share their numbers), and the held-out set is not "the problems
 whose last digits look like X", the pitfall of a linear hash of the numbers.
 
+The train side is cut once more by the same digest (its next two bytes, independent of the first two): a
+`part` (lo, hi) of [0, 1) selects the train problems whose role value falls in it. A recipe gives each role
+(pretraining corpus, SFT traces, RL prompts, distillation prompts) its own part, so the problems of the roles
+are disjoint by construction, for every seed: one hash decides every problem's role.
+
 Generation draws problems i.i.d. from the requested side (rejection on the hash), so a split may repeat a
 problem when the problem space is small; `unique=True` asks for n distinct problems and raises a
 TinyseekError when the side cannot supply them. Every loop has a draw budget, so a side that holds few or no
@@ -33,6 +38,11 @@ def problem_digest(family: str, key: str) -> bytes:
 
 def is_test_digest(digest: bytes) -> bool:
     return (digest[0] << 8 | digest[1]) < TEST_BUCKETS
+
+
+def role_value(digest: bytes) -> float:
+    """Where a train-side problem falls in [0, 1) for `part` (digest bytes 2-3; bytes 0-1 decide the side)."""
+    return (digest[2] << 8 | digest[3]) / 65536
 
 
 def side_of(family: str, key: str) -> str:
@@ -97,31 +107,41 @@ class Task:
         split: str = "train",
         difficulty: int | tuple[int, int] | list[int] | None = None,
         unique: bool = False,
+        part: tuple[float, float] | None = None,
     ) -> list[dict]:
         """n records from one side of the split; the same arguments always give the same records.
 
         Problems are drawn i.i.d. from `split`'s side, so small problem spaces repeat problems;
         unique=True returns n distinct problems or raises TinyseekError if the side has fewer.
+        `part` (lo, hi), train side only: only problems whose `role_value` lies in [lo, hi).
         """
         if split not in SPLITS:
             raise TinyseekError(f"task {self.name}: split must be 'train' or 'test', got {split!r}")
+        if part is not None and (split != "train" or not 0 <= part[0] < part[1] <= 1):
+            raise TinyseekError(
+                f"task {self.name}: part must be (lo, hi) with 0 <= lo < hi <= 1 on the train side, got {part!r}"
+            )
+        lo16, hi16 = (0, 65536) if part is None else (round(part[0] * 65536), round(part[1] * 65536))
         if not isinstance(n, int) or n < 0:
             raise TinyseekError(f"task {self.name}: n must be a non-negative int, got {n!r}")
         levels = self._levels(difficulty)
-        rng = random.Random(stream_seed(self.name, seed, split, levels))
+        rng = random.Random(stream_seed(self.name, seed, split, levels, *(() if part is None else (part,))))
         want_test = split == "test"
         prefix = f"{self.family or self.name}|".encode()
         blake2b = hashlib.blake2b
         records: list[dict] = []
         seen: set[str] = set()
-        budget = 200 * n + 10_000  # expected draws: n / 0.9 (train) or n / 0.1 (test)
+        budget = int(
+            (200 * n + 10_000) * 65536 / max(1, hi16 - lo16)
+        )  # expected: n / 0.9 (train), n / 0.1 (test), / part
         draws = 0
         while len(records) < n:
             if draws >= budget:
                 have = len(seen) if unique else len(records)
                 shown = difficulty if difficulty is not None else self.default_difficulty
+                where = f"the {split} split" if part is None else f"part [{part[0]:g}, {part[1]:g}) of the train split"
                 raise TinyseekError(
-                    f"task {self.name}: the {split} split at difficulty {shown} supplied only {have} "
+                    f"task {self.name}: {where} at difficulty {shown} supplied only {have} "
                     f"{'distinct ' if unique else ''}problems of {n} after {draws} draws; ask for fewer, "
                     f"raise the difficulty{', or pass unique=False' if unique else ''}"
                 )
@@ -129,7 +149,7 @@ class Task:
             level = levels[0] if len(levels) == 1 else levels[int(rng.random() * len(levels))]
             key, problem = self.draw(rng, level)
             dg = blake2b(prefix + key.encode(), digest_size=8).digest()  # = problem_digest(family, key)
-            if ((dg[0] << 8 | dg[1]) < TEST_BUCKETS) != want_test:
+            if ((dg[0] << 8 | dg[1]) < TEST_BUCKETS) != want_test or not lo16 <= (dg[2] << 8 | dg[3]) < hi16:
                 continue
             if unique:
                 if key in seen:
