@@ -281,6 +281,12 @@ def test_learns_trivial_reward_within_a_minute(tmp_path):
         assert key in recs[-1], key
     assert (tmp_path / "run" / "samples" / "step-10.jsonl").is_file()
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    # the cost meter counts the rollouts' forward FLOPs beside the update's training FLOPs
+    cum = 0.0
+    for r in recs:
+        assert r["rollout_flops"] > 0
+        cum += loop.flops_per_token * r["tokens"] + r["rollout_flops"]
+        assert math.isclose(r["total_flops"], cum, rel_tol=1e-9)
 
 
 def test_identical_rewards_drop_the_group_and_leave_weights_alone(tmp_path):

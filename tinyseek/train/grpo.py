@@ -107,8 +107,10 @@ class GrpoConfig(TrainConfig):
     samples_logged: int = 16  # completions per samples file
     eval_data: str = ""  # held-out records; default: the task's test split
     eval_n: int = 200  # held-out problems per evaluation (every eval_every steps and at the end)
-    eval_samples: int = 1  # pass@1 = mean accuracy over this many samples per problem at eval_temperature
-    eval_temperature: float = 1.0  # sampling temperature of the held-out pass@1
+    eval_samples: int = 4  # pass@1 = mean accuracy over this many samples per problem (R1's protocol: >= 4)
+    eval_temperature: float = 0.6  # sampling temperature of the held-out pass@1 (R1's protocol: 0.6)
+    eval_top_p: float = 0.95  # nucleus mass of the held-out pass@1 (R1's protocol: 0.95)
+    eval_greedy: bool = True  # also greedy accuracy at every evaluation
 
     def validate(self) -> None:
         super().validate()
@@ -138,6 +140,8 @@ class GrpoConfig(TrainConfig):
         need(self.micro_batch >= 1, "micro_batch", "must be >= 1")
         need(self.logprob_impl in ("chunked", "full"), "logprob_impl", "must be chunked or full")
         need(self.eval_samples >= 1, "eval_samples", "must be >= 1")
+        need(self.eval_temperature > 0, "eval_temperature", "pass@1 samples (temperature > 0; greedy is eval_greedy)")
+        need(0 < self.eval_top_p <= 1, "eval_top_p", "must be in (0, 1]")
         need(
             self.prompt_template in ("chat", "r1-zero", "raw") or "{prompt}" in self.prompt_template,
             "prompt_template",
@@ -389,6 +393,12 @@ class GrpoStage:
         )
         t_roll = time.perf_counter() - t0
         gen_tokens = sum(len(c.token_ids) for c in comps)
+        # the rollout's compute: each prompt prefilled once for its group, then every generated token
+        prompt_tokens = sum(len(p) for p in prompt_ids)
+        mean_prompt = prompt_tokens / max(1, len(prompt_ids))
+        rollout_flops = pol.forward_flops(prompt_tokens, mean_prompt / 2) + pol.forward_flops(
+            gen_tokens, mean_prompt + cfg.max_new_tokens / 2
+        )
 
         # rewards and advantages
         rows = [r for r in recs for _ in range(G)]
@@ -442,6 +452,8 @@ class GrpoStage:
         m["rollout_tok_s"] = gen_tokens / t_roll if t_roll > 0 else 0.0
         m["update_tok_s"] = upd["tokens"] * cfg.num_iterations / t_upd if t_upd > 0 and keep else 0.0
         m["completions_per_s"] = len(comps) / (t_roll + t_upd) if t_roll + t_upd > 0 else 0.0
+        m["rollout_flops"] = rollout_flops
+        m["extra_flops"] = rollout_flops  # the loop adds it to the update's FLOPs in the cost meter
         return m
 
     def _update(self, loop, prompts, completions, adv, loss_mask) -> dict:
@@ -544,7 +556,8 @@ class GrpoStage:
             self._heldout = self.prompts.heldout()
         if not self._heldout:
             return {}
-        return self._evaluate_heldout(self._heldout, seed=10_000 + loop.step)
+        # the same sampling seed at every evaluation: the curve's steps differ by the policy, not by the draw
+        return self._evaluate_heldout(self._heldout, seed=10_000 + self.cfg.seed)
 
     def _evaluate_heldout(self, recs: list[dict], seed: int) -> dict:
         """Greedy accuracy, and pass@1 over `eval_samples` samples at `eval_temperature` with its 95% interval,
@@ -555,14 +568,15 @@ class GrpoStage:
         render = lambda r: pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt)  # noqa: E731
         prompt_ids = [render(r) for r in recs]
         out: dict = {"eval_n": len(recs)}
-        for name, k, params in (
-            ("greedy", 1, pol.sampling_params(cfg.max_new_tokens, 0.0, seed=seed)),
+        runs = [("greedy", 1, pol.sampling_params(cfg.max_new_tokens, 0.0, seed=seed))] if cfg.eval_greedy else []
+        runs.append(
             (
                 "pass1",
                 cfg.eval_samples,
-                pol.sampling_params(cfg.max_new_tokens, cfg.eval_temperature, cfg.top_p, seed=seed),
-            ),
-        ):
+                pol.sampling_params(cfg.max_new_tokens, cfg.eval_temperature, cfg.eval_top_p, seed=seed),
+            )
+        )
+        for name, k, params in runs:
             engine = pol.engine(
                 prompt_ids, cfg.max_new_tokens, max_batch=min(256, len(recs) * k), n=k, impl=cfg.rollout_impl
             )

@@ -34,7 +34,8 @@ Two ways to write it:
   a loss normalised by a global count must be multiplied by `loop.dist.world`), `loop.backward(loss)`, and
   `loop.optimizer_step(loss_value, expert_load=..., tokens=...)`. Return a dict with at least "loss"
   and "tokens" (tokens processed this step, for throughput and FLOPs; already summed over ranks via
-  `loop.all_sum` if you count per rank).
+  `loop.all_sum` if you count per rank), and optionally "extra_flops" (compute beside the training tokens,
+  e.g. GRPO's rollouts, added to the cost meter).
 
 What the loop does around `train_step` (and what a stage therefore must not do itself):
 - the learning rate: linear warmup then cosine to `min_lr_ratio * lr`, set before every step (`lr_at`);
@@ -643,7 +644,8 @@ class Loop:
             steps_this_run += 1
             tokens = int(m.pop("tokens", 0))
             self.tokens += tokens
-            step_flops = self.flops_per_token * tokens
+            # FLOPs the stage did beside its training tokens (GRPO: the rollouts), counted in the cost meter too
+            step_flops = self.flops_per_token * tokens + float(m.pop("extra_flops", 0.0))
             self.flops += step_flops
             rec: dict[str, Any] = {
                 "step": self.step,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from tinyseek import cost
 from tinyseek.checkpoint import TRAINER_STATE_FILE, load, save_checkpoint
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.engine import Engine
@@ -91,6 +92,10 @@ class Policy:
 
     def head(self, module: torch.nn.Module) -> torch.nn.Module:
         """The output head that turns hidden states into logits."""
+        raise NotImplementedError
+
+    def forward_flops(self, tokens: int, context: float) -> float:
+        """Forward FLOPs of `tokens` tokens that each see about `context` earlier ones: a rollout's compute."""
         raise NotImplementedError
 
     def logits(self, module: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -207,6 +212,9 @@ class TinyseekPolicy(Policy):
     def head(self, module):
         return unwrap(module).head
 
+    def forward_flops(self, tokens, context):
+        return tokens * cost.inference_flops_per_token(unwrap(self.module).cfg, max(0, round(context)))
+
     def logits(self, module, ids):
         return module(ids).logits
 
@@ -252,6 +260,13 @@ class HFPolicy(Policy):
 
     def head(self, module):
         return unwrap(module).get_output_embeddings()
+
+    def forward_flops(self, tokens, context):
+        # 2 FLOPs per weight that multiplies an activation (the input embedding is a lookup); attention's
+        # context term is left out: small next to the weights at rollout lengths
+        m = unwrap(self.module)
+        emb = m.get_input_embeddings().weight
+        return tokens * 2.0 * sum(p.numel() for p in m.parameters() if p is not emb)
 
     def logits(self, module, ids):
         return module(input_ids=ids, use_cache=False).logits
