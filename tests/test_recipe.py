@@ -209,3 +209,15 @@ def test_bad_splits_stop_before_anything_is_written(tmp_path, fields, needle):
         R.RUNNERS["tasks"](stage, tmp_path / "tasks", False)
     assert needle in str(e.value) and "\n" not in str(e.value) and "r.toml stage 1 (tasks)" in str(e.value)
     assert not (tmp_path / "tasks").exists()
+
+
+def test_seed_and_threads_flags_reach_every_stage(tmp_path):
+    rec = R.load_recipe(R.recipes_dir() / "demo.toml", tmp_path / "run", seed=7, threads=3)
+    assert rec.threads == 3 and rec.seed == 7
+    assert all(s.fields["seed"] == 7 for s in rec.stages)
+    tasks_stage = next(s for s in rec.stages if s.kind == "tasks")
+    assert tasks_stage.fields.get("test_seed", 0) == 0  # the held-out set is the same for every run seed
+    default = R.load_recipe(R.recipes_dir() / "demo.toml", tmp_path / "run")
+    assert default.threads == 0  # the machine's cores (torch's default)
+    with pytest.raises(TinyseekError, match="--seed"):
+        R.load_recipe(R.recipes_dir() / "demo.toml", tmp_path / "run", seed=-1)

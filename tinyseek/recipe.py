@@ -74,8 +74,9 @@ class Stage:
 class Recipe:
     name: str
     path: Path
-    threads: int = 0  # torch CPU threads for the whole run (0 = torch's default); stages inherit it
+    threads: int = 0  # torch CPU threads for the whole run (0 = torch's default: the machine's cores)
     stages: list[Stage] = field(default_factory=list)
+    seed: int | None = None  # the seed of every stage (None: each stage's own)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,8 +122,11 @@ def _substitute(value: Any, run: Path, recipe_dir: Path) -> Any:
     return value
 
 
-def load_recipe(path: str | Path, run: str | Path, quick: bool = False) -> Recipe:
-    """Parse and check a recipe; every error names the file and the stage."""
+def load_recipe(
+    path: str | Path, run: str | Path, quick: bool = False, seed: int | None = None, threads: int | None = None
+) -> Recipe:
+    """Parse and check a recipe; every error names the file and the stage. `seed` replaces every stage's
+    seed (the held-out test set stays the same: its draw has its own `test_seed`); `threads` the recipe's."""
     path = Path(path)
     data = read_file(path)
     run = Path(run)
@@ -134,10 +138,19 @@ def load_recipe(path: str | Path, run: str | Path, quick: bool = False) -> Recip
         raise ConfigError(
             f"{path}: unknown top-level field {sorted(unknown_top)[0]!r} (known: name, description, threads, stage)"
         )
-    threads = data.get("threads", 0)
-    if not isinstance(threads, int) or threads < 0:
-        raise ConfigError(f"{path}: threads must be an integer >= 0 (got {threads!r})")
-    recipe = Recipe(name=str(data.get("name", path.stem)), path=path, threads=threads)
+    file_threads = data.get("threads", 0)
+    if not isinstance(file_threads, int) or file_threads < 0:
+        raise ConfigError(f"{path}: threads must be an integer >= 0 (got {file_threads!r})")
+    if threads is not None and threads < 0:
+        raise ConfigError(f"--threads: must be an integer >= 0 (got {threads})")
+    if seed is not None and seed < 0:
+        raise ConfigError(f"--seed: must be an integer >= 0 (got {seed})")
+    recipe = Recipe(
+        name=str(data.get("name", path.stem)),
+        path=path,
+        threads=file_threads if threads is None else threads,
+        seed=seed,
+    )
     seen: set[str] = set()
     for i, raw in enumerate(stages_raw, 1):
         where = f"{path} stage {i}"
@@ -163,6 +176,8 @@ def load_recipe(path: str | Path, run: str | Path, quick: bool = False) -> Recip
             raise ConfigError(f"{where}: quick must be a table of overrides")
         if quick:
             fields_.update(q)
+        if seed is not None:
+            fields_["seed"] = seed
         fields_ = _substitute(fields_, run, path.parent.resolve())
         recipe.stages.append(Stage(kind=kind, name=name, fields=fields_, where=where))
     return recipe
@@ -284,6 +299,7 @@ TASKS_FIELDS = {
     "corpus_difficulty": None,
     "corpus_format": "plain",
     "shares": {},
+    "test_seed": 0,
 }
 
 
@@ -342,7 +358,8 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
     Fields: tasks (names), splits (name -> count of distinct problems), test (count, from the held-out side),
     seed, difficulty (an int or [lo, hi]), corpus (task -> count: worked problems, prompt + completion, as
     blank-line separated documents in corpus.txt for the tokenizer and pretraining; drawn with repeats),
-    corpus_difficulty, corpus_format, shares (role -> fraction of the train side; see `role_parts`). Counts
+    corpus_difficulty, corpus_format, shares (role -> fraction of the train side; see `role_parts`), test_seed
+    (the held-out draw's own seed, so that every run seed is measured on the same test set). Counts
     are per task. One hash of each problem decides its role: the held-out side (tinyseek.tasks), then one
     slice of the train side per split and one for the corpus, so the test set, the corpus and every split
     are disjoint sets of problems. A split whose slice cannot supply its count raises, naming the split,
@@ -376,7 +393,8 @@ def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
                 )
             except TinyseekError as e:
                 raise ConfigError(f"{stage.where}: splits.{k}: {e}; or give the split a larger share") from None
-        test += task.generate(int(f["test"]), seed=int(f["seed"]), split="test", difficulty=diff, unique=True)
+        # the held-out set has its own seed: runs with different seeds are measured on the same problems
+        test += task.generate(int(f["test"]), seed=int(f["test_seed"]), split="test", difficulty=diff, unique=True)
     cdiff = _difficulty(f["corpus_difficulty"], f"{stage.where}: corpus_difficulty")
     if f["corpus_format"] not in ("plain", "chat"):
         raise ConfigError(f"{stage.where}: corpus_format must be plain or chat (got {f['corpus_format']!r})")
@@ -563,7 +581,7 @@ def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = pri
             shutil.rmtree(out)
             resume = False
         log(f"{head}: {'resuming' if resume else 'running'}")
-        _seed_everything(stage.name)
+        _seed_everything(stage.name if recipe.seed is None else f"{stage.name}|{recipe.seed}")
         t0 = time.perf_counter()
         try:
             RUNNERS[stage.kind](stage, out, resume)
@@ -585,8 +603,8 @@ def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = pri
 # commands
 
 
-def _run_and_report(recipe_path: Path, out: Path, quick: bool, report: bool) -> int:
-    recipe = load_recipe(recipe_path, out, quick=quick)
+def _run_and_report(recipe_path: Path, out: Path, quick: bool, report: bool, seed=None, threads=None) -> int:
+    recipe = load_recipe(recipe_path, out, quick=quick, seed=seed, threads=threads)
     t0 = time.perf_counter()
     run_recipe(recipe, out)
     print(
@@ -613,8 +631,25 @@ def cli_run(argv: list[str]) -> int:
         "--quick", action="store_true", help="apply each stage's [stage.quick] overrides (same stages, smaller)"
     )
     p.add_argument("--no-report", action="store_true", help="do not write the report card at the end")
+    _seed_threads_flags(p)
     a = p.parse_args(argv)
-    return _run_and_report(find_recipe(a.recipe), Path(a.out), a.quick, not a.no_report)
+    return _run_and_report(find_recipe(a.recipe), Path(a.out), a.quick, not a.no_report, a.seed, a.threads)
+
+
+def _seed_threads_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the seed of every stage (data draw, model init, sampling); the held-out test set stays the same",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: the recipe's, else the machine's cores; results are bitwise "
+        "reproducible for one thread count)",
+    )
 
 
 def cli_demo(argv: list[str]) -> int:
@@ -630,8 +665,9 @@ def cli_demo(argv: list[str]) -> int:
     p.add_argument(
         "--quick", action="store_true", help="the same stages, much smaller (about a minute; used by the tests)"
     )
+    _seed_threads_flags(p)
     a = p.parse_args(argv)
     out = a.out
     if a.quick and a.out == "runs/demo":
         out = "runs/demo-quick"
-    return _run_and_report(recipes_dir() / "demo.toml", Path(out), a.quick, True)
+    return _run_and_report(recipes_dir() / "demo.toml", Path(out), a.quick, True, a.seed, a.threads)
