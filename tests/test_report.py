@@ -173,3 +173,54 @@ def test_not_a_run_and_bad_lines_are_named(tmp_path, run):
     p.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(TinyseekError, match=r"metrics.jsonl:2: invalid JSON"):
         build_report(run)
+
+
+def test_rl_curve_and_same_start_comparisons(tmp_path):
+    """The held-out curve of a GRPO stage starts at its parent's evaluation and follows metrics.jsonl; stages
+    that start from the same checkpoint are set side by side with their compute."""
+    run = tmp_path / "run"
+    cfg = ModelConfig.preset("nano")
+    stages = [
+        ("sft", "sft", {"init": "x"}),
+        ("grpo", "grpo", {"model": str(run / "sft" / "final"), "eval_temperature": 0.6}),
+        ("sft-control", "sft", {"init": str(run / "sft" / "final")}),
+        ("eval-sft", "eval", {"model": str(run / "sft" / "final")}),
+        ("eval-grpo", "eval", {"model": str(run / "grpo" / "final")}),
+        ("eval-sft-control", "eval", {"model": str(run / "sft-control" / "final")}),
+    ]
+    run.mkdir()
+    (run / "recipe.json").write_text(
+        json.dumps({"name": "t", "stages": [{"name": n, "kind": k, "fields": f} for n, k, f in stages]})
+    )
+    _stage(run, "sft", "sft", 1.0, [{"step": 1, "loss": 1.0}], _summary(1, 10, 1e9, 1.0), ckpt_cfg=cfg)
+    curve = {10: (0.3, 0.25, 0.35), 20: (0.4, 0.35, 0.45)}
+    metrics = [
+        {"step": i, "loss": 0.1, "reward": 0.1 * i}
+        | (
+            {"eval_pass1": curve[i][0], "eval_pass1_lo": curve[i][1], "eval_pass1_hi": curve[i][2]}
+            if i in curve
+            else {}
+        )
+        for i in range(1, 21)
+    ]
+    _stage(run, "grpo", "grpo", 5.0, metrics, _summary(20, 100, 7e9, 4.0), ckpt_cfg=cfg)
+    _stage(run, "sft-control", "sft", 1.0, [{"step": 1, "loss": 0.5}], _summary(20, 100, 2e9, 1.0), ckpt_cfg=cfg)
+    _stage(run, "eval-sft", "eval", 1.0, ev=_eval(run, "sft", 0.2, [0.15, 0.25]))
+    _stage(run, "eval-grpo", "eval", 1.0, ev=_eval(run, "grpo", 0.41, [0.36, 0.46]))
+    _stage(run, "eval-sft-control", "eval", 1.0, ev=_eval(run, "sft-control", 0.6, [0.55, 0.65]))
+    rep = write_report(run, plots=True)
+    (c,) = rep["rl_curves"]
+    assert c["stage"] == "grpo" and c["parent"] == "sft"
+    assert [p["step"] for p in c["heldout"]] == [0, 10, 20]
+    assert c["heldout"][0]["pass@1"] == 0.2 and c["heldout"][0]["from"] == "eval-sft"
+    assert [p["pass@1"] for p in c["heldout"][1:]] == [0.3, 0.4]
+    assert c["heldout"][2]["ci95"] == [0.35, 0.45]
+    (sib,) = rep["siblings"]
+    assert {sib["a"], sib["b"]} == {"grpo", "sft-control"} and sib["parent"] == "sft"
+    flops = {sib["a"]: sib["a_flops"], sib["b"]: sib["b_flops"]}
+    assert flops == {"grpo": 7e9, "sft-control": 2e9}
+    sign = 1 if sib["a"] == "grpo" else -1
+    assert sib["delta_points"] == pytest.approx(sign * (41 - 60)) and sib["ci_disjoint"] is True
+    md = (run / "report" / "report.md").read_text()
+    assert "held-out problems" in md and "| grpo | 20 | 40.0 | [35.0, 45.0] |" in md
+    assert (run / "report" / "rl.png").is_file()

@@ -181,6 +181,15 @@ def given(stage: dict, run: Path) -> str:
         )
 
     if kind == "tasks":
+        roles = _read_json(stage["dir"] / "roles.json")
+        if roles:  # each role's own slice of the problems (one hash decides every problem's role)
+            parts = []
+            for k, r in roles.items():
+                n = r.get("problems", r.get("documents"))
+                what = "documents" if "documents" in r else "problems"
+                where = r["part"] if isinstance(r["part"], str) else f"slice [{r['part'][0]:.2f}, {r['part'][1]:.2f})"
+                parts.append(f"{k} {n} {what} ({where})")
+            return f"tasks {f.get('tasks')}, disjoint problem sets: " + "; ".join(parts)
         sp = ", ".join(f"{k} {v}" for k, v in (f.get("splits") or {}).items())
         return f"tasks {f.get('tasks')}: train splits {sp}; {f.get('test')} held-out; corpus {f.get('corpus') or {}}"
     if kind == "tokenizer":
@@ -400,6 +409,64 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
         },
     ]
 
+    # -- evaluated stages that start from the same checkpoint: what each kind of training bought, at what compute
+    flops_of = {r["name"]: r["flops"] for r in stage_rows}
+    parent_of = {}
+    for e in evals:
+        st = by_name.get(e["model_stage"])
+        if st is not None:
+            parent_of[e["model_stage"]] = next(
+                (p for rel in ("init", "model") if (p := _stage_of(st["fields"].get(rel), run)) in eval_of), None
+            )
+    siblings = []
+    names = [e["model_stage"] for e in evals if parent_of.get(e["model_stage"])]
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            ea, eb = eval_of[a], eval_of[b]
+            if parent_of[a] != parent_of[b] or ea["pass@1"] is None or eb["pass@1"] is None:
+                continue
+            siblings.append(
+                {
+                    "parent": parent_of[a],
+                    "a": a,
+                    "a_kind": by_name[a]["kind"],
+                    "b": b,
+                    "b_kind": by_name[b]["kind"],
+                    "a_pass@1": ea["pass@1"],
+                    "b_pass@1": eb["pass@1"],
+                    "delta_points": 100 * (ea["pass@1"] - eb["pass@1"]),
+                    "ci_disjoint": _ci_disjoint(ea["pass@1_ci95"], eb["pass@1_ci95"]),
+                    "a_flops": flops_of.get(a),
+                    "b_flops": flops_of.get(b),
+                }
+            )
+
+    # -- the held-out curve of every GRPO stage, at the evaluation protocol, from its parent's evaluation on
+    curves = []
+    for s in data["stages"]:
+        if s["kind"] != "grpo" or not s["metrics"]:
+            continue
+        pts = [
+            {"step": r["step"], "pass@1": r["eval_pass1"], "ci95": [r.get("eval_pass1_lo"), r.get("eval_pass1_hi")]}
+            for r in s["metrics"]
+            if isinstance(r.get("eval_pass1"), (int, float))
+        ]
+        parent = _stage_of(s["fields"].get("model"), run)
+        pe = eval_of.get(parent)
+        if pts and pe is not None and pe["pass@1"] is not None:
+            pts.insert(0, {"step": 0, "pass@1": pe["pass@1"], "ci95": pe["pass@1_ci95"], "from": pe["stage"]})
+        rewards = [(r["step"], r.get("reward")) for r in s["metrics"] if isinstance(r.get("reward"), (int, float))]
+        curves.append(
+            {
+                "stage": s["name"],
+                "parent": parent,
+                "eval_temperature": s["fields"].get("eval_temperature"),
+                "heldout": pts,
+                "reward_first": rewards[0][1] if rewards else None,
+                "reward_last": rewards[-1][1] if rewards else None,
+            }
+        )
+
     # -- RL curves (first GRPO stage) and expert balance
     rl = {}
     for s in data["stages"]:
@@ -419,8 +486,10 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
         "stages": stage_rows,
         "evals": evals,
         "comparisons": comparisons,
+        "siblings": siblings,
         "cost": cost_rows,
         "rl": rl,
+        "rl_curves": curves,
         "totals": {
             "wall_s": tot_wall,
             "flops": tot_flops,
@@ -522,6 +591,45 @@ def comparison_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def sibling_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
+    head = [
+        "from",
+        "stage",
+        "pass@1 %",
+        "other stage",
+        "pass@1 %",
+        "delta (points)",
+        "95% CIs disjoint",
+        "FLOPs",
+        "other FLOPs",
+    ]
+    rows = [
+        [
+            c["parent"],
+            f"{c['a']} ({c['a_kind']})",
+            _pct(c["a_pass@1"]),
+            f"{c['b']} ({c['b_kind']})",
+            _pct(c["b_pass@1"]),
+            _f(c["delta_points"], "{:+.1f}"),
+            {True: "yes", False: "no", None: "—"}[c["ci_disjoint"]],
+            _human(c["a_flops"]),
+            _human(c["b_flops"]),
+        ]
+        for c in rep["siblings"]
+    ]
+    return head, rows
+
+
+def curve_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["GRPO stage", "step", "held-out pass@1 %", "95% CI"]
+    rows = [
+        [c["stage"], f"{p['step']}" + (f" ({p['from']})" if p.get("from") else ""), _pct(p["pass@1"]), _ci(p["ci95"])]
+        for c in rep["rl_curves"]
+        for p in c["heldout"]
+    ]
+    return head, rows
+
+
 def stage_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
     head = ["stage", "kind", "wall s", "train s", "steps", "tokens", "tokens/s", "FLOPs", "final loss", "device-h", "$"]
     rows = [
@@ -569,6 +677,20 @@ def render_markdown(rep: dict) -> str:
     ]
     if rep["comparisons"]:
         out += ["## Each stage against the one it started from", ""] + _table(*comparison_rows(rep)) + [""]
+    if rep.get("siblings"):
+        out += ["## Stages that started from the same checkpoint", ""] + _table(*sibling_rows(rep)) + [""]
+        out += [
+            "Two ways of training the same start: FLOPs are each stage's compute (a GRPO stage's include its "
+            "rollouts), so a reader can see what each point of accuracy cost.",
+            "",
+        ]
+    if any(c["heldout"] for c in rep.get("rl_curves", [])):
+        out += ["## Reinforcement learning, measured on the held-out problems", ""] + _table(*curve_rows(rep)) + [""]
+        out += [
+            "Held-out pass@1 during GRPO at the evaluation protocol (the stage's eval_samples samples at "
+            "eval_temperature), step 0 being the evaluation of the checkpoint it started from.",
+            "",
+        ]
     if rep["rl"]:
         r = rep["rl"]
         bits = [
@@ -687,14 +809,41 @@ def plot_losses(data: dict, path: Path) -> bool:
 
 
 def plot_rl(data: dict, path: Path) -> bool:
-    s = next((s for s in data["stages"] if s["kind"] == "grpo" and s["metrics"]), None)
-    if s is None:
+    """Held-out pass@1 at the evaluation protocol over GRPO steps (every GRPO stage, 95% band), beside the
+    training reward and response length of the first GRPO stage: learning, not only reward."""
+    grpo = [s for s in data["stages"] if s["kind"] == "grpo" and s["metrics"]]
+    if not grpo:
         return False
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    ax = axes[0]
+    run = data["run"]
+    evals = {s["name"]: s["eval"] for s in data["stages"] if s["eval"]}
+    eval_of_model = {_stage_of(e.get("model"), run): e for e in evals.values()}
+    for s in grpo:
+        pts = [
+            (r["step"], r["eval_pass1"], r.get("eval_pass1_lo"), r.get("eval_pass1_hi"))
+            for r in s["metrics"]
+            if isinstance(r.get("eval_pass1"), (int, float))
+        ]
+        start = eval_of_model.get(_stage_of(s["fields"].get("model"), run))
+        if start and isinstance(_value(start, "pass@1"), (int, float)):
+            lo, hi = _value(start, "pass@1", "ci95") or (None, None)
+            pts.insert(0, (0, _value(start, "pass@1"), lo, hi))
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        line = ax.plot(xs, [100 * p[1] for p in pts], "o-", markersize=3, label=s["name"])[0]
+        if all(p[2] is not None and p[3] is not None for p in pts):
+            ax.fill_between(xs, [100 * p[2] for p in pts], [100 * p[3] for p in pts], alpha=0.2, color=line.get_color())
+    ax.set_title("held-out pass@1 % (evaluation protocol, 95% CI)", fontsize=9)
+    ax.set_xlabel("GRPO step")
+    if ax.lines:
+        ax.legend(fontsize=7)
+    s = grpo[0]
     steps = [r["step"] for r in s["metrics"]]
-    for ax, (label, keys) in zip(axes, RL_KEYS.items()):
-        k = next((k for k in keys if k in s["metrics"][0]), None)
+    for ax, label in zip(axes[1:], ("reward", "response length")):
+        k = next((k for k in RL_KEYS[label] if k in s["metrics"][0]), None)
         if k is not None:
             ys = [r.get(k) for r in s["metrics"]]
             pts = [(x, y) for x, y in zip(steps, ys) if isinstance(y, (int, float))]
@@ -705,9 +854,9 @@ def plot_rl(data: dict, path: Path) -> bool:
                 for i in range(len(pts))
             ]
             ax.plot([x for x, _ in pts], sm, "-", color="#c44e52")
-        ax.set_title(f"{label} ({k or 'not logged'})", fontsize=9)
-        ax.set_xlabel(f"{s['name']} step")
-    fig.suptitle("Reinforcement learning on the training problems (rollouts at the sampling temperature)", fontsize=10)
+        ax.set_title(f"{s['name']}: training {label} ({k or 'not logged'})", fontsize=9)
+        ax.set_xlabel("GRPO step")
+    fig.suptitle("Reinforcement learning: held-out accuracy, and reward on the training prompts", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
