@@ -551,10 +551,17 @@ def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = pri
     """Run every stage in order; returns one status dict per stage (name, kind, status, wall_s)."""
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
-    if recipe.threads:
-        import torch
+    import torch
 
+    if recipe.threads:
         torch.set_num_threads(recipe.threads)
+    threads = torch.get_num_threads()
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    note = ""
+    if threads > 1 and busy >= (os.cpu_count() or 1):
+        # OpenMP threads spin-wait on each other when other jobs hold the cores: measured 10-30x slower
+        note = f"; the machine is busy (load average {busy:.1f}): --threads 1 is much faster then"
+    log(f"torch threads: {threads}{' (the machine default)' if not recipe.threads else ''}{note}")
     resolved = {
         "name": recipe.name,
         "threads": recipe.threads,
