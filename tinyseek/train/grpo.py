@@ -18,9 +18,27 @@ The model is a `Policy` (policy.py): a tinyseek checkpoint, or any transformers 
 .gguf file, or `pkg:PACKAGE/FILE` for a file shipped in a pip package), whose own weights the update
 trains. Held-out accuracy is `tinyseek.evaluate` on the task's test side, with the prompts GRPO trains on.
 
-What worked on the 2-core CPU (dev/LOG.md, "GRPO measured run"): a 0.93M tiny-dense model after SFT, 2-digit
-addition, 32 prompts x 8, accuracy reward only, dapo loss, AdamW 1e-4 constant, no KL: held-out pass@1
-6.4% -> 18.3% in 100 steps (~6 s a step with one torch thread). Recipes: recipes/r1-zero.toml, recipes/r1.toml,
+The settings, and why (dev/LOG.md, "GRPO on the MoE policy: why it collapsed"):
+
+- The learning rate is the only bound on a step. With one update per rollout batch (num_iterations = 1) the
+  ratio rho is exactly 1 during the update, so the clipping never acts: nothing but `lr` limits how far one
+  step moves the policy. AdamW moves every weight by about lr (exactly lr on its first step), so the right
+  lr is set by the model's weight scale, not by the loss. On the demo's 1.1M MoE teacher (weights of RMS ~0.02)
+  one step at 1e-4 was a per-token KL of ~0.09 and took held-out greedy accuracy from 37% to 10%; 2e-5 was
+  ~0.006 nats/token per step and learned. The same held for dense and uncompressed-attention teachers of the
+  same size: it is the step, not MoE or MLA. Default 2e-5 (TRL's 1e-6 suits billion-parameter models).
+- `bias_update_speed` = 0: the MoE balancing biases stay as pretraining left them. Their sign steps move
+  routing by a fixed amount every step whatever the lr; frozen, the held-out curve climbed steadily instead of
+  wandering. (DeepSeek-V3's report sets gamma to 0 for its last 500B pretraining tokens as well.)
+- The demo rolls out at temperature 0.7, near R1's evaluation temperature of 0.6: at 1.0 most failures are
+  sampling noise the evaluation never draws, and the update spends itself pushing them down. The default
+  stays TRL's 1.0; set it per recipe.
+- Not kept, tried (the log has the figures): warm-up, Adam's eps, carrying SFT's optimizer state, a KL
+  penalty, per-step KL-targeted lr control, bigger batches. Routing replay and GSPO's sequence ratio change
+  nothing here by construction: the update's forward routes as the rollout did (log-probs agree to 1e-5),
+  and with one update per batch GSPO's gradient is the `grpo` loss type's.
+
+Recipes: recipes/demo.toml (the whole R1 pipeline), recipes/r1-zero.toml, recipes/r1.toml,
 recipes/smollm2-grpo.toml (`tinyseek run`, or `tinyseek grpo --config RECIPE --out RUN [--quick]`).
 """
 
@@ -59,14 +77,15 @@ class GrpoConfig(TrainConfig):
     except `batch_size` (prompts per step, not sequences) and `grad_accum` (unused: `micro_batch` sets the
     sequences per forward/backward)."""
 
-    # the loop's defaults, re-tuned for RL (notes: AdamW 1e-4 constant was stable, 3e-4 collapsed)
+    # the loop's defaults, re-tuned for RL (the module docstring says why)
     max_steps: int = 100
     batch_size: int = 32  # prompts per step
-    lr: float = 1e-4
+    lr: float = 2e-5  # AdamW moves every weight by ~lr a step; 1e-4 collapsed small (~1M) models
     min_lr_ratio: float = 1.0
     warmup_steps: int = 0
     weight_decay: float = 0.0
     beta2: float = 0.99
+    bias_update_speed: float | None = 0.0  # MoE balancing biases frozen during RL (None = the model's gamma)
     # model and data
     model: str = ""  # tinyseek checkpoint dir, a transformers model dir, a .gguf file, or pkg:PACKAGE/FILE
     tokenizer: str = ""  # default: the model's own
