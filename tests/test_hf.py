@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers  # a dependency: an import error fails, never skips
 from safetensors.torch import load_file, save_file
 
 from tinyseek.checkpoint import (
@@ -25,8 +26,6 @@ from tinyseek.config import ConfigError, ModelConfig
 from tinyseek.errors import TinyseekError
 from tinyseek.hf import MTP_PREFIX, from_hf_state_dict, to_hf_config
 from tinyseek.model import Transformer
-
-transformers = pytest.importorskip("transformers")
 
 
 class _Collect(logging.Handler):
@@ -268,7 +267,8 @@ def test_init_seed_and_overrides(tmp_path):
 
 
 def test_tokenizer_travels_with_the_export(tmp_path):
-    tok_mod = pytest.importorskip("tinyseek.tokenizer")
+    from tinyseek import tokenizer as tok_mod
+
     texts = [f"{a} + {b} = {a + b}. <think>add</think><answer>{a + b}</answer>" for a in range(40) for b in range(10)]
     tok = tok_mod.Tokenizer.train(texts, 300)
     tok_file = tok.save(tmp_path / "tok")

@@ -421,9 +421,9 @@ EVAL_FIELDS = {
     "model": None,
     "data": None,
     "n": 0,
-    "samples": 8,
-    "temperature": 1.0,
-    "top_p": 1.0,
+    "samples": 8,  # R1's evaluation protocol (DeepSeek-R1 §3.1): k >= 4 samples at T = 0.6, top-p 0.95
+    "temperature": 0.6,
+    "top_p": 0.95,
     "max_new_tokens": 128,
     "seed": 0,
     "greedy": True,

@@ -263,7 +263,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
             yield i, pieces, reason
 
     def build_jobs(req: ChatRequest, loop) -> tuple[list[int], list[Job], asyncio.Queue, int]:
-        from tinyseek.inference.sampling import SamplingParams
+        from tinyseek.inference.sampling import SamplingParams, derive_seed
 
         if req.model not in model_names:
             raise APIError(
@@ -293,7 +293,8 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
         queue: asyncio.Queue = asyncio.Queue()
         jobs = []
         for i in range(req.n):
-            seed = None if req.seed is None else (req.seed + i) % (1 << 63)
+            # a hash, not seed + i: requests seeded 11 and 12 must not share choices' seeds
+            seed = None if req.seed is None else derive_seed(req.seed, i)
             params = SamplingParams(
                 max_new_tokens=max_tokens,
                 temperature=1.0 if req.temperature is None else req.temperature,
