@@ -289,6 +289,15 @@ def test_learns_trivial_reward_within_a_minute(tmp_path):
         assert math.isclose(r["total_flops"], cum, rel_tol=1e-9)
 
 
+def test_update_throughput_counts_each_iteration_once(tmp_path):
+    """`tokens` already counts every update of the batch (x num_iterations): update_tok_s divides it by the update
+    time, nothing more."""
+    loop, stage = _stage(tmp_path, "test_grpo:starts_with_7", max_steps=1, num_iterations=3, dynamic_sampling=False)
+    m = stage.train_step(loop)
+    assert m["tokens"] > 0 and m["tokens"] % 3 == 0
+    assert m["update_tok_s"] == pytest.approx(m["tokens"] / m["update_s"], rel=1e-9)
+
+
 def test_identical_rewards_drop_the_group_and_leave_weights_alone(tmp_path):
     loop, stage = _stage(tmp_path, "test_grpo:constant_reward", max_steps=1)
     before = {k: v.clone() for k, v in loop.raw_model.state_dict().items()}
