@@ -84,13 +84,12 @@ class Recipe:
 
 
 def recipes_dir() -> Path:
-    """The directory holding the shipped recipes.
-
-    Inside the package (`tinyseek/recipes/`, a wheel's package data) or beside it (the repo root's
-    `recipes/`, an editable install or a checkout). The first that holds `demo.toml` wins.
+    """The directory holding the shipped recipes: `tinyseek/recipes/`, package data, so a wheel installed anywhere
+    has them (the repository's `recipes/` is a link to it, for the paths the docs use). TINYSEEK_RECIPES, when
+    set, is tried first. The first that holds `demo.toml` wins.
     """
     pkg = Path(__file__).resolve().parent
-    candidates = [pkg / "recipes", pkg.parent / "recipes"]
+    candidates = [pkg / "recipes"]
     env = os.environ.get("TINYSEEK_RECIPES")
     if env:
         candidates.insert(0, Path(env))
