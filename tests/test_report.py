@@ -324,3 +324,9 @@ def test_h200_projection_prices_generated_tokens_at_the_generation_rate(run):
     gen = rollouts + 7000 + 3000
     assert proj["wall_s"] == pytest.approx(train / R.H200_TRAIN_TOKENS_PER_S + gen / R.H200_GENERATE_TOKENS_PER_S)
     assert f"{gen:,} generated tokens" in proj["basis"] and f"GRPO rollouts {rollouts:,}" in proj["basis"]
+
+
+def test_shipped_report_card_names_no_machine_directory():
+    """docs/demo-report.md is read on other machines: no temporary or home directory of the one it ran on."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "demo-report.md").read_text()
+    assert not re.search(r"(?<![\w.])/(tmp|work|home|root|Users)/", text)
