@@ -225,6 +225,7 @@ def test_rl_curve_and_same_start_comparisons(tmp_path):
     md = (run / "report" / "report.md").read_text()
     assert "held-out problems" in md and "| grpo | 20 | 40.0 | [35.0, 45.0] |" in md
     assert (run / "report" / "rl.png").is_file()
+    assert check_md_against_json(md, json.loads((run / "report" / "report.json").read_text())) > 30
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +233,7 @@ def test_rl_curve_and_same_start_comparisons(tmp_path):
 
 
 NUM = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?")
-LABEL_COLUMNS = {"stage", "model", "kind", "vs", ""}
+LABEL_COLUMNS = {"stage", "model", "kind", "vs", "", "from", "other stage", "GRPO stage"}
 UNITS = (1.0, 100.0, 1e-6, 1 / 3600)  # as is, percent, millions (params), hours (wall time)
 
 
@@ -272,10 +273,18 @@ def md_tables(md: str):
 def check_md_against_json(md: str, rep: dict) -> int:
     """Assert that each Markdown table has one row per JSON row and that every number in a non-label cell is a
     number of that JSON row, as printed. Returns how many numbers were checked."""
-    sources = {"model": rep["evals"], "vs": rep["comparisons"], "kind": rep["stages"], "FLOPs": rep["cost"]}
+    sources = {  # a table's first two column names -> the JSON rows it shows
+        ("stage", "model"): rep["evals"],
+        ("stage", "vs"): rep["comparisons"],
+        ("from", "stage"): rep.get("siblings", []),
+        ("GRPO stage", "step"): [p for c in rep.get("rl_curves", []) for p in c["heldout"]],
+        ("stage", "kind"): rep["stages"],
+        ("", "FLOPs"): rep["cost"],
+    }
     checked = 0
     for head, rows in md_tables(md):
-        src = sources[head[1]]
+        assert tuple(head[:2]) in sources, f"a table this check does not know yet: {head}"
+        src = sources[tuple(head[:2])]
         assert len(rows) == len(src), head
         for row, obj in zip(rows, src):
             pool = list(_json_numbers(obj))
