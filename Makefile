@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install browser bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,8 +23,23 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/tinyseek demo
 
+# tests/test_serve_page.py drives Debian's chromium; set-up installs it here when it is missing (apt-get, as root
+# or through sudo without a password), and says so. Where that cannot be done the page test skips, saying why.
+SUDO := $(shell [ "$$(id -u)" = 0 ] && echo "" || (sudo -n true 2>/dev/null && echo sudo -n))
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		:; \
+	elif command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
+		echo "make: chromium is missing; installing Debian's chromium and chromium-driver with apt-get"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+			|| echo "make: apt-get could not install chromium; tests/test_serve_page.py will skip"; \
+	else \
+		echo "make: chromium is missing and cannot be installed here (needs apt-get as root); tests/test_serve_page.py will skip"; \
+	fi
+
 # the formatter and the linter first (configured in pyproject.toml): a violation fails the run, as it fails CI
-test: install
+test: install browser
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q

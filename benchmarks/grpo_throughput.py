@@ -213,7 +213,9 @@ def main() -> None:
         hf_tok.save_pretrained(tmp / "llama")
         t = run_trl(tmp / "llama", hf_tok, recs, a.steps, tmp)
         results["TRL GRPOTrainer"] = t
-        print(f"TRL 1.16 GRPOTrainer: {t:.2f} s/step, {P * G / t:.1f} completions/s", flush=True)
+        import trl
+
+        print(f"TRL {trl.__version__} GRPOTrainer: {t:.2f} s/step, {P * G / t:.1f} completions/s", flush=True)
         print(f"ratio tinyseek / TRL: {t / s:.2f}x completions/s")
     if not a.skip_tiny:
         from tinyseek.config import ModelConfig

@@ -114,13 +114,12 @@ def test_seeded_sampling_reproducible_in_any_batch(model):
     alone = Engine(model, max_batch=1).generate([PROMPTS[2]], p)[0][0].token_ids
     eng = Engine(model, max_batch=8)
     others = [SamplingParams(temperature=0.8, seed=s, max_new_tokens=9) for s in (1, 2, 3)]
-    groups = eng.generate([PROMPTS[0], PROMPTS[2], PROMPTS[1], PROMPTS[3]], [others[0], p, others[1], others[2]], n=1)
-    assert groups[1][0].token_ids == alone
+    # the same index in its call (the index is part of the seed), whatever else shares the batch
+    groups = eng.generate([PROMPTS[2], PROMPTS[0], PROMPTS[1], PROMPTS[3]], [p, others[0], others[1], others[2]], n=1)
+    assert groups[0][0].token_ids == alone
     # a group of n: samples differ from each other, and the group reproduces
-    g1 = Engine(model, max_batch=8).generate([PROMPTS[2]], p, n=4)[0]
-    g2 = Engine(model, max_batch=3).generate([PROMPTS[0], PROMPTS[2]], [others[0], p], n=4)[
-        1
-    ]  # split over 2 admissions
+    g1 = Engine(model, max_batch=8).generate([PROMPTS[2], PROMPTS[0]], [p, others[0]], n=4)[0]
+    g2 = Engine(model, max_batch=3).generate([PROMPTS[2], PROMPTS[0]], [p, others[0]], n=4)[0]  # 2 admissions
     assert [c.token_ids for c in g1] == [c.token_ids for c in g2]
     assert len({tuple(c.token_ids) for c in g1}) == 4
     # unseeded requests differ from run to run
@@ -129,6 +128,33 @@ def test_seeded_sampling_reproducible_in_any_batch(model):
         Engine(model).generate([PROMPTS[2]], q)[0][0].token_ids
         != Engine(model).generate([PROMPTS[2]], q)[0][0].token_ids
     )
+
+
+def test_copies_of_a_prompt_in_one_call_sample_differently(model):
+    """GRPO's batch may hold one problem twice: its two groups must be independent samples, not duplicates
+    (the seed of a prompt's group comes from its index in the call, not from its tokens)."""
+    from tinyseek.hf_engine import HFEngine
+
+    p = SamplingParams(temperature=1.0, seed=5, max_new_tokens=12, ignore_eos=True)
+    for eng in (Engine(model, max_batch=16), HFEngine(_hf_copy(model), max_batch=16)):
+        a, b = eng.generate([PROMPTS[1], PROMPTS[1]], p, n=2)
+        ids = [c.token_ids for c in a + b]
+        assert len({tuple(x) for x in ids}) == 4, type(eng).__name__
+        again = eng.generate([PROMPTS[1], PROMPTS[1]], p, n=2)  # and the call reproduces
+        assert [c.token_ids for g in again for c in g] == ids
+
+
+def _hf_copy(model):
+    """transformers' DeepseekV3 with the model's weights (for HFEngine)."""
+    import tempfile
+
+    import transformers
+
+    from tinyseek.checkpoint import export_dir
+
+    with tempfile.TemporaryDirectory() as d:
+        export_dir(model.cfg, model.state_dict(), d)
+        return transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
 
 
 def test_continuous_batching_refills_rows_and_skips_finished(model):
@@ -232,7 +258,8 @@ def test_bad_requests_raise_one_line_errors(model):
 
 def test_greedy_equals_transformers_generate(tmp_path):
     """Same exported weights, a left-padded batch of prompts of different lengths, token for token."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     from tinyseek.checkpoint import export_dir
 
     m = _model(seed=3)
@@ -260,7 +287,8 @@ def test_greedy_equals_transformers_generate(tmp_path):
 
 def test_hf_engine_matches_engine_on_exported_weights(tmp_path):
     """The adapter (left padding, its own cache, row dropping) gives the engine's tokens, greedy and seeded."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     from tinyseek.checkpoint import export_dir
     from tinyseek.hf_engine import HFEngine
 
@@ -360,7 +388,6 @@ def test_bf16_engine_keeps_a_trained_models_answers(r1_checkpoint):
 
 
 def test_load_engine_picks_the_implementation(tmp_path):
-    pytest.importorskip("transformers")
     from tinyseek.checkpoint import export_dir
     from tinyseek.engine import load_engine
     from tinyseek.hf_engine import HFEngine
@@ -382,7 +409,6 @@ def test_load_engine_picks_the_implementation(tmp_path):
 
 def test_engines_restore_the_training_flag(model, tmp_path):
     """GRPO generates with the policy it trains: generation must not leave it in eval mode."""
-    pytest.importorskip("transformers")
     from tinyseek.hf_engine import HFEngine
 
     m = _model(seed=6).train()

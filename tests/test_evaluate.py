@@ -217,6 +217,33 @@ def test_cli_eval_writes_eval_json(tmp_path, capsys):
     )
     res = json.loads((tmp_path / "ev2" / "eval.json").read_text(encoding="utf-8"))
     assert [p["prompt"] for p in res["problems"]] == [rows[0]["prompt"], rows[1]["prompt"]] and res["task"] == "mine"
+    # by default R1's protocol: K = 4 samples at T = 0.6, top-p 0.95
+    argv = [
+        str(tmp_path / "ck"),
+        "--data",
+        str(data),
+        "--n",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        str(tmp_path / "d"),
+    ]
+    assert cli_eval(argv) == 0
+    res = json.loads((tmp_path / "d" / "eval.json").read_text(encoding="utf-8"))
+    assert res["samples"] == 4 and (res["params"]["temperature"], res["params"]["top_p"]) == (0.6, 0.95)
+
+
+def test_recipe_eval_stage_defaults_to_r1_protocol(tmp_path, r1_checkpoint):
+    from tinyseek import recipe as R
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "What is 2 plus 3?", "answer": "5"}) + "\n")
+    rec = tmp_path / "r.toml"
+    rec.write_text(f'name = "e"\n[[stage]]\nkind = "eval"\nname = "ev"\nmodel = "{r1_checkpoint}"\ndata = "{data}"\n')
+    R.run_recipe(R.load_recipe(rec, tmp_path / "run"), tmp_path / "run", log=lambda s: None)
+    res = json.loads((tmp_path / "run" / "ev" / "eval.json").read_text())
+    assert res["samples"] >= 4 and (res["params"]["temperature"], res["params"]["top_p"]) == (0.6, 0.95)
 
 
 def test_evaluate_a_real_checkpoint_that_answers(r1_checkpoint):

@@ -289,6 +289,15 @@ def test_learns_trivial_reward_within_a_minute(tmp_path):
         assert math.isclose(r["total_flops"], cum, rel_tol=1e-9)
 
 
+def test_update_throughput_counts_each_iteration_once(tmp_path):
+    """`tokens` already counts every update of the batch (x num_iterations): update_tok_s divides it by the update
+    time, nothing more."""
+    loop, stage = _stage(tmp_path, "test_grpo:starts_with_7", max_steps=1, num_iterations=3, dynamic_sampling=False)
+    m = stage.train_step(loop)
+    assert m["tokens"] > 0 and m["tokens"] % 3 == 0
+    assert m["update_tok_s"] == pytest.approx(m["tokens"] / m["update_s"], rel=1e-9)
+
+
 def test_identical_rewards_drop_the_group_and_leave_weights_alone(tmp_path):
     loop, stage = _stage(tmp_path, "test_grpo:constant_reward", max_steps=1)
     before = {k: v.clone() for k, v in loop.raw_model.state_dict().items()}
@@ -364,7 +373,6 @@ def test_micro_batching_does_not_change_the_gradient(loss_type):
 
 
 def test_engine_and_plain_rollouts_agree_greedy():
-    pytest.importorskip("tinyseek.engine")
     policy = TinyseekPolicy(_toy_model(1), CharTok())
     prompts = [[13, 1, 10, 2, 11], [13, 3, 11]]
     a = policy.generate(prompts, 2, 5, 1.0, top_k=1, impl="engine")
@@ -380,7 +388,8 @@ def test_engine_and_plain_rollouts_agree_greedy():
 def _two_eos_policy(tmp_path, sampled):
     """A one-layer transformers Llama whose head puts all its mass on token `sampled`, with two end tokens
     (generation_config.eos_token_id = [the tokenizer's eos, `sampled`]), wrapped as the HFPolicy GRPO trains."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     from tinyseek.tokenizer import Tokenizer, hf_tokenizer_files, task_texts
     from tinyseek.train.policy import HFPolicy
 

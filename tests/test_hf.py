@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers  # a dependency: an import error fails, never skips
 from safetensors.torch import load_file, save_file
 
 from tinyseek.checkpoint import (
@@ -25,8 +26,6 @@ from tinyseek.config import ConfigError, ModelConfig
 from tinyseek.errors import TinyseekError
 from tinyseek.hf import MTP_PREFIX, from_hf_state_dict, to_hf_config
 from tinyseek.model import Transformer
-
-transformers = pytest.importorskip("transformers")
 
 
 class _Collect(logging.Handler):
@@ -79,7 +78,9 @@ def test_export_gives_transformers_the_same_logits(tmp_path, case):
     tokens = torch.randint(0, model.cfg.vocab_size, (2, 80))  # 80 > original_seq_len of the yarn case
     with torch.no_grad():
         ours, theirs = model(tokens).logits, hf(tokens).logits
-    assert (ours - theirs).abs().max().item() < 1e-4
+    diff = (ours - theirs).abs().max().item()
+    print(f"export {case}: max |tinyseek - transformers| logit difference {diff:.1e}")  # the README's figure (-s)
+    assert diff < 1e-4
     # and tinyseek.load_model reads the exported directory back to the same model
     import tinyseek
 
@@ -162,7 +163,9 @@ def test_import_of_a_random_transformers_model_gives_its_logits(tmp_path, interl
     tokens = torch.randint(0, 200, (2, 80))  # 80 > original_max_position_embeddings
     with torch.no_grad():
         theirs = hf(tokens).logits
-        assert (ours(tokens).logits - theirs).abs().max().item() < 1e-4
+        diff = (ours(tokens).logits - theirs).abs().max().item()
+        print(f"import (rope_interleave={interleave}): max |tinyseek - transformers| logit difference {diff:.1e}")
+        assert diff < 1e-4
         # the in-memory state dict (experts fused as 3D tensors) converts to the same weights
         sd = from_hf_state_dict(hf.state_dict(), ours.cfg, rope_interleave=interleave)
         for k, v in ours.state_dict().items():
@@ -268,7 +271,8 @@ def test_init_seed_and_overrides(tmp_path):
 
 
 def test_tokenizer_travels_with_the_export(tmp_path):
-    tok_mod = pytest.importorskip("tinyseek.tokenizer")
+    from tinyseek import tokenizer as tok_mod
+
     texts = [f"{a} + {b} = {a + b}. <think>add</think><answer>{a + b}</answer>" for a in range(40) for b in range(10)]
     tok = tok_mod.Tokenizer.train(texts, 300)
     tok_file = tok.save(tmp_path / "tok")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,117 @@ def test_rl_curve_and_same_start_comparisons(tmp_path):
     md = (run / "report" / "report.md").read_text()
     assert "held-out problems" in md and "| grpo | 20 | 40.0 | [35.0, 45.0] |" in md
     assert (run / "report" / "rl.png").is_file()
+    assert check_md_against_json(md, json.loads((run / "report" / "report.json").read_text())) > 30
+
+
+# ----------------------------------------------------------------------------------------------
+# report.md against report.json: every number in the Markdown tables is a number of its row in the JSON
+
+
+NUM = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?")
+LABEL_COLUMNS = {"stage", "model", "kind", "vs", "", "from", "other stage", "GRPO stage"}
+UNITS = (1.0, 100.0, 1e-6, 1 / 3600)  # as is, percent, millions (params), hours (wall time)
+
+
+def _json_numbers(obj):
+    if isinstance(obj, bool) or obj is None:
+        return
+    if isinstance(obj, (int, float)):
+        yield float(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _json_numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _json_numbers(v)
+
+
+def shows(text: str, x: float) -> bool:
+    """`text`, a number as printed (1,234 / 0.0583 / 3.35e+15 / 20.2), is x (in one of UNITS) to its precision."""
+    mant, _, exp = text.replace(",", "").partition("e")
+    decimals = len(mant.partition(".")[2])
+    tol = 0.5 * 10 ** ((int(exp) if exp else 0) - decimals) * (1 + 1e-9)
+    v = float(text.replace(",", ""))
+    return any(abs(abs(x) * u - v) <= tol for u in UNITS)
+
+
+def md_tables(md: str):
+    """(header, rows) of every table in the Markdown."""
+    block: list[list[str]] = []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif block:
+            yield block[0], block[2:]
+            block = []
+
+
+def check_md_against_json(md: str, rep: dict) -> int:
+    """Assert that each Markdown table has one row per JSON row and that every number in a non-label cell is a
+    number of that JSON row, as printed. Returns how many numbers were checked."""
+    sources = {  # a table's first two column names -> the JSON rows it shows
+        ("stage", "model"): rep["evals"],
+        ("stage", "vs"): rep["comparisons"],
+        ("from", "stage"): rep.get("siblings", []),
+        ("GRPO stage", "step"): [p for c in rep.get("rl_curves", []) for p in c["heldout"]],
+        ("stage", "kind"): rep["stages"],
+        ("", "FLOPs"): rep["cost"],
+    }
+    checked = 0
+    for head, rows in md_tables(md):
+        assert tuple(head[:2]) in sources, f"a table this check does not know yet: {head}"
+        src = sources[tuple(head[:2])]
+        assert len(rows) == len(src), head
+        for row, obj in zip(rows, src):
+            pool = list(_json_numbers(obj))
+            for col, cell in zip(head, row):
+                if col in LABEL_COLUMNS:
+                    continue
+                for num in NUM.findall(cell):
+                    assert any(shows(num, x) for x in pool), f"{head[0] or head[1]} row {row[0]!r}: {col} {num}"
+                    checked += 1
+    total = re.search(r"Total wall time of the stages: (\S+) s", md).group(1)
+    assert shows(total, rep["totals"]["wall_s"])
+    return checked
+
+
+def test_report_md_holds_only_numbers_from_report_json(run):
+    write_report(run)
+    d = run / "report"
+    rep = json.loads((d / "report.json").read_text())
+    assert check_md_against_json((d / "report.md").read_text(), rep) > 50
+    # and the check can fail: a number the JSON does not hold
+    md = (d / "report.md").read_text().replace("| 2,788,000 |", "| 2,788,001 |")
+    with pytest.raises(AssertionError, match="2,788,001"):
+        check_md_against_json(md, rep)
+
+
+def test_h200_projection_prices_generated_tokens_at_the_generation_rate(run):
+    """GRPO's rollouts and rejection sampling are generation, not training: at 1,390 generated tokens/s they
+    dominate a RL run's projected time (the bug was pricing them at the 108,000 training tokens/s)."""
+    from tinyseek import report as R
+
+    metrics = [json.loads(x) for x in (run / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    for i, m in enumerate(metrics):
+        m.update(rollout_tok_s=500.0 + i, rollout_s=2.0)  # 1,000 + 2i tokens a step
+    (run / "grpo" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    recipe = json.loads((run / "recipe.json").read_text())
+    recipe["stages"].append({"name": "sample", "kind": "sample", "fields": {}})
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    _stage(run, "sample", "sample", 3.0)
+    (run / "sample" / "stats.json").write_text(json.dumps({"generated_tokens": 7000}))
+    rep = build_report(run)
+    rollouts = sum(1000 + 2 * i for i in range(30))
+    t = rep["totals"]
+    assert (t["rollout_tokens"], t["generated_tokens_sample"], t["generated_tokens_eval"]) == (rollouts, 7000, 3000)
+    (proj,) = [c for c in rep["cost"] if "H200" in c["what"]]
+    train = 4000 + 9000 + 2000  # sft, GRPO's updates, distill
+    gen = rollouts + 7000 + 3000
+    assert proj["wall_s"] == pytest.approx(train / R.H200_TRAIN_TOKENS_PER_S + gen / R.H200_GENERATE_TOKENS_PER_S)
+    assert f"{gen:,} generated tokens" in proj["basis"] and f"GRPO rollouts {rollouts:,}" in proj["basis"]
+
+
+def test_shipped_report_card_names_no_machine_directory():
+    """docs/demo-report.md is read on other machines: no temporary or home directory of the one it ran on."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "demo-report.md").read_text()
+    assert not re.search(r"(?<![\w.])/(tmp|work|home|root|Users)/", text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import math
 import time
 
 import pytest
@@ -352,7 +353,8 @@ def test_every_reward_in_range_or_none_and_never_raises(prompt, completion, gold
         lo, hi = RANGES[f.__name__]
         assert v is None or (isinstance(v, float) and lo <= v <= hi), (f.__name__, v)
     total, parts = combine(list(rewards.REWARDS.values()))([prompt], [completion], **cols)
-    assert len(total) == 1 and total[0] == total[0]  # finite, not NaN
+    assert len(total) == 1 and math.isfinite(total[0])
+    assert total[0] == pytest.approx(sum(v[0] for v in parts.values() if v[0] is not None))  # None counts 0
 
 
 @settings(max_examples=300, deadline=None)

@@ -96,39 +96,27 @@ def test_bad_config_is_one_line_error(tmp_path):
     assert not (tmp_path / "x.jsonl").exists()
 
 
-def test_real_checkpoint_end_to_end(tmp_path):
-    """A random nano checkpoint: runs through the engine; whatever it keeps must verify."""
-    import torch
-
+def test_real_checkpoint_keeps_right_answers_and_drops_wrong_ones(tmp_path, r1_checkpoint):
+    """Through the real engine: a nano model that learned R1_CHATS by heart answers "What is 2 plus 3?" with 5 in
+    R1's layout. top-p 0.1 keeps only its most likely token at every step here, so the samples are its learned
+    answers on any CPU. Right gold answers keep rows; the same prompt with a wrong gold answer keeps none."""
     from tinyseek import rewards as R
-    from tinyseek.checkpoint import save_checkpoint
-    from tinyseek.config import ModelConfig
-    from tinyseek.model import Transformer
-    from tinyseek.tokenizer import Tokenizer, task_texts
 
-    tok = Tokenizer.train(task_texts(["arithmetic"], 200), 300)
-    tok_file = tok.save(tmp_path / "tok")
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig.preset("nano", vocab_size=tok.vocab_size))
-    save_checkpoint(model, tmp_path / "ckpt", tok_file)
-    out = tmp_path / "rs.jsonl"
-    assert (
-        S.cli_sample(
-            [
-                str(tmp_path / "ckpt"),
-                "--task",
-                "arithmetic",
-                "--n",
-                "4",
-                "--samples",
-                "2",
-                "--max-new-tokens",
-                "8",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    for r in (json.loads(x) for x in out.read_text().splitlines()):
+    recs = [
+        {"id": "plus", "prompt": "What is 2 plus 3?", "answer": "5"},
+        {"id": "times", "prompt": "What is 4 times 2?", "answer": "8"},
+        {"id": "wrong-gold", "prompt": "What is 2 plus 3?", "answer": "6"},
+    ]
+    data = tmp_path / "recs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "rs"
+    argv = [str(r1_checkpoint), "--data", str(data), "--n", "3", "--samples", "2", "--top-p", "0.1"]
+    assert S.cli_sample([*argv, "--max-new-tokens", "40", "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in (out / "sft.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == ["plus", "plus", "times", "times"]
+    for r in rows:
         assert R.accuracy_reward([r["prompt"]], [r["completion"]], answer=[r["answer"]]) == [1.0]
+        assert R.format_reward([r["prompt"]], [r["completion"]]) == [1.0]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["problems_kept"] == 2 and stats["verified"] == 4 and stats["completions"] == 6
+    assert stats["generated_tokens"] >= sum(r["tokens"] for r in rows) > 0

@@ -43,6 +43,29 @@ def test_top_k_top_p_min_p_stay_inside_their_sets():
         assert seen == allowed, (p, allowed - seen)  # and every allowed token does come up
 
 
+def test_top_p_after_top_k_renormalises():
+    """top-k 3 leaves 0.4, 0.2, 0.15, i.e. 0.53, 0.27, 0.2 renormalised: top-p 0.7 then needs two tokens (as in
+    transformers and vLLM); on the unrenormalised masses (0.4 + 0.2 < 0.7) it would keep the third too."""
+    toks = _draws(_constructed(), SamplingParams(top_k=3, top_p=0.7), 4000)
+    assert set(toks.tolist()) == {0, 1}
+
+
+def test_engine_and_plain_rollout_truncate_to_the_same_set():
+    """The engine's truncation mask and the plain reference rollout's (train/policy.PlainRollout) keep the same
+    tokens for every top-k / top-p combination, on random and on peaked distributions."""
+    from tinyseek.sampling import truncation_mask
+    from tinyseek.train.policy import PlainRollout
+
+    g = torch.Generator().manual_seed(0)
+    for scale in (0.5, 3.0, 8.0):
+        logits = torch.randn(64, 50, generator=g) * scale
+        for k, top_p in [(0, 0.5), (5, 1.0), (5, 0.7), (10, 0.3), (3, 0.95), (1, 0.5), (50, 0.9)]:
+            params = [SamplingParams(top_k=k, top_p=top_p)] * len(logits)
+            keep = truncation_mask(torch.log_softmax(logits, -1), BatchParams.build(params, [0] * len(logits)))
+            plain = PlainRollout.truncate(torch.softmax(logits, -1), k, top_p) > 0
+            assert torch.equal(keep, plain), (scale, k, top_p, (keep != plain).nonzero()[:3].tolist())
+
+
 def test_sampling_matches_the_distribution():
     logits = _constructed()
     n = 20000

@@ -233,9 +233,26 @@ def test_stop_strings_and_seeds(client):
     reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks)
     assert reasoning == "A" and not any(c.choices[0].delta.content for c in chunks)  # the stop string cut the reasoning
     assert chunks[-1].choices[0].finish_reason == "stop"
-    # sampling with a seed is reproducible; different seeds (almost surely) differ somewhere over 3 choices
+
+
+def test_seeds_reproduce_and_requests_share_no_choice_seed(client, server, monkeypatch):
+    """A seeded request reproduces; requests seeded 11 and 12 give their 3 choices 6 distinct seeds (a hash of
+    (seed, choice), not seed + choice, which would share two). The outputs are compared whole (reasoning and
+    answer): on some CPUs this overfit model spends all 16 tokens inside <think>, so `content` alone is ''
+    for every seed. Two whole samples of this prompt at T=1.5 coincided in 5 of 2016 pairs here, so three
+    equal choices under two seeds has odds of about 1e-8 on any machine."""
+    _, app = server
+    sched = app.state.scheduler
+    seeds: list[list[int]] = []
+    submit = sched.submit
+    monkeypatch.setattr(sched, "submit", lambda jobs: (seeds.append([j.params.seed for j in jobs]), submit(jobs))[1])
     kw = dict(model="tinyseek", messages=user("Tell me a story."), temperature=1.5, max_tokens=16, n=3)
-    s1 = [c.message.content for c in client.chat.completions.create(seed=11, **kw).choices]
-    s2 = [c.message.content for c in client.chat.completions.create(seed=11, **kw).choices]
-    s3 = [c.message.content for c in client.chat.completions.create(seed=12, **kw).choices]
+
+    def whole(r):
+        return [((c.message.model_extra or {}).get("reasoning_content"), c.message.content) for c in r.choices]
+
+    s1 = whole(client.chat.completions.create(seed=11, **kw))
+    s2 = whole(client.chat.completions.create(seed=11, **kw))
+    s3 = whole(client.chat.completions.create(seed=12, **kw))
     assert s1 == s2 and s1 != s3
+    assert seeds[0] == seeds[1] and len(set(seeds[0]) | set(seeds[2])) == 6

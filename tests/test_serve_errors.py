@@ -3,6 +3,7 @@ and a bounded schemathesis fuzz run (no 5xx), all against a live server on 127.0
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import httpx
@@ -31,8 +32,10 @@ def keyed(parts, tmp_path_factory):
     """Keys K1..K3, 4 requests a minute per key, a queue of one job."""
     tok, model = parts
     db = tmp_path_factory.mktemp("keyed") / "usage.sqlite"
-    cfg = ServeConfig(api_keys=(K1, K2, K3), rate_limit=4, max_queue=1, db=str(db), prices=PRICES)
+    k3 = "sha256:" + hashlib.sha256(K3.encode()).hexdigest()  # a key may be configured by its digest alone
+    cfg = ServeConfig(api_keys=(K1, K2, k3), rate_limit=4, max_queue=1, db=str(db), prices=PRICES)
     app = create_app(Engine(model, tok, max_batch=4), tok, cfg)
+    assert not {K1, K2} & set(app.state.config.api_keys)  # the server holds digests, not keys
     with serve_in_thread(app) as url:
         yield url, app, db
 
@@ -128,6 +131,21 @@ def test_error_table(keyed, name, kwargs, status, etype, param):
         assert err["param"] == param
     if name == "context exceeded":
         assert "256" in err["message"] and "100000" in err["message"] and err["code"] == "context_length_exceeded"
+
+
+def test_body_over_the_limit_without_a_length_gets_413(keyed):
+    """A chunked body (no Content-Length to refuse up front) is cut off while it is read."""
+    url, _, _ = keyed
+
+    def chunks():
+        yield b'{"model": "tinyseek", "messages": [], "pad": "'
+        for _ in range(6):
+            yield b"x" * (1 << 20)
+        yield b'"}'
+
+    headers = {"Authorization": f"Bearer {K1}", "Content-Type": "application/json"}
+    r = httpx.post(url + "/v1/chat/completions", content=chunks(), headers=headers, timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
 def test_rate_limit_per_key(keyed):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tinyseek.errors import TinyseekError
 from tinyseek.serve.app import RateLimiter, _is_loopback, cli_serve
-from tinyseek.serve.ledger import Ledger, Prices, cli_usage, key_id
+from tinyseek.serve.ledger import ApiKeys, Ledger, Prices, cli_usage, key_digest, key_id
 from tinyseek.serve.prefix_cache import PrefixCache
 from tinyseek.serve.reasoning import CONTENT, REASONING, ReasoningSplitter, reasoning_tokens
 from tinyseek.tokenizer import Tokenizer
@@ -215,6 +215,34 @@ def test_split_is_the_same_however_the_text_is_cut():
 
 
 # -- ledger, prices, `tinyseek usage` -------------------------------------------------------------
+
+
+def test_api_keys_are_held_hashed_and_compared_in_constant_time(monkeypatch):
+    import hashlib
+    import hmac
+
+    keys = ApiKeys(["sk-short", "sk-a-much-longer-key-than-the-other", "sha256:" + hashlib.sha256(b"sk-h").hexdigest()])
+    assert keys.check("sk-short") == key_id("sk-short")
+    assert keys.check("sk-a-much-longer-key-than-the-other") == key_id("sk-a-much-longer-key-than-the-other")
+    assert keys.check("sk-h") == key_id("sk-h") == key_id("sha256:" + hashlib.sha256(b"sk-h").hexdigest())
+    for wrong in ("", "sk-shor", "sk-short ", "sha256:" + hashlib.sha256(b"sk-h").hexdigest()):
+        assert keys.check(wrong) is None, wrong  # the hashed form is not itself a key
+    assert all(h.startswith("sha256:") and "sk-" not in h for h in keys.hashed())
+    assert "sk-short" not in repr(vars(keys))  # only digests are kept
+    calls = []
+    real = hmac.compare_digest
+
+    def counting(a, b):
+        calls.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", counting)
+    for presented in ("sk-short", "nope", "x" * 500):
+        calls.clear()
+        keys.check(presented)
+        assert calls == [(32, 32)] * 3  # every key, whatever matched, always 32-byte digests
+    with pytest.raises(TinyseekError, match="64 hex digits"):
+        key_digest("sha256:abc")
 
 
 def test_ledger_totals_cost_and_usage_command(tmp_path, capsys):

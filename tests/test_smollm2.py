@@ -44,8 +44,9 @@ def test_smollm2_answers_through_the_adapter(engine):
     assert "Paris" in paris.text
     assert len(add.logprobs) == len(add.token_ids) and all(lp <= 0 for lp in add.logprobs)
     assert add.token_ids[-1] in engine.eos_ids and "<|im_end|>" not in add.text
-    # seeded samples: a group reproduces alone and next to another prompt
+    # seeded samples: a group reproduces alone and next to another prompt (at the same index of its call: the
+    # index seeds it, so two copies of one prompt in a call differ)
     p = SamplingParams(temperature=0.9, max_new_tokens=8, seed=5)
     alone = engine.generate(prompts[:1], p, n=2)[0]
-    mixed = engine.generate([prompts[1], prompts[0]], p, n=2)[1]
+    mixed = engine.generate([prompts[0], prompts[1]], p, n=2)[0]
     assert [c.token_ids for c in alone] == [c.token_ids for c in mixed]

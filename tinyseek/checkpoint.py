@@ -56,19 +56,55 @@ def write_weights(
 
     cfg.save(dir_ / CONFIG_FILE)
     save_file(_contiguous_cpu(state_dict), str(dir_ / WEIGHTS_FILE), metadata={"format": "pt", "tinyseek": "1"})
+    check_safetensors_size(dir_ / WEIGHTS_FILE)
     if tokenizer_file is not None and Path(tokenizer_file).is_file():
         shutil.copyfile(tokenizer_file, dir_ / TOKENIZER_FILE)
+
+
+def check_safetensors_size(f: Path) -> None:
+    """The file is as long as its header says (8-byte length, JSON header, data): a writer that lost bytes on a
+    full disk without raising (seen with safetensors writing to a full device) must not be renamed into place."""
+    with open(f, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            header = json.loads(fh.read(n)) if 0 < n < 1 << 30 else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        raise TinyseekError(f"{f}: written with an unreadable header")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    size = f.stat().st_size
+    if size != 8 + n + end:
+        raise TinyseekError(f"{f}: {size} bytes written of {8 + n + end} (is the disk full?)")
+
+
+# what writers raise when a write fails (a full disk, a quota, a file size limit): safetensors raises its own
+# error type, torch.save a RuntimeError, plain files an OSError
+def _write_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return (OSError, RuntimeError, SafetensorError)
 
 
 def save_checkpoint(
     model: torch.nn.Module, out: str | Path, tokenizer_file: str | Path | None = None, trainer_state: dict | None = None
 ) -> Path:
-    """Atomically write `model` (a tinyseek Transformer with `.cfg`) as a checkpoint directory."""
+    """Atomically write `model` (a tinyseek Transformer with `.cfg`) as a checkpoint directory.
+
+    A write that fails (a full disk, say) leaves `out` and every other checkpoint as they were and raises a
+    one-line TinyseekError naming `out` and the cause."""
     out = Path(out)
-    with atomic_dir(out) as tmp:
-        write_weights(tmp, model.cfg, model.state_dict(), tokenizer_file)
-        if trainer_state is not None:
-            torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+    try:
+        with atomic_dir(out) as tmp:
+            write_weights(tmp, model.cfg, model.state_dict(), tokenizer_file)
+            if trainer_state is not None:
+                torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+    except (*_write_errors(), TinyseekError) as e:
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TinyseekError(
+            f"{out}: checkpoint not written ({cause}); {out} and the earlier checkpoints are as they were"
+        ) from None
     return out
 
 
@@ -207,7 +243,13 @@ def load(
         model = load_model(p, device=device, dtype=dtype)
         tok_path = Path(tokenizer) if tokenizer else p
         has_tok = tokenizer or (p / TOKENIZER_FILE).is_file()
-        return LoadedModel("tinyseek", model, Tokenizer.load(tok_path) if has_tok else None, p)
+        tok = Tokenizer.load(tok_path) if has_tok else None
+        if tok is not None and tok.vocab_size > model.cfg.vocab_size:
+            raise TinyseekError(
+                f"{tok.path}: the tokenizer has {tok.vocab_size} tokens, more than the model's vocab_size="
+                f"{model.cfg.vocab_size} ({p / CONFIG_FILE}): not this model's tokenizer"
+            )
+        return LoadedModel("tinyseek", model, tok, p)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = str(p.parent if gguf else p)
@@ -370,7 +412,9 @@ def cli_init(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="checkpoint directory to write (replaced atomically)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the initialisation")
     p.add_argument(
-        "--tokenizer", default=None, help="tokenizer.json (or a directory holding one) to store with the checkpoint"
+        "--tokenizer",
+        default=None,
+        help="tokenizer.json (or its directory) to store with the checkpoint (vocab_size defaults to its size)",
     )
     args, rest = p.parse_known_args(argv)
     overrides = parse_overrides(rest)
@@ -379,12 +423,14 @@ def cli_init(argv: list[str]) -> int:
             f"preset {args.preset!r} is for parameter and FLOP accounting only (tinyseek cost --preset "
             f"{args.preset}); it is never allocated"
         )
-    cfg = ModelConfig.preset(args.preset, **overrides)
-    tok_file = None
+    tok = tok_file = None
     if args.tokenizer is not None:
         from tinyseek.tokenizer import Tokenizer
 
         tok = Tokenizer.load(args.tokenizer)
+        overrides.setdefault("vocab_size", tok.vocab_size)  # the tokenizer's, unless --vocab_size is given
+    cfg = ModelConfig.preset(args.preset, **overrides)
+    if tok is not None:
         if tok.vocab_size > cfg.vocab_size:
             raise ConfigError(
                 f"vocab_size: the tokenizer {tok.path} has {tok.vocab_size} tokens, more than "

@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     except TinyseekError as e:
         print(f"tinyseek {name}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file that cannot be read or written (a full disk, permissions): one line, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"tinyseek {name}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ntinyseek {name}: interrupted", file=sys.stderr)
         return 130

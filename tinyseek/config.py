@@ -546,7 +546,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_activated_experts=0,
         mtp_depth=0,
     ),
-    # ~100M total
+    # 152.8M total / 45.2M active (`tinyseek cost --preset small`; +11.1M in the MTP module)
     "small": dict(
         vocab_size=32768,
         dim=512,

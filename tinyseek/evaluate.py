@@ -33,7 +33,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from tinyseek.errors import TinyseekError
-from tinyseek.inference.sampling import SamplingParams
+from tinyseek.inference.sampling import SamplingParams, derive_seed
 from tinyseek.io import write_json
 
 Z95 = 1.959963984540054
@@ -188,7 +188,9 @@ def evaluate(
     for start in range(0, len(records), chunk):
         recs = records[start : start + chunk]
         prompt_ids = [render(r) if render is not None else engine.encode_chat(msgs(r)) for r in recs]
-        groups = engine.generate(prompt_ids, params, n=samples)
+        # a seed per chunk: the engines seed prompt j of a call from (seed, j), so chunks must not share one
+        p_chunk = params if params.seed is None else params.replace(seed=derive_seed(params.seed, start))
+        groups = engine.generate(prompt_ids, p_chunk, n=samples)
         for r, ids, grp in zip(recs, prompt_ids, groups):
             comps = [c.text if c.text is not None else engine.decode(c.token_ids) for c in grp]
             prompt_text = engine.decode(ids)
@@ -253,7 +255,7 @@ def cli_eval(argv: list[str]) -> int:
         "--data", default=None, help="a JSONL/Parquet file of records (prompt, answer, ...) instead of a task"
     )
     ap.add_argument("--n", type=int, default=100, help="number of problems")
-    ap.add_argument("--samples", type=int, default=1, help="completions per problem (K)")
+    ap.add_argument("--samples", type=int, default=4, help="completions per problem, K (R1's protocol: K >= 4)")
     ap.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
     ap.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="tokens per completion at most")

@@ -84,13 +84,12 @@ class Recipe:
 
 
 def recipes_dir() -> Path:
-    """The directory holding the shipped recipes.
-
-    Inside the package (`tinyseek/recipes/`, a wheel's package data) or beside it (the repo root's
-    `recipes/`, an editable install or a checkout). The first that holds `demo.toml` wins.
+    """The directory holding the shipped recipes: `tinyseek/recipes/`, package data, so a wheel installed anywhere
+    has them (the repository's `recipes/` is a link to it, for the paths the docs use). TINYSEEK_RECIPES, when
+    set, is tried first. The first that holds `demo.toml` wins.
     """
     pkg = Path(__file__).resolve().parent
-    candidates = [pkg / "recipes", pkg.parent / "recipes"]
+    candidates = [pkg / "recipes"]
     env = os.environ.get("TINYSEEK_RECIPES")
     if env:
         candidates.insert(0, Path(env))
@@ -421,9 +420,9 @@ EVAL_FIELDS = {
     "model": None,
     "data": None,
     "n": 0,
-    "samples": 8,
-    "temperature": 1.0,
-    "top_p": 1.0,
+    "samples": 8,  # R1's evaluation protocol (DeepSeek-R1 §3.1): k >= 4 samples at T = 0.6, top-p 0.95
+    "temperature": 0.6,
+    "top_p": 0.95,
     "max_new_tokens": 128,
     "seed": 0,
     "greedy": True,

@@ -28,13 +28,18 @@ from tinyseek.errors import TinyseekError
 REPORT_DIR = "report"
 
 # labelled assumptions (not measurements of this run)
-H200_TRAIN_TOKENS_PER_S = (
-    108_000.0  # transformers DeepseekV3 673M/138M (gpu-500m shape), bf16, grouped_mm, batch 16x1024
-)
-H200_GENERATE_TOKENS_PER_S = 1_390.0  # same model, HF generate, batch 64 x 256 new tokens
+#
+# The H200 rates: measured 2026-11-28 on one lent NVIDIA H200 (torch 2.11.0+cu130, transformers 5.17) with
+# transformers' own DeepseekV3ForCausalLM of the gpu-500m shape (673M total / 138M active: vocab 32768, dim 1024,
+# 12 layers with the first dense, 16 heads, 64 routed experts top-6 + 1 shared, moe_inter 256, q_lora 384,
+# kv_lora 256), bf16 weights, SDPA attention, experts_implementation="grouped_mm". Training: AdamW at batch
+# 16 x 1024, 108k tokens/s (14.1% MFU; 13.6k with the eager expert loop). Generation: `generate` at batch
+# 64 x 256 new tokens, 1,390 new tokens/s (204 eager). dev/LOG.md (2026-11-28, H200) has the whole table.
+H200_TRAIN_TOKENS_PER_S = 108_000.0
+H200_GENERATE_TOKENS_PER_S = 1_390.0
 H200_SOURCE = (
-    "measured on a lent H200, 2026-11-28 (transformers DeepseekV3 of the gpu-500m shape: training bf16 with "
-    "grouped_mm at batch 16 x 1024, generation at batch 64 x 256 new tokens)"
+    "measured 2026-11-28 on a lent H200 (torch 2.11, transformers 5.17) with transformers' DeepseekV3 of the "
+    "gpu-500m shape: training bf16 with grouped_mm at batch 16 x 1024, generation at batch 64 x 256 new tokens"
 )
 V3_H800_HOURS = 2.788e6
 V3_COST_USD = 5.576e6
@@ -256,6 +261,18 @@ def _ci_disjoint(a: list[float] | None, b: list[float] | None) -> bool | None:
     return a[0] > b[1] or b[0] > a[1]
 
 
+def rollout_tokens(metrics: list[dict]) -> int:
+    """Tokens a GRPO stage generated in its rollouts, from its metrics.jsonl: `rollout_tokens` where a step logs it,
+    otherwise its rollout rate times its rollout time (the two numbers the step computed from that count)."""
+    n = 0.0
+    for m in metrics:
+        if m.get("rollout_tokens") is not None:
+            n += m["rollout_tokens"]
+        elif m.get("rollout_tok_s") is not None and m.get("rollout_s") is not None:
+            n += m["rollout_tok_s"] * m["rollout_s"]
+    return round(n)
+
+
 def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_price: float | None = None) -> dict:
     """The report as a JSON-able dict (also the source of the Markdown and the console tables)."""
     from tinyseek import cost
@@ -299,6 +316,10 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
             row["final_step"] = last.get("step")
         if s["eval"]:
             row["generated_tokens"] = s["eval"].get("generated_tokens")
+        if s["kind"] == "sample":
+            row["generated_tokens"] = (_read_json(s["dir"] / "stats.json") or {}).get("generated_tokens")
+        if s["kind"] == "grpo":
+            row["rollout_tokens"] = rollout_tokens(s["metrics"])
         stage_rows.append(row)
 
     # -- evaluations
@@ -367,8 +388,11 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
     tot_wall = sum(r["wall_s"] or 0 for r in stage_rows)
     tot_flops = sum(r["flops"] or 0 for r in stage_rows)
     tot_tokens = sum(r["tokens"] or 0 for r in stage_rows if r["kind"] in ("pretrain", "sft", "distill"))
-    gen_tokens = sum(r.get("generated_tokens") or 0 for r in stage_rows)
-    rl_tokens = sum(r["tokens"] or 0 for r in stage_rows if r["kind"] == "grpo")
+    eval_tokens = sum(r.get("generated_tokens") or 0 for r in stage_rows if r["kind"] != "sample")
+    sample_tokens = sum(r.get("generated_tokens") or 0 for r in stage_rows if r["kind"] == "sample")
+    rollout = sum(r.get("rollout_tokens") or 0 for r in stage_rows)
+    gen_tokens = eval_tokens + sample_tokens + rollout  # every token a model generated, at the generation rate
+    rl_tokens = sum(r["tokens"] or 0 for r in stage_rows if r["kind"] == "grpo")  # GRPO's update tokens: training
     tot_hours = sum(r["device_hours"] for r in stage_rows)
     tot_cost = sum(r["cost_usd"] for r in stage_rows)
     g = ModelConfig.preset("gpu-500m")
@@ -394,9 +418,16 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
             "wall_s": proj_hours * 3600,
             "device_hours": proj_hours,
             "cost_usd": proj_hours * gpu_price,
+            "train_tokens": tot_tokens + rl_tokens,
+            "generated_tokens": gen_tokens,
+            "train_s": proj_train_s,
+            "generate_s": proj_gen_s,
             "basis": (
-                f"{H200_TRAIN_TOKENS_PER_S:,.0f} training tokens/s and {H200_GENERATE_TOKENS_PER_S:,.0f} generated "
-                f"tokens/s, {H200_SOURCE}; ${gpu_price}/GPU-hour"
+                f"{tot_tokens + rl_tokens:,} training tokens (GRPO's updates included) at "
+                f"{H200_TRAIN_TOKENS_PER_S:,.0f}/s = {proj_train_s:,.0f} s, and {gen_tokens:,} generated tokens "
+                f"(GRPO rollouts {rollout:,}, rejection sampling {sample_tokens:,}, evaluations {eval_tokens:,}; "
+                f"GRPO's in-training evaluations not counted) at {H200_GENERATE_TOKENS_PER_S:,.0f}/s = "
+                f"{proj_gen_s:,.0f} s; {H200_SOURCE}; ${gpu_price}/GPU-hour"
             ),
         },
         {
@@ -495,7 +526,10 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
             "flops": tot_flops,
             "train_tokens": tot_tokens,
             "rl_tokens": rl_tokens,
-            "generated_tokens_eval": gen_tokens,
+            "generated_tokens_eval": eval_tokens,
+            "generated_tokens_sample": sample_tokens,
+            "rollout_tokens": rollout,
+            "generated_tokens": gen_tokens,
             "device_hours": tot_hours,
             "cost_usd": tot_cost,
         },

@@ -59,12 +59,10 @@ at every step; tests hold the cached path to it (logits within 1e-4).
 
 from __future__ import annotations
 
-import array
 import dataclasses
 import itertools
 import os
 import random
-import zlib
 from collections import deque
 from dataclasses import dataclass
 
@@ -154,7 +152,7 @@ class Engine:
         return self._add_group(prompt_ids, params or SamplingParams(), 1, prefix, capture_prompt_cache, stream)[0]
 
     def _add_group(
-        self, prompt_ids, params: SamplingParams, n: int, prefix=None, capture=False, stream=True
+        self, prompt_ids, params: SamplingParams, n: int, prefix=None, capture=False, stream=True, index: int = 0
     ) -> list[int]:
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
@@ -169,12 +167,9 @@ class Engine:
             raise TinyseekError("speculative: only greedy requests without penalties (temperature=0) are supported")
         if prefix is not None:
             self._check_prefix(prefix, prompt)
-        # the prompt is mixed into the seed: one seed over a batch of prompts must not give correlated draws
-        base = (
-            derive_seed(params.seed, zlib.crc32(array.array("q", prompt).tobytes()))
-            if params.seed is not None
-            else self._rng.getrandbits(62)
-        )
+        # the prompt's index in its `generate` call is mixed into the seed: one seed over a batch of prompts must
+        # give independent draws, and two copies of one prompt (GRPO's batches may repeat a problem) distinct samples
+        base = derive_seed(params.seed, index) if params.seed is not None else self._rng.getrandbits(62)
         g = next(self._group)
         budget = min(params.max_new_tokens, self.max_len - len(prompt))
         group = []
@@ -258,8 +253,8 @@ class Engine:
             raise TinyseekError(f"n: must be >= 1, got {n}")
         rids: list[list[int]] = []
         try:
-            for p, sp in zip(prompts, plist):
-                rids.append(self._add_group(p, sp, n, stream=False))
+            for j, (p, sp) in enumerate(zip(prompts, plist)):
+                rids.append(self._add_group(p, sp, n, stream=False, index=j))
         except TinyseekError as e:  # one bad prompt: queue nothing
             for r in itertools.chain.from_iterable(rids):
                 self.abort(r)

@@ -97,15 +97,13 @@ class HFEngine:
         self.model.eval()
         try:
             for i in range(0, len(prompts), per_chunk):
-                results += self._chunk(prompts[i : i + per_chunk], plist[i : i + per_chunk], n, on_tokens)
+                results += self._chunk(prompts[i : i + per_chunk], plist[i : i + per_chunk], n, on_tokens, first=i)
         finally:
             self.model.train(was_training)
         return results
 
-    def _chunk(self, prompts, plist, n, on_tokens) -> list[list[Completion]]:
-        import array
-        import zlib
-
+    def _chunk(self, prompts, plist, n, on_tokens, first: int = 0) -> list[list[Completion]]:
+        """Prompts first.. of the call: their index in the call seeds them, as in `Engine.generate`."""
         from transformers import DynamicCache
 
         dev, P = self.device, len(prompts)
@@ -121,11 +119,7 @@ class HFEngine:
         self.stats["forward_tokens"] += ids.numel()
         seqs = []
         for j, (p, sp) in enumerate(zip(prompts, plist)):
-            base = (
-                derive_seed(sp.seed, zlib.crc32(array.array("q", p).tobytes()))
-                if sp.seed is not None
-                else int(torch.randint(0, 2**62, ()).item())
-            )
+            base = derive_seed(sp.seed, first + j) if sp.seed is not None else int(torch.randint(0, 2**62, ()).item())
             for k in range(n):
                 seqs.append(
                     Seq(

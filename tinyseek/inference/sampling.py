@@ -10,8 +10,9 @@ lands in, and after the batch is compacted. Sampling itself is inverse-CDF with 
 exact, one hash per row rather than per vocabulary entry (a Gumbel-max draw over 64 x 4096 logits cost
 4 ms of hashing a step here), and a masked-out token (probability 0) can never be drawn.
 
-Order of processing (as vLLM): penalties on the raw logits -> / temperature -> top-k -> top-p -> min-p ->
-sample. Temperature 0 means greedy: argmax of the penalised logits.
+Order of processing (as vLLM): penalties on the raw logits -> / temperature -> top-k -> top-p (over the
+top-k survivors, renormalised, as transformers and vLLM) -> min-p -> sample. Temperature 0 means greedy:
+argmax of the penalised logits.
 
 Log-probabilities. `logprobs=True` returns, for each sampled token, log softmax(raw_logits / T)[token]:
 the model's own log-probability at the sampling temperature T (T = 1 for greedy rows), before penalties
@@ -222,7 +223,10 @@ def truncation_mask(logprobs: torch.Tensor, bp: BatchParams) -> torch.Tensor:
             k = torch.where(bp.top_k > 0, bp.top_k, logprobs.shape[-1])
             rank_keep &= ranks[None, :] < k[:, None]
         if bp.any_top_p:
-            probs = sorted_lp.exp()
+            # top-p on what top-k left, renormalised (as transformers' warpers and vLLM): top-k then top-p keeps
+            # the same set here as in the plain rollout (train/policy.PlainRollout)
+            probs = torch.where(rank_keep, sorted_lp.exp(), 0.0)
+            probs = probs / probs.sum(-1, keepdim=True)
             mass_before = probs.cumsum(-1) - probs  # probability of the strictly more likely tokens
             rank_keep &= mass_before < bp.top_p[:, None]
         rank_keep[:, 0] = True
@@ -297,13 +301,14 @@ def sample_reference(
             kept = set(range(V))
             if p.top_k > 0:
                 kept &= set(order[: p.top_k])
-            if p.top_p < 1:
+            if p.top_p < 1:  # on the top-k survivors, renormalised
+                total = sum(float(lp[v].exp()) for v in order if v in kept)
                 mass, keep_p = 0.0, set()
-                for v in order:
+                for v in (v for v in order if v in kept):
                     if mass >= p.top_p and keep_p:
                         break
                     keep_p.add(v)
-                    mass += float(lp[v].exp())
+                    mass += float(lp[v].exp()) / total
                 kept &= keep_p
             if p.min_p > 0:
                 top = float(lp.max())

@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import secrets
@@ -51,7 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tinyseek.errors import TinyseekError
 from tinyseek.r1 import THINK, THINK_END
-from tinyseek.serve.ledger import Ledger, Prices, key_id
+from tinyseek.serve.ledger import ApiKeys, Ledger, Prices, key_id
 from tinyseek.serve.prefix_cache import PrefixCache
 from tinyseek.serve.protocol import APIError, ChatRequest, parse_chat_request
 from tinyseek.serve.reasoning import ReasoningSplitter, reasoning_tokens
@@ -153,7 +154,8 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
     sched = Scheduler(engine, cache, max_queue=cfg.max_queue)
     limiter = RateLimiter(cfg.rate_limit)
     ledger = ledger if ledger is not None else Ledger(cfg.db, cfg.prices)
-    key_ids = {k: key_id(k) for k in cfg.api_keys}
+    keys = ApiKeys(cfg.api_keys)  # digests only: the plain keys are not kept, not even in app.state.config
+    cfg = dataclasses.replace(cfg, api_keys=keys.hashed())
     think_ids = (tokenizer.token_id(THINK), tokenizer.token_id(THINK_END))
     model_names = (cfg.model_name,) + tuple(a for a in MODEL_ALIASES if a != cfg.model_name)
     created = int(time.time())
@@ -202,7 +204,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
     # -- helpers ----------------------------------------------------------------------------------
     def authenticate(request: Request) -> str:
         """The caller's key id; raises 401 when keys are configured and this one is missing or wrong."""
-        if not cfg.api_keys:
+        if not keys:
             return key_id(None)
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
@@ -213,11 +215,10 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 type="authentication_error",
                 code="invalid_api_key",
             )
-        token = token.strip()
-        for k, kid in key_ids.items():
-            if secrets.compare_digest(k.encode(), token.encode()):
-                return kid
-        raise APIError(401, "wrong API key", type="authentication_error", code="invalid_api_key")
+        kid = keys.check(token.strip())
+        if kid is None:
+            raise APIError(401, "wrong API key", type="authentication_error", code="invalid_api_key")
+        return kid
 
     def bill(call: _Call) -> dict:
         """The request's usage, recorded in the ledger exactly once: the one place usage is counted. Completion
@@ -263,7 +264,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
             yield i, pieces, reason
 
     def build_jobs(req: ChatRequest, loop) -> tuple[list[int], list[Job], asyncio.Queue, int]:
-        from tinyseek.inference.sampling import SamplingParams
+        from tinyseek.inference.sampling import SamplingParams, derive_seed
 
         if req.model not in model_names:
             raise APIError(
@@ -293,7 +294,8 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
         queue: asyncio.Queue = asyncio.Queue()
         jobs = []
         for i in range(req.n):
-            seed = None if req.seed is None else (req.seed + i) % (1 << 63)
+            # a hash, not seed + i: requests seeded 11 and 12 must not share choices' seeds
+            seed = None if req.seed is None else derive_seed(req.seed, i)
             params = SamplingParams(
                 max_new_tokens=max_tokens,
                 temperature=1.0 if req.temperature is None else req.temperature,
@@ -526,7 +528,10 @@ def cli_serve(argv: list[str]) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port to bind")
     p.add_argument(
-        "--api-key", action="append", default=[], help="accepted API key (repeatable); none = no authentication"
+        "--api-key",
+        action="append",
+        default=[],
+        help="accepted API key, or sha256:HEX of one (repeatable; held only hashed); none = no authentication",
     )
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without any --api-key")
     p.add_argument("--db", default=None, help="SQLite usage ledger (default: usage.sqlite in the current directory)")

@@ -7,7 +7,8 @@ input that missed it, and output (reasoning included). The defaults are DeepSeek
 price change applies only to later requests.
 
 Keys are never stored: a row holds a key id, `key-` + the first 12 hex digits of the key's SHA-256
-(or `anonymous` when the server has no keys). `tinyseek serve` prints the id of each configured key.
+(or `anonymous` when the server has no keys). `tinyseek serve` prints the id of each configured key, and holds
+the keys themselves only as SHA-256 digests (`ApiKeys`); it may be given `sha256:HEX` instead of a key.
 
 The database is opened per call with `check_same_thread=False` under a lock, so the server's request
 handlers (several threads) may record concurrently.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import hashlib
+import hmac
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -49,7 +51,46 @@ def key_id(key: str | None) -> str:
     """What the ledger stores for an API key: a short hash, never the key itself."""
     if not key:
         return ANONYMOUS
-    return "key-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+    return "key-" + key_digest(key).hex()[:12]
+
+
+def key_digest(key: str) -> bytes:
+    """SHA-256 of a key; `sha256:HEX` (64 hex digits) is taken as the digest itself, so a server's configuration
+    need not hold the key."""
+    if key.startswith("sha256:"):
+        try:
+            d = bytes.fromhex(key[7:])
+        except ValueError:
+            d = b""
+        if len(d) != 32:
+            raise TinyseekError("api key: sha256: must be followed by 64 hex digits (a SHA-256 digest)")
+        return d
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+class ApiKeys:
+    """The server's API keys, held only as SHA-256 digests. A presented key is hashed and compared with every
+    digest by `hmac.compare_digest`, without stopping at a match: the time taken says nothing about which key
+    matched or how much of one did (the digests all have one length, whatever the keys' lengths)."""
+
+    def __init__(self, keys: tuple[str, ...] | list[str]):
+        self._digests = [(d, "key-" + d.hex()[:12]) for d in (key_digest(k) for k in keys)]
+
+    def __bool__(self) -> bool:
+        return bool(self._digests)
+
+    def hashed(self) -> tuple[str, ...]:
+        """The keys as `sha256:HEX`, what a configuration may keep in place of the keys."""
+        return tuple("sha256:" + d.hex() for d, _ in self._digests)
+
+    def check(self, presented: str) -> str | None:
+        """The key id of a presented key, or None when it is none of the server's."""
+        d = hashlib.sha256(presented.encode("utf-8")).digest()
+        found = None
+        for digest, kid in self._digests:
+            if hmac.compare_digest(digest, d):
+                found = kid
+        return found
 
 
 @dataclass(frozen=True)

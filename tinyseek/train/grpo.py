@@ -469,7 +469,7 @@ class GrpoStage:
         m.update(upd)
         m["rollout_s"], m["update_s"] = t_roll, t_upd
         m["rollout_tok_s"] = gen_tokens / t_roll if t_roll > 0 else 0.0
-        m["update_tok_s"] = upd["tokens"] * cfg.num_iterations / t_upd if t_upd > 0 and keep else 0.0
+        m["update_tok_s"] = upd["tokens"] / t_upd if t_upd > 0 and keep else 0.0  # tokens already x num_iterations
         m["completions_per_s"] = len(comps) / (t_roll + t_upd) if t_roll + t_upd > 0 else 0.0
         m["rollout_flops"] = rollout_flops
         m["extra_flops"] = rollout_flops  # the loop adds it to the update's FLOPs in the cost meter

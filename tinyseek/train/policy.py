@@ -308,6 +308,18 @@ class PlainRollout:
             self.model.train(was_training)
         return [rows[i * n : (i + 1) * n] for i in range(len(prompts))]
 
+    @staticmethod
+    def truncate(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+        """probs [N, V] with what top-k, then top-p over the top-k survivors (renormalised), drop set to 0."""
+        if top_k > 0:
+            kth = probs.topk(min(top_k, probs.size(-1)), dim=-1).values[:, -1:]
+            probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
+        if top_p < 1.0:
+            sp, si = probs.sort(dim=-1, descending=True)
+            keep = (sp.cumsum(-1) - sp) < top_p * sp.sum(-1, keepdim=True)
+            probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
+        return probs
+
     def _sample(self, rows: list[list[int]], params: SamplingParams) -> list[Completion]:
         pol = self.policy
         temperature, top_k = (1.0, 1) if params.greedy else (params.temperature, params.top_k)
@@ -324,13 +336,7 @@ class PlainRollout:
         for _ in range(params.max_new_tokens):
             logits = pol.logits(self.model, buf[:, : int(lens.max())]).float()  # [N, L, V]
             probs = torch.softmax(logits[torch.arange(N), lens - 1] / temperature, dim=-1)  # [N, V]
-            if top_k > 0:
-                kth = probs.topk(min(top_k, probs.size(-1)), dim=-1).values[:, -1:]
-                probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
-            if params.top_p < 1.0:
-                sp, si = probs.sort(dim=-1, descending=True)
-                keep = (sp.cumsum(-1) - sp) < params.top_p * sp.sum(-1, keepdim=True)
-                probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
+            probs = self.truncate(probs, top_k, params.top_p)
             tok = torch.multinomial(probs, 1, generator=gen).squeeze(1)  # [N]
             for i in torch.nonzero(~done).flatten().tolist():
                 t = int(tok[i])

@@ -155,7 +155,9 @@ def rejection_sample(cfg: SampleConfig) -> tuple[list[dict], dict]:
             comps.append(
                 [(x.text, len(x.token_ids), x.finish_reason) for x in out[i * cfg.samples : (i + 1) * cfg.samples]]
             )
-    return select(records, comps, cfg.shortest, cfg.dedup)
+    rows, stats = select(records, comps, cfg.shortest, cfg.dedup)
+    stats["generated_tokens"] = sum(n for grp in comps for _, n, _ in grp)  # the report prices this stage's sampling
+    return rows, stats
 
 
 def cli_sample(argv: list[str]) -> int:
