@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinyseek.config import ModelConfig, from_dict
+from tinyseek.config import ConfigError, ModelConfig, from_dict
 from tinyseek.model import Transformer
 from tinyseek.tokenizer import Tokenizer
 from tinyseek.train.loop import (
@@ -433,3 +433,42 @@ def test_fresh_run_in_an_old_run_directory_replaces_it(tmp_path, tok_file, capsy
     assert s["steps"] == 2 and latest_checkpoint(tmp_path / "run").name == "step-2"
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-2"]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_sft_stops_when_validation_accuracy_reaches_the_target(tmp_path, capsys):
+    """stop_accuracy: the run ends at the first check whose greedy accuracy reaches it, says so, and a --resume
+    of the stopped run does not train on."""
+    from tests.conftest import R1_CHATS
+
+    rows = [{"prompt": u, "completion": c, "answer": c.split("<answer>")[1].split("</answer>")[0]} for u, c in R1_CHATS]
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = Tokenizer.train([u + " " + c for u, c in R1_CHATS] * 5, 300)
+    tok_file = tok.save(tmp_path / "tok")
+    fields = dict(
+        preset="nano",
+        tokenizer=str(tok_file),
+        data=[str(data)] * 8,
+        batch_size=6,
+        max_steps=400,
+        lr=1e-2,
+        warmup_steps=0,
+        seq_len=64,
+        threads=1,
+        progress=False,
+        eval_every=10,
+        eval_batches=1,
+        stop_data=str(data),
+        stop_accuracy=1.0,
+    )
+    s = run_sft(from_dict(SFTConfig, fields), tmp_path / "sft")
+    recs = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    checks = [r["stop_check_accuracy"] for r in recs if "stop_check_accuracy" in r]
+    assert s["stopped_early"] and s["steps"] < 400 and s["steps"] % 10 == 0
+    assert checks[-1] == 1.0 and all(c < 1.0 for c in checks[:-1])
+    assert "sft: stopping at step" in capsys.readouterr().out
+    assert (tmp_path / "sft" / "final" / "model.safetensors").is_file()
+    again = run_sft(from_dict(SFTConfig, fields), tmp_path / "sft", resume=True)
+    assert again["steps"] == s["steps"]  # the stopped run stays stopped
+    with pytest.raises(ConfigError, match="stop_accuracy: needs stop_data"):
+        from_dict(SFTConfig, {**fields, "stop_data": ""}).validate()

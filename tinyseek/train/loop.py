@@ -352,6 +352,7 @@ class Loop:
         self.elapsed = 0.0
         self.bad_steps = 0
         self.bad_in_a_row = 0
+        self.stopped = False  # the stage's stopping rule ended the run before max_steps (saved in checkpoints)
         self.last_metrics: dict = {}
         self.last_eval: dict = {}
         self._t_start = 0.0
@@ -508,6 +509,7 @@ class Loop:
                 "elapsed": self.elapsed,
                 "bad_steps": self.bad_steps,
                 "bad_in_a_row": self.bad_in_a_row,
+                "stopped": self.stopped,
             },
             "metrics": {"last": self.last_metrics, "eval": self.last_eval},
             "stage": self.stage_name,
@@ -550,6 +552,7 @@ class Loop:
         c = st["counters"]
         self.tokens, self.flops, self.elapsed = c["tokens"], c["flops"], c["elapsed"]
         self.bad_steps, self.bad_in_a_row = c["bad_steps"], c["bad_in_a_row"]
+        self.stopped = bool(c.get("stopped", False))
         self.last_metrics, self.last_eval = st["metrics"]["last"], st["metrics"]["eval"]
         if st.get("data") is not None and hasattr(stage, "load_state_dict"):
             stage.load_state_dict(st["data"])
@@ -630,7 +633,7 @@ class Loop:
         t_prev = time.perf_counter()
         steps_this_run = 0
         time_this_run = 0.0
-        while self.step < cfg.max_steps:
+        while self.step < cfg.max_steps and not self.stopped:
             lr = lr_at(self.step, cfg)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
@@ -682,6 +685,12 @@ class Loop:
                 if hasattr(stage, "evaluate"):
                     self.last_eval = stage.evaluate(self)
                     rec.update(self.last_eval)
+                    if self.last_eval.get("stop") and not last:
+                        # the stage's own stopping rule (SFT's stop_accuracy) met: this step is the last
+                        self.stopped, last = True, True
+                        if self.is_main:
+                            why = self.last_eval.get("stop_reason", "")
+                            print(f"{self.stage_name}: stopping at step {self.step}: {why}", flush=True)
                 t_prev = time.perf_counter()  # evaluation time is not training time
             self.last_metrics = rec
             if self.is_main:
@@ -735,6 +744,7 @@ class Loop:
             "flops_per_token": self.flops_per_token,
             "peak_flops_per_device": self.peak,
             "bad_steps": self.bad_steps,
+            "stopped_early": self.stopped,
             "cost": c,
             "final": self.last_metrics,
             "eval": self.last_eval,

@@ -8,6 +8,13 @@ Held-out loss comes from `eval_data` and `eval_tasks` (the tasks' test side; by 
 
 Defaults are what worked for a cold start on tiny models: AdamW 1e-3, betas (0.9, 0.98), weight decay 0.01,
 batch 64, clip 1.
+
+A cold start can end on a rule instead of a step count: with `stop_accuracy`, every `eval_every` steps the
+model answers `stop_n` problems of `stop_data` (greedy; a validation set, never the test set) and the run
+ends at the first check whose accuracy reaches it. Why: on these small models held-out accuracy climbs
+steeply once the model learns to read the operands, and *when* that happens varies with the seed and the
+CPU's floating point by many steps; a fixed step count then hands RL starts anywhere from 14% to 54%
+(dev/LOG.md). Stopping at a measured accuracy gives every seed a comparable start.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ class SFTConfig(TrainConfig):
     beta2: float = 0.98  # AdamW beta2
     weight_decay: float = 0.01  # decoupled, on weight matrices only
     warmup_steps: int = 10  # linear warmup steps
+    stop_data: str = ""  # validation records (prompt, answer) for stop_accuracy (never the test set)
+    stop_accuracy: float = 0.0  # end the run once greedy accuracy on stop_data reaches this (0 = run to max_steps)
+    stop_n: int = 200  # validation problems per check (every eval_every steps)
 
     def validate(self) -> None:
         super().validate()
@@ -48,6 +58,10 @@ class SFTConfig(TrainConfig):
             raise ConfigError("data: give data files and/or tasks to train on")
         if self.seq_len < 2:
             raise ConfigError(f"seq_len: must be >= 2 (got {self.seq_len})")
+        if not 0 <= self.stop_accuracy <= 1:
+            raise ConfigError(f"stop_accuracy: must be in [0, 1] (got {self.stop_accuracy})")
+        if self.stop_accuracy > 0 and (not self.stop_data or not self.eval_every):
+            raise ConfigError("stop_accuracy: needs stop_data (validation records) and eval_every (how often to check)")
 
 
 def task_rows(counts: dict[str, int], seed: int, split: str):
@@ -65,16 +79,37 @@ def _rows(files: list[str], counts: dict[str, int], seed: int, split: str):
 
 
 class SFTStage(StreamStage):
-    """Padded batches of chat examples; held-out loss on fixed batches."""
+    """Padded batches of chat examples; held-out loss on fixed batches; the optional accuracy stopping rule."""
 
-    def __init__(self, stream: ExampleStream, eval_batches: list[dict], pad_id: int):
+    def __init__(self, stream: ExampleStream, eval_batches: list[dict], pad_id: int, tok=None, stop_records=None):
         self.stream = stream
         self.eval_batches = eval_batches
         self.pad_id = pad_id
+        self.tok = tok
+        self.stop_records = stop_records or []
 
     def train_step(self, loop: Loop) -> dict:
         items = self.stream.next(loop.cfg.batch_size)
         return loop.supervised_step([collate(mb, self.pad_id) for mb in loop.split_batch(items)])
+
+    def evaluate(self, loop: Loop) -> dict:
+        out = super().evaluate(loop)
+        cfg = loop.cfg
+        if cfg.stop_accuracy > 0 and self.stop_records:
+            from tinyseek.evaluate import evaluate
+            from tinyseek.inference.engine import Engine
+            from tinyseek.inference.sampling import SamplingParams
+
+            engine = Engine(loop.raw_model, tokenizer=self.tok, max_batch=min(256, len(self.stop_records)))
+            params = SamplingParams(temperature=0.0, max_new_tokens=cfg.seq_len)
+            acc = evaluate(engine, self.stop_records, 1, params, keep_text=False)["pass@1"]["value"]
+            out["stop_check_accuracy"] = acc
+            if acc >= cfg.stop_accuracy:
+                out["stop"] = True
+                out["stop_reason"] = (
+                    f"greedy accuracy {acc:.3f} on {len(self.stop_records)} validation problems >= {cfg.stop_accuracy}"
+                )
+        return out
 
 
 def prepare(cfg: SFTConfig) -> tuple[Tokenizer, ExampleStream, list[dict]]:
@@ -107,7 +142,14 @@ def run(cfg: SFTConfig, run_dir: Path, resume: bool = False) -> dict:
         stage_name="sft",
         seq_len=cfg.seq_len,
     )
-    return loop.run(SFTStage(stream, eval_batches, tok.pad_id))
+    stop_records = []
+    if cfg.stop_accuracy > 0:
+        from tinyseek import tasks
+
+        stop_records = tasks.load_records(cfg.stop_data)[: cfg.stop_n]
+        if not stop_records:
+            raise ConfigError(f"stop_data: {cfg.stop_data} holds no records")
+    return loop.run(SFTStage(stream, eval_batches, tok.pad_id, tok, stop_records))
 
 
 def cli_sft(argv: list[str]) -> int:
