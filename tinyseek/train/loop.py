@@ -57,10 +57,8 @@ What the loop does around `train_step` (and what a stage therefore must not do i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -77,8 +75,10 @@ import torch.distributed as torch_dist
 from tinyseek import cost
 from tinyseek.checkpoint import TRAINER_STATE_FILE, check_state_dict, read_weights, save_checkpoint
 from tinyseek.config import ConfigError, write_toml
+from tinyseek.dist import DistInfo, check_divides, init_distributed, world_size  # noqa: F401  (also public here)
 from tinyseek.errors import TinyseekError
 from tinyseek.io import write_atomic, write_json
+from tinyseek.train import parallel
 
 
 class TrainingStopped(TinyseekError):
@@ -120,6 +120,8 @@ class TrainConfig:
     gpu_hour_price: float = 2.0  # $ per GPU-hour (DeepSeek-V3 report: $2 per H800-hour)
     cpu_hour_price: float = 0.05  # $ per CPU-machine-hour
     progress: bool = True  # print the console line
+    parallel: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2: weights, grads, optimizer sharded)
+    ep: int = 1  # expert parallelism: routed experts sharded over groups of this many ranks (ddp only)
 
     def validate(self) -> None:
         def need(cond: bool, name: str, msg: str) -> None:
@@ -159,6 +161,9 @@ class TrainConfig:
         need(
             self.batch_size % self.grad_accum == 0, "batch_size", f"must be a multiple of grad_accum={self.grad_accum}"
         )
+        # under torchrun: every rank takes an equal share of the global batch, and the layout fits the world size
+        check_divides(self.batch_size, "batch_size", self.grad_accum)
+        parallel.check_parallel(self.parallel, self.ep, world_size())
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -213,53 +218,13 @@ def set_rng_state(s: dict) -> None:
 # devices and parallelism
 
 
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Read torchrun's environment; start the process group (NCCL on GPU, gloo on CPU) when world > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise TinyseekError("device: cuda was asked for but no GPU is available")
-    dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistInfo(rank=rank, world=world, local_rank=local, device=dev)
-
-
 def wrap_model(model: torch.nn.Module, cfg: TrainConfig, d: DistInfo) -> torch.nn.Module:
-    """The one place where parallelism and compilation are applied to the single-device model.
-
-    Today: DDP when world > 1, then torch.compile if asked. FSDP2 would replace the DDP line here
-    (`fully_shard` per block, then the root) without the loop changing: the loop only ever calls the
-    returned module's forward, `no_sync`-style accumulation through `Loop.no_sync`, and keeps the
-    unwrapped model for checkpoints and generation.
-    """
-    if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
-    if cfg.compile:
-        model = torch.compile(model)
-    return model
+    """The one place where parallelism and compilation are applied to the single-device model: expert
+    parallelism (`cfg.ep`), then DDP or FSDP2 (`cfg.parallel`) when world > 1, then torch.compile if asked
+    (tinyseek/train/parallel.py). The loop only ever calls the returned module's forward, accumulates through
+    `Loop.no_sync`, and keeps `raw_model` (the same object under FSDP2 and EP, which work in place) for
+    checkpoints."""
+    return parallel.wrap_model(model, cfg.parallel, cfg.ep, cfg.dtype == "bfloat16", cfg.compile, d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,16 +298,18 @@ class Loop:
         self.stage_name = stage_name
         self.raw_model = model.to(device=self.device, dtype=torch.float32)  # fp32 master weights
         self.raw_model.train()
-        self.model = wrap_model(self.raw_model, cfg, self.dist)
-        self.optimizer = build_optimizer(self.raw_model, cfg)
-        self.micro_batch_size = cfg.batch_size // cfg.grad_accum // self.dist.world
         if cfg.batch_size % (cfg.grad_accum * self.dist.world):
             raise ConfigError(
                 f"batch_size: {cfg.batch_size} must be a multiple of grad_accum x processes = "
                 f"{cfg.grad_accum * self.dist.world}"
             )
         self.seq_len = seq_len
-        self.flops_per_token = cost.model_train_flops_per_token(self.raw_model, seq_len or 1)
+        self.flops_per_token = cost.model_train_flops_per_token(self.raw_model, seq_len or 1)  # before sharding
+        # sharded (FSDP2 / EP): step checkpoints through torch.distributed.checkpoint, generation on a full copy
+        self.sharded = parallel.is_sharded(cfg.parallel, cfg.ep)
+        self.model = wrap_model(self.raw_model, cfg, self.dist)
+        self.optimizer = build_optimizer(self.raw_model, cfg)
+        self.micro_batch_size = cfg.batch_size // cfg.grad_accum // self.dist.world
         self.peak = cost.device_peak_flops(self.device, cfg.peak_tflops)
         self.price = cfg.gpu_hour_price if self.device.type == "cuda" else cfg.cpu_hour_price
         # counters (saved in checkpoints)
@@ -371,13 +338,9 @@ class Loop:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bfloat16")
 
     def no_sync(self, last: bool):
-        """Skip DDP's gradient all-reduce on all but the last micro-batch of an optimizer step."""
-        if self.dist.enabled and not last and hasattr(self.model, "no_sync"):
-            return self.model.no_sync()
-        m = getattr(self.model, "_orig_mod", None)  # a compiled DDP module
-        if self.dist.enabled and not last and m is not None and hasattr(m, "no_sync"):
-            return m.no_sync()
-        return contextlib.nullcontext()
+        """Skip the gradient reduction (DDP all-reduce, FSDP2 reduce-scatter) on all but the last micro-batch of
+        an optimizer step."""
+        return parallel.no_sync(self.model, skip=self.dist.enabled and not last)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -402,7 +365,8 @@ class Loop:
         """Clip, guard, step, update MoE biases. Returns {"grad_norm", "skipped"}; call once per train_step."""
         params = [p for p in self.raw_model.parameters() if p.requires_grad]
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True).item()
+        parallel.finish_gradients(self.raw_model, self.dist)  # EP experts: summed over their replicas
+        grad_norm = parallel.clip_grad_norm(params, clip)
         ok = float(math.isfinite(loss) and math.isfinite(grad_norm))
         if self.dist.enabled:  # every rank must take the same decision
             ok = float(self.all_sum(ok) == self.dist.world)
@@ -499,7 +463,8 @@ class Loop:
     def _trainer_state(self, stage: Any) -> dict:
         return {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            # sharded runs keep the optimizer state in the checkpoint's dcp/ directory, each rank its shards
+            **({} if self.sharded else {"optimizer": self.optimizer.state_dict()}),
             "scheduler": {"step": self.step, "lr": lr_at(self.step, self.cfg)},  # the schedule is a function of step
             "rng": rng_state(),
             "data": stage.state_dict() if hasattr(stage, "state_dict") else None,
@@ -516,38 +481,77 @@ class Loop:
         }
 
     def save(self, stage: Any, final: bool = False) -> Path | None:
-        """Write RUN/checkpoints/step-N (with trainer state) or RUN/final; rank 0 only; prunes old ones."""
+        """Write RUN/checkpoints/step-N (with trainer state) or RUN/final; rank 0 writes, except the shards of a
+        sharded step checkpoint (every rank, see `_save_sharded`); prunes old ones. Call on every rank."""
         out = None
-        if self.is_main:
-            if final:
-                out = self.save_model(self.raw_model, self.run_dir / "final", self.tokenizer_file)
-            else:
-                out = self.save_model(
-                    self.raw_model,
-                    self.run_dir / "checkpoints" / f"step-{self.step}",
-                    self.tokenizer_file,
-                    trainer_state=self._trainer_state(stage),
-                )
-                steps = sorted(
-                    (int(p.name[5:]), p)
-                    for p in (self.run_dir / "checkpoints").iterdir()
-                    if p.name.startswith("step-") and p.name[5:].isdigit()
-                )
-                for _, p in steps[: -self.cfg.keep_last]:
-                    shutil.rmtree(p, ignore_errors=True)
+        if final:
+            model = self.raw_model
+            if self.sharded:  # the ordinary single-file checkpoint: the weights gathered (on every rank)
+                model = parallel.Consolidated(self.raw_model.cfg, parallel.full_state_dict(self.raw_model))
+            if self.is_main:
+                out = self.save_model(model, self.run_dir / "final", self.tokenizer_file)
+        elif self.sharded:
+            out = self._save_sharded(stage)
+        elif self.is_main:
+            out = self.save_model(
+                self.raw_model,
+                self.run_dir / "checkpoints" / f"step-{self.step}",
+                self.tokenizer_file,
+                trainer_state=self._trainer_state(stage),
+            )
+        if not final and self.is_main:
+            steps = sorted(
+                (int(p.name[5:]), p)
+                for p in (self.run_dir / "checkpoints").iterdir()
+                if p.name.startswith("step-") and p.name[5:].isdigit()
+            )
+            for _, p in steps[: -self.cfg.keep_last]:
+                shutil.rmtree(p, ignore_errors=True)
         if self.dist.enabled:
             torch_dist.barrier()
         return out
 
+    def _save_sharded(self, stage: Any) -> Path:
+        """RUN/checkpoints/step-N as config.json, tokenizer.json, trainer_state.pt (rank 0) and dcp/ (every rank's
+        shards of weights and optimizer), built in a temporary sibling that rank 0 renames once all are done."""
+        ckpts = self.run_dir / "checkpoints"
+        out = ckpts / f"step-{self.step}"
+        tmp = ckpts / f".{out.name}.tmp-dcp"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        if self.dist.enabled:
+            torch_dist.barrier()
+        parallel.save_sharded(self.raw_model, self.optimizer, tmp / parallel.DCP_DIR)
+        if self.is_main:
+            self.raw_model.cfg.save(tmp / "config.json")
+            if self.tokenizer_file is not None and self.tokenizer_file.is_file():
+                shutil.copyfile(self.tokenizer_file, tmp / "tokenizer.json")
+            torch.save(self._trainer_state(stage), tmp / TRAINER_STATE_FILE)
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        return out
+
     def load(self, ckpt: Path, stage: Any) -> None:
-        sd = read_weights(ckpt)
-        check_state_dict(self.raw_model.state_dict(), sd, str(ckpt))
-        self.raw_model.load_state_dict(sd)
+        """Restore a step checkpoint: an ordinary one, or a sharded one (DCP) written on any world size."""
+        if (ckpt / parallel.DCP_DIR).is_dir():  # resharded onto this run's layout by DCP (every rank reads)
+            parallel.load_sharded(self.raw_model, self.optimizer, ckpt / parallel.DCP_DIR)
+        elif self.sharded:
+            raise TinyseekError(
+                f"{ckpt}: an ordinary (unsharded) checkpoint; resume it with parallel = ddp and ep = 1, or start a "
+                "new run from its weights (init)"
+            )
+        else:
+            sd = read_weights(ckpt)
+            check_state_dict(self.raw_model.state_dict(), sd, str(ckpt))
+            self.raw_model.load_state_dict(sd)
         try:
             st = torch.load(ckpt / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
         except Exception as e:
             raise TinyseekError(f"{ckpt / TRAINER_STATE_FILE}: unreadable trainer state ({e})") from None
-        self.optimizer.load_state_dict(st["optimizer"])
+        if "optimizer" in st:
+            self.optimizer.load_state_dict(st["optimizer"])
         self.step = st["step"]
         c = st["counters"]
         self.tokens, self.flops, self.elapsed = c["tokens"], c["flops"], c["elapsed"]
