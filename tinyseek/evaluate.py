@@ -160,6 +160,7 @@ def evaluate(
     progress=None,
     chunk: int = 64,
     render=None,
+    dist=None,
 ) -> dict:
     """Generate `samples` completions for every record, score them with tinyseek.rewards, summarise.
 
@@ -167,7 +168,12 @@ def evaluate(
     metrics (see `summarize`), the sampling parameters, timings and, per problem, the answers, scores and
     (keep_text) the completions. Prompts are built with the engine tokenizer's chat template, or by
     `render(record) -> prompt ids` (GRPO evaluates with the prompt template it trains with).
+
+    `dist` (a `tinyseek.dist.DistInfo`, under torchrun): each rank generates for its contiguous share of the
+    records and the per-problem results are gathered in order, so every rank returns the one-process result
+    (the sampling seeds are per prompt, not per rank). Every rank must call it.
     """
+    from tinyseek import dist as dist_
     from tinyseek import rewards
 
     if not records:
@@ -183,6 +189,9 @@ def evaluate(
     def msgs(r: dict) -> list[dict]:
         return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": r["prompt"]}]
 
+    all_records = records
+    if dist is not None:
+        records = [records[i] for i in dist_.shard(len(records), dist)]
     correct, answers, formats, lengths, texts = [], [], [], [], []
     n_tokens = 0
     for start in range(0, len(records), chunk):
@@ -203,6 +212,11 @@ def evaluate(
             n_tokens += sum(len(c.token_ids) for c in grp)
         if progress is not None:
             progress(min(start + chunk, len(records)), len(records))
+    if dist is not None and dist.enabled:
+        parts = dist_.gather([(correct, answers, formats, lengths, texts, n_tokens)], dist)
+        correct, answers, formats, lengths, texts = ([x for p in parts for x in p[i]] for i in range(5))
+        n_tokens = sum(p[5] for p in parts)
+    records = all_records
     elapsed = time.time() - t0
     out = summarize(correct, answers, formats, lengths)
     out["params"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(params).items()}
@@ -294,18 +308,24 @@ def cli_eval(argv: list[str]) -> int:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
     )
-    engine = load_engine(args.ckpt, max_batch=args.batch, dtype=dtype_arg(args.dtype))
+    from tinyseek.dist import init_distributed
+
+    d = init_distributed()  # under torchrun: each rank evaluates its share of the problems (rank 0 writes)
+    engine = load_engine(args.ckpt, max_batch=args.batch, dtype=dtype_arg(args.dtype), device=d.device)
     if getattr(engine, "tokenizer", None) is None:
         raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
 
     def prog(done: int, total: int) -> None:
-        print(f"\r{done}/{total} problems", end="", file=sys.stderr, flush=True)
+        if d.is_main:
+            print(f"\r{done}/{total} problems", end="", file=sys.stderr, flush=True)
 
     result = {
         "task": name,
         "ckpt": str(args.ckpt),
-        **evaluate(engine, records, args.samples, params, system=args.system, progress=prog),
+        **evaluate(engine, records, args.samples, params, system=args.system, progress=prog, dist=d),
     }
+    if not d.is_main:
+        return 0
     print(file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs/eval") / f"{Path(str(args.ckpt).rstrip('/')).name}-{name}"
     write_json(out / "eval.json", result, indent=1)

@@ -22,7 +22,6 @@ vocabulary sized to the tokenizer, or an `init` checkpoint. Training is tinyseek
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 
 from tinyseek.config import ConfigError, stage_cli, to_dict
 from tinyseek.data import IGNORE, ExampleStream, collate, row_to_messages, sft_example
+from tinyseek.dist import is_main
 from tinyseek.errors import TinyseekError
 from tinyseek.io import read_rows, write_atomic
 from tinyseek.train.distill_loss import KD_KINDS, TeacherCache, build_teacher_cache, kd_loss, teacher_topk
@@ -199,9 +199,11 @@ def run(cfg: DistillConfig, run_dir: Path, resume: bool = False) -> dict:
         raise TinyseekError(
             f"data: no verified traces to learn from in {', '.join(cfg.data)} ({dropped} rows failed verification)"
         )
-    print(
-        f"distill: {len(examples)} verified traces ({dropped} rows dropped as unverified), mode {cfg.mode}", flush=True
-    )
+    if is_main():
+        print(
+            f"distill: {len(examples)} verified traces ({dropped} rows dropped as unverified), mode {cfg.mode}",
+            flush=True,
+        )
 
     cache = teacher = None
     teacher_vocab = None
@@ -233,7 +235,7 @@ def run(cfg: DistillConfig, run_dir: Path, resume: bool = False) -> dict:
                     meta={"teacher": expect["teacher"]},
                 )
                 path.parent.mkdir(parents=True, exist_ok=True)
-                if int(os.environ.get("RANK", "0")) == 0:
+                if is_main():
                     cache.save(path)
             teacher = None  # the point of the cache: the teacher leaves memory before the student trains
 
@@ -245,7 +247,7 @@ def run(cfg: DistillConfig, run_dir: Path, resume: bool = False) -> dict:
             "(whitebox needs one vocabulary)"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main():
         write_atomic(run_dir / TOKENIZER_FILE, tok_file.read_bytes())
     resolved = {**to_dict(cfg), "model": student_cfg, "n_examples": len(examples), "n_dropped": dropped}
     loop = Loop(

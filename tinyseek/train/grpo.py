@@ -51,6 +51,7 @@ import torch
 
 from tinyseek.checkpoint import resolve_model_path  # noqa: F401  (also public here)
 from tinyseek.config import ConfigError
+from tinyseek.dist import DistInfo, shard
 from tinyseek.rewards import resolve as resolve_reward  # noqa: F401  (also public here)
 from tinyseek.train.grpo_loss import (  # noqa: F401  (also public here: tinyseek.train.grpo.grpo_loss etc.)
     LOSS_TYPES,
@@ -130,6 +131,11 @@ class GrpoConfig(TrainConfig):
     eval_temperature: float = 0.6  # sampling temperature of the held-out pass@1 (R1's protocol: 0.6)
     eval_top_p: float = 0.95  # nucleus mass of the held-out pass@1 (R1's protocol: 0.95)
     eval_greedy: bool = True  # also greedy accuracy at every evaluation
+    # where rollouts come from (train/rollout.py): local (this process's engine) | server (an OpenAI-compatible
+    # server at rollout_url, given the weights after each update through RUN/rollout_weights)
+    rollout: str = "local"
+    rollout_url: str = ""  # e.g. http://127.0.0.1:8000 (tinyseek serve CKPT --allow-weight-updates)
+    rollout_api_key: str = ""  # the server's API key, if it has one
 
     def validate(self) -> None:
         super().validate()
@@ -144,6 +150,10 @@ class GrpoConfig(TrainConfig):
         need(self.temperature > 0, "temperature", "rollouts must sample (temperature > 0)")
         need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         need(self.rollout_impl in ("engine", "plain"), "rollout_impl", "must be engine or plain")
+        need(self.rollout in ("local", "server"), "rollout", "must be local or server")
+        need(
+            self.rollout != "server" or bool(self.rollout_url), "rollout_url", "rollout = server needs the server's URL"
+        )
         need(bool(self.rewards), "rewards", "at least one reward function")
         need(
             not self.reward_weights or len(self.reward_weights) == len(self.rewards),
@@ -328,6 +338,23 @@ def build_micro_batches(
     return out
 
 
+def padding_micro_batch(pad_id: int) -> MicroBatch:
+    """A micro-batch that trains nothing (no scored token, no real token, weight 0): a rank with fewer sequences
+    than another runs it so that every rank makes the same number of forward and backward passes."""
+    z = torch.zeros(1, dtype=torch.long)
+    return MicroBatch(
+        torch.full((1, 2), pad_id, dtype=torch.long),
+        z,
+        z,
+        z,
+        torch.full((1,), pad_id, dtype=torch.long),
+        torch.zeros(1, 1),
+        torch.zeros(1),
+        0,
+        torch.zeros(1, 2, dtype=torch.bool),
+    )
+
+
 def sequence_logprobs(
     policy: Policy,
     module: torch.nn.Module,
@@ -367,18 +394,30 @@ NO_UPDATE = {
 class GrpoStage:
     """The GRPO stage for `tinyseek.train.loop.Loop`: one `train_step` = rollout, rewards, advantages, updates."""
 
-    def __init__(self, cfg: GrpoConfig, policy: Policy, ref_module: torch.nn.Module | None, run_dir):
+    def __init__(self, cfg: GrpoConfig, policy: Policy, ref_module: torch.nn.Module | None, run_dir, rollout=None):
         from pathlib import Path
 
         from tinyseek import rewards
 
         self.cfg, self.policy, self.ref = cfg, policy, ref_module
+        self._rollout = rollout  # train/rollout.py; None: this process's engine (made at the first step)
+        self._sampler = None  # the in-process sampler held-out evaluation uses
         self.run_dir = Path(run_dir)
         funcs = [rewards.resolve(n) for n in cfg.rewards]
         self.reward = rewards.combine(funcs, cfg.reward_weights or None)
         self.reward_names = list(cfg.rewards)
         self.prompts = PromptSource(cfg)
         self._heldout: list[dict] | None = None
+
+    def rollouts(self, loop):
+        """(where training completions come from, the in-process sampler for evaluation): train/rollout.py."""
+        from tinyseek.train.rollout import LocalRollout
+
+        if self._sampler is None:
+            self._sampler = LocalRollout(self.policy, loop)
+        if self._rollout is None:
+            self._rollout = self._sampler
+        return self._rollout, self._sampler
 
     # the prompts are a function of the step, so there is no data position to save
     def state_dict(self) -> dict:
@@ -398,7 +437,9 @@ class GrpoStage:
         prompt_ids = [pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt) for r in recs]
         t0 = time.perf_counter()
         # the engine's completions, as they are: token ids (ending with the stop token sampled), text, finish reason
-        comps = pol.generate(
+        # under torchrun each rank samples its share of the prompts; every rank gets the whole batch back
+        comps = self.rollouts(loop)[0].generate(
+            loop,
             prompt_ids,
             G,
             cfg.max_new_tokens,
@@ -480,14 +521,27 @@ class GrpoStage:
         if not prompts:  # every group was uninformative: nothing to learn from, no optimizer step
             return dict(NO_UPDATE)
         dev = loop.device
-        mbs = build_micro_batches(prompts, completions, adv, loss_mask, cfg.micro_batch, pol.pad_id)
+        # the normalisers are the whole batch's (every rank holds every kept sequence); each rank then trains on its
+        # share, and the loop's reduction sums the shares' gradients (the loss is scaled as for supervised steps)
+        n_seq = len(prompts)
+        n_tok = float(sum(len(c) for c, keep in zip(completions, loss_mask) if keep))
+        if n_tok == 0:
+            return dict(NO_UPDATE)
+        mine = list(shard(n_seq, loop.dist))
+        mbs = build_micro_batches(
+            [prompts[i] for i in mine],
+            [completions[i] for i in mine],
+            adv[mine],
+            [loss_mask[i] for i in mine],
+            cfg.micro_batch,
+            pol.pad_id,
+        )
+        # every rank runs as many forwards as rank 0 (the largest share): a sharded forward is a collective
+        most = -(-len(shard(n_seq, DistInfo(0, loop.dist.world))) // cfg.micro_batch)
+        mbs += [padding_micro_batch(pol.pad_id) for _ in range(most - len(mbs))]
         for mb in mbs:
             for k in ("ids", "rows", "pos", "slot", "tgt", "mask", "adv", "real"):
                 setattr(mb, k, getattr(mb, k).to(dev))
-        n_seq = sum(mb.ids.size(0) for mb in mbs)
-        n_tok = sum(float(mb.mask.sum()) for mb in mbs)
-        if n_tok == 0:
-            return dict(NO_UPDATE)
         with torch.no_grad():  # fixed targets of the ratio and the KL, computed once per batch
             for mb in mbs:
                 with loop.autocast():
@@ -534,7 +588,10 @@ class GrpoStage:
                     w_tok = float(mb.mask.sum()) / n_tok
                     # each micro-batch's share of the whole batch's loss (see grpo_loss for the normalisers)
                     weight = w_tok if cfg.loss_type == "dapo" else mb.ids.size(0) / n_seq
-                    loop.backward(out.loss * weight)
+                    if mb.tokens == 0:  # a padding micro-batch: its forward and (zero) backward keep ranks in step
+                        weight = 0.0
+                    # DDP/FSDP average gradients over ranks; * world turns that back into the sum of the shares
+                    loop.backward(out.loss * (weight * loop.dist.world))
                 loss_it += float(out.loss.detach()) * weight
                 if it == cfg.num_iterations - 1:
                     for key in sums:
@@ -546,6 +603,10 @@ class GrpoStage:
             st = loop.optimizer_step(loss_it, load)
             loss_total += loss_it / cfg.num_iterations
         tokens = sum(mb.tokens for mb in mbs)
+        if loop.dist.enabled:  # the metrics of the whole batch: every rank's shares added up
+            t = loop.all_sum(torch.tensor([loss_total, tokens, ent_sum, *sums.values()], dtype=torch.float64))
+            loss_total, tokens, ent_sum = float(t[0]), int(t[1]), float(t[2])
+            sums = {k: float(v) for k, v in zip(sums, t[3:])}
         return {"loss": loss_total, "tokens": tokens * cfg.num_iterations, **sums, "entropy": ent_sum / n_tok, **st}
 
     # -- logging and evaluation ----------------------------------------------------------------------
@@ -576,14 +637,19 @@ class GrpoStage:
         if not self._heldout:
             return {}
         # the same sampling seed at every evaluation: the curve's steps differ by the policy, not by the draw
-        return self._evaluate_heldout(self._heldout, seed=10_000 + self.cfg.seed)
+        return self._evaluate_heldout(self._heldout, seed=10_000 + self.cfg.seed, loop=loop)
 
-    def _evaluate_heldout(self, recs: list[dict], seed: int) -> dict:
+    def _evaluate_heldout(self, recs: list[dict], seed: int, loop=None) -> dict:
         """Greedy accuracy, and pass@1 over `eval_samples` samples at `eval_temperature` with its 95% interval,
-        the format rate and the mean length: tinyseek.evaluate on the held-out records, with GRPO's prompts."""
+        the format rate and the mean length: tinyseek.evaluate on the held-out records, with GRPO's prompts
+        (under torchrun each rank evaluates its share of the records)."""
         from tinyseek.evaluate import evaluate
 
-        cfg, pol = self.cfg, self.policy
+        cfg, pol, d = self.cfg, self.policy, None
+        if loop is not None:
+            sampler = self.rollouts(loop)[1]
+            sampler.sync(loop)
+            pol, d = sampler.policy, loop.dist
         render = lambda r: pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt)  # noqa: E731
         prompt_ids = [render(r) for r in recs]
         out: dict = {"eval_n": len(recs)}
@@ -599,7 +665,7 @@ class GrpoStage:
             engine = pol.engine(
                 prompt_ids, cfg.max_new_tokens, max_batch=min(256, len(recs) * k), n=k, impl=cfg.rollout_impl
             )
-            res = evaluate(engine, recs, k, params, render=render, keep_text=False, chunk=max(1, 256 // k))
+            res = evaluate(engine, recs, k, params, render=render, keep_text=False, chunk=max(1, 256 // k), dist=d)
             out[f"eval_{name}"] = res["pass@1"]["value"]
             out[f"eval_{name}_lo"], out[f"eval_{name}_hi"] = res["pass@1"]["ci95"]
             if name == "pass1":
@@ -622,6 +688,10 @@ def build_stage(cfg: GrpoConfig, run_dir, resume: bool = False):
 
     seed_everything(cfg.seed)
     policy = Policy.load(cfg.model, cfg.tokenizer)
+    # GRPO's forward has no targets, so the MTP modules get no gradient: frozen, they stay out of the optimizer (as
+    # AdamW skipped them before) and out of DDP's reduction, which fails on a parameter that never gets a gradient
+    for p in getattr(policy.module, "mtp", torch.nn.ModuleList()).parameters():
+        p.requires_grad_(False)
     if resume and not policy.resumable:
         raise TinyseekError(
             f"{cfg.model}: --resume is not supported for {policy.kind} models (restart from the last checkpoint "
@@ -645,7 +715,14 @@ def build_stage(cfg: GrpoConfig, run_dir, resume: bool = False):
     if ref is not None:
         ref.to(loop.device)
     loop.save_model = policy.save  # the model's own checkpoint format (save_pretrained for a transformers model)
-    return loop, GrpoStage(cfg, policy, ref, run_dir)
+    rollout = None
+    if cfg.rollout == "server":
+        from pathlib import Path
+
+        from tinyseek.train.rollout import ServerRollout
+
+        rollout = ServerRollout(policy, cfg.rollout_url, cfg.rollout_api_key, Path(run_dir) / "rollout_weights")
+    return loop, GrpoStage(cfg, policy, ref, run_dir, rollout=rollout)
 
 
 def cli_grpo(argv: list[str]) -> int:

@@ -13,6 +13,8 @@ The engine is also the one layer that switches the model to eval mode for genera
 
 from __future__ import annotations
 
+import array
+import zlib
 from pathlib import Path
 
 import torch
@@ -22,7 +24,7 @@ from tinyseek.checkpoint import TRAINER_STATE_FILE, load, save_checkpoint
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.engine import Engine
 from tinyseek.inference.hf_engine import HFEngine
-from tinyseek.inference.sampling import SamplingParams
+from tinyseek.inference.sampling import SamplingParams, derive_seed
 from tinyseek.inference.sequence import Completion
 from tinyseek.io import atomic_dir
 from tinyseek.r1 import R1_ZERO_TEMPLATE
@@ -256,6 +258,9 @@ class HFPolicy(Policy):
         return self.tok.decode(ids, skip_special_tokens=False)
 
     def hidden(self, module, ids, real_mask=None):
+        if module is not unwrap(module):  # under DDP the forward must go through the wrapper, or nothing is reduced
+            out = module(input_ids=ids, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+            return out.hidden_states[-1], None  # the final norm's output (= the decoder's last_hidden_state)
         return unwrap(module).get_decoder()(input_ids=ids, use_cache=False).last_hidden_state, None
 
     def head(self, module):
@@ -302,8 +307,12 @@ class PlainRollout:
     def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1) -> list[list[Completion]]:
         was_training = self.model.training
         self.model.eval()
+        # each row's own generator, seeded from (seed, its prompt, its index in the group) like the engines' rows:
+        # a row draws the same tokens whatever else is in the batch (so under torchrun on any rank)
+        bases = [derive_seed(params.seed or 0, zlib.crc32(array.array("q", p).tobytes())) for p in prompts]
+        seeds = [derive_seed(b, j) for b in bases for j in range(n)]
         try:
-            rows = self._sample([p for p in prompts for _ in range(n)], params)
+            rows = self._sample([p for p in prompts for _ in range(n)], params, seeds)
         finally:
             self.model.train(was_training)
         return [rows[i * n : (i + 1) * n] for i in range(len(prompts))]
@@ -320,7 +329,7 @@ class PlainRollout:
             probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
         return probs
 
-    def _sample(self, rows: list[list[int]], params: SamplingParams) -> list[Completion]:
+    def _sample(self, rows: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[Completion]:
         pol = self.policy
         temperature, top_k = (1.0, 1) if params.greedy else (params.temperature, params.top_k)
         stops = set(params.stop_token_ids) | ({pol.eos_id} if not params.ignore_eos else set())
@@ -329,7 +338,7 @@ class PlainRollout:
         buf = torch.full((N, int(lens.max()) + params.max_new_tokens), pol.pad_id, dtype=torch.long)
         for i, p in enumerate(rows):
             buf[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        gen = torch.Generator().manual_seed(params.seed or 0)
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
         done = torch.zeros(N, dtype=torch.bool)
         new: list[list[int]] = [[] for _ in range(N)]
         reasons = ["length"] * N
@@ -337,7 +346,7 @@ class PlainRollout:
             logits = pol.logits(self.model, buf[:, : int(lens.max())]).float()  # [N, L, V]
             probs = torch.softmax(logits[torch.arange(N), lens - 1] / temperature, dim=-1)  # [N, V]
             probs = self.truncate(probs, top_k, params.top_p)
-            tok = torch.multinomial(probs, 1, generator=gen).squeeze(1)  # [N]
+            tok = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gens)])  # [N]
             for i in torch.nonzero(~done).flatten().tolist():
                 t = int(tok[i])
                 new[i].append(t)

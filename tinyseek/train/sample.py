@@ -122,10 +122,14 @@ def select(
 
 
 def rejection_sample(cfg: SampleConfig) -> tuple[list[dict], dict]:
-    """Sample cfg.samples completions for cfg.n problems with the checkpoint and `select` the verified ones."""
+    """Sample cfg.samples completions for cfg.n problems with the checkpoint and `select` the verified ones.
+
+    Under torchrun each rank samples its share of every chunk of problems (with the chunk's seed, mixed with each
+    prompt by the engine, so the draws are the one-process draws) and every rank gets all of them back."""
     import torch
 
     from tinyseek import tasks
+    from tinyseek.dist import gather, init_distributed, shard
     from tinyseek.train.policy import Policy
 
     if cfg.threads > 0:
@@ -136,11 +140,15 @@ def rejection_sample(cfg: SampleConfig) -> tuple[list[dict], dict]:
         records = tasks.get(cfg.task).generate(cfg.n, seed=cfg.seed, split=cfg.split, difficulty=cfg.difficulty)
     if not records:
         raise TinyseekError(f"{cfg.data or cfg.task}: no problems to sample")
+    d = init_distributed()
     policy = Policy.load(cfg.model)
-    comps: list[list[tuple[str, int, str]]] = []
+    mine: list[tuple[int, list[tuple[str, int, str]]]] = []  # (problem index, its completions), this rank's
     per_call = max(1, cfg.batch // cfg.samples)
     for s in range(0, len(records), per_call):
-        chunk = records[s : s + per_call]
+        chunk = [records[s + i] for i in shard(len(records[s : s + per_call]), d)]
+        if not chunk:
+            continue
+        first = s + shard(len(records[s : s + per_call]), d).start
         ids = [policy.render(r["prompt"], cfg.prompt_template, cfg.system_prompt) for r in chunk]
         out = policy.generate(
             ids,
@@ -152,9 +160,9 @@ def rejection_sample(cfg: SampleConfig) -> tuple[list[dict], dict]:
             max_batch=min(cfg.batch, len(chunk) * cfg.samples),
         )
         for i in range(len(chunk)):
-            comps.append(
-                [(x.text, len(x.token_ids), x.finish_reason) for x in out[i * cfg.samples : (i + 1) * cfg.samples]]
-            )
+            k = cfg.samples
+            mine.append((first + i, [(x.text, len(x.token_ids), x.finish_reason) for x in out[i * k : (i + 1) * k]]))
+    comps = [c for _, c in sorted(gather(mine, d))]
     rows, stats = select(records, comps, cfg.shortest, cfg.dedup)
     stats["generated_tokens"] = sum(n for grp in comps for _, n, _ in grp)  # the report prices this stage's sampling
     return rows, stats
@@ -211,6 +219,10 @@ def cli_sample(argv: list[str]) -> int:
     data.update({k: v for k, v in flags.items() if v is not None})
     cfg = from_dict(SampleConfig, data, where=a.config or "flags")
     rows, stats = rejection_sample(cfg)
+    from tinyseek.dist import is_main
+
+    if not is_main():  # every rank sampled its share; rank 0 writes
+        return 0
     out = Path(a.out)
     if out.suffix == ".jsonl":
         write_jsonl(out, rows)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tinyseek.config import ConfigError, stage_cli, to_dict
 from tinyseek.data import ExampleStream, collate, sft_examples_from_rows
+from tinyseek.dist import is_main
 from tinyseek.io import read_rows
 from tinyseek.tokenizer import TOKENIZER_FILE, Tokenizer
 from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything
@@ -118,7 +119,7 @@ def prepare(cfg: SFTConfig) -> tuple[Tokenizer, ExampleStream, list[dict]]:
         raise ConfigError("tokenizer: a random-preset SFT run needs a tokenizer file")
     tok = Tokenizer.load(tok_path)
     train, dropped = sft_examples_from_rows(tok, _rows(cfg.data, cfg.tasks, cfg.seed, "train"), cfg.seq_len)
-    if dropped:
+    if dropped and is_main():
         print(f"sft: {dropped} training examples dropped (prompt longer than seq_len={cfg.seq_len})", flush=True)
     eval_counts = cfg.eval_tasks or {k: max(1, v // 10) for k, v in cfg.tasks.items() if v > 0}
     ev, _ = sft_examples_from_rows(tok, _rows(cfg.eval_data, eval_counts, cfg.seed, "test"), cfg.seq_len)

@@ -1,0 +1,199 @@
+"""Where GRPO's completions come from: this process's engine, or an OpenAI-compatible inference server.
+
+One interface, one implementation per backend (minimind's shape). `Rollout.generate(loop, prompts, n, ...)`
+returns the completions of the *global* batch, in prompt order, on every rank:
+
+- each rank samples only its contiguous share of the prompts (`tinyseek.dist.shard`), then the shares are
+  gathered (`tinyseek.dist.gather`), so N ranks do 1/N of the sampling each;
+- a completion's randomness is a function of (the step's seed, its prompt, its index in the group), never of
+  the rank or of what else is in the batch (the engines' counter-based sampler), so 1 rank and N ranks draw
+  the same completions and therefore the same rewards.
+
+`LocalRollout` samples with the policy's own engine. Under DDP that is the trained model itself; under
+FSDP2 or expert parallelism the trained model is sharded, and a forward there is a collective that every
+rank would have to run in step (sampling is not: each rank's completions end at different lengths), so
+the engine runs on a full copy of the weights, refreshed after each update (`sync`), as an inference
+server would hold them.
+
+`ServerRollout` asks an OpenAI-compatible server (`tinyseek serve --allow-weight-updates`; SGLang speaks the
+same two endpoints) for completions: `POST /v1/completions` with the prompt as token ids, `n`, the sampling
+parameters, `logprobs` and `return_token_ids` (vLLM's name), answered with each choice's token ids, text,
+finish reason and per-token log-probs. After each update rank 0 writes the weights as an ordinary checkpoint
+(RUN/rollout_weights) and calls `POST /update_weights_from_disk` with its path (SGLang's endpoint), so the
+server samples from the current policy. The log-probs come back with each completion; the loss recomputes
+them with the trainer's weights as the in-process path does (same maths), so they serve as a check of the
+weight push (tests/test_rollout_server.py compares the two).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from tinyseek.dist import DistInfo, barrier, gather, shard
+from tinyseek.errors import TinyseekError
+from tinyseek.inference.sequence import Completion
+from tinyseek.train import parallel
+from tinyseek.train.policy import Policy, TinyseekPolicy
+
+
+class Rollout:
+    """Completions for GRPO (see the module docstring). Subclasses implement `_generate` and `_push`."""
+
+    policy: Policy  # the policy whose tokenizer (and, locally, whose engine) the rollouts use
+
+    def __init__(self) -> None:
+        self._version: int | None = None
+
+    def sync(self, loop) -> None:
+        """Bring the sampler's weights to the trainer's, once per optimizer step count (every rank calls it)."""
+        if self._version != loop.step:
+            self._push(loop)
+            self._version = loop.step
+
+    def generate(
+        self,
+        loop,
+        prompts: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int = 0,
+        impl: str = "engine",
+        max_batch: int = 256,
+        ignore_eos: bool = False,
+    ) -> list[Completion]:
+        """n completions for each prompt of the global batch, group after group, on every rank (collective)."""
+        self.sync(loop)
+        d: DistInfo = loop.dist
+        mine = [prompts[i] for i in shard(len(prompts), d)]
+        out = []
+        if mine:
+            out = self._generate(
+                mine,
+                n,
+                max_new_tokens,
+                temperature,
+                top_p,
+                top_k,
+                seed,
+                impl,
+                min(max_batch, len(mine) * n),
+                ignore_eos,
+            )
+        return gather(out, d)
+
+    def _generate(self, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, impl, max_batch, ignore_eos):
+        raise NotImplementedError
+
+    def _push(self, loop) -> None:
+        raise NotImplementedError
+
+
+class LocalRollout(Rollout):
+    """The policy's engine, on the trained model (DDP, one process) or on a full copy of it (FSDP2, EP)."""
+
+    def __init__(self, policy: Policy, loop):
+        super().__init__()
+        self.policy = policy
+        self._copy = loop.sharded
+        if self._copy:
+            from tinyseek.model import Transformer
+
+            model = Transformer(parallel.unwrapped(loop.raw_model).cfg).to(loop.device).eval()
+            self.policy = TinyseekPolicy(model, policy.tok, policy.source)
+
+    def _push(self, loop) -> None:
+        if self._copy:  # a collective: every rank gathers the full weights
+            sd = parallel.full_state_dict(loop.raw_model)
+            with torch.no_grad():
+                self.policy.module.load_state_dict(sd)
+
+    def _generate(self, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, impl, max_batch, ignore_eos):
+        return self.policy.generate(
+            prompts,
+            n,
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed=seed,
+            impl=impl,
+            max_batch=max_batch,
+            ignore_eos=ignore_eos,
+        )
+
+
+def _post(url: str, body: dict, api_key: str = "", timeout: float = 600.0) -> dict:
+    """POST JSON, return the parsed answer; an HTTP or connection error is a one-line TinyseekError."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    req.add_header("Content-Type", "application/json")
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read()).get("error", {}).get("message", "")
+        except Exception:
+            msg = ""
+        raise TinyseekError(f"rollout_url: {url} answered {e.code} {msg}".rstrip()) from None
+    except (urllib.error.URLError, OSError) as e:
+        raise TinyseekError(f"rollout_url: cannot reach {url} ({getattr(e, 'reason', e)})") from None
+
+
+class ServerRollout(Rollout):
+    """Completions from an OpenAI-compatible server; weights pushed to it after each update (module docstring)."""
+
+    def __init__(self, policy: Policy, url: str, api_key: str, weights_dir: Path, model_name: str = "tinyseek"):
+        super().__init__()
+        if policy.kind != "tinyseek":
+            raise TinyseekError(
+                "rollout: server rollouts push tinyseek checkpoints; a transformers policy samples in-process"
+            )
+        self.policy = policy
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.weights_dir = Path(weights_dir)
+        self.model_name = model_name
+
+    def _push(self, loop) -> None:
+        sd = parallel.full_state_dict(loop.raw_model)  # a collective under FSDP2 / EP
+        if loop.is_main:
+            from tinyseek.checkpoint import save_checkpoint
+
+            model = parallel.Consolidated(parallel.unwrapped(loop.raw_model).cfg, sd)
+            save_checkpoint(model, self.weights_dir, loop.tokenizer_file)
+            _post(f"{self.url}/update_weights_from_disk", {"model_path": str(self.weights_dir)}, self.api_key)
+        barrier(loop.dist)
+
+    def _generate(self, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, impl, max_batch, ignore_eos):
+        body = {
+            "model": self.model_name,
+            "prompt": prompts,
+            "n": n,
+            "max_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": top_k,
+            "seed": seed,
+            "logprobs": 1,
+            "return_token_ids": True,
+            "ignore_eos": ignore_eos,
+        }
+        ans = _post(f"{self.url}/v1/completions", body, self.api_key)
+        choices = sorted(ans.get("choices", []), key=lambda c: c["index"])
+        if len(choices) != len(prompts) * n:
+            raise TinyseekError(f"rollout_url: asked for {len(prompts) * n} completions, got {len(choices)}")
+        out = []
+        for i, c in enumerate(choices):
+            lp = (c.get("logprobs") or {}).get("token_logprobs")
+            out.append(Completion(list(c["token_ids"]), lp, c["finish_reason"], c["text"], len(prompts[i // n])))
+        return out
