@@ -1,11 +1,22 @@
-"""DDP: `tinyseek pretrain` under a 2-process torchrun (gloo, CPU) follows the 1-process run with the same global
-batch (each rank takes its half of every batch; gradients, losses and MoE loads are averaged/summed over ranks),
-and only rank 0 writes."""
+"""Under torchrun (gloo, CPU; no GPU or NCCL path is tested here): every stage, DDP, FSDP2, expert parallelism.
+
+- `tinyseek pretrain` under a 2-process torchrun follows the 1-process run with the same global batch (each rank
+  takes its half of every batch; gradients, losses and MoE loads are averaged/summed over ranks); only rank 0 writes.
+- FSDP2 (`--parallel fsdp`): the same run, killed with SIGKILL after its first sharded (DCP) checkpoint, resumed on
+  one process (a different world size), ends where the 1-process run ends; the sharded checkpoint consolidates
+  to an ordinary one that exports to transformers with the same logits.
+- sft, grpo (ddp, fsdp, ep = 2), sample, distill and eval under a 2-process torchrun give the 1-process rollouts,
+  rewards, samples and evaluations exactly, and the same updates within float tolerance (tests/dist_stages.py).
+- Expert parallelism on 4 processes (ep = 2 with data parallelism, and ep = 4) equals the single-process MoE in
+  forward and backward (tests/dist_checks.py).
+"""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,73 +24,58 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo"
+    ),
+]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo"
-)
-def test_two_process_torchrun_matches_one_process(tmp_path):
+def _run(cmd, **kw):
+    return subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _close_weights(a: dict, b: dict) -> None:
+    # Adam turns float-noise differences in near-zero gradients into lr-sized steps (early on, update ~ lr * sign(g)),
+    # so a few elements may differ by up to a few lr; 99.9% must agree to 1e-4.
+    assert a.keys() == b.keys()
+    for k in a:
+        d = (a[k] - b[k]).abs()
+        assert d.max() < 5e-3, k
+        assert (d > 1e-4).float().mean() < 1e-3, k
+
+
+@pytest.fixture(scope="module")
+def pretrain_one(tmp_path_factory):
+    """A 6-step `tinyseek pretrain` on one process (MoE + MTP), and the arguments that made it."""
     from tinyseek.data import task_documents
     from tinyseek.tokenizer import Tokenizer
 
-    tok = Tokenizer.train(task_documents({"addition": 300}, seed=0, split="train"), 300).save(tmp_path / "tok")
+    tmp = tmp_path_factory.mktemp("pretrain")
+    tok = Tokenizer.train(task_documents({"addition": 300}, seed=0, split="train"), 300).save(tmp / "tok")
     args = [
-        "pretrain",
-        "--tasks",
-        "addition=400",
-        "--tokenizer",
-        str(tok),
-        "--seq-len",
-        "32",
-        "--batch-size",
-        "8",
-        "--max-steps",
-        "6",
-        "--threads",
-        "1",
-        "--model.dim",
-        "32",
-        "--model.inter_dim",
-        "64",
-        "--eval-every",
-        "3",
-        "--ckpt-every",
-        "3",
-    ]
-    one = subprocess.run(
-        [sys.executable, "-m", "tinyseek.cli", *args, "--out", str(tmp_path / "one")],
-        env=ENV,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        "pretrain", "--tasks", "addition=400", "--tokenizer", str(tok), "--seq-len", "32", "--batch-size", "8",
+        "--max-steps", "6", "--threads", "1", "--model.dim", "32", "--model.inter_dim", "64", "--eval-every", "3",
+        "--ckpt-every", "3",
+    ]  # fmt: skip
+    one = _run([sys.executable, "-m", "tinyseek.cli", *args, "--out", str(tmp / "one")])
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "tinyseek.cli",
-            *args,
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        env=ENV,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return tmp, args
+
+
+def test_two_process_torchrun_matches_one_process(pretrain_one):
+    tmp, args = pretrain_one
+    two = _run([*TORCHRUN, "--nproc-per-node", "2", "-m", "tinyseek.cli", *args, "--out", str(tmp / "two")])
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("done:") == 1  # only rank 0 prints and writes
-    r1 = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    r2 = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    r1, r2 = _metrics(tmp / "one"), _metrics(tmp / "two")
     assert [r["step"] for r in r2] == list(range(1, 7))
     for a, b in zip(r1, r2):
         assert b["tokens"] == a["tokens"] and b["loss_tokens"] == a["loss_tokens"]  # the same global batch
@@ -88,13 +84,159 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     assert r2[-1]["eval_loss"] == pytest.approx(r1[-1]["eval_loss"], rel=1e-4)
     from safetensors.torch import load_file
 
-    w1 = load_file(tmp_path / "one" / "final" / "model.safetensors")
-    w2 = load_file(tmp_path / "two" / "final" / "model.safetensors")
-    # Adam turns float-noise differences in near-zero gradients into lr-sized steps (early on, update ~ lr * sign(g)),
-    # so a few elements may differ by up to a few lr; 99.9% must agree to 1e-4.
-    for k in w1:
-        d = (w2[k] - w1[k]).abs()
-        assert d.max() < 5e-3, k
-        assert (d > 1e-4).float().mean() < 1e-3, k
-    s = json.loads((tmp_path / "two" / "summary.json").read_text())
+    _close_weights(
+        load_file(tmp / "one" / "final" / "model.safetensors"), load_file(tmp / "two" / "final" / "model.safetensors")
+    )
+    s = json.loads((tmp / "two" / "summary.json").read_text())
     assert s["cost"]["n_devices"] == 2
+
+
+def test_fsdp_killed_then_resumed_on_another_world_size_matches_one_process(pretrain_one):
+    """FSDP2 on 2 processes until SIGKILL right after its step-3 sharded checkpoint, then --resume on 1 process."""
+    from safetensors.torch import load_file
+
+    psutil = pytest.importorskip("psutil")
+    tmp, args = pretrain_one
+    run = tmp / "fsdp"
+    # evaluation every step (100 held-out batches, no effect on training) slows each step down, so the kill lands
+    # well before the step-6 checkpoint
+    slow = ["--eval-every", "1", "--eval-batches", "100"]
+    cmd = [*TORCHRUN, "--nproc-per-node", "2", "-m", "tinyseek.cli", *args, *slow, "--parallel", "fsdp"]
+    p = subprocess.Popen(
+        [*cmd, "--out", str(run)], env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "step-3").exists():
+        assert p.poll() is None, p.stderr.read().decode()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    for q in [*psutil.Process(p.pid).children(recursive=True), psutil.Process(p.pid)]:  # the workers: own sessions
+        q.send_signal(signal.SIGKILL)
+    p.wait()
+    step3 = run / "checkpoints" / "step-3"
+    assert (step3 / "dcp" / ".metadata").is_file() and not (step3 / "model.safetensors").exists()
+    assert not (run / "checkpoints" / "step-6").exists()
+    # resume on one process: DCP reshards the two ranks' shards onto the unsharded model and optimizer
+    res = _run([sys.executable, "-m", "tinyseek.cli", *args, "--parallel", "fsdp", "--resume", "--out", str(run)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" in res.stdout and "step-3 (step 3)" in res.stdout
+    r1, rf = _metrics(tmp / "one"), _metrics(run)
+    assert [r["step"] for r in rf] == list(range(1, 7))  # steps 1-3 from the killed 2-process run, 4-6 resumed
+    for a, b in zip(r1, rf):
+        assert b["tokens"] == a["tokens"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+    one_final = load_file(tmp / "one" / "final" / "model.safetensors")
+    _close_weights(one_final, load_file(run / "final" / "model.safetensors"))
+    # the 2-process sharded checkpoint -> the ordinary format (= the 1-process run's step-3) -> transformers
+    c = _run([sys.executable, "-m", "tinyseek.cli", "consolidate", str(step3), "--out", str(tmp / "step3")])
+    assert c.returncode == 0, c.stderr
+    _close_weights(
+        load_file(tmp / "one" / "checkpoints" / "step-3" / "model.safetensors"),
+        load_file(tmp / "step3" / "model.safetensors"),
+    )
+    e = _run([sys.executable, "-m", "tinyseek.cli", "export", str(tmp / "step3"), "--out", str(tmp / "hf")])
+    assert e.returncode == 0, e.stderr
+    import transformers
+
+    import tinyseek
+
+    ours = tinyseek.load_model(tmp / "step3")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp / "hf")
+    tokens = torch.randint(0, ours.cfg.vocab_size, (2, 24))
+    with torch.no_grad():
+        assert (ours(tokens).logits - theirs(tokens).logits).abs().max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def stage_runs(tmp_path_factory, r1_checkpoint):
+    """tests/dist_stages.py on one process and under a 2-process torchrun, on the R1 checkpoint (MoE + MTP)."""
+    from conftest import R1_CHATS
+
+    tmp = tmp_path_factory.mktemp("stages")
+    data = tmp / "data"
+    data.mkdir()
+    answers = ["5", "Hi there!", "8"]
+    with open(data / "prompts.jsonl", "w") as f:
+        for (u, _), a in zip(R1_CHATS, answers):
+            f.write(json.dumps({"prompt": u, "answer": a}) + "\n")
+    with open(data / "traces.jsonl", "w") as f:
+        for (u, c), a in zip(R1_CHATS, answers):
+            f.write(json.dumps({"prompt": u, "completion": c, "answer": a}) + "\n")
+    script = str(ROOT / "tests" / "dist_stages.py")
+    one = _run([sys.executable, script, str(tmp / "one"), str(r1_checkpoint), str(data)])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run([*TORCHRUN, "--nproc-per-node", "2", script, str(tmp / "two"), str(r1_checkpoint), str(data)])
+    assert two.returncode == 0, two.stderr[-3000:]
+    return tmp / "one", tmp / "two", two
+
+
+def test_bad_world_size_stops_every_rank_with_one_line(stage_runs):
+    two = stage_runs[2]
+    line = "tinyseek grpo: error: GrpoConfig: batch_size: 3 is not a multiple of the number of processes, 2"
+    assert two.stderr.count(line) == 2  # both ranks, one line each
+    assert not (stage_runs[1] / "bad").exists()
+
+
+def test_sft_and_distill_under_torchrun_match_one_process(stage_runs):
+    one, two, _ = stage_runs
+    from safetensors.torch import load_file
+
+    for stage in ("sft", "distill"):
+        r1, r2 = _metrics(one / stage), _metrics(two / stage)
+        assert len(r1) == len(r2) == 2
+        for a, b in zip(r1, r2):
+            # the same examples (tokens processed differ: each rank pads its own micro-batch)
+            assert b["loss_tokens"] == a["loss_tokens"]
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+            assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+        if stage == "distill":
+            assert b["kd"] == pytest.approx(a["kd"], rel=1e-4)
+        _close_weights(
+            load_file(one / stage / "final" / "model.safetensors"),
+            load_file(two / stage / "final" / "model.safetensors"),
+        )
+
+
+@pytest.mark.parametrize("variant", ["grpo", "grpo-fsdp", "grpo-ep"])
+def test_grpo_under_torchrun_gives_the_same_rollouts_rewards_and_updates(stage_runs, variant):
+    """The issue's failure (MoE + MTP checkpoint, accuracy + format rewards, 2 processes) runs to the end, with the
+    1-process rollouts and rewards step by step, under DDP, FSDP2 and expert parallelism."""
+    one, two, _ = stage_runs
+    from safetensors.torch import load_file
+
+    r1, r2 = _metrics(one / "grpo"), _metrics(two / variant)
+    assert [r["step"] for r in r2] == [1, 2]
+    for a, b in zip(r1, r2):
+        for k in ("reward", "reward_accuracy", "reward_format", "accuracy", "len_mean", "seqs_updated", "tokens"):
+            assert b[k] == a[k], k  # the same completions, scored the same
+        assert b["rollout_flops"] == pytest.approx(a["rollout_flops"], rel=1e-12)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+        assert b["entropy"] == pytest.approx(a["entropy"], rel=1e-4)
+    for k in ("eval_greedy", "eval_pass1", "eval_format_rate", "eval_len_mean"):
+        assert r2[-1][k] == r1[-1][k], k
+    s1 = (one / "grpo" / "samples" / "step-2.jsonl").read_text()
+    assert (two / variant / "samples" / "step-2.jsonl").read_text() == s1  # rank 0 wrote the whole batch's samples
+    _close_weights(
+        load_file(one / "grpo" / "final" / "model.safetensors"),
+        load_file(two / variant / "final" / "model.safetensors"),
+    )
+    sharded = (two / variant / "checkpoints" / "step-2" / "dcp").is_dir()
+    assert sharded == (variant != "grpo")
+
+
+def test_sample_and_eval_under_torchrun_match_one_process(stage_runs):
+    one, two, proc = stage_runs
+    assert (two / "sample.jsonl").read_text() == (one / "sample.jsonl").read_text()
+    e1 = json.loads((one / "eval" / "eval.json").read_text())
+    e2 = json.loads((two / "eval" / "eval.json").read_text())
+    assert e2["problems"] == e1["problems"] and e2["pass@1"] == e1["pass@1"]
+    assert proc.stdout.count("sample: kept") == 1 and proc.stdout.count("eval.json") == 1  # rank 0 alone
+
+
+def test_expert_parallel_equals_the_single_process_moe_on_four_ranks():
+    ep = _run([*TORCHRUN, "--nproc-per-node", "4", str(ROOT / "tests" / "dist_checks.py"), "ep"])
+    assert ep.returncode == 0, ep.stderr[-3000:]
+    for line in ("ok ep=2 world=4 moe_impl=sorted", "ok ep=4 world=4 moe_impl=loop", "ok bad layouts"):
+        assert line in ep.stdout

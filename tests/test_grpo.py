@@ -335,8 +335,11 @@ class _GradLoop:
     """The part of Loop that GrpoStage._update uses, keeping the gradient instead of stepping."""
 
     def __init__(self, model):
+        from tinyseek.dist import DistInfo
+
         self.model = self.raw_model = model
         self.device = torch.device("cpu")
+        self.dist = DistInfo()  # one process
         self.grads = None
 
     def autocast(self):

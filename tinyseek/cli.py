@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("tinyseek.train.sample:cli_sample", "rejection sampling: keep verified completions as an SFT dataset"),
     "distill": ("tinyseek.train.distill:cli_distill", "distil a teacher into a (dense) student"),
     "eval": ("tinyseek.evaluate:cli_eval", "pass@1 / pass@k / cons@k on held-out problems"),
+    "consolidate": (
+        "tinyseek.train.parallel:cli_consolidate",
+        "turn a sharded (FSDP2 / expert-parallel) step checkpoint into an ordinary one",
+    ),
     "generate": ("tinyseek.chat:cli_generate", "generate text from a prompt (streams to the console)"),
     "chat": ("tinyseek.chat:cli_chat", "interactive multi-turn chat"),
     "serve": ("tinyseek.serve.app:cli_serve", "DeepSeek/OpenAI-compatible HTTP API and chat page"),

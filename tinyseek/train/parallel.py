@@ -12,8 +12,8 @@ is the one place a training stage's model is parallelised, in a fixed order:
    consecutive ranks (0..ep-1, ep..2ep-1, ...); the ranks that hold the same experts form the expert-data-
    parallel group, over which the experts' gradients are summed (`finish_gradients`).
 2. Data parallelism over all ranks: `parallel = "ddp"` (DistributedDataParallel; the EP experts are left
-   out of its all-reduce) or `parallel = "fsdp"` (FSDP2, `fully_shard` on every transformer block and MTP
-   module, then on the root; bf16 parameters with float32 gradient reduction when `dtype = "bfloat16"`).
+   out of its all-reduce) or `parallel = "fsdp"` (FSDP2, `fully_shard` on every transformer block, the MTP
+   modules' included, then on the root; bf16 parameters with float32 gradient reduction when `dtype = "bfloat16"`).
    FSDP2 together with EP is refused: the experts would need a second mesh dimension for FSDP, not built.
 3. `torch.compile`, if asked.
 
@@ -192,19 +192,46 @@ def _ep_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 # the wrapper
 
 
+class _Opaque:
+    """A box FSDP2 does not look into (it is not a list, dict, tuple or dataclass)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _pass_state_through(block: nn.Module) -> None:
+    """Hide a block's per-forward state (model._Step) from FSDP2's pre-forward hook.
+
+    FSDP2 walks a module's inputs (into dataclasses and lists) for tensors that need a gradient and rebuilds the
+    containers around them. `_Step.auxes` holds the earlier blocks' balance losses, so the block would get a
+    rebuilt copy of the list and its own loss would be appended to that copy and lost. A hook that runs before
+    FSDP2's boxes the state, one that runs after unboxes it: the block sees the very object the model passed."""
+
+    def box(module, args):
+        return (args[0], _Opaque(args[1]), *args[2:]) if len(args) > 1 else None
+
+    def unbox(module, args):
+        return (args[0], args[1].value, *args[2:]) if len(args) > 1 and isinstance(args[1], _Opaque) else None
+
+    block.register_forward_pre_hook(box, prepend=True)  # before FSDP2's own (prepended by fully_shard)
+    block.register_forward_pre_hook(unbox)  # after it
+
+
 def apply_fsdp(model: nn.Module, d: DistInfo, bf16: bool) -> nn.Module:
-    """FSDP2: `fully_shard` every transformer block and MTP module, then the root (embedding, norm, head)."""
+    """FSDP2: `fully_shard` every transformer block (the MTP modules' too), then the root (the rest)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(d.device.type, (d.world,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     kw = {"mesh": mesh, **({"mp_policy": mp} if mp is not None else {})}
-    blocks = list(getattr(model, "layers", [])) + list(getattr(model, "mtp", []))
+    # the MTP modules' own norms and projection are used around their block (model._mtp_train): they stay with the root
+    blocks = list(getattr(model, "layers", [])) + [m.block for m in getattr(model, "mtp", [])]
     if not blocks:
         raise ConfigError("parallel: fsdp is built for tinyseek models (per-block sharding); use parallel = ddp")
     for block in blocks:
         fully_shard(block, **kw)
+        _pass_state_through(block)
     fully_shard(model, **kw)
     return model
 
