@@ -7,6 +7,13 @@ Endpoints
   pieces, then a chunk with `finish_reason`), a final usage chunk with empty `choices` when
   `stream_options.include_usage`, then `data: [DONE]`. See `reasoning.py` for how the completion is
   split (the `<answer>` tags are dropped from `content`).
+- `POST /v1/completions`: OpenAI's completions with the prompt as token ids (`protocol.CompletionRequest`),
+  non-streaming; each choice carries its text and finish reason, with `logprobs` the sampled tokens'
+  log-probabilities, and with `return_token_ids` (vLLM's name) the generated and prompt token ids. This is
+  what GRPO's server rollouts send (tinyseek/train/rollout.py).
+- `POST /update_weights_from_disk` `{"model_path": CKPT}` (SGLang's endpoint; only with
+  `--allow-weight-updates`): the model's weights are replaced by CKPT's once the running requests finish, and
+  the prefix cache is emptied (its rows were computed with the old weights).
 - `GET /v1/models`, `GET /health`, `GET /v1/usage` (the caller's totals and cost from the ledger),
   `GET /` (the chat page, `static/index.html`).
 
@@ -54,7 +61,13 @@ from tinyseek.errors import TinyseekError
 from tinyseek.r1 import THINK, THINK_END
 from tinyseek.serve.ledger import ApiKeys, Ledger, Prices, key_id
 from tinyseek.serve.prefix_cache import PrefixCache
-from tinyseek.serve.protocol import APIError, ChatRequest, parse_chat_request
+from tinyseek.serve.protocol import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    parse_chat_request,
+    parse_completion_request,
+)
 from tinyseek.serve.reasoning import ReasoningSplitter, reasoning_tokens
 from tinyseek.serve.scheduler import Job, QueueFull, Scheduler
 
@@ -76,6 +89,7 @@ class ServeConfig:
     prices: Prices = field(default_factory=Prices)
     max_body_bytes: int = 4 << 20
     db: str = "usage.sqlite"
+    allow_weight_updates: bool = False  # POST /update_weights_from_disk (RL trainers push their weights)
 
 
 class RateLimiter:
@@ -504,6 +518,156 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
 
     for path in ("/v1/chat/completions", "/chat/completions"):
         app.post(path, openapi_extra=chat_body, response_model=None)(chat_completions)
+
+    # -- completions on token ids, and weight updates: an inference server for RL (train/rollout.py) --------
+    def build_completion_jobs(req: CompletionRequest, loop) -> tuple[list[list[int]], list[Job], asyncio.Queue]:
+        from tinyseek.inference.sampling import SamplingParams
+
+        if req.model not in model_names:
+            raise APIError(
+                404,
+                f"model {req.model!r} does not exist (served: {', '.join(model_names)})",
+                param="model",
+                code="model_not_found",
+            )
+        V = engine.cfg.vocab_size
+        prompts = []
+        for i, p in enumerate(req.prompts()):
+            ids = tokenizer.encode(p, add_special=True) if isinstance(p, str) else list(p)
+            bad = next((t for t in ids if not 0 <= t < V), None)
+            if bad is not None:
+                raise APIError(422, f"prompt[{i}]: token id {bad} outside the vocabulary 0..{V - 1}", param="prompt")
+            if len(ids) + req.max_tokens > ctx_len:
+                raise APIError(
+                    400,
+                    f"prompt[{i}]: {len(ids)} tokens plus max_tokens {req.max_tokens} exceed the context length "
+                    f"of {ctx_len}",
+                    param="prompt",
+                    code="context_length_exceeded",
+                )
+            prompts.append(ids)
+        queue: asyncio.Queue = asyncio.Queue()
+        jobs = []
+        for i, ids in enumerate(prompts):
+            for j in range(req.n):
+                try:
+                    params = SamplingParams(
+                        max_new_tokens=req.max_tokens,
+                        temperature=1.0 if req.temperature is None else req.temperature,
+                        top_p=1.0 if req.top_p is None else req.top_p,
+                        top_k=max(0, req.top_k or 0),
+                        stop_strings=tuple(req.stop_list()),
+                        seed=None if req.seed is None else (req.seed + j) % (1 << 63),
+                        logprobs=req.logprobs is not None,
+                        ignore_eos=req.ignore_eos,
+                    )
+                except TinyseekError as e:
+                    raise APIError(422, str(e), code="invalid_value") from None
+                jobs.append(Job(ids, params, queue, loop, index=i * req.n + j, use_cache=cache is not None))
+        return prompts, jobs, queue
+
+    async def completions(request: Request):
+        kid = authenticate(request)
+        req = parse_completion_request(await read_body(request))
+        prompts, jobs, queue = build_completion_jobs(req, asyncio.get_running_loop())
+        admit(request, kid, jobs)
+        rid = "cmpl-" + secrets.token_hex(12)
+        billed: dict = {}
+        lock = threading.Lock()
+
+        def bill_once() -> dict:
+            with lock:
+                if not billed:
+                    hit = sum(jobs[i * req.n].cached_tokens for i in range(len(prompts)))
+                    n_prompt = sum(len(p) for p in prompts)
+                    completion = sum(len(j.token_ids) for j in jobs)
+                    reasoning = sum(reasoning_tokens(j.token_ids, *think_ids) for j in jobs)
+                    ledger.record(kid, cfg.model_name, rid, hit, n_prompt - hit, completion, reasoning)
+                    billed.update(
+                        prompt_tokens=n_prompt, completion_tokens=completion, total_tokens=n_prompt + completion
+                    )
+            return billed
+
+        texts, finish = [""] * len(jobs), [None] * len(jobs)
+        try:
+            while any(f is None for f in finish):
+                try:
+                    i, kind, payload = await asyncio.wait_for(queue.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return JSONResponse({}, status_code=499)
+                    continue
+                if kind == "error":
+                    raise APIError(500, payload, type="server_error", code="engine_error")
+                text, reason = payload
+                texts[i] += text or ""
+                if reason is not None:
+                    finish[i] = reason
+        finally:
+            sched.cancel(jobs, on_done=bill_once)
+        choices = []
+        for i, job in enumerate(jobs):
+            c = {"index": i, "text": texts[i], "logprobs": None, "finish_reason": finish[i]}
+            if req.logprobs is not None:
+                c["logprobs"] = {
+                    "tokens": [tokenizer.decode([t]) for t in job.token_ids],
+                    "token_logprobs": list(job.logprobs),
+                    "top_logprobs": None,
+                    "text_offset": None,
+                }
+            if req.return_token_ids:
+                c["token_ids"], c["prompt_token_ids"] = list(job.token_ids), prompts[i // req.n]
+            choices.append(c)
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": req.model,
+            "system_fingerprint": "tinyseek-0.1.0",
+            "choices": choices,
+            "usage": bill_once(),
+        }
+
+    comp_schema = CompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    comp_schema.pop("$defs", None)
+    comp_schema["properties"]["model"]["enum"] = list(model_names)
+    comp_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": comp_schema}}}}
+    app.post("/v1/completions", openapi_extra=comp_body, response_model=None)(completions)
+
+    @app.post("/update_weights_from_disk", include_in_schema=False)
+    async def update_weights(request: Request):
+        authenticate(request)
+        if not cfg.allow_weight_updates:
+            raise APIError(403, "weight updates are off (start the server with --allow-weight-updates)",
+                           type="permission_error", code="forbidden")  # fmt: skip
+        raw = await read_body(request)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        path = body.get("model_path") if isinstance(body, dict) else None
+        if not isinstance(path, str) or not path:
+            raise APIError(400, 'body: expected {"model_path": "a checkpoint directory"}', param="model_path")
+
+        def swap() -> None:
+            import torch
+
+            from tinyseek.checkpoint import check_state_dict, read_weights
+
+            model = engine.model
+            sd = read_weights(path)
+            check_state_dict(model.state_dict(), sd, path)
+            with torch.no_grad():
+                model.load_state_dict(sd)  # copied into the served dtype and device
+            if cache is not None:
+                cache.clear()  # its rows were computed with the old weights
+
+        try:
+            await asyncio.wrap_future(sched.call(swap))
+        except TinyseekError as e:
+            raise APIError(400, f"model_path: {e}", param="model_path") from None
+        return {"success": True, "message": f"weights updated from {path}"}
+
     return app
 
 
@@ -549,6 +713,11 @@ def cli_serve(argv: list[str]) -> int:
     p.add_argument("--price-miss", type=float, default=Prices.cache_miss, help="$ per million cache-miss input tokens")
     p.add_argument("--price-output", type=float, default=Prices.output, help="$ per million output tokens")
     p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    p.add_argument(
+        "--allow-weight-updates",
+        action="store_true",
+        help="accept POST /update_weights_from_disk (a GRPO trainer pushing its weights after each update)",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -601,6 +770,7 @@ def cli_serve(argv: list[str]) -> int:
         cache_budget_mb=args.cache_mb,
         prices=Prices(args.price_hit, args.price_miss, args.price_output),
         db=args.db or str(Path.cwd() / "usage.sqlite"),
+        allow_weight_updates=args.allow_weight_updates,
     )
     app = create_app(engine, tokenizer, cfg)
     for k in cfg.api_keys:

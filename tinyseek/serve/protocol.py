@@ -1,4 +1,4 @@
-"""The wire format: the chat-completions request schema, its validation, and OpenAI-shaped errors.
+"""The wire format: the chat-completions and completions request schemas, their validation, OpenAI-shaped errors.
 
 Status codes follow DeepSeek's API documentation:
 - 400 `invalid_request_error`: the body is not JSON, not an object, misses a required field, or a field
@@ -107,6 +107,40 @@ class ChatRequest(_Model):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+class CompletionRequest(_Model):
+    """POST /v1/completions: OpenAI's completions with the prompt as token ids (or text), what RL trainers send to
+    an inference server. vLLM's extensions `top_k`, `ignore_eos` and `return_token_ids` are understood; `logprobs`
+    gives the sampled token's log-probability only (0 or 1). Choice p*n + j is sample j of prompt p, seeded
+    `seed + j`: the draw depends on the prompt and j, not on the prompt's place in the request."""
+
+    model: str
+    prompt: str | list[int] | list[list[int]]
+    max_tokens: int = Field(16, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1)  # vLLM: -1 (or 0) = off
+    n: int = Field(1, ge=1, le=MAX_N)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    logprobs: int | None = Field(None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    echo: bool = False
+    ignore_eos: bool = False
+    return_token_ids: bool = False
+    user: str | None = None
+
+    def prompts(self) -> list:
+        """The prompts as a list: texts or token-id lists."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
 # pydantic error types that mean "right type, bad value" (422); everything else is a format error (400)
 _VALUE_ERRORS = {
     "greater_than",
@@ -136,8 +170,8 @@ def _loc(loc: tuple) -> str:
     return out or "body"
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
-    """Validate a raw request body, raising APIError(400 | 422) that names the offending field."""
+def _validate(raw: bytes, cls):
+    """A raw request body as `cls`, or APIError(400 | 422) naming the offending field."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -145,7 +179,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     if not isinstance(data, dict):
         raise APIError(400, f"request body must be a JSON object, got {type(data).__name__}", param="body")
     try:
-        req = ChatRequest.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as e:
         errs = e.errors(include_url=False)
         # prefer a value error when a union produced several branch errors for the same field
@@ -157,13 +191,38 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         else:
             msg = f"{field}: {err['msg']}"
         raise APIError(status, msg, param=field, code="invalid_value" if status == 422 else "invalid_format") from None
-    stops = req.stop_list()
+
+
+def _check_stops(stops: list[str]) -> None:
     if len(stops) > MAX_STOP:
         raise APIError(
             422, f"stop: at most {MAX_STOP} stop sequences, got {len(stops)}", param="stop", code="invalid_value"
         )
     if any(s == "" for s in stops):
         raise APIError(422, "stop: stop sequences must not be empty", param="stop", code="invalid_value")
+
+
+def parse_completion_request(raw: bytes) -> CompletionRequest:
+    """Validate a raw /v1/completions body, raising APIError(400 | 422) that names the offending field."""
+    req = _validate(raw, CompletionRequest)
+    _check_stops(req.stop_list())
+    for name in ("stream", "echo"):
+        if getattr(req, name):
+            raise APIError(422, f"{name}: not supported on /v1/completions by tinyseek serve", param=name,
+                           code="invalid_value")  # fmt: skip
+    prompts = req.prompts()
+    if not prompts:
+        raise APIError(422, "prompt: no prompt given", param="prompt", code="invalid_value")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise APIError(422, f"prompt[{i}]: empty", param="prompt", code="invalid_value")
+    return req
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """Validate a raw request body, raising APIError(400 | 422) that names the offending field."""
+    req = _validate(raw, ChatRequest)
+    _check_stops(req.stop_list())
     if req.response_format is not None and req.response_format.type != "text":
         raise APIError(
             422,

@@ -21,12 +21,15 @@ new token to its job's asyncio queue with `loop.call_soon_threadsafe`.
   first event, and they are inserted block by block.
 - Slots: jobs go to the engine only while it has a free row (`max_running` = its `max_batch`), so the
   engine's own queue stays empty and the bounded queue here is the only one.
+- `call(fn)` runs `fn()` on this thread once no job is running, admitting nothing new meanwhile: how the
+  model's weights are swapped under a live server (`POST /update_weights_from_disk`), never mid-sequence.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import threading
 import time
 import traceback
@@ -54,6 +57,7 @@ class Job:
     cached_tokens: int = 0  # prompt tokens served by the prefix cache (set at admission)
     rid: object = None
     token_ids: list[int] = field(default_factory=list)  # every token the engine generated for this job
+    logprobs: list[float] = field(default_factory=list)  # their log-probs, when params.logprobs
     cancelled: bool = False
     done: bool = False
     submitted: float = field(default_factory=time.monotonic)
@@ -77,6 +81,7 @@ class Scheduler:
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: dict[object, Job] = {}
         self._cancel: list[tuple[list[Job], object]] = []  # (jobs, on_done) to apply before the next step
+        self._calls: list[tuple[object, concurrent.futures.Future]] = []  # fn() to run once nothing is running
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
@@ -106,6 +111,15 @@ class Scheduler:
             on_done()
         self._wake.set()
 
+    def call(self, fn) -> concurrent.futures.Future:
+        """Run `fn()` on the engine thread as soon as no job is running (running jobs finish first, waiting ones
+        wait); the future holds its result or exception."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            self._calls.append((fn, fut))
+        self._wake.set()
+        return fut
+
     def load(self) -> dict:
         with self._lock:
             return {
@@ -132,11 +146,21 @@ class Scheduler:
             self._loop()
         finally:
             self._apply_cancellations()  # shutting down: settle what was asked (e.g. bill abandoned requests)
+            with self._lock:
+                calls, self._calls = self._calls, []
+            for _, fut in calls:
+                fut.set_exception(RuntimeError("the server is shutting down"))
 
     def _loop(self) -> None:
         while not self._stop:
             try:
                 self._apply_cancellations()
+                if self._calls:
+                    if not self._running:
+                        self._run_calls()
+                        continue
+                    self._step()  # drain: finish the running jobs before the call, admit nothing new
+                    continue
                 self._admit()
                 if not self._running:
                     self._wake.wait(timeout=0.5)
@@ -154,6 +178,15 @@ class Scheduler:
                     except Exception:
                         pass
                 self._running.clear()
+
+    def _run_calls(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for fn, fut in calls:
+            try:
+                fut.set_result(fn())
+            except Exception as e:  # the caller hears about it (e.g. a bad weights file); the server keeps serving
+                fut.set_exception(e)
 
     def _apply_cancellations(self) -> None:
         with self._lock:
@@ -211,6 +244,8 @@ class Scheduler:
             if ev.token_ids and not job.token_ids:
                 job.first_token_at = time.monotonic()
             job.token_ids.extend(ev.token_ids)
+            if ev.logprobs:
+                job.logprobs.extend(ev.logprobs)
             if ev.finish_reason is not None:
                 job.done = True
                 del self._running[ev.rid]
