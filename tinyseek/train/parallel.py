@@ -33,6 +33,7 @@ eval and serve read that), and RUN/final is always written in the ordinary forma
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -252,8 +253,12 @@ def wrap_model(model: nn.Module, parallel: str, ep: int, bf16: bool, compile_: b
             ep_names = [name for name, _ in _ep_params(model)]
             if ep_names:  # sharded over the EP group, not replicated: summed by finish_gradients instead
                 DDP._set_params_and_buffers_to_ignore_for_model(model, ep_names)
-            # buffers (the MoE balancing biases) move identically on every rank: nothing to broadcast
-            model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, broadcast_buffers=False)
+            # buffers (the MoE balancing biases) move identically on every rank: nothing to sync at each forward
+            import inspect
+
+            newer = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters  # torch >= 2.13's name
+            no_buffer_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+            model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, **no_buffer_sync)
     if compile_:
         model = torch.compile(model)
     return model
@@ -372,13 +377,22 @@ class Consolidated:
         return self._sd
 
 
+@contextlib.contextmanager
+def _single_process_ok():
+    """DCP warns each time it runs without a process group; one process is a supported case here (resume, convert)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def save_sharded(model: nn.Module, optimizer, out: Path) -> None:
     """Every rank writes its shards of the weights and the optimizer state into `out` (DCP; collective)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     msd, osd = get_state_dict(unwrapped(model), optimizer)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out))
+    with _single_process_ok():
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out), no_dist=not torch_dist.is_initialized())
 
 
 def load_sharded(model: nn.Module, optimizer, path: Path) -> None:
@@ -389,7 +403,8 @@ def load_sharded(model: nn.Module, optimizer, path: Path) -> None:
     m = unwrapped(model)
     msd, osd = get_state_dict(m, optimizer)
     try:
-        dcp.load({"model": msd, "optim": osd}, checkpoint_id=str(path))
+        with _single_process_ok():
+            dcp.load({"model": msd, "optim": osd}, checkpoint_id=str(path), no_dist=not torch_dist.is_initialized())
     except Exception as e:  # DCP raises its own types (CheckpointException) with a traceback per rank
         raise TinyseekError(f"{path}: cannot load the sharded checkpoint ({str(e).splitlines()[0][:300]})") from None
     set_state_dict(m, optimizer, model_state_dict=msd, optim_state_dict=osd)
@@ -412,7 +427,8 @@ def consolidate(step_dir: str | Path, out: str | Path) -> Path:
         meta = Transformer(cfg)
     sd = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in meta.state_dict().items()}
     try:
-        dcp.load({"model": sd}, checkpoint_id=str(src))
+        with _single_process_ok():
+            dcp.load({"model": sd}, checkpoint_id=str(src), no_dist=True)
     except Exception as e:
         raise TinyseekError(f"{src}: cannot read the sharded checkpoint ({str(e).splitlines()[0][:300]})") from None
     tok = step_dir / TOKENIZER_FILE
