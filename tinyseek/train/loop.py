@@ -1,4 +1,4 @@
-"""The training loop every stage shares: optimizer, schedule, precision, DDP, checkpoints, metrics, cost.
+"""The training loop every stage shares: optimizer, schedule, precision, parallelism, checkpoints, metrics, cost.
 
 A stage (pretrain, sft, grpo, distill) is an object with one required method and three optional ones:
 
@@ -17,8 +17,9 @@ Pretrain, SFT and distillation draw from a resumable stream and inherit the opti
     loop = Loop(cfg, model, run_dir, tokenizer_file=..., resume=resume, stage_name="grpo")
     loop.run(MyStage(...))                                  # returns the summary dict (also RUN/summary.json)
 
-`train_step` does its forward/backward passes through `loop.model` (the wrapped model: DDP and/or
-torch.compile applied) inside `loop.autocast()`, and ends with exactly one `loop.optimizer_step(loss)`.
+`train_step` does its forward/backward passes through `loop.model` (the wrapped model: DDP or FSDP2, expert
+parallelism, torch.compile, as configured; tinyseek/train/parallel.py) inside `loop.autocast()`, and ends with
+exactly one `loop.optimizer_step(loss)`.
 Two ways to write it:
 
 - Supervised batches (pretrain, SFT, distillation): `return loop.supervised_step(micro_batches,
@@ -28,10 +29,12 @@ Two ways to write it:
   e.g. a KL term against teacher logits carried in `mb`; the loss backpropagated is
   `out.loss + extra`.
 - Anything else (GRPO: rollouts, then one or more updates): generate through an engine over
-  `loop.raw_model` (the unwrapped model; engines switch it to eval mode and back), then for each update: forward through
+  `loop.raw_model` (the unwrapped model; engines switch it to eval mode and back; when `loop.sharded`, FSDP2 or
+  EP, over a full copy of the weights instead: tinyseek/train/rollout.py), then for each update: forward through
   `loop.model` under `loop.autocast()` (use `loop.no_sync(last)` around forward+backward for all but the
-  last micro-batch of an update when accumulating under DDP; DDP *averages* gradients over ranks, so
-  a loss normalised by a global count must be multiplied by `loop.dist.world`), `loop.backward(loss)`, and
+  last micro-batch of an update when accumulating; DDP and FSDP2 *average* gradients over ranks, so
+  a loss normalised by a global count must be multiplied by `loop.dist.world`; a sharded forward is a
+  collective, so every rank must make as many forward passes as the others), `loop.backward(loss)`, and
   `loop.optimizer_step(loss_value, expert_load=..., tokens=...)`. Return a dict with at least "loss"
   and "tokens" (tokens processed this step, for throughput and FLOPs; already summed over ranks via
   `loop.all_sum` if you count per rank), and optionally "extra_flops" (compute beside the training tokens,
@@ -51,8 +54,11 @@ What the loop does around `train_step` (and what a stage therefore must not do i
 - RUN/metrics.jsonl (one object a step: the stage's metrics plus lr, grad_norm, tokens/s, MFU, expert
   balance, elapsed, cumulative FLOPs and cost), a console line with ETA, TensorBoard when installed,
   RUN/config.toml (resolved config) and RUN/summary.json (cost meter, throughput, final metrics).
-- DDP: under `torchrun` the process group is set up here (gloo on CPU, NCCL on GPU); only rank 0
-  writes; `wrap_model` is the one place that applies parallelism and compile (FSDP2 would go there).
+- parallelism: under `torchrun` the process group is set up here (gloo on CPU, NCCL on GPU; tinyseek/dist.py);
+  `wrap_model` is the one place that applies parallelism and compile (`parallel` = ddp | fsdp, `ep`); a world
+  size that does not divide `batch_size` (x `grad_accum`), or a layout that does not fit it, is a one-line
+  config error on every rank before any work. Only rank 0 writes, except the shards of a sharded step
+  checkpoint (FSDP2 or EP: torch.distributed.checkpoint, every rank; resumable on any world size).
 """
 
 from __future__ import annotations
