@@ -131,9 +131,8 @@ class GrpoConfig(TrainConfig):
     eval_temperature: float = 0.6  # sampling temperature of the held-out pass@1 (R1's protocol: 0.6)
     eval_top_p: float = 0.95  # nucleus mass of the held-out pass@1 (R1's protocol: 0.95)
     eval_greedy: bool = True  # also greedy accuracy at every evaluation
-    # where rollouts come from (train/rollout.py): local (this process's engine) | server (an OpenAI-compatible
-    # server at rollout_url, given the weights after each update through RUN/rollout_weights)
-    rollout: str = "local"
+    # where rollouts come from (train/rollout.py); the server gets the weights after each update (RUN/rollout_weights)
+    rollout: str = "local"  # local (this process's engine) | server (an OpenAI-compatible server at rollout_url)
     rollout_url: str = ""  # e.g. http://127.0.0.1:8000 (tinyseek serve CKPT --allow-weight-updates)
     rollout_api_key: str = ""  # the server's API key, if it has one
 
