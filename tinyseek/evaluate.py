@@ -169,9 +169,9 @@ def evaluate(
     (keep_text) the completions. Prompts are built with the engine tokenizer's chat template, or by
     `render(record) -> prompt ids` (GRPO evaluates with the prompt template it trains with).
 
-    `dist` (a `tinyseek.dist.DistInfo`, under torchrun): each rank generates for its contiguous share of the
-    records and the per-problem results are gathered in order, so every rank returns the one-process result
-    (the sampling seeds are per prompt, not per rank). Every rank must call it.
+    `dist` (a `tinyseek.dist.DistInfo`, under torchrun): each rank generates for its contiguous share of every
+    chunk, seeded as the whole chunk would be (`first`), and the per-problem results are gathered in order, so
+    every rank returns the one-process result. Every rank must call it.
     """
     from tinyseek import dist as dist_
     from tinyseek import rewards
@@ -189,34 +189,43 @@ def evaluate(
     def msgs(r: dict) -> list[dict]:
         return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": r["prompt"]}]
 
-    all_records = records
-    if dist is not None:
-        records = [records[i] for i in dist_.shard(len(records), dist)]
-    correct, answers, formats, lengths, texts = [], [], [], [], []
+    rows = []  # (record index, correct, answers, formats, lengths, texts): this rank's
     n_tokens = 0
     for start in range(0, len(records), chunk):
-        recs = records[start : start + chunk]
+        share = range(start, min(start + chunk, len(records)))
+        if dist is not None:  # this rank's part of the chunk: seeded as its place in the chunk (first)
+            mine = dist_.shard(len(share), dist)
+            share = share[mine.start : mine.stop]
+        recs = [records[i] for i in share]
         prompt_ids = [render(r) if render is not None else engine.encode_chat(msgs(r)) for r in recs]
         # a seed per chunk: the engines seed prompt j of a call from (seed, j), so chunks must not share one
         p_chunk = params if params.seed is None else params.replace(seed=derive_seed(params.seed, start))
-        groups = engine.generate(prompt_ids, p_chunk, n=samples)
-        for r, ids, grp in zip(recs, prompt_ids, groups):
+        first = share.start - start
+        groups = []
+        if recs:
+            kw = {"first": first} if first else {}  # (engines without a `first` are only ever called whole)
+            groups = engine.generate(prompt_ids, p_chunk, n=samples, **kw)
+        for i, r, ids, grp in zip(share, recs, prompt_ids, groups):
             comps = [c.text if c.text is not None else engine.decode(c.token_ids) for c in grp]
             prompt_text = engine.decode(ids)
             cols = {k: [r.get(k)] * len(comps) for k in ("answer", "task", "numbers", "target")}
-            correct.append(rewards.accuracy_reward([prompt_text] * len(comps), comps, **cols))
-            answers.append([rewards.extract_answer(t) for t in comps])
-            formats.append(rewards.format_reward([prompt_text] * len(comps), comps))
-            lengths.append([len(c.token_ids) for c in grp])
-            texts.append(comps)
+            rows.append(
+                (
+                    i,
+                    rewards.accuracy_reward([prompt_text] * len(comps), comps, **cols),
+                    [rewards.extract_answer(t) for t in comps],
+                    rewards.format_reward([prompt_text] * len(comps), comps),
+                    [len(c.token_ids) for c in grp],
+                    comps,
+                )
+            )
             n_tokens += sum(len(c.token_ids) for c in grp)
         if progress is not None:
             progress(min(start + chunk, len(records)), len(records))
     if dist is not None and dist.enabled:
-        parts = dist_.gather([(correct, answers, formats, lengths, texts, n_tokens)], dist)
-        correct, answers, formats, lengths, texts = ([x for p in parts for x in p[i]] for i in range(5))
-        n_tokens = sum(p[5] for p in parts)
-    records = all_records
+        rows = sorted(dist_.gather(rows, dist), key=lambda row: row[0])
+        n_tokens = int(dist_.all_sum(float(n_tokens), dist))
+    _, correct, answers, formats, lengths, texts = (list(col) for col in zip(*rows))
     elapsed = time.time() - t0
     out = summarize(correct, answers, formats, lengths)
     out["params"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(params).items()}

@@ -242,9 +242,15 @@ class Engine:
     # -- the batch API -----------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(
-        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None, n: int = 1
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams | list[SamplingParams] | None = None,
+        n: int = 1,
+        first: int = 0,
     ) -> list[list[Completion]]:
-        """n samples for each prompt (prefill shared within a prompt's group); results in prompt order."""
+        """n samples for each prompt (prefill shared within a prompt's group); results in prompt order. `first` is
+        the index of prompts[0] in a larger batch this call is a slice of (a rank's share under torchrun): prompt j
+        is seeded as prompt first + j of the whole batch, so the slices draw what the whole batch would."""
         params = params or SamplingParams()
         plist = params if isinstance(params, list) else [params] * len(prompts)
         if len(plist) != len(prompts):
@@ -254,7 +260,7 @@ class Engine:
         rids: list[list[int]] = []
         try:
             for j, (p, sp) in enumerate(zip(prompts, plist)):
-                rids.append(self._add_group(p, sp, n, stream=False, index=j))
+                rids.append(self._add_group(p, sp, n, stream=False, index=first + j))
         except TinyseekError as e:  # one bad prompt: queue nothing
             for r in itertools.chain.from_iterable(rids):
                 self.abort(r)

@@ -78,6 +78,7 @@ class HFEngine:
         params: SamplingParams | list[SamplingParams] | None = None,
         n: int = 1,
         on_tokens=None,
+        first: int = 0,
     ) -> list[list[Completion]]:
         params = params or SamplingParams()
         plist = params if isinstance(params, list) else [params] * len(prompts)
@@ -97,7 +98,10 @@ class HFEngine:
         self.model.eval()
         try:
             for i in range(0, len(prompts), per_chunk):
-                results += self._chunk(prompts[i : i + per_chunk], plist[i : i + per_chunk], n, on_tokens, first=i)
+                # `first`: prompts[0]'s index in a larger batch (a rank's share), as in Engine.generate
+                results += self._chunk(
+                    prompts[i : i + per_chunk], plist[i : i + per_chunk], n, on_tokens, first=first + i
+                )
         finally:
             self.model.train(was_training)
         return results

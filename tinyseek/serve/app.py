@@ -521,7 +521,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
 
     # -- completions on token ids, and weight updates: an inference server for RL (train/rollout.py) --------
     def build_completion_jobs(req: CompletionRequest, loop) -> tuple[list[list[int]], list[Job], asyncio.Queue]:
-        from tinyseek.inference.sampling import SamplingParams
+        from tinyseek.inference.sampling import SamplingParams, derive_seed
 
         if req.model not in model_names:
             raise APIError(
@@ -557,7 +557,8 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                         top_p=1.0 if req.top_p is None else req.top_p,
                         top_k=max(0, req.top_k or 0),
                         stop_strings=tuple(req.stop_list()),
-                        seed=None if req.seed is None else (req.seed + j) % (1 << 63),
+                        # choice c = i * n + j seeded from (seed, c), as the chat endpoint seeds its choices
+                        seed=None if req.seed is None else derive_seed(req.seed, i * req.n + j),
                         logprobs=req.logprobs is not None,
                         ignore_eos=req.ignore_eos,
                     )

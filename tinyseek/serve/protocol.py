@@ -110,8 +110,8 @@ class ChatRequest(_Model):
 class CompletionRequest(_Model):
     """POST /v1/completions: OpenAI's completions with the prompt as token ids (or text), what RL trainers send to
     an inference server. vLLM's extensions `top_k`, `ignore_eos` and `return_token_ids` are understood; `logprobs`
-    gives the sampled token's log-probability only (0 or 1). Choice p*n + j is sample j of prompt p, seeded
-    `seed + j`: the draw depends on the prompt and j, not on the prompt's place in the request."""
+    gives the sampled token's log-probability only (0 or 1). Choice c = p*n + j is sample j of prompt p, seeded from
+    (seed, c) like the chat endpoint's choices: copies of one prompt in a request sample independently."""
 
     model: str
     prompt: str | list[int] | list[list[int]]

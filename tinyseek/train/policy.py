@@ -13,8 +13,6 @@ The engine is also the one layer that switches the model to eval mode for genera
 
 from __future__ import annotations
 
-import array
-import zlib
 from pathlib import Path
 
 import torch
@@ -170,13 +168,15 @@ class Policy:
         impl: str = "engine",
         max_batch: int = 256,
         ignore_eos: bool = False,
+        first: int = 0,
     ) -> list[Completion]:
         """n samples for each prompt, group after group (prompt p's samples at p*n ... p*n + n - 1), exactly as the
         engine returned them. `token_ids` are what the loss trains on: they end with the stop token the model
         sampled (one of several end tokens, for a transformers model), never one it did not; `text` (what the
-        rewards read) leaves that token out."""
+        rewards read) leaves that token out. `first`: prompts[0]'s index in the whole batch when this is a slice of
+        it (a rank's share under torchrun), so that every prompt is seeded as in the whole batch."""
         params = self.sampling_params(max_new_tokens, temperature, top_p, top_k, seed, ignore_eos)
-        groups = self.engine(prompts, max_new_tokens, max_batch, n, impl).generate(prompts, params, n=n)
+        groups = self.engine(prompts, max_new_tokens, max_batch, n, impl).generate(prompts, params, n=n, first=first)
         return [c for group in groups for c in group]
 
 
@@ -304,13 +304,16 @@ class PlainRollout:
         return self.policy.decode(ids)
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, n: int = 1, first: int = 0
+    ) -> list[list[Completion]]:
         was_training = self.model.training
         self.model.eval()
-        # each row's own generator, seeded from (seed, its prompt, its index in the group) like the engines' rows:
-        # a row draws the same tokens whatever else is in the batch (so under torchrun on any rank)
-        bases = [derive_seed(params.seed or 0, zlib.crc32(array.array("q", p).tobytes())) for p in prompts]
-        seeds = [derive_seed(b, j) for b in bases for j in range(n)]
+        # each row's own generator, seeded from (seed, its prompt's index in the batch, its index in the group) as
+        # the engines seed their rows: a row draws the same tokens whatever else is in the call (so on any rank)
+        seeds = [
+            derive_seed(derive_seed(params.seed or 0, first + p), j) for p in range(len(prompts)) for j in range(n)
+        ]
         try:
             rows = self._sample([p for p in prompts for _ in range(n)], params, seeds)
         finally:

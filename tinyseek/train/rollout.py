@@ -5,9 +5,9 @@ returns the completions of the *global* batch, in prompt order, on every rank:
 
 - each rank samples only its contiguous share of the prompts (`tinyseek.dist.shard`), then the shares are
   gathered (`tinyseek.dist.gather`), so N ranks do 1/N of the sampling each;
-- a completion's randomness is a function of (the step's seed, its prompt, its index in the group), never of
-  the rank or of what else is in the batch (the engines' counter-based sampler), so 1 rank and N ranks draw
-  the same completions and therefore the same rewards.
+- a completion's randomness is a function of (the step's seed, its prompt's index in the global batch, its
+  index in the group), never of the rank or of what else is in the call (the engines' counter-based sampler,
+  given the share's offset as `first`), so 1 rank and N ranks draw the same completions and the same rewards.
 
 `LocalRollout` samples with the policy's own engine. Under DDP that is the trained model itself; under
 FSDP2 or expert parallelism the trained model is sharded, and a forward there is a collective that every
@@ -16,9 +16,10 @@ the engine runs on a full copy of the weights, refreshed after each update (`syn
 server would hold them.
 
 `ServerRollout` asks an OpenAI-compatible server (`tinyseek serve --allow-weight-updates`; SGLang speaks the
-same two endpoints) for completions: `POST /v1/completions` with the prompt as token ids, `n`, the sampling
-parameters, `logprobs` and `return_token_ids` (vLLM's name), answered with each choice's token ids, text,
-finish reason and per-token log-probs. After each update rank 0 writes the weights as an ordinary checkpoint
+same two endpoints) for completions: one `POST /v1/completions` per prompt, sent together, with the prompt as
+token ids, `n`, the sampling parameters, a seed derived from (the step's seed, the prompt's index in the global
+batch), `logprobs` and `return_token_ids` (vLLM's name), answered with each choice's token ids, text, finish
+reason and per-token log-probs. After each update rank 0 writes the weights as an ordinary checkpoint
 (RUN/rollout_weights) and calls `POST /update_weights_from_disk` with its path (SGLang's endpoint), so the
 server samples from the current policy. The log-probs come back with each completion; the loss recomputes
 them with the trainer's weights as the in-process path does (same maths), so they serve as a check of the
@@ -75,21 +76,16 @@ class Rollout:
         mine = [prompts[i] for i in shard(len(prompts), d)]
         out = []
         if mine:
+            first = shard(len(prompts), d).start  # the share's offset: each prompt seeded by its global index
+            batch = min(max_batch, len(mine) * n)
             out = self._generate(
-                mine,
-                n,
-                max_new_tokens,
-                temperature,
-                top_p,
-                top_k,
-                seed,
-                impl,
-                min(max_batch, len(mine) * n),
-                ignore_eos,
+                mine, n, max_new_tokens, temperature, top_p, top_k, seed, impl, batch, ignore_eos, first
             )
         return gather(out, d)
 
-    def _generate(self, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, impl, max_batch, ignore_eos):
+    def _generate(
+        self, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, impl, max_batch, ignore_eos, first
+    ) -> list[Completion]:
         raise NotImplementedError
 
     def _push(self, loop) -> None:
@@ -115,7 +111,9 @@ class LocalRollout(Rollout):
             with torch.no_grad():
                 self.policy.module.load_state_dict(sd)
 
-    def _generate(self, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, impl, max_batch, ignore_eos):
+    def _generate(
+        self, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, impl, max_batch, ignore_eos, first
+    ):
         return self.policy.generate(
             prompts,
             n,
@@ -127,6 +125,7 @@ class LocalRollout(Rollout):
             impl=impl,
             max_batch=max_batch,
             ignore_eos=ignore_eos,
+            first=first,
         )
 
 
@@ -174,26 +173,42 @@ class ServerRollout(Rollout):
             _post(f"{self.url}/update_weights_from_disk", {"model_path": str(self.weights_dir)}, self.api_key)
         barrier(loop.dist)
 
-    def _generate(self, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, impl, max_batch, ignore_eos):
-        body = {
-            "model": self.model_name,
-            "prompt": prompts,
-            "n": n,
-            "max_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_p": top_p,
-            "top_k": top_k,
-            "seed": seed,
-            "logprobs": 1,
-            "return_token_ids": True,
-            "ignore_eos": ignore_eos,
-        }
-        ans = _post(f"{self.url}/v1/completions", body, self.api_key)
-        choices = sorted(ans.get("choices", []), key=lambda c: c["index"])
-        if len(choices) != len(prompts) * n:
-            raise TinyseekError(f"rollout_url: asked for {len(prompts) * n} completions, got {len(choices)}")
-        out = []
-        for i, c in enumerate(choices):
-            lp = (c.get("logprobs") or {}).get("token_logprobs")
-            out.append(Completion(list(c["token_ids"]), lp, c["finish_reason"], c["text"], len(prompts[i // n])))
-        return out
+    def _generate(
+        self, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, impl, max_batch, ignore_eos, first
+    ):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tinyseek.inference.sampling import derive_seed
+
+        def one(p: int) -> list[Completion]:
+            body = {
+                "model": self.model_name,
+                "prompt": prompts[p],
+                "n": n,
+                "max_tokens": max_new_tokens,
+                "temperature": temperature,
+                "top_p": top_p,
+                "top_k": top_k,
+                "seed": derive_seed(seed, first + p),  # the prompt's place in the global batch, not in this share
+                "logprobs": 1,
+                "return_token_ids": True,
+                "ignore_eos": ignore_eos,
+            }
+            ans = _post(f"{self.url}/v1/completions", body, self.api_key)
+            choices = sorted(ans.get("choices", []), key=lambda c: c["index"])
+            if len(choices) != n:
+                raise TinyseekError(f"rollout_url: asked for {n} completions, got {len(choices)}")
+            return [
+                Completion(
+                    list(c["token_ids"]),
+                    (c.get("logprobs") or {}).get("token_logprobs"),
+                    c["finish_reason"],
+                    c["text"],
+                    len(prompts[p]),
+                )
+                for c in choices
+            ]
+
+        # every prompt's request at once: the server batches them (continuous batching)
+        with ThreadPoolExecutor(max_workers=min(32, len(prompts))) as pool:
+            return [c for group in pool.map(one, range(len(prompts))) for c in group]

@@ -124,8 +124,8 @@ def select(
 def rejection_sample(cfg: SampleConfig) -> tuple[list[dict], dict]:
     """Sample cfg.samples completions for cfg.n problems with the checkpoint and `select` the verified ones.
 
-    Under torchrun each rank samples its share of every chunk of problems (with the chunk's seed, mixed with each
-    prompt by the engine, so the draws are the one-process draws) and every rank gets all of them back."""
+    Under torchrun each rank samples its share of every chunk of problems (with the chunk's seed, each prompt
+    seeded by its place in the chunk, so the draws are the one-process draws) and every rank gets all of them back."""
     import torch
 
     from tinyseek import tasks
@@ -158,6 +158,7 @@ def rejection_sample(cfg: SampleConfig) -> tuple[list[dict], dict]:
             cfg.top_p,
             seed=cfg.seed * 1_000_003 + s,
             max_batch=min(cfg.batch, len(chunk) * cfg.samples),
+            first=first - s,  # seeded as its place in the chunk
         )
         for i in range(len(chunk)):
             k = cfg.samples
