@@ -15,6 +15,10 @@ What differs from TRL, on purpose: a group whose reward std is below `std_thresh
 exactly 0 (TRL only logs it). A group of equal rewards has a std that is float noise; ~1e-5 advantages
 went through, Adam scaled them up to full-size random steps and the policy collapsed (dev/LOG.md).
 
+Process supervision (`process_advantages`, DeepSeekMath §4.1.3): rewards per reasoning step instead of one per
+completion, normalised over every step of the group, and a token's advantage is the sum of the normalised
+rewards of its step and the steps after it, so `grpo_loss` then takes a [B, T] advantage instead of [B].
+
 Log-probabilities come from the final hidden states through the output head in chunks, each chunk under
 activation checkpointing, so the [B, T, vocab] logits never exist in full and nothing vocab-sized is kept
 for the backward pass. `token_logprobs(..., impl="full")` is the plain reference path (full logits,
@@ -68,6 +72,69 @@ def group_advantages(
     return adv.reshape(-1), std.squeeze(1), informative
 
 
+def process_advantages(
+    step_rewards: list[list[float]],
+    step_ends: list[list[int]],
+    lengths: list[int],
+    group_size: int,
+    scale_rewards: str = "group",
+    std_threshold: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Process-supervised advantages (DeepSeekMath §4.1.3): per-token, from per-step rewards.
+
+    step_rewards[i]: the rewards of completion i's steps, in order; step_ends[i]: the index of each step's last
+    token (non-decreasing); lengths[i]: completion i's tokens. Completions are laid out group after group as in
+    `group_advantages`. Every step reward of a group is normalised by the mean and std of all the group's step
+    rewards, r~ = (r - mean) / (std + 1e-4), and token t's advantage is the sum of the normalised rewards of the
+    steps that end at or after t (its own step and every later one). A token after the last step end gets 0.
+    Returns (advantages [N, max(lengths)], zero-padded; group_std [P]; informative [P]): a group whose step
+    rewards' std is at most `std_threshold` gets advantage 0, as in `group_advantages`.
+    `scale_rewards`: group (divide by the group's std), batch (by the std of every step reward), none.
+    """
+    n = len(step_rewards)
+    if n % group_size or len(step_ends) != n or len(lengths) != n:
+        raise ConfigError(
+            f"step rewards: expected groups of {group_size} with one step list and one length per completion, got "
+            f"{n} rewards, {len(step_ends)} step lists, {len(lengths)} lengths"
+        )
+    if scale_rewards not in SCALE_REWARDS:
+        raise ConfigError(f"scale_rewards: must be one of {', '.join(SCALE_REWARDS)} (got {scale_rewards!r})")
+    for i in range(n):
+        if len(step_rewards[i]) != len(step_ends[i]):
+            raise ConfigError(
+                f"step rewards: completion {i} has {len(step_rewards[i])} rewards for {len(step_ends[i])} steps"
+            )
+    P = n // group_size
+    flat = [torch.tensor(r, dtype=torch.float32) for r in step_rewards]
+    every = torch.cat(flat) if flat else torch.zeros(0)
+    bstd = every.std(correction=1) if every.numel() > 1 else torch.zeros(())
+    adv = torch.zeros(n, max(lengths, default=0) or 1)
+    stds, informative = torch.zeros(P), torch.zeros(P, dtype=torch.bool)
+    for p in range(P):
+        idx = range(p * group_size, (p + 1) * group_size)
+        r = torch.cat([flat[i] for i in idx])
+        if r.numel() < 2:
+            continue
+        mean, std = r.mean(), r.std(correction=1)
+        stds[p] = std
+        informative[p] = bool(std > std_threshold)
+        if not informative[p]:
+            continue
+        scale = {"group": std + STD_EPS, "batch": bstd + STD_EPS, "none": torch.ones(())}[scale_rewards]
+        for i in idx:
+            if not len(flat[i]):
+                continue
+            norm = (flat[i] - mean) / scale  # [S]
+            togo = norm.flip(0).cumsum(0).flip(0)  # [S]: the sum over this step and every later one
+            prev = -1
+            for s, end in enumerate(step_ends[i]):
+                end = min(int(end), lengths[i] - 1)
+                if end > prev:
+                    adv[i, prev + 1 : end + 1] = togo[s]
+                    prev = end
+    return adv, stds, informative
+
+
 # ----------------------------------------------------------------------------------------------
 # the loss
 
@@ -99,13 +166,15 @@ def grpo_loss(
     """The clipped surrogate with a k3 KL penalty, aggregated by `loss_type` (see the module docstring).
 
     logp, old_logp, ref_logp, mask: [B, T] over completion tokens (mask 1 = a real, unmasked token).
-    advantages: [B] one value per sequence. `epsilon_high` None means symmetric clipping.
+    advantages: [B] one value per sequence (outcome supervision), or [B, T] one per token (process supervision,
+    `process_advantages`). `epsilon_high` None means symmetric clipping.
     """
     if loss_type not in LOSS_TYPES:
         raise ConfigError(f"loss_type: must be one of {', '.join(LOSS_TYPES)} (got {loss_type!r})")
     eps_hi = epsilon if epsilon_high is None else epsilon_high
     mask = mask.to(logp.dtype)
-    adv = advantages.to(logp.dtype).unsqueeze(1)  # [B, 1]
+    adv = advantages.to(logp.dtype)
+    adv = adv.unsqueeze(1) if adv.dim() == 1 else adv  # [B, 1] or [B, T]
     ratio = torch.exp(logp - old_logp)  # [B, T]
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + eps_hi)
     per_token = -torch.minimum(ratio * adv, clipped * adv)

@@ -1,0 +1,123 @@
+"""Process supervision: steps of a trace, the oracle step rule, corruptions, and the process-supervised advantages
+(DeepSeekMath §4.1.3) against a hand-computed example."""
+
+import random
+
+import pytest
+import torch
+
+from tinyseek import steps, tasks
+from tinyseek.config import ConfigError
+from tinyseek.errors import TinyseekError
+from tinyseek.r1 import completion_text
+from tinyseek.train.grpo_loss import grpo_loss, process_advantages
+
+GOLD = "<think>\n5+3+0=08 6+7+0=13 so 138\n</think>\n<answer>138</answer>"
+
+
+def test_steps_of_an_arithmetic_trace():
+    assert steps.steps_of(GOLD) == ["<think>\n5+3+0=08", "6+7+0=13", "so 138", "</think>\n<answer>138</answer>"]
+    spans = steps.step_spans(GOLD)
+    assert spans[0][0] == 0 and spans[-1][1] == len(GOLD)  # the steps cover the text
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert GOLD[spans[0][1] - 1] == "8"  # a reasoning step ends at its own last character
+    # a piece without a digit joins the next one
+    assert steps.steps_of("<think>\nswap 5-3-0=2 so -12\n</think>\n<answer>-12</answer>")[:2] == [
+        "<think>\nswap 5-3-0=2",
+        "so -12",
+    ]
+    assert steps.steps_of("no digits at all") == ["no digits at all", ""]  # one step, and an empty answer step
+
+
+def test_oracle_step_rule_has_prefix_semantics():
+    right = steps.oracle_step_rewards(GOLD, GOLD, "138")
+    assert right == [1.0, 1.0, 1.0, 1.0]
+    carry = GOLD.replace("6+7+0=13 so 138", "6+7+1=14 so 148").replace(">138<", ">148<")
+    assert steps.oracle_step_rewards(carry, GOLD, "138") == [1.0, 0.0, 0.0, 0.0]
+    answer_only = GOLD.replace(">138<", ">139<")
+    assert steps.oracle_step_rewards(answer_only, GOLD, "138") == [1.0, 1.0, 1.0, 0.0]
+    short = "<think>\n5+3+0=08 so 138\n</think>\n<answer>138</answer>"  # a skipped step: right answer, bad trace
+    assert steps.oracle_step_rewards(short, GOLD, "138") == [1.0, 0.0, 0.0]
+
+
+def test_corruption_changes_one_digit_of_one_step_and_the_oracle_agrees():
+    rng = random.Random(0)
+    for rec in tasks.get("arithmetic").generate(200, seed=3, difficulty=2):
+        gold = completion_text(rec)
+        bad, k = steps.corrupt(gold, rng)
+        assert k >= 0 and len(bad) == len(gold)
+        assert sum(a != b for a, b in zip(bad, gold)) == 1
+        n = len(steps.step_spans(gold))
+        labels = steps.labels_after(n, k)
+        assert labels == steps.oracle_step_rewards(bad, gold, rec["answer"], task=rec["task"])
+
+
+def test_token_step_ends():
+    # tokens "<think>\n", "5", "+", ..., one character each after the first
+    text = "<think>\n1+2=3 so 3\n</think>\n<answer>3</answer>"
+    toks = ["<think>\n"] + list(text[len("<think>\n") :]) + ["<eos>"]
+    ends = steps.token_step_ends(steps.step_spans(text), [sum(map(len, toks[: i + 1])) for i in range(len(toks))])
+    assert toks[ends[0]] == "3" and toks[ends[1]] == "3" and ends[-1] == len(toks) - 1
+    assert ends == sorted(ends)
+
+
+def test_no_separator_is_a_one_line_error_naming_the_file():
+    with pytest.raises(TinyseekError, match=r"traces\.jsonl:3: no step separator '\|'"):
+        steps.check_separator(GOLD, "|", "traces.jsonl:3")
+
+
+# ----------------------------------------------------------------------------------------------
+# the advantages
+
+
+def test_process_advantages_hand_computed():
+    # one group of two completions:
+    #   A: 3 tokens, steps end at tokens 0 and 2, rewards [1, 0]
+    #   B: 4 tokens, steps end at tokens 1 and 3, rewards [1, 1]
+    # the group's step rewards [1, 0, 1, 1]: mean 0.75, unbiased std sqrt((3 * 0.25^2 + 0.75^2) / 3) = 0.5
+    # normalised: A [0.5, -1.5], B [0.5, 0.5] (divided by 0.5 + 1e-4, i.e. x / 0.5001 * 0.5 ...)
+    # a token's advantage: its step's and every later step's normalised reward
+    #   A: token 0 -> 0.5 - 1.5 = -1.0; tokens 1, 2 -> -1.5      B: tokens 0, 1 -> 1.0; tokens 2, 3 -> 0.5
+    adv, std, informative = process_advantages([[1.0, 0.0], [1.0, 1.0]], [[0, 2], [1, 3]], [3, 4], group_size=2)
+    k = 0.5 / (0.5 + 1e-4)
+    expected = torch.tensor([[-1.0, -1.5, -1.5, 0.0], [1.0, 1.0, 0.5, 0.5]]) * k
+    assert adv.shape == (2, 4)
+    assert torch.allclose(adv, expected, atol=1e-6)
+    assert std.tolist() == pytest.approx([0.5]) and informative.tolist() == [True]
+
+
+def test_process_advantages_equal_steps_and_modes():
+    # the second group's step rewards are all equal: zero advantage, not informative
+    adv, _, inf = process_advantages(
+        [[1.0, 0.0], [1.0, 1.0], [0.5], [0.5, 0.5]], [[0, 1], [0, 1], [1], [0, 1]], [2, 2, 2, 2], group_size=2
+    )
+    assert inf.tolist() == [True, False] and torch.equal(adv[2:], torch.zeros(2, 2))
+    adv, _, _ = process_advantages([[1.0, 0.0], [1.0, 1.0]], [[0, 1], [0, 1]], [2, 2], 2, scale_rewards="none")
+    assert torch.allclose(adv, torch.tensor([[0.25 - 0.75, -0.75], [0.5, 0.25]]))
+    with pytest.raises(ConfigError, match="step rewards"):
+        process_advantages([[1.0]], [[0, 1]], [2], 1)
+
+
+def test_one_step_per_completion_is_outcome_supervision():
+    """With the whole completion as one step, the process advantage is the outcome advantage on every token."""
+    from tinyseek.train.grpo_loss import group_advantages
+
+    r = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+    lens = [3, 2, 4, 1, 2, 3]
+    adv, _, _ = process_advantages([[x] for x in r], [[n - 1] for n in lens], lens, 3)
+    out, _, _ = group_advantages(torch.tensor(r), 3)
+    for i, n in enumerate(lens):
+        assert torch.allclose(adv[i, :n], out[i].expand(n))
+        assert torch.equal(adv[i, n:], torch.zeros(adv.size(1) - n))
+
+
+def test_loss_takes_per_token_advantages():
+    logp = torch.log(torch.tensor([[0.5, 0.5], [0.25, 0.25]])).requires_grad_(True)
+    mask = torch.ones(2, 2)
+    per_seq = grpo_loss(logp, logp.detach(), torch.tensor([1.0, -1.0]), mask, loss_type="dapo").loss
+    per_tok = grpo_loss(logp, logp.detach(), torch.tensor([[1.0, 1.0], [-1.0, -1.0]]), mask, loss_type="dapo").loss
+    assert per_seq.item() == pytest.approx(per_tok.item())
+    (g,) = torch.autograd.grad(
+        grpo_loss(logp, logp.detach(), torch.tensor([[2.0, 0.0], [0.0, -1.0]]), mask, loss_type="dapo").loss, logp
+    )
+    assert torch.allclose(g, torch.tensor([[-2.0, 0.0], [0.0, 1.0]]) / 4)  # -A / tokens at ratio 1
