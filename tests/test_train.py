@@ -472,3 +472,32 @@ def test_sft_stops_when_validation_accuracy_reaches_the_target(tmp_path, capsys)
     assert again["steps"] == s["steps"]  # the stopped run stays stopped
     with pytest.raises(ConfigError, match="stop_accuracy: needs stop_data"):
         from_dict(SFTConfig, {**fields, "stop_data": ""}).validate()
+
+
+class _FlopsStage:
+    """No update at all: each step reports 10 FLOPs of "extra" compute; evaluation records when it ran."""
+
+    def __init__(self):
+        self.evaluated = []
+
+    def train_step(self, loop):
+        return {"loss": 0.0, "tokens": 0, "extra_flops": 10.0}
+
+    def evaluate(self, loop):
+        self.evaluated.append(loop.step)
+        return {}
+
+
+@pytest.mark.parametrize("prior,last", [(0.0, 4), (15.0, 2)])
+def test_a_compute_budget_stops_the_run_after_the_step_that_spends_it(tmp_path, prior, last):
+    """max_flops: the step whose FLOPs reach the budget is the last (and is evaluated); FLOPs another stage spent
+    for this run (prior_flops: a PRM's training) count against the budget but not in this run's meter."""
+    model = Transformer(ModelConfig.preset("nano", vocab_size=64))
+    cfg = TrainConfig(max_steps=100, max_flops=35.0, eval_every=0, batch_size=4, progress=False)
+    loop = Loop(cfg, model, tmp_path / "run", stage_name="t")
+    loop.flops_per_token = 0.0
+    loop.prior_flops = prior
+    stage = _FlopsStage()
+    summary = loop.run(stage)
+    assert summary["steps"] == last and stage.evaluated == [last]
+    assert summary["cost"]["flops"] == 10.0 * last

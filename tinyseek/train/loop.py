@@ -100,6 +100,7 @@ class TrainConfig:
     """Knobs of the loop. Stage configs subclass this and add their model/data fields."""
 
     max_steps: int = 200  # optimizer steps in all (a resumed run continues to this)
+    max_flops: float = 0.0  # also stop once the cost meter's FLOPs reach this (0 = no compute budget)
     batch_size: int = 16  # sequences per optimizer step, over all ranks and micro-steps together
     grad_accum: int = 1  # micro-steps per optimizer step
     lr: float = 1e-3  # peak learning rate (AdamW)
@@ -152,6 +153,7 @@ class TrainConfig:
             "weight_decay",
             "grad_clip",
             "peak_tflops",
+            "max_flops",
             "gpu_hour_price",
             "cpu_hour_price",
             "adam_eps",
@@ -322,6 +324,9 @@ class Loop:
         self.step = 0
         self.tokens = 0
         self.flops = 0.0
+        # compute this run builds on that another stage spent (GRPO: its PRM's training): it counts against
+        # max_flops, not in this run's cost meter (the other stage's meter has it)
+        self.prior_flops = 0.0
         self.elapsed = 0.0
         self.bad_steps = 0
         self.bad_in_a_row = 0
@@ -610,6 +615,11 @@ class Loop:
         }
 
     # -- the run ------------------------------------------------------------------------------------
+    @property
+    def budget_spent(self) -> bool:
+        """The compute budget (`max_flops`) is used up: the step that crossed it was the last."""
+        return self.cfg.max_flops > 0 and self.flops + self.prior_flops >= self.cfg.max_flops
+
     def run(self, stage: Any) -> dict:
         cfg = self.cfg
         if self.resume_requested:
@@ -643,7 +653,7 @@ class Loop:
         t_prev = time.perf_counter()
         steps_this_run = 0
         time_this_run = 0.0
-        while self.step < cfg.max_steps and not self.stopped:
+        while self.step < cfg.max_steps and not self.stopped and not self.budget_spent:
             lr = lr_at(self.step, cfg)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
@@ -690,7 +700,7 @@ class Loop:
                     f"stopped, the weights of step {good} are saved in "
                     f"{self.run_dir / 'checkpoints' / f'step-{self.step}'}"
                 )
-            last = self.step == cfg.max_steps
+            last = self.step == cfg.max_steps or self.budget_spent
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
                 if hasattr(stage, "evaluate"):
                     self.last_eval = stage.evaluate(self)
@@ -711,7 +721,11 @@ class Loop:
                 self.save(stage)
                 t_prev = time.perf_counter()
         if steps_this_run == 0 and self.is_main:
-            print(f"nothing to do: already at step {self.step} of max_steps={cfg.max_steps}", flush=True)
+            print(
+                f"nothing to do: already at step {self.step} of max_steps={cfg.max_steps}"
+                + (f" (or the compute budget max_flops={cfg.max_flops:.3g} is spent)" if cfg.max_flops else ""),
+                flush=True,
+            )
         self.save(stage)  # the last step's trainer state (so a longer --max-steps can continue)
         self.save(stage, final=True)
         summary = self.summary()
