@@ -4,7 +4,7 @@ A recipe file looks like
 
     name = "demo"
     [[stage]]
-    kind = "pretrain"            # tasks | tokenizer | pretrain | sft | grpo | sample | distill | eval
+    kind = "pretrain"            # tasks | tokenizer | pretrain | sft | prm | grpo | sample | distill | eval
     name = "pretrain"            # its directory: RUN/pretrain/
     config = "pretrain.toml"     # optional: a config file (relative to the recipe), overlaid by the fields below
     steps = 300                  # any field of the stage's own config
@@ -52,8 +52,8 @@ from tinyseek.io import atomic_dir, write_json, write_jsonl
 
 MARKER = "stage.json"  # written last into RUN/<name>/: the stage is complete
 RECIPE_COPY = "recipe.json"  # the resolved recipe, written into RUN/ (the report reads the stage list from it)
-KINDS = ("tasks", "tokenizer", "pretrain", "sft", "grpo", "sample", "distill", "eval")
-TRAINING_KINDS = ("pretrain", "sft", "grpo", "distill")  # have --resume
+KINDS = ("tasks", "tokenizer", "pretrain", "sft", "prm", "grpo", "sample", "distill", "eval")
+TRAINING_KINDS = ("pretrain", "sft", "prm", "grpo", "distill")  # have --resume
 _RESERVED = ("kind", "name", "config", "quick")
 
 
@@ -201,6 +201,7 @@ def _command(kind: str) -> Callable[[list[str]], int]:
     from tinyseek.train.distill import cli_distill
     from tinyseek.train.grpo import cli_grpo
     from tinyseek.train.pretrain import cli_pretrain
+    from tinyseek.train.prm import cli_prm_train
     from tinyseek.train.sample import cli_sample
     from tinyseek.train.sft import cli_sft
 
@@ -208,6 +209,7 @@ def _command(kind: str) -> Callable[[list[str]], int]:
         "tokenizer": cli_tokenizer,
         "pretrain": cli_pretrain,
         "sft": cli_sft,
+        "prm": cli_prm_train,
         "grpo": cli_grpo,
         "sample": cli_sample,
         "distill": cli_distill,
@@ -498,6 +500,7 @@ RUNNERS: dict[str, Callable[[Stage, Path, bool], None]] = {
     "tokenizer": _run_tokenizer,
     "pretrain": _run_training,
     "sft": _run_training,
+    "prm": _run_training,
     "grpo": _run_training,
     "distill": _run_training,
     "sample": _run_sample,
