@@ -14,6 +14,16 @@ TRL are in grpo_loss.py). With `dynamic_sampling`, groups whose rewards are all 
 dropped from the update altogether (DAPO's dynamic sampling, without re-drawing: the step just has fewer
 sequences). Reference-model log-probs are taken under no_grad.
 
+Process supervision (`advantage = "process"`, DeepSeekMath §4.1.3): each completion is cut into reasoning steps
+(tinyseek.steps), each step gets a reward, from the exact step rule (`process_reward = "oracle"`: the step equals the
+worked solution's, every step before it too) or from a process reward model (`process_reward = "prm:PATH"`,
+tinyseek.train.prm: its score of the step), the rewards are normalised over every step of the group, and a token's
+advantage is the sum of the normalised rewards of its step and the later ones (grpo_loss.process_advantages).
+The reward functions are then only logged. A PRM's scoring of every rollout is counted in the cost meter, its
+training against `max_flops`; the PRM's score is logged against the truth on the policy's own samples
+(prm_score, prm_score_right / _wrong, prm_liked_wrong, prm_step_acc) to measure reward hacking, and the wrong
+samples it liked most go to RUN/prm_liked_wrong.jsonl.
+
 The model is a `Policy` (policy.py): a tinyseek checkpoint, or any transformers causal LM (a directory, a
 .gguf file, or `pkg:PACKAGE/FILE` for a file shipped in a pip package), whose own weights the update
 trains. Held-out accuracy is `tinyseek.evaluate` on the task's test side, with the prompts GRPO trains on.
@@ -61,6 +71,7 @@ from tinyseek.train.grpo_loss import (  # noqa: F401  (also public here: tinysee
     group_advantages,
     grpo_loss,
     kl_k3,
+    process_advantages,
     selective_log_softmax,
     token_logprobs,
 )
@@ -108,6 +119,10 @@ class GrpoConfig(TrainConfig):
         default_factory=lambda: ["accuracy"]
     )  # names or pkg.mod:func, comma-separated on the CLI
     reward_weights: list[float] = field(default_factory=list)  # default: 1 each
+    # outcome or process supervision (DeepSeekMath §4.1.3; tinyseek.steps defines the steps)
+    advantage: str = "outcome"  # outcome (one reward per completion) | process (per step: process_reward)
+    process_reward: str = ""  # advantage = process: oracle (the step rule; needs `solution`) | prm:PATH
+    step_separator: str = " "  # the oracle's step separator (a PRM brings its own)
     # the objective
     loss_type: str = "dapo"  # grpo | dr_grpo | dapo
     epsilon: float = 0.2  # clip range below (and above, unless epsilon_high)
@@ -159,6 +174,13 @@ class GrpoConfig(TrainConfig):
             "reward_weights",
             f"needs one weight per reward ({len(self.rewards)})",
         )
+        need(self.advantage in ("outcome", "process"), "advantage", "must be outcome or process")
+        need(
+            self.advantage == "outcome" or self.process_reward == "oracle" or self.process_reward.startswith("prm:"),
+            "process_reward",
+            "advantage = process needs process_reward = oracle or prm:PATH (a `tinyseek prm train` directory)",
+        )
+        need(bool(self.step_separator), "step_separator", "must be a non-empty string")
         need(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}")
         need(self.scale_rewards in SCALE_REWARDS, "scale_rewards", f"must be one of {', '.join(SCALE_REWARDS)}")
         need(0 <= self.epsilon < 1, "epsilon", "must be in [0, 1)")
@@ -281,7 +303,7 @@ class MicroBatch:
     slot: torch.Tensor  # [n] its index within the completion
     tgt: torch.Tensor  # [n] the token
     mask: torch.Tensor  # [b, L] 1 = the token counts in the loss (L = longest completion here)
-    adv: torch.Tensor  # [b]
+    adv: torch.Tensor  # [b], or [b, L] per-token (process supervision)
     tokens: int  # real (unpadded) tokens in the batch, for throughput
     real: torch.Tensor | None = None  # [b, T] bool, True at real (unpadded) positions: MoE statistics skip padding
     old: torch.Tensor | None = None  # [b, L] log-probs before this batch's first update (num_iterations > 1)
@@ -296,7 +318,8 @@ def build_micro_batches(
     micro_batch: int,
     pad_id: int,
 ) -> list[MicroBatch]:
-    """Sequences (prompt_i + completion_i) cut into micro-batches of `micro_batch` rows.
+    """Sequences (prompt_i + completion_i) cut into micro-batches of `micro_batch` rows. `adv` is [N] (one
+    advantage per sequence) or [N, max completion length] (one per token).
 
     Rows are sorted by length first so a micro-batch pads little. `loss_mask[i]` False masks a whole
     completion (a truncated one under mask_truncated_completions); its tokens are still counted nowhere.
@@ -329,7 +352,7 @@ def build_micro_batches(
                 torch.tensor(slot, dtype=torch.long),
                 torch.tensor(tgt, dtype=torch.long),
                 mask,
-                adv[idx].clone(),
+                adv[idx, :L].clone() if adv.dim() == 2 else adv[idx].clone(),
                 sum(len(prompts[i]) + len(completions[i]) for i in idx),
                 real,
             )
@@ -407,6 +430,11 @@ class GrpoStage:
         self.reward_names = list(cfg.rewards)
         self.prompts = PromptSource(cfg)
         self._heldout: list[dict] | None = None
+        self.scorer = None  # the PRM of process_reward = "prm:PATH"
+        self.liked_wrong: list[dict] = []  # samples the PRM scored above 0.5 that were wrong (reward hacking)
+        self._char_ends: dict = {}  # token id -> decoded length (where a completion's steps end)
+        if cfg.advantage == "process":
+            self._setup_process_reward()
 
     def rollouts(self, loop):
         """(where training completions come from, the in-process sampler for evaluation): train/rollout.py."""
@@ -418,12 +446,39 @@ class GrpoStage:
             self._rollout = self._sampler
         return self._rollout, self._sampler
 
-    # the prompts are a function of the step, so there is no data position to save
+    def _setup_process_reward(self) -> None:
+        """Load the PRM (tokenizer checked against the policy's), or check that the oracle's records carry worked
+        solutions whose steps the separator finds. Errors name the file (or the task)."""
+        from tinyseek.r1 import completion_text
+        from tinyseek.steps import check_separator
+        from tinyseek.train.prm import StepScorer
+
+        cfg, pol = self.cfg, self.policy
+        if cfg.process_reward.startswith("prm:"):
+            mcfg = getattr(pol.module, "cfg", None) or getattr(pol.module, "config", None)
+            self.scorer = StepScorer(
+                cfg.process_reward[4:], pol.tok, getattr(mcfg, "vocab_size", None), pol.source or cfg.model
+            )
+            return
+        if self.prompts.records is not None:
+            recs, where = self.prompts.records, lambda i: f"{cfg.data} record {i + 1}"
+        else:
+            recs, where = self.prompts.batch(0, min(cfg.batch_size, 8)), lambda i: f"task {cfg.task} record {i + 1}"
+        for i, r in enumerate(recs):
+            if not isinstance(r.get("solution"), str) or r.get("answer") is None:
+                raise ConfigError(
+                    f"process_reward: {where(i)} has no `solution` and `answer` (the oracle checks each step against "
+                    "the worked solution)"
+                )
+            check_separator(completion_text(r), cfg.step_separator, where(i))
+
+    # the prompts are a function of the step, so there is no data position to save (the PRM's liked-but-wrong
+    # samples are kept, so a resumed run's file is whole)
     def state_dict(self) -> dict:
-        return {"kind": "grpo"}
+        return {"kind": "grpo", "liked_wrong": self.liked_wrong} if self.liked_wrong else {"kind": "grpo"}
 
     def load_state_dict(self, d: dict) -> None:
-        pass
+        self.liked_wrong = list(d.get("liked_wrong", []))
 
     # -- one step ----------------------------------------------------------------------------------
     def train_step(self, loop) -> dict:
@@ -467,7 +522,15 @@ class GrpoStage:
         user_prompts = [r["prompt"] for r in rows]
         total, parts = self.reward(user_prompts, texts, **cols)
         r_t = torch.tensor(total, dtype=torch.float32)  # [P*G]
-        adv, std, informative = group_advantages(r_t, G, cfg.scale_rewards, cfg.std_threshold)
+        if cfg.advantage == "process":  # per-step rewards -> per-token advantages [P*G, L]
+            steps = self._step_rewards(rows, comps, prompt_ids, G)
+            lens_ = [len(c.token_ids) for c in comps]
+            adv, std, informative = process_advantages(
+                steps["rewards"], steps["ends"], lens_, G, cfg.scale_rewards, cfg.std_threshold
+            )
+            rollout_flops += steps["flops"]
+        else:
+            adv, std, informative = group_advantages(r_t, G, cfg.scale_rewards, cfg.std_threshold)
         keep = [i for i in range(len(comps)) if not cfg.dynamic_sampling or bool(informative[i // G])]
         truncated = [c.finish_reason == "length" for c in comps]
         m: dict = {}
@@ -487,10 +550,14 @@ class GrpoStage:
         m["clipped_frac"] = sum(truncated) / len(truncated)
         m["groups_informative"] = float(informative.float().mean())
         m["seqs_updated"] = len(keep)
-        a = adv[keep] if keep else torch.zeros(1)
+        if adv.dim() == 2:  # per-token advantages: statistics over the completions' real tokens
+            a = torch.cat([adv[i, : len(comps[i].token_ids)] for i in keep]) if keep else torch.zeros(1)
+            m.update(self._process_metrics(loop, rows, comps, steps, acc))
+        else:
+            a = adv[keep] if keep else torch.zeros(1)
         m["adv_mean"], m["adv_std"], m["adv_absmax"] = (
             float(a.mean()),
-            float(a.std()) if len(keep) > 1 else 0.0,
+            float(a.std()) if a.numel() > 1 else 0.0,
             float(a.abs().max()),
         )
         if cfg.sample_every and (loop.step + 1) % cfg.sample_every == 0 and loop.is_main:
@@ -511,8 +578,88 @@ class GrpoStage:
         m["rollout_tok_s"] = gen_tokens / t_roll if t_roll > 0 else 0.0
         m["update_tok_s"] = upd["tokens"] / t_upd if t_upd > 0 and keep else 0.0  # tokens already x num_iterations
         m["completions_per_s"] = len(comps) / (t_roll + t_upd) if t_roll + t_upd > 0 else 0.0
-        m["rollout_flops"] = rollout_flops
+        m["rollout_flops"] = rollout_flops  # with process_reward = prm:PATH, the PRM's scoring too (prm_flops)
         m["extra_flops"] = rollout_flops  # the loop adds it to the update's FLOPs in the cost meter
+        if self.scorer is not None and loop.step == 0:  # counted against max_flops (loop.prior_flops), not here
+            m["prm_train_flops"] = self.scorer.train_flops
+        return m
+
+    # -- process supervision ---------------------------------------------------------------------------
+    def _step_rewards(self, rows: list[dict], comps, prompt_ids: list[list[int]], G: int) -> dict:
+        """Each completion's steps (tinyseek.steps), where they end in its tokens, and their rewards: the PRM's
+        scores (process_reward = prm:PATH) or the oracle's 0/1. The oracle's verdict is kept beside the PRM's
+        whenever the records carry worked solutions, to measure the PRM on the policy's own samples."""
+        from tinyseek.r1 import completion_text
+        from tinyseek.steps import oracle_step_rewards, step_spans, token_char_ends, token_step_ends
+
+        cfg, pol = self.cfg, self.policy
+        sep = self.scorer.sep if self.scorer is not None else cfg.step_separator
+        ends, oracle = [], []
+        for r, c in zip(rows, comps):
+            spans = step_spans(c.text or "", sep)
+            ends.append(token_step_ends(spans, token_char_ends(pol.decode, c.token_ids, self._char_ends)))
+            if isinstance(r.get("solution"), str) and r.get("answer") is not None:
+                gold = {k: r[k] for k in ("task", "numbers", "target") if k in r}
+                oracle.append(oracle_step_rewards(c.text or "", completion_text(r), r["answer"], sep, **gold))
+            else:
+                oracle.append(None)
+        out = {"ends": ends, "oracle": oracle, "flops": 0.0, "prm": None}
+        if self.scorer is not None:
+            dev = next(pol.module.parameters()).device
+            if next(self.scorer.model.parameters()).device != dev:
+                self.scorer.model.to(dev)
+            prompts = [prompt_ids[i // G] for i in range(len(comps))]
+            toks = [c.token_ids for c in comps]
+            out["prm"] = self.scorer.score(prompts, toks, ends)
+            out["flops"] = self.scorer.flops(prompts, toks)
+            out["rewards"] = out["prm"]
+        else:
+            out["rewards"] = oracle
+        return out
+
+    def _process_metrics(self, loop, rows, comps, steps: dict, acc) -> dict:
+        """What the process reward said against what was true, on the policy's own samples: the oracle's share of
+        right steps; with a PRM, its mean score (the minimum over a sample's steps, as Math-Shepherd aggregates),
+        that score on right and on wrong answers, the share of wrong answers it liked (min score > 0.5), its
+        step accuracy against the oracle, and the scoring's FLOPs. The wrong samples it liked most go to
+        RUN/prm_liked_wrong.jsonl (two a step, the last 200)."""
+        m: dict = {"steps_mean": sum(len(e) for e in steps["ends"]) / max(1, len(comps))}
+        oracle = steps["oracle"]
+        if all(o is not None for o in oracle):
+            m["step_correct"] = sum(sum(o) for o in oracle) / max(1, sum(len(o) for o in oracle))
+        prm = steps["prm"]
+        if prm is None:
+            return m
+        m["prm_flops"] = steps["flops"]
+        right = [a == 1.0 for a in acc]
+        mins = [min(s) if s else 0.0 for s in prm]
+        m["prm_score"] = sum(mins) / len(mins)
+        m["prm_score_right"] = _mean_ignoring_none([s if r else None for s, r in zip(mins, right)])
+        m["prm_score_wrong"] = _mean_ignoring_none([None if r else s for s, r in zip(mins, right)])
+        wrong = [i for i, r in enumerate(right) if not r]
+        liked = [i for i in wrong if mins[i] > 0.5]
+        m["prm_liked_wrong"] = len(liked) / len(wrong) if wrong else 0.0
+        if all(o is not None for o in oracle):
+            agree = [(p > 0.5) == (o >= 0.5) for s, os_ in zip(prm, oracle) for p, o in zip(s, os_)]
+            m["prm_step_acc"] = sum(agree) / max(1, len(agree))
+        if liked:
+            from tinyseek.io import write_jsonl
+
+            self.liked_wrong += [
+                {
+                    "step": loop.step + 1,
+                    "prompt": rows[i].get("prompt"),
+                    "answer": rows[i].get("answer"),
+                    "completion": comps[i].text,
+                    "prm_min_score": round(mins[i], 4),
+                    "prm_step_scores": [round(x, 4) for x in prm[i]],
+                    "oracle_steps": oracle[i],
+                }
+                for i in sorted({comps[i].text: i for i in liked}.values(), key=lambda i: -mins[i])[:2]
+            ]
+            self.liked_wrong = self.liked_wrong[-200:]
+            if loop.is_main:
+                write_jsonl(self.run_dir / "prm_liked_wrong.jsonl", self.liked_wrong)
         return m
 
     def _update(self, loop, prompts, completions, adv, loss_mask) -> dict:
@@ -624,7 +771,8 @@ class GrpoStage:
                     "tokens": len(comps[i].token_ids),
                     "reward": total[i],
                     "rewards": {k: v[i] for k, v in parts.items()},
-                    "advantage": float(adv[i]),
+                    # process supervision: the first token's advantage (the sum over every step)
+                    "advantage": float(adv[i]) if adv.dim() == 1 else float(adv[i, 0]),
                 }
                 for i in range(min(self.cfg.samples_logged, len(comps)))
             ),
@@ -721,7 +869,10 @@ def build_stage(cfg: GrpoConfig, run_dir, resume: bool = False):
         from tinyseek.train.rollout import ServerRollout
 
         rollout = ServerRollout(policy, cfg.rollout_url, cfg.rollout_api_key, Path(run_dir) / "rollout_weights")
-    return loop, GrpoStage(cfg, policy, ref, run_dir, rollout=rollout)
+    stage = GrpoStage(cfg, policy, ref, run_dir, rollout=rollout)
+    if stage.scorer is not None:  # a learned PRM's training is part of this arm's compute budget
+        loop.prior_flops = stage.scorer.train_flops
+    return loop, stage
 
 
 def cli_grpo(argv: list[str]) -> int:
