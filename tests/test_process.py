@@ -121,3 +121,82 @@ def test_loss_takes_per_token_advantages():
         grpo_loss(logp, logp.detach(), torch.tensor([[2.0, 0.0], [0.0, -1.0]]), mask, loss_type="dapo").loss, logp
     )
     assert torch.allclose(g, torch.tensor([[-2.0, 0.0], [0.0, 1.0]]) / 4)  # -A / tokens at ratio 1
+
+
+# ----------------------------------------------------------------------------------------------
+# the recipe, quick: every arm runs and the report card shows the arms, their compute and the hacking curve
+
+
+@pytest.mark.slow
+def test_outcome_vs_process_quick_recipe_and_its_report(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ovp"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinyseek.cli",
+            "run",
+            "outcome-vs-process",
+            "--quick",
+            "--out",
+            str(run),
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert "grpo-prm" in p.stdout and "process (oracle)" in p.stdout  # the console shows the arms
+    rep = json.loads((run / "report" / "report.json").read_text())
+    ovp = rep["outcome_vs_process"]
+    arms = {a["stage"]: a for a in ovp["arms"]}
+    assert set(arms) == {"grpo-outcome", "grpo-oracle", "grpo-prm"}
+    assert arms["grpo-outcome"]["advantage"] == "outcome" and arms["grpo-oracle"]["process_reward"] == "oracle"
+    for a in arms.values():
+        assert a["flops"] > 0 and a["curve"] and a["curve"][0]["step"] == 0  # from the SFT evaluation on
+    prm_arm = arms["grpo-prm"]
+    prm_meta = json.loads((run / "prm" / "final" / "prm.json").read_text())
+    assert prm_arm["flops_prm_train"] == pytest.approx(prm_meta["train_flops"]) and prm_arm["flops_prm_scoring"] > 0
+    assert prm_arm["flops"] == pytest.approx(
+        prm_arm["flops_rollouts"] + prm_arm["flops_updates"] + prm_arm["flops_prm_train"] + prm_arm["flops_prm_scoring"]
+    )
+    series = prm_arm["hacking"]["series"]
+    assert len(series) == prm_arm["steps"] and all(0 <= r["prm_score"] <= 1 for r in series)
+    assert ovp["prm"] and 0 <= ovp["prm"][0]["step_acc"] <= 1
+    md = (run / "report" / "report.md").read_text()
+    assert "## Outcome rewards vs process rewards" in md and "Reward hacking" in md
+    assert (run / "report" / "outcome_vs_process.png").is_file()
+    # the whole run's FLOPs count the PRM's training once (in the prm stage, not again in the PRM arm)
+    stages = {s["name"]: s for s in rep["stages"]}
+    assert stages["grpo-prm"]["flops"] == pytest.approx(prm_arm["flops"] - prm_arm["flops_prm_train"])
+
+
+def test_grpo_oracle_needs_worked_solutions_with_a_separator(tmp_path):
+    from tinyseek.io import write_jsonl
+    from tinyseek.train.grpo import GrpoConfig, GrpoStage, PromptSource
+
+    data = tmp_path / "rl.jsonl"
+    write_jsonl(data, [{"prompt": "1+2=", "answer": "3"}])
+    cfg = GrpoConfig(model="x", data=str(data), advantage="process", process_reward="oracle")
+    cfg.validate()
+
+    class _Stage(GrpoStage):  # the check alone, without a policy
+        def __init__(self, cfg):
+            self.cfg, self.prompts, self.policy = cfg, PromptSource(cfg), None
+
+    # user rows without a worked solution get the answer as their "solution": one step, no separator
+    with pytest.raises(TinyseekError, match=rf"{data} record 1: no step separator ' '"):
+        _Stage(cfg)._setup_process_reward()
+    write_jsonl(data, [{"prompt": "1+2=", "answer": "3", "solution": "1+2+0=03 so 3"}])
+    _Stage(cfg)._setup_process_reward()  # a worked solution with steps: fine
+    with pytest.raises(ConfigError, match="process_reward"):
+        GrpoConfig(model="x", advantage="process").validate()

@@ -205,6 +205,11 @@ def given(stage: dict, run: Path) -> str:
         return f"next-token + MTP on {src or f.get('tasks')}, {steps}"
     if kind == "sft":
         return f"worked traces {counted('data')}, {f.get('max_steps')} steps x {f.get('batch_size')}"
+    if kind == "prm":
+        return (
+            f"traces {counted('data') or f.get('task')} from {_short(f.get('init'), run)}, one step of each corrupted "
+            f"(labels good before it, bad from it on); {f.get('max_steps')} steps x {f.get('batch_size')}"
+        )
     if kind == "grpo":
         src = counted("data") if f.get("data") else f"task {f.get('task')}"
         return (
@@ -536,6 +541,9 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
         "prices": {"cpu_hour_usd": cpu_price, "gpu_hour_usd": gpu_price},
         "plots": [],
     }
+    ovp = outcome_vs_process(data)
+    if ovp is not None:
+        rep["outcome_vs_process"] = ovp
     return rep
 
 
@@ -731,6 +739,8 @@ def render_markdown(rep: dict) -> str:
             f"{k} {_f(v['first'], '{:.3g}')} -> {_f(v['last'], '{:.3g}')}" for k, v in r.items() if isinstance(v, dict)
         ]
         out += ["## Reinforcement learning", "", f"{r['stage']}: {r['steps']} steps; " + "; ".join(bits) + ".", ""]
+    if rep.get("outcome_vs_process"):
+        out += render_outcome_vs_process(rep["outcome_vs_process"])
     out += (
         ["## Stages", "", "What each stage was given:", ""]
         + [f"- **{r['name']}** ({r['kind']}): {r['given']}" for r in rep["stages"]]
@@ -759,6 +769,8 @@ def render_console(rep: dict) -> str:
     parts = [f"report card: {rep['run']}   ({rep['machine']})", "", fmt(*accuracy_rows(rep))]
     if rep["comparisons"]:
         parts += ["", fmt(*comparison_rows(rep))]
+    if rep.get("outcome_vs_process"):
+        parts += ["", fmt(*ovp_arm_rows(rep["outcome_vs_process"]))]
     parts += [
         "",
         fmt(*stage_rows(rep)),
@@ -934,6 +946,274 @@ def plot_expert_load(data: dict, path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
+# outcome vs process rewards (recipes/outcome-vs-process.toml): its own section, read from the same files
+
+
+def _windows(rows: list[dict], keys: tuple[str, ...], n: int = 5) -> list[dict]:
+    """Means of `keys` over n consecutive windows of steps (rows without a key are skipped for that key)."""
+    out = []
+    size = max(1, -(-len(rows) // n))
+    for s in range(0, len(rows), size):
+        part = rows[s : s + size]
+        w = {"steps": [part[0]["step"], part[-1]["step"]]}
+        for k in keys:
+            v = [r[k] for r in part if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+            w[k] = sum(v) / len(v) if v else None
+        out.append(w)
+    return out
+
+
+def outcome_vs_process(data: dict) -> dict | None:
+    """The GRPO arms of a run that has a process-supervised one (advantage = process): each arm's held-out pass@1
+    over steps and FLOPs with 95% intervals, its compute (rollouts, updates, the PRM's training and scoring),
+    the PRM's held-out step accuracy, and the PRM arm's reward hacking (the PRM's score against the truth on the
+    policy's own samples, and samples it liked that were wrong). None for a run without a process arm."""
+    grpo = [s for s in data["stages"] if s["kind"] == "grpo" and s["metrics"]]
+    if not any(s["fields"].get("advantage") == "process" for s in grpo):
+        return None
+    run = data["run"]
+    eval_of_model = {_stage_of(s["eval"].get("model"), run): s["eval"] for s in data["stages"] if s["eval"]}
+    arms = []
+    for s in grpo:
+        f, ms = s["fields"], s["metrics"]
+        prm_train = sum(r.get("prm_train_flops", 0.0) for r in ms)
+        scoring = sum(r.get("prm_flops", 0.0) for r in ms)
+        rollouts = sum(r.get("rollout_flops", 0.0) for r in ms) - scoring
+        own = ms[-1].get("total_flops")  # the stage's cost meter; the PRM's training is the prm stage's
+        total = None if own is None else own + prm_train
+        curve = []
+        start = eval_of_model.get(_stage_of(f.get("model"), run))
+        if start and _value(start, "pass@1") is not None:
+            curve.append(
+                {
+                    "step": 0,
+                    "flops": prm_train,
+                    "pass@1": _value(start, "pass@1"),
+                    "ci95": _value(start, "pass@1", "ci95"),
+                }
+            )
+        curve += [
+            {
+                "step": r["step"],
+                "flops": None if r.get("total_flops") is None else r["total_flops"] + prm_train,
+                "pass@1": r["eval_pass1"],
+                "ci95": [r.get("eval_pass1_lo"), r.get("eval_pass1_hi")],
+            }
+            for r in ms
+            if isinstance(r.get("eval_pass1"), (int, float))
+        ]
+        arm = {
+            "stage": s["name"],
+            "advantage": f.get("advantage", "outcome"),
+            "process_reward": f.get("process_reward") or None,
+            "steps": ms[-1]["step"],
+            "max_flops": f.get("max_flops"),
+            "flops": total,
+            "flops_rollouts": rollouts,
+            "flops_updates": None if own is None else own - rollouts - scoring,
+            "flops_prm_train": prm_train,
+            "flops_prm_scoring": scoring,
+            "wall_s": (s["marker"] or {}).get("wall_s"),
+            "curve": curve,
+            "final": curve[-1] if curve else None,
+            "train_accuracy": _windows(ms, ("accuracy",), 1)[0]["accuracy"] if ms else None,
+        }
+        if any("step_correct" in r for r in ms):
+            arm["step_correct"] = [ms[0].get("step_correct"), ms[-1].get("step_correct")]
+        if any("prm_score" in r for r in ms):
+            keys = ("prm_score", "accuracy", "prm_liked_wrong", "prm_step_acc", "prm_score_right", "prm_score_wrong")
+            arm["hacking"] = {
+                "series": [{"step": r["step"], **{k: r.get(k) for k in keys}} for r in ms],
+                "windows": _windows(ms, keys),
+            }
+            liked = s["dir"] / "prm_liked_wrong.jsonl"
+            if liked.is_file():
+                rows = [json.loads(x) for x in liked.read_text(encoding="utf-8").splitlines() if x.strip()]
+                arm["liked_wrong_examples"] = sorted(rows, key=lambda r: (-r["step"], -r["prm_min_score"]))[:3]
+                arm["liked_wrong_logged"] = len(rows)
+        arms.append(arm)
+    base = next((a for a in arms if a["advantage"] == "outcome"), None)
+    for a in arms:
+        if base is not None and a is not base and a["final"] and base["final"]:
+            a["vs_outcome_points"] = 100 * (a["final"]["pass@1"] - base["final"]["pass@1"])
+            a["vs_outcome_ci_disjoint"] = _ci_disjoint(a["final"]["ci95"], base["final"]["ci95"])
+    prm = []
+    for s in data["stages"]:
+        if s["kind"] == "prm" and s["summary"]:
+            ev = s["summary"].get("eval") or {}
+            prm.append(
+                {
+                    "stage": s["name"],
+                    "train_steps": s["summary"].get("steps"),
+                    "flops": (s["summary"].get("cost") or {}).get("flops"),
+                    **{k[5:]: v for k, v in ev.items() if k.startswith("eval_")},
+                }
+            )
+    return {"arms": arms, "prm": prm}
+
+
+def ovp_arm_rows(ovp: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["arm", "advantage", "steps", "FLOPs", "PRM train + scoring", "held-out pass@1 %", "95% CI", "vs outcome"]
+    rows = []
+    for a in ovp["arms"]:
+        fin = a["final"] or {}
+        vs = a.get("vs_outcome_points")
+        rows.append(
+            [
+                a["stage"],
+                a["advantage"] + (f" ({a['process_reward']})" if a["process_reward"] else ""),
+                _f(a["steps"], "{}"),
+                _human(a["flops"]),
+                _human(a["flops_prm_train"] + a["flops_prm_scoring"]) if a["flops_prm_train"] else "—",
+                _pct(fin.get("pass@1")),
+                _ci(fin.get("ci95")),
+                "—"
+                if vs is None
+                else f"{vs:+.1f}" + (" (CIs disjoint)" if a.get("vs_outcome_ci_disjoint") else " (CIs overlap)"),
+            ]
+        )
+    return head, rows
+
+
+def render_outcome_vs_process(ovp: dict) -> list[str]:
+    out = ["## Outcome rewards vs process rewards", ""] + _table(*ovp_arm_rows(ovp)) + [""]
+    out += [
+        "Each arm starts from the same checkpoint and stops when its cost meter reaches the common compute budget "
+        "(max_flops): rollouts, updates, and for a learned PRM its training and its scoring of every rollout. "
+        "pass@1 is on the held-out problems at the evaluation protocol, with 95% intervals over problems.",
+        "",
+    ]
+    curve = [
+        [a["stage"], f"{p['step']}", _human(p["flops"]), _pct(p["pass@1"]), _ci(p["ci95"])]
+        for a in ovp["arms"]
+        for p in a["curve"]
+    ]
+    out += ["### Held-out pass@1 over training", ""] + _table(
+        ["arm", "step", "FLOPs so far", "pass@1 %", "95% CI"], curve
+    )
+    out += [""]
+    comp = [
+        [
+            a["stage"],
+            _human(a["flops_rollouts"]),
+            _human(a["flops_updates"]),
+            _human(a["flops_prm_train"]) if a["flops_prm_train"] else "—",
+            _human(a["flops_prm_scoring"]) if a["flops_prm_scoring"] else "—",
+            _f(a["wall_s"]),
+        ]
+        for a in ovp["arms"]
+    ]
+    out += ["### Compute per arm", ""] + _table(
+        ["arm", "rollouts", "updates", "PRM training", "PRM scoring", "wall s"], comp
+    )
+    out += [""]
+    for p in ovp["prm"]:
+        out += [
+            f"The PRM (`{p['stage']}`, {p.get('train_steps')} steps, {_human(p.get('flops'))} FLOPs), on held-out "
+            f"traces and one corruption of each: step accuracy {_pct(p.get('step_acc'))}% (good steps "
+            f"{_pct(p.get('good_step_acc'))}%, bad steps {_pct(p.get('bad_step_acc'))}%); the corrupted step scored "
+            f"below its gold version in {_pct(p.get('pair_acc'))}% of {p.get('pairs')} pairs.",
+            "",
+        ]
+    for a in ovp["arms"]:
+        h = a.get("hacking")
+        if not h:
+            continue
+        rows = [
+            [
+                f"{w['steps'][0]}-{w['steps'][1]}",
+                _f(w["prm_score"], "{:.3f}"),
+                _pct(w["accuracy"]),
+                _pct(w["prm_score_right"]),
+                _pct(w["prm_score_wrong"]),
+                _pct(w["prm_liked_wrong"]),
+                _pct(w["prm_step_acc"]),
+            ]
+            for w in h["windows"]
+        ]
+        out += [f"### Reward hacking: what the PRM said vs what was true ({a['stage']})", ""]
+        out += _table(
+            [
+                "steps",
+                "PRM score (min over steps)",
+                "true accuracy %",
+                "PRM score of right answers %",
+                "of wrong answers %",
+                "wrong answers it liked %",
+                "PRM step accuracy vs the rule %",
+            ],
+            rows,
+        )
+        out += [
+            "",
+            "On the policy's own rollouts at each step: a PRM score that rises while the accuracy does not, a "
+            "shrinking gap between its scores of right and wrong answers, or a growing share of wrong answers scored "
+            "above 0.5 is the policy learning what the PRM likes rather than what is right.",
+            "",
+        ]
+        for ex in a.get("liked_wrong_examples", []):
+            out.append(
+                f"- step {ex['step']}, `{ex['prompt']}` (answer {ex['answer']}), PRM min score "
+                f"{ex['prm_min_score']:.2f}, step rule {ex.get('oracle_steps')}: `{' '.join(ex['completion'].split())}`"
+            )
+        if a.get("liked_wrong_examples"):
+            out += [
+                "",
+                f"(wrong samples the PRM liked most, {a.get('liked_wrong_logged')} logged in {a['stage']}/"
+                "prm_liked_wrong.jsonl)",
+                "",
+            ]
+    return out
+
+
+def plot_outcome_vs_process(ovp: dict | None, path: Path) -> bool:
+    """Held-out pass@1 of every arm against FLOPs spent (95% bands), and the PRM arm's score vs true accuracy."""
+    if not ovp:
+        return False
+    plt = _plt()
+    hack = [a for a in ovp["arms"] if a.get("hacking")]
+    fig, axes = plt.subplots(1, 1 + bool(hack), figsize=(6 + 5 * bool(hack), 3.6), squeeze=False)
+    ax = axes[0][0]
+    for a in ovp["arms"]:
+        pts = [p for p in a["curve"] if p["flops"] is not None]
+        if not pts:
+            continue
+        xs = [p["flops"] for p in pts]
+        line = ax.plot(xs, [100 * p["pass@1"] for p in pts], "o-", markersize=3, label=a["stage"])[0]
+        if all(p["ci95"] and None not in p["ci95"] for p in pts):
+            ax.fill_between(
+                xs,
+                [100 * p["ci95"][0] for p in pts],
+                [100 * p["ci95"][1] for p in pts],
+                alpha=0.15,
+                color=line.get_color(),
+            )
+    ax.set_xlabel("FLOPs spent (PRM training and scoring included)")
+    ax.set_title("held-out pass@1 % (95% CI)", fontsize=9)
+    ax.legend(fontsize=7)
+    if hack:
+        ax = axes[0][1]
+        a = hack[0]
+        ser = a["hacking"]["series"]
+        for k, label in (
+            ("prm_score", "PRM score (min over steps)"),
+            ("accuracy", "true accuracy"),
+            ("prm_liked_wrong", "wrong answers the PRM liked"),
+        ):
+            pts = [(r["step"], r[k]) for r in ser if isinstance(r.get(k), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), ".-", markersize=2, lw=0.8, label=label)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("GRPO step")
+        ax.set_title(f"{a['stage']}: the PRM's verdict vs the truth on its own rollouts", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
 # writing
 
 
@@ -953,6 +1233,7 @@ def write_report(
                 ("losses.png", plot_losses, data),
                 ("rl.png", plot_rl, data),
                 ("expert_load.png", plot_expert_load, data),
+                ("outcome_vs_process.png", plot_outcome_vs_process, rep.get("outcome_vs_process")),
             ):
                 if fn(arg, tmp / name):
                     rep["plots"].append(str(run / REPORT_DIR / name))
