@@ -212,9 +212,21 @@ def given(stage: dict, run: Path) -> str:
         )
     if kind == "grpo":
         src = counted("data") if f.get("data") else f"task {f.get('task')}"
+        budget = f", until {f['max_flops']:.3g} FLOPs" if f.get("max_flops") else ""
+        if f.get("advantage") == "process":  # process supervision: what judged the steps is what it was given
+            pr = str(f.get("process_reward", ""))
+            judge = (
+                "each step checked against the worked solution by the step rule (the policy never trains on a trace)"
+                if pr == "oracle"
+                else f"each step scored by the PRM {_short(pr[4:], run)}"
+            )
+            return (
+                f"prompts and answers from {src}; {judge}; up to {f.get('max_steps')} steps x {f.get('batch_size')} "
+                f"prompts x {f.get('group_size')} samples{budget}"
+            )
         return (
             f"prompts and answers only (no traces) from {src}; rewards {f.get('rewards')}; "
-            f"{f.get('max_steps')} steps x {f.get('batch_size')} prompts x {f.get('group_size')} samples"
+            f"{f.get('max_steps')} steps x {f.get('batch_size')} prompts x {f.get('group_size')} samples{budget}"
         )
     if kind == "sample":
         st = _read_json(stage["dir"] / "stats.json") or {}
