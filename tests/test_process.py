@@ -174,6 +174,9 @@ def test_outcome_vs_process_quick_recipe_and_its_report(tmp_path):
     assert ovp["prm"] and 0 <= ovp["prm"][0]["step_acc"] <= 1
     md = (run / "report" / "report.md").read_text()
     assert "## Outcome rewards vs process rewards" in md and "Reward hacking" in md
+    from test_report import check_md_against_json
+
+    assert check_md_against_json(md, rep) > 50  # every number of every table is one of report.json's
     assert (run / "report" / "outcome_vs_process.png").is_file()
     # the whole run's FLOPs count the PRM's training once (in the prm stage, not again in the PRM arm)
     stages = {s["name"]: s for s in rep["stages"]}

@@ -233,7 +233,7 @@ def test_rl_curve_and_same_start_comparisons(tmp_path):
 
 
 NUM = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?")
-LABEL_COLUMNS = {"stage", "model", "kind", "vs", "", "from", "other stage", "GRPO stage"}
+LABEL_COLUMNS = {"stage", "model", "kind", "vs", "", "from", "other stage", "GRPO stage", "arm", "advantage"}
 UNITS = (1.0, 100.0, 1e-6, 1 / 3600)  # as is, percent, millions (params), hours (wall time)
 
 
@@ -281,6 +281,14 @@ def check_md_against_json(md: str, rep: dict) -> int:
         ("stage", "kind"): rep["stages"],
         ("", "FLOPs"): rep["cost"],
     }
+    ovp = rep.get("outcome_vs_process")  # recipes/outcome-vs-process.toml's section
+    if ovp:
+        sources[("arm", "advantage")] = ovp["arms"]
+        sources[("arm", "step")] = [p for a in ovp["arms"] for p in a["curve"]]
+        sources[("arm", "rollouts")] = ovp["arms"]
+        sources[("steps", "PRM score (min over steps)")] = [
+            w for a in ovp["arms"] if a.get("hacking") for w in a["hacking"]["windows"]
+        ]
     checked = 0
     for head, rows in md_tables(md):
         assert tuple(head[:2]) in sources, f"a table this check does not know yet: {head}"
@@ -335,7 +343,8 @@ def test_h200_projection_prices_generated_tokens_at_the_generation_rate(run):
     assert f"{gen:,} generated tokens" in proj["basis"] and f"GRPO rollouts {rollouts:,}" in proj["basis"]
 
 
-def test_shipped_report_card_names_no_machine_directory():
+@pytest.mark.parametrize("card", ["demo-report.md", "outcome-vs-process-report.md"])
+def test_shipped_report_card_names_no_machine_directory(card):
     """docs/demo-report.md is read on other machines: no temporary or home directory of the one it ran on."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "demo-report.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / card).read_text()
     assert not re.search(r"(?<![\w.])/(tmp|work|home|root|Users)/", text)

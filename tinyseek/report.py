@@ -1014,10 +1014,13 @@ def outcome_vs_process(data: dict) -> dict | None:
             for r in ms
             if isinstance(r.get("eval_pass1"), (int, float))
         ]
+        pr = f.get("process_reward") or None
+        if isinstance(pr, str) and pr.startswith("prm:"):
+            pr = "prm:" + _short(pr[4:], run)
         arm = {
             "stage": s["name"],
             "advantage": f.get("advantage", "outcome"),
-            "process_reward": f.get("process_reward") or None,
+            "process_reward": pr,
             "steps": ms[-1]["step"],
             "max_flops": f.get("max_flops"),
             "flops": total,
@@ -1025,6 +1028,7 @@ def outcome_vs_process(data: dict) -> dict | None:
             "flops_updates": None if own is None else own - rollouts - scoring,
             "flops_prm_train": prm_train,
             "flops_prm_scoring": scoring,
+            "flops_prm": prm_train + scoring,
             "wall_s": (s["marker"] or {}).get("wall_s"),
             "curve": curve,
             "final": curve[-1] if curve else None,
@@ -1076,7 +1080,7 @@ def ovp_arm_rows(ovp: dict) -> tuple[list[str], list[list[str]]]:
                 a["advantage"] + (f" ({a['process_reward']})" if a["process_reward"] else ""),
                 _f(a["steps"], "{}"),
                 _human(a["flops"]),
-                _human(a["flops_prm_train"] + a["flops_prm_scoring"]) if a["flops_prm_train"] else "—",
+                _human(a["flops_prm"]) if a["flops_prm"] else "—",
                 _pct(fin.get("pass@1")),
                 _ci(fin.get("ci95")),
                 "—"
