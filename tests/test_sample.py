@@ -28,6 +28,9 @@ def test_select_keeps_only_verified_well_formed_finished():
     assert [r["completion"] for r in rows] == [GOOD, GOOD_SHORT]
     assert rows[0]["prompt"] == REC["prompt"] and rows[0]["answer"] == "42"
     assert stats["verified"] == 2 and stats["completions"] == 6 and stats["problems_kept"] == 1
+    # accept="any" (a pipeline's smoke test) keeps every completion; the statistics still count the verified
+    rows, stats = S.select([REC], comps, accept="any")
+    assert [r["completion"] for r in rows] == [c[0] for c in comps[0]] and stats["verified"] == 2
 
 
 def test_select_shortest_and_dedup():
@@ -88,9 +91,17 @@ def test_cli_writes_sft_rows_that_sft_reads(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "stage" / "stats.json").read_text())["problems_kept"] == 3
 
 
+def _toml(tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text('model = "ckpt"\ntask = "arithmetic"\naccept = "some"\n')
+    return p
+
+
 def test_bad_config_is_one_line_error(tmp_path):
     with pytest.raises(ConfigError, match="task"):
         S.cli_sample(["ckpt", "--out", str(tmp_path / "x.jsonl")])
+    with pytest.raises(ConfigError, match="accept"):
+        S.cli_sample(["--config", str(_toml(tmp_path)), "--out", str(tmp_path / "x.jsonl")])
     with pytest.raises(ConfigError, match="samples"):
         S.cli_sample(["ckpt", "--task", "arithmetic", "--samples", "0", "--out", str(tmp_path / "x.jsonl")])
     assert not (tmp_path / "x.jsonl").exists()

@@ -48,6 +48,7 @@ class SampleConfig:
     system_prompt: str = ""
     shortest: bool = False
     dedup: bool = False
+    accept: str = "verified"  # verified (rejection sampling) | any: every completion, for smoke tests of a pipeline
     threads: int = 0  # torch CPU threads (0 = default)
     batch: int = 256  # sequences decoded together
 
@@ -61,6 +62,8 @@ class SampleConfig:
                 raise ConfigError(f"{name}: must be >= 1 (got {getattr(self, name)!r})")
         if not self.temperature > 0:
             raise ConfigError(f"temperature: rejection sampling needs temperature > 0 (got {self.temperature!r})")
+        if self.accept not in ("verified", "any"):
+            raise ConfigError(f"accept: must be verified or any (got {self.accept!r})")
         if self.split not in ("train", "test"):
             raise ConfigError(f"split: must be train or test (got {self.split!r})")
 
@@ -70,9 +73,15 @@ def _norm(text: str) -> str:
 
 
 def select(
-    records: list[dict], completions: list[list[tuple[str, int, str]]], shortest: bool = False, dedup: bool = False
+    records: list[dict],
+    completions: list[list[tuple[str, int, str]]],
+    shortest: bool = False,
+    dedup: bool = False,
+    accept: str = "verified",
 ) -> tuple[list[dict], dict]:
     """Keep the verified completions. completions[i] lists (text, n_tokens, finish_reason) for records[i].
+    accept="any" keeps every completion, verified or not (the quick demo's never-right teacher still feeds its
+    student), and the statistics still count the verified ones.
 
     Returns (rows, stats): rows are {"prompt", "completion", "id", "task", "answer", "tokens"}.
     """
@@ -88,6 +97,8 @@ def select(
         good = [(t, n) for (t, n, reason), a, f in zip(comps, acc, fmt) if a == 1.0 and f == 1.0 and reason == "stop"]
         seen_total += len(comps)
         correct_total += len(good)
+        if accept == "any":
+            good = [(t, n) for t, n, _ in comps]
         if dedup:
             uniq, seen = [], set()
             for t, n in good:
@@ -164,7 +175,7 @@ def rejection_sample(cfg: SampleConfig) -> tuple[list[dict], dict]:
             k = cfg.samples
             mine.append((first + i, [(x.text, len(x.token_ids), x.finish_reason) for x in out[i * k : (i + 1) * k]]))
     comps = [c for _, c in sorted(gather(mine, d))]
-    rows, stats = select(records, comps, cfg.shortest, cfg.dedup)
+    rows, stats = select(records, comps, cfg.shortest, cfg.dedup, cfg.accept)
     stats["generated_tokens"] = sum(n for grp in comps for _, n, _ in grp)  # the report prices this stage's sampling
     return rows, stats
 
