@@ -348,3 +348,31 @@ def test_shipped_report_card_names_no_machine_directory(card):
     """docs/demo-report.md is read on other machines: no temporary or home directory of the one it ran on."""
     text = (Path(__file__).resolve().parents[1] / "docs" / card).read_text()
     assert not re.search(r"(?<![\w.])/(tmp|work|home|root|Users)/", text)
+
+
+def test_given_says_where_a_cold_start_stopped_and_names_gold_traces_a_student_saw(tmp_path):
+    """The card's "what each stage was given": a stopping rule is stated with the step it fired at, and a
+    distillation file from the tasks stage is named as gold traces, not as the teacher's samples."""
+    from tinyseek.report import given
+
+    run = tmp_path / "run"
+    for name, rows in (("tasks/sft.jsonl", 3), ("sample/sft.jsonl", 2)):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("{}\n" * rows)
+    sft = run / "sft"
+    sft.mkdir()
+    (sft / "summary.json").write_text(json.dumps({"steps": 180, "stopped_early": True}))
+    fields = {"data": [str(run / "tasks/sft.jsonl")], "max_steps": 400, "batch_size": 64}
+    stop = {**fields, "stop_accuracy": 0.5, "stop_data": str(run / "tasks/val.jsonl")}
+    text = given({"kind": "sft", "fields": stop, "dir": sft}, run)
+    assert "up to 400 steps" in text and "greedy accuracy 0.5 on tasks/val.jsonl" in text and "step 180" in text
+    assert "step 180" not in given({"kind": "sft", "fields": fields, "dir": sft}, run)
+
+    both = {"data": [str(run / "sample/sft.jsonl"), str(run / "tasks/sft.jsonl")], "teacher": str(run / "grpo/final")}
+    text = given({"kind": "distill", "fields": both, "dir": run / "distill"}, run)
+    assert (
+        "teacher's verified samples sample/sft.jsonl (2 rows)" in text
+        and "GOLD traces tasks/sft.jsonl (3 rows)" in text
+    )
+    only = given({"kind": "distill", "fields": {**both, "data": both["data"][:1]}, "dir": run / "distill"}, run)
+    assert "GOLD" not in only

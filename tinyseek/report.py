@@ -204,7 +204,14 @@ def given(stage: dict, run: Path) -> str:
         steps = f"{f.get('max_steps')} steps x {f.get('batch_size')} x {f.get('seq_len')} tokens"
         return f"next-token + MTP on {src or f.get('tasks')}, {steps}"
     if kind == "sft":
-        return f"worked traces {counted('data')}, {f.get('max_steps')} steps x {f.get('batch_size')}"
+        done = _read_json(stage["dir"] / "summary.json") or {}
+        steps = f"{f.get('max_steps')} steps x {f.get('batch_size')}"
+        if f.get("stop_accuracy") is not None:  # a cold start that ends at an accuracy, not at a step count
+            rule = f"greedy accuracy {f['stop_accuracy']:g} on {_short(f.get('stop_data'), run)}"
+            steps = f"up to {steps}, stopping at {rule}"
+            if done.get("stopped_early"):
+                steps += f" (reached at step {done.get('steps')})"
+        return f"worked traces {counted('data')}, {steps}"
     if kind == "prm":
         return (
             f"traces {counted('data') or f.get('task')} from {_short(f.get('init'), run)}, one step of each corrupted "
@@ -233,17 +240,23 @@ def given(stage: dict, run: Path) -> str:
         kept = _count_lines(stage["dir"] / "sft.jsonl")
         return (
             f"{f.get('n')} problems of {_short(f.get('data') or f.get('task'), run)} x {f.get('samples')} samples from "
-            f"{_short(f.get('model'), run)}; kept {kept} verified traces"
-            + (f" ({st['acceptance']:.0%} accepted)" if isinstance(st.get("acceptance"), float) else "")
+            f"{_short(f.get('model'), run)}; kept {kept} "
+            + ("completions, UNVERIFIED (accept = any)" if f.get("accept") == "any" else "verified traces")
+            + (f" ({st['acceptance']:.0%} of all samples verified)" if isinstance(st.get("acceptance"), float) else "")
         )
     if kind == "distill":
-        return (
-            f"{f.get('mode', 'blackbox')} from {_short(f.get('teacher'), run)}: verified traces {counted('data')}"
-            + (
-                f", KL {f.get('kd', 'forward')} on the teacher's top-{f.get('kd_top_k', 20)}"
-                if f.get("mode") == "whitebox"
-                else ""
-            )
+        # the teacher's own samples come from a sample stage; a file of the tasks stage is gold traces, which a
+        # student "taught by its teacher" must not have seen, so it is named as such
+        gold = [p for p in files("data") if _short(p, run).startswith("tasks/")]
+        sources = ", ".join(
+            ("GOLD traces " if p in gold else "the teacher's verified samples ")
+            + f"{_short(p, run)} ({_count_lines(p) if _count_lines(p) is not None else '?'} rows)"
+            for p in files("data")
+        )
+        return f"{f.get('mode', 'blackbox')} from {_short(f.get('teacher'), run)}: {sources}" + (
+            f", KL {f.get('kd', 'forward')} on the teacher's top-{f.get('kd_top_k', 20)}"
+            if f.get("mode") == "whitebox"
+            else ""
         )
     if kind == "eval":
         model, data = _short(f.get("model"), run), _short(f.get("data"), run)
