@@ -25,6 +25,10 @@ STAGE_OUTPUTS = {  # stage -> files it must leave
     "eval-grpo": ["eval.json"],
     "sft-control": ["final/model.safetensors", "metrics.jsonl", "summary.json"],
     "eval-sft-control": ["eval.json"],
+    "grpo-after-control": ["final/model.safetensors", "metrics.jsonl", "summary.json"],
+    "eval-grpo-after-control": ["eval.json"],
+    "sft-more": ["final/model.safetensors", "metrics.jsonl", "summary.json"],
+    "eval-sft-more": ["eval.json"],
     "sample": ["sft.jsonl"],
     "distill": ["final/model.safetensors", "metrics.jsonl", "summary.json", "teacher_topk.safetensors"],
     "eval-student": ["eval.json"],
@@ -70,7 +74,7 @@ def test_report_numbers_agree_with_metrics_and_eval_files(demo_run):
     run, _ = demo_run
     rep = json.loads((run / "report" / "report.json").read_text())
     ev = {e["stage"]: e for e in rep["evals"]}
-    assert set(ev) == {"eval-sft", "eval-grpo", "eval-sft-control", "eval-student"}
+    assert set(ev) == {f"eval-{s}" for s in ("sft", "grpo", "sft-control", "grpo-after-control", "sft-more", "student")}
     for name, e in ev.items():
         src = json.loads((run / name / "eval.json").read_text())
         K = src["samples"]
@@ -82,7 +86,7 @@ def test_report_numbers_agree_with_metrics_and_eval_files(demo_run):
         per = [sum(c or 0 for c in p["correct"]) / K for p in src["problems"]]
         assert e["pass@1"] == pytest.approx(sum(per) / len(per))
     st = {r["name"]: r for r in rep["stages"]}
-    for name in ("pretrain", "sft", "grpo", "sft-control", "distill"):
+    for name in ("pretrain", "sft", "grpo", "sft-control", "grpo-after-control", "sft-more", "distill"):
         metrics = read_metrics(run / name / "metrics.jsonl")
         summary = json.loads((run / name / "summary.json").read_text())
         assert st[name]["final_loss"] == metrics[-1]["loss"]
@@ -95,7 +99,14 @@ def test_report_numbers_agree_with_metrics_and_eval_files(demo_run):
         comp["grpo"]["parent"] == "sft"
         and comp["distill"]["parent"] == "grpo"
         and comp["sft-control"]["parent"] == "sft"
+        and comp["grpo-after-control"]["parent"] == "sft-control"
+        and comp["sft-more"]["parent"] == "sft-control"
     )
+    # R1's order is read against more SFT from the same start, at (about) the same compute
+    sib = {(x["a"], x["b"]) for x in rep["siblings"]}
+    assert ("grpo-after-control", "sft-more") in sib or ("sft-more", "grpo-after-control") in sib
+    # the held-out RL curve of both GRPO stages, step 0 being the start's evaluation
+    assert {c["stage"] for c in rep["rl_curves"]} == {"grpo", "grpo-after-control"}
     assert comp["distill"]["active_params_ratio"] <= 1 / 3
 
 

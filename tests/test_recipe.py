@@ -190,6 +190,28 @@ def test_the_demo_gives_every_stage_its_own_problems(tmp_path):
     assert set(roles) == set(names)
 
 
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_demo_student_learns_only_from_its_teacher(tmp_path, quick):
+    """Every file the demo's distillation reads is written by a sample stage of its own teacher, on prompts of
+    the distill split, which no training stage reads: no gold trace reaches the student."""
+    run = tmp_path / "run"
+    rec = R.load_recipe(R.recipes_dir() / "demo.toml", run, quick=quick)
+    by_dir = {str(run / s.name): s for s in rec.stages}
+    distills = [s for s in rec.stages if s.kind == "distill"]
+    assert distills
+    for d in distills:
+        for path in d.fields["data"]:
+            src = by_dir.get(str(Path(path).parent))
+            assert src is not None and src.kind == "sample", path
+            assert src.fields["model"] == d.fields["teacher"], (src.name, d.name)
+            assert src.fields["data"] == str(run / "tasks" / "distill.jsonl")
+    trained = [s for s in rec.stages if s.kind in ("pretrain", "sft", "grpo", "distill", "prm")]
+    listed = lambda v: [v] if isinstance(v, str) else (v or [])  # noqa: E731
+    read = {str(p) for s in trained for k in ("data", "text_files") for p in listed(s.fields.get(k))}
+    assert str(run / "tasks" / "rl.jsonl") in read  # (the check sees the stages' files)
+    assert str(run / "tasks" / "distill.jsonl") not in read
+
+
 @pytest.mark.parametrize(
     "fields, needle",
     [
