@@ -185,6 +185,61 @@ def test_loop_and_sorted_agree_when_experts_get_no_tokens(B, T):
     torch.testing.assert_close(out.logits, loop(x).logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("B,T", [(1, 1), (3, 1), (2, 16)])
+def test_dense_dispatch_agrees_with_the_loop_in_outputs_and_every_gradient(B, T):
+    """The decode path (every expert on every token, unchosen ones weighted 0) against the reference."""
+    d = make(nano(moe_impl="dense")).train()
+    loop = twin(d, moe_impl="loop").train()
+    x = tokens(B, T)
+    outs = []
+    for m in (d, loop):
+        out = m(x, targets=x.roll(-1, 1))
+        out.loss.backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[0].logits, outs[1].logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(outs[0].expert_load, outs[1].expert_load)
+    gl = dict(loop.named_parameters())
+    for name, p in d.named_parameters():
+        if gl[name].grad is None:  # the MTP block, with one token (nothing to predict two ahead)
+            assert T == 1 and p.grad is None and name.startswith("mtp."), name
+        else:
+            torch.testing.assert_close(p.grad, gl[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert d.layers[1].ffn.experts.w1.grad.abs().sum() > 0
+
+
+def test_sorted_dispatch_takes_the_dense_path_only_for_few_rows_per_expert(monkeypatch):
+    import tinyseek.model as model
+
+    cfg = nano()
+    E, K = cfg.n_routed_experts, cfg.n_activated_experts
+    limit = model.DENSE_MAX_ROWS_PER_EXPERT * E // K  # tokens
+    assert model.use_dense(limit, K, E) and not model.use_dense(limit + 1, K, E)
+    s = make(cfg)
+    calls = []
+    monkeypatch.setattr(model.Experts, "dense", lambda self, *a: calls.append("dense") or model.Experts.loop(self, *a))
+    x = tokens(1, limit + 1)
+    s(x)
+    assert calls == []
+    s(x[:, :limit])
+    assert calls == ["dense"] * cfg.n_moe_layers
+
+
+def test_decode_without_host_sync_equals_the_cached_forward():
+    """model.decode (the engine's compiled step) against forward(cache=...): same logits, same cache, same pos."""
+    m = make(nano())
+    x = tokens(3, 12)
+    ca, cb = KVCache(m.cfg, 4, 64), KVCache(m.cfg, 4, 64)
+    rows = torch.tensor([3, 0, 2])
+    for c in (ca, cb):
+        m(x[:, :9], cache=c, rows=rows)
+    for t in range(9, 12):
+        ref = m(x[:, t : t + 1], cache=ca, rows=rows).logits
+        got = m.decode(x[:, t : t + 1], cb, rows, t + 1)
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+    assert ca.pos.tolist() == cb.pos.tolist() == [12, 0, 12, 12]
+    torch.testing.assert_close(ca.latent[0], cb.latent[0], atol=1e-6, rtol=0)
+
+
 def test_padded_fallback_agrees_with_grouped_mm(monkeypatch):
     import tinyseek.model as model
 

@@ -360,7 +360,7 @@ class ModelConfig:
     mscale: float = 1.0
     # implementation switches: fast path and plain reference path (see tests)
     mla_impl: str = "absorbed"  # absorbed | naive
-    moe_impl: str = "sorted"  # sorted | loop
+    moe_impl: str = "sorted"  # sorted (dense while decoding: model.use_dense) | dense | loop (reference)
 
     # -- derived -----------------------------------------------------------------------------
     @property
@@ -427,7 +427,7 @@ class ModelConfig:
         need(self.rope_factor >= 1, "rope_factor", "must be >= 1")
         need(self.score_func in ("sigmoid", "softmax"), "score_func", "must be sigmoid or softmax")
         need(self.mla_impl in ("absorbed", "naive"), "mla_impl", "must be absorbed or naive")
-        need(self.moe_impl in ("sorted", "loop"), "moe_impl", "must be sorted or loop")
+        need(self.moe_impl in ("sorted", "dense", "loop"), "moe_impl", "must be sorted, dense or loop")
         need(self.mtp_loss_weight >= 0, "mtp_loss_weight", "must be >= 0")
         need(self.bias_update_speed >= 0, "bias_update_speed", "must be >= 0")
         need(self.seq_aux_alpha >= 0, "seq_aux_alpha", "must be >= 0")

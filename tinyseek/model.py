@@ -373,6 +373,18 @@ def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
     return _GROUPED_MM_OK[key]
 
 
+@torch.library.custom_op("tinyseek::grouped_mm", mutates_args=())
+def _grouped_mm_opaque(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """torch._grouped_mm as an op torch.compile does not trace into: its shape rule accepts only bf16 while the
+    eager CPU kernel runs fp32 too. Inference only (no autograd formula is registered)."""
+    return torch._grouped_mm(x, w, offs=offs)
+
+
+@_grouped_mm_opaque.register_fake
+def _(x, w, offs):
+    return x.new_empty(x.shape[0], w.shape[-1])
+
+
 class Experts(nn.Module):
     """Routed experts as 3D weights: w1/w3 [E, F, D] (gate/up), w2 [E, D, F] (down).
 
@@ -394,6 +406,19 @@ class Experts(nn.Module):
             y = (F.silu(h @ self.w1[e].t()) * (h @ self.w3[e].t())) @ self.w2[e].t()
             out_TD.index_add_(0, tok, y * weights_TK[tok, k, None].to(y.dtype))
         return out_TD
+
+    def dense(self, x_TD, weights_TK, experts_TK) -> torch.Tensor:
+        """Decode path: every expert on every token, with the routing weights as a dense [T, E] matrix (zero
+        where a token did not choose the expert). E/K times the arithmetic of the routed paths, but three
+        large matmuls instead of a small one per expert and projection, no sort and no data-dependent
+        shape (so it compiles whole): the faster path when experts hold a few tokens each (`use_dense`)."""
+        T, D = x_TD.shape
+        E, Fi, _ = self.w1.shape
+        w_TE = torch.zeros(T, E, device=x_TD.device, dtype=x_TD.dtype).scatter(1, experts_TK, weights_TK.to(x_TD.dtype))
+        g_TEF = F.linear(x_TD, self.w1.reshape(E * Fi, D)).view(T, E, Fi)
+        u_TEF = F.linear(x_TD, self.w3.reshape(E * Fi, D)).view(T, E, Fi)
+        h_ETF = (F.silu(g_TEF) * u_TEF * w_TE.unsqueeze(-1)).transpose(0, 1)  # unchosen experts: rows of zeros
+        return torch.bmm(h_ETF, self.w2.transpose(1, 2)).sum(0)  # [E, T, D] -> [T, D]
 
     def sorted(self, x_TD, weights_TK, experts_TK, counts_E) -> torch.Tensor:
         """Fast path: rows sorted by expert into one buffer, one grouped matmul per projection, no host sync.
@@ -418,13 +443,18 @@ class Experts(nn.Module):
         x_PD = torch.cat([x_TD, x_TD.new_zeros(1, D)]).index_select(0, src_P)  # backward: index_add, not a sort
         # torch.compile's shape rule for grouped_mm accepts only bf16 (eager CPU runs fp32 too)
         traced_fp32 = torch.compiler.is_compiling() and x_TD.dtype != torch.bfloat16
-        if _grouped_mm_works(x_TD.device, x_TD.dtype) and not traced_fp32:
+        works = _GROUPED_MM_OK.get((x_TD.device.type, x_TD.dtype))  # read, not probed, under compile: no graph break
+        if works is None:
+            works = _grouped_mm_works(x_TD.device, x_TD.dtype)
+        if works and (not traced_fp32 or not torch.is_grad_enabled()):
             offs_E = pend_E.to(torch.int32)
+            # inference under compile in fp32: the same kernel as an opaque op (see _grouped_mm_opaque)
+            mm = _grouped_mm_opaque if traced_fp32 else torch._grouped_mm
             # two products rather than one on cat([w1, w3]): the cat copied every expert's weights on every
             # call (2.4x slower at decode sizes on CPU, identical results; dev/LOG.md, engine entry)
-            g_PF = torch._grouped_mm(x_PD, self.w1.transpose(1, 2), offs=offs_E)
-            u_PF = torch._grouped_mm(x_PD, self.w3.transpose(1, 2), offs=offs_E)
-            y_PD = torch._grouped_mm(F.silu(g_PF) * u_PF, self.w2.transpose(1, 2), offs=offs_E)
+            g_PF = mm(x_PD, self.w1.transpose(1, 2), offs=offs_E)
+            u_PF = mm(x_PD, self.w3.transpose(1, 2), offs=offs_E)
+            y_PD = mm(F.silu(g_PF) * u_PF, self.w2.transpose(1, 2), offs=offs_E)
         else:
             y_PD = self._padded(x_PD, padded_E, pend_E, align)
         y_TKD = y_PD.index_select(0, slot_N).view(T, K, D)
@@ -443,6 +473,16 @@ class Experts(nn.Module):
         h = F.silu(torch.bmm(xp, self.w1.transpose(1, 2))) * torch.bmm(xp, self.w3.transpose(1, 2))
         y_ECD = torch.bmm(h, self.w2.transpose(1, 2))
         return x_PD.new_zeros(x_PD.shape[0], D).index_copy(0, row_EC[valid_EC], y_ECD[valid_EC])
+
+
+# `moe_impl = "sorted"` runs every expert densely (Experts.dense) while the routed rows per expert,
+# tokens * K / E, stay at or below this: decoding (a few tokens per expert), not prefill or training.
+DENSE_MAX_ROWS_PER_EXPERT = 2
+
+
+def use_dense(n_tokens: int, k: int, n_experts: int) -> bool:
+    """Whether `moe_impl = "sorted"` takes the dense path for a forward of `n_tokens` tokens (see above)."""
+    return n_tokens * k <= DENSE_MAX_ROWS_PER_EXPERT * n_experts
 
 
 def _group_align(device: torch.device, dtype: torch.dtype, n_rows: int, n_experts: int) -> int:
@@ -476,6 +516,8 @@ class MoE(nn.Module):
                 counts_BE = torch.zeros_like(counts_BE).scatter_add_(1, experts_TK.view(B, T * K), real_BTK)
         if self.cfg.moe_impl == "loop":
             y_TD = self.experts.loop(x_TD, weights_TK, experts_TK)
+        elif self.cfg.moe_impl == "dense" or (self.cfg.moe_impl == "sorted" and use_dense(B * T, K, E)):
+            y_TD = self.experts.dense(x_TD, weights_TK, experts_TK)
         else:
             y_TD = self.experts.sorted(x_TD, weights_TK, experts_TK, counts_E)
         if self.shared is not None:
@@ -618,7 +660,8 @@ class Transformer(nn.Module):
         ang = positions.float().unsqueeze(-1) * inv
         return ang.cos().to(dtype), ang.sin().to(dtype)
 
-    def _step(self, B: int, T: int, device, dtype, cache, rows, start=None, want_aux=False, real=None) -> _Step:
+    def _step(self, B: int, T: int, device, dtype, cache, rows, start=None, want_aux=False, real=None,
+              length: int | None = None) -> _Step:
         if cache is None:
             cos, sin = self._rope(torch.arange(T, device=device), dtype)
             return _Step(cos, sin, want_aux=want_aux, real=real)
@@ -631,7 +674,8 @@ class Transformer(nn.Module):
             raise TinyseekError(f"rows: expected {B} row ids, got {rows.numel()}")
         start = cache.pos[rows] if start is None else start
         positions = start[:, None] + torch.arange(T, device=device)  # [B, T]
-        length = int(positions[:, -1].max()) + 1  # the one host sync of a cached forward
+        if length is None:
+            length = int(positions[:, -1].max()) + 1  # the one host sync of a cached forward
         if length > cache.max_len:
             raise TinyseekError(f"cache: {length} positions needed, cache max_len is {cache.max_len}")
         # attend over a length rounded up to a multiple of 64 (masked): decoding then reuses a few matrix
@@ -681,6 +725,21 @@ class Transformer(nn.Module):
         if not compute_logits:
             out.logits = None
         return out
+
+    def decode(self, tokens: torch.Tensor, cache: KVCache, rows: torch.Tensor, length: int) -> torch.Tensor:
+        """The cached forward of a decode step with nothing read to the host, for the engine's compiled step.
+
+        tokens [B, T] go to cache rows `rows` [B] at positions cache.pos[rows] ...; `length` must be at least
+        every row's fill level after this step (the engine counts its tokens, so it knows). Returns logits
+        [B, T, vocab] and advances cache.pos[rows] by T, as `forward(tokens, cache=cache, rows=rows)` does
+        (the reference this is tested against); no checks, no losses, no expert statistics."""
+        B, T = tokens.shape
+        h = self.embed(tokens)
+        st = self._step(B, T, tokens.device, h.dtype, cache, rows, length=length)
+        for layer in self.layers:
+            h = layer(h, st)
+        cache.pos[rows] = st.positions[:, -1] + 1
+        return self.head(self.norm(h))
 
     def _mtp_train(self, h, tokens, targets, st: _Step):
         """Depth k (1..D): position i < T-k sees h^{k-1}_i and token i+k and predicts token i+k+1."""
