@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import tiny_llama
 
+import tinyseek.model as model_mod
 from tinyseek.config import ModelConfig
 from tinyseek.engine import Engine, PromptCache
 from tinyseek.errors import TinyseekError
@@ -59,6 +60,28 @@ def test_cached_decoding_equals_full_recompute(impl):
             assert (a - b).abs().max() < 1e-4
 
 
+def test_compiled_decode_step_equals_the_eager_one():
+    """The compiled decode step (traced by dynamo, run by the "eager" backend: inductor's code generation takes
+    minutes on a small CPU) against the eager step: same logits, same tokens, batch sizes changing as rows
+    finish, both MoE paths (dense at a few rows per expert, sorted with the opaque grouped matmul)."""
+    torch._dynamo.reset()
+    m = _model(n_layers=2)
+    long, short = (
+        SamplingParams(temperature=0, max_new_tokens=10),
+        SamplingParams(temperature=0.9, seed=1, max_new_tokens=3),
+    )
+    params = [long, short, short, short] * 2
+    prompts = PROMPTS * 2  # x 2 samples: 16 rows (sorted path), then 4 (dense path) once the short ones stop
+    assert not model_mod.use_dense(16, m.cfg.n_activated_experts, m.cfg.n_routed_experts)
+    assert model_mod.use_dense(4, m.cfg.n_activated_experts, m.cfg.n_routed_experts)
+    eager, comp = Engine(m, max_batch=16), Engine(m, max_batch=16, compile="eager")
+    le, lc = _record(eager), _record(comp)
+    assert _ids(comp.generate(prompts, params, n=2)) == _ids(eager.generate(prompts, params, n=2))
+    for (_, a), (_, b) in zip(sorted(le.items()), sorted(lc.items())):
+        assert max((x - y).abs().max().item() for x, y in zip(a, b)) < 1e-4
+    torch._dynamo.reset()
+
+
 def test_logprobs_are_the_models_tempered_logprobs(model):
     eng = Engine(model, max_batch=4)
     log = _record(eng)
@@ -89,7 +112,7 @@ def _cycle_model():
     return m.eval(), cyc
 
 
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_speculative_greedy_equals_plain_greedy(k):
     m, cyc = _cycle_model()
     prompts = [cyc[:5].tolist(), cyc[3:10].tolist() + [1, 2], [9, 150], [200, 201, 202]]
@@ -107,6 +130,73 @@ def test_speculative_greedy_equals_plain_greedy(k):
     # batch 1 as well
     one = Engine(m, max_batch=1, speculative=k).generate(prompts[:1], p)
     assert one[0][0].token_ids == plain[0][0].token_ids
+
+
+def _reference_drafts(m, ids: list[int], k: int) -> list[int]:
+    """The k chained MTP drafts after `ids` (its last token pending), without a cache: MTP depth 1 over every
+    position, then fed its own last output hidden state and draft, each at the next position."""
+    x = torch.tensor([ids])
+    P = x.shape[1] - 1
+    with torch.no_grad():
+        hs, ahead = m(x[:, :P]).residual, x[:, 1:]  # main hidden states 0..P-1, the tokens one ahead
+        drafts = []
+        for _ in range(k):
+            h, lg = m.mtp_step(1, hs, ahead)
+            drafts.append(int(lg[0, -1].argmax()))
+            hs = torch.cat([hs, h[:, -1:]], 1)
+            ahead = torch.cat([ahead, torch.tensor([[drafts[-1]]])], 1)
+    return drafts
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_chained_drafts_equal_a_cache_free_reference(k):
+    """Each chained draft at its own RoPE position and MTP cache slot (drafts 3.. once shared one). Random
+    weights with the MTP block's attention sharpened (x30), so that drafts depend on positions and cache
+    entries (with the init's near-uniform attention they hardly do); drafts are rarely accepted."""
+    m, cyc = _model(seed=2), [3, 77, 12, 200, 45, 9]
+    with torch.no_grad():
+        for name, w in m.mtp.named_parameters():
+            if ".attn." in name and w.dim() == 2:
+                w.mul_(30)
+    eng = Engine(m, max_batch=2, speculative=k)
+    p = SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True)
+    rids = [eng.add_request(cyc, p), eng.add_request([9, 150, 4], p)]
+    checked = 0
+    while eng.has_unfinished():
+        eng.step()
+        for r in rids:
+            s = eng.seqs[r]
+            if s.finish is None:
+                assert s.draft == _reference_drafts(m, s.prompt + s.out, k)
+                checked += 1
+    assert checked >= 6
+
+
+def test_prompt_cache_with_speculation_keeps_the_mtp_rows():
+    """A prefix captured while speculating holds the MTP layers' rows too, filled: reused, it drafts exactly
+    what a run without the prefix drafts (same acceptance), and the output is plain greedy's."""
+    m, cyc = _cycle_model()
+    p = SamplingParams(temperature=0, max_new_tokens=16, ignore_eos=True)
+    prompt, longer = cyc[:7].tolist(), cyc[:7].tolist() + cyc[7:9].tolist()
+    eng = Engine(m, max_batch=2, speculative=3)
+    rid = eng.add_request(prompt, p, capture_prompt_cache=True)
+    while eng.has_unfinished():
+        eng.step()
+    pc = eng.prompt_cache(rid)
+    assert len(pc.tensors) == m.cfg.n_layers + m.cfg.mtp_depth and pc.tensors[-1].abs().sum() > 0
+    plain = Engine(m, max_batch=2).generate([longer, prompt], p)
+    for prefix in (None, pc):
+        e = Engine(m, max_batch=2, speculative=3)
+        r = [e.add_request(longer, p, prefix=prefix), e.add_request(prompt, p, prefix=prefix)]
+        while e.has_unfinished():
+            e.step()
+        got = [e.collect(x).token_ids for x in r]
+        assert got == [plain[0][0].token_ids, plain[1][0].token_ids]
+        if prefix is None:
+            stats = dict(e.stats)
+        else:
+            assert (e.stats["accepted"], e.stats["drafted"]) == (stats["accepted"], stats["drafted"])
+            assert e.stats["forward_tokens"] < stats["forward_tokens"]
 
 
 def test_seeded_sampling_reproducible_in_any_batch(model):

@@ -24,8 +24,18 @@ parameters, counter-based seeds), and retires rows that hit a stop token, a stop
 budget. A retired row costs nothing from the next step on (the forward runs on `rows=` the running ones
 only) and the next queued request takes it: continuous batching.
 
-Host syncs. Each step reads the sampled tokens to the host once (stop checks and streaming need them);
-the model's cached forward reads `cache.pos` once more (the attended length). Nothing else syncs.
+Host syncs. Each step reads the sampled tokens to the host once (stop checks and streaming need them).
+A decode step runs `model.decode`, the cached forward that is told the attended length (the engine counts
+its tokens) instead of reading `cache.pos`; prefill and speculative steps use the plain cached forward,
+which reads it once. Nothing else syncs.
+
+Compiled decoding (`compile=True`, opt-in). The decode step's forward goes through
+`torch.compile(model.decode, dynamic=True)`: one graph for every batch size and cache length (plus one for
+batch 1, which dynamo specialises), fused element-wise kernels between the matmuls, no Python per layer. The
+MoE takes its dense path while experts hold few rows (model.use_dense) and otherwise the sorted path, whose
+grouped matmul compiles as an opaque op. Compiling costs ~1-2 minutes of a 2-core CPU the first time (the
+inductor cache keeps the result for later processes), so it pays only for long generations; the eager step
+is the reference it is tested against.
 
 What `logprobs` holds: the model's log-probability of each sampled token at the sampling temperature
 (T = 1 for greedy), before penalties and truncation — see `inference/sampling.py`.
@@ -35,7 +45,8 @@ does not; a stop string is cut from the text (the ids keep the token that comple
 Speculative decoding (`speculative=True`, or an int k for k drafts a step; greedy requests only, any batch
 size). The model's first MTP module drafts: MTP at position j reads the main model's pre-norm hidden state
 h_j and the token t_{j+1} and predicts t_{j+2}. Further drafts (k > 1) chain the module on its own output
-hidden state, which it was not trained for, so they are accepted less often. A step feeds [pending token,
+hidden state, which it was not trained for, so they are accepted less often; chained draft i stands at the
+position after draft i-1's (its own RoPE angle and MTP cache slot). A step feeds [pending token,
 d_1..d_k] (T = k+1) to the main model; the drafts are kept up to the first one that differs from the main
 model's argmax, plus the main model's token after the last kept one: 1..k+1 tokens for one forward. Each
 row rolls its `cache.pos` back past what it rejected (the stale entries are masked out and overwritten).
@@ -50,8 +61,10 @@ The prefix-cache hooks (for the server):
   first `StepEvent.prompt_cache` and stays readable through `engine.prompt_cache(rid)` until collected.
 - `add_request(prompt_ids, params, prefix=pc)`: `pc.token_ids` must be a prefix of `prompt_ids`; its
   tensors are written into the new row and only the rest of the prompt is prefilled. (If it covers the
-  whole prompt its last token is recomputed, because sampling needs that position's logits.) A prefix
-  made by a cache of another layout (dtype aside) is refused with a one-line error.
+  whole prompt its last token is recomputed, because sampling needs that position's logits. A speculating
+  engine recomputes the prefix's last position anyway: its MTP entry was computed from the token after it,
+  which the new prompt may not share.) A prefix made by a cache of another layout (dtype aside) is refused
+  with a one-line error. While speculating, the capture happens after the MTP layers' rows are filled.
 
 Reference path: `Engine(..., recompute=True)` runs the full sequence through the model without a cache
 at every step; tests hold the cached path to it (logits within 1e-4).
@@ -99,6 +112,7 @@ class Engine:
         speculative: bool = False,
         dtype: torch.dtype | None = None,
         recompute: bool = False,
+        compile: bool | str = False,
     ):
         if dtype is not None:
             model.to(dtype=dtype)  # in place: the caller's model is cast
@@ -116,6 +130,11 @@ class Engine:
             raise TinyseekError(f"speculative: the model has no MTP module (mtp_depth={self.cfg.mtp_depth})")
         if speculative and recompute:
             raise TinyseekError("speculative: not available with recompute=True (the reference path)")
+        # the decode step's forward: model.decode (no host sync), compiled once for every batch size and length
+        # (compile: True for inductor, or a torch.compile backend name: "eager" traces without code generation)
+        self.compiled = bool(compile) and not recompute
+        backend = compile if isinstance(compile, str) else "inductor"
+        self._decode_fn = torch.compile(model.decode, dynamic=True, backend=backend) if self.compiled else model.decode
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         from tinyseek.model import KVCache
@@ -314,7 +333,9 @@ class Engine:
         starts = []
         for s in heads:
             self.cache.reset([s.row])
-            n = min(s.prefix.n, len(s.prompt) - 1) if s.prefix is not None else 0
+            # (the whole prompt cached: its last token is recomputed, sampling needs its logits; speculating, the
+            # prefix's last position is recomputed too: its MTP entry read the token after it, maybe another one)
+            n = min(s.prefix.n - int(self.speculative), len(s.prompt) - 1) if s.prefix is not None else 0
             if n:
                 for x, p in zip(self.cache._tensors(), s.prefix.tensors):
                     x[s.row, :n] = p[:n].to(x.dtype)
@@ -348,11 +369,6 @@ class Engine:
         members, rows_logits = [], []
         for grp, lg in zip(groups, last_logits):
             head = grp[0]
-            if head.capture:
-                n = int(self.cache.pos[head.row])
-                pc = PromptCache(tuple(head.prompt[:n]), [x[head.row, :n].clone() for x in self.cache._tensors()])
-                for s in grp:
-                    s.prompt_cache = pc
             if len(grp) > 1 and not self.recompute:
                 self.cache.copy_rows(head.row, [s.row for s in grp[1:]])
             for s in grp:
@@ -363,6 +379,13 @@ class Engine:
         toks, lps = self._sample(members, logits)
         if self.speculative:
             self._mtp_prefill(groups, toks)
+        for grp in groups:  # after the MTP prefill, which fills the MTP layers' rows of the prompt
+            head = grp[0]
+            if head.capture:
+                n = len(head.prompt)
+                pc = PromptCache(tuple(head.prompt[:n]), [x[head.row, :n].clone() for x in self.cache._tensors()])
+                for s in grp:
+                    s.prompt_cache = pc
         self._emit(members, [[t] for t in toks], [[x] for x in lps] if lps is not None else None, events)
         for s in members:
             if s.prompt_cache is not None and s.rid in events:
@@ -388,7 +411,9 @@ class Engine:
         else:
             tokens = torch.tensor([[s.pending] for s in seqs], device=self.device)  # [B, 1]
             rows = torch.tensor([s.row for s in seqs], device=self.device)
-            logits = self.model(tokens, cache=self.cache, rows=rows).logits[:, -1]  # [B, V]
+            # the fill level after this step, counted here rather than read from cache.pos (no host sync)
+            length = max(len(s.prompt) + len(s.out) for s in seqs)
+            logits = self._decode_fn(tokens, self.cache, rows, length)[:, -1]  # [B, V]
             self.stats["forward_tokens"] += len(seqs)
         toks, lps = self._sample(seqs, logits)
         self._emit(seqs, [[t] for t in toks], [[x] for x in lps] if lps is not None else None, events)
@@ -456,8 +481,8 @@ class Engine:
             del head._residual
             d = lg[:, -1].argmax(-1)  # [1]
             drafts = [d]
-            for _ in range(self.n_draft - 1):
-                h, lg = self._chain(h[:, -1:], d, rows)
+            for j in range(self.n_draft - 1):
+                h, lg = self._chain(h[:, -1:], d, rows, j)
                 d = lg[:, -1].argmax(-1)
                 drafts.append(d)
             head.draft = torch.stack(drafts, 1)[0].tolist()
@@ -467,11 +492,13 @@ class Engine:
                     s.draft = list(head.draft)
             i += len(grp)
 
-    def _chain(self, h_mtp: torch.Tensor, tok: torch.Tensor, rows: torch.Tensor):
-        """One more draft: MTP depth 1 fed its own output h_mtp [B, 1, dim] in place of the main model's hidden
-        state (which the next token does not have yet), at the position after the last kept token. The MTP
-        cache entry this writes is provisional: the next verification step rewrites that position."""
-        return self.model.mtp_step(1, h_mtp, tok[:, None], cache=self.cache, rows=rows, start=self.cache.pos[rows])
+    def _chain(self, h_mtp: torch.Tensor, tok: torch.Tensor, rows: torch.Tensor, i: int):
+        """Draft i+2: MTP depth 1 fed its own output h_mtp [B, 1, dim] in place of the main model's hidden state
+        (which the drafted token does not have yet) and draft i+1 `tok` [B]. It stands at position cache.pos + i
+        (cache.pos is the pending token's position, whose MTP entry reads draft 1): each chained draft has its
+        own RoPE position and MTP cache slot. Those entries are provisional: verification rewrites them."""
+        start = self.cache.pos[rows] + i
+        return self.model.mtp_step(1, h_mtp, tok[:, None], cache=self.cache, rows=rows, start=start)
 
     def _decode_speculative(self, seqs: list[Seq], events) -> None:
         """Verify [pending, d_1..d_k] in one forward; keep the drafts up to the first mismatch plus the main
@@ -489,8 +516,8 @@ class Engine:
         d = mlg.argmax(-1).gather(1, a[:, None]).squeeze(1)  # [B]: draft after the new pending token y_a
         drafts = [d]
         h = h_mtp.gather(1, a[:, None, None].expand(B, 1, h_mtp.shape[-1]))  # [B, 1, dim]
-        for _ in range(k - 1):
-            h, lg = self._chain(h, d, rows)
+        for i in range(k - 1):
+            h, lg = self._chain(h, d, rows, i)
             d = lg[:, -1].argmax(-1)
             drafts.append(d)
         if self.logit_hook is not None:
