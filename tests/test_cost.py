@@ -116,3 +116,16 @@ def test_cli_on_a_checkpoint(tmp_path, capsys):
     assert f"{cost.total_params(cfg):,}" in out and "T=64" in out
     with pytest.raises(TinyseekError):
         cost.cli_cost([str(tmp_path / "ckpt"), "--preset", "nano"])
+
+
+def test_precision_auto_is_bf16_only_where_it_is_native(monkeypatch):
+    import torch
+
+    assert cost.resolve_dtype("float32") == "float32" and cost.resolve_dtype("bfloat16") == "bfloat16"
+    for native in (True, False):
+        monkeypatch.setattr(cost, "native_bf16", lambda device="cpu", n=native: n)
+        assert cost.resolve_dtype("auto") == ("bfloat16" if native else "float32")
+    monkeypatch.undo()
+    assert isinstance(cost.native_bf16("cpu"), bool)
+    line = cost.machine_line()
+    assert cost.cpu_name() in line and str(torch.backends.cpu.get_cpu_capability()) in line

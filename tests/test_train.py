@@ -280,6 +280,10 @@ def test_tiny_pretrain_cli_reports_throughput_and_cost(tmp_path, capsys, tok_fil
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     from tinyseek import cost
 
+    # dtype = "auto" (the default): decided for this machine, printed with it, recorded in the summary
+    assert s["dtype"] == cost.resolve_dtype("auto") and f"precision: {s['dtype']}" in out
+    assert cost.machine_line() in out
+
     tiny = ModelConfig.preset("tiny", vocab_size=Tokenizer.load(tok_file).vocab_size)
     assert s["cost"]["flops"] == pytest.approx(cost.train_flops_per_token(tiny, 64) * 3 * 4 * 64)
     assert s["cost"]["device_hours"] == pytest.approx(s["cost"]["elapsed_s"] / 3600)

@@ -200,6 +200,61 @@ def device_peak_flops(device, configured_tflops: float = 0.0) -> float:
     return 0.1e12 * torch.get_num_threads()
 
 
+# ----------------------------------------------------------------------------------------------
+# the machine: which CPU, which vector ISA, whether bf16 is native (precision is chosen from this)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else the platform's), e.g. "AMD EPYC 7B13"."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def native_bf16(device="cpu") -> bool:
+    """Whether bf16 matmuls run natively on `device`: a CUDA GPU that supports bf16, or a CPU with AVX512_BF16
+    or AMX. Elsewhere (AVX2, say) bf16 is emulated and runs far slower than fp32 (dev/LOG.md: 0.34x for
+    generation and ~100x slower matmuls on a 2-core EPYC)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def resolve_dtype(name: str, device="cpu") -> str:
+    """A training stage's `dtype`: "auto" is bfloat16 (autocast) where bf16 is native, float32 elsewhere;
+    "float32" and "bfloat16" are taken as they are."""
+    if name != "auto":
+        return name
+    return "bfloat16" if native_bf16(device) else "float32"
+
+
+def machine_line(device="cpu") -> str:
+    """One line naming the hardware that benchmark figures belong to: CPU model, torch's vector ISA, native bf16,
+    threads (and the GPU when `device` is one)."""
+    import torch
+
+    line = (
+        f"{cpu_name()}, ISA {torch.backends.cpu.get_cpu_capability()} (torch.backends.cpu.get_cpu_capability()), "
+        f"native bf16 {'yes' if native_bf16('cpu') else 'no'}, {torch.get_num_threads()} torch threads"
+    )
+    if torch.device(device).type == "cuda":
+        line += f"; GPU {torch.cuda.get_device_name(device)}"
+    return line
+
+
 def measure_matmul_peak(device: str = "cpu", dtype=None, n: int = 4096, seconds: float = 1.0) -> float:
     """Measured FLOP/s of a square n x n matmul in `dtype` on `device`: the practical ceiling MFU is taken against."""
     import torch

@@ -112,7 +112,9 @@ class TrainConfig:
     adam_eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still measured)
     bias_update_speed: float | None = None  # MoE balancing-bias step gamma (None = the model's own; 0 = frozen)
-    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (autocast; master weights stay fp32)
+    # compute dtype: auto (bfloat16 where it is native, else float32: cost.resolve_dtype) | float32 | bfloat16
+    # (bf16 = autocast; the master weights stay fp32)
+    dtype: str = "auto"
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch (0 = torch's default); 1 is far faster on a machine shared with other jobs
@@ -164,7 +166,7 @@ class TrainConfig:
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be between 0 and 1")
         need(0 <= self.beta1 < 1, "beta1", "must be in [0, 1)")
         need(0 <= self.beta2 < 1, "beta2", "must be in [0, 1)")
-        need(self.dtype in ("float32", "bfloat16"), "dtype", "must be float32 or bfloat16")
+        need(self.dtype in ("auto", "float32", "bfloat16"), "dtype", "must be auto, float32 or bfloat16")
         need(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
         need(
             self.batch_size % self.grad_accum == 0, "batch_size", f"must be a multiple of grad_accum={self.grad_accum}"
@@ -304,6 +306,13 @@ class Loop:
         self.resolved_config = resolved_config
         self.resume_requested = resume
         self.stage_name = stage_name
+        # the compute dtype, decided once per machine for dtype = "auto" (bf16 only where it is native)
+        self.dtype = cost.resolve_dtype(cfg.dtype, self.device)
+        if self.dist.is_main and cfg.progress:
+            how = f"{self.dtype} autocast" if self.dtype == "bfloat16" else self.dtype
+            if cfg.dtype == "auto":
+                how += f" (dtype = auto: bf16 is {'' if self.dtype == 'bfloat16' else 'not '}native here)"
+            print(f"precision: {how}; {cost.machine_line(self.device)}", flush=True)
         self.raw_model = model.to(device=self.device, dtype=torch.float32)  # fp32 master weights
         self.raw_model.train()
         if cfg.batch_size % (cfg.grad_accum * self.dist.world):
@@ -346,7 +355,7 @@ class Loop:
 
     def autocast(self):
         """bf16 autocast when dtype = bfloat16 (matmuls in bf16, master weights and reductions in fp32)."""
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bfloat16")
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16")
 
     def no_sync(self, last: bool):
         """Skip the gradient reduction (DDP all-reduce, FSDP2 reduce-scatter) on all but the last micro-batch of
@@ -761,6 +770,7 @@ class Loop:
         tps = self.tokens / self.elapsed if self.elapsed > 0 else 0.0
         return {
             "stage": self.stage_name,
+            "dtype": self.dtype,
             "steps": self.step,
             "tokens": self.tokens,
             "tokens_per_s": tps,
