@@ -148,6 +148,7 @@ def run_tinyseek(policy, recs, steps: int, tmp: Path, name: str) -> tuple[float,
         progress=False,
         sample_every=0,
         dynamic_sampling=False,
+        dtype="float32",  # the comparison is at fp32 (the stage's default, auto, is bf16 where it is native)
     )
     cfg.validate()
     ref = copy.deepcopy(policy.module).eval()

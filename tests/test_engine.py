@@ -397,6 +397,30 @@ def test_hf_engine_matches_engine_on_exported_weights(tmp_path):
     assert ours[0][0].logprobs == pytest.approx(theirs[0][0].logprobs, abs=1e-4)
 
 
+def test_hf_engine_preallocated_cache_equals_transformers_dynamic_cache():
+    """HFEngine's cache (buffers written in place) against transformers' own DynamicCache (concatenation): same
+    tokens and log-probs, with groups (repeat_interleave) and rows finishing at different steps (row selection)."""
+    pytest.importorskip("transformers")
+    from tinyseek.hf_engine import HFEngine
+
+    torch.manual_seed(0)
+    llama = tiny_llama(vocab_size=64).eval()
+    prompts = [[5, 9, 17, 3], [10, 7], [31, 32, 33, 34, 35, 36], [50]]
+    params = [
+        SamplingParams(temperature=1.0, seed=3, max_new_tokens=9, logprobs=True, stop_token_ids=(7,)),
+        SamplingParams(temperature=0, max_new_tokens=4, logprobs=True),
+        SamplingParams(temperature=0.8, top_p=0.9, seed=5, max_new_tokens=12, logprobs=True),
+        SamplingParams(temperature=1.0, seed=1, max_new_tokens=6, logprobs=True, stop_token_ids=(11, 12)),
+    ]
+    fast = HFEngine(llama, max_batch=16).generate(prompts, params, n=3)
+    ref = HFEngine(llama, max_batch=16, preallocate=False).generate(prompts, params, n=3)
+    assert _ids(fast) == _ids(ref)
+    assert len({len(c.token_ids) for g in fast for c in g}) > 3  # rows finished at different steps
+    for a, b in zip(fast, ref):
+        for x, y in zip(a, b):
+            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5) and x.finish_reason == y.finish_reason
+
+
 def test_think_dimmer_dims_only_the_thinking_part():
     import io
 

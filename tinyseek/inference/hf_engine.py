@@ -43,11 +43,66 @@ class HFTokenizer:
         return self.hf.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
 
 
+def _preallocated_cache(capacity: int):
+    """A transformers `DynamicCache` whose layers hold their keys and values in buffers preallocated for
+    `capacity` positions: `update` writes the new entries into place and returns views, where `DynamicLayer`
+    concatenates, copying the whole cache of every layer for every new token (36% of a GRPO step's CPU time
+    in the profile, dev/LOG.md). Everything else (masks, `batch_select_indices`, ...) is DynamicCache's."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        def lazy_initialization(self, key_states, value_states) -> None:
+            super().lazy_initialization(key_states, value_states)
+            B, H, _, Dk = key_states.shape
+            self._k = key_states.new_zeros(B, H, capacity, Dk)
+            self._v = value_states.new_zeros(B, H, capacity, value_states.shape[-1])
+            self._n = 0
+            self._views()
+
+        def _views(self) -> None:
+            self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            T = key_states.shape[-2]
+            if self._n + T > self._k.shape[2]:  # past the planned length: grow (double), as a concatenation would
+                grow = max(T, self._k.shape[2])
+                self._k = torch.cat([self._k, self._k.new_zeros(*self._k.shape[:2], grow, self._k.shape[3])], 2)
+                self._v = torch.cat([self._v, self._v.new_zeros(*self._v.shape[:2], grow, self._v.shape[3])], 2)
+            self._k[:, :, self._n : self._n + T] = key_states
+            self._v[:, :, self._n : self._n + T] = value_states
+            self._n += T
+            self._views()
+            return self.keys, self.values
+
+        def crop(self, tokens_to_remove: int) -> None:
+            if self.is_initialized and tokens_to_remove < 0:
+                self._n = max(0, self._n + tokens_to_remove)
+                self._views()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.is_initialized:
+                self._k, self._v = self._k.repeat_interleave(repeats, 0), self._v.repeat_interleave(repeats, 0)
+                self._views()
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized:
+                self._k, self._v = self._k[indices], self._v[indices]
+                self._views()
+
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = PreallocatedLayer
+    return cache
+
+
 class HFEngine:
-    def __init__(self, hf_model, hf_tokenizer=None, max_batch: int = 64):
+    def __init__(self, hf_model, hf_tokenizer=None, max_batch: int = 64, preallocate: bool = True):
         self.model = hf_model  # generate() switches it to eval mode and back (a trainer may share it)
         self.tokenizer = HFTokenizer(hf_tokenizer) if hf_tokenizer is not None else None
         self.max_batch = max_batch
+        self.preallocate = preallocate  # False: transformers' own DynamicCache (the reference)
         self.device = next(hf_model.parameters()).device
         eos = getattr(hf_model.generation_config, "eos_token_id", None)
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -116,7 +171,8 @@ class HFEngine:
         ids = torch.tensor([[pad] * (L - len(p)) + list(p) for p in prompts], device=dev)  # [P, L] left-padded
         mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=dev)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        cache = DynamicCache()
+        longest = L + max(sp.max_new_tokens for sp in plist)
+        cache = _preallocated_cache(longest) if self.preallocate else DynamicCache()
         logits = self.model(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_kw: cache}
         ).logits[:, -1]
@@ -138,7 +194,10 @@ class HFEngine:
         if n > 1:
             cache.batch_repeat_interleave(n)
         logits = logits.repeat_interleave(n, 0)  # [P*n, V]
-        mask = mask.repeat_interleave(n, 0)
+        # the attention mask in a buffer of the longest length, used through a growing view (no cat per token)
+        mask_buf = torch.ones(P * n, longest, dtype=mask.dtype, device=dev)
+        mask_buf[:, :L] = mask.repeat_interleave(n, 0)
+        width = L
         last_pos = pos[:, -1].repeat_interleave(n, 0)  # [B]
         active = list(range(len(seqs)))
         V = logits.shape[-1]
@@ -178,14 +237,16 @@ class HFEngine:
             if len(keep) < len(active):
                 sel = torch.tensor(keep, device=dev)
                 cache.batch_select_indices(sel)
-                mask, last_pos = mask[sel], last_pos[sel]
+                mask_buf, last_pos = mask_buf[sel], last_pos[sel]
                 active = [active[j] for j in keep]
             last_pos = last_pos + 1
-            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            width += 1
+            if width > mask_buf.shape[1]:  # a sequence past its planned length (cannot happen with max_new_tokens)
+                mask_buf = torch.cat([mask_buf, torch.ones_like(mask_buf)], 1)
             inp = torch.tensor([[seqs[i].out[-1]] for i in active], device=dev)
             logits = self.model(
                 input_ids=inp,
-                attention_mask=mask,
+                attention_mask=mask_buf[:, :width],
                 position_ids=last_pos[:, None],
                 use_cache=True,
                 **{self._cache_kw: cache},
