@@ -596,6 +596,28 @@ def test_inner_iterations_keep_the_old_logprobs():
     assert two["clip_low"] + two["clip_high"] > 0.0
 
 
+def test_sampler_logprobs_serve_as_the_old_logprobs(tmp_path):
+    """num_iterations = 2 in float32: the engine's log-probs of the sampled tokens stand in for the no-grad forward
+    before the first update (one forward fewer per micro-batch); the statistics and the weights after the step
+    are those of the recomputation (the reference)."""
+    out = {}
+    for how in ("sampler", "recompute"):
+        loop, stage = _stage(
+            tmp_path / how, "test_grpo:alternating_reward", num_iterations=2, old_logprobs=how, dtype="float32"
+        )
+        forwards = []
+        hidden = stage.policy.hidden
+        stage.policy.hidden = lambda *a, f=forwards, h=hidden, **k: f.append(1) or h(*a, **k)
+        m = stage.train_step(loop)
+        out[how] = (m, [p.detach().clone() for p in loop.raw_model.parameters()], len(forwards))
+    (ms, ws, fs), (mr, wr, fr) = out["sampler"], out["recompute"]
+    assert fs == 2 * fr // 3  # per micro-batch: 2 updates, vs old + 2 updates
+    for key in ("loss", "kl", "clip_low", "clip_high", "reward", "entropy"):
+        assert ms[key] == pytest.approx(mr[key], abs=1e-5), key
+    for a, b in zip(ws, wr):  # (AdamW, lr 1e-2: float noise in a near-zero gradient can move a weight ~1e-5)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
 def test_masked_completion_has_no_effect_on_the_gradient():
     """A completion masked out (a truncated one under mask_truncated_completions) contributes nothing."""
     _, a = _toy_update(1, 0.0, [1.0, -1.0, 0.5, -0.5], loss_mask=(True, True, True, False))

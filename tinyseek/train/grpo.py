@@ -133,6 +133,10 @@ class GrpoConfig(TrainConfig):
     dynamic_sampling: bool = True  # drop zero-advantage groups from the update
     mask_truncated_completions: bool = False  # completions cut at max_new_tokens get no loss
     num_iterations: int = 1  # optimizer updates per rollout batch (old log-probs kept for the ratio)
+    # where the old log-probs of num_iterations > 1 come from: sampler (the engine's log-probs of the sampled tokens,
+    # the policy's own at the rollout temperature: no extra forward; used when the update computes in float32, where
+    # they agree with a recomputation to ~1e-5) | recompute (one no-grad forward per batch, the reference)
+    old_logprobs: str = "sampler"
     # memory / speed
     micro_batch: int = 64  # sequences per forward/backward
     logprob_impl: str = "chunked"  # chunked | full (reference)
@@ -187,6 +191,7 @@ class GrpoConfig(TrainConfig):
         need(self.epsilon_high is None or self.epsilon_high >= 0, "epsilon_high", "must be >= 0")
         need(self.beta >= 0, "beta", "must be >= 0")
         need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
+        need(self.old_logprobs in ("sampler", "recompute"), "old_logprobs", "must be sampler or recompute")
         need(self.micro_batch >= 1, "micro_batch", "must be >= 1")
         need(self.logprob_impl in ("chunked", "full"), "logprob_impl", "must be chunked or full")
         need(self.eval_samples >= 1, "eval_samples", "must be >= 1")
@@ -306,6 +311,7 @@ class MicroBatch:
     adv: torch.Tensor  # [b], or [b, L] per-token (process supervision)
     tokens: int  # real (unpadded) tokens in the batch, for throughput
     real: torch.Tensor | None = None  # [b, T] bool, True at real (unpadded) positions: MoE statistics skip padding
+    index: list[int] = field(default_factory=list)  # [b] which input sequence each row holds
     old: torch.Tensor | None = None  # [b, L] log-probs before this batch's first update (num_iterations > 1)
     ref: torch.Tensor | None = None  # [b, L] reference log-probs (beta > 0)
 
@@ -355,6 +361,7 @@ def build_micro_batches(
                 adv[idx, :L].clone() if adv.dim() == 2 else adv[idx].clone(),
                 sum(len(prompts[i]) + len(completions[i]) for i in idx),
                 real,
+                index=list(idx),
             )
         )
     return out
@@ -490,9 +497,12 @@ class GrpoStage:
         recs = self.prompts.batch(loop.step, cfg.batch_size)
         prompt_ids = [pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt) for r in recs]
         t0 = time.perf_counter()
+        rollout = self.rollouts(loop)[0]
+        # the sampler's log-probs as the old log-probs: only an in-process engine's (a server's stay a check)
+        sampler_old = cfg.num_iterations > 1 and cfg.old_logprobs == "sampler" and rollout.own_logprobs
         # the engine's completions, as they are: token ids (ending with the stop token sampled), text, finish reason
         # under torchrun each rank samples its share of the prompts; every rank gets the whole batch back
-        comps = self.rollouts(loop)[0].generate(
+        comps = rollout.generate(
             loop,
             prompt_ids,
             G,
@@ -504,6 +514,7 @@ class GrpoStage:
             impl=cfg.rollout_impl,
             max_batch=min(256, len(recs) * G),
             ignore_eos=cfg.ignore_eos,
+            logprobs=sampler_old,
         )
         t_roll = time.perf_counter() - t0
         gen_tokens = sum(len(c.token_ids) for c in comps)
@@ -571,6 +582,7 @@ class GrpoStage:
             [comps[i].token_ids for i in keep],
             adv[keep],
             [not (cfg.mask_truncated_completions and truncated[i]) for i in keep],
+            **({"old_logprobs": [comps[i].logprobs for i in keep]} if sampler_old else {}),
         )
         t_upd = time.perf_counter() - t1
         m.update(upd)
@@ -662,7 +674,9 @@ class GrpoStage:
                 write_jsonl(self.run_dir / "prm_liked_wrong.jsonl", self.liked_wrong)
         return m
 
-    def _update(self, loop, prompts, completions, adv, loss_mask) -> dict:
+    def _update(self, loop, prompts, completions, adv, loss_mask, old_logprobs=None) -> dict:
+        """`old_logprobs`: the sampler's log-probs of each completion's tokens (or None): with num_iterations > 1
+        and a float32 update they are the ratio's denominators, in place of a no-grad forward."""
         cfg, pol = self.cfg, self.policy
         if not prompts:  # every group was uninformative: nothing to learn from, no optimizer step
             return dict(NO_UPDATE)
@@ -685,13 +699,25 @@ class GrpoStage:
         # every rank runs as many forwards as rank 0 (the largest share): a sharded forward is a collective
         most = -(-len(shard(n_seq, DistInfo(0, loop.dist.world))) // cfg.micro_batch)
         mbs += [padding_micro_batch(pol.pad_id) for _ in range(most - len(mbs))]
+        use_sampler = (
+            cfg.num_iterations > 1
+            and old_logprobs is not None
+            and all(lp is not None for lp in old_logprobs)  # (the plain rollout returns none)
+            and getattr(loop, "dtype", "float32") == "float32"  # bf16 update: the sampler's fp32 values would differ
+        )
         for mb in mbs:
             for k in ("ids", "rows", "pos", "slot", "tgt", "mask", "adv", "real"):
                 setattr(mb, k, getattr(mb, k).to(dev))
+            if use_sampler:  # mb.index counts within this rank's share; a padding micro-batch has none
+                mb.old = torch.zeros(mb.mask.shape, dtype=torch.float32)
+                for b, i in enumerate(mb.index):
+                    lp = old_logprobs[mine[i]]
+                    mb.old[b, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+                mb.old = mb.old.to(dev)
         with torch.no_grad():  # fixed targets of the ratio and the KL, computed once per batch
             for mb in mbs:
                 with loop.autocast():
-                    if cfg.num_iterations > 1:
+                    if cfg.num_iterations > 1 and not use_sampler:
                         mb.old = sequence_logprobs(
                             pol, loop.model, mb, cfg.temperature, cfg.logprob_impl, cfg.logprob_chunk
                         )[0]

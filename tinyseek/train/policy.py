@@ -128,6 +128,7 @@ class Policy:
         top_k: int = 0,
         seed: int = 0,
         ignore_eos: bool = False,
+        logprobs: bool = False,
     ) -> SamplingParams:
         """Rollout sampling: the model's end-of-sequence token stops a completion (unless `ignore_eos`)."""
         return SamplingParams(
@@ -138,6 +139,7 @@ class Policy:
             seed=seed,
             stop_token_ids=() if ignore_eos else (self.eos_id,),
             ignore_eos=ignore_eos,
+            logprobs=logprobs,
         )
 
     def engine(
@@ -169,13 +171,15 @@ class Policy:
         max_batch: int = 256,
         ignore_eos: bool = False,
         first: int = 0,
+        logprobs: bool = False,
     ) -> list[Completion]:
         """n samples for each prompt, group after group (prompt p's samples at p*n ... p*n + n - 1), exactly as the
         engine returned them. `token_ids` are what the loss trains on: they end with the stop token the model
         sampled (one of several end tokens, for a transformers model), never one it did not; `text` (what the
         rewards read) leaves that token out. `first`: prompts[0]'s index in the whole batch when this is a slice of
-        it (a rank's share under torchrun), so that every prompt is seeded as in the whole batch."""
-        params = self.sampling_params(max_new_tokens, temperature, top_p, top_k, seed, ignore_eos)
+        it (a rank's share under torchrun), so that every prompt is seeded as in the whole batch. `logprobs`: each
+        completion carries the sampler's log-probs of its tokens."""
+        params = self.sampling_params(max_new_tokens, temperature, top_p, top_k, seed, ignore_eos, logprobs)
         groups = self.engine(prompts, max_new_tokens, max_batch, n, impl).generate(prompts, params, n=n, first=first)
         return [c for group in groups for c in group]
 

@@ -46,6 +46,9 @@ class Rollout:
     """Completions for GRPO (see the module docstring). Subclasses implement `_generate` and `_push`."""
 
     policy: Policy  # the policy whose tokenizer (and, locally, whose engine) the rollouts use
+    # whether the completions' log-probs are the trained policy's own (GRPO's old log-probs, num_iterations > 1):
+    # an in-process engine's are; a server's pass through a checkpoint push and stay a check, not an input
+    own_logprobs = False
 
     def __init__(self) -> None:
         self._version: int | None = None
@@ -69,8 +72,10 @@ class Rollout:
         impl: str = "engine",
         max_batch: int = 256,
         ignore_eos: bool = False,
+        logprobs: bool = False,
     ) -> list[Completion]:
-        """n completions for each prompt of the global batch, group after group, on every rank (collective)."""
+        """n completions for each prompt of the global batch, group after group, on every rank (collective).
+        `logprobs`: each completion carries the sampler's log-probs of its tokens (a server's always do)."""
         self.sync(loop)
         d: DistInfo = loop.dist
         mine = [prompts[i] for i in shard(len(prompts), d)]
@@ -79,12 +84,24 @@ class Rollout:
             first = shard(len(prompts), d).start  # the share's offset: each prompt seeded by its global index
             batch = min(max_batch, len(mine) * n)
             out = self._generate(
-                mine, n, max_new_tokens, temperature, top_p, top_k, seed, impl, batch, ignore_eos, first
+                mine, n, max_new_tokens, temperature, top_p, top_k, seed, impl, batch, ignore_eos, first, logprobs
             )
         return gather(out, d)
 
     def _generate(
-        self, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, impl, max_batch, ignore_eos, first
+        self,
+        prompts,
+        n,
+        max_new_tokens,
+        temperature,
+        top_p,
+        top_k,
+        seed,
+        impl,
+        max_batch,
+        ignore_eos,
+        first,
+        logprobs=False,
     ) -> list[Completion]:
         raise NotImplementedError
 
@@ -94,6 +111,8 @@ class Rollout:
 
 class LocalRollout(Rollout):
     """The policy's engine, on the trained model (DDP, one process) or on a full copy of it (FSDP2, EP)."""
+
+    own_logprobs = True
 
     def __init__(self, policy: Policy, loop):
         super().__init__()
@@ -112,7 +131,19 @@ class LocalRollout(Rollout):
                 self.policy.module.load_state_dict(sd)
 
     def _generate(
-        self, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, impl, max_batch, ignore_eos, first
+        self,
+        prompts,
+        n,
+        max_new_tokens,
+        temperature,
+        top_p,
+        top_k,
+        seed,
+        impl,
+        max_batch,
+        ignore_eos,
+        first,
+        logprobs=False,
     ):
         return self.policy.generate(
             prompts,
@@ -126,6 +157,7 @@ class LocalRollout(Rollout):
             max_batch=max_batch,
             ignore_eos=ignore_eos,
             first=first,
+            logprobs=logprobs,
         )
 
 
@@ -174,7 +206,19 @@ class ServerRollout(Rollout):
         barrier(loop.dist)
 
     def _generate(
-        self, prompts, n, max_new_tokens, temperature, top_p, top_k, seed, impl, max_batch, ignore_eos, first
+        self,
+        prompts,
+        n,
+        max_new_tokens,
+        temperature,
+        top_p,
+        top_k,
+        seed,
+        impl,
+        max_batch,
+        ignore_eos,
+        first,
+        logprobs=False,
     ):
         from concurrent.futures import ThreadPoolExecutor
 
