@@ -240,6 +240,37 @@ def test_decode_without_host_sync_equals_the_cached_forward():
     torch.testing.assert_close(ca.latent[0], cb.latent[0], atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
+def test_compiled_fp32_training_step_takes_the_grouped_path_and_matches_eager():
+    """Under torch.compile in fp32 the sorted dispatch runs grouped_mm as an opaque op with its own backward
+    (dynamo's shape rule for grouped_mm is bf16-only): traced through AOT autograd ("aot_eager": no code
+    generation), the loss and every gradient equal the eager step's."""
+    import tinyseek.model as model
+
+    torch._dynamo.reset()
+    m = make(nano()).train()
+    c = twin(m).train()
+    x = tokens(4, 40)  # 4 x 40 tokens: the sorted path, groups padded to 16 rows
+    assert not model.use_dense(4 * 40, m.cfg.n_activated_experts, m.cfg.n_routed_experts)
+    calls = []
+    op = model._grouped_mm_opaque
+    model._grouped_mm_opaque = lambda *a, **k: calls.append(1) or op(*a, **k)
+    try:
+        ref = m(x, targets=x.roll(-1, 1))
+        ref.loss.backward()
+        assert not calls  # eager: torch._grouped_mm itself
+        out = torch.compile(c, backend="aot_eager")(x, targets=x.roll(-1, 1))
+        out.loss.backward()
+    finally:
+        model._grouped_mm_opaque = op
+        torch._dynamo.reset()
+    assert calls  # traced: the opaque op
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=0)
+    gm = dict(m.named_parameters())
+    for name, p in c.named_parameters():
+        torch.testing.assert_close(p.grad, gm[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_padded_fallback_agrees_with_grouped_mm(monkeypatch):
     import tinyseek.model as model
 

@@ -375,14 +375,41 @@ def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
 
 @torch.library.custom_op("tinyseek::grouped_mm", mutates_args=())
 def _grouped_mm_opaque(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-    """torch._grouped_mm as an op torch.compile does not trace into: its shape rule accepts only bf16 while the
-    eager CPU kernel runs fp32 too. Inference only (no autograd formula is registered)."""
+    """torch._grouped_mm (x [P, D], w [E, D, F] -> [P, F]) as an op torch.compile does not trace into: its shape
+    rule accepts only bf16 while the eager CPU kernel runs fp32 too. The backward is two more opaque grouped
+    matmuls (the input gradient, and the weight gradient grouped along the rows: `_grouped_mm_wgrad`)."""
     return torch._grouped_mm(x, w, offs=offs)
 
 
 @_grouped_mm_opaque.register_fake
 def _(x, w, offs):
     return x.new_empty(x.shape[0], w.shape[-1])
+
+
+@torch.library.custom_op("tinyseek::grouped_mm_wgrad", mutates_args=())
+def _grouped_mm_wgrad(x: torch.Tensor, g: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """Per group e: x_e^T @ g_e -> [E, D, F], the weight gradient of `_grouped_mm_opaque`."""
+    return torch._grouped_mm(x.t(), g, offs=offs)
+
+
+@_grouped_mm_wgrad.register_fake
+def _(x, g, offs):
+    return x.new_empty(offs.shape[0], x.shape[1], g.shape[1])
+
+
+def _grouped_mm_setup(ctx, inputs, output):
+    x, w, offs = inputs
+    ctx.save_for_backward(x, w, offs)
+
+
+def _grouped_mm_backward(ctx, g):
+    x, w, offs = ctx.saved_tensors
+    gx = _grouped_mm_opaque(g, w.transpose(-2, -1), offs) if ctx.needs_input_grad[0] else None
+    gw = _grouped_mm_wgrad(x, g, offs) if ctx.needs_input_grad[1] else None
+    return gx, gw, None
+
+
+_grouped_mm_opaque.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
 
 
 class Experts(nn.Module):
@@ -446,9 +473,9 @@ class Experts(nn.Module):
         works = _GROUPED_MM_OK.get((x_TD.device.type, x_TD.dtype))  # read, not probed, under compile: no graph break
         if works is None:
             works = _grouped_mm_works(x_TD.device, x_TD.dtype)
-        if works and (not traced_fp32 or not torch.is_grad_enabled()):
+        if works:
             offs_E = pend_E.to(torch.int32)
-            # inference under compile in fp32: the same kernel as an opaque op (see _grouped_mm_opaque)
+            # fp32 under compile: the same kernel as an opaque op (see _grouped_mm_opaque)
             mm = _grouped_mm_opaque if traced_fp32 else torch._grouped_mm
             # two products rather than one on cat([w1, w3]): the cat copied every expert's weights on every
             # call (2.4x slower at decode sizes on CPU, identical results; dev/LOG.md, engine entry)
