@@ -1,22 +1,24 @@
 """Generation throughput: tinyseek's engine against transformers' `generate` on the same weights.
 
-    .venv/bin/python benchmarks/generate_throughput.py [--preset tiny] [--batches 1,16,64] [--new-tokens 64]
+    .venv/bin/python benchmarks/generate_throughput.py [--preset tiny] [--batches 1,16,64] [--new-tokens 64] [--compile]
 
-What it measures, all in one run on one machine (so the ratios mean something on a shared, busy box):
+What it measures, all in one run on one machine (so the ratios mean something on a shared, busy box); the first
+line names the machine (CPU model, torch's vector ISA, native bf16, threads):
 1. new tokens/s of greedy decoding with EOS disabled (exactly --new-tokens per sequence), random weights of
-   the preset, prompts of --prompt-len random tokens: tinyseek `Engine.generate` vs transformers
+   the preset, prompts of --prompt-len random tokens: tinyseek `Engine.generate` (eager, and with --compile the
+   compiled decode step too; its compile time is printed apart and not counted) vs transformers
    `DeepseekV3ForCausalLM.generate` on the exported weights, at each batch size, and the ratio;
    the greedy tokens of both are compared (they should agree; a mismatch is printed).
 2. KV-cache bytes per token: tinyseek's latent cache (absorbed MLA) vs transformers' `DynamicCache` (which, in
    transformers 5.2x, holds DeepseekV3's latent too) and vs a full K/V cache of the same model (the naive path).
 3. bf16: the engine with the model in bfloat16 at the middle batch size — speed, and how far it drifts from
    float32 (max |logit| difference on the prompts, share of greedy tokens equal before the first divergence).
-4. MTP speculative decoding at batch 1. A randomly initialised MTP head drafts noise (acceptance ~0), so the
-   model is first trained for --mtp-steps steps on a repetitive corpus (a fixed random token cycle with
-   occasional noise); that gives a best case for acceptance, not a typical one. Prints plain and speculative
-   tokens/s, the speed-up, the acceptance rate and whether the outputs are identical, for 1, 2 and 3 drafts a
-   step (drafts after the first chain the MTP module on its own output). The untrained model's acceptance is
-   printed too.
+   Only meaningful where bf16 is native (the machine line says); elsewhere it is emulated and slow.
+4. MTP speculative decoding at batch 1 on a model trained on the task corpus: `tinyseek pretrain` of a small
+   MoE with MTP (the demo teacher's shape) on worked 1-4 digit addition problems for --spec-steps steps, then
+   greedy decoding of held-out addition prompts, plain and with 1-4 chained drafts a step: tokens/s, speed-up,
+   acceptance, and whether the output is identical to plain greedy. The untrained model's acceptance is
+   printed too (a random MTP head drafts noise).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from tinyseek import cost  # noqa: E402
 from tinyseek.config import ModelConfig  # noqa: E402
 from tinyseek.engine import Engine  # noqa: E402
 from tinyseek.model import Transformer  # noqa: E402
@@ -74,26 +77,42 @@ def ours_cache_bytes_per_token(engine: Engine) -> float:
     return sum(x[0, 0].numel() * x.element_size() for x in engine.cache._tensors())
 
 
-def train_on_cycle(model: Transformer, steps: int, seed: int = 0) -> None:
-    """A few AdamW steps on a repetitive corpus (a fixed cycle, 5% of positions replaced by noise)."""
-    g = torch.Generator().manual_seed(seed)
-    V = model.cfg.vocab_size
-    cycle = torch.randint(0, V, (61,), generator=g)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    for i in range(steps):
-        starts = torch.randint(0, len(cycle), (8,), generator=g)
-        seq = torch.stack([cycle[(s + torch.arange(129)) % len(cycle)] for s in starts])
-        noise = torch.rand(seq.shape, generator=g) < 0.05
-        seq = torch.where(noise, torch.randint(0, V, seq.shape, generator=g), seq)
-        out = model(seq[:, :-1], targets=seq[:, 1:])
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        if (i + 1) % 20 == 0:
-            print(f"  train step {i + 1}: loss {out.loss.item():.3f}", flush=True)
-    model.eval()
-    return cycle
+def pretrain_on_addition(steps: int, out: Path, threads: int, layers: int):
+    """A small MoE with MTP (the demo teacher's width, `layers` deep) pretrained on worked addition problems;
+    returns (model, tokenizer). `tinyseek pretrain`'s own stage, float32, a few minutes of CPU."""
+    from tinyseek.checkpoint import load_model
+    from tinyseek.tokenizer import Tokenizer
+    from tinyseek.train.pretrain import PretrainConfig, run
+
+    cfg = PretrainConfig(
+        preset="tiny",
+        model=dict(
+            dim=128,
+            q_lora_rank=64,
+            kv_lora_rank=32,
+            inter_dim=384,
+            moe_inter_dim=64,
+            n_routed_experts=8,
+            n_activated_experts=2,
+            n_layers=layers,
+            max_seq_len=256,
+        ),
+        tasks={"addition": 6000},
+        vocab_size=384,
+        seq_len=128,
+        batch_size=16,
+        max_steps=steps,
+        lr=2e-3,
+        min_lr_ratio=0.1,
+        warmup_steps=20,
+        dtype="float32",
+        threads=threads,
+        progress=False,
+        eval_batches=1,
+    )
+    cfg.validate()
+    run(cfg, out)
+    return load_model(out / "final").eval(), Tokenizer.load(out / "final")
 
 
 def main() -> int:
@@ -104,11 +123,19 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=2, help="timed repetitions (best is kept)")
     ap.add_argument(
-        "--mtp-steps", type=int, default=80, help="training steps before the speculative benchmark (0: skip it)"
+        "--spec-steps", type=int, default=400, help="pretraining steps of the speculative benchmark's model (0: skip)"
     )
-    ap.add_argument("--mtp-new-tokens", type=int, default=128)
+    ap.add_argument("--spec-prompts", type=int, default=8, help="held-out addition prompts decoded at batch 1")
+    ap.add_argument(
+        "--spec-layers",
+        type=int,
+        default=8,
+        help="layers of that model (its one MTP block costs 1/layers of a step: 4 makes drafting dear)",
+    )
+    ap.add_argument("--compile", action="store_true", help="also time the engine's compiled decode step")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--skip-bf16", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,10 +143,10 @@ def main() -> int:
     cfg = ModelConfig.preset(args.preset)
     model = Transformer(cfg).eval()
     n_params = sum(p.numel() for p in model.parameters())
+    print(f"machine: {cost.machine_line()}")
     print(
-        f"preset {args.preset}: {n_params / 1e6:.1f}M parameters; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
-        "(a shared machine: figures are noisy)"
+        f"preset {args.preset}: {n_params / 1e6:.1f}M parameters, float32; torch {torch.__version__}; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine: figures are noisy)"
     )
     batches = [int(b) for b in args.batches.split(",")]
     N, P = args.new_tokens, args.prompt_len
@@ -138,12 +165,21 @@ def main() -> int:
         hf = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf", dtype=torch.float32).eval()
         print(f"transformers {transformers.__version__} DeepseekV3ForCausalLM on the exported weights")
 
-    print(f"\n{'batch':>5}  {'tinyseek tok/s':>14}  {'transformers tok/s':>18}  {'ratio':>6}  same tokens")
-    rows = []
+    variants = {"tinyseek": {}} | ({"compiled": {"compile": True}} if args.compile else {})
+    head = f"\n{'batch':>5}  {'tinyseek tok/s':>14}" + ("  compiled tok/s" if args.compile else "")
+    print(
+        head
+        + (f"  {'transformers tok/s':>18}  {'ratio':>6}" + ("  compiled" if args.compile else "") + "  same tokens")
+    )
+    compile_s = 0.0
     for B in batches:
         prompts = all_prompts[:B]
-        engine = Engine(model, max_batch=B, max_len=P + N + 1)
-        engine.generate(prompts[:1].tolist(), greedy.replace(max_new_tokens=4))  # warm-up
+        engines = {k: Engine(model, max_batch=B, max_len=P + N + 1, **kw) for k, kw in variants.items()}
+        for k, e in engines.items():  # warm-up; for the compiled engine, its compilation for this batch size
+            t = time.perf_counter()
+            e.generate(prompts.tolist(), greedy.replace(max_new_tokens=4))
+            if k == "compiled":
+                compile_s += time.perf_counter() - t
 
         def run_hf():
             with torch.inference_mode():
@@ -159,21 +195,27 @@ def main() -> int:
 
         if hf is not None and B == batches[0]:
             run_hf()  # warm-up
-        dt = dt_hf = float("inf")
-        for _ in range(args.repeat):  # interleaved, best of each: load spikes on a shared machine hit both
-            d, ours = timed(lambda: engine.generate(prompts.tolist(), greedy))
-            dt = min(dt, d)
+        dt = {k: float("inf") for k in engines}
+        dt_hf = float("inf")
+        outs = {}
+        for _ in range(args.repeat):  # interleaved, best of each: load spikes on a shared machine hit all
+            for k, e in engines.items():
+                d, outs[k] = timed(lambda e=e: e.generate(prompts.tolist(), greedy))
+                dt[k] = min(dt[k], d)
             if hf is not None:
                 d, ref = timed(run_hf)
                 dt_hf = min(dt_hf, d)
-        tps = B * N / dt
-        line = f"{B:>5}  {tps:>14.0f}"
+        tps = {k: B * N / v for k, v in dt.items()}
+        line = f"{B:>5}  {tps['tinyseek']:>14.0f}" + (f"  {tps['compiled']:>15.0f}" if args.compile else "")
         if hf is not None:
             tps_hf = B * N / dt_hf
-            same = [g[0].token_ids for g in ours] == ref[:, P:].tolist()
-            line += f"  {tps_hf:>18.0f}  {tps / tps_hf:>5.2f}x  {same}"
-            rows.append((B, tps, tps_hf))
+            same = all([g[0].token_ids for g in o] == ref[:, P:].tolist() for o in outs.values())
+            line += f"  {tps_hf:>18.0f}  {tps['tinyseek'] / tps_hf:>5.2f}x"
+            line += f"  {tps['compiled'] / tps_hf:>7.2f}x" if args.compile else ""
+            line += f"  {same}"
         print(line, flush=True)
+    if args.compile:
+        print(f"(the compiled decode step: {compile_s:.0f} s of compilation in the warm-ups, not counted above)")
 
     eng = Engine(model, max_batch=1)
     ours_b = ours_cache_bytes_per_token(eng)
@@ -202,62 +244,77 @@ def main() -> int:
         "bytes per token)"
     )
 
-    # bf16
-    B = batches[len(batches) // 2]
-    prompts = all_prompts[:B]
-    m16 = copy.deepcopy(model).to(torch.bfloat16)
-    e16 = Engine(m16, max_batch=B, max_len=P + N + 1)
-    e16.generate(prompts[:1].tolist(), greedy.replace(max_new_tokens=4))
-    dt16, out16 = timed(lambda: e16.generate(prompts.tolist(), greedy), args.repeat)
-    e32 = Engine(model, max_batch=B, max_len=P + N + 1)
-    dt32, out32 = timed(lambda: e32.generate(prompts.tolist(), greedy), args.repeat)
-    with torch.inference_mode():
-        d = (model(prompts).logits - m16(prompts).logits.float()).abs().max().item()
-    agree = []
-    for a, b in zip(out16, out32):
-        x, y = a[0].token_ids, b[0].token_ids
-        k = next((i for i in range(len(x)) if x[i] != y[i]), len(x))
-        agree.append(k / len(x))
-    print(
-        f"\nbf16 at batch {B}: {B * N / dt16:.0f} tok/s vs float32 {B * N / dt32:.0f} ({dt32 / dt16:.2f}x); "
-        f"max |logit diff| on the prompts {d:.3f}; greedy tokens equal to float32 before the first divergence: "
-        f"{100 * sum(agree) / len(agree):.0f}%"
-    )
-
-    if args.mtp_steps > 0 and cfg.mtp_depth > 0:
-        M = args.mtp_new_tokens
-        p = greedy.replace(max_new_tokens=M)
-        e = Engine(model, max_batch=1, speculative=True)
-        e.generate([all_prompts[0].tolist()], p)
+    if not args.skip_bf16:
+        B = batches[len(batches) // 2]
+        prompts = all_prompts[:B]
+        m16 = copy.deepcopy(model).to(torch.bfloat16)
+        e16 = Engine(m16, max_batch=B, max_len=P + N + 1)
+        e16.generate(prompts[:1].tolist(), greedy.replace(max_new_tokens=4))
+        dt16, out16 = timed(lambda: e16.generate(prompts.tolist(), greedy), args.repeat)
+        e32 = Engine(model, max_batch=B, max_len=P + N + 1)
+        dt32, out32 = timed(lambda: e32.generate(prompts.tolist(), greedy), args.repeat)
+        with torch.inference_mode():
+            d = (model(prompts).logits - m16(prompts).logits.float()).abs().max().item()
+        agree = []
+        for a, b in zip(out16, out32):
+            x, y = a[0].token_ids, b[0].token_ids
+            k = next((i for i in range(len(x)) if x[i] != y[i]), len(x))
+            agree.append(k / len(x))
         print(
-            "\nMTP speculative decoding, batch 1: untrained model acceptance "
-            f"{e.stats['accepted'] / max(1, e.stats['drafted']):.2f}"
+            f"\nbf16 at batch {B} (native bf16 here: {'yes' if cost.native_bf16() else 'no'}): "
+            f"{B * N / dt16:.0f} tok/s vs float32 {B * N / dt32:.0f} ({dt32 / dt16:.2f}x); max |logit diff| on the "
+            f"prompts {d:.3f}; greedy tokens equal to float32 before the first divergence: "
+            f"{100 * sum(agree) / len(agree):.0f}%"
         )
+
+    if args.spec_steps > 0:
+        from tinyseek import tasks
+
+        e = Engine(model, max_batch=1, speculative=True)
+        e.generate([all_prompts[0].tolist()], greedy)
         print(
-            f"training a copy for {args.mtp_steps} steps on a repetitive corpus (best case for acceptance)...",
+            "\nMTP speculative decoding, batch 1: the random model's acceptance "
+            f"{e.stats['accepted'] / max(1, e.stats['drafted']):.2f}; pretraining a small MoE with MTP on addition "
+            f"traces for {args.spec_steps} steps...",
             flush=True,
         )
-        trained = copy.deepcopy(model)
-        cycle = train_on_cycle(trained, args.mtp_steps)
-        prompt = [cycle[:P].tolist()]
-        engines = {0: Engine(trained, max_batch=1)} | {
-            k: Engine(trained, max_batch=1, speculative=k) for k in (1, 2, 3)
+        t = time.perf_counter()
+        trained, tok = pretrain_on_addition(
+            args.spec_steps, Path(tempfile.mkdtemp(prefix="tinyseek-spec-")), args.threads or 0, args.spec_layers
+        )
+        recs = tasks.get("addition").generate(args.spec_prompts, seed=1, split="test")
+        prompts = [[tok.bos_id] + tok.encode(r["prompt"] + "\n") for r in recs]
+        p = SamplingParams(temperature=0, max_new_tokens=96)
+        print(
+            f"  ({time.perf_counter() - t:.0f} s; {sum(x.numel() for x in trained.parameters()) / 1e6:.2f}M "
+            f"parameters; {len(prompts)} held-out prompts such as {recs[0]['prompt']!r}, greedy until the end token)"
+        )
+        engines = {0: Engine(trained, tokenizer=tok, max_batch=1)} | {
+            k: Engine(trained, tokenizer=tok, max_batch=1, speculative=k) for k in (1, 2, 3, 4)
         }
         for e in engines.values():
-            e.generate(prompt, p.replace(max_new_tokens=4))
+            e.generate(prompts[:1], p.replace(max_new_tokens=4))
             e.stats.update(drafted=0, accepted=0)
         best = {k: float("inf") for k in engines}
         outs = {}
         for _ in range(max(3, args.repeat)):  # interleaved, best of each: load spikes on a shared machine hit all
             for k, e in engines.items():
-                d, outs[k] = timed(lambda: e.generate(prompt, p))
+                d, outs[k] = timed(lambda e=e: e.generate(prompts, p))
                 best[k] = min(best[k], d)
-        print(f"  plain: {M / best[0]:.0f} tok/s")
-        for k in (1, 2, 3):
+        n_tok = sum(len(g[0].token_ids) for g in outs[0])
+        from tinyseek.rewards import accuracy_reward
+
+        texts = [g[0].text for g in outs[0]]
+        acc = accuracy_reward([r["prompt"] for r in recs], texts, answer=[r["answer"] for r in recs])
+        print(
+            f"  plain: {n_tok / best[0]:.0f} tok/s ({n_tok} tokens, {sum(a or 0 for a in acc):.0f}/{len(recs)} answers "
+            f"right; first: {texts[0]!r})"
+        )
+        for k in (1, 2, 3, 4):
             st = engines[k].stats
-            same = outs[k][0][0].token_ids == outs[0][0][0].token_ids
+            same = [g[0].token_ids for g in outs[k]] == [g[0].token_ids for g in outs[0]]
             print(
-                f"  speculative, {k} draft{'s' if k > 1 else ''} a step: {M / best[k]:.0f} tok/s, "
+                f"  speculative, {k} draft{'s' if k > 1 else ''} a step: {n_tok / best[k]:.0f} tok/s, "
                 f"speed-up {best[0] / best[k]:.2f}x, acceptance {st['accepted'] / max(1, st['drafted']):.2f}, "
                 f"identical output {same}"
             )

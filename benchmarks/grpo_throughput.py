@@ -11,6 +11,13 @@ and tinyseek / TRL. Then tinyseek alone on its own `tiny` preset (8.3M MoE, MLA,
 
 The first step of each trainer is a warm-up and not timed (allocations, lazy imports). The machine is
 shared: run both in the same invocation and read the ratio, not the absolute figures.
+
+The fp32 compute bound: a step's model FLOPs (rollout: one forward per prompt and generated token; update: the
+reference forward and the policy's forward + backward over every prompt + completion token, 4 forwards' worth;
+2 FLOPs per weight that multiplies an activation, attention's context term left out) divided by a measured
+fp32 matmul peak on this machine (1024^3, the same threads). Both trainers do the same FLOPs, so the
+fraction of that bound each reaches says how much a faster implementation could still win. The first line
+names the machine (CPU model, torch's vector ISA, native bf16, threads).
 """
 
 from __future__ import annotations
@@ -195,6 +202,9 @@ def main() -> None:
     recs = prompts(a.steps + 1)
     base = build_llama(tok.vocab_size, hf_tok)
     n_params = sum(p.numel() for p in base.parameters())
+    from tinyseek import cost
+
+    print(f"machine: {cost.machine_line()}")
     print(
         f"random Llama {n_params / 1e6:.2f}M params (vocab {tok.vocab_size}), {P} prompts x G={G}, {NEW} new tokens, "
         f"beta {BETA}, fp32, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f} on "
@@ -204,9 +214,17 @@ def main() -> None:
     policy = HFPolicy(copy.deepcopy(base), hf_tok)
     s, m = run_tinyseek(policy, recs, a.steps, tmp, "ts-llama")
     results["tinyseek (Llama via HF adapter)"] = s
+    # the fp32 compute bound of one step (see the module docstring)
+    peak = cost.measure_matmul_peak("cpu", torch.float32, n=1024, seconds=1.0)
+    flops = m["rollout_flops"] + 4 * policy.forward_flops(m["tokens"], 0)
+    bound = flops / peak
+    print(
+        f"fp32 compute bound: {flops / 1e9:.0f} GFLOP a step at a measured {peak / 1e9:.0f} GFLOP/s fp32 matmul peak "
+        f"= {bound:.2f} s/step ({P * G / bound:.1f} completions/s)"
+    )
     print(
         f"tinyseek, Llama via the HF adapter: {s:.2f} s/step, {P * G / s:.1f} completions/s "
-        f"(rollout {m['rollout_s']:.2f} s, update {m['update_s']:.2f} s)",
+        f"(rollout {m['rollout_s']:.2f} s, update {m['update_s']:.2f} s): {bound / s:.0%} of the bound",
         flush=True,
     )
     if not a.skip_trl:
@@ -216,8 +234,10 @@ def main() -> None:
         results["TRL GRPOTrainer"] = t
         import trl
 
-        print(f"TRL {trl.__version__} GRPOTrainer: {t:.2f} s/step, {P * G / t:.1f} completions/s", flush=True)
-        print(f"ratio tinyseek / TRL: {t / s:.2f}x completions/s")
+        print(
+            f"TRL {trl.__version__} GRPOTrainer: {t:.2f} s/step, {P * G / t:.1f} completions/s: {bound / t:.0%} of the bound"
+        )
+        print(f"ratio tinyseek / TRL: {t / s:.2f}x completions/s (target 2x)", flush=True)
     if not a.skip_tiny:
         from tinyseek.config import ModelConfig
         from tinyseek.model import Transformer

@@ -164,7 +164,10 @@ def run(
             runner = torch.compile(model) if compile_ else model
             opt = torch.optim.AdamW(model.parameters(), lr=lr)
             name = "tinyseek" + (" (compiled)" if compile_ else "")
+            t0 = time.perf_counter()
             results.append((name, *measure(tinyseek_step(model, opt, runner), data, warmup, device)))
+            if compile_:
+                print(f"  ({name}: {time.perf_counter() - t0:.0f} s in all, the compilation in its warm-up steps)")
             del model, runner, opt
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -237,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     impls = [s for s in args.hf_experts.split(",") if s]
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.device == "auto" else [args.device]
+    import os
+
+    print(f"machine: {cost.machine_line('cuda' if torch.cuda.is_available() else 'cpu')}")
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
     )
     for device in devices:
         gpu = device.startswith("cuda")

@@ -79,6 +79,13 @@ def test_compiled_decode_step_equals_the_eager_one():
     assert _ids(comp.generate(prompts, params, n=2)) == _ids(eager.generate(prompts, params, n=2))
     for (_, a), (_, b) in zip(sorted(le.items()), sorted(lc.items())):
         assert max((x - y).abs().max().item() for x, y in zip(a, b)) < 1e-4
+    # speculating: verification and the MTP drafts compiled too, the same drafts accepted
+    m, cyc = _cycle_model()
+    p = SamplingParams(temperature=0, max_new_tokens=12)
+    spec = [Engine(m, max_batch=4, speculative=2, compile=c) for c in (False, "eager")]
+    outs = [e.generate([cyc[:5].tolist(), [9, 150]], p) for e in spec]
+    assert _ids(outs[0]) == _ids(outs[1])
+    assert spec[0].stats == spec[1].stats and 0 < spec[1].stats["accepted"]
     torch._dynamo.reset()
 
 

@@ -155,6 +155,7 @@ class _Step:
     length: int = 0  # keys attended: cache slots 0 .. length-1
     mask: torch.Tensor | None = None  # [B, 1, T, length] bool, True = attend
     want_aux: bool = False
+    want_stats: bool = True  # the MoE's expert counts (out.expert_load); decode steps skip them
     real: torch.Tensor | None = None  # [B, T] bool, the positions routing statistics count (None = all)
     loads: list = field(default_factory=list)  # per MoE block: [E] token counts
     auxes: list = field(default_factory=list)  # per MoE block: scalar
@@ -534,6 +535,10 @@ class MoE(nn.Module):
         E, K = self.cfg.n_routed_experts, self.cfg.n_activated_experts
         x_TD = x.reshape(B * T, D)
         weights_TK, experts_TK, scores_TE = self.gate(x_TD)
+        dense = self.cfg.moe_impl == "dense" or (self.cfg.moe_impl == "sorted" and use_dense(B * T, K, E))
+        if not st.want_stats and (dense or self.cfg.moe_impl == "loop"):  # a decode step: nothing needs the counts
+            y_TD = self.experts.dense(x_TD, weights_TK, experts_TK) if dense else self.experts.loop(x_TD, weights_TK, experts_TK)
+            return (y_TD + self.shared(x_TD) if self.shared is not None else y_TD).view(B, T, D)
         with torch.no_grad():
             counts_BE = torch.zeros(B, E, device=x.device, dtype=torch.long)
             counts_BE.scatter_add_(1, experts_TK.view(B, T * K), torch.ones_like(experts_TK).view(B, T * K))
@@ -543,7 +548,7 @@ class MoE(nn.Module):
                 counts_BE = torch.zeros_like(counts_BE).scatter_add_(1, experts_TK.view(B, T * K), real_BTK)
         if self.cfg.moe_impl == "loop":
             y_TD = self.experts.loop(x_TD, weights_TK, experts_TK)
-        elif self.cfg.moe_impl == "dense" or (self.cfg.moe_impl == "sorted" and use_dense(B * T, K, E)):
+        elif dense:
             y_TD = self.experts.dense(x_TD, weights_TK, experts_TK)
         else:
             y_TD = self.experts.sorted(x_TD, weights_TK, experts_TK, counts_E)
@@ -753,20 +758,24 @@ class Transformer(nn.Module):
             out.logits = None
         return out
 
-    def decode(self, tokens: torch.Tensor, cache: KVCache, rows: torch.Tensor, length: int) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, cache: KVCache, rows: torch.Tensor, length: int,
+               residual: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The cached forward of a decode step with nothing read to the host, for the engine's compiled step.
 
         tokens [B, T] go to cache rows `rows` [B] at positions cache.pos[rows] ...; `length` must be at least
         every row's fill level after this step (the engine counts its tokens, so it knows). Returns logits
-        [B, T, vocab] and advances cache.pos[rows] by T, as `forward(tokens, cache=cache, rows=rows)` does
-        (the reference this is tested against); no checks, no losses, no expert statistics."""
+        [B, T, vocab] (and with `residual` the last layer's output [B, T, dim], MTP's input) and advances
+        cache.pos[rows] by T, as `forward(tokens, cache=cache, rows=rows)` does (the reference this is tested
+        against); no checks, no losses, no expert statistics."""
         B, T = tokens.shape
         h = self.embed(tokens)
         st = self._step(B, T, tokens.device, h.dtype, cache, rows, length=length)
+        st.want_stats = False
         for layer in self.layers:
             h = layer(h, st)
         cache.pos[rows] = st.positions[:, -1] + 1
-        return self.head(self.norm(h))
+        logits = self.head(self.norm(h))
+        return (logits, h) if residual else logits
 
     def _mtp_train(self, h, tokens, targets, st: _Step):
         """Depth k (1..D): position i < T-k sees h^{k-1}_i and token i+k and predicts token i+k+1."""
@@ -786,18 +795,20 @@ class Transformer(nn.Module):
         return logits, loss
 
     def mtp_step(self, k: int, hidden_prev: torch.Tensor, tokens: torch.Tensor, cache: KVCache | None = None,
-                 rows: torch.Tensor | None = None, start: torch.Tensor | None = None):
+                 rows: torch.Tensor | None = None, start: torch.Tensor | None = None, length: int | None = None):
         """Run MTP depth k (1-based) for drafting -> (hidden_k [B, T, dim] pre-norm, logits_k [B, T, vocab]).
 
         `hidden_prev` sits at positions start..start+T-1 (default: the T tokens the main forward has just
-        cached, `cache.pos[rows] - T`); `tokens` are the tokens one position ahead. See the module docstring."""
+        cached, `cache.pos[rows] - T`); `tokens` are the tokens one position ahead. See the module docstring.
+        `length` (an upper bound of the last position + 1, as for `decode`) spares the read of the positions."""
         if not 1 <= k <= len(self.mtp):
             raise TinyseekError(f"mtp_step: depth k={k} outside 1..{len(self.mtp)}")
         B, T = tokens.shape
         if cache is not None and start is None:
             r = torch.arange(B, device=tokens.device) if rows is None else torch.as_tensor(rows, device=tokens.device).view(-1)
             start = cache.pos[r] - T
-        st = self._step(B, T, tokens.device, hidden_prev.dtype, cache, rows, start=start)
+        st = self._step(B, T, tokens.device, hidden_prev.dtype, cache, rows, start=start, length=length)
+        st.want_stats = cache is None
         mod = self.mtp[k - 1]
         h = mod(hidden_prev, self.embed(tokens), st)
         return h, self.head(mod.norm(h))

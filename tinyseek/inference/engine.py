@@ -72,6 +72,7 @@ at every step; tests hold the cached path to it (logits within 1e-4).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -135,6 +136,9 @@ class Engine:
         self.compiled = bool(compile) and not recompute
         backend = compile if isinstance(compile, str) else "inductor"
         self._decode_fn = torch.compile(model.decode, dynamic=True, backend=backend) if self.compiled else model.decode
+        # speculating: the drafting MTP steps too (verification goes through _decode_fn with residual=True)
+        mtp = getattr(model, "mtp_step", None)
+        self._mtp_fn = torch.compile(mtp, dynamic=True, backend=backend) if self.compiled and speculative else mtp
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         from tinyseek.model import KVCache
@@ -284,9 +288,22 @@ class Engine:
             for r in itertools.chain.from_iterable(rids):
                 self.abort(r)
             raise TinyseekError(f"prompt {len(rids)}: {e}") from None
-        while self.has_unfinished():
-            self.step()
+        with self._eval_mode():  # once for the whole batch: switching modes walks every module (~10% of a step)
+            while self.has_unfinished():
+                self.step()
         return [[self.collect(r) for r in group] for group in rids]
+
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        """The model in eval mode inside, its own mode restored after (GRPO shares the model with its trainer)."""
+        if not self.model.training:
+            yield
+            return
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(True)
 
     # -- one step ------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -295,9 +312,7 @@ class Engine:
         accepted). Returns one event per request that produced tokens or finished."""
         events: dict[int, StepEvent] = {}
         decoding = [s for s in self.running.values() if s.pending is not None]
-        was_training = self.model.training  # GRPO shares the model with its trainer: restore its mode after
-        self.model.eval()
-        try:
+        with self._eval_mode():
             admitted = self._admit()
             if admitted:
                 self._prefill(admitted, events)
@@ -306,8 +321,6 @@ class Engine:
                     self._decode_speculative(decoding, events)
                 else:
                     self._decode(decoding, events)
-        finally:
-            self.model.train(was_training)
         self.stats["steps"] += 1
         return list(events.values())
 
@@ -482,7 +495,7 @@ class Engine:
             d = lg[:, -1].argmax(-1)  # [1]
             drafts = [d]
             for j in range(self.n_draft - 1):
-                h, lg = self._chain(h[:, -1:], d, rows, j)
+                h, lg = self._chain(h[:, -1:], d, rows, j, len(head.prompt) + j + 1)
                 d = lg[:, -1].argmax(-1)
                 drafts.append(d)
             head.draft = torch.stack(drafts, 1)[0].tolist()
@@ -492,13 +505,14 @@ class Engine:
                     s.draft = list(head.draft)
             i += len(grp)
 
-    def _chain(self, h_mtp: torch.Tensor, tok: torch.Tensor, rows: torch.Tensor, i: int):
+    def _chain(self, h_mtp: torch.Tensor, tok: torch.Tensor, rows: torch.Tensor, i: int, length: int):
         """Draft i+2: MTP depth 1 fed its own output h_mtp [B, 1, dim] in place of the main model's hidden state
         (which the drafted token does not have yet) and draft i+1 `tok` [B]. It stands at position cache.pos + i
         (cache.pos is the pending token's position, whose MTP entry reads draft 1): each chained draft has its
-        own RoPE position and MTP cache slot. Those entries are provisional: verification rewrites them."""
+        own RoPE position and MTP cache slot. Those entries are provisional: verification rewrites them.
+        `length` bounds the positions + 1 from above (the host does not know how many drafts were kept)."""
         start = self.cache.pos[rows] + i
-        return self.model.mtp_step(1, h_mtp, tok[:, None], cache=self.cache, rows=rows, start=start)
+        return self._mtp_fn(1, h_mtp, tok[:, None], self.cache, rows, start, min(length, self.cache.max_len))
 
     def _decode_speculative(self, seqs: list[Seq], events) -> None:
         """Verify [pending, d_1..d_k] in one forward; keep the drafts up to the first mismatch plus the main
@@ -506,26 +520,27 @@ class Engine:
         B, k = len(seqs), self.n_draft
         rows = torch.tensor([s.row for s in seqs], device=self.device)
         tokens = torch.tensor([[s.pending] + s.draft for s in seqs], device=self.device)  # [B, k+1]
-        out = self.model(tokens, cache=self.cache, rows=rows)
-        y = out.logits.argmax(-1)  # [B, k+1]: the main model's greedy token after each fed token
+        length = max(len(s.prompt) + len(s.out) for s in seqs) + k  # the fill level after these k+1 tokens
+        logits, residual = self._decode_fn(tokens, self.cache, rows, length, residual=True)
+        y = logits.argmax(-1)  # [B, k+1]: the main model's greedy token after each fed token
         a = (y[:, :k] == tokens[:, 1:]).long().cumprod(1).sum(1)  # [B]: drafts accepted (leading matches)
         # MTP over the k+1 new positions: position j sees the token the main model put after it (y); only the
         # first a+1 entries are right (the others are rolled back below and rewritten later)
-        h_mtp, mlg = self.model.mtp_step(1, out.residual, y, cache=self.cache, rows=rows)
+        h_mtp, mlg = self._mtp_fn(1, residual, y, self.cache, rows, None, length)
         self.cache.pos[rows] -= k - a  # keep pending + the accepted drafts
         d = mlg.argmax(-1).gather(1, a[:, None]).squeeze(1)  # [B]: draft after the new pending token y_a
         drafts = [d]
         h = h_mtp.gather(1, a[:, None, None].expand(B, 1, h_mtp.shape[-1]))  # [B, 1, dim]
         for i in range(k - 1):
-            h, lg = self._chain(h, d, rows, i)
+            h, lg = self._chain(h, d, rows, i, length + i + 1)
             d = lg[:, -1].argmax(-1)
             drafts.append(d)
         if self.logit_hook is not None:
-            self.logit_hook([s.rid for s in seqs], out.logits[:, 0])
+            self.logit_hook([s.rid for s in seqs], logits[:, 0])
         want_lp = any(s.params.logprobs for s in seqs)
         parts = [y.double(), a.double()[:, None], torch.stack(drafts, 1).double()]
         if want_lp:
-            parts.append(torch.log_softmax(out.logits.float(), -1).gather(-1, y[..., None]).squeeze(-1).double())
+            parts.append(torch.log_softmax(logits.float(), -1).gather(-1, y[..., None]).squeeze(-1).double())
         host = torch.cat(parts, dim=1).tolist()  # the one sync: [B, (k+1) + 1 + k (+ k+1)]
         self.stats["forward_tokens"] += (k + 1) * B
         self.stats["drafted"] += k * B
