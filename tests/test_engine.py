@@ -70,11 +70,11 @@ def test_compiled_decode_step_equals_the_eager_one():
         SamplingParams(temperature=0, max_new_tokens=10),
         SamplingParams(temperature=0.9, seed=1, max_new_tokens=3),
     )
-    params = [long, short, short, short] * 2
-    prompts = PROMPTS * 2  # x 2 samples: 16 rows (sorted path), then 4 (dense path) once the short ones stop
-    assert not model_mod.use_dense(16, m.cfg.n_activated_experts, m.cfg.n_routed_experts)
-    assert model_mod.use_dense(4, m.cfg.n_activated_experts, m.cfg.n_routed_experts)
-    eager, comp = Engine(m, max_batch=16), Engine(m, max_batch=16, compile="eager")
+    params = [long, short, short, short] * 3
+    prompts = PROMPTS * 3  # x 2 samples: 24 rows (sorted path), then 6 (dense path) once the short ones stop
+    E, K = m.cfg.n_routed_experts, m.cfg.n_activated_experts
+    assert 24 * K > model_mod.DENSE_MAX_ROWS_PER_EXPERT * E >= 6 * K  # sorted at 24 rows, dense (compiled) at 6
+    eager, comp = Engine(m, max_batch=24), Engine(m, max_batch=24, compile="eager")
     le, lc = _record(eager), _record(comp)
     assert _ids(comp.generate(prompts, params, n=2)) == _ids(eager.generate(prompts, params, n=2))
     for (_, a), (_, b) in zip(sorted(le.items()), sorted(lc.items())):

@@ -213,6 +213,8 @@ def test_sorted_dispatch_takes_the_dense_path_only_for_few_rows_per_expert(monke
     cfg = nano()
     E, K = cfg.n_routed_experts, cfg.n_activated_experts
     limit = model.DENSE_MAX_ROWS_PER_EXPERT * E // K  # tokens
+    assert not model.use_dense(limit, K, E)  # eager on one thread: the grouped matmul's small products win
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert model.use_dense(limit, K, E) and not model.use_dense(limit + 1, K, E)
     s = make(cfg)
     calls = []

@@ -504,13 +504,19 @@ class Experts(nn.Module):
 
 
 # `moe_impl = "sorted"` runs every expert densely (Experts.dense) while the routed rows per expert,
-# tokens * K / E, stay at or below this: decoding (a few tokens per expert), not prefill or training.
-DENSE_MAX_ROWS_PER_EXPERT = 2
+# tokens * K / E, stay at or below this (decoding, not prefill or training), in a compiled graph or with more
+# than one torch thread. Measured on `tiny` (dev/LOG.md): eager on one thread the grouped matmul's small
+# products win at every size (dense 410-912 us vs sorted 344-789 us a layer for 1-16 tokens); compiled at batch
+# 16 dense wins (a 4.8 vs 6.0 ms step), and with two threads each small product is an OpenMP region (the
+# issue's profile: 176 of them at ~50 us in a 20.7 ms step), which the dense path's three matmuls avoid.
+DENSE_MAX_ROWS_PER_EXPERT = 4
 
 
 def use_dense(n_tokens: int, k: int, n_experts: int) -> bool:
     """Whether `moe_impl = "sorted"` takes the dense path for a forward of `n_tokens` tokens (see above)."""
-    return n_tokens * k <= DENSE_MAX_ROWS_PER_EXPERT * n_experts
+    if n_tokens * k > DENSE_MAX_ROWS_PER_EXPERT * n_experts:
+        return False
+    return torch.compiler.is_compiling() or torch.get_num_threads() > 1
 
 
 def _group_align(device: torch.device, dtype: torch.dtype, n_rows: int, n_experts: int) -> int:
