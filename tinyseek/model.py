@@ -24,8 +24,13 @@ outside. Semantics follow DeepSeek's public inference code and, where the two co
   experts; with groups, a group's score is the sum of its top-2 biased scores and only `n_limited_groups`
   groups are kept; weights are the unbiased scores of the chosen experts, normalised to sum 1 for sigmoid,
   times `route_scale`. Shared experts (one MLP of `n_shared_experts * moe_inter_dim`) are always added.
-  Dispatch `loop` (reference) or `sorted` (`torch._grouped_mm` over rows sorted by expert, each expert's
-  group padded to 16 rows so matrix shapes repeat; a padded-bmm fallback where grouped_mm is missing).
+  Dispatch `loop` (reference), `sorted` (`torch._grouped_mm` over rows sorted by expert, each expert's
+  group padded to 16 rows so matrix shapes repeat; a padded-bmm fallback where grouped_mm is missing; under
+  torch.compile in fp32 the same kernel as an opaque custom op with its backward) or `dense` (every expert on
+  every token, unchosen ones weighted 0: three large matmuls, the decode path that `sorted` takes by itself
+  for a few rows per expert when compiled or multi-threaded, `use_dense`).
+- `decode(tokens, cache, rows, length)`: the cached forward of a decode step without host syncs (the caller
+  passes the attended length) and without checks or statistics; the engine compiles it.
 - The loss is float32 cross-entropy (`cross_entropy`, chunked, = F.cross_entropy on float32 logits).
 
 Speed notes (dev/LOG.md has the figures): on CPU, PyTorch's fused attention needs one head size for q, k

@@ -33,9 +33,10 @@ Compiled decoding (`compile=True`, opt-in). The decode step's forward goes throu
 `torch.compile(model.decode, dynamic=True)`: one graph for every batch size and cache length (plus one for
 batch 1, which dynamo specialises), fused element-wise kernels between the matmuls, no Python per layer. The
 MoE takes its dense path while experts hold few rows (model.use_dense) and otherwise the sorted path, whose
-grouped matmul compiles as an opaque op. Compiling costs ~1-2 minutes of a 2-core CPU the first time (the
-inductor cache keeps the result for later processes), so it pays only for long generations; the eager step
-is the reference it is tested against.
+grouped matmul compiles as an opaque op. Speculating, the whole step (verification, acceptance, rollback and
+the k drafts: `_speculate`) is one graph, so a step costs one call whatever k is. Compiling costs ~1-2
+minutes of a 2-core CPU the first time (the inductor cache keeps the result for later processes), so it pays
+only for long generations; the eager step is the reference it is tested against.
 
 What `logprobs` holds: the model's log-probability of each sampled token at the sampling temperature
 (T = 1 for greedy), before penalties and truncation — see `inference/sampling.py`.
@@ -101,6 +102,34 @@ class StepEvent:
     prompt_cache: PromptCache | None = None
 
 
+def _speculate(model, tokens, cache, rows, length: int, k: int, want_lp: bool):
+    """One speculative step on the device, with nothing read to the host (so that it compiles as one graph):
+    verify [pending, d_1..d_k] (`tokens` [B, k+1]) in one forward; keep the drafts up to the first mismatch
+    plus the main model's own next token; roll the rest of the cache back; draft k tokens again.
+
+    Returns ([B, (k+1) + 1 + k (+ k+1)] float64: the main model's greedy tokens y, the number of drafts
+    accepted a, the new drafts (and the log-probs of y), the logits after the pending token [B, V])."""
+    B = tokens.shape[0]
+    logits, residual = model.decode(tokens, cache, rows, length, residual=True)
+    y = logits.argmax(-1)  # [B, k+1]: the main model's greedy token after each fed token
+    a = (y[:, :k] == tokens[:, 1:]).long().cumprod(1).sum(1)  # [B]: drafts accepted (leading matches)
+    # MTP over the k+1 new positions: position j sees the token the main model put after it (y); only the
+    # first a+1 entries are right (the others are rolled back below and rewritten later)
+    h_mtp, mlg = model.mtp_step(1, residual, y, cache, rows, None, length)
+    cache.pos[rows] = cache.pos[rows] - (k - a)  # keep pending + the accepted drafts
+    d = mlg.argmax(-1).gather(1, a[:, None]).squeeze(1)  # [B]: draft after the new pending token y_a
+    drafts = [d]
+    h = h_mtp.gather(1, a[:, None, None].expand(B, 1, h_mtp.shape[-1]))  # [B, 1, dim]
+    for i in range(k - 1):  # chained drafts (Engine._chain): draft i+2 at position cache.pos + i
+        h, lg = model.mtp_step(1, h, d[:, None], cache, rows, cache.pos[rows] + i, min(length + i + 1, cache.max_len))
+        d = lg[:, -1].argmax(-1)
+        drafts.append(d)
+    parts = [y.double(), a.double()[:, None], torch.stack(drafts, 1).double()]
+    if want_lp:
+        parts.append(torch.log_softmax(logits.float(), -1).gather(-1, y[..., None]).squeeze(-1).double())
+    return torch.cat(parts, dim=1), logits[:, 0]
+
+
 class Engine:
     """Generation for a tinyseek `Transformer` (see the module docstring)."""
 
@@ -139,6 +168,7 @@ class Engine:
         # speculating: the drafting MTP steps too (verification goes through _decode_fn with residual=True)
         mtp = getattr(model, "mtp_step", None)
         self._mtp_fn = torch.compile(mtp, dynamic=True, backend=backend) if self.compiled and speculative else mtp
+        self._spec_fn = torch.compile(_speculate, dynamic=True, backend=backend) if self.compiled else _speculate
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         from tinyseek.model import KVCache
@@ -521,27 +551,11 @@ class Engine:
         rows = torch.tensor([s.row for s in seqs], device=self.device)
         tokens = torch.tensor([[s.pending] + s.draft for s in seqs], device=self.device)  # [B, k+1]
         length = max(len(s.prompt) + len(s.out) for s in seqs) + k  # the fill level after these k+1 tokens
-        logits, residual = self._decode_fn(tokens, self.cache, rows, length, residual=True)
-        y = logits.argmax(-1)  # [B, k+1]: the main model's greedy token after each fed token
-        a = (y[:, :k] == tokens[:, 1:]).long().cumprod(1).sum(1)  # [B]: drafts accepted (leading matches)
-        # MTP over the k+1 new positions: position j sees the token the main model put after it (y); only the
-        # first a+1 entries are right (the others are rolled back below and rewritten later)
-        h_mtp, mlg = self._mtp_fn(1, residual, y, self.cache, rows, None, length)
-        self.cache.pos[rows] -= k - a  # keep pending + the accepted drafts
-        d = mlg.argmax(-1).gather(1, a[:, None]).squeeze(1)  # [B]: draft after the new pending token y_a
-        drafts = [d]
-        h = h_mtp.gather(1, a[:, None, None].expand(B, 1, h_mtp.shape[-1]))  # [B, 1, dim]
-        for i in range(k - 1):
-            h, lg = self._chain(h, d, rows, i, length + i + 1)
-            d = lg[:, -1].argmax(-1)
-            drafts.append(d)
-        if self.logit_hook is not None:
-            self.logit_hook([s.rid for s in seqs], logits[:, 0])
         want_lp = any(s.params.logprobs for s in seqs)
-        parts = [y.double(), a.double()[:, None], torch.stack(drafts, 1).double()]
-        if want_lp:
-            parts.append(torch.log_softmax(logits.float(), -1).gather(-1, y[..., None]).squeeze(-1).double())
-        host = torch.cat(parts, dim=1).tolist()  # the one sync: [B, (k+1) + 1 + k (+ k+1)]
+        out, first_logits = self._spec_fn(self.model, tokens, self.cache, rows, length, k, want_lp)
+        if self.logit_hook is not None:
+            self.logit_hook([s.rid for s in seqs], first_logits)
+        host = out.tolist()  # the one sync: [B, (k+1) + 1 + k (+ k+1)]
         self.stats["forward_tokens"] += (k + 1) * B
         self.stats["drafted"] += k * B
         new_toks, new_lps = [], []
