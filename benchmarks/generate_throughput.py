@@ -130,7 +130,7 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=2, help="timed repetitions (best is kept)")
     ap.add_argument(
-        "--spec-steps", type=int, default=400, help="pretraining steps of the speculative benchmark's model (0: skip)"
+        "--spec-steps", type=int, default=1000, help="pretraining steps of the speculative benchmark's model (0: skip)"
     )
     ap.add_argument("--spec-prompts", type=int, default=8, help="held-out addition prompts decoded at batch 1")
     ap.add_argument(
