@@ -505,3 +505,20 @@ def test_a_compute_budget_stops_the_run_after_the_step_that_spends_it(tmp_path, 
     summary = loop.run(stage)
     assert summary["steps"] == last and stage.evaluated == [last]
     assert summary["cost"]["flops"] == 10.0 * last
+
+
+def test_auto_dtype_reaches_the_parallel_wrapper(monkeypatch):
+    """dtype = "auto" is resolved before the model is wrapped: FSDP2 gets bf16 parameters exactly where the loop's
+    autocast is bf16 (native bf16), and an explicit float32 never gets them."""
+    from tinyseek import cost
+    from tinyseek.dist import DistInfo
+    from tinyseek.train import loop as loop_mod
+    from tinyseek.train import parallel
+
+    seen = []
+    monkeypatch.setattr(parallel, "wrap_model", lambda m, par, ep, bf16, comp, d: seen.append(bf16) or m)
+    for native in (True, False):
+        monkeypatch.setattr(cost, "native_bf16", lambda device="cpu", n=native: n)
+        loop_mod.wrap_model(torch.nn.Linear(2, 2), TrainConfig(dtype="auto"), DistInfo())
+        loop_mod.wrap_model(torch.nn.Linear(2, 2), TrainConfig(dtype="float32"), DistInfo())
+    assert seen == [True, False, False, False]

@@ -228,13 +228,15 @@ def set_rng_state(s: dict) -> None:
 # devices and parallelism
 
 
-def wrap_model(model: torch.nn.Module, cfg: TrainConfig, d: DistInfo) -> torch.nn.Module:
+def wrap_model(model: torch.nn.Module, cfg: TrainConfig, d: DistInfo, dtype: str | None = None) -> torch.nn.Module:
     """The one place where parallelism and compilation are applied to the single-device model: expert
     parallelism (`cfg.ep`), then DDP or FSDP2 (`cfg.parallel`) when world > 1, then torch.compile if asked
     (tinyseek/train/parallel.py). The loop only ever calls the returned module's forward, accumulates through
     `Loop.no_sync`, and keeps `raw_model` (the same object under FSDP2 and EP, which work in place) for
-    checkpoints."""
-    return parallel.wrap_model(model, cfg.parallel, cfg.ep, cfg.dtype == "bfloat16", cfg.compile, d)
+    checkpoints. `dtype`: the resolved compute dtype (`Loop.dtype`; None resolves `cfg.dtype` here), so that
+    dtype = "auto" gives FSDP2 its bf16 parameters wherever it gives the loop bf16 autocast."""
+    dtype = dtype or cost.resolve_dtype(cfg.dtype, d.device)
+    return parallel.wrap_model(model, cfg.parallel, cfg.ep, dtype == "bfloat16", cfg.compile, d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,7 +326,7 @@ class Loop:
         self.flops_per_token = cost.model_train_flops_per_token(self.raw_model, seq_len or 1)  # before sharding
         # sharded (FSDP2 / EP): step checkpoints through torch.distributed.checkpoint, generation on a full copy
         self.sharded = parallel.is_sharded(cfg.parallel, cfg.ep)
-        self.model = wrap_model(self.raw_model, cfg, self.dist)
+        self.model = wrap_model(self.raw_model, cfg, self.dist, self.dtype)
         self.optimizer = build_optimizer(self.raw_model, cfg)
         self.micro_batch_size = cfg.batch_size // cfg.grad_accum // self.dist.world
         self.peak = cost.device_peak_flops(self.device, cfg.peak_tflops)
