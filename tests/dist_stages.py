@@ -25,7 +25,9 @@ def main(out: str, ckpt: str, data: str) -> None:
     from tinyseek.dist import world_size
 
     two = world_size() > 1
-    common = ["--threads", "1", "--progress", "false"]
+    # float32 pinned: the runs are compared with the one-process run to float32 tolerances (dtype = auto is bf16
+    # autocast on a CPU with native bf16, whose rounding depends on how the batch is split)
+    common = ["--threads", "1", "--progress", "false", "--dtype", "float32"]
 
     def run(*argv: str) -> None:
         rc = tinyseek(list(argv))

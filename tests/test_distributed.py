@@ -63,8 +63,10 @@ def pretrain_one(tmp_path_factory):
     args = [
         "pretrain", "--tasks", "addition=400", "--tokenizer", str(tok), "--seq-len", "32", "--batch-size", "8",
         "--max-steps", "6", "--threads", "1", "--model.dim", "32", "--model.inter_dim", "64", "--eval-every", "3",
-        "--ckpt-every", "3",
+        "--ckpt-every", "3", "--dtype", "float32",
     ]  # fmt: skip
+    # float32 pinned: 1 and N processes do the same maths, held to float32 tolerances; dtype = auto is bf16 autocast
+    # on a CPU with native bf16, whose rounding depends on how the batch is split
     one = _run([sys.executable, "-m", "tinyseek.cli", *args, "--out", str(tmp / "one")])
     assert one.returncode == 0, one.stderr
     return tmp, args
