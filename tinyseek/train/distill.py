@@ -146,7 +146,9 @@ class DistillStage(StreamStage):
         if self.cache is not None:
             lp, ix = self.cache.rows(mb["ids"])
             return lp.to(mask.device), ix.to(mask.device)
-        with torch.no_grad():
+        # the teacher in its own precision, outside the student's autocast (dtype = bfloat16, or auto where bf16 is
+        # native): the targets are the cached ones (build_teacher_cache runs without autocast) at any dtype
+        with torch.no_grad(), torch.autocast(device_type=mask.device.type, enabled=False):
             logits = self.teacher(mb["tokens"].to(mask.device)).logits[mask]  # [N, V]
         return teacher_topk(logits, self.cfg.kd_top_k, self.cfg.kd_temperature)
 
