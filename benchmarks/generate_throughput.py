@@ -1,6 +1,7 @@
 """Generation throughput: tinyseek's engine against transformers' `generate` on the same weights.
 
     .venv/bin/python benchmarks/generate_throughput.py [--preset tiny] [--batches 1,16,64] [--new-tokens 64] [--compile]
+        [--spec-steps 1000] [--spec-dir DIR]
 
 What it measures, all in one run on one machine (so the ratios mean something on a shared, busy box); the first
 line names the machine (CPU model, torch's vector ISA, native bf16, threads):
@@ -85,6 +86,8 @@ def pretrain_on_addition(steps: int, out: Path, threads: int, layers: int):
     from tinyseek.tokenizer import Tokenizer
     from tinyseek.train.pretrain import PretrainConfig, run
 
+    if (out / "final").is_dir():  # --spec-dir of an earlier run: the same model, timed again
+        return load_model(out / "final").eval(), Tokenizer.load(out / "final")
     # the demo's corpus: worked 1- and 2-digit additions (what a model this size learns in minutes)
     out.mkdir(parents=True, exist_ok=True)
     docs = tasks.documents({"addition": 6000}, seed=0, split="train", fmt="plain", difficulty=[1, 2])
@@ -131,6 +134,11 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2, help="timed repetitions (best is kept)")
     ap.add_argument(
         "--spec-steps", type=int, default=1000, help="pretraining steps of the speculative benchmark's model (0: skip)"
+    )
+    ap.add_argument(
+        "--spec-dir",
+        default=None,
+        help="where that model is trained (default: a new temporary folder); a folder holding final/ is reused",
     )
     ap.add_argument("--spec-prompts", type=int, default=8, help="held-out addition prompts decoded at batch 1")
     ap.add_argument(
@@ -287,7 +295,10 @@ def main() -> int:
         )
         t = time.perf_counter()
         trained, tok = pretrain_on_addition(
-            args.spec_steps, Path(tempfile.mkdtemp(prefix="tinyseek-spec-")), args.threads or 0, args.spec_layers
+            args.spec_steps,
+            Path(args.spec_dir or tempfile.mkdtemp(prefix="tinyseek-spec-")),
+            args.threads or 0,
+            args.spec_layers,
         )
         recs = tasks.get("addition").generate(args.spec_prompts, seed=1, split="test", difficulty=2)
         prompts = [[tok.bos_id] + tok.encode(r["prompt"] + "\n") for r in recs]
