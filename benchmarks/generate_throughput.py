@@ -289,8 +289,9 @@ def main() -> int:
         e.generate([all_prompts[0].tolist()], greedy)
         print(
             "\nMTP speculative decoding, batch 1: the random model's acceptance "
-            f"{e.stats['accepted'] / max(1, e.stats['drafted']):.2f}; pretraining a small MoE with MTP on addition "
-            f"traces for {args.spec_steps} steps...",
+            f"{e.stats['accepted'] / max(1, e.stats['drafted']):.2f}; a small MoE with MTP pretrained on addition "
+            f"traces for {args.spec_steps} steps"
+            + (f" (reused from {args.spec_dir} when it is there)..." if args.spec_dir else "..."),
             flush=True,
         )
         t = time.perf_counter()
