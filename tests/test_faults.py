@@ -212,6 +212,42 @@ def test_a_short_write_is_caught_before_the_rename(tmp_path, monkeypatch):
     assert (good / "model.safetensors").read_bytes() == before
 
 
+@pytest.mark.parametrize("fault", ["raises", "short"])
+def test_a_failed_export_or_import_loses_nothing_and_says_so_in_one_line(tmp_path, monkeypatch, fault):
+    """`tinyseek export` / `import` write through the same guard as checkpoints: a full disk (an OSError) or a
+    writer that lost bytes leaves the directory that was there, and the error is one line naming it."""
+    import safetensors.torch
+
+    from tinyseek.checkpoint import export_dir, import_dir
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("nano"))
+    hf = export_dir(model.cfg, model.state_dict(), tmp_path / "hf")
+    ckpt = import_dir(hf, tmp_path / "ckpt")
+    before = {d: (d / "model.safetensors").read_bytes() for d in (hf, ckpt)}
+    real = safetensors.torch.save_file
+
+    def broken(tensors, filename, metadata=None):
+        if fault == "raises":
+            raise OSError(28, "No space left on device", str(filename))
+        real(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as fh:
+            fh.truncate(os.path.getsize(filename) - 100)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    cause = "No space left on device" if fault == "raises" else "bytes written of"
+    for what, write, out in (
+        ("export", lambda: export_dir(model.cfg, model.state_dict(), hf), hf),
+        ("import", lambda: import_dir(tmp_path / "hf", ckpt), ckpt),
+    ):
+        with pytest.raises(TinyseekError) as e:
+            write()
+        msg = str(e.value)
+        assert "\n" not in msg and f"{out}: {what} not written" in msg and cause in msg, msg
+        assert (out / "model.safetensors").read_bytes() == before[out]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf"]  # no temporary directory left behind
+
+
 # ----------------------------------------------------------------------------------------------
 # damaged and mismatched files: one line naming the file and what is wrong
 

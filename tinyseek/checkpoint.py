@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,18 @@ def _write_errors() -> tuple[type[BaseException], ...]:
     return (OSError, RuntimeError, SafetensorError)
 
 
+@contextmanager
+def _writing(out: Path, what: str, kept: str):
+    """`atomic_dir(out)`, with a write that fails (a full disk, a file size limit, a short file) turned into one
+    line naming `out` and the cause; `out` is then as it was."""
+    try:
+        with atomic_dir(out) as tmp:
+            yield tmp
+    except (*_write_errors(), TinyseekError) as e:
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TinyseekError(f"{out}: {what} not written ({cause}); {kept}") from None
+
+
 def save_checkpoint(
     model: torch.nn.Module, out: str | Path, tokenizer_file: str | Path | None = None, trainer_state: dict | None = None
 ) -> Path:
@@ -95,16 +108,10 @@ def save_checkpoint(
     A write that fails (a full disk, say) leaves `out` and every other checkpoint as they were and raises a
     one-line TinyseekError naming `out` and the cause."""
     out = Path(out)
-    try:
-        with atomic_dir(out) as tmp:
-            write_weights(tmp, model.cfg, model.state_dict(), tokenizer_file)
-            if trainer_state is not None:
-                torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
-    except (*_write_errors(), TinyseekError) as e:
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise TinyseekError(
-            f"{out}: checkpoint not written ({cause}); {out} and the earlier checkpoints are as they were"
-        ) from None
+    with _writing(out, "checkpoint", f"{out} and the earlier checkpoints are as they were") as tmp:
+        write_weights(tmp, model.cfg, model.state_dict(), tokenizer_file)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
     return out
 
 
@@ -358,9 +365,10 @@ def export_dir(
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
     hf_cfg = to_hf_config(cfg, dtype=dtype, **_token_ids(tokenizer_file))
     hf_sd = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_state_dict(sd, cfg).items()}
-    with atomic_dir(out) as tmp:
+    with _writing(Path(out), "export", f"{out} is as it was") as tmp:
         hf_cfg.to_json_file(str(tmp / CONFIG_FILE))
         save_file(hf_sd, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        check_safetensors_size(tmp / WEIGHTS_FILE)
         if tokenizer_file is not None and tokenizer_file.is_file():
             from tinyseek.tokenizer import hf_tokenizer_files
 
@@ -374,7 +382,7 @@ def import_dir(path: str | Path, out: str | Path) -> Path:
     """Write a transformers DeepseekV3 directory as a tinyseek checkpoint, atomically."""
     cfg, sd = read_hf_dir(path)
     tok = Path(path) / TOKENIZER_FILE
-    with atomic_dir(out) as tmp:
+    with _writing(Path(out), "import", f"{out} is as it was") as tmp:
         write_weights(tmp, cfg, sd, tok if tok.is_file() else None)
     return Path(out)
 
