@@ -78,31 +78,26 @@ class Rollout:
         `logprobs`: each completion carries the sampler's log-probs of its tokens (a server's always do)."""
         self.sync(loop)
         d: DistInfo = loop.dist
-        mine = [prompts[i] for i in shard(len(prompts), d)]
+        part = shard(len(prompts), d)  # this rank's share; part.start seeds each prompt by its global index
         out = []
-        if mine:
-            first = shard(len(prompts), d).start  # the share's offset: each prompt seeded by its global index
-            batch = min(max_batch, len(mine) * n)
-            out = self._generate(
-                mine, n, max_new_tokens, temperature, top_p, top_k, seed, impl, batch, ignore_eos, first, logprobs
-            )
+        if len(part):
+            opts = {
+                "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+                "top_p": top_p,
+                "top_k": top_k,
+                "seed": seed,
+                "impl": impl,
+                "max_batch": min(max_batch, len(part) * n),
+                "ignore_eos": ignore_eos,
+                "logprobs": logprobs,
+            }
+            out = self._generate([prompts[i] for i in part], n, part.start, opts)
         return gather(out, d)
 
-    def _generate(
-        self,
-        prompts,
-        n,
-        max_new_tokens,
-        temperature,
-        top_p,
-        top_k,
-        seed,
-        impl,
-        max_batch,
-        ignore_eos,
-        first,
-        logprobs=False,
-    ) -> list[Completion]:
+    def _generate(self, prompts: list[list[int]], n: int, first: int, opts: dict) -> list[Completion]:
+        """n completions for each of `prompts`, the share that starts at global index `first`; `opts` holds
+        `generate`'s sampling arguments by name."""
         raise NotImplementedError
 
     def _push(self, loop) -> None:
@@ -130,35 +125,8 @@ class LocalRollout(Rollout):
             with torch.no_grad():
                 self.policy.module.load_state_dict(sd)
 
-    def _generate(
-        self,
-        prompts,
-        n,
-        max_new_tokens,
-        temperature,
-        top_p,
-        top_k,
-        seed,
-        impl,
-        max_batch,
-        ignore_eos,
-        first,
-        logprobs=False,
-    ):
-        return self.policy.generate(
-            prompts,
-            n,
-            max_new_tokens,
-            temperature,
-            top_p,
-            top_k,
-            seed=seed,
-            impl=impl,
-            max_batch=max_batch,
-            ignore_eos=ignore_eos,
-            first=first,
-            logprobs=logprobs,
-        )
+    def _generate(self, prompts, n, first, opts):
+        return self.policy.generate(prompts, n, first=first, **opts)
 
 
 def _post(url: str, body: dict, api_key: str = "", timeout: float = 600.0) -> dict:
@@ -205,21 +173,7 @@ class ServerRollout(Rollout):
             _post(f"{self.url}/update_weights_from_disk", {"model_path": str(self.weights_dir)}, self.api_key)
         barrier(loop.dist)
 
-    def _generate(
-        self,
-        prompts,
-        n,
-        max_new_tokens,
-        temperature,
-        top_p,
-        top_k,
-        seed,
-        impl,
-        max_batch,
-        ignore_eos,
-        first,
-        logprobs=False,
-    ):
+    def _generate(self, prompts, n, first, opts):
         from concurrent.futures import ThreadPoolExecutor
 
         from tinyseek.inference.sampling import derive_seed
@@ -229,14 +183,16 @@ class ServerRollout(Rollout):
                 "model": self.model_name,
                 "prompt": prompts[p],
                 "n": n,
-                "max_tokens": max_new_tokens,
-                "temperature": temperature,
-                "top_p": top_p,
-                "top_k": top_k,
-                "seed": derive_seed(seed, first + p),  # the prompt's place in the global batch, not in this share
+                "max_tokens": opts["max_new_tokens"],
+                "temperature": opts["temperature"],
+                "top_p": opts["top_p"],
+                "top_k": opts["top_k"],
+                "seed": derive_seed(
+                    opts["seed"], first + p
+                ),  # the prompt's place in the global batch, not in this share
                 "logprobs": 1,
                 "return_token_ids": True,
-                "ignore_eos": ignore_eos,
+                "ignore_eos": opts["ignore_eos"],
             }
             ans = _post(f"{self.url}/v1/completions", body, self.api_key)
             choices = sorted(ans.get("choices", []), key=lambda c: c["index"])
