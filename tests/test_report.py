@@ -352,13 +352,15 @@ def test_shipped_report_card_names_no_machine_directory(card):
 
 def test_given_says_where_a_cold_start_stopped_and_names_gold_traces_a_student_saw(tmp_path):
     """The card's "what each stage was given": a stopping rule is stated with the step it fired at, and a
-    distillation file from the tasks stage is named as gold traces, not as the teacher's samples."""
+    distillation file no sample stage wrote (gold traces here) is named as not the teacher's samples."""
     from tinyseek.report import given
 
     run = tmp_path / "run"
     for name, rows in (("tasks/sft.jsonl", 3), ("sample/sft.jsonl", 2)):
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_text("{}\n" * rows)
+    (run / "sample" / "stage.json").write_text(json.dumps({"name": "sample", "kind": "sample"}))
+    (run / "tasks" / "stage.json").write_text(json.dumps({"name": "tasks", "kind": "tasks"}))
     sft = run / "sft"
     sft.mkdir()
     (sft / "summary.json").write_text(json.dumps({"steps": 180, "stopped_early": True}))
@@ -372,7 +374,7 @@ def test_given_says_where_a_cold_start_stopped_and_names_gold_traces_a_student_s
     text = given({"kind": "distill", "fields": both, "dir": run / "distill"}, run)
     assert (
         "teacher's verified samples sample/sft.jsonl (2 rows)" in text
-        and "GOLD traces tasks/sft.jsonl (3 rows)" in text
+        and "NOT the teacher's samples: tasks/sft.jsonl (3 rows)" in text
     )
     only = given({"kind": "distill", "fields": {**both, "data": both["data"][:1]}, "dir": run / "distill"}, run)
-    assert "GOLD" not in only
+    assert "NOT" not in only

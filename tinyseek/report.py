@@ -245,11 +245,13 @@ def given(stage: dict, run: Path) -> str:
             + (f" ({st['acceptance']:.0%} of all samples verified)" if isinstance(st.get("acceptance"), float) else "")
         )
     if kind == "distill":
-        # the teacher's own samples come from a sample stage; a file of the tasks stage is gold traces, which a
-        # student "taught by its teacher" must not have seen, so it is named as such
-        gold = [p for p in files("data") if _short(p, run).startswith("tasks/")]
+        # the teacher's own samples are what a sample stage wrote; any other file (gold traces of the tasks stage,
+        # a user's traces) is something a student "taught by its teacher" must not have seen, and is named so
+        def sampled(p: Any) -> bool:
+            return (_read_json(Path(p).parent / "stage.json") or {}).get("kind") == "sample"
+
         sources = ", ".join(
-            ("GOLD traces " if p in gold else "the teacher's verified samples ")
+            ("the teacher's verified samples " if sampled(p) else "NOT the teacher's samples: ")
             + f"{_short(p, run)} ({_count_lines(p) if _count_lines(p) is not None else '?'} rows)"
             for p in files("data")
         )
