@@ -67,3 +67,15 @@ def r1_checkpoint(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return save_checkpoint(model.eval(), out / "ckpt", tokenizer_file=tok_file)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module of tiny ops: a second OpenMP thread gains nothing there, and on a
+    2-core machine busy with other jobs the two spin against each other (10-50x slower); restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -10,14 +10,7 @@ import torch
 from tinyseek.errors import TinyseekError
 from tinyseek.train.distill_loss import KD_KINDS, TeacherCache, build_teacher_cache, kd_loss, kd_loss_full, teacher_topk
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two OpenMP threads on a busy 2-core machine spin against each other (10x slower); one is plenty here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops, one torch thread
 
 
 @pytest.mark.parametrize("kind", KD_KINDS)

@@ -9,15 +9,7 @@ from tinyseek.config import ModelConfig
 from tinyseek.errors import TinyseekError
 from tinyseek.model import Gate, KVCache, Transformer, cross_entropy, seq_balance_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """nano-sized ops gain nothing from a second thread, and on a busy machine OpenMP's barriers make
-    them 50x slower; restore the setting for other test files."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops, one torch thread
 
 
 def nano(**kw) -> ModelConfig:
@@ -152,6 +144,25 @@ def test_copy_rows_and_reset():
 # ---------------------------------------------------------------------------------------------- MoE
 
 
+def _same_forward_and_gradients(fast, ref, x, mtp_without_grad=False):
+    """A dispatch path against the loop reference: logits, expert counts and every parameter's gradient."""
+    outs = []
+    for m in (fast, ref):
+        out = m(x, targets=x.roll(-1, 1))
+        out.loss.backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[0].logits, outs[1].logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(outs[0].expert_load, outs[1].expert_load)
+    gl = dict(ref.named_parameters())
+    for name, p in fast.named_parameters():
+        if mtp_without_grad and name.startswith("mtp."):
+            assert p.grad is None and gl[name].grad is None, name
+        else:
+            assert p.grad is not None, name
+            torch.testing.assert_close(p.grad, gl[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert fast.layers[1].ffn.experts.w1.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("score_func,B,T", [("sigmoid", 2, 16), ("softmax", 2, 16), ("sigmoid", 4, 40)])
 def test_loop_and_sorted_dispatch_agree_in_outputs_and_every_gradient(score_func, B, T):
     """4 x 40 tokens: enough rows per expert that the sorted path pads each group to 16 rows."""
@@ -161,18 +172,7 @@ def test_loop_and_sorted_dispatch_agree_in_outputs_and_every_gradient(score_func
     loop = twin(s, moe_impl="loop").train()
     x = tokens(B, T)
     assert model._group_align(x.device, torch.float32, B * T * 2, 8) == (16 if B * T >= 128 else 1)
-    outs = []
-    for m in (s, loop):
-        out = m(x, targets=x.roll(-1, 1))
-        out.loss.backward()
-        outs.append(out)
-    torch.testing.assert_close(outs[0].logits, outs[1].logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(outs[0].expert_load, outs[1].expert_load)
-    gl = dict(loop.named_parameters())
-    for name, p in s.named_parameters():
-        assert p.grad is not None, name
-        torch.testing.assert_close(p.grad, gl[name].grad, atol=1e-5, rtol=1e-4, msg=name)
-    assert s.layers[1].ffn.experts.w1.grad.abs().sum() > 0
+    _same_forward_and_gradients(s, loop, x)
 
 
 @pytest.mark.parametrize("B,T", [(1, 1), (1, 7), (3, 5)])
@@ -191,20 +191,7 @@ def test_dense_dispatch_agrees_with_the_loop_in_outputs_and_every_gradient(B, T)
     d = make(nano(moe_impl="dense")).train()
     loop = twin(d, moe_impl="loop").train()
     x = tokens(B, T)
-    outs = []
-    for m in (d, loop):
-        out = m(x, targets=x.roll(-1, 1))
-        out.loss.backward()
-        outs.append(out)
-    torch.testing.assert_close(outs[0].logits, outs[1].logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(outs[0].expert_load, outs[1].expert_load)
-    gl = dict(loop.named_parameters())
-    for name, p in d.named_parameters():
-        if gl[name].grad is None:  # the MTP block, with one token (nothing to predict two ahead)
-            assert T == 1 and p.grad is None and name.startswith("mtp."), name
-        else:
-            torch.testing.assert_close(p.grad, gl[name].grad, atol=1e-5, rtol=1e-4, msg=name)
-    assert d.layers[1].ffn.experts.w1.grad.abs().sum() > 0
+    _same_forward_and_gradients(d, loop, x, mtp_without_grad=T == 1)  # one token: MTP has nothing to predict
 
 
 def test_sorted_dispatch_takes_the_dense_path_only_for_few_rows_per_expert(monkeypatch):

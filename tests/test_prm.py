@@ -12,17 +12,8 @@ from tinyseek.errors import TinyseekError
 from tinyseek.io import write_jsonl
 from tinyseek.r1 import completion_text
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared 2-core box: a second OpenMP thread only spins."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-pytestmark = pytest.mark.slow  # a policy trained from scratch, then its PRM: ~45 s of CPU
+# slow: a policy trained from scratch, then its PRM (~45 s of CPU); tiny ops on one torch thread (conftest)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

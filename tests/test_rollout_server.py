@@ -16,13 +16,7 @@ from tinyseek.engine import Engine
 from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread
 from tinyseek.tokenizer import Tokenizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops, one torch thread
 
 
 def chars(prompts, completions, **columns):

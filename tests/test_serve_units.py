@@ -95,15 +95,6 @@ def test_prefix_cache_lru_eviction_under_a_byte_budget():
     assert pc.lookup(a).n_tokens == 4 and pc.lookup(c).n_tokens == 4 and pc.lookup(b).n_tokens == 4
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny matmuls on a shared 2-core box: a second OpenMP thread only spins (10x slower here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_prefix_cache_served_rows_give_the_same_greedy_tokens_as_a_fresh_prefill(one_thread):
     """The fast path (rows from the cache) against the reference (no cache) on a random nano model."""
     from tinyseek.config import ModelConfig
