@@ -436,7 +436,7 @@ def test_fresh_run_in_an_old_run_directory_replaces_it(tmp_path, tok_file, capsy
 def test_sft_stops_when_validation_accuracy_reaches_the_target(tmp_path, capsys):
     """stop_accuracy: the run ends at the first check whose greedy accuracy reaches it, says so, and a --resume
     of the stopped run does not train on."""
-    from tests.conftest import R1_CHATS
+    from conftest import R1_CHATS
 
     rows = [{"prompt": u, "completion": c, "answer": c.split("<answer>")[1].split("</answer>")[0]} for u, c in R1_CHATS]
     data = tmp_path / "chats.jsonl"
