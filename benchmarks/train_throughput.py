@@ -15,7 +15,8 @@ What is being compared, exactly:
 - both: mtp_depth 0 (transformers does not train MTP modules), SDPA attention on the transformers side.
 - tinyseek's step is its real training step: loss with the sequence-wise balance term, backward, AdamW,
   and the auxiliary-loss-free bias update; transformers' step is forward with labels, backward, AdamW.
-- tinyseek runs with its default switches (absorbed MLA, sorted dispatch); --compile wraps it in torch.compile.
+- tinyseek runs with its default switches (absorbed MLA, sorted dispatch); --compile adds a row with it wrapped
+  in torch.compile (the transformers rows stay eager).
 - CPU threads: 1 by default. The development machine is shared by ~8 processes on 2 cores; with 2 OpenMP
   threads a step took 5-7x longer than with 1 (threads spin-waiting on a descheduled partner). Use
   --threads 2 on an idle machine. Besides wall-clock tokens/s we print tokens per CPU-second.
@@ -60,7 +61,7 @@ def batches(cfg: ModelConfig, batch: int, seq: int, n: int, device: str) -> list
 
 def tinyseek_step(model, opt, runner=None):
     """One training step; `runner` is the (maybe compiled) callable, `model` owns the parameters and the bias."""
-    runner = runner or model
+    runner = model if runner is None else runner  # (a compiled module has no truth value)
 
     def step(x: torch.Tensor) -> torch.Tensor:
         targets = x[:, 1:].clone()
@@ -158,19 +159,20 @@ def run(
             dtype = DTYPES[dname]
             results = []
             peak = measured_peak(device, dtype)
-            model = Transformer(cfg)
-            model.load_state_dict(base.state_dict())
-            model.to(device=device, dtype=dtype).train()
-            runner = torch.compile(model) if compile_ else model
-            opt = torch.optim.AdamW(model.parameters(), lr=lr)
-            name = "tinyseek" + (" (compiled)" if compile_ else "")
-            t0 = time.perf_counter()
-            results.append((name, *measure(tinyseek_step(model, opt, runner), data, warmup, device)))
-            if compile_:
-                print(f"  ({name}: {time.perf_counter() - t0:.0f} s in all, the compilation in its warm-up steps)")
-            del model, runner, opt
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
+            for compiled in (False, True) if compile_ else (False,):
+                model = Transformer(cfg)
+                model.load_state_dict(base.state_dict())
+                model.to(device=device, dtype=dtype).train()
+                runner = torch.compile(model) if compiled else model
+                opt = torch.optim.AdamW(model.parameters(), lr=lr)
+                name = "tinyseek" + (" (compiled)" if compiled else "")
+                t0 = time.perf_counter()
+                results.append((name, *measure(tinyseek_step(model, opt, runner), data, warmup, device)))
+                if compiled:
+                    print(f"  ({name}: {time.perf_counter() - t0:.0f} s in all, the compilation in its warm-up steps)")
+                del model, runner, opt
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
             for impl in impls:
                 try:
                     hf = load_hf(Path(tmp) / "hf", dtype, impl, device)
@@ -182,7 +184,11 @@ def run(
                 except Exception as e:  # an implementation this build/device cannot run: say so, keep going
                     results.append((f"transformers {impl}", float("nan"), float("nan"), float("nan"), float("nan")))
                     print(f"  transformers {impl} {dname}: failed: {str(e).splitlines()[0][:160]}")
-            hf_best = max((r for r in results[1:] if r[2] == r[2]), key=lambda r: r[2], default=None)
+            hf_best = max(
+                (r for r in results if r[0].startswith("transformers") and r[2] == r[2]),
+                key=lambda r: r[2],
+                default=None,
+            )
             print(
                 f"\n{dname:<9} {'model':<26} {'first loss':>10} {'tokens/s':>10} {'ms/step':>9} {'tok/CPU-s':>10}"
                 + ("    MFU" if peak else "")
@@ -203,10 +209,10 @@ def run(
                         mfu=cost.mfu(tps, flops, peak) if peak and tps == tps else None,
                     )
                 )
-            if hf_best is not None:
+            for ours in (r for r in results if hf_best is not None and r[0].startswith("tinyseek")):
                 print(
-                    f"{'':<9} tinyseek / best transformers ({hf_best[0]}): {results[0][2] / hf_best[2]:.2f}x tokens/s, "
-                    f"{results[0][4] / hf_best[4]:.2f}x tokens/CPU-s"
+                    f"{'':<9} {ours[0]} / best transformers ({hf_best[0]}): {ours[2] / hf_best[2]:.2f}x tokens/s, "
+                    f"{ours[4] / hf_best[4]:.2f}x tokens/CPU-s"
                 )
     return rows
 

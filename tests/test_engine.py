@@ -179,13 +179,16 @@ def test_chained_drafts_equal_a_cache_free_reference(k):
     assert checked >= 6
 
 
-def test_prompt_cache_with_speculation_keeps_the_mtp_rows():
+@pytest.mark.parametrize("compiled", [False, "eager"])
+def test_prompt_cache_with_speculation_keeps_the_mtp_rows(compiled):
     """A prefix captured while speculating holds the MTP layers' rows too, filled: reused, it drafts exactly
-    what a run without the prefix drafts (same acceptance), and the output is plain greedy's."""
+    what a run without the prefix drafts (same acceptance), and the output is plain greedy's. Compiled, the
+    prefill and the MTP prefill go through the compiled step (here traced, run by the "eager" backend)."""
+    torch._dynamo.reset()
     m, cyc = _cycle_model()
     p = SamplingParams(temperature=0, max_new_tokens=16, ignore_eos=True)
     prompt, longer = cyc[:7].tolist(), cyc[:7].tolist() + cyc[7:9].tolist()
-    eng = Engine(m, max_batch=2, speculative=3)
+    eng = Engine(m, max_batch=2, speculative=3, compile=compiled)
     rid = eng.add_request(prompt, p, capture_prompt_cache=True)
     while eng.has_unfinished():
         eng.step()
@@ -193,7 +196,7 @@ def test_prompt_cache_with_speculation_keeps_the_mtp_rows():
     assert len(pc.tensors) == m.cfg.n_layers + m.cfg.mtp_depth and pc.tensors[-1].abs().sum() > 0
     plain = Engine(m, max_batch=2).generate([longer, prompt], p)
     for prefix in (None, pc):
-        e = Engine(m, max_batch=2, speculative=3)
+        e = Engine(m, max_batch=2, speculative=3, compile=compiled)
         r = [e.add_request(longer, p, prefix=prefix), e.add_request(prompt, p, prefix=prefix)]
         while e.has_unfinished():
             e.step()

@@ -163,14 +163,19 @@ class Engine:
         # the decode step's forward: model.decode (no host sync), compiled once for every batch size and length
         # (compile: True for inductor, or a torch.compile backend name: "eager" traces without code generation)
         self.compiled = bool(compile) and not recompute
-        backend = compile if isinstance(compile, str) else "inductor"
-        self._decode_fn = torch.compile(model.decode, dynamic=True, backend=backend) if self.compiled else model.decode
-        # speculating: the drafting MTP steps too (verification goes through _decode_fn with residual=True)
-        mtp = getattr(model, "mtp_step", None)
-        self._mtp_fn = torch.compile(mtp, dynamic=True, backend=backend) if self.compiled and speculative else mtp
-        self._spec_fn = torch.compile(_speculate, dynamic=True, backend=backend) if self.compiled else _speculate
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        backend = compile if isinstance(compile, str) else "inductor"
+        # on a CPU the generated code is called from C++ rather than from a Python wrapper: a decode step of a
+        # small model is mostly per-kernel call overhead (dev/LOG.md: 1.26x at batch 1, 1.07x at batch 16)
+        kw = dict(dynamic=True, backend=backend)
+        if backend == "inductor" and self.device.type == "cpu":
+            kw["options"] = {"cpp_wrapper": True}
+        self._decode_fn = torch.compile(model.decode, **kw) if self.compiled else model.decode
+        # speculating: the drafting MTP steps too (verification goes through _decode_fn with residual=True)
+        mtp = getattr(model, "mtp_step", None)
+        self._mtp_fn = torch.compile(mtp, **kw) if self.compiled and speculative else mtp
+        self._spec_fn = torch.compile(_speculate, **kw) if self.compiled else _speculate
         from tinyseek.model import KVCache
 
         # the MTP layers are cached only when they draft; speculation writes one position past the last kept token
@@ -397,14 +402,20 @@ class Engine:
                     [s.prompt[len(s.prompt) - L :] + p for s, L, p in zip(hs, lens, pad)], device=self.device
                 )  # [k, T]
                 rows = torch.tensor([s.row for s in hs], device=self.device)
-                out = self.model(tokens, cache=self.cache, rows=rows)
+                if self.compiled:  # the compiled step (prompts were checked on admission; no expert statistics)
+                    length = max(starts[i] for i in idx) + T
+                    out = self._decode_fn(tokens, self.cache, rows, length, residual=self.speculative)
+                    all_logits, residual = out if self.speculative else (out, None)
+                else:
+                    out = self.model(tokens, cache=self.cache, rows=rows)
+                    all_logits, residual = out.logits, out.residual
                 last = torch.tensor(lens, device=self.device) - 1
-                logits = out.logits[torch.arange(len(hs), device=self.device), last]  # [k, V] at each real last token
+                logits = all_logits[torch.arange(len(hs), device=self.device), last]  # [k, V] at each real last token
                 if T > min(lens):
                     self.cache.pos[rows] = torch.tensor([starts[i] + L for i, L in zip(idx, lens)], device=self.device)
                 if self.speculative:
                     for j, (s, L) in enumerate(zip(hs, lens)):
-                        s._residual = out.residual[j, :L]  # [L, dim] for the MTP prefill below
+                        s._residual = residual[j, :L]  # [L, dim] for the MTP prefill below
                 self.stats["forward_tokens"] += sum(lens)
                 self.stats["prefill_pad_tokens"] = self.stats.get("prefill_pad_tokens", 0) + tokens.numel() - sum(lens)
             for j, i in enumerate(idx):
@@ -520,7 +531,8 @@ class Engine:
             ahead = head.prompt[n0 + 1 :] + [first_tokens[i]]  # tokens one position ahead of the hidden states
             tokens = torch.tensor([ahead], device=self.device)
             rows = torch.tensor([head.row], device=self.device)
-            h, lg = self.model.mtp_step(1, head._residual[None], tokens, cache=self.cache, rows=rows)
+            start = torch.full((1,), n0, dtype=torch.long, device=self.device)  # the hidden states' first position
+            h, lg = self._mtp_fn(1, head._residual[None], tokens, self.cache, rows, start, len(head.prompt))
             del head._residual
             d = lg[:, -1].argmax(-1)  # [1]
             drafts = [d]
