@@ -596,3 +596,19 @@ def test_streamed_text_holds_back_stop_strings_and_partial_characters(text_tok):
     assert s.finish == "length" and "".join(deltas) == "hello world"
     s, deltas = _feed(tok, tok.encode("héllo 你好 😀"))
     assert all("\ufffd" not in d for d in deltas) and "".join(deltas) == "héllo 你好 😀"
+
+
+def test_compiled_step_is_one_graph_in_a_fresh_process(monkeypatch):
+    """The kernel probe runs before tracing: a process whose first MoE forward is the compiled one (nothing
+    probed yet) still compiles prefill and decode whole, on both MoE paths, with no graph break (a break in
+    the layer loop would make dynamo compile every layer apart)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(model_mod, "_GROUPED_MM_OK", {})  # as in a fresh process
+    m = _model(n_layers=2)
+    p = SamplingParams(temperature=0, max_new_tokens=4)
+    Engine(m, max_batch=24, compile="eager").generate(PROMPTS * 3, p, n=2)  # 24 rows: the sorted path
+    assert model_mod._GROUPED_MM_OK and not counters["graph_break"], dict(counters["graph_break"])
+    torch._dynamo.reset()

@@ -266,8 +266,11 @@ def test_padded_fallback_agrees_with_grouped_mm(monkeypatch):
     s = make(nano())
     x = tokens(2, 16)
     ref = s(x).logits
-    monkeypatch.setattr(model, "_grouped_mm_works", lambda device, dtype: False)
+    calls = []
+    monkeypatch.setattr(model, "_GROUPED_MM_OK", {})  # the probe's answers so far: forgotten
+    monkeypatch.setattr(model, "grouped_mm_works", lambda device, dtype: calls.append(dtype) or False)
     torch.testing.assert_close(s(x).logits, ref, atol=1e-5, rtol=0)
+    assert calls  # the fallback did run
 
 
 def test_group_limited_routing_stays_inside_the_chosen_groups():

@@ -198,3 +198,15 @@ def test_derive_seed_distinct():
     assert len({derive_seed(0, i) for i in range(1000)}) == 1000
     assert derive_seed(5, 3) == derive_seed(5, 3) and derive_seed(5, 3) != derive_seed(6, 3)
     assert not math.isnan(float(derive_seed(2**62, 7)))
+
+
+def test_greedy_takes_the_first_of_tied_maxima_as_argmax_does():
+    """Greedy is `max(-1).indices` (faster than argmax on a CPU): on ties it must pick argmax's token, the
+    first maximum, in every row and at a vocabulary size where the reduction is vectorised."""
+    logits = torch.zeros(6, 4096)
+    cols = [[1, 2], [0, 4095], [17, 18, 19], [4000, 64], [3, 2048], [4095]]
+    for r, c in enumerate(cols):
+        logits[r, c] = 5.0
+    bp = BatchParams.build([SamplingParams(temperature=0)] * 6, [0] * 6)
+    tok, _ = sample(logits, bp, torch.zeros(6, dtype=torch.long))
+    assert tok.tolist() == logits.argmax(-1).tolist() == [min(c) for c in cols]

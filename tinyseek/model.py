@@ -363,7 +363,7 @@ _GROUPED_MM_OK: dict = {}
 
 
 @torch.compiler.disable
-def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
+def grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
     """Probe once per (device type, dtype) whether this build runs torch._grouped_mm (fwd and bwd)."""
     key = (device.type, dtype)
     if key not in _GROUPED_MM_OK:
@@ -377,6 +377,16 @@ def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
         except Exception:
             _GROUPED_MM_OK[key] = False
     return _GROUPED_MM_OK[key]
+
+
+def probe_kernels(module: nn.Module) -> None:
+    """Run the probes the forward chooses its kernels by (`grouped_mm_works`), for the module's device and
+    dtype and for bf16 autocast, before torch.compile traces it. A probe met inside the trace is a graph
+    break, and one inside the layer loop makes dynamo give up on the whole forward: every layer is then
+    compiled apart and called from Python (17 graphs a decode step instead of 1, measured)."""
+    p = next(module.parameters())
+    for dtype in {p.dtype, torch.bfloat16}:
+        grouped_mm_works(p.device, dtype)
 
 
 @torch.library.custom_op("tinyseek::grouped_mm", mutates_args=())
@@ -478,7 +488,7 @@ class Experts(nn.Module):
         traced_fp32 = torch.compiler.is_compiling() and x_TD.dtype != torch.bfloat16
         works = _GROUPED_MM_OK.get((x_TD.device.type, x_TD.dtype))  # read, not probed, under compile: no graph break
         if works is None:
-            works = _grouped_mm_works(x_TD.device, x_TD.dtype)
+            works = grouped_mm_works(x_TD.device, x_TD.dtype)
         if works:
             offs_E = pend_E.to(torch.int32)
             # fp32 under compile: the same kernel as an opaque op (see _grouped_mm_opaque)
@@ -735,8 +745,9 @@ class Transformer(nn.Module):
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
             raise TinyseekError(f"tokens: expected a LongTensor [B, T], got {getattr(tokens, 'dtype', type(tokens))} {tuple(getattr(tokens, 'shape', ()))}")
         B, T = tokens.shape
-        if tokens.device.type == "cpu" and tokens.numel() and not 0 <= int(tokens.min()) <= int(tokens.max()) < self.cfg.vocab_size:
-            # (checked on the CPU only: on a GPU the check would be a host sync per forward)
+        if (tokens.device.type == "cpu" and not torch.compiler.is_compiling() and tokens.numel()
+                and not 0 <= int(tokens.min()) <= int(tokens.max()) < self.cfg.vocab_size):
+            # (checked on the CPU only and not in a compiled graph: a GPU or a graph would pay a host sync)
             raise TinyseekError(f"tokens: ids must lie in [0, {self.cfg.vocab_size}), got {int(tokens.min())} .. {int(tokens.max())}")
         if targets is not None and targets.shape != tokens.shape:
             raise TinyseekError(f"targets: expected shape {tuple(tokens.shape)}, got {tuple(targets.shape)}")

@@ -34,7 +34,10 @@ Compiled decoding (`compile=True`, opt-in). The decode step's forward goes throu
 batch 1, which dynamo specialises), fused element-wise kernels between the matmuls, no Python per layer. The
 MoE takes its dense path while experts hold few rows (model.use_dense) and otherwise the sorted path, whose
 grouped matmul compiles as an opaque op. Speculating, the whole step (verification, acceptance, rollback and
-the k drafts: `_speculate`) is one graph, so a step costs one call whatever k is. Compiling costs ~1-2
+the k drafts: `_speculate`) is one graph, so a step costs one call whatever k is. Prefill (right-padded
+buckets, prefixes) and the MTP prefill go through the same compiled functions, and on a CPU inductor's
+C++ wrapper calls the kernels (at batch 1 the Python wrapper was a fifth of a step). The kernel probes
+run before tracing (`model.probe_kernels`), or the layer loop would break into a graph per layer. Compiling costs ~1-2
 minutes of a 2-core CPU the first time (the inductor cache keeps the result for later processes), so it pays
 only for long generations; the eager step is the reference it is tested against.
 
@@ -171,6 +174,10 @@ class Engine:
         kw = dict(dynamic=True, backend=backend)
         if backend == "inductor" and self.device.type == "cpu":
             kw["options"] = {"cpp_wrapper": True}
+        if self.compiled:
+            from tinyseek.model import probe_kernels
+
+            probe_kernels(model)  # before tracing (see probe_kernels)
         self._decode_fn = torch.compile(model.decode, **kw) if self.compiled else model.decode
         # speculating: the drafting MTP steps too (verification goes through _decode_fn with residual=True)
         mtp = getattr(model, "mtp_step", None)

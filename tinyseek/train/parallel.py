@@ -43,7 +43,7 @@ from torch import nn
 from tinyseek.config import ConfigError
 from tinyseek.dist import DistInfo
 from tinyseek.errors import TinyseekError
-from tinyseek.model import Experts, MoE
+from tinyseek.model import Experts, MoE, probe_kernels
 
 DCP_DIR = "dcp"  # inside a sharded step checkpoint
 PARALLEL_KINDS = ("ddp", "fsdp")
@@ -260,6 +260,7 @@ def wrap_model(model: nn.Module, parallel: str, ep: int, bf16: bool, compile_: b
             no_buffer_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
             model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, **no_buffer_sync)
     if compile_:
+        probe_kernels(model)  # before tracing: a probe inside the trace would split the forward
         model = torch.compile(model)
     return model
 
