@@ -449,7 +449,10 @@ def test_think_dimmer_dims_only_the_thinking_part():
     assert plain.getvalue() == "ab"
 
 
-def test_cli_generate_streams_text(tmp_path, capsys):
+def test_cli_generate_streams_text(tmp_path, capsys, monkeypatch):
+    """Plain and with --compile (which reaches the engine; traced here by the "eager" backend, as inductor's
+    code generation takes a minute): the same greedy text as the engine's."""
+    import tinyseek.chat as chat
     from tinyseek.checkpoint import save_checkpoint
     from tinyseek.engine import cli_generate
     from tinyseek.tokenizer import Tokenizer
@@ -459,14 +462,23 @@ def test_cli_generate_streams_text(tmp_path, capsys):
     save_checkpoint(
         _model(vocab_size=tok.vocab_size), tmp_path / "ck", tokenizer_file=tmp_path / "tok" / "tokenizer.json"
     )
-    assert (
-        cli_generate([str(tmp_path / "ck"), "--prompt", "the cat", "--max-new-tokens", "8", "--temperature", "0"]) == 0
-    )
-    printed = capsys.readouterr().out
     eng = Engine(_model(vocab_size=tok.vocab_size), tok)
     ids = eng.encode_chat([{"role": "user", "content": "the cat"}])
     expect = eng.generate([ids], SamplingParams(temperature=0, max_new_tokens=8))[0][0].text
-    assert printed == expect + "\n"
+    asked, load = [], chat.load_engine
+
+    def load_traced(*a, compile=False, **kw):
+        asked.append(compile)
+        return load(*a, compile="eager" if compile else False, **kw)
+
+    monkeypatch.setattr(chat, "load_engine", load_traced)
+    torch._dynamo.reset()
+    for extra in ([], ["--compile"]):
+        argv = [str(tmp_path / "ck"), "--prompt", "the cat", "--max-new-tokens", "8", "--temperature", "0"]
+        assert cli_generate(argv + extra) == 0
+        assert capsys.readouterr().out == expect + "\n"
+    assert asked == [False, True]
+    torch._dynamo.reset()
 
 
 def test_cli_chat_multi_turn(r1_checkpoint, monkeypatch, capsys):
@@ -523,9 +535,17 @@ def test_load_engine_picks_the_implementation(tmp_path):
     assert e.generate([PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=5)) == Engine(m, max_batch=2).generate(
         [PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=5)
     )
+    torch._dynamo.reset()
+    c = load_engine(tmp_path / "ds", max_batch=2, compile="eager")  # compiled (traced, run by the eager backend)
+    assert c.compiled and c.generate([PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=5)) == e.generate(
+        [PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=5)
+    )
+    torch._dynamo.reset()
     tiny_llama().save_pretrained(tmp_path / "llama")
     h = load_engine(tmp_path / "llama", max_batch=2)
     assert isinstance(h, HFEngine) and h.tokenizer is None
+    with pytest.raises(TinyseekError, match="--compile needs a tinyseek checkpoint"):
+        load_engine(tmp_path / "llama", compile=True)
     assert len(h.generate([[1, 2, 3]], SamplingParams(max_new_tokens=4, seed=1, ignore_eos=True))[0][0].token_ids) == 4
     with pytest.raises(TinyseekError, match="no such"):
         load_engine(tmp_path / "nothing")

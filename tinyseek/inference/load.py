@@ -20,12 +20,18 @@ def load_engine(
     dtype: torch.dtype | None = None,
     gguf_file: str | None = None,
     device: str | torch.device = "cpu",
+    compile: bool | str = False,
 ):
     """A tinyseek checkpoint (or exported DeepseekV3 dir) -> `Engine`; any other transformers dir or a .gguf file
-    -> `HFEngine` (`checkpoint.load` decides which). The model's tokenizer comes along when it has one."""
+    -> `HFEngine` (`checkpoint.load` decides which). The model's tokenizer comes along when it has one.
+    `compile`: the engine's compiled decode step (tinyseek models only; see `Engine`)."""
     loaded = load(Path(path) / gguf_file if gguf_file else path, device=device, dtype=dtype)
     if loaded.kind == "hf":
         if speculative:
             raise TinyseekError(f"{path}: speculative decoding needs a tinyseek checkpoint with an MTP module")
+        if compile:
+            raise TinyseekError(f"{path}: --compile needs a tinyseek checkpoint (the transformers engine runs eagerly)")
         return HFEngine(loaded.model, loaded.tokenizer, max_batch=max_batch)
-    return Engine(loaded.model, loaded.tokenizer, max_batch=max_batch, max_len=max_len, speculative=speculative)
+    return Engine(
+        loaded.model, loaded.tokenizer, max_batch=max_batch, max_len=max_len, speculative=speculative, compile=compile
+    )

@@ -715,6 +715,11 @@ def cli_serve(argv: list[str]) -> int:
     p.add_argument("--price-output", type=float, default=Prices.output, help="$ per million output tokens")
     p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decode step (tinyseek checkpoints: ~1 min compiling, then 1.3-2.9x the speed, dev/LOG.md)",
+    )
+    p.add_argument(
         "--allow-weight-updates",
         action="store_true",
         help="accept POST /update_weights_from_disk (a GRPO trainer pushing its weights after each update)",
@@ -746,7 +751,7 @@ def cli_serve(argv: list[str]) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    engine = load_engine(args.ckpt, max_batch=args.max_batch, device=device)
+    engine = load_engine(args.ckpt, max_batch=args.max_batch, device=device, compile=args.compile)
     if not isinstance(engine, Engine):
         raise TinyseekError(
             f"{args.ckpt}: tinyseek serve runs tinyseek checkpoints (continuous batching on the MLA cache), "
