@@ -13,7 +13,7 @@ import torch
 
 from tinyseek.config import dtype_arg
 from tinyseek.errors import TinyseekError
-from tinyseek.inference.load import load_engine
+from tinyseek.inference.load import COMPILE_HELP, load_engine
 from tinyseek.inference.sampling import SamplingParams
 
 
@@ -41,7 +41,7 @@ def _sampling_flags(ap) -> None:
     ap.add_argument(
         "--compile",
         action="store_true",
-        help="compile the decode step (tinyseek checkpoints: ~1 min compiling, then 1.3-2.9x the speed, dev/LOG.md)",
+        help=COMPILE_HELP,
     )
 
 

@@ -267,7 +267,7 @@ def cli_eval(argv: list[str]) -> int:
 
     from tinyseek import tasks
     from tinyseek.config import dtype_arg
-    from tinyseek.inference.load import load_engine
+    from tinyseek.inference.load import COMPILE_HELP, load_engine
 
     ap = argparse.ArgumentParser(
         prog="tinyseek eval", description="pass@1 / pass@k / cons@k with 95% intervals on held-out problems."
@@ -290,7 +290,7 @@ def cli_eval(argv: list[str]) -> int:
     ap.add_argument(
         "--compile",
         action="store_true",
-        help="compile the decode step (tinyseek checkpoints: ~1 min compiling, then 1.3-2.9x the speed, dev/LOG.md)",
+        help=COMPILE_HELP,
     )
     ap.add_argument("--out", default=None, help="directory for eval.json (default runs/eval/<ckpt>-<task>)")
     ap.add_argument(

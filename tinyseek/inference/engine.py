@@ -37,9 +37,9 @@ grouped matmul compiles as an opaque op. Speculating, the whole step (verificati
 the k drafts: `_speculate`) is one graph, so a step costs one call whatever k is. Prefill (right-padded
 buckets, prefixes) and the MTP prefill go through the same compiled functions, and on a CPU inductor's
 C++ wrapper calls the kernels (at batch 1 the Python wrapper was a fifth of a step). The kernel probes
-run before tracing (`model.probe_kernels`), or the layer loop would break into a graph per layer. Compiling costs ~1-2
-minutes of a 2-core CPU the first time (the inductor cache keeps the result for later processes), so it pays
-only for long generations; the eager step is the reference it is tested against.
+run before tracing (`model.probe_kernels`), or the layer loop would break into a graph per layer.
+Compiling costs ~1 minute of a 2-core CPU the first time (the inductor cache keeps the result for later
+processes), so it pays only for long generations; the eager step is the reference it is tested against.
 
 What `logprobs` holds: the model's log-probability of each sampled token at the sampling temperature
 (T = 1 for greedy), before penalties and truncation — see `inference/sampling.py`.

@@ -686,6 +686,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def cli_serve(argv: list[str]) -> int:
+    from tinyseek.inference.load import COMPILE_HELP, load_engine
+
     p = argparse.ArgumentParser(
         prog="tinyseek serve", description="DeepSeek/OpenAI-compatible HTTP API and chat page for a checkpoint."
     )
@@ -717,7 +719,7 @@ def cli_serve(argv: list[str]) -> int:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="compile the decode step (tinyseek checkpoints: ~1 min compiling, then 1.3-2.9x the speed, dev/LOG.md)",
+        help=COMPILE_HELP,
     )
     p.add_argument(
         "--allow-weight-updates",
@@ -746,7 +748,6 @@ def cli_serve(argv: list[str]) -> int:
     import uvicorn
 
     from tinyseek.inference.engine import Engine
-    from tinyseek.inference.load import load_engine
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
