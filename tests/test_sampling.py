@@ -127,6 +127,11 @@ def test_inverse_cdf_never_draws_zero_probability():
     u = torch.linspace(1e-9, 1 - 1e-12, 1000, dtype=torch.float64)
     idx = inverse_cdf(probs, u)
     assert set(idx.tolist()) == {1, 3}
+    # u at the very top lands past the last nonzero mass: the fallback is the most likely token, the first of ties
+    top = inverse_cdf(
+        torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0], [0.1, 0.2, 0.7, 0.0, 0.0]]), torch.ones(2, dtype=torch.float64)
+    )
+    assert top.tolist() == [1, 2]
 
 
 def test_vectorised_sampler_agrees_with_reference():
