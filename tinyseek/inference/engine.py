@@ -25,8 +25,8 @@ budget. A retired row costs nothing from the next step on (the forward runs on `
 only) and the next queued request takes it: continuous batching.
 
 Host syncs. Each step reads the sampled tokens to the host once (stop checks and streaming need them).
-A decode step runs `model.decode`, the cached forward that is told the attended length (the engine counts
-its tokens) instead of reading `cache.pos`; prefill and speculative steps use the plain cached forward,
+Decode and speculative steps run `model.decode`, the cached forward that is told the attended length (the
+engine counts its tokens) instead of reading `cache.pos`; an eager prefill uses the plain cached forward,
 which reads it once. Nothing else syncs.
 
 Compiled decoding (`compile=True`, opt-in). The decode step's forward goes through
@@ -105,6 +105,16 @@ class StepEvent:
     prompt_cache: PromptCache | None = None
 
 
+def _chain_draft(mtp_step, h_mtp: torch.Tensor, tok: torch.Tensor, cache, rows: torch.Tensor, i: int, length: int):
+    """Draft i+2: MTP depth 1 (`mtp_step`: the model's, or its compiled form) fed its own output h_mtp
+    [B, 1, dim] in place of the main model's hidden state (which the drafted token does not have yet) and draft
+    i+1 `tok` [B]. It stands at position cache.pos + i (cache.pos is the pending token's position, whose MTP
+    entry reads draft 1): each chained draft has its own RoPE position and MTP cache slot. Those entries are
+    provisional: verification rewrites them. `length` bounds the positions + 1 from above (the host does not
+    know how many drafts were kept)."""
+    return mtp_step(1, h_mtp, tok[:, None], cache, rows, cache.pos[rows] + i, min(length, cache.max_len))
+
+
 def _speculate(model, tokens, cache, rows, length: int, k: int, want_lp: bool):
     """One speculative step on the device, with nothing read to the host (so that it compiles as one graph):
     verify [pending, d_1..d_k] (`tokens` [B, k+1]) in one forward; keep the drafts up to the first mismatch
@@ -123,8 +133,8 @@ def _speculate(model, tokens, cache, rows, length: int, k: int, want_lp: bool):
     d = mlg.argmax(-1).gather(1, a[:, None]).squeeze(1)  # [B]: draft after the new pending token y_a
     drafts = [d]
     h = h_mtp.gather(1, a[:, None, None].expand(B, 1, h_mtp.shape[-1]))  # [B, 1, dim]
-    for i in range(k - 1):  # chained drafts (Engine._chain): draft i+2 at position cache.pos + i
-        h, lg = model.mtp_step(1, h, d[:, None], cache, rows, cache.pos[rows] + i, min(length + i + 1, cache.max_len))
+    for i in range(k - 1):  # chained drafts
+        h, lg = _chain_draft(model.mtp_step, h, d, cache, rows, i, length + i + 1)
         d = lg[:, -1].argmax(-1)
         drafts.append(d)
     parts = [y.double(), a.double()[:, None], torch.stack(drafts, 1).double()]
@@ -544,7 +554,7 @@ class Engine:
             d = lg[:, -1].argmax(-1)  # [1]
             drafts = [d]
             for j in range(self.n_draft - 1):
-                h, lg = self._chain(h[:, -1:], d, rows, j, len(head.prompt) + j + 1)
+                h, lg = _chain_draft(self._mtp_fn, h[:, -1:], d, self.cache, rows, j, len(head.prompt) + j + 1)
                 d = lg[:, -1].argmax(-1)
                 drafts.append(d)
             head.draft = torch.stack(drafts, 1)[0].tolist()
@@ -553,15 +563,6 @@ class Engine:
                 for s in grp[1:]:
                     s.draft = list(head.draft)
             i += len(grp)
-
-    def _chain(self, h_mtp: torch.Tensor, tok: torch.Tensor, rows: torch.Tensor, i: int, length: int):
-        """Draft i+2: MTP depth 1 fed its own output h_mtp [B, 1, dim] in place of the main model's hidden state
-        (which the drafted token does not have yet) and draft i+1 `tok` [B]. It stands at position cache.pos + i
-        (cache.pos is the pending token's position, whose MTP entry reads draft 1): each chained draft has its
-        own RoPE position and MTP cache slot. Those entries are provisional: verification rewrites them.
-        `length` bounds the positions + 1 from above (the host does not know how many drafts were kept)."""
-        start = self.cache.pos[rows] + i
-        return self._mtp_fn(1, h_mtp, tok[:, None], self.cache, rows, start, min(length, self.cache.max_len))
 
     def _decode_speculative(self, seqs: list[Seq], events) -> None:
         """Verify [pending, d_1..d_k] in one forward; keep the drafts up to the first mismatch plus the main
