@@ -5,7 +5,9 @@ needs to know about the other processes is here, below everything that uses it (
 rejection sampling, the training loop), so that none of them imports the training code to find its rank:
 
 - `DistInfo` / `init_distributed`: this process's rank, the world size and its device; the process group is
-  started once, when WORLD_SIZE > 1, and reused by every later stage in the same process.
+  started once, when WORLD_SIZE > 1, reused by every later stage in the same process, and destroyed at exit
+  (left to the interpreter's teardown, gloo's worker threads abort the process now and then: SIGABRT,
+  "terminate called without an active exception", after the work is done).
 - `world_size()` reads torchrun's environment without starting anything, so configs can refuse a world
   size that does not divide their global batch before any work (`check_divides`).
 - `shard(n)`: the contiguous slice of n items (prompts, problems) this rank takes; `gather(items)`: every
@@ -15,6 +17,7 @@ rejection sampling, the training loop), so that none of them imports the trainin
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -77,7 +80,14 @@ def init_distributed(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     if world > 1 and not torch_dist.is_initialized():
         torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        atexit.register(_destroy_process_group)
     return DistInfo(rank=rank_, world=world, local_rank=local, device=dev)
+
+
+def _destroy_process_group() -> None:
+    """Tear the process group down while the interpreter is whole (registered at exit by `init_distributed`)."""
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
 
 
 def shard(n: int, d: DistInfo) -> range:
