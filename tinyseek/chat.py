@@ -13,7 +13,7 @@ import torch
 
 from tinyseek.config import dtype_arg
 from tinyseek.errors import TinyseekError
-from tinyseek.inference.load import COMPILE_HELP, load_engine
+from tinyseek.inference.load import add_compile_flag, load_engine
 from tinyseek.inference.sampling import SamplingParams
 
 
@@ -38,11 +38,7 @@ def _sampling_flags(ap) -> None:
         metavar="K",
         help="MTP speculative decoding with K drafts a step (needs --temperature 0; 0 = off)",
     )
-    ap.add_argument(
-        "--compile",
-        action="store_true",
-        help=COMPILE_HELP,
-    )
+    add_compile_flag(ap)
 
 
 def _params(args) -> SamplingParams:

@@ -267,7 +267,7 @@ def cli_eval(argv: list[str]) -> int:
 
     from tinyseek import tasks
     from tinyseek.config import dtype_arg
-    from tinyseek.inference.load import COMPILE_HELP, load_engine
+    from tinyseek.inference.load import add_compile_flag, load_engine
 
     ap = argparse.ArgumentParser(
         prog="tinyseek eval", description="pass@1 / pass@k / cons@k with 95% intervals on held-out problems."
@@ -287,11 +287,7 @@ def cli_eval(argv: list[str]) -> int:
     ap.add_argument("--system", default="", help="system message")
     ap.add_argument("--batch", type=int, default=64, help="sequences decoded together")
     ap.add_argument("--dtype", default=None, help="fp32 | bf16 (default: as stored)")
-    ap.add_argument(
-        "--compile",
-        action="store_true",
-        help=COMPILE_HELP,
-    )
+    add_compile_flag(ap)
     ap.add_argument("--out", default=None, help="directory for eval.json (default runs/eval/<ckpt>-<task>)")
     ap.add_argument(
         "--threads",

@@ -11,8 +11,14 @@ from tinyseek.errors import TinyseekError
 from tinyseek.inference.engine import Engine
 from tinyseek.inference.hf_engine import HFEngine
 
-# the --compile flag of generate, chat, eval and serve
-COMPILE_HELP = "compile the decode step (tinyseek checkpoints: ~1 min compiling, then 1.3-2.9x the speed, dev/LOG.md)"
+
+def add_compile_flag(parser) -> None:
+    """The `--compile` flag of generate, chat, eval and serve (passed on as `load_engine(compile=...)`)."""
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decode step (tinyseek checkpoints: ~1 min compiling, then 1.3-2.9x the speed, dev/LOG.md)",
+    )
 
 
 def load_engine(

@@ -686,7 +686,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def cli_serve(argv: list[str]) -> int:
-    from tinyseek.inference.load import COMPILE_HELP, load_engine
+    from tinyseek.inference.load import add_compile_flag, load_engine
 
     p = argparse.ArgumentParser(
         prog="tinyseek serve", description="DeepSeek/OpenAI-compatible HTTP API and chat page for a checkpoint."
@@ -716,11 +716,7 @@ def cli_serve(argv: list[str]) -> int:
     p.add_argument("--price-miss", type=float, default=Prices.cache_miss, help="$ per million cache-miss input tokens")
     p.add_argument("--price-output", type=float, default=Prices.output, help="$ per million output tokens")
     p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help=COMPILE_HELP,
-    )
+    add_compile_flag(p)
     p.add_argument(
         "--allow-weight-updates",
         action="store_true",
