@@ -498,8 +498,14 @@ class GrpoStage:
         prompt_ids = [pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt) for r in recs]
         t0 = time.perf_counter()
         rollout = self.rollouts(loop)[0]
-        # the sampler's log-probs as the old log-probs: only an in-process engine's (a server's stay a check)
-        sampler_old = cfg.num_iterations > 1 and cfg.old_logprobs == "sampler" and rollout.own_logprobs
+        # the sampler's log-probs as the old log-probs: only an in-process engine's (a server's stay a check), and
+        # only for a float32 update (a bf16 update's recomputed log-probs would differ from the sampler's fp32 ones)
+        sampler_old = (
+            cfg.num_iterations > 1
+            and cfg.old_logprobs == "sampler"
+            and rollout.own_logprobs
+            and loop.dtype == "float32"
+        )
         # the engine's completions, as they are: token ids (ending with the stop token sampled), text, finish reason
         # under torchrun each rank samples its share of the prompts; every rank gets the whole batch back
         comps = rollout.generate(
@@ -675,8 +681,9 @@ class GrpoStage:
         return m
 
     def _update(self, loop, prompts, completions, adv, loss_mask, old_logprobs=None) -> dict:
-        """`old_logprobs`: the sampler's log-probs of each completion's tokens (or None): with num_iterations > 1
-        and a float32 update they are the ratio's denominators, in place of a no-grad forward."""
+        """`old_logprobs`: the sampler's log-probs of each completion's tokens, or None. `train_step` passes them
+        when they may stand in for the no-grad forward of the ratio's denominators (num_iterations > 1, the
+        engine's own log-probs, a float32 update)."""
         cfg, pol = self.cfg, self.policy
         if not prompts:  # every group was uninformative: nothing to learn from, no optimizer step
             return dict(NO_UPDATE)
@@ -699,12 +706,8 @@ class GrpoStage:
         # every rank runs as many forwards as rank 0 (the largest share): a sharded forward is a collective
         most = -(-len(shard(n_seq, DistInfo(0, loop.dist.world))) // cfg.micro_batch)
         mbs += [padding_micro_batch(pol.pad_id) for _ in range(most - len(mbs))]
-        use_sampler = (
-            cfg.num_iterations > 1
-            and old_logprobs is not None
-            and all(lp is not None for lp in old_logprobs)  # (the plain rollout returns none)
-            and getattr(loop, "dtype", "float32") == "float32"  # bf16 update: the sampler's fp32 values would differ
-        )
+        # (the plain rollout returns no log-probs: then the no-grad forward computes them)
+        use_sampler = old_logprobs is not None and all(lp is not None for lp in old_logprobs)
         for mb in mbs:
             for k in ("ids", "rows", "pos", "slot", "tgt", "mask", "adv", "real"):
                 setattr(mb, k, getattr(mb, k).to(dev))

@@ -187,9 +187,7 @@ class ServerRollout(Rollout):
                 "temperature": opts["temperature"],
                 "top_p": opts["top_p"],
                 "top_k": opts["top_k"],
-                "seed": derive_seed(
-                    opts["seed"], first + p
-                ),  # the prompt's place in the global batch, not in this share
+                "seed": derive_seed(opts["seed"], first + p),  # by the prompt's place in the global batch
                 "logprobs": 1,
                 "return_token_ids": True,
                 "ignore_eos": opts["ignore_eos"],
