@@ -53,7 +53,8 @@ def _close_weights(a: dict, b: dict) -> None:
 
 
 _EXIT_SCRIPT = """
-import atexit, sys
+import atexit
+
 import torch.distributed as dist
 from tinyseek.dist import gather, init_distributed
 

@@ -230,7 +230,7 @@ def test_decode_without_host_sync_equals_the_cached_forward():
 
 
 @pytest.mark.slow
-def test_compiled_fp32_training_step_takes_the_grouped_path_and_matches_eager():
+def test_compiled_fp32_training_step_takes_the_grouped_path_and_matches_eager(monkeypatch):
     """Under torch.compile in fp32 the sorted dispatch runs grouped_mm as an opaque op with its own backward
     (dynamo's shape rule for grouped_mm is bf16-only): traced through AOT autograd ("aot_eager": no code
     generation), the loss and every gradient equal the eager step's."""
@@ -243,16 +243,13 @@ def test_compiled_fp32_training_step_takes_the_grouped_path_and_matches_eager():
     assert not model.use_dense(4 * 40, m.cfg.n_activated_experts, m.cfg.n_routed_experts)
     calls = []
     op = model._grouped_mm_opaque
-    model._grouped_mm_opaque = lambda *a, **k: calls.append(1) or op(*a, **k)
-    try:
-        ref = m(x, targets=x.roll(-1, 1))
-        ref.loss.backward()
-        assert not calls  # eager: torch._grouped_mm itself
-        out = torch.compile(c, backend="aot_eager")(x, targets=x.roll(-1, 1))
-        out.loss.backward()
-    finally:
-        model._grouped_mm_opaque = op
-        torch._dynamo.reset()
+    monkeypatch.setattr(model, "_grouped_mm_opaque", lambda *a, **k: calls.append(1) or op(*a, **k))
+    ref = m(x, targets=x.roll(-1, 1))
+    ref.loss.backward()
+    assert not calls  # eager: torch._grouped_mm itself
+    out = torch.compile(c, backend="aot_eager")(x, targets=x.roll(-1, 1))
+    out.loss.backward()
+    torch._dynamo.reset()
     assert calls  # traced: the opaque op
     torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=0)
     gm = dict(m.named_parameters())
