@@ -30,7 +30,8 @@ import openai  # noqa: E402
 import torch  # noqa: E402
 
 from tinyseek.config import ModelConfig  # noqa: E402
-from tinyseek.engine import Engine, SamplingParams  # noqa: E402
+from tinyseek.inference.engine import Engine  # noqa: E402
+from tinyseek.inference.sampling import SamplingParams  # noqa: E402
 from tinyseek.model import Transformer  # noqa: E402
 from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread  # noqa: E402
 from tinyseek.tokenizer import Tokenizer  # noqa: E402

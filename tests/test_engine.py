@@ -8,10 +8,11 @@ from conftest import tiny_llama
 
 import tinyseek.model as model_mod
 from tinyseek.config import ModelConfig
-from tinyseek.engine import Engine, PromptCache
+from tinyseek.inference.engine import Engine
+from tinyseek.inference.sequence import PromptCache
 from tinyseek.errors import TinyseekError
 from tinyseek.model import Transformer
-from tinyseek.sampling import SamplingParams
+from tinyseek.inference.sampling import SamplingParams
 
 PROMPTS = [[5, 9, 17, 3, 44, 21, 8], [100, 7], [31, 32, 33, 34], [250]]
 
@@ -233,7 +234,7 @@ def test_seeded_sampling_reproducible_in_any_batch(model):
 def test_copies_of_a_prompt_in_one_call_sample_differently(model):
     """GRPO's batch may hold one problem twice: its two groups must be independent samples, not duplicates
     (the seed of a prompt's group comes from its index in the call, not from its tokens)."""
-    from tinyseek.hf_engine import HFEngine
+    from tinyseek.inference.hf_engine import HFEngine
 
     p = SamplingParams(temperature=1.0, seed=5, max_new_tokens=12, ignore_eos=True)
     for eng in (Engine(model, max_batch=16), HFEngine(_hf_copy(model), max_batch=16)):
@@ -390,7 +391,7 @@ def test_hf_engine_matches_engine_on_exported_weights(tmp_path):
     import transformers
 
     from tinyseek.checkpoint import export_dir
-    from tinyseek.hf_engine import HFEngine
+    from tinyseek.inference.hf_engine import HFEngine
 
     m = _model(seed=4)
     export_dir(m.cfg, m.state_dict(), tmp_path / "hf")
@@ -411,7 +412,7 @@ def test_hf_engine_preallocated_cache_equals_transformers_dynamic_cache():
     """HFEngine's cache (buffers written in place) against transformers' own DynamicCache (concatenation): same
     tokens and log-probs, with groups (repeat_interleave) and rows finishing at different steps (row selection)."""
     pytest.importorskip("transformers")
-    from tinyseek.hf_engine import HFEngine
+    from tinyseek.inference.hf_engine import HFEngine
 
     torch.manual_seed(0)
     llama = tiny_llama(vocab_size=64).eval()
@@ -454,7 +455,7 @@ def test_cli_generate_streams_text(tmp_path, capsys, monkeypatch):
     code generation takes a minute): the same greedy text as the engine's."""
     import tinyseek.chat as chat
     from tinyseek.checkpoint import save_checkpoint
-    from tinyseek.engine import cli_generate
+    from tinyseek.chat import cli_generate
     from tinyseek.tokenizer import Tokenizer
 
     tok = Tokenizer.train(["the cat sat on the mat " * 20, "a b c d e f g"], vocab_size=300)
@@ -482,7 +483,7 @@ def test_cli_generate_streams_text(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_chat_multi_turn(r1_checkpoint, monkeypatch, capsys):
-    from tinyseek.engine import cli_chat
+    from tinyseek.chat import cli_chat
 
     lines = iter(["What is 2 plus 3?", "/reset", "What is 4 times 2?"])
 
@@ -510,7 +511,7 @@ def test_a_bad_prompt_in_a_batch_queues_nothing(model):
 def test_bf16_engine_keeps_a_trained_models_answers(r1_checkpoint):
     """dtype=bf16 (about 1.2-1.4x faster on this CPU, dev/LOG.md): on a trained model with confident
     predictions the greedy completions are the float32 ones."""
-    from tinyseek.engine import load_engine
+    from tinyseek.inference.load import load_engine
 
     e32 = load_engine(r1_checkpoint, max_batch=4)
     e16 = load_engine(r1_checkpoint, max_batch=4, dtype=torch.bfloat16)
@@ -525,8 +526,8 @@ def test_bf16_engine_keeps_a_trained_models_answers(r1_checkpoint):
 
 def test_load_engine_picks_the_implementation(tmp_path):
     from tinyseek.checkpoint import export_dir
-    from tinyseek.engine import load_engine
-    from tinyseek.hf_engine import HFEngine
+    from tinyseek.inference.load import load_engine
+    from tinyseek.inference.hf_engine import HFEngine
 
     m = _model(seed=5)
     export_dir(m.cfg, m.state_dict(), tmp_path / "ds")
@@ -553,7 +554,7 @@ def test_load_engine_picks_the_implementation(tmp_path):
 
 def test_engines_restore_the_training_flag(model, tmp_path):
     """GRPO generates with the policy it trains: generation must not leave it in eval mode."""
-    from tinyseek.hf_engine import HFEngine
+    from tinyseek.inference.hf_engine import HFEngine
 
     m = _model(seed=6).train()
     Engine(m, max_batch=2).generate([PROMPTS[1]], SamplingParams(max_new_tokens=2))

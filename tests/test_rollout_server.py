@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tinyseek.checkpoint import load_model, read_weights
-from tinyseek.engine import Engine
+from tinyseek.inference.engine import Engine
 from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread
 from tinyseek.tokenizer import Tokenizer
 

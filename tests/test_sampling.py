@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinyseek.errors import TinyseekError
-from tinyseek.sampling import BatchParams, SamplingParams, derive_seed, inverse_cdf, sample, sample_reference, uniform
+from tinyseek.inference.sampling import BatchParams, SamplingParams, derive_seed, inverse_cdf, sample, sample_reference, uniform
 
 V = 12
 
@@ -53,7 +53,7 @@ def test_top_p_after_top_k_renormalises():
 def test_engine_and_plain_rollout_truncate_to_the_same_set():
     """The engine's truncation mask and the plain reference rollout's (train/policy.PlainRollout) keep the same
     tokens for every top-k / top-p combination, on random and on peaked distributions."""
-    from tinyseek.sampling import truncation_mask
+    from tinyseek.inference.sampling import truncation_mask
     from tinyseek.train.policy import PlainRollout
 
     g = torch.Generator().manual_seed(0)

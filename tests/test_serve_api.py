@@ -16,7 +16,8 @@ import pytest
 from conftest import R1_CHATS
 
 from tinyseek.checkpoint import load_model
-from tinyseek.engine import Engine, SamplingParams
+from tinyseek.inference.engine import Engine
+from tinyseek.inference.sampling import SamplingParams
 from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread
 from tinyseek.serve.reasoning import ReasoningSplitter, reasoning_tokens
 from tinyseek.tokenizer import Tokenizer

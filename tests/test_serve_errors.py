@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tinyseek.checkpoint import load_model
-from tinyseek.engine import Engine
+from tinyseek.inference.engine import Engine
 from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread
 from tinyseek.serve.ledger import Ledger, Prices, key_id
 from tinyseek.tokenizer import Tokenizer
@@ -267,7 +267,7 @@ def test_usage_around_a_stop_string(one_slot, parts):
     """The engine ends a row in the step that completes a stop string (no decode step after it), and the usage of
     the request (in the response, in the stream's usage chunk, in the ledger) is the tokens generated up to and
     including the one that completed it: what the engine alone produces with the same stop string."""
-    from tinyseek.engine import SamplingParams
+    from tinyseek.inference.sampling import SamplingParams
 
     url, app, engine = one_slot
     tok, model = parts

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tinyseek.checkpoint import load_model
-from tinyseek.engine import Engine
+from tinyseek.inference.engine import Engine
 from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread
 from tinyseek.tokenizer import Tokenizer
 

@@ -26,7 +26,7 @@ import pytest
 from conftest import R1_CHATS
 
 from tinyseek.checkpoint import load_model
-from tinyseek.engine import Engine
+from tinyseek.inference.engine import Engine
 from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread
 from tinyseek.tokenizer import Tokenizer
 

@@ -98,7 +98,9 @@ def test_prefix_cache_lru_eviction_under_a_byte_budget():
 def test_prefix_cache_served_rows_give_the_same_greedy_tokens_as_a_fresh_prefill(one_thread):
     """The fast path (rows from the cache) against the reference (no cache) on a random nano model."""
     from tinyseek.config import ModelConfig
-    from tinyseek.engine import Engine, PromptCache, SamplingParams
+    from tinyseek.inference.engine import Engine
+    from tinyseek.inference.sampling import SamplingParams
+    from tinyseek.inference.sequence import PromptCache
     from tinyseek.model import Transformer
 
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyseek.sampling import SamplingParams
+from tinyseek.inference.sampling import SamplingParams
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +25,8 @@ def _gguf() -> Path:
 
 @pytest.fixture(scope="module")
 def engine():
-    from tinyseek.engine import load_engine
-    from tinyseek.hf_engine import HFEngine
+    from tinyseek.inference.load import load_engine
+    from tinyseek.inference.hf_engine import HFEngine
 
     e = load_engine(_gguf(), max_batch=8)
     assert isinstance(e, HFEngine)

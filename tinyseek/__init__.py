@@ -1,6 +1,7 @@
 """tinyseek: the DeepSeek-V3 / R1 recipe, small enough for a laptop and built to scale."""
 
 __version__ = "0.1.0"
+__all__ = ["load_model"]  # the public Python API (DESIGN.md); every other name is imported from its module
 
 
 def load_model(path, device="cpu", dtype=None):
