@@ -40,8 +40,8 @@ import torch  # noqa: E402
 from tinyseek import cost  # noqa: E402
 from tinyseek.config import ModelConfig  # noqa: E402
 from tinyseek.inference.engine import Engine  # noqa: E402
-from tinyseek.model import Transformer  # noqa: E402
 from tinyseek.inference.sampling import SamplingParams  # noqa: E402
+from tinyseek.model import Transformer  # noqa: E402
 
 
 def timed(fn, repeat: int = 1):

@@ -8,11 +8,11 @@ from conftest import tiny_llama
 
 import tinyseek.model as model_mod
 from tinyseek.config import ModelConfig
-from tinyseek.inference.engine import Engine
-from tinyseek.inference.sequence import PromptCache
 from tinyseek.errors import TinyseekError
-from tinyseek.model import Transformer
+from tinyseek.inference.engine import Engine
 from tinyseek.inference.sampling import SamplingParams
+from tinyseek.inference.sequence import PromptCache
+from tinyseek.model import Transformer
 
 PROMPTS = [[5, 9, 17, 3, 44, 21, 8], [100, 7], [31, 32, 33, 34], [250]]
 
@@ -454,8 +454,8 @@ def test_cli_generate_streams_text(tmp_path, capsys, monkeypatch):
     """Plain and with --compile (which reaches the engine; traced here by the "eager" backend, as inductor's
     code generation takes a minute): the same greedy text as the engine's."""
     import tinyseek.chat as chat
-    from tinyseek.checkpoint import save_checkpoint
     from tinyseek.chat import cli_generate
+    from tinyseek.checkpoint import save_checkpoint
     from tinyseek.tokenizer import Tokenizer
 
     tok = Tokenizer.train(["the cat sat on the mat " * 20, "a b c d e f g"], vocab_size=300)
@@ -526,8 +526,8 @@ def test_bf16_engine_keeps_a_trained_models_answers(r1_checkpoint):
 
 def test_load_engine_picks_the_implementation(tmp_path):
     from tinyseek.checkpoint import export_dir
-    from tinyseek.inference.load import load_engine
     from tinyseek.inference.hf_engine import HFEngine
+    from tinyseek.inference.load import load_engine
 
     m = _model(seed=5)
     export_dir(m.cfg, m.state_dict(), tmp_path / "ds")

@@ -249,8 +249,8 @@ def test_recipe_eval_stage_defaults_to_r1_protocol(tmp_path, r1_checkpoint):
 def test_evaluate_a_real_checkpoint_that_answers(r1_checkpoint):
     """A nano model overfit on three R1 chats, through load_engine + evaluate + the real rewards: it must
     score full marks on what it learnt and zero on a question it never saw the answer to."""
-    from tinyseek.inference.load import load_engine
     from tinyseek.evaluate import evaluate
+    from tinyseek.inference.load import load_engine
     from tinyseek.inference.sampling import SamplingParams
 
     engine = load_engine(r1_checkpoint, max_batch=8)

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from tinyseek.errors import TinyseekError
-from tinyseek.inference.sampling import BatchParams, SamplingParams, derive_seed, inverse_cdf, sample, sample_reference, uniform
+from tinyseek.inference.sampling import (
+    BatchParams,
+    SamplingParams,
+    derive_seed,
+    inverse_cdf,
+    sample,
+    sample_reference,
+    uniform,
+)
 
 V = 12
 

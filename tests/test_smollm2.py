@@ -25,8 +25,8 @@ def _gguf() -> Path:
 
 @pytest.fixture(scope="module")
 def engine():
-    from tinyseek.inference.load import load_engine
     from tinyseek.inference.hf_engine import HFEngine
+    from tinyseek.inference.load import load_engine
 
     e = load_engine(_gguf(), max_batch=8)
     assert isinstance(e, HFEngine)
