@@ -16,6 +16,7 @@ import argparse
 import time
 
 from tinyseek import rewards, tasks
+from tinyseek.r1 import completion_text
 
 
 def timed(fn):
@@ -41,7 +42,7 @@ def main():
     print()
     for name in tasks.names():
         recs = tasks.get(name).generate(10_000, seed=1)
-        comps = [tasks.completion_text(r) for r in recs]
+        comps = [completion_text(r) for r in recs]
         cols = {k: [r.get(k) for r in recs] for k in recs[0]}
         prompts = [r["prompt"] for r in recs]
         for f in (rewards.accuracy_reward, rewards.format_reward, rewards.language_reward):

@@ -11,16 +11,16 @@ from tinyseek.data import (
     ExampleStream,
     PackedStream,
     collate,
-    read_rows,
     row_to_messages,
     sft_example,
     sft_examples_from_rows,
     task_documents,
-    text_documents,
     tokenize_documents,
 )
 from tinyseek.errors import TinyseekError
-from tinyseek.tokenizer import ASSISTANT, EOS, Tokenizer
+from tinyseek.io import read_rows, text_documents
+from tinyseek.r1 import ASSISTANT, EOS
+from tinyseek.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

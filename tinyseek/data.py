@@ -1,6 +1,6 @@
 """Corpora and datasets: the pretraining stream (packed documents) and SFT examples (loss on assistant tokens).
 
-Pretraining. A document is `BOS text EOS`: a task trace (`prompt` + `tasks.completion_text`) or a
+Pretraining. A document is `BOS text EOS`: a task trace (`prompt` + `r1.completion_text`) or a
 plain-text document (a `.txt` file's paragraphs, separated by blank lines, or the `text` field of each
 JSONL line). Documents are tokenised once, shuffled per epoch with the seed, concatenated and cut into
 rows of `seq_len + 1` tokens: inputs `row[:-1]`, targets `row[1:]`. Wherever the input token is EOS the
@@ -14,7 +14,7 @@ SFT. Each example is a conversation; the prompt is rendered with the R1 chat tem
 token and on padding, so the loss covers exactly the assistant's tokens. Accepted rows (JSONL,
 Parquet, or a `datasets.save_to_disk` directory): `{"messages": [...]}` (last message from the
 assistant), `{"prompt": str | messages, "completion": str | [assistant message]}`, or task records
-(`prompt` + `solution`/`answer`, completed with `tasks.completion_text`). Bad rows raise a
+(`prompt` + `solution`/`answer`, completed with `r1.completion_text`). Bad rows raise a
 TinyseekError naming the file and line (row).
 """
 
@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from tinyseek.errors import TinyseekError
-from tinyseek.io import read_rows, text_documents  # noqa: F401  (also public here: the dataset code reads through them)
-from tinyseek.r1 import render_chat
+from tinyseek.r1 import completion_text, render_chat
 from tinyseek.tokenizer import Tokenizer
 
 IGNORE = -100
@@ -139,11 +138,9 @@ def row_to_messages(row: Any, where: str) -> list[dict]:
         else:
             raise TinyseekError(f"{where}: field 'completion' must be a string or [one assistant message]")
     elif "prompt" in row and ("solution" in row or "answer" in row):
-        from tinyseek import tasks
-
         msgs = _as_messages(row["prompt"], where, "prompt")
         try:
-            msgs.append({"role": "assistant", "content": tasks.completion_text(row)})
+            msgs.append({"role": "assistant", "content": completion_text(row)})
         except (KeyError, TypeError) as e:
             raise TinyseekError(f"{where}: a task record needs 'solution' and 'answer' ({e})") from None
     else:

@@ -25,21 +25,7 @@ from pathlib import Path
 
 from tinyseek.errors import TinyseekError
 from tinyseek.io import atomic_file, write_atomic
-from tinyseek.r1 import (  # noqa: F401  (also public here: the tokenizer is where they are looked for)
-    ANSWER,
-    ANSWER_END,
-    ASSISTANT,
-    BOS,
-    CHAT_TEMPLATE,
-    EOS,
-    PAD,
-    SPECIAL_TOKENS,
-    THINK,
-    THINK_END,
-    USER,
-    render_chat,
-    strip_reasoning,
-)
+from tinyseek.r1 import BOS, CHAT_TEMPLATE, EOS, PAD, SPECIAL_TOKENS, render_chat
 
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
 

@@ -90,8 +90,6 @@ from tinyseek.errors import TinyseekError
 from tinyseek.inference.sampling import BatchParams, SamplingParams, derive_seed, sample
 from tinyseek.inference.sequence import Completion, PromptCache, Seq
 
-__all__ = ["SamplingParams", "Completion", "StepEvent", "PromptCache", "Engine"]
-
 
 @dataclass
 class StepEvent:

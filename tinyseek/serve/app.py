@@ -653,7 +653,8 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
         def swap() -> None:
             import torch
 
-            from tinyseek.checkpoint import check_state_dict, read_weights
+            from tinyseek.checkpoint import read_weights
+            from tinyseek.hf import check_state_dict
 
             model = engine.model
             sd = read_weights(path)

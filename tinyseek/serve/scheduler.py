@@ -36,7 +36,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from tinyseek.errors import TinyseekError
-from tinyseek.inference.engine import PromptCache
+from tinyseek.inference.sequence import PromptCache
 from tinyseek.serve.prefix_cache import PrefixCache
 
 

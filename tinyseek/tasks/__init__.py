@@ -3,7 +3,7 @@
     from tinyseek import tasks
     tasks.names()                                   # the registered task names
     recs = tasks.get("arithmetic").generate(1000, seed=0, split="train", difficulty=2)
-    tasks.completion_text(recs[0])                  # "<think>\n...\n</think>\n<answer>...</answer>"
+    r1.completion_text(recs[0])                     # "<think>\n...\n</think>\n<answer>...</answer>"
     tasks.load_records("my.jsonl")                  # user data: JSONL, Parquet or a datasets dir
 
 A record is {id, task, prompt, answer (str), solution (a trace ending in the answer), difficulty, ...}

@@ -59,24 +59,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tinyseek.checkpoint import resolve_model_path  # noqa: F401  (also public here)
 from tinyseek.config import ConfigError
 from tinyseek.dist import DistInfo, shard
-from tinyseek.rewards import resolve as resolve_reward  # noqa: F401  (also public here)
-from tinyseek.train.grpo_loss import (  # noqa: F401  (also public here: tinyseek.train.grpo.grpo_loss etc.)
+from tinyseek.train.grpo_loss import (
     LOSS_TYPES,
     SCALE_REWARDS,
-    STD_EPS,
-    LossOut,
     group_advantages,
     grpo_loss,
-    kl_k3,
     process_advantages,
-    selective_log_softmax,
     token_logprobs,
 )
 from tinyseek.train.loop import TrainConfig
-from tinyseek.train.policy import HFPolicy, Policy, TinyseekPolicy  # noqa: F401
+from tinyseek.train.policy import Policy
 
 # ----------------------------------------------------------------------------------------------
 # configuration

@@ -79,10 +79,11 @@ import torch
 import torch.distributed as torch_dist
 
 from tinyseek import cost
-from tinyseek.checkpoint import TRAINER_STATE_FILE, check_state_dict, read_weights, save_checkpoint
+from tinyseek.checkpoint import TRAINER_STATE_FILE, read_weights, save_checkpoint
 from tinyseek.config import ConfigError, write_toml
-from tinyseek.dist import DistInfo, check_divides, init_distributed, world_size  # noqa: F401  (also public here)
+from tinyseek.dist import DistInfo, check_divides, init_distributed, world_size
 from tinyseek.errors import TinyseekError
+from tinyseek.hf import check_state_dict
 from tinyseek.io import write_atomic, write_json
 from tinyseek.train import parallel
 

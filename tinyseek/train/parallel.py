@@ -416,8 +416,10 @@ def consolidate(step_dir: str | Path, out: str | Path) -> Path:
     weights gathered into one model.safetensors beside config.json and tokenizer.json. One process; no GPU."""
     import torch.distributed.checkpoint as dcp
 
-    from tinyseek.checkpoint import TOKENIZER_FILE, atomic_dir, read_config, write_weights
+    from tinyseek.checkpoint import read_config, write_weights
+    from tinyseek.io import atomic_dir
     from tinyseek.model import Transformer
+    from tinyseek.tokenizer import TOKENIZER_FILE
 
     step_dir = Path(step_dir)
     src = step_dir / DCP_DIR

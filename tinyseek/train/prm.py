@@ -39,9 +39,10 @@ import torch
 from torch import nn
 
 from tinyseek import cost
-from tinyseek.checkpoint import TRAINER_STATE_FILE, check_state_dict, read_config, read_weights, write_weights
+from tinyseek.checkpoint import TRAINER_STATE_FILE, read_config, read_weights, write_weights
 from tinyseek.config import ConfigError, stage_cli, to_dict
 from tinyseek.errors import TinyseekError
+from tinyseek.hf import check_state_dict
 from tinyseek.io import atomic_dir, read_rows, write_json, write_jsonl
 from tinyseek.model import Transformer
 from tinyseek.r1 import completion_text
