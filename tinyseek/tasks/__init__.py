@@ -1,6 +1,6 @@
 """Verifiable reasoning tasks: problems a rule can check, in sizes a laptop model can learn.
 
-    from tinyseek import tasks
+    from tinyseek import r1, tasks
     tasks.names()                                   # the registered task names
     recs = tasks.get("arithmetic").generate(1000, seed=0, split="train", difficulty=2)
     r1.completion_text(recs[0])                     # "<think>\n...\n</think>\n<answer>...</answer>"
