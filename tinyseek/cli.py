@@ -15,7 +15,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("tinyseek.checkpoint:cli_init", "write a randomly initialised checkpoint from a preset"),
     "export": ("tinyseek.checkpoint:cli_export", "export a checkpoint to transformers' DeepseekV3 format"),
     "import": ("tinyseek.checkpoint:cli_import", "import a transformers DeepseekV3 directory as a checkpoint"),
-    "cost": ("tinyseek.cost:cli_cost", "parameters, active parameters and training FLOPs of a preset or checkpoint"),
+    "cost": (
+        "tinyseek.checkpoint:cli_cost",
+        "parameters, active parameters and training FLOPs of a preset or checkpoint",
+    ),
     "tasks": ("tinyseek.tasks:cli_tasks", "list the verifiable tasks, or print sample problems"),
     "tokenizer": ("tinyseek.tokenizer:cli_tokenizer", "train the byte-level BPE tokenizer"),
     "pretrain": ("tinyseek.train.pretrain:cli_pretrain", "pretrain a model on a reasoning corpus"),

@@ -153,12 +153,9 @@ class Engine:
         max_batch: int = 64,
         max_len: int | None = None,
         speculative: bool = False,
-        dtype: torch.dtype | None = None,
         recompute: bool = False,
         compile: bool | str = False,
     ):
-        if dtype is not None:
-            model.to(dtype=dtype)  # in place: the caller's model is cast
         self.model = model
         self.cfg = model.cfg
         self.tokenizer = tokenizer
