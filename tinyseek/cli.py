@@ -25,7 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("tinyseek.train.sft:cli_sft", "supervised fine-tuning (cold start) on chat or prompt/completion data"),
     "grpo": ("tinyseek.train.grpo:cli_grpo", "reinforcement learning with rule-based rewards (GRPO)"),
     "prm": ("tinyseek.train.prm:cli_prm", "train a process reward model (step scores), or score traces with one"),
-    "sample": ("tinyseek.train.sample:cli_sample", "rejection sampling: keep verified completions as an SFT dataset"),
+    "sample": (
+        "tinyseek.train.rejection:cli_sample",
+        "rejection sampling: keep verified completions as an SFT dataset",
+    ),
     "distill": ("tinyseek.train.distill:cli_distill", "distil a teacher into a (dense) student"),
     "eval": ("tinyseek.evaluate:cli_eval", "pass@1 / pass@k / cons@k on held-out problems"),
     "consolidate": (

@@ -201,7 +201,7 @@ def _command(kind: str) -> Callable[[list[str]], int]:
     from tinyseek.train.grpo import cli_grpo
     from tinyseek.train.pretrain import cli_pretrain
     from tinyseek.train.prm import cli_prm_train
-    from tinyseek.train.sample import cli_sample
+    from tinyseek.train.rejection import cli_sample
     from tinyseek.train.sft import cli_sft
 
     return {
