@@ -12,41 +12,27 @@ clipped surrogate
 aggregated over tokens according to `loss_type` (grpo, dr_grpo, dapo: the maths and how it compares with
 TRL are in grpo_loss.py). With `dynamic_sampling`, groups whose rewards are all equal (zero advantage) are
 dropped from the update altogether (DAPO's dynamic sampling, without re-drawing: the step just has fewer
-sequences). Reference-model log-probs are taken under no_grad.
-
-Process supervision (`advantage = "process"`, DeepSeekMath §4.1.3): each completion is cut into reasoning steps
-(tinyseek.steps), each step gets a reward, from the exact step rule (`process_reward = "oracle"`: the step equals the
-worked solution's, every step before it too) or from a process reward model (`process_reward = "prm:PATH"`,
-tinyseek.train.prm: its score of the step), the rewards are normalised over every step of the group, and a token's
-advantage is the sum of the normalised rewards of its step and the later ones (grpo_loss.process_advantages).
-The reward functions are then only logged. A PRM's scoring of every rollout is counted in the cost meter, its
-training against `max_flops`; the PRM's score is logged against the truth on the policy's own samples
-(prm_score, prm_score_right / _wrong, prm_liked_wrong, prm_step_acc) to measure reward hacking, and the wrong
-samples it liked most go to RUN/prm_liked_wrong.jsonl.
+sequences). Reference-model log-probs are taken under no_grad. With `advantage = "process"` each reasoning
+step gets its own reward instead (process supervision: train/process_reward.py).
 
 The model is a `Policy` (policy.py): a tinyseek checkpoint, or any transformers causal LM (a directory, a
 .gguf file, or `pkg:PACKAGE/FILE` for a file shipped in a pip package), whose own weights the update
-trains. Held-out accuracy is `tinyseek.evaluate` on the task's test side, with the prompts GRPO trains on.
+trains; completions come from train/rollout.py. Held-out accuracy is `tinyseek.evaluate` on the task's test
+side, with the prompts GRPO trains on.
 
-The settings, and why (dev/LOG.md, "GRPO on the MoE policy: why it collapsed"):
+The settings, and why (dev/LOG.md has the runs behind them):
 
 - The learning rate is the only bound on a step. With one update per rollout batch (num_iterations = 1) the
   ratio rho is exactly 1 during the update, so the clipping never acts: nothing but `lr` limits how far one
-  step moves the policy. AdamW moves every weight by about lr (exactly lr on its first step), so the right
-  lr is set by the model's weight scale, not by the loss. On the demo's 1.1M MoE teacher (weights of RMS ~0.02)
-  one step at 1e-4 was a per-token KL of ~0.09 and took held-out greedy accuracy from 37% to 10%; 2e-5 was
-  ~0.006 nats/token per step and learned. The same held for dense and uncompressed-attention teachers of the
-  same size: it is the step, not MoE or MLA. Default 2e-5 (TRL's 1e-6 suits billion-parameter models).
-- `bias_update_speed` = 0: the MoE balancing biases stay as pretraining left them. Their sign steps move
-  routing by a fixed amount every step whatever the lr; frozen, the held-out curve climbed steadily instead of
-  wandering. (DeepSeek-V3's report sets gamma to 0 for its last 500B pretraining tokens as well.)
-- The demo rolls out at temperature 0.7, near R1's evaluation temperature of 0.6: at 1.0 most failures are
-  sampling noise the evaluation never draws, and the update spends itself pushing them down. The default
-  stays TRL's 1.0; set it per recipe.
-- Not kept, tried (the log has the figures): warm-up, Adam's eps, carrying SFT's optimizer state, a KL
-  penalty, per-step KL-targeted lr control, bigger batches. Routing replay and GSPO's sequence ratio change
-  nothing here by construction: the update's forward routes as the rollout did (log-probs agree to 1e-5),
-  and with one update per batch GSPO's gradient is the `grpo` loss type's.
+  step moves the policy. AdamW moves every weight by about lr, so the right lr is set by the model's weight
+  scale, not by the loss: 2e-5 for ~1M-parameter models (TRL's 1e-6 suits billion-parameter models).
+- `bias_update_speed` = 0: the MoE balancing biases stay as pretraining left them; their sign steps would
+  move routing by a fixed amount every step whatever the lr. (DeepSeek-V3's report sets gamma to 0 for its
+  last 500B pretraining tokens as well.)
+- The rollout temperature stays TRL's 1.0 by default; the demo sets 0.7, near R1's evaluation temperature of
+  0.6, so that the update is not spent on sampling noise the evaluation never draws.
+- Routing replay and GSPO's sequence ratio would change nothing here by construction: the update's forward
+  routes as the rollout did, and with one update per batch GSPO's gradient is the `grpo` loss type's.
 
 Recipes: recipes/demo.toml (the whole R1 pipeline), recipes/r1-zero.toml, recipes/r1.toml,
 recipes/smollm2-grpo.toml (`tinyseek run`, or `tinyseek grpo --config RECIPE --out RUN [--quick]`).
