@@ -112,7 +112,7 @@ class TrainConfig:
     adam_eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still measured)
     bias_update_speed: float | None = None  # MoE balancing-bias step gamma (None = the model's own; 0 = frozen)
-    # compute dtype: auto (bfloat16 where it is native, else float32: cost.resolve_dtype) | float32 | bfloat16
+    # compute dtype: auto (bfloat16 where it is native, else float32: precision.resolve_dtype) | float32 | bfloat16
     # (bf16 = autocast; the master weights stay fp32)
     dtype: str = "auto"
     compile: bool = False  # torch.compile the model
