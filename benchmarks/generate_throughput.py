@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from tinyseek import cost  # noqa: E402
+from tinyseek import precision  # noqa: E402
 from tinyseek.config import ModelConfig  # noqa: E402
 from tinyseek.inference.engine import Engine  # noqa: E402
 from tinyseek.inference.sampling import SamplingParams  # noqa: E402
@@ -158,7 +158,7 @@ def main() -> int:
     cfg = ModelConfig.preset(args.preset)
     model = Transformer(cfg).eval()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"machine: {cost.machine_line()}")
+    print(f"machine: {precision.machine_line()}")
     print(
         f"preset {args.preset}: {n_params / 1e6:.1f}M parameters, float32; torch {torch.__version__}; load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine: figures are noisy)"
@@ -276,7 +276,7 @@ def main() -> int:
             k = next((i for i in range(len(x)) if x[i] != y[i]), len(x))
             agree.append(k / len(x))
         print(
-            f"\nbf16 at batch {B} (native bf16 here: {'yes' if cost.native_bf16() else 'no'}): "
+            f"\nbf16 at batch {B} (native bf16 here: {'yes' if precision.native_bf16() else 'no'}): "
             f"{B * N / dt16:.0f} tok/s vs float32 {B * N / dt32:.0f} ({dt32 / dt16:.2f}x); max |logit diff| on the "
             f"prompts {d:.3f}; greedy tokens equal to float32 before the first divergence: "
             f"{100 * sum(agree) / len(agree):.0f}%"

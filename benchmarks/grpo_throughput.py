@@ -162,9 +162,7 @@ def run_tinyseek(policy, recs, steps: int, tmp: Path, name: str) -> tuple[float,
     ref = copy.deepcopy(policy.module).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
-    loop = Loop(cfg, policy.module, tmp / name, stage_name="grpo")
-    if policy.kind == "hf":
-        loop.save_model = policy.save
+    loop = Loop(cfg, policy.module, tmp / name, stage_name="grpo", save_model=policy.save)
     stage = GrpoStage(cfg, policy, ref, tmp / name)
 
     class Fixed:
@@ -205,8 +203,9 @@ def main() -> None:
     base = build_llama(tok.vocab_size, hf_tok)
     n_params = sum(p.numel() for p in base.parameters())
     from tinyseek import cost
+    from tinyseek.precision import machine_line
 
-    print(f"machine: {cost.machine_line()}")
+    print(f"machine: {machine_line()}")
     print(
         f"random Llama {n_params / 1e6:.2f}M params (vocab {tok.vocab_size}), {P} prompts x G={G}, {NEW} new tokens, "
         f"beta {BETA}, fp32, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f} on "

@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tinyseek import cost  # noqa: E402
+from tinyseek import cost, precision  # noqa: E402
 from tinyseek.checkpoint import export_dir  # noqa: E402
 from tinyseek.config import ModelConfig  # noqa: E402
 from tinyseek.model import Transformer  # noqa: E402
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.device == "auto" else [args.device]
     import os
 
-    print(f"machine: {cost.machine_line('cuda' if torch.cuda.is_available() else 'cpu')}")
+    print(f"machine: {precision.machine_line('cuda' if torch.cuda.is_available() else 'cpu')}")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, load average {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} cores" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")

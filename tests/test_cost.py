@@ -7,6 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tinyseek import cost
+from tinyseek.checkpoint import cli_cost
 from tinyseek.config import ModelConfig
 from tinyseek.model import Transformer
 
@@ -100,7 +101,7 @@ def test_flops_grow_with_sequence_length():
 def test_mfu_and_cli(capsys):
     assert cost.mfu(1000.0, 1e9, 1e13) == pytest.approx(0.1)
     assert cost.datasheet_peak("NVIDIA H200") == 989e12 and cost.datasheet_peak("mystery") is None
-    assert cost.cli_cost(["--preset", "deepseek-v3-671b", "--seq-len", "4096"]) == 0
+    assert cli_cost(["--preset", "deepseek-v3-671b", "--seq-len", "4096"]) == 0
     out = capsys.readouterr().out
     assert "671.03B" in out and "36.63B" in out
 
@@ -111,21 +112,8 @@ def test_cli_on_a_checkpoint(tmp_path, capsys):
 
     cfg = ModelConfig.preset("nano")
     save_checkpoint(Transformer(cfg), tmp_path / "ckpt")
-    assert cost.cli_cost([str(tmp_path / "ckpt"), "--seq-len", "64"]) == 0
+    assert cli_cost([str(tmp_path / "ckpt"), "--seq-len", "64"]) == 0
     out = capsys.readouterr().out
     assert f"{cost.total_params(cfg):,}" in out and "T=64" in out
     with pytest.raises(TinyseekError):
-        cost.cli_cost([str(tmp_path / "ckpt"), "--preset", "nano"])
-
-
-def test_precision_auto_is_bf16_only_where_it_is_native(monkeypatch):
-    import torch
-
-    assert cost.resolve_dtype("float32") == "float32" and cost.resolve_dtype("bfloat16") == "bfloat16"
-    for native in (True, False):
-        monkeypatch.setattr(cost, "native_bf16", lambda device="cpu", n=native: n)
-        assert cost.resolve_dtype("auto") == ("bfloat16" if native else "float32")
-    monkeypatch.undo()
-    assert isinstance(cost.native_bf16("cpu"), bool)
-    line = cost.machine_line()
-    assert cost.cpu_name() in line and str(torch.backends.cpu.get_cpu_capability()) in line
+        cli_cost([str(tmp_path / "ckpt"), "--preset", "nano"])

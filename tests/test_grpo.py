@@ -163,8 +163,10 @@ from conftest import tiny_llama  # noqa: E402
 
 from tinyseek.config import ModelConfig  # noqa: E402
 from tinyseek.model import Transformer  # noqa: E402
-from tinyseek.train.grpo import GrpoConfig, GrpoStage, build_micro_batches, sequence_logprobs  # noqa: E402
+from tinyseek.train.grpo import GrpoConfig, GrpoStage  # noqa: E402
+from tinyseek.train.grpo_loss import build_micro_batches, sequence_logprobs  # noqa: E402
 from tinyseek.train.policy import TinyseekPolicy  # noqa: E402
+from tinyseek.train.rollout import PlainRollout  # noqa: E402
 
 
 class CharTok:
@@ -348,9 +350,6 @@ class _GradLoop:
     def no_sync(self, last):
         return contextlib.nullcontext()
 
-    def backward(self, loss):
-        loss.backward()
-
     def optimizer_step(self, loss, expert_load=None):
         self.grads = [p.grad.clone() for p in self.model.parameters()]
         self.model.zero_grad(set_to_none=True)
@@ -378,8 +377,8 @@ def test_micro_batching_does_not_change_the_gradient(loss_type):
 def test_engine_and_plain_rollouts_agree_greedy():
     policy = TinyseekPolicy(_toy_model(1), CharTok())
     prompts = [[13, 1, 10, 2, 11], [13, 3, 11]]
-    a = policy.generate(prompts, 2, 5, 1.0, top_k=1, impl="engine")
-    b = policy.generate(prompts, 2, 5, 1.0, top_k=1, impl="plain")
+    a = policy.generate(prompts, 2, 5, 1.0, top_k=1)
+    b = policy.generate(prompts, 2, 5, 1.0, top_k=1, engine=PlainRollout(policy, policy.module))
     assert [s.token_ids for s in a] == [s.token_ids for s in b]
     assert [s.finish_reason for s in a] == [s.finish_reason for s in b]
 

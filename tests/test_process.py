@@ -185,21 +185,18 @@ def test_outcome_vs_process_quick_recipe_and_its_report(tmp_path):
 
 def test_grpo_oracle_needs_worked_solutions_with_a_separator(tmp_path):
     from tinyseek.io import write_jsonl
-    from tinyseek.train.grpo import GrpoConfig, GrpoStage, PromptSource
+    from tinyseek.train.grpo import GrpoConfig, PromptSource
+    from tinyseek.train.process_reward import ProcessReward
 
     data = tmp_path / "rl.jsonl"
     write_jsonl(data, [{"prompt": "1+2=", "answer": "3"}])
     cfg = GrpoConfig(model="x", data=str(data), advantage="process", process_reward="oracle")
     cfg.validate()
 
-    class _Stage(GrpoStage):  # the check alone, without a policy
-        def __init__(self, cfg):
-            self.cfg, self.prompts, self.policy = cfg, PromptSource(cfg), None
-
     # user rows without a worked solution get the answer as their "solution": one step, no separator
     with pytest.raises(TinyseekError, match=rf"{data} record 1: no step separator ' '"):
-        _Stage(cfg)._setup_process_reward()
+        ProcessReward(cfg, None, PromptSource(cfg), tmp_path)  # the check alone, without a policy
     write_jsonl(data, [{"prompt": "1+2=", "answer": "3", "solution": "1+2+0=03 so 3"}])
-    _Stage(cfg)._setup_process_reward()  # a worked solution with steps: fine
+    ProcessReward(cfg, None, PromptSource(cfg), tmp_path)  # a worked solution with steps: fine
     with pytest.raises(ConfigError, match="process_reward"):
         GrpoConfig(model="x", advantage="process").validate()

@@ -6,7 +6,7 @@ import pytest
 
 from tinyseek.config import ConfigError
 from tinyseek.inference.sequence import Completion
-from tinyseek.train import sample as S
+from tinyseek.train import rejection as S
 
 REC = {"id": "a-1", "task": "arithmetic", "prompt": "12+30=", "answer": "42"}
 GOOD = "<think>\n2+0+0=02 1+3+0=04 so 42\n</think>\n<answer>42</answer>"

@@ -59,10 +59,10 @@ def test_top_p_after_top_k_renormalises():
 
 
 def test_engine_and_plain_rollout_truncate_to_the_same_set():
-    """The engine's truncation mask and the plain reference rollout's (train/policy.PlainRollout) keep the same
+    """The engine's truncation mask and the plain reference rollout's (train/rollout.PlainRollout) keep the same
     tokens for every top-k / top-p combination, on random and on peaked distributions."""
     from tinyseek.inference.sampling import truncation_mask
-    from tinyseek.train.policy import PlainRollout
+    from tinyseek.train.rollout import PlainRollout
 
     g = torch.Generator().manual_seed(0)
     for scale in (0.5, 3.0, 8.0):

@@ -272,11 +272,11 @@ def test_tiny_pretrain_cli_reports_throughput_and_cost(tmp_path, capsys, tok_fil
         assert len(r["moe_maxvio"]) == ModelConfig.preset("tiny").n_moe_layers + 1  # + the MTP block
         assert {"ce", "mtp_loss", "aux", "grad_norm", "lr", "elapsed_s"} <= set(r)
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
-    from tinyseek import cost
+    from tinyseek import cost, precision
 
     # dtype = "auto" (the default): decided for this machine, printed with it, recorded in the summary
-    assert s["dtype"] == cost.resolve_dtype("auto") and f"precision: {s['dtype']}" in out
-    assert cost.machine_line() in out
+    assert s["dtype"] == precision.resolve_dtype("auto") and f"precision: {s['dtype']}" in out
+    assert precision.machine_line() in out
 
     tiny = ModelConfig.preset("tiny", vocab_size=Tokenizer.load(tok_file).vocab_size)
     assert s["cost"]["flops"] == pytest.approx(cost.train_flops_per_token(tiny, 64) * 3 * 4 * 64)
@@ -501,18 +501,17 @@ def test_a_compute_budget_stops_the_run_after_the_step_that_spends_it(tmp_path, 
     assert summary["cost"]["flops"] == 10.0 * last
 
 
-def test_auto_dtype_reaches_the_parallel_wrapper(monkeypatch):
+def test_auto_dtype_reaches_the_parallel_wrapper(monkeypatch, tmp_path):
     """dtype = "auto" is resolved before the model is wrapped: FSDP2 gets bf16 parameters exactly where the loop's
     autocast is bf16 (native bf16), and an explicit float32 never gets them."""
-    from tinyseek import cost
-    from tinyseek.dist import DistInfo
-    from tinyseek.train import loop as loop_mod
+    from tinyseek import precision
     from tinyseek.train import parallel
 
     seen = []
     monkeypatch.setattr(parallel, "wrap_model", lambda m, par, ep, bf16, comp, d: seen.append(bf16) or m)
     for native in (True, False):
-        monkeypatch.setattr(cost, "native_bf16", lambda device="cpu", n=native: n)
-        loop_mod.wrap_model(torch.nn.Linear(2, 2), TrainConfig(dtype="auto"), DistInfo())
-        loop_mod.wrap_model(torch.nn.Linear(2, 2), TrainConfig(dtype="float32"), DistInfo())
+        monkeypatch.setattr(precision, "native_bf16", lambda device="cpu", n=native: n)
+        for dtype in ("auto", "float32"):
+            loop = Loop(TrainConfig(dtype=dtype, progress=False), torch.nn.Linear(2, 2), tmp_path / "run")
+            assert (loop.dtype == "bfloat16") == seen[-1]
     assert seen == [True, False, False, False]

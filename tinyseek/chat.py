@@ -11,10 +11,10 @@ import sys
 
 import torch
 
-from tinyseek.config import dtype_arg
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.load import add_compile_flag, load_engine
 from tinyseek.inference.sampling import SamplingParams
+from tinyseek.precision import dtype_arg
 
 
 def _sampling_flags(ap) -> None:

@@ -9,7 +9,7 @@ The other directory tinyseek reads and writes is transformers' DeepseekV3 layout
 `AutoModelForCausalLM.from_pretrained` and a transformers DeepseekV3 model trains here. `load` is the one
 loader every command goes through: it decides whether a path is a tinyseek model or another transformers
 model (SmolLM2 from a GGUF file, say), so no command decides that for itself. `init`, `export` and
-`import` are the commands that write these directories.
+`import` are the commands that write these directories; `cost` reads one's config for the cost model.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from tinyseek import cost
 from tinyseek.config import ConfigError, ModelConfig, parse_overrides
 from tinyseek.errors import TinyseekError
 from tinyseek.hf import (
@@ -486,4 +487,31 @@ def cli_import(argv: list[str]) -> int:
     args = p.parse_args(argv)
     import_dir(args.directory, args.out)
     print(f"wrote {args.out}")
+    return 0
+
+
+def cli_cost(argv: list[str]) -> int:
+    """`tinyseek cost`: the cost model (tinyseek/cost.py) of a preset, or of a checkpoint's config."""
+    p = argparse.ArgumentParser(
+        prog="tinyseek cost",
+        description="Parameters, active parameters and FLOPs of a model, from its config (nothing is allocated).",
+    )
+    p.add_argument(
+        "checkpoint", nargs="?", help="a checkpoint directory (tinyseek or exported transformers DeepseekV3)"
+    )
+    p.add_argument("--preset", help="a named preset instead of a checkpoint (e.g. tiny, deepseek-v3-671b)")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="sequence length for the FLOP counts (default: the model's max_seq_len)",
+    )
+    args = p.parse_args(argv)
+    if (args.preset is None) == (args.checkpoint is None):
+        raise TinyseekError("give exactly one of --preset NAME or a checkpoint directory")
+    if args.preset is not None:
+        cfg, name = ModelConfig.preset(args.preset), args.preset
+    else:
+        cfg, name = read_model_config(args.checkpoint), args.checkpoint
+    print(cost.format_table(name, cfg, cost.summarize(cfg, args.seq_len)))
     return 0

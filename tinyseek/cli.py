@@ -15,14 +15,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("tinyseek.checkpoint:cli_init", "write a randomly initialised checkpoint from a preset"),
     "export": ("tinyseek.checkpoint:cli_export", "export a checkpoint to transformers' DeepseekV3 format"),
     "import": ("tinyseek.checkpoint:cli_import", "import a transformers DeepseekV3 directory as a checkpoint"),
-    "cost": ("tinyseek.cost:cli_cost", "parameters, active parameters and training FLOPs of a preset or checkpoint"),
+    "cost": (
+        "tinyseek.checkpoint:cli_cost",
+        "parameters, active parameters and training FLOPs of a preset or checkpoint",
+    ),
     "tasks": ("tinyseek.tasks:cli_tasks", "list the verifiable tasks, or print sample problems"),
     "tokenizer": ("tinyseek.tokenizer:cli_tokenizer", "train the byte-level BPE tokenizer"),
     "pretrain": ("tinyseek.train.pretrain:cli_pretrain", "pretrain a model on a reasoning corpus"),
     "sft": ("tinyseek.train.sft:cli_sft", "supervised fine-tuning (cold start) on chat or prompt/completion data"),
     "grpo": ("tinyseek.train.grpo:cli_grpo", "reinforcement learning with rule-based rewards (GRPO)"),
     "prm": ("tinyseek.train.prm:cli_prm", "train a process reward model (step scores), or score traces with one"),
-    "sample": ("tinyseek.train.sample:cli_sample", "rejection sampling: keep verified completions as an SFT dataset"),
+    "sample": (
+        "tinyseek.train.rejection:cli_sample",
+        "rejection sampling: keep verified completions as an SFT dataset",
+    ),
     "distill": ("tinyseek.train.distill:cli_distill", "distil a teacher into a (dense) student"),
     "eval": ("tinyseek.evaluate:cli_eval", "pass@1 / pass@k / cons@k on held-out problems"),
     "consolidate": (

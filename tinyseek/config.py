@@ -293,24 +293,6 @@ def stage_cli(cls: type, argv: list[str], prog: str, description: str) -> tuple[
     return cfg, run_dir, a.resume
 
 
-def dtype_arg(name: str | None):
-    """A `--dtype` flag's value as a torch dtype (None: keep the stored one)."""
-    import torch
-
-    table = {
-        None: None,
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-    }
-    if name not in table:
-        raise TinyseekError(f"--dtype: unknown dtype {name!r} (fp32, bf16, fp16)")
-    return table[name]
-
-
 # ----------------------------------------------------------------------------------------------
 # the model
 

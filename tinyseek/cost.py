@@ -19,13 +19,13 @@ Conventions (the ones DeepSeek's and most scaling-law papers' figures use):
   token over a context. Counted for naive (up-projected) MLA; absorbed MLA trades the K/V up-projection
   for latent-space scores and is cheaper per cached token, which this count does not model.
 
-The training loop reports MFU = achieved FLOP/s / peak FLOP/s with `model_train_flops_per_token` and
+The training loop reports MFU = achieved FLOP/s / peak FLOP/s with `train_flops_per_token` and
 `device_peak_flops` (a datasheet figure); the benchmarks measure the peak instead (`measure_matmul_peak`).
+A caller that has a checkpoint reads its config (`checkpoint.read_model_config`; `tinyseek cost` lives there).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
@@ -137,15 +137,6 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int, include_mtp: bool = Tr
     )
 
 
-def model_train_flops_per_token(model, seq_len: int) -> float:
-    """Training FLOPs per token of a model object: its ModelConfig's figure for a tinyseek model; for any other
-    model (a transformers causal LM under GRPO) 6 x its parameters, the usual estimate without attention."""
-    cfg = getattr(model, "cfg", None)
-    if isinstance(cfg, ModelConfig):
-        return train_flops_per_token(cfg, seq_len)
-    return 6.0 * sum(p.numel() for p in model.parameters())
-
-
 def inference_flops_per_token(cfg: ModelConfig, context_len: int) -> float:
     """Forward FLOPs to produce one token with `context_len` tokens already visible (main model, naive MLA count)."""
     if context_len < 0:
@@ -201,58 +192,7 @@ def device_peak_flops(device, configured_tflops: float = 0.0) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# the machine: which CPU, which vector ISA, whether bf16 is native (precision is chosen from this)
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux, else the platform's), e.g. "AMD EPYC 7B13"."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def native_bf16(device="cpu") -> bool:
-    """Whether bf16 matmuls run natively on `device`: a CUDA GPU that supports bf16, or a CPU with AVX512_BF16
-    or AMX. Elsewhere (AVX2, say) bf16 is emulated and runs far slower than fp32 (dev/LOG.md: 0.34x for
-    generation and ~100x slower matmuls on a 2-core EPYC)."""
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
-def resolve_dtype(name: str, device="cpu") -> str:
-    """A training stage's `dtype`: "auto" is bfloat16 (autocast) where bf16 is native, float32 elsewhere;
-    "float32" and "bfloat16" are taken as they are."""
-    if name != "auto":
-        return name
-    return "bfloat16" if native_bf16(device) else "float32"
-
-
-def machine_line(device="cpu") -> str:
-    """One line naming the hardware that benchmark figures belong to: CPU model, torch's vector ISA, native bf16,
-    threads (and the GPU when `device` is one)."""
-    import torch
-
-    line = (
-        f"{cpu_name()}, ISA {torch.backends.cpu.get_cpu_capability()} (torch.backends.cpu.get_cpu_capability()), "
-        f"native bf16 {'yes' if native_bf16('cpu') else 'no'}, {torch.get_num_threads()} torch threads"
-    )
-    if torch.device(device).type == "cuda":
-        line += f"; GPU {torch.cuda.get_device_name(device)}"
-    return line
+# measured peaks and GPU-hours
 
 
 def measure_matmul_peak(device: str = "cpu", dtype=None, n: int = 4096, seconds: float = 1.0) -> float:
@@ -288,7 +228,7 @@ def gpu_hours(total_flops: float, peak_flops: float, mfu_: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# a summary and the command
+# a summary (printed by `tinyseek cost`: checkpoint.cli_cost)
 
 
 @dataclass
@@ -336,31 +276,3 @@ def format_table(name: str, cfg: ModelConfig, s: CostSummary) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def cli_cost(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="tinyseek cost",
-        description="Parameters, active parameters and FLOPs of a model, from its config (nothing is allocated).",
-    )
-    p.add_argument(
-        "checkpoint", nargs="?", help="a checkpoint directory (tinyseek or exported transformers DeepseekV3)"
-    )
-    p.add_argument("--preset", help="a named preset instead of a checkpoint (e.g. tiny, deepseek-v3-671b)")
-    p.add_argument(
-        "--seq-len",
-        type=int,
-        default=None,
-        help="sequence length for the FLOP counts (default: the model's max_seq_len)",
-    )
-    args = p.parse_args(argv)
-    if (args.preset is None) == (args.checkpoint is None):
-        raise TinyseekError("give exactly one of --preset NAME or a checkpoint directory")
-    if args.preset is not None:
-        cfg, name = ModelConfig.preset(args.preset), args.preset
-    else:
-        from tinyseek.checkpoint import read_model_config
-
-        cfg, name = read_model_config(args.checkpoint), args.checkpoint
-    print(format_table(name, cfg, summarize(cfg, args.seq_len)))
-    return 0

@@ -266,8 +266,8 @@ def cli_eval(argv: list[str]) -> int:
     import argparse
 
     from tinyseek import tasks
-    from tinyseek.config import dtype_arg
     from tinyseek.inference.load import add_compile_flag, load_engine
+    from tinyseek.precision import dtype_arg
 
     ap = argparse.ArgumentParser(
         prog="tinyseek eval", description="pass@1 / pass@k / cons@k with 95% intervals on held-out problems."

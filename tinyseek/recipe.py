@@ -37,7 +37,6 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -202,7 +201,7 @@ def _command(kind: str) -> Callable[[list[str]], int]:
     from tinyseek.train.grpo import cli_grpo
     from tinyseek.train.pretrain import cli_pretrain
     from tinyseek.train.prm import cli_prm_train
-    from tinyseek.train.sample import cli_sample
+    from tinyseek.train.rejection import cli_sample
     from tinyseek.train.sft import cli_sft
 
     return {
@@ -534,26 +533,13 @@ def _write_marker(out: Path, stage: Stage, wall_s: float, resumed: bool = False)
     write_json(out / MARKER, data)
 
 
-def _seed_everything(name: str) -> None:
-    """The same global RNG state at the start of a stage, whether the process ran earlier stages or not."""
-    import torch
-
-    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover
-        pass
-
-
 def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = print) -> list[dict]:
     """Run every stage in order; returns one status dict per stage (name, kind, status, wall_s)."""
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     import torch
+
+    from tinyseek.train.loop import seed_everything
 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -590,7 +576,9 @@ def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = pri
             shutil.rmtree(out)
             resume = False
         log(f"{head}: {'resuming' if resume else 'running'}")
-        _seed_everything(stage.name if recipe.seed is None else f"{stage.name}|{recipe.seed}")
+        # the same global RNG state at the start of a stage, whether the process ran earlier stages or not
+        key = stage.name if recipe.seed is None else f"{stage.name}|{recipe.seed}"
+        seed_everything(int(hashlib.sha256(key.encode()).hexdigest()[:8], 16))
         t0 = time.perf_counter()
         try:
             RUNNERS[stage.kind](stage, out, resume)

@@ -18,6 +18,7 @@ digits or a huge exponent (these are capped and count as unparsable, so nothing 
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -444,3 +445,21 @@ class Combined:
 def combine(funcs: Sequence[RewardFn | str], weights: Sequence[float] | None = None) -> Combined:
     """Rewards (functions or short names) with weights (default all 1.0); see `Combined`."""
     return Combined(funcs, weights)
+
+
+# ------------------------------------------------------------------------------------- statistics
+
+
+def mean_ignoring_none(vals) -> float:
+    """The mean of the values a reward gave, its Nones (does not apply) left out; NaN when none applied."""
+    v = [float(x) for x in vals if x is not None]
+    return sum(v) / len(v) if v else float("nan")
+
+
+def std_ignoring_none(vals) -> float:
+    """The sample std of the values a reward gave, its Nones left out; 0 for fewer than two."""
+    v = [float(x) for x in vals if x is not None]
+    if len(v) < 2:
+        return 0.0
+    m = sum(v) / len(v)
+    return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))

@@ -1,6 +1,6 @@
 """tinyseek's engine: batched generation on the preallocated KV cache, continuous batching, MTP drafts.
 
-    engine = Engine(model, tokenizer=None, max_batch=64, max_len=None, speculative=False, dtype=None)
+    engine = Engine(model, tokenizer=None, max_batch=64, max_len=None, speculative=False, compile=False)
     engine.generate(prompts, params, n=1) -> list[list[Completion]]   # batch API (GRPO, eval, distillation)
     rid = engine.add_request(prompt_ids, params, prefix=None, capture_prompt_cache=False)   # the server's API
     events = engine.step()          # list[StepEvent]: new tokens / text delta / finish_reason per request
@@ -10,36 +10,30 @@
 
 `generate` steps the engine until nothing is left, so do not mix it with requests added by `add_request`
 on the same engine. A server calls `collect` (or `abort`) for each finished request, or the engine keeps
-its record; and it makes every call from one thread (the engine has no locks). The model is used as it is
-(dtype= casts it in place); `step` puts it in eval mode and restores its training flag afterwards, so a
-trainer can share it.
+its record; and it makes every call from one thread (the engine has no locks). The model is used as it is;
+`step` puts it in eval mode and restores its training flag afterwards, so a trainer can share it.
 
 How a request runs. Every sequence owns one row of a `KVCache` (MLA's absorbed path: only the latent and
 the RoPE key are cached, `cfg.latent_cache_dim` values per token per layer). A request is admitted when a
-row is free: its prompt is prefilled once (`model(prompt, cache, rows)`; prompts admitted together share
-right-padded forwards), and the n samples of a group
-get the prompt's rows by `cache.copy_rows` instead of recomputing it. Then every `step()` feeds each
-running sequence its last token, samples the next one for all rows at once (`inference/sampling.py`: per-row
-parameters, counter-based seeds), and retires rows that hit a stop token, a stop string or their token
-budget. A retired row costs nothing from the next step on (the forward runs on `rows=` the running ones
-only) and the next queued request takes it: continuous batching.
+row is free: its prompt is prefilled once (prompts admitted together share right-padded forwards), and the
+n samples of a group get the prompt's rows by `cache.copy_rows` instead of recomputing it. Then every
+`step()` feeds each running sequence its last token, samples the next one for all rows at once
+(`inference/sampling.py`: per-row parameters, counter-based seeds), and retires rows that hit a stop token,
+a stop string or their token budget. A retired row costs nothing from the next step on (the forward runs on
+`rows=` the running ones only) and the next queued request takes it: continuous batching.
 
 Host syncs. Each step reads the sampled tokens to the host once (stop checks and streaming need them).
-Decode and speculative steps run `model.decode`, the cached forward that is told the attended length (the
-engine counts its tokens) instead of reading `cache.pos`; an eager prefill uses the plain cached forward,
-which reads it once. Nothing else syncs.
+Decode and speculative steps run `model.decode`, which is told the attended length (the engine counts its
+tokens) instead of reading `cache.pos`; an eager prefill reads it once. Nothing else syncs.
 
-Compiled decoding (`compile=True`, opt-in). The decode step's forward goes through
-`torch.compile(model.decode, dynamic=True)`: one graph for every batch size and cache length (plus one for
-batch 1, which dynamo specialises), fused element-wise kernels between the matmuls, no Python per layer. The
-MoE takes its dense path while experts hold few rows (model.use_dense) and otherwise the sorted path, whose
-grouped matmul compiles as an opaque op. Speculating, the whole step (verification, acceptance, rollback and
-the k drafts: `_speculate`) is one graph, so a step costs one call whatever k is. Prefill (right-padded
-buckets, prefixes) and the MTP prefill go through the same compiled functions, and on a CPU inductor's
-C++ wrapper calls the kernels (at batch 1 the Python wrapper was a fifth of a step). The kernel probes
-run before tracing (`model.probe_kernels`), or the layer loop would break into a graph per layer.
-Compiling costs ~1 minute of a 2-core CPU the first time (the inductor cache keeps the result for later
-processes), so it pays only for long generations; the eager step is the reference it is tested against.
+Compiled decoding (`compile=True`, opt-in: the first compilation takes about a minute of a small CPU, so it
+pays only for long generations). The decode step goes through `torch.compile(model.decode, dynamic=True)`,
+one graph for every batch size and cache length; speculating, the whole step (verification, acceptance,
+rollback and the k drafts: `_speculate`) is one graph, so a step costs one call whatever k is; prefill goes
+through the same compiled functions. On a CPU inductor's C++ wrapper calls the kernels, because a small
+model's step is mostly per-kernel call overhead. The kernel probes run before tracing
+(`model.probe_kernels`), or the layer loop would break into a graph per layer. The eager step is the
+reference it is tested against.
 
 What `logprobs` holds: the model's log-probability of each sampled token at the sampling temperature
 (T = 1 for greedy), before penalties and truncation — see `inference/sampling.py`.
@@ -49,26 +43,15 @@ does not; a stop string is cut from the text (the ids keep the token that comple
 Speculative decoding (`speculative=True`, or an int k for k drafts a step; greedy requests only, any batch
 size). The model's first MTP module drafts: MTP at position j reads the main model's pre-norm hidden state
 h_j and the token t_{j+1} and predicts t_{j+2}. Further drafts (k > 1) chain the module on its own output
-hidden state, which it was not trained for, so they are accepted less often; chained draft i stands at the
-position after draft i-1's (its own RoPE angle and MTP cache slot). A step feeds [pending token,
-d_1..d_k] (T = k+1) to the main model; the drafts are kept up to the first one that differs from the main
-model's argmax, plus the main model's token after the last kept one: 1..k+1 tokens for one forward. Each
-row rolls its `cache.pos` back past what it rejected (the stale entries are masked out and overwritten).
-Greedy output is identical to plain decoding; `engine.stats["accepted"] / stats["drafted"]` is the
-acceptance rate.
+hidden state, which it was not trained for, so they are accepted less often. A step feeds [pending token,
+d_1..d_k] to the main model and keeps the drafts up to the first one that differs from its argmax, plus the
+main model's token after the last kept one: 1..k+1 tokens for one forward; each row rolls its `cache.pos`
+back past what it rejected. Greedy output is identical to plain decoding; `engine.stats["accepted"] /
+stats["drafted"]` is the acceptance rate.
 
-The prefix-cache hooks (for the server):
-- `add_request(prompt_ids, params, capture_prompt_cache=True)`: once the prompt is prefilled, its cache
-  rows are copied out into a `PromptCache`: the token ids and one tensor per `KVCache` buffer
-  (`cache._tensors()`, main layers then MTP layers), each `[n, ...]` — for absorbed MLA today one
-  `[n, kv_lora_rank + qk_rope_head_dim]` latent-and-RoPE-key buffer per layer. It arrives on the request's
-  first `StepEvent.prompt_cache` and stays readable through `engine.prompt_cache(rid)` until collected.
-- `add_request(prompt_ids, params, prefix=pc)`: `pc.token_ids` must be a prefix of `prompt_ids`; its
-  tensors are written into the new row and only the rest of the prompt is prefilled. (If it covers the
-  whole prompt its last token is recomputed, because sampling needs that position's logits. A speculating
-  engine recomputes the prefix's last position anyway: its MTP entry was computed from the token after it,
-  which the new prompt may not share.) A prefix made by a cache of another layout (dtype aside) is refused
-  with a one-line error. While speculating, the capture happens after the MTP layers' rows are filled.
+Prefix caching (the server's): `add_request(..., capture_prompt_cache=True)` hands back the prompt's cache
+rows as a `PromptCache`, and a later `add_request(..., prefix=pc)` writes them into its row so that only the
+rest of its prompt is prefilled (see `add_request`).
 
 Reference path: `Engine(..., recompute=True)` runs the full sequence through the model without a cache
 at every step; tests hold the cached path to it (logits within 1e-4).
@@ -151,12 +134,9 @@ class Engine:
         max_batch: int = 64,
         max_len: int | None = None,
         speculative: bool = False,
-        dtype: torch.dtype | None = None,
         recompute: bool = False,
         compile: bool | str = False,
     ):
-        if dtype is not None:
-            model.to(dtype=dtype)  # in place: the caller's model is cast
         self.model = model
         self.cfg = model.cfg
         self.tokenizer = tokenizer
@@ -221,7 +201,20 @@ class Engine:
         capture_prompt_cache: bool = False,
         stream: bool = True,
     ) -> int:
-        """Queue one sequence; returns its request id. See the module docstring for `prefix`/`capture_prompt_cache`."""
+        """Queue one sequence; returns its request id.
+
+        `capture_prompt_cache=True`: once the prompt is prefilled, its cache rows are copied out into a
+        `PromptCache`: the token ids and one tensor per `KVCache` buffer (`cache._tensors()`, main layers then MTP
+        layers), each `[n, ...]` — for absorbed MLA one `[n, kv_lora_rank + qk_rope_head_dim]` latent-and-RoPE-key
+        buffer per layer. It arrives on the request's first `StepEvent.prompt_cache` and stays readable through
+        `prompt_cache(rid)` until collected. While speculating, the capture happens after the MTP layers' rows are
+        filled.
+
+        `prefix=pc`: `pc.token_ids` must be a prefix of `prompt_ids`; its tensors are written into the new row and
+        only the rest of the prompt is prefilled. (If it covers the whole prompt its last token is recomputed,
+        because sampling needs that position's logits. A speculating engine recomputes the prefix's last position
+        anyway: its MTP entry was computed from the token after it, which the new prompt may not share.) A prefix
+        made by a cache of another layout (dtype aside) is refused with a one-line error."""
         return self._add_group(prompt_ids, params or SamplingParams(), 1, prefix, capture_prompt_cache, stream)[0]
 
     def _add_group(

@@ -224,7 +224,7 @@ def truncation_mask(logprobs: torch.Tensor, bp: BatchParams) -> torch.Tensor:
             rank_keep &= ranks[None, :] < k[:, None]
         if bp.any_top_p:
             # top-p on what top-k left, renormalised (as transformers' warpers and vLLM): top-k then top-p keeps
-            # the same set here as in the plain rollout (train/policy.PlainRollout)
+            # the same set here as in the plain rollout (train/rollout.PlainRollout)
             probs = torch.where(rank_keep, sorted_lp.exp(), 0.0)
             probs = probs / probs.sum(-1, keepdim=True)
             mass_before = probs.cumsum(-1) - probs  # probability of the strictly more likely tokens

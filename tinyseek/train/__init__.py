@@ -6,8 +6,9 @@
 - `sft.py`          — cold-start supervised fine-tuning in the R1 chat format, loss on assistant tokens only,
 - `grpo.py`         — reinforcement learning with rule rewards (the stage), over `grpo_loss.py` (the maths)
                       and `policy.py` (the model it trains and samples, tinyseek or transformers), with
-                      `rollout.py` (where completions come from: this process's engine or an inference server),
-- `sample.py`       — rejection sampling: verified completions as an SFT dataset,
+                      `rollout.py` (where completions come from: this process's engine or an inference server)
+                      and `process_reward.py` (step rewards for process supervision: the oracle or `prm.py`),
+- `rejection.py`    — rejection sampling (`tinyseek sample`): verified completions as an SFT dataset,
 - `distill.py`      — a student trained on a teacher's outputs, over `distill_loss.py` (the KD maths).
 
 `loop.py`'s docstring describes how a stage plugs in (a `train_step(loop)` method, optional

@@ -12,41 +12,27 @@ clipped surrogate
 aggregated over tokens according to `loss_type` (grpo, dr_grpo, dapo: the maths and how it compares with
 TRL are in grpo_loss.py). With `dynamic_sampling`, groups whose rewards are all equal (zero advantage) are
 dropped from the update altogether (DAPO's dynamic sampling, without re-drawing: the step just has fewer
-sequences). Reference-model log-probs are taken under no_grad.
-
-Process supervision (`advantage = "process"`, DeepSeekMath §4.1.3): each completion is cut into reasoning steps
-(tinyseek.steps), each step gets a reward, from the exact step rule (`process_reward = "oracle"`: the step equals the
-worked solution's, every step before it too) or from a process reward model (`process_reward = "prm:PATH"`,
-tinyseek.train.prm: its score of the step), the rewards are normalised over every step of the group, and a token's
-advantage is the sum of the normalised rewards of its step and the later ones (grpo_loss.process_advantages).
-The reward functions are then only logged. A PRM's scoring of every rollout is counted in the cost meter, its
-training against `max_flops`; the PRM's score is logged against the truth on the policy's own samples
-(prm_score, prm_score_right / _wrong, prm_liked_wrong, prm_step_acc) to measure reward hacking, and the wrong
-samples it liked most go to RUN/prm_liked_wrong.jsonl.
+sequences). Reference-model log-probs are taken under no_grad. With `advantage = "process"` each reasoning
+step gets its own reward instead (process supervision: train/process_reward.py).
 
 The model is a `Policy` (policy.py): a tinyseek checkpoint, or any transformers causal LM (a directory, a
 .gguf file, or `pkg:PACKAGE/FILE` for a file shipped in a pip package), whose own weights the update
-trains. Held-out accuracy is `tinyseek.evaluate` on the task's test side, with the prompts GRPO trains on.
+trains; completions come from train/rollout.py. Held-out accuracy is `tinyseek.evaluate` on the task's test
+side, with the prompts GRPO trains on.
 
-The settings, and why (dev/LOG.md, "GRPO on the MoE policy: why it collapsed"):
+The settings, and why (dev/LOG.md has the runs behind them):
 
 - The learning rate is the only bound on a step. With one update per rollout batch (num_iterations = 1) the
   ratio rho is exactly 1 during the update, so the clipping never acts: nothing but `lr` limits how far one
-  step moves the policy. AdamW moves every weight by about lr (exactly lr on its first step), so the right
-  lr is set by the model's weight scale, not by the loss. On the demo's 1.1M MoE teacher (weights of RMS ~0.02)
-  one step at 1e-4 was a per-token KL of ~0.09 and took held-out greedy accuracy from 37% to 10%; 2e-5 was
-  ~0.006 nats/token per step and learned. The same held for dense and uncompressed-attention teachers of the
-  same size: it is the step, not MoE or MLA. Default 2e-5 (TRL's 1e-6 suits billion-parameter models).
-- `bias_update_speed` = 0: the MoE balancing biases stay as pretraining left them. Their sign steps move
-  routing by a fixed amount every step whatever the lr; frozen, the held-out curve climbed steadily instead of
-  wandering. (DeepSeek-V3's report sets gamma to 0 for its last 500B pretraining tokens as well.)
-- The demo rolls out at temperature 0.7, near R1's evaluation temperature of 0.6: at 1.0 most failures are
-  sampling noise the evaluation never draws, and the update spends itself pushing them down. The default
-  stays TRL's 1.0; set it per recipe.
-- Not kept, tried (the log has the figures): warm-up, Adam's eps, carrying SFT's optimizer state, a KL
-  penalty, per-step KL-targeted lr control, bigger batches. Routing replay and GSPO's sequence ratio change
-  nothing here by construction: the update's forward routes as the rollout did (log-probs agree to 1e-5),
-  and with one update per batch GSPO's gradient is the `grpo` loss type's.
+  step moves the policy. AdamW moves every weight by about lr, so the right lr is set by the model's weight
+  scale, not by the loss: 2e-5 for ~1M-parameter models (TRL's 1e-6 suits billion-parameter models).
+- `bias_update_speed` = 0: the MoE balancing biases stay as pretraining left them; their sign steps would
+  move routing by a fixed amount every step whatever the lr. (DeepSeek-V3's report sets gamma to 0 for its
+  last 500B pretraining tokens as well.)
+- The rollout temperature stays TRL's 1.0 by default; the demo sets 0.7, near R1's evaluation temperature of
+  0.6, so that the update is not spent on sampling noise the evaluation never draws.
+- Routing replay and GSPO's sequence ratio would change nothing here by construction: the update's forward
+  routes as the rollout did, and with one update per batch GSPO's gradient is the `grpo` loss type's.
 
 Recipes: recipes/demo.toml (the whole R1 pipeline), recipes/r1-zero.toml, recipes/r1.toml,
 recipes/smollm2-grpo.toml (`tinyseek run`, or `tinyseek grpo --config RECIPE --out RUN [--quick]`).
@@ -54,23 +40,27 @@ recipes/smollm2-grpo.toml (`tinyseek run`, or `tinyseek grpo --config RECIPE --o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 from tinyseek.config import ConfigError
 from tinyseek.dist import DistInfo, shard
+from tinyseek.rewards import mean_ignoring_none, std_ignoring_none
 from tinyseek.train.grpo_loss import (
     LOSS_TYPES,
     SCALE_REWARDS,
+    build_micro_batches,
     group_advantages,
     grpo_loss,
+    padding_micro_batch,
     process_advantages,
-    token_logprobs,
+    sequence_logprobs,
 )
 from tinyseek.train.loop import TrainConfig
 from tinyseek.train.policy import Policy
+from tinyseek.train.process_reward import ProcessReward
+from tinyseek.train.rollout import LocalRollout, ServerRollout, engine_for
 
 # ----------------------------------------------------------------------------------------------
 # configuration
@@ -277,127 +267,6 @@ def _columns(rows: list[dict]) -> dict[str, list]:
     return {k: [r.get(k) for r in rows] for k in keys}
 
 
-def _mean_ignoring_none(vals) -> float:
-    v = [float(x) for x in vals if x is not None]
-    return sum(v) / len(v) if v else float("nan")
-
-
-def _std_ignoring_none(vals) -> float:
-    v = [float(x) for x in vals if x is not None]
-    if len(v) < 2:
-        return 0.0
-    m = sum(v) / len(v)
-    return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
-
-
-# ----------------------------------------------------------------------------------------------
-# turning a rollout into micro-batches
-
-
-@dataclass
-class MicroBatch:
-    ids: torch.Tensor  # [b, T] prompt + scored completion, right-padded
-    rows: torch.Tensor  # [n] which row each scored token is in
-    pos: torch.Tensor  # [n] the position whose hidden state predicts it (one before the token)
-    slot: torch.Tensor  # [n] its index within the completion
-    tgt: torch.Tensor  # [n] the token
-    mask: torch.Tensor  # [b, L] 1 = the token counts in the loss (L = longest completion here)
-    adv: torch.Tensor  # [b], or [b, L] per-token (process supervision)
-    tokens: int  # real (unpadded) tokens in the batch, for throughput
-    real: torch.Tensor | None = None  # [b, T] bool, True at real (unpadded) positions: MoE statistics skip padding
-    index: list[int] = field(default_factory=list)  # [b] which input sequence each row holds
-    old: torch.Tensor | None = None  # [b, L] log-probs before this batch's first update (num_iterations > 1)
-    ref: torch.Tensor | None = None  # [b, L] reference log-probs (beta > 0)
-
-
-def build_micro_batches(
-    prompts: list[list[int]],
-    completions: list[list[int]],
-    adv: torch.Tensor,
-    loss_mask: list[bool],
-    micro_batch: int,
-    pad_id: int,
-) -> list[MicroBatch]:
-    """Sequences (prompt_i + completion_i) cut into micro-batches of `micro_batch` rows. `adv` is [N] (one
-    advantage per sequence) or [N, max completion length] (one per token).
-
-    Rows are sorted by length first so a micro-batch pads little. `loss_mask[i]` False masks a whole
-    completion (a truncated one under mask_truncated_completions); its tokens are still counted nowhere.
-    """
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
-    out = []
-    for s in range(0, len(order), micro_batch):
-        idx = order[s : s + micro_batch]
-        T = max(len(prompts[i]) + len(completions[i]) for i in idx)
-        L = max(1, max(len(completions[i]) for i in idx))
-        ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
-        real = torch.zeros((len(idx), T), dtype=torch.bool)
-        mask = torch.zeros(len(idx), L)
-        rows, pos, slot, tgt = [], [], [], []
-        for b, i in enumerate(idx):
-            p, c = prompts[i], completions[i]
-            ids[b, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
-            real[b, : len(p) + len(c)] = True
-            rows += [b] * len(c)
-            pos += range(len(p) - 1, len(p) - 1 + len(c))
-            slot += range(len(c))
-            tgt += c
-            if loss_mask[i]:
-                mask[b, : len(c)] = 1.0
-        out.append(
-            MicroBatch(
-                ids,
-                torch.tensor(rows, dtype=torch.long),
-                torch.tensor(pos, dtype=torch.long),
-                torch.tensor(slot, dtype=torch.long),
-                torch.tensor(tgt, dtype=torch.long),
-                mask,
-                adv[idx, :L].clone() if adv.dim() == 2 else adv[idx].clone(),
-                sum(len(prompts[i]) + len(completions[i]) for i in idx),
-                real,
-                index=list(idx),
-            )
-        )
-    return out
-
-
-def padding_micro_batch(pad_id: int) -> MicroBatch:
-    """A micro-batch that trains nothing (no scored token, no real token, weight 0): a rank with fewer sequences
-    than another runs it so that every rank makes the same number of forward and backward passes."""
-    z = torch.zeros(1, dtype=torch.long)
-    return MicroBatch(
-        torch.full((1, 2), pad_id, dtype=torch.long),
-        z,
-        z,
-        z,
-        torch.full((1,), pad_id, dtype=torch.long),
-        torch.zeros(1, 1),
-        torch.zeros(1),
-        0,
-        torch.zeros(1, 2, dtype=torch.bool),
-    )
-
-
-def sequence_logprobs(
-    policy: Policy,
-    module: torch.nn.Module,
-    mb: MicroBatch,
-    temperature: float,
-    impl: str,
-    chunk: int,
-    want_entropy: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs [b, L] of the completions in `mb` (zeros at padding), the entropies [b, L]
-    (detached; zeros unless asked) and the MoE expert load of the forward (or None)."""
-    hidden, load = policy.hidden(module, mb.ids, mb.real)  # [b, T, D]
-    h = hidden[mb.rows, mb.pos]  # [n, D]: only completion positions go through the head
-    lp, ent = token_logprobs(h, mb.tgt, policy.head(module), temperature, chunk, impl, want_entropy)
-    b, L = mb.mask.shape
-    grid = torch.zeros(b, L, dtype=torch.float32, device=lp.device).index_put((mb.rows, mb.slot), lp)
-    ent_grid = torch.zeros(b, L, dtype=torch.float32, device=lp.device).index_put((mb.rows, mb.slot), ent)
-    return grid, ent_grid, load
-
-
 # ----------------------------------------------------------------------------------------------
 # the stage
 
@@ -431,55 +300,30 @@ class GrpoStage:
         self.reward_names = list(cfg.rewards)
         self.prompts = PromptSource(cfg)
         self._heldout: list[dict] | None = None
-        self.scorer = None  # the PRM of process_reward = "prm:PATH"
-        self.liked_wrong: list[dict] = []  # samples the PRM scored above 0.5 that were wrong (reward hacking)
-        self._char_ends: dict = {}  # token id -> decoded length (where a completion's steps end)
-        if cfg.advantage == "process":
-            self._setup_process_reward()
+        # the step rewards of advantage = "process" (train/process_reward.py)
+        self.process = ProcessReward(cfg, policy, self.prompts, run_dir) if cfg.advantage == "process" else None
 
-    def rollouts(self, loop):
-        """(where training completions come from, the in-process sampler for evaluation): train/rollout.py."""
-        from tinyseek.train.rollout import LocalRollout
+    @property
+    def scorer(self):
+        """The PRM of process_reward = "prm:PATH" (None otherwise)."""
+        return self.process.scorer if self.process is not None else None
 
+    def sampler(self, loop) -> LocalRollout:
+        """The in-process sampler (train/rollout.py), made at the first step: it samples held-out evaluations, and
+        the training rollouts unless a server does (`rollout = "server"`)."""
         if self._sampler is None:
             self._sampler = LocalRollout(self.policy, loop)
-        if self._rollout is None:
-            self._rollout = self._sampler
-        return self._rollout, self._sampler
-
-    def _setup_process_reward(self) -> None:
-        """Load the PRM (tokenizer checked against the policy's), or check that the oracle's records carry worked
-        solutions whose steps the separator finds. Errors name the file (or the task)."""
-        from tinyseek.r1 import completion_text
-        from tinyseek.steps import check_separator
-        from tinyseek.train.prm import StepScorer
-
-        cfg, pol = self.cfg, self.policy
-        if cfg.process_reward.startswith("prm:"):
-            mcfg = getattr(pol.module, "cfg", None) or getattr(pol.module, "config", None)
-            self.scorer = StepScorer(
-                cfg.process_reward[4:], pol.tok, getattr(mcfg, "vocab_size", None), pol.source or cfg.model
-            )
-            return
-        if self.prompts.records is not None:
-            recs, where = self.prompts.records, lambda i: f"{cfg.data} record {i + 1}"
-        else:
-            recs, where = self.prompts.batch(0, min(cfg.batch_size, 8)), lambda i: f"task {cfg.task} record {i + 1}"
-        for i, r in enumerate(recs):
-            if not isinstance(r.get("solution"), str) or r.get("answer") is None:
-                raise ConfigError(
-                    f"process_reward: {where(i)} has no `solution` and `answer` (the oracle checks each step against "
-                    "the worked solution)"
-                )
-            check_separator(completion_text(r), cfg.step_separator, where(i))
+        return self._sampler
 
     # the prompts are a function of the step, so there is no data position to save (the PRM's liked-but-wrong
     # samples are kept, so a resumed run's file is whole)
     def state_dict(self) -> dict:
-        return {"kind": "grpo", "liked_wrong": self.liked_wrong} if self.liked_wrong else {"kind": "grpo"}
+        liked = self.process.liked_wrong if self.process is not None else []
+        return {"kind": "grpo", "liked_wrong": liked} if liked else {"kind": "grpo"}
 
     def load_state_dict(self, d: dict) -> None:
-        self.liked_wrong = list(d.get("liked_wrong", []))
+        if self.process is not None:
+            self.process.liked_wrong = list(d.get("liked_wrong", []))
 
     # -- one step ----------------------------------------------------------------------------------
     def train_step(self, loop) -> dict:
@@ -491,7 +335,8 @@ class GrpoStage:
         recs = self.prompts.batch(loop.step, cfg.batch_size)
         prompt_ids = [pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt) for r in recs]
         t0 = time.perf_counter()
-        rollout = self.rollouts(loop)[0]
+        sampler = self.sampler(loop)
+        rollout = sampler if self._rollout is None else self._rollout
         # the sampler's log-probs as the old log-probs: only an in-process engine's (a server's stay a check), and
         # only for a float32 update (a bf16 update's recomputed log-probs would differ from the sampler's fp32 ones)
         sampler_old = (
@@ -534,7 +379,7 @@ class GrpoStage:
         total, parts = self.reward(user_prompts, texts, **cols)
         r_t = torch.tensor(total, dtype=torch.float32)  # [P*G]
         if cfg.advantage == "process":  # per-step rewards -> per-token advantages [P*G, L]
-            steps = self._step_rewards(rows, comps, prompt_ids, G)
+            steps = self.process.step_rewards(rows, comps, prompt_ids, G)
             lens_ = [len(c.token_ids) for c in comps]
             adv, std, informative = process_advantages(
                 steps["rewards"], steps["ends"], lens_, G, cfg.scale_rewards, cfg.std_threshold
@@ -549,11 +394,11 @@ class GrpoStage:
         m["reward_std"] = float(r_t.std()) if r_t.numel() > 1 else 0.0
         for name, key in zip(self.reward_names, self.reward.names):
             short = name.rsplit(":", 1)[-1]
-            m[f"reward_{short}"] = _mean_ignoring_none(parts[key])
-            m[f"reward_{short}_std"] = _std_ignoring_none(parts[key])
+            m[f"reward_{short}"] = mean_ignoring_none(parts[key])
+            m[f"reward_{short}_std"] = std_ignoring_none(parts[key])
         acc = parts.get("accuracy_reward") or R.accuracy_reward(user_prompts, texts, **cols)
         fmt = parts.get("format_reward") or R.format_reward(user_prompts, texts, **cols)
-        m["accuracy"] = _mean_ignoring_none(acc)
+        m["accuracy"] = mean_ignoring_none(acc)
         m["format_rate"] = sum(1.0 for f in fmt if f == 1.0) / len(fmt)
         lens = [len(c.token_ids) for c in comps]
         m["len_mean"] = sum(lens) / len(lens)
@@ -563,7 +408,7 @@ class GrpoStage:
         m["seqs_updated"] = len(keep)
         if adv.dim() == 2:  # per-token advantages: statistics over the completions' real tokens
             a = torch.cat([adv[i, : len(comps[i].token_ids)] for i in keep]) if keep else torch.zeros(1)
-            m.update(self._process_metrics(loop, rows, comps, steps, acc))
+            m.update(self.process.metrics(loop, rows, comps, steps, acc))
         else:
             a = adv[keep] if keep else torch.zeros(1)
         m["adv_mean"], m["adv_std"], m["adv_absmax"] = (
@@ -594,84 +439,6 @@ class GrpoStage:
         m["extra_flops"] = rollout_flops  # the loop adds it to the update's FLOPs in the cost meter
         if self.scorer is not None and loop.step == 0:  # counted against max_flops (loop.prior_flops), not here
             m["prm_train_flops"] = self.scorer.train_flops
-        return m
-
-    # -- process supervision ---------------------------------------------------------------------------
-    def _step_rewards(self, rows: list[dict], comps, prompt_ids: list[list[int]], G: int) -> dict:
-        """Each completion's steps (tinyseek.steps), where they end in its tokens, and their rewards: the PRM's
-        scores (process_reward = prm:PATH) or the oracle's 0/1. The oracle's verdict is kept beside the PRM's
-        whenever the records carry worked solutions, to measure the PRM on the policy's own samples."""
-        from tinyseek.r1 import completion_text
-        from tinyseek.steps import oracle_step_rewards, step_spans, token_char_ends, token_step_ends
-
-        cfg, pol = self.cfg, self.policy
-        sep = self.scorer.sep if self.scorer is not None else cfg.step_separator
-        ends, oracle = [], []
-        for r, c in zip(rows, comps):
-            spans = step_spans(c.text or "", sep)
-            ends.append(token_step_ends(spans, token_char_ends(pol.decode, c.token_ids, self._char_ends)))
-            if isinstance(r.get("solution"), str) and r.get("answer") is not None:
-                gold = {k: r[k] for k in ("task", "numbers", "target") if k in r}
-                oracle.append(oracle_step_rewards(c.text or "", completion_text(r), r["answer"], sep, **gold))
-            else:
-                oracle.append(None)
-        out = {"ends": ends, "oracle": oracle, "flops": 0.0, "prm": None}
-        if self.scorer is not None:
-            dev = next(pol.module.parameters()).device
-            if next(self.scorer.model.parameters()).device != dev:
-                self.scorer.model.to(dev)
-            prompts = [prompt_ids[i // G] for i in range(len(comps))]
-            toks = [c.token_ids for c in comps]
-            out["prm"] = self.scorer.score(prompts, toks, ends)
-            out["flops"] = self.scorer.flops(prompts, toks)
-            out["rewards"] = out["prm"]
-        else:
-            out["rewards"] = oracle
-        return out
-
-    def _process_metrics(self, loop, rows, comps, steps: dict, acc) -> dict:
-        """What the process reward said against what was true, on the policy's own samples: the oracle's share of
-        right steps; with a PRM, its mean score (the minimum over a sample's steps, as Math-Shepherd aggregates),
-        that score on right and on wrong answers, the share of wrong answers it liked (min score > 0.5), its
-        step accuracy against the oracle, and the scoring's FLOPs. The wrong samples it liked most go to
-        RUN/prm_liked_wrong.jsonl (two a step, the last 200)."""
-        m: dict = {"steps_mean": sum(len(e) for e in steps["ends"]) / max(1, len(comps))}
-        oracle = steps["oracle"]
-        if all(o is not None for o in oracle):
-            m["step_correct"] = sum(sum(o) for o in oracle) / max(1, sum(len(o) for o in oracle))
-        prm = steps["prm"]
-        if prm is None:
-            return m
-        m["prm_flops"] = steps["flops"]
-        right = [a == 1.0 for a in acc]
-        mins = [min(s) if s else 0.0 for s in prm]
-        m["prm_score"] = sum(mins) / len(mins)
-        m["prm_score_right"] = _mean_ignoring_none([s if r else None for s, r in zip(mins, right)])
-        m["prm_score_wrong"] = _mean_ignoring_none([None if r else s for s, r in zip(mins, right)])
-        wrong = [i for i, r in enumerate(right) if not r]
-        liked = [i for i in wrong if mins[i] > 0.5]
-        m["prm_liked_wrong"] = len(liked) / len(wrong) if wrong else 0.0
-        if all(o is not None for o in oracle):
-            agree = [(p > 0.5) == (o >= 0.5) for s, os_ in zip(prm, oracle) for p, o in zip(s, os_)]
-            m["prm_step_acc"] = sum(agree) / max(1, len(agree))
-        if liked:
-            from tinyseek.io import write_jsonl
-
-            self.liked_wrong += [
-                {
-                    "step": loop.step + 1,
-                    "prompt": rows[i].get("prompt"),
-                    "answer": rows[i].get("answer"),
-                    "completion": comps[i].text,
-                    "prm_min_score": round(mins[i], 4),
-                    "prm_step_scores": [round(x, 4) for x in prm[i]],
-                    "oracle_steps": oracle[i],
-                }
-                for i in sorted({comps[i].text: i for i in liked}.values(), key=lambda i: -mins[i])[:2]
-            ]
-            self.liked_wrong = self.liked_wrong[-200:]
-            if loop.is_main:
-                write_jsonl(self.run_dir / "prm_liked_wrong.jsonl", self.liked_wrong)
         return m
 
     def _update(self, loop, prompts, completions, adv, loss_mask, old_logprobs=None) -> dict:
@@ -760,7 +527,7 @@ class GrpoStage:
                     if mb.tokens == 0:  # a padding micro-batch: its forward and (zero) backward keep ranks in step
                         weight = 0.0
                     # DDP/FSDP average gradients over ranks; * world turns that back into the sum of the shares
-                    loop.backward(out.loss * (weight * loop.dist.world))
+                    (out.loss * (weight * loop.dist.world)).backward()
                 loss_it += float(out.loss.detach()) * weight
                 if it == cfg.num_iterations - 1:
                     for key in sums:
@@ -817,7 +584,7 @@ class GrpoStage:
 
         cfg, pol, d = self.cfg, self.policy, None
         if loop is not None:
-            sampler = self.rollouts(loop)[1]
+            sampler = self.sampler(loop)
             sampler.sync(loop)
             pol, d = sampler.policy, loop.dist
         render = lambda r: pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt)  # noqa: E731
@@ -832,8 +599,8 @@ class GrpoStage:
             )
         )
         for name, k, params in runs:
-            engine = pol.engine(
-                prompt_ids, cfg.max_new_tokens, max_batch=min(256, len(recs) * k), n=k, impl=cfg.rollout_impl
+            engine = engine_for(
+                pol, prompt_ids, cfg.max_new_tokens, max_batch=min(256, len(recs) * k), n=k, impl=cfg.rollout_impl
             )
             res = evaluate(engine, recs, k, params, render=render, keep_text=False, chunk=max(1, 256 // k), dist=d)
             out[f"eval_{name}"] = res["pass@1"]["value"]
@@ -881,15 +648,13 @@ def build_stage(cfg: GrpoConfig, run_dir, resume: bool = False):
         resume=resume,
         stage_name="grpo",
         seq_len=cfg.max_new_tokens,
+        save_model=policy.save,  # the model's own checkpoint format (save_pretrained for a transformers model)
     )
     if ref is not None:
         ref.to(loop.device)
-    loop.save_model = policy.save  # the model's own checkpoint format (save_pretrained for a transformers model)
     rollout = None
     if cfg.rollout == "server":
         from pathlib import Path
-
-        from tinyseek.train.rollout import ServerRollout
 
         rollout = ServerRollout(policy, cfg.rollout_url, cfg.rollout_api_key, Path(run_dir) / "rollout_weights")
     stage = GrpoStage(cfg, policy, ref, run_dir, rollout=rollout)

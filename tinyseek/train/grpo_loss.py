@@ -1,7 +1,8 @@
 """GRPO's maths: group-relative advantages, the clipped surrogate with a k3 KL penalty, per-token log-probs.
 
-Pure functions on tensors (no model, no data), so each is checked against hand-computed values in
-tests/test_grpo.py. The conventions follow TRL 1.16's GRPOTrainer (`_compute_loss`), so figures compare:
+Pure functions on tensors (no data; a model enters only as the policy `sequence_logprobs` is given), so each
+is checked against hand-computed values in tests/test_grpo.py. The conventions follow TRL 1.16's GRPOTrainer
+(`_compute_loss`), so figures compare:
 
 - loss_type grpo:    per-sequence token mean, then mean over sequences (the GRPO paper's 1/|o_i|; biased
                      towards short correct and long wrong answers, as Dr. GRPO 2503.20783 points out).
@@ -22,7 +23,9 @@ rewards of its step and the steps after it, so `grpo_loss` then takes a [B, T] a
 Log-probabilities come from the final hidden states through the output head in chunks, each chunk under
 activation checkpointing, so the [B, T, vocab] logits never exist in full and nothing vocab-sized is kept
 for the backward pass. `token_logprobs(..., impl="full")` is the plain reference path (full logits,
-log_softmax, gather); tests check the two agree in value and gradient.
+log_softmax, gather); tests check the two agree in value and gradient. The update feeds it micro-batches
+(`build_micro_batches`): prompt + completion rows, right-padded, with the scored positions listed, so only the
+completions' hidden states go through the head (`sequence_logprobs`).
 """
 
 from __future__ import annotations
@@ -279,3 +282,112 @@ def token_logprobs(
         z = hidden.new_zeros(0, dtype=torch.float32)
         return z, z
     return torch.cat(outs), torch.cat(ents)
+
+
+# ----------------------------------------------------------------------------------------------
+# a rollout's sequences as micro-batches, and their per-token log-probs
+
+
+@dataclass
+class MicroBatch:
+    ids: torch.Tensor  # [b, T] prompt + scored completion, right-padded
+    rows: torch.Tensor  # [n] which row each scored token is in
+    pos: torch.Tensor  # [n] the position whose hidden state predicts it (one before the token)
+    slot: torch.Tensor  # [n] its index within the completion
+    tgt: torch.Tensor  # [n] the token
+    mask: torch.Tensor  # [b, L] 1 = the token counts in the loss (L = longest completion here)
+    adv: torch.Tensor  # [b], or [b, L] per-token (process supervision)
+    tokens: int  # real (unpadded) tokens in the batch, for throughput
+    real: torch.Tensor | None = None  # [b, T] bool, True at real (unpadded) positions: MoE statistics skip padding
+    index: list[int] = field(default_factory=list)  # [b] which input sequence each row holds
+    old: torch.Tensor | None = None  # [b, L] log-probs before this batch's first update (num_iterations > 1)
+    ref: torch.Tensor | None = None  # [b, L] reference log-probs (beta > 0)
+
+
+def build_micro_batches(
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    adv: torch.Tensor,
+    loss_mask: list[bool],
+    micro_batch: int,
+    pad_id: int,
+) -> list[MicroBatch]:
+    """Sequences (prompt_i + completion_i) cut into micro-batches of `micro_batch` rows. `adv` is [N] (one
+    advantage per sequence) or [N, max completion length] (one per token).
+
+    Rows are sorted by length first so a micro-batch pads little. `loss_mask[i]` False masks a whole
+    completion (a truncated one under mask_truncated_completions); its tokens are still counted nowhere.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
+    out = []
+    for s in range(0, len(order), micro_batch):
+        idx = order[s : s + micro_batch]
+        T = max(len(prompts[i]) + len(completions[i]) for i in idx)
+        L = max(1, max(len(completions[i]) for i in idx))
+        ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
+        real = torch.zeros((len(idx), T), dtype=torch.bool)
+        mask = torch.zeros(len(idx), L)
+        rows, pos, slot, tgt = [], [], [], []
+        for b, i in enumerate(idx):
+            p, c = prompts[i], completions[i]
+            ids[b, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+            real[b, : len(p) + len(c)] = True
+            rows += [b] * len(c)
+            pos += range(len(p) - 1, len(p) - 1 + len(c))
+            slot += range(len(c))
+            tgt += c
+            if loss_mask[i]:
+                mask[b, : len(c)] = 1.0
+        out.append(
+            MicroBatch(
+                ids,
+                torch.tensor(rows, dtype=torch.long),
+                torch.tensor(pos, dtype=torch.long),
+                torch.tensor(slot, dtype=torch.long),
+                torch.tensor(tgt, dtype=torch.long),
+                mask,
+                adv[idx, :L].clone() if adv.dim() == 2 else adv[idx].clone(),
+                sum(len(prompts[i]) + len(completions[i]) for i in idx),
+                real,
+                index=list(idx),
+            )
+        )
+    return out
+
+
+def padding_micro_batch(pad_id: int) -> MicroBatch:
+    """A micro-batch that trains nothing (no scored token, no real token, weight 0): a rank with fewer sequences
+    than another runs it so that every rank makes the same number of forward and backward passes."""
+    z = torch.zeros(1, dtype=torch.long)
+    return MicroBatch(
+        torch.full((1, 2), pad_id, dtype=torch.long),
+        z,
+        z,
+        z,
+        torch.full((1,), pad_id, dtype=torch.long),
+        torch.zeros(1, 1),
+        torch.zeros(1),
+        0,
+        torch.zeros(1, 2, dtype=torch.bool),
+    )
+
+
+def sequence_logprobs(
+    policy,
+    module: torch.nn.Module,
+    mb: MicroBatch,
+    temperature: float,
+    impl: str,
+    chunk: int,
+    want_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs [b, L] of the completions in `mb` (zeros at padding), the entropies [b, L]
+    (detached; zeros unless asked) and the MoE expert load of the forward (or None). `policy` is a
+    train/policy.Policy: its `hidden` runs `module`'s forward, its `head` gives the output head."""
+    hidden, load = policy.hidden(module, mb.ids, mb.real)  # [b, T, D]
+    h = hidden[mb.rows, mb.pos]  # [n, D]: only completion positions go through the head
+    lp, ent = token_logprobs(h, mb.tgt, policy.head(module), temperature, chunk, impl, want_entropy)
+    b, L = mb.mask.shape
+    grid = torch.zeros(b, L, dtype=torch.float32, device=lp.device).index_put((mb.rows, mb.slot), lp)
+    ent_grid = torch.zeros(b, L, dtype=torch.float32, device=lp.device).index_put((mb.rows, mb.slot), ent)
+    return grid, ent_grid, load

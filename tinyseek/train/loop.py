@@ -34,8 +34,8 @@ Two ways to write it:
   `loop.model` under `loop.autocast()` (use `loop.no_sync(last)` around forward+backward for all but the
   last micro-batch of an update when accumulating; DDP and FSDP2 *average* gradients over ranks, so
   a loss normalised by a global count must be multiplied by `loop.dist.world`; a sharded forward is a
-  collective, so every rank must make as many forward passes as the others), `loop.backward(loss)`, and
-  `loop.optimizer_step(loss_value, expert_load=..., tokens=...)`. Return a dict with at least "loss"
+  collective, so every rank must make as many forward passes as the others), `loss.backward()`, and
+  `loop.optimizer_step(loss_value, expert_load)`. Return a dict with at least "loss"
   and "tokens" (tokens processed this step, for throughput and FLOPs; already summed over ranks via
   `loop.all_sum` if you count per rank), and optionally "extra_flops" (compute beside the training tokens,
   e.g. GRPO's rollouts, added to the cost meter).
@@ -55,9 +55,9 @@ What the loop does around `train_step` (and what a stage therefore must not do i
   balance, elapsed, cumulative FLOPs and cost), a console line with ETA, TensorBoard when installed,
   RUN/config.toml (resolved config) and RUN/summary.json (cost meter, throughput, final metrics).
 - parallelism: under `torchrun` the process group is set up here (gloo on CPU, NCCL on GPU; tinyseek/dist.py);
-  `wrap_model` is the one place that applies parallelism and compile (`parallel` = ddp | fsdp, `ep`); a world
-  size that does not divide `batch_size` (x `grad_accum`), or a layout that does not fit it, is a one-line
-  config error on every rank before any work. Only rank 0 writes, except the shards of a sharded step
+  `parallel.wrap_model` is the one place that applies parallelism and compile (`parallel` = ddp | fsdp, `ep`);
+  a world size that does not divide `batch_size` (x `grad_accum`), or a layout that does not fit it, is a
+  one-line config error on every rank before any work. Only rank 0 writes, except the shards of a sharded step
   checkpoint (FSDP2 or EP: torch.distributed.checkpoint, every rank; resumable on any world size).
 """
 
@@ -78,10 +78,10 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from tinyseek import cost
+from tinyseek import cost, precision
 from tinyseek.checkpoint import TRAINER_STATE_FILE, read_weights, save_checkpoint
-from tinyseek.config import ConfigError, write_toml
-from tinyseek.dist import DistInfo, check_divides, init_distributed, world_size
+from tinyseek.config import ConfigError, ModelConfig, write_toml
+from tinyseek.dist import check_divides, init_distributed, world_size
 from tinyseek.errors import TinyseekError
 from tinyseek.hf import check_state_dict
 from tinyseek.io import write_atomic, write_json
@@ -113,7 +113,7 @@ class TrainConfig:
     adam_eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still measured)
     bias_update_speed: float | None = None  # MoE balancing-bias step gamma (None = the model's own; 0 = frozen)
-    # compute dtype: auto (bfloat16 where it is native, else float32: cost.resolve_dtype) | float32 | bfloat16
+    # compute dtype: auto (bfloat16 where it is native, else float32: precision.resolve_dtype) | float32 | bfloat16
     # (bf16 = autocast; the master weights stay fp32)
     dtype: str = "auto"
     compile: bool = False  # torch.compile the model
@@ -205,6 +205,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators from one integer (a stage's `seed`; the recipe runner
+    seeds each stage from its name, so a stage starts from the same state whatever ran before it)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -226,18 +228,16 @@ def set_rng_state(s: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# devices and parallelism
+# the FLOPs the cost meter counts
 
 
-def wrap_model(model: torch.nn.Module, cfg: TrainConfig, d: DistInfo, dtype: str | None = None) -> torch.nn.Module:
-    """The one place where parallelism and compilation are applied to the single-device model: expert
-    parallelism (`cfg.ep`), then DDP or FSDP2 (`cfg.parallel`) when world > 1, then torch.compile if asked
-    (tinyseek/train/parallel.py). The loop only ever calls the returned module's forward, accumulates through
-    `Loop.no_sync`, and keeps `raw_model` (the same object under FSDP2 and EP, which work in place) for
-    checkpoints. `dtype`: the resolved compute dtype (`Loop.dtype`; None resolves `cfg.dtype` here), so that
-    dtype = "auto" gives FSDP2 its bf16 parameters wherever it gives the loop bf16 autocast."""
-    dtype = dtype or cost.resolve_dtype(cfg.dtype, d.device)
-    return parallel.wrap_model(model, cfg.parallel, cfg.ep, dtype == "bfloat16", cfg.compile, d)
+def model_train_flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token of a model object: its ModelConfig's figure for a tinyseek model; for any other
+    model (a transformers causal LM under GRPO) 6 x its parameters, the usual estimate without attention."""
+    cfg = getattr(model, "cfg", None)
+    if isinstance(cfg, ModelConfig):
+        return cost.train_flops_per_token(cfg, seq_len)
+    return 6.0 * sum(p.numel() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,6 +298,7 @@ class Loop:
         resume: bool = False,
         stage_name: str = "train",
         seq_len: int = 0,
+        save_model: Callable = save_checkpoint,
     ):
         self.cfg = cfg
         if cfg.threads > 0:
@@ -310,12 +311,12 @@ class Loop:
         self.resume_requested = resume
         self.stage_name = stage_name
         # the compute dtype, decided once per machine for dtype = "auto" (bf16 only where it is native)
-        self.dtype = cost.resolve_dtype(cfg.dtype, self.device)
+        self.dtype = precision.resolve_dtype(cfg.dtype, self.device)
         if self.dist.is_main and cfg.progress:
             how = f"{self.dtype} autocast" if self.dtype == "bfloat16" else self.dtype
             if cfg.dtype == "auto":
                 how += f" (dtype = auto: bf16 is {'' if self.dtype == 'bfloat16' else 'not '}native here)"
-            print(f"precision: {how}; {cost.machine_line(self.device)}", flush=True)
+            print(f"precision: {how}; {precision.machine_line(self.device)}", flush=True)
         self.raw_model = model.to(device=self.device, dtype=torch.float32)  # fp32 master weights
         self.raw_model.train()
         if cfg.batch_size % (cfg.grad_accum * self.dist.world):
@@ -324,10 +325,12 @@ class Loop:
                 f"{cfg.grad_accum * self.dist.world}"
             )
         self.seq_len = seq_len
-        self.flops_per_token = cost.model_train_flops_per_token(self.raw_model, seq_len or 1)  # before sharding
+        self.flops_per_token = model_train_flops_per_token(self.raw_model, seq_len or 1)  # before sharding
         # sharded (FSDP2 / EP): step checkpoints through torch.distributed.checkpoint, generation on a full copy
         self.sharded = parallel.is_sharded(cfg.parallel, cfg.ep)
-        self.model = wrap_model(self.raw_model, cfg, self.dist, self.dtype)
+        # parallelism and compile applied from outside the model; FSDP2 gets bf16 parameters where autocast is bf16
+        bf16 = self.dtype == "bfloat16"
+        self.model = parallel.wrap_model(self.raw_model, cfg.parallel, cfg.ep, bf16, cfg.compile, self.dist)
         self.optimizer = build_optimizer(self.raw_model, cfg)
         self.micro_batch_size = cfg.batch_size // cfg.grad_accum // self.dist.world
         self.peak = cost.device_peak_flops(self.device, cfg.peak_tflops)
@@ -347,9 +350,9 @@ class Loop:
         self.last_eval: dict = {}
         self._t_start = 0.0
         self._tb = None
-        # how checkpoints are written: save_checkpoint(model, out, tokenizer_file, trainer_state=...). GRPO on a
-        # transformers model swaps in save_pretrained (tinyseek.train.grpo.Policy.save).
-        self.save_model = save_checkpoint
+        # how checkpoints are written: save_model(model, out, tokenizer_file, trainer_state=...); GRPO passes its
+        # policy's own format (train/policy.Policy.save: save_pretrained for a transformers model)
+        self.save_model = save_model
 
     # -- helpers for stages --------------------------------------------------------------------
     @property
@@ -364,9 +367,6 @@ class Loop:
         """Skip the gradient reduction (DDP all-reduce, FSDP2 reduce-scatter) on all but the last micro-batch of
         an optimizer step."""
         return parallel.no_sync(self.model, skip=self.dist.enabled and not last)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
 
     def all_sum(self, x: torch.Tensor | float) -> torch.Tensor | float:
         """Sum over ranks (identity on one process)."""
@@ -445,7 +445,7 @@ class Loop:
                         for k, v in extra_metrics.items():
                             add(k, v, w)
                 # DDP averages gradients over ranks; * world turns that average back into the weighted sum
-                self.backward(loss.float() * (w * self.dist.world))
+                (loss.float() * (w * self.dist.world)).backward()
             loss_total += loss.item() * w
             add("ce", getattr(out, "ce_loss", None), w)
             add("mtp_loss", getattr(out, "mtp_loss", None), w)

@@ -7,8 +7,8 @@ causal LM (SmolLM2 from a GGUF file, say); `Policy.load` picks one through `chec
 nothing in GRPO asks which kind it has (minimind's rollout interface works the same way).
 
 Sampling goes through an engine: tinyseek's `Engine` or `HFEngine`, kept between steps while its cache is
-big enough, or `PlainRollout`, the cache-free reference that recomputes the whole batch for every token.
-The engine is also the one layer that switches the model to eval mode for generation and back.
+big enough (the cache-free reference, `PlainRollout`, is in train/rollout.py). The engine is also the one layer
+that switches the model to eval mode for generation and back.
 """
 
 from __future__ import annotations
@@ -22,16 +22,11 @@ from tinyseek.checkpoint import TRAINER_STATE_FILE, load, save_checkpoint
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.engine import Engine
 from tinyseek.inference.hf_engine import HFEngine
-from tinyseek.inference.sampling import SamplingParams, derive_seed
+from tinyseek.inference.sampling import SamplingParams
 from tinyseek.inference.sequence import Completion
 from tinyseek.io import atomic_dir
 from tinyseek.r1 import R1_ZERO_TEMPLATE
-
-
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The model under torch.compile and DDP wrappers."""
-    m = getattr(module, "_orig_mod", module)  # torch.compile
-    return getattr(m, "module", m) if hasattr(m, "no_sync") else m  # DDP
+from tinyseek.train.parallel import unwrapped
 
 
 class Policy:
@@ -142,14 +137,10 @@ class Policy:
             logprobs=logprobs,
         )
 
-    def engine(
-        self, prompts: list[list[int]], max_new_tokens: int, max_batch: int = 256, n: int = 1, impl: str = "engine"
-    ):
-        """An engine able to run `prompts` with `max_new_tokens` each: `PlainRollout` for impl "plain", else the
-        cached engine (one preallocated KV cache), rebuilt only when it is too small or the model changed."""
-        module = unwrap(self.module)
-        if impl == "plain":
-            return PlainRollout(self, module)
+    def engine(self, prompts: list[list[int]], max_new_tokens: int, max_batch: int = 256, n: int = 1):
+        """An engine able to run `prompts` with `max_new_tokens` each: the cached engine (one preallocated KV cache),
+        rebuilt only when it is too small or the model changed."""
+        module = unwrapped(self.module)
         need = max(len(p) for p in prompts) + max_new_tokens + 1
         k = self._engine_key
         if self._engine is None or k[0] != id(module) or k[1] < need or k[2] < max_batch:
@@ -167,20 +158,23 @@ class Policy:
         top_p: float = 1.0,
         top_k: int = 0,
         seed: int = 0,
-        impl: str = "engine",
         max_batch: int = 256,
         ignore_eos: bool = False,
         first: int = 0,
         logprobs: bool = False,
+        engine=None,
     ) -> list[Completion]:
         """n samples for each prompt, group after group (prompt p's samples at p*n ... p*n + n - 1), exactly as the
         engine returned them. `token_ids` are what the loss trains on: they end with the stop token the model
         sampled (one of several end tokens, for a transformers model), never one it did not; `text` (what the
         rewards read) leaves that token out. `first`: prompts[0]'s index in the whole batch when this is a slice of
         it (a rank's share under torchrun), so that every prompt is seeded as in the whole batch. `logprobs`: each
-        completion carries the sampler's log-probs of its tokens."""
+        completion carries the sampler's log-probs of its tokens. `engine`: what samples them (default: `self.engine`;
+        the rollouts' reference, train/rollout.PlainRollout, has the same `generate`)."""
         params = self.sampling_params(max_new_tokens, temperature, top_p, top_k, seed, ignore_eos, logprobs)
-        groups = self.engine(prompts, max_new_tokens, max_batch, n, impl).generate(prompts, params, n=n, first=first)
+        if engine is None:
+            engine = self.engine(prompts, max_new_tokens, max_batch, n)
+        groups = engine.generate(prompts, params, n=n, first=first)
         return [c for group in groups for c in group]
 
 
@@ -216,10 +210,10 @@ class TinyseekPolicy(Policy):
         return out.hidden, out.expert_load
 
     def head(self, module):
-        return unwrap(module).head
+        return unwrapped(module).head
 
     def forward_flops(self, tokens, context):
-        return tokens * cost.inference_flops_per_token(unwrap(self.module).cfg, max(0, round(context)))
+        return tokens * cost.inference_flops_per_token(unwrapped(self.module).cfg, max(0, round(context)))
 
     def logits(self, module, ids):
         return module(ids).logits
@@ -262,18 +256,18 @@ class HFPolicy(Policy):
         return self.tok.decode(ids, skip_special_tokens=False)
 
     def hidden(self, module, ids, real_mask=None):
-        if module is not unwrap(module):  # under DDP the forward must go through the wrapper, or nothing is reduced
+        if module is not unwrapped(module):  # under DDP the forward must go through the wrapper, or nothing is reduced
             out = module(input_ids=ids, use_cache=False, output_hidden_states=True, logits_to_keep=1)
             return out.hidden_states[-1], None  # the final norm's output (= the decoder's last_hidden_state)
-        return unwrap(module).get_decoder()(input_ids=ids, use_cache=False).last_hidden_state, None
+        return unwrapped(module).get_decoder()(input_ids=ids, use_cache=False).last_hidden_state, None
 
     def head(self, module):
-        return unwrap(module).get_output_embeddings()
+        return unwrapped(module).get_output_embeddings()
 
     def forward_flops(self, tokens, context):
         # 2 FLOPs per weight that multiplies an activation (the input embedding is a lookup); attention's
         # context term is left out: small next to the weights at rollout lengths
-        m = unwrap(self.module)
+        m = unwrapped(self.module)
         emb = m.get_input_embeddings().weight
         return tokens * 2.0 * sum(p.numel() for p in m.parameters() if p is not emb)
 
@@ -286,85 +280,8 @@ class HFPolicy(Policy):
     def save(self, model, out, tokenizer_file=None, trainer_state=None):
         """`save_pretrained` + the tokenizer files: loadable by `from_pretrained`, and by `tinyseek grpo --model`."""
         with atomic_dir(out) as tmp:
-            unwrap(model).save_pretrained(tmp)
+            unwrapped(model).save_pretrained(tmp)
             self.tok.save_pretrained(tmp)
             if trainer_state is not None:
                 torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
         return out
-
-
-class PlainRollout:
-    """The reference rollout, behind the engines' `generate`: no KV cache, the whole right-padded batch recomputed
-    for every new token, sampled with torch.multinomial (temperature, top-k, top-p; temperature 0 is greedy).
-
-    Right padding is exact here because attention is causal: the logits at row i's last real position never
-    see the padding behind it. O(T^2) and slow; it exists to check the engine path and to run without it.
-    """
-
-    def __init__(self, policy: Policy, module: torch.nn.Module):
-        self.policy, self.model = policy, module
-
-    def decode(self, ids: list[int]) -> str:
-        return self.policy.decode(ids)
-
-    @torch.inference_mode()
-    def generate(
-        self, prompts: list[list[int]], params: SamplingParams, n: int = 1, first: int = 0
-    ) -> list[list[Completion]]:
-        was_training = self.model.training
-        self.model.eval()
-        # each row's own generator, seeded from (seed, its prompt's index in the batch, its index in the group) as
-        # the engines seed their rows: a row draws the same tokens whatever else is in the call (so on any rank)
-        seeds = [
-            derive_seed(derive_seed(params.seed or 0, first + p), j) for p in range(len(prompts)) for j in range(n)
-        ]
-        try:
-            rows = self._sample([p for p in prompts for _ in range(n)], params, seeds)
-        finally:
-            self.model.train(was_training)
-        return [rows[i * n : (i + 1) * n] for i in range(len(prompts))]
-
-    @staticmethod
-    def truncate(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-        """probs [N, V] with what top-k, then top-p over the top-k survivors (renormalised), drop set to 0."""
-        if top_k > 0:
-            kth = probs.topk(min(top_k, probs.size(-1)), dim=-1).values[:, -1:]
-            probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
-        if top_p < 1.0:
-            sp, si = probs.sort(dim=-1, descending=True)
-            keep = (sp.cumsum(-1) - sp) < top_p * sp.sum(-1, keepdim=True)
-            probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
-        return probs
-
-    def _sample(self, rows: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[Completion]:
-        pol = self.policy
-        temperature, top_k = (1.0, 1) if params.greedy else (params.temperature, params.top_k)
-        stops = set(params.stop_token_ids) | ({pol.eos_id} if not params.ignore_eos else set())
-        N = len(rows)
-        lens = torch.tensor([len(p) for p in rows])  # [N]
-        buf = torch.full((N, int(lens.max()) + params.max_new_tokens), pol.pad_id, dtype=torch.long)
-        for i, p in enumerate(rows):
-            buf[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        done = torch.zeros(N, dtype=torch.bool)
-        new: list[list[int]] = [[] for _ in range(N)]
-        reasons = ["length"] * N
-        for _ in range(params.max_new_tokens):
-            logits = pol.logits(self.model, buf[:, : int(lens.max())]).float()  # [N, L, V]
-            probs = torch.softmax(logits[torch.arange(N), lens - 1] / temperature, dim=-1)  # [N, V]
-            probs = self.truncate(probs, top_k, params.top_p)
-            tok = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gens)])  # [N]
-            for i in torch.nonzero(~done).flatten().tolist():
-                t = int(tok[i])
-                new[i].append(t)
-                buf[i, lens[i]] = t
-                lens[i] += 1
-                if t in stops:
-                    done[i] = True
-                    reasons[i] = "stop"
-            if done.all():
-                break
-        return [
-            Completion(ids, None, r, pol.decode(ids[:-1] if r == "stop" else ids), len(p))
-            for ids, r, p in zip(new, reasons, rows)
-        ]

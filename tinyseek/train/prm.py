@@ -361,7 +361,7 @@ class PrmStage:
             out = loop.model(ids, real, start)
         logit = out.scores[rows, pos]
         loss = nn.functional.binary_cross_entropy_with_logits(logit, y)
-        loop.backward(loss)
+        loss.backward()
         st = loop.optimizer_step(float(loss.detach()), out.expert_load if self.cfg.train_trunk else None)
         with torch.no_grad():
             acc = float(((logit > 0).float() == y).float().mean())

@@ -24,6 +24,9 @@ reason and per-token log-probs. After each update rank 0 writes the weights as a
 server samples from the current policy. The log-probs come back with each completion; the loss recomputes
 them with the trainer's weights as the in-process path does (same maths), so they serve as a check of the
 weight push (tests/test_rollout_server.py compares the two).
+
+`PlainRollout` is the reference the engines are checked against (`rollout_impl = "plain"`): no KV cache, the whole
+batch recomputed for every new token, behind the same `generate`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch
 
 from tinyseek.dist import DistInfo, barrier, gather, shard
 from tinyseek.errors import TinyseekError
+from tinyseek.inference.sampling import SamplingParams, derive_seed
 from tinyseek.inference.sequence import Completion
 from tinyseek.train import parallel
 from tinyseek.train.policy import Policy, TinyseekPolicy
@@ -104,6 +108,98 @@ class Rollout:
         raise NotImplementedError
 
 
+class PlainRollout:
+    """The reference rollout, behind the engines' `generate`: no KV cache, the whole right-padded batch recomputed
+    for every new token, sampled with torch.multinomial (temperature, top-k, top-p; temperature 0 is greedy).
+
+    Right padding is exact here because attention is causal: the logits at row i's last real position never
+    see the padding behind it. O(T^2) and slow; it exists to check the engine path and to run without it.
+    """
+
+    def __init__(self, policy: Policy, module: torch.nn.Module):
+        self.policy, self.model = policy, module
+
+    def decode(self, ids: list[int]) -> str:
+        return self.policy.decode(ids)
+
+    @torch.inference_mode()
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, n: int = 1, first: int = 0
+    ) -> list[list[Completion]]:
+        was_training = self.model.training
+        self.model.eval()
+        # each row's own generator, seeded from (seed, its prompt's index in the batch, its index in the group) as
+        # the engines seed their rows: a row draws the same tokens whatever else is in the call (so on any rank)
+        seeds = [
+            derive_seed(derive_seed(params.seed or 0, first + p), j) for p in range(len(prompts)) for j in range(n)
+        ]
+        try:
+            rows = self._sample([p for p in prompts for _ in range(n)], params, seeds)
+        finally:
+            self.model.train(was_training)
+        return [rows[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    @staticmethod
+    def truncate(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+        """probs [N, V] with what top-k, then top-p over the top-k survivors (renormalised), drop set to 0."""
+        if top_k > 0:
+            kth = probs.topk(min(top_k, probs.size(-1)), dim=-1).values[:, -1:]
+            probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
+        if top_p < 1.0:
+            sp, si = probs.sort(dim=-1, descending=True)
+            keep = (sp.cumsum(-1) - sp) < top_p * sp.sum(-1, keepdim=True)
+            probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
+        return probs
+
+    def _sample(self, rows: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[Completion]:
+        pol = self.policy
+        temperature, top_k = (1.0, 1) if params.greedy else (params.temperature, params.top_k)
+        stops = set(params.stop_token_ids) | ({pol.eos_id} if not params.ignore_eos else set())
+        N = len(rows)
+        lens = torch.tensor([len(p) for p in rows])  # [N]
+        buf = torch.full((N, int(lens.max()) + params.max_new_tokens), pol.pad_id, dtype=torch.long)
+        for i, p in enumerate(rows):
+            buf[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        done = torch.zeros(N, dtype=torch.bool)
+        new: list[list[int]] = [[] for _ in range(N)]
+        reasons = ["length"] * N
+        for _ in range(params.max_new_tokens):
+            logits = pol.logits(self.model, buf[:, : int(lens.max())]).float()  # [N, L, V]
+            probs = torch.softmax(logits[torch.arange(N), lens - 1] / temperature, dim=-1)  # [N, V]
+            probs = self.truncate(probs, top_k, params.top_p)
+            tok = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gens)])  # [N]
+            for i in torch.nonzero(~done).flatten().tolist():
+                t = int(tok[i])
+                new[i].append(t)
+                buf[i, lens[i]] = t
+                lens[i] += 1
+                if t in stops:
+                    done[i] = True
+                    reasons[i] = "stop"
+            if done.all():
+                break
+        return [
+            Completion(ids, None, r, pol.decode(ids[:-1] if r == "stop" else ids), len(p))
+            for ids, r, p in zip(new, reasons, rows)
+        ]
+
+
+def engine_for(
+    policy: Policy,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    max_batch: int = 256,
+    n: int = 1,
+    impl: str = "engine",
+):
+    """What samples the policy's completions (`rollout_impl`): its cached engine (`Policy.engine`), or for impl
+    "plain" the cache-free reference, `PlainRollout`."""
+    if impl == "plain":
+        return PlainRollout(policy, parallel.unwrapped(policy.module))
+    return policy.engine(prompts, max_new_tokens, max_batch, n)
+
+
 class LocalRollout(Rollout):
     """The policy's engine, on the trained model (DDP, one process) or on a full copy of it (FSDP2, EP)."""
 
@@ -126,7 +222,9 @@ class LocalRollout(Rollout):
                 self.policy.module.load_state_dict(sd)
 
     def _generate(self, prompts, n, first, opts):
-        return self.policy.generate(prompts, n, first=first, **opts)
+        opts = dict(opts)
+        engine = engine_for(self.policy, prompts, opts["max_new_tokens"], opts["max_batch"], n, opts.pop("impl"))
+        return self.policy.generate(prompts, n, first=first, engine=engine, **opts)
 
 
 def _post(url: str, body: dict, api_key: str = "", timeout: float = 600.0) -> dict:
@@ -175,8 +273,6 @@ class ServerRollout(Rollout):
 
     def _generate(self, prompts, n, first, opts):
         from concurrent.futures import ThreadPoolExecutor
-
-        from tinyseek.inference.sampling import derive_seed
 
         def one(p: int) -> list[Completion]:
             body = {
