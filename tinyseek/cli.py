@@ -16,7 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("tinyseek.checkpoint:cli_export", "export a checkpoint to transformers' DeepseekV3 format"),
     "import": ("tinyseek.checkpoint:cli_import", "import a transformers DeepseekV3 directory as a checkpoint"),
     "cost": ("tinyseek.cost:cli_cost", "parameters, active parameters and training FLOPs of a preset or checkpoint"),
-    "tasks": ("tinyseek.tasks:cli_tasks", "list the verifiable tasks, or print sample problems"),
+    "tasks": (
+        "tinyseek.tasks.stage:cli_tasks",
+        "list the verifiable tasks, print samples, or write a run's problem files",
+    ),
     "tokenizer": ("tinyseek.tokenizer:cli_tokenizer", "train the byte-level BPE tokenizer"),
     "pretrain": ("tinyseek.train.pretrain:cli_pretrain", "pretrain a model on a reasoning corpus"),
     "sft": ("tinyseek.train.sft:cli_sft", "supervised fine-tuning (cold start) on chat or prompt/completion data"),
