@@ -76,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if name in RECIPE_STAGE_COMMANDS:
-            from tinyseek.recipe import stage_argv
+            from tinyseek.recipe import run_recipe_stage
 
-            with stage_argv(name, rest) as rest:
-                return int(fn(rest) or 0)
+            rc = run_recipe_stage(name, rest)
+            if rc is not None:
+                return rc
         return int(fn(rest) or 0)
     except TinyseekError as e:
         print(f"tinyseek {name}: error: {e}", file=sys.stderr)
