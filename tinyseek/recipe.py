@@ -234,13 +234,13 @@ def run_recipe_stage(kind: str, argv: list[str]) -> int | None:
     """`tinyseek KIND --config RECIPE --out RUN [--quick] [--resume] [--field value ...]`: when --config names a
     recipe rather than a stage config, the command runs the recipe's one stage of that kind ({run} = RUN, --quick
     applies its quick fields), the flags over its fields, into RUN. None for any other argv: the command's own."""
-    ap = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    ap = argparse.ArgumentParser(prog=f"tinyseek {kind}", add_help=False, allow_abbrev=False)
     ap.add_argument("--config")
     ap.add_argument("--out")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--resume", action="store_true")
     a, rest = ap.parse_known_args(argv)
-    if not a.config or not a.out or "stage" not in read_file(a.config):
+    if not a.config or not a.out or {"-h", "--help"} & set(rest) or "stage" not in read_file(a.config):
         return None
     stages = [s for s in load_recipe(a.config, a.out, quick=a.quick).stages if s.kind == kind]
     if len(stages) != 1:
