@@ -209,6 +209,7 @@ def test_cli_eval_writes_eval_json(tmp_path, capsys):
                 "0",
                 "--max-new-tokens",
                 "4",
+                "--greedy",
                 "--out",
                 str(tmp_path / "ev2"),
             ]
@@ -217,6 +218,7 @@ def test_cli_eval_writes_eval_json(tmp_path, capsys):
     )
     res = json.loads((tmp_path / "ev2" / "eval.json").read_text(encoding="utf-8"))
     assert [p["prompt"] for p in res["problems"]] == [rows[0]["prompt"], rows[1]["prompt"]] and res["task"] == "mine"
+    assert res["greedy"]["samples"] == 1 and res["generated_tokens"] > 0  # --greedy: one greedy decode of each
     # by default R1's protocol: K = 4 samples at T = 0.6, top-p 0.95
     argv = [
         str(tmp_path / "ck"),
@@ -244,6 +246,44 @@ def test_recipe_eval_stage_defaults_to_r1_protocol(tmp_path, r1_checkpoint):
     R.run_recipe(R.load_recipe(rec, tmp_path / "run"), tmp_path / "run", log=lambda s: None)
     res = json.loads((tmp_path / "run" / "ev" / "eval.json").read_text())
     assert res["samples"] >= 4 and (res["params"]["temperature"], res["params"]["top_p"]) == (0.6, 0.95)
+    # `tinyseek eval` with the same fields is the same evaluation: the same config, defaults and numbers
+    from tinyseek.evaluate import cli_eval
+
+    assert cli_eval([str(r1_checkpoint), "--data", str(data), "--out", str(tmp_path / "cli")]) == 0
+    cli = json.loads((tmp_path / "cli" / "eval.json").read_text())
+    drop = ("time_s", "tokens_per_s", "wall_s")
+    assert {k: v for k, v in cli.items() if k not in drop} == {k: v for k, v in res.items() if k not in drop}
+
+
+def test_eval_config_defaults_and_errors():
+    """One set of defaults for `tinyseek eval` and a recipe's eval stage: R1's protocol (k samples at T = 0.6,
+    top-p 0.95) with k = 4; bad fields fail before anything loads, naming the field."""
+    from tinyseek.config import ConfigError, from_dict
+    from tinyseek.evaluate import EvalConfig
+
+    cfg = from_dict(EvalConfig, {"model": "ck", "task": "addition"})
+    assert (cfg.samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.n, cfg.greedy) == (
+        4,
+        0.6,
+        0.95,
+        256,
+        100,
+        False,
+    )
+    assert cfg.name == "addition" and from_dict(EvalConfig, {"model": "ck", "data": "d/test.jsonl"}).name == "test"
+    for fields, needle in [
+        ({"task": "addition"}, "model: the checkpoint"),
+        ({"model": "ck"}, "task: give exactly one of task or data"),
+        ({"model": "ck", "task": "addition", "data": "x.jsonl"}, "exactly one"),
+        ({"model": "ck", "task": "nope"}, "task: unknown task 'nope'"),
+        ({"model": "ck", "task": "addition", "n": 0}, "n: must be >= 1"),
+        ({"model": "ck", "data": "x.jsonl", "n": -1}, "n: must be >= 0"),
+        ({"model": "ck", "data": "x.jsonl", "samples": 0}, "samples: must be >= 1"),
+        ({"model": "ck", "data": "x.jsonl", "batch": 0}, "batch: must be >= 1"),
+        ({"model": "ck", "data": "x.jsonl", "sample": 8}, "unknown field 'sample'"),
+    ]:
+        with pytest.raises(ConfigError, match=needle):
+            from_dict(EvalConfig, fields)
 
 
 def test_evaluate_a_real_checkpoint_that_answers(r1_checkpoint):

@@ -1,6 +1,6 @@
 """The recipe runner: order, skipping complete stages, resuming an interrupted one, re-running stale ones.
 
-Stage runners are replaced by small fakes that record their calls, so these tests check the runner's
+`run_stage` is replaced by a small fake that records its calls, so these tests check the runner's
 bookkeeping alone; tests/test_demo.py runs the real stages end to end.
 """
 
@@ -48,8 +48,7 @@ def calls(monkeypatch):
             raise KeyboardInterrupt  # as if the user pressed ^C (or the process was killed) mid-stage
         (out / "done.txt").write_text(json.dumps(stage.fields))
 
-    for k in R.KINDS:
-        monkeypatch.setitem(R.RUNNERS, k, fake)
+    monkeypatch.setattr(R, "run_stage", fake)
     log_state = type("S", (), {})()
     log_state.log, log_state.state = log, state
     return log_state
@@ -171,7 +170,7 @@ def test_the_demo_gives_every_stage_its_own_problems(tmp_path):
     set are disjoint sets of problems, and each split holds distinct problems."""
     stage = _demo_tasks_stage(tmp_path)
     out = tmp_path / "tasks"
-    R.RUNNERS["tasks"](stage, out, False)
+    R.run_stage(stage, out, False)
     sets = {k: _problems(out / f"{k}.jsonl") for k in [*stage.fields["splits"], "test"]}
     for k in sets:
         n = len((out / f"{k}.jsonl").read_text().splitlines())
@@ -228,7 +227,7 @@ def test_bad_splits_stop_before_anything_is_written(tmp_path, fields, needle):
         "tasks", "tasks", {"tasks": ["addition"], "difficulty": 2, "test": 10, **fields}, "r.toml stage 1 (tasks)"
     )
     with pytest.raises(TinyseekError) as e:
-        R.RUNNERS["tasks"](stage, tmp_path / "tasks", False)
+        R.run_stage(stage, tmp_path / "tasks", False)
     assert needle in str(e.value) and "\n" not in str(e.value) and "r.toml stage 1 (tasks)" in str(e.value)
     assert not (tmp_path / "tasks").exists()
 
@@ -243,3 +242,158 @@ def test_seed_and_threads_flags_reach_every_stage(tmp_path):
     assert default.threads == 0  # the machine's cores (torch's default)
     with pytest.raises(TinyseekError, match="--seed"):
         R.load_recipe(R.recipes_dir() / "demo.toml", tmp_path / "run", seed=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# one way to build a stage's config: a recipe stage and its command line give the same dataclass
+
+
+def _cli(kind: str):
+    from tinyseek.evaluate import cli_eval
+    from tinyseek.tasks.stage import cli_tasks
+    from tinyseek.tokenizer import cli_tokenizer
+    from tinyseek.train.distill import cli_distill
+    from tinyseek.train.grpo import cli_grpo
+    from tinyseek.train.pretrain import cli_pretrain
+    from tinyseek.train.prm import cli_prm
+    from tinyseek.train.rejection import cli_sample
+    from tinyseek.train.sft import cli_sft
+
+    return {
+        "tasks": lambda argv: cli_tasks(["write", *argv]),
+        "tokenizer": cli_tokenizer,
+        "pretrain": cli_pretrain,
+        "sft": cli_sft,
+        "prm": lambda argv: cli_prm(["train", *argv]),
+        "grpo": cli_grpo,
+        "sample": cli_sample,
+        "distill": cli_distill,
+        "eval": cli_eval,
+    }[kind]
+
+
+class _Ran(Exception):
+    """Raised by the patched `run`: the command built its config and handed it on."""
+
+
+def _config_of_command(monkeypatch, kind: str, argv: list[str]):
+    """The config `tinyseek KIND ARGV` hands to its module's run (run itself replaced)."""
+    import importlib
+
+    module = importlib.import_module(R.stage_kind(kind)[1].__module__)
+    seen = []
+
+    def fake(cfg, out, resume=False):
+        seen.append((cfg, Path(out), resume))
+        raise _Ran
+
+    monkeypatch.setattr(module, "run", fake)
+    with pytest.raises(_Ran):
+        _cli(kind)(argv)
+    return seen[0]
+
+
+# kind -> (the stage's fields in a recipe, the same fields as flags); the flags' spelling is each command's own
+SAME_FIELDS = {
+    "tasks": (
+        {
+            "tasks": ["addition", "countdown"],
+            "splits": {"sft": 10, "rl": 5},
+            "test": 7,
+            "difficulty": [1, 2],
+            "corpus": {"addition": 20},
+            "corpus_format": "chat",
+            "shares": {"sft": 0.3, "rl": 0.2, "corpus": 0.25},
+            "seed": 3,
+        },
+        "--tasks addition,countdown --splits sft=10,rl=5 --test 7 --difficulty 1-2 --corpus addition=20 "
+        "--corpus-format chat --shares sft=0.3,rl=0.2,corpus=0.25 --seed 3",
+    ),
+    "tokenizer": (
+        {"corpus": ["a.txt", "b.txt"], "tasks": ["addition"], "n_per_task": 7, "vocab_size": 300, "seed": 2},
+        "--corpus a.txt b.txt --tasks addition --n-per-task 7 --vocab-size 300 --seed 2",
+    ),
+    "pretrain": (
+        {"preset": "nano", "tasks": {"addition": 50}, "max_steps": 3, "lr": 0.002, "dtype": "float32"},
+        "--preset nano --tasks addition=50 --max-steps 3 --lr 0.002 --dtype float32",
+    ),
+    "sft": (
+        {"init": "ck", "data": ["a.jsonl", "b.jsonl"], "max_steps": 5, "batch_size": 4, "eval_every": 2},
+        "--init ck --data a.jsonl,b.jsonl --max-steps 5 --batch-size 4 --eval-every 2",
+    ),
+    "prm": (
+        {"init": "ck", "task": "addition", "max_steps": 2, "eval_n": 8},
+        "--init ck --task addition --max-steps 2 --eval-n 8",
+    ),
+    "grpo": (
+        {"model": "ck", "task": "addition", "rewards": ["accuracy", "format"], "group_size": 4, "temperature": 0.7},
+        "--model ck --task addition --rewards accuracy,format --group-size 4 --temperature 0.7",
+    ),
+    "sample": (
+        {"model": "ck", "task": "addition", "n": 5, "samples": 2, "top_p": 0.9, "shortest": True},
+        "ck --task addition --n 5 --samples 2 --top-p 0.9 --shortest",
+    ),
+    "distill": (
+        {"data": ["s.jsonl"], "teacher": "t", "mode": "whitebox", "kd_top_k": 4, "max_steps": 3},
+        "--data s.jsonl --teacher t --mode whitebox --kd-top-k 4 --max-steps 3",
+    ),
+    "eval": (
+        {"model": "ck", "data": "t.jsonl", "n": 0, "samples": 8, "max_new_tokens": 128, "greedy": True, "batch": 32},
+        "ck --data t.jsonl --n 0 --samples 8 --max-new-tokens 128 --greedy --batch 32",
+    ),
+}
+
+# the fewest fields each kind needs: what is left is the kind's defaults, the same for a recipe and its command
+REQUIRED = {
+    "tasks": ({}, ""),
+    "tokenizer": ({"tasks": ["addition"]}, "--tasks addition"),
+    "pretrain": ({}, ""),
+    "sft": ({"init": "ck", "data": ["a.jsonl"]}, "--init ck --data a.jsonl"),
+    "prm": ({"init": "ck", "task": "addition"}, "--init ck --task addition"),
+    "grpo": ({"model": "ck", "task": "addition"}, "--model ck --task addition"),
+    "sample": ({"model": "ck", "task": "addition"}, "ck --task addition"),
+    "distill": ({"data": ["s.jsonl"], "teacher": "t"}, "--data s.jsonl --teacher t"),
+    "eval": ({"model": "ck", "data": "t.jsonl"}, "ck --data t.jsonl"),
+}
+
+
+@pytest.mark.parametrize("table", [SAME_FIELDS, REQUIRED], ids=["fields", "defaults"])
+@pytest.mark.parametrize("kind", R.KINDS)
+def test_a_recipe_stage_and_its_command_build_the_same_config(tmp_path, monkeypatch, kind, table):
+    fields, flags = table[kind]
+    stage = R.Stage(kind, kind, fields, "r.toml stage 1")
+    out = tmp_path / "out"
+    cfg, cli_out, _ = _config_of_command(monkeypatch, kind, [*flags.split(), "--out", str(out)])
+    assert cli_out == out
+    assert cfg == R.stage_config(stage)
+    recipe_seen = []
+    monkeypatch.setattr(
+        R, "stage_kind", lambda k, real=R.stage_kind: (real(k)[0], lambda c, o, r: recipe_seen.append(c))
+    )
+    R.run_stage(stage, out, False)  # and the runner hands exactly that config to the stage's run
+    assert recipe_seen == [cfg]
+
+
+def test_a_recipe_given_to_a_stage_command_runs_its_stage_with_the_flags_over_it(tmp_path, monkeypatch):
+    """`tinyseek sft --config RECIPE --out RUN --quick --lr 0.5`: the recipe's sft stage, {run} = RUN, its quick
+    fields, then the flags."""
+    from tinyseek.cli import main
+    from tinyseek.train import sft
+
+    p = _recipe(
+        tmp_path,
+        RECIPE.replace(
+            'kind = "sft"\nname = "tuned"\n',
+            'kind = "sft"\nname = "tuned"\ndata = ["{run}/d.jsonl"]\n[stage.quick]\nmax_steps = 2\n',
+        ),
+    )
+    seen = []
+    monkeypatch.setattr(sft, "run", lambda cfg, out, resume=False: seen.append((cfg, out, resume)))
+    run = tmp_path / "run"
+    assert main(["sft", "--config", str(p), "--out", str(run), "--quick", "--lr", "0.5", "--resume"]) == 0
+    cfg, out, resume = seen[0]
+    assert (out, resume) == (run, True)
+    assert (cfg.init, cfg.data, cfg.max_steps, cfg.lr) == (f"{run}/base/final", [f"{run}/d.jsonl"], 2, 0.5)
+    with pytest.raises(TinyseekError, match="exactly one grpo stage"):
+        R.run_recipe_stage("grpo", ["--config", str(p), "--out", str(run)])
+    assert R.run_recipe_stage("sft", ["--config", str(p)]) is None  # no --out: the command's own parser decides

@@ -14,6 +14,7 @@ from tinyseek.errors import TinyseekError
 from tinyseek.r1 import completion_text
 from tinyseek.tasks.base import TEST_BUCKETS, side_of
 from tinyseek.tasks.countdown import check_equation
+from tinyseek.tasks.stage import cli_tasks
 from tinyseek.tasks.wordproblems import WordProblems
 
 ALL = tasks.names()
@@ -215,17 +216,58 @@ def test_difficulty_mix_for_curricula():
 
 
 def test_cli_lists_and_writes(tmp_path, capsys):
-    assert tasks.cli_tasks([]) == 0
+    assert cli_tasks([]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in ALL)
-    assert tasks.cli_tasks(["countdown", "--n", "3", "--seed", "2", "--completion"]) == 0
+    assert cli_tasks(["countdown", "--n", "3", "--seed", "2", "--completion"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [json.loads(x)["id"] for x in lines] == [r["id"] for r in tasks.get("countdown").generate(3, seed=2)]
     assert json.loads(lines[0])["completion"].startswith("<think>\n")
     out = tmp_path / "eq.jsonl"
-    assert tasks.cli_tasks(["equations", "--n", "20", "--split", "test", "--difficulty", "1-2", "--out", str(out)]) == 0
+    assert cli_tasks(["equations", "--n", "20", "--split", "test", "--difficulty", "1-2", "--out", str(out)]) == 0
     assert len(tasks.load_records(out)) == 20
     assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_tasks_write_gives_every_role_its_own_problems(tmp_path, capsys):
+    """`tinyseek tasks write` (a recipe's tasks stage): a file per split, the held-out set and the corpus, disjoint
+    sets of problems; flags override a --config file."""
+    out = tmp_path / "tasks"
+    flags = ["--tasks", "addition", "--difficulty", "2", "--splits", "sft=40,rl=30", "--test", "20"]
+    flags += ["--corpus", "addition=50", "--corpus-format", "chat", "--shares", "sft=0.3,rl=0.3,corpus=0.2"]
+    assert cli_tasks(["write", *flags, "--out", str(out)]) == 0
+    assert "sft 40, rl 30, corpus 50, test 20" in capsys.readouterr().err
+    sets = {k: {r["prompt"] for r in tasks.load_records(out / f"{k}.jsonl")} for k in ("sft", "rl", "test")}
+    assert [len(sets[k]) for k in ("sft", "rl", "test")] == [40, 30, 20]  # distinct problems
+    assert not (sets["sft"] & sets["rl"] or sets["sft"] & sets["test"] or sets["rl"] & sets["test"])
+    corpus = (out / "corpus.txt").read_text(encoding="utf-8").split("\n\n")
+    assert len(corpus) == 50 and all("<｜Assistant｜>" in d for d in corpus)  # the chat layout
+    assert not any(p in d for d in corpus for p in sets["test"])
+    roles = json.loads((out / "roles.json").read_text())
+    assert roles["sft"]["part"] == [0.0, 0.3] and roles["corpus"]["documents"] == 50
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('tasks = ["countdown"]\ndifficulty = [1, 2]\nsplits = { sft = 5 }\ntest = 3\n')
+    assert cli_tasks(["write", "--config", str(cfg), "--tasks", "addition", "--out", str(tmp_path / "t2")]) == 0
+    recs = tasks.load_records(tmp_path / "t2" / "sft.jsonl")  # the file's fields, --tasks over them
+    assert len(recs) == 5 and {r["task"] for r in recs} == {"addition"} and {r["difficulty"] for r in recs} <= {1, 2}
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--tasks", "nope"], "tasks: unknown task 'nope'"),
+        (["--splits", "test=5"], "splits: 'test' and 'corpus' are reserved names"),
+        (["--splits", "sft=0"], "splits.sft: an empty split"),
+        (["--splits", "sft=5", "--shares", "sft=1.5"], r"shares.sft: must be in \(0, 1\]"),
+        (["--difficulty", "1-2-3"], r"difficulty: a difficulty range is \[lo, hi\]"),
+        (["--corpus", "addition=5", "--corpus-format", "html"], "corpus_format must be plain or chat"),
+        (["--tasks", "addition", "--difficulty", "1", "--splits", "sft=5000"], "splits.sft: task addition"),
+    ],
+)
+def test_tasks_write_errors_name_the_field_and_write_nothing(tmp_path, flags, needle):
+    with pytest.raises(TinyseekError, match=needle):
+        cli_tasks(["write", *flags, "--out", str(tmp_path / "t")])
+    assert not (tmp_path / "t").exists()
 
 
 # ----------------------------------------------------------------------------------------------- user data

@@ -19,7 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tinyseek.checkpoint:cli_cost",
         "parameters, active parameters and training FLOPs of a preset or checkpoint",
     ),
-    "tasks": ("tinyseek.tasks:cli_tasks", "list the verifiable tasks, or print sample problems"),
+    "tasks": (
+        "tinyseek.tasks.stage:cli_tasks",
+        "list the verifiable tasks, print samples, or write a run's problem files",
+    ),
     "tokenizer": ("tinyseek.tokenizer:cli_tokenizer", "train the byte-level BPE tokenizer"),
     "pretrain": ("tinyseek.train.pretrain:cli_pretrain", "pretrain a model on a reasoning corpus"),
     "sft": ("tinyseek.train.sft:cli_sft", "supervised fine-tuning (cold start) on chat or prompt/completion data"),
@@ -79,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if name in RECIPE_STAGE_COMMANDS:
-            from tinyseek.recipe import stage_argv
+            from tinyseek.recipe import run_recipe_stage
 
-            with stage_argv(name, rest) as rest:
-                return int(fn(rest) or 0)
+            rc = run_recipe_stage(name, rest)
+            if rc is not None:
+                return rc
         return int(fn(rest) or 0)
     except TinyseekError as e:
         print(f"tinyseek {name}: error: {e}", file=sys.stderr)

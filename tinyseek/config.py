@@ -73,7 +73,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a table, got {value!r}")
-        return dict(value)
+        inner = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, inner, f"{name}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -278,7 +279,6 @@ def stage_cli(cls: type, argv: list[str], prog: str, description: str) -> tuple[
     )
     ap.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     a, rest = ap.parse_known_args(argv)
-    overrides = _coerce_cli(cls, parse_overrides(rest))
     run_dir = Path(a.out)
     where = cls.__name__
     data: dict = {}
@@ -286,11 +286,20 @@ def stage_cli(cls: type, argv: list[str], prog: str, description: str) -> tuple[
         data, where = read_file(a.config), a.config
     elif a.resume and (run_dir / "config.toml").is_file():
         data, where = read_file(run_dir / "config.toml"), str(run_dir / "config.toml")
-    dotted = {k.split(".", 1)[0] for k in parse_overrides(rest) if "." in k}
-    for k, v in overrides.items():  # `--model.dim` merges into the file's [model] table; `--tasks a=1` replaces it
-        data[k] = {**data[k], **v} if k in dotted and isinstance(data.get(k), dict) else v
-    cfg = from_dict(cls, data, where=where)
+    cfg = from_dict(cls, overlay(cls, data, parse_overrides(rest)), where=where)
     return cfg, run_dir, a.resume
+
+
+def overlay(cls: type, data: dict, flags: dict) -> dict:
+    """A config's fields from a file (or a recipe stage), overlaid by command-line values (strings, as
+    `parse_overrides` gives them): `--model.dim 128` merges into the file's [model] table; `--tasks a=1` replaces
+    a table. Every command that takes a config file builds its config through here, and so does a recipe stage
+    given to a stage command."""
+    out = dict(data)
+    dotted = {k.split(".", 1)[0] for k in flags if "." in k}
+    for k, v in _coerce_cli(cls, flags).items():
+        out[k] = {**out[k], **v} if k in dotted and isinstance(out.get(k), dict) else v
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,9 +29,11 @@ import math
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, fields
 from fractions import Fraction
 from pathlib import Path
 
+from tinyseek.config import ConfigError
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.sampling import SamplingParams, derive_seed
 from tinyseek.io import write_json
@@ -262,85 +264,198 @@ def format_table(result: dict) -> str:
     return head + "\n" + "\n".join(lines)
 
 
-def cli_eval(argv: list[str]) -> int:
-    import argparse
+@dataclass
+class EvalConfig:
+    """The fields of `tinyseek eval` and of a recipe's eval stage. The defaults are R1's protocol (DeepSeek-R1 §3.1:
+    pass@1 as the mean over k samples at T = 0.6, top-p 0.95), with its smallest k, 4."""
 
+    model: str = ""  # tinyseek checkpoint, transformers model directory, or .gguf file
+    task: str = ""  # task name; its held-out side is used
+    data: str = ""  # a JSONL/Parquet file of records (prompt, answer, ...) instead of a task
+    n: int = 100  # number of problems (0: every record of data)
+    samples: int = 4  # completions per problem, K (R1's protocol: K >= 4)
+    temperature: float = 0.6  # sampling temperature (0 = greedy)
+    top_p: float = 0.95  # nucleus sampling mass
+    max_new_tokens: int = 256  # tokens per completion at most
+    difficulty: int | None = None  # task difficulty (default: the task's own)
+    seed: int = 0  # problem and sampling seed
+    greedy: bool = False  # also decode every problem once at temperature 0 (eval.json's "greedy")
+    batch: int = 64  # sequences decoded together (problems per call: batch // samples)
+    system: str = ""  # system message
+    dtype: str = ""  # fp32 | bf16 (default: as stored)
+    compile: bool = False  # compile the decode step (tinyseek checkpoints; see inference/engine.py)
+    threads: int = 0  # CPU threads for torch (0: torch's choice; 1 is best on a busy machine)
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("model: the checkpoint to evaluate is required")
+        if bool(self.task) == bool(self.data):
+            raise ConfigError("task: give exactly one of task or data")
+        if self.task:
+            from tinyseek import tasks
+
+            tasks.get(self.task)
+        if self.n < (1 if self.task else 0):
+            raise ConfigError(f"n: must be >= {1 if self.task else 0} (got {self.n})")
+        for name in ("samples", "batch", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1 (got {getattr(self, name)})")
+
+    @property
+    def name(self) -> str:
+        """What was evaluated: the task, or the data file's stem."""
+        return self.task or Path(self.data).stem
+
+
+def _records(cfg: EvalConfig) -> list[dict]:
     from tinyseek import tasks
-    from tinyseek.inference.load import add_compile_flag, load_engine
+
+    if cfg.task:
+        return tasks.get(cfg.task).generate(cfg.n, seed=cfg.seed, split="test", difficulty=cfg.difficulty)
+    records = tasks.load_records(cfg.data)
+    return records[: cfg.n] if cfg.n > 0 else records
+
+
+def run(cfg: EvalConfig, out: Path, resume: bool = False) -> dict:
+    """K samples per held-out problem (pass@1, pass@k, cons@K with 95% intervals), with `greedy` also one greedy
+    decode each -> OUT/eval.json (the sampled run's result, the greedy one under "greedy"); returns what it wrote.
+
+    Problems go to the engine batch // samples at a time, so that their K samples fill the batch. Under torchrun
+    each rank evaluates its share and rank 0 writes. An evaluation is cheap and written at once: `resume` changes
+    nothing (it runs again).
+    """
+    from tinyseek.dist import init_distributed
+    from tinyseek.inference.load import load_engine
     from tinyseek.precision import dtype_arg
 
-    ap = argparse.ArgumentParser(
-        prog="tinyseek eval", description="pass@1 / pass@k / cons@k with 95% intervals on held-out problems."
-    )
-    ap.add_argument("ckpt", help="tinyseek checkpoint, transformers model directory, or .gguf file")
-    ap.add_argument("--task", default=None, help=f"task name ({', '.join(tasks.names())}); its test split is used")
-    ap.add_argument(
-        "--data", default=None, help="a JSONL/Parquet file of records (prompt, answer, ...) instead of a task"
-    )
-    ap.add_argument("--n", type=int, default=100, help="number of problems")
-    ap.add_argument("--samples", type=int, default=4, help="completions per problem, K (R1's protocol: K >= 4)")
-    ap.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
-    ap.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
-    ap.add_argument("--max-new-tokens", type=int, default=256, help="tokens per completion at most")
-    ap.add_argument("--difficulty", type=int, default=None, help="task difficulty (default: the task's own)")
-    ap.add_argument("--seed", type=int, default=0, help="problem and sampling seed")
-    ap.add_argument("--system", default="", help="system message")
-    ap.add_argument("--batch", type=int, default=64, help="sequences decoded together")
-    ap.add_argument("--dtype", default=None, help="fp32 | bf16 (default: as stored)")
-    add_compile_flag(ap)
-    ap.add_argument("--out", default=None, help="directory for eval.json (default runs/eval/<ckpt>-<task>)")
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch (default: torch's choice; 1 is best on a busy machine)",
-    )
-    args = ap.parse_args(argv)
-    if args.threads:
+    if cfg.threads:
         import torch
 
-        torch.set_num_threads(args.threads)
-    if (args.task is None) == (args.data is None):
-        raise TinyseekError("give exactly one of --task NAME or --data FILE")
-    if args.n < 1 or args.samples < 1:
-        raise TinyseekError("--n and --samples must be >= 1")
-    if args.task is not None:
-        records = tasks.get(args.task, field="--task").generate(
-            args.n, seed=args.seed, split="test", difficulty=args.difficulty
-        )
-        name = args.task
-    else:
-        records = tasks.load_records(args.data)[: args.n]
-        name = Path(args.data).stem
-    params = SamplingParams(
-        temperature=args.temperature,
-        top_p=args.top_p if args.temperature > 0 else 1.0,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-    )
-    from tinyseek.dist import init_distributed
-
-    d = init_distributed()  # under torchrun: each rank evaluates its share of the problems (rank 0 writes)
+        torch.set_num_threads(cfg.threads)
+    records = _records(cfg)
+    d = init_distributed()
     engine = load_engine(
-        args.ckpt, max_batch=args.batch, dtype=dtype_arg(args.dtype), device=d.device, compile=args.compile
+        cfg.model,
+        max_batch=max(cfg.batch, cfg.samples),
+        dtype=dtype_arg(cfg.dtype or None),
+        device=d.device,
+        compile=cfg.compile,
     )
     if getattr(engine, "tokenizer", None) is None:
-        raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
+        raise TinyseekError(f"{cfg.model}: no tokenizer with the checkpoint (tokenizer.json)")
 
     def prog(done: int, total: int) -> None:
         if d.is_main:
             print(f"\r{done}/{total} problems", end="", file=sys.stderr, flush=True)
 
+    params = SamplingParams(
+        temperature=cfg.temperature,
+        top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+    )
+    t0 = time.perf_counter()
     result = {
-        "task": name,
-        "ckpt": str(args.ckpt),
-        **evaluate(engine, records, args.samples, params, system=args.system, progress=prog, dist=d),
+        "task": cfg.name,
+        "model": cfg.model,
+        "data": cfg.data,
+        "n": len(records),
+        **evaluate(
+            engine,
+            records,
+            cfg.samples,
+            params,
+            system=cfg.system,
+            progress=prog,
+            chunk=max(1, cfg.batch // cfg.samples),
+            dist=d,
+        ),
     }
-    if not d.is_main:
+    gen = sum(sum(p["lengths"]) for p in result["problems"])
+    if cfg.greedy:
+        g = evaluate(
+            engine,
+            records,
+            1,
+            SamplingParams(temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed),
+            system=cfg.system,
+            keep_text=False,
+            chunk=cfg.batch,
+            dist=d,
+        )
+        gen += sum(sum(p["lengths"]) for p in g["problems"])
+        result["greedy"] = g
+    result["generated_tokens"] = gen
+    result["wall_s"] = round(time.perf_counter() - t0, 3)
+    if d.is_main:
+        print(file=sys.stderr)
+        write_json(out / "eval.json", result, indent=1)
+    return result
+
+
+def cli_eval(argv: list[str]) -> int:
+    import argparse
+
+    from tinyseek import tasks
+    from tinyseek.config import from_dict
+    from tinyseek.dist import is_main
+    from tinyseek.inference.load import add_compile_flag
+
+    d = EvalConfig()
+    ap = argparse.ArgumentParser(
+        prog="tinyseek eval", description="pass@1 / pass@k / cons@k with 95% intervals on held-out problems."
+    )
+    ap.add_argument("ckpt", help="tinyseek checkpoint, transformers model directory, or .gguf file")
+    ap.add_argument("--task", default=d.task, help=f"task name ({', '.join(tasks.names())}); its test split is used")
+    ap.add_argument(
+        "--data", default=d.data, help="a JSONL/Parquet file of records (prompt, answer, ...) instead of a task"
+    )
+    ap.add_argument(
+        "--n", type=int, default=d.n, help="number of problems (0: every record of --data; default %(default)s)"
+    )
+    ap.add_argument(
+        "--samples",
+        type=int,
+        default=d.samples,
+        help="completions per problem, K (R1's protocol: K >= 4; default %(default)s)",
+    )
+    ap.add_argument(
+        "--temperature",
+        type=float,
+        default=d.temperature,
+        help="sampling temperature (0 = greedy; default %(default)s)",
+    )
+    ap.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling mass (default %(default)s)")
+    ap.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=d.max_new_tokens,
+        help="tokens per completion at most (default %(default)s)",
+    )
+    ap.add_argument("--difficulty", type=int, default=d.difficulty, help="task difficulty (default: the task's own)")
+    ap.add_argument("--seed", type=int, default=d.seed, help="problem and sampling seed (default %(default)s)")
+    ap.add_argument(
+        "--greedy", action="store_true", help="also decode every problem once at temperature 0 (eval.json's greedy)"
+    )
+    ap.add_argument("--system", default=d.system, help="system message")
+    ap.add_argument("--batch", type=int, default=d.batch, help="sequences decoded together (default %(default)s)")
+    ap.add_argument("--dtype", default=d.dtype, help="fp32 | bf16 (default: as stored)")
+    add_compile_flag(ap)
+    ap.add_argument("--out", default=None, help="directory for eval.json (default runs/eval/<ckpt>-<task>)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help="CPU threads for torch (default: torch's choice; 1 is best on a busy machine)",
+    )
+    a = ap.parse_args(argv)
+    cfg = from_dict(
+        EvalConfig, {"model": a.ckpt, **{f.name: getattr(a, f.name) for f in fields(EvalConfig) if f.name != "model"}}
+    )
+    out = Path(a.out) if a.out else Path("runs/eval") / f"{Path(cfg.model.rstrip('/')).name}-{cfg.name}"
+    result = run(cfg, out)
+    if not is_main():
         return 0
-    print(file=sys.stderr)
-    out = Path(args.out) if args.out else Path("runs/eval") / f"{Path(str(args.ckpt).rstrip('/')).name}-{name}"
-    write_json(out / "eval.json", result, indent=1)
     print(format_table(result))
     print(f"wrote {out / 'eval.json'}  ({result['time_s']:.1f} s, {result['tokens_per_s']} tokens/s)")
     return 0

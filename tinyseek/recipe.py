@@ -25,29 +25,27 @@ Why the runner looks the way it does:
 - Stages run in this process (one torch import, not nine). Each starts from the same global RNG state
   (seeded from its name), so a stage resumed in a fresh process sees exactly what it would have seen in
   an uninterrupted run: resumed runs end with the same numbers.
-- Training kinds are driven through their commands (`cli_pretrain(["--config", F, "--out", D])`), the
-  same path a user types, so a recipe can do nothing a user cannot. `tasks` and `eval` are small and live
-  here, because the recipe needs them to write fixed files (`RUN/tasks/*.jsonl`, `RUN/<eval>/eval.json`).
+- Every kind runs through the one entry of the module that owns it, `run(config, out, resume)`, with its
+  config dataclass built by `config.from_dict` from the stage's fields, as `tinyseek KIND` builds it from a
+  file and flags (`stage_kind` lists them): a recipe can do nothing a user cannot, and it has the same defaults.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyseek.config import ConfigError, read_file, write_toml
+from tinyseek.config import ConfigError, from_dict, overlay, parse_overrides, read_file
 from tinyseek.errors import TinyseekError
-from tinyseek.io import atomic_dir, write_json, write_jsonl
+from tinyseek.io import write_json
 
 MARKER = "stage.json"  # written last into RUN/<name>/: the stage is complete
 RECIPE_COPY = "recipe.json"  # the resolved recipe, written into RUN/ (the report reads the stage list from it)
@@ -182,66 +180,33 @@ def load_recipe(
 
 
 # ----------------------------------------------------------------------------------------------
-# stage runners: (stage, out_dir, resume) -> None
+# one stage: its kind's config dataclass and `run(config, out, resume)`, from the module that owns it
 
 
-def _write_config(stage: Stage, out: Path) -> Path:
-    """The stage's fields as a TOML file beside its run dir (not inside: the stage may build that atomically)."""
-    cfg_dir = out.parent / ".recipe"
-    cfg_dir.mkdir(parents=True, exist_ok=True)
-    f = cfg_dir / f"{stage.name}.toml"
-    write_toml(stage.fields, f)
-    return f
+def stage_kind(kind: str) -> tuple[type, Callable[[Any, Path, bool], Any]]:
+    """(config dataclass, run) of a stage kind: what `tinyseek KIND` builds from its flags and runs."""
+    from tinyseek import evaluate, tokenizer
+    from tinyseek.tasks import stage as tasks_stage
+    from tinyseek.train import distill, grpo, pretrain, prm, rejection, sft
 
-
-def _command(kind: str) -> Callable[[list[str]], int]:
-    """The function behind `tinyseek KIND`: a stage runs exactly what a user would type."""
-    from tinyseek.tokenizer import cli_tokenizer
-    from tinyseek.train.distill import cli_distill
-    from tinyseek.train.grpo import cli_grpo
-    from tinyseek.train.pretrain import cli_pretrain
-    from tinyseek.train.prm import cli_prm_train
-    from tinyseek.train.rejection import cli_sample
-    from tinyseek.train.sft import cli_sft
-
-    return {
-        "tokenizer": cli_tokenizer,
-        "pretrain": cli_pretrain,
-        "sft": cli_sft,
-        "prm": cli_prm_train,
-        "grpo": cli_grpo,
-        "sample": cli_sample,
-        "distill": cli_distill,
+    cls, module = {
+        "tasks": (tasks_stage.TasksConfig, tasks_stage),
+        "tokenizer": (tokenizer.TokenizerConfig, tokenizer),
+        "pretrain": (pretrain.PretrainConfig, pretrain),
+        "sft": (sft.SFTConfig, sft),
+        "prm": (prm.PrmConfig, prm),
+        "grpo": (grpo.GrpoConfig, grpo),
+        "sample": (rejection.SampleConfig, rejection),
+        "distill": (distill.DistillConfig, distill),
+        "eval": (evaluate.EvalConfig, evaluate),
     }[kind]
+    return cls, module.run
 
 
-@contextlib.contextmanager
-def stage_argv(kind: str, argv: list[str]) -> Iterator[list[str]]:
-    """`tinyseek KIND --config RECIPE --out RUN [--quick]`: when --config names a recipe rather than a stage config,
-    the command runs on the recipe's one stage of that kind ({run} = the --out directory, --quick applies its
-    quick fields), written to a temporary stage config for the duration. Any other argv passes through."""
-    if "--config" not in argv or "--out" not in argv:
-        yield argv
-        return
-    i, j = argv.index("--config"), argv.index("--out")
-    if i + 1 >= len(argv) or j + 1 >= len(argv) or "stage" not in read_file(argv[i + 1]):
-        yield argv
-        return
-    stages = [s for s in load_recipe(argv[i + 1], argv[j + 1], quick="--quick" in argv).stages if s.kind == kind]
-    if len(stages) != 1:
-        raise ConfigError(
-            f"{argv[i + 1]}: a recipe given to tinyseek {kind} must hold exactly one {kind} stage (it has "
-            f"{len(stages)})"
-        )
-    fd, tmp = tempfile.mkstemp(suffix=".toml", prefix=f"{kind}-stage-")
-    os.close(fd)
-    try:
-        write_toml(stages[0].fields, tmp)
-        rest = [a for a in argv if a != "--quick"]
-        rest[rest.index("--config") + 1] = tmp
-        yield rest
-    finally:
-        os.unlink(tmp)
+def stage_config(stage: Stage) -> Any:
+    """The stage's config, built as its command builds it (`config.from_dict`); an error names the stage."""
+    cls, _ = stage_kind(stage.kind)
+    return from_dict(cls, stage.fields, where=stage.where)
 
 
 def _has_checkpoint(out: Path) -> bool:
@@ -249,262 +214,45 @@ def _has_checkpoint(out: Path) -> bool:
     return ck.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in ck.iterdir())
 
 
-def _run_training(stage: Stage, out: Path, resume: bool) -> None:
-    argv = ["--config", str(_write_config(stage, out)), "--out", str(out)]
-    if resume and _has_checkpoint(out):
-        argv.append("--resume")
-    elif out.exists():
-        shutil.rmtree(out)  # interrupted before its first checkpoint: start clean
-    rc = _command(stage.kind)(argv)
-    if rc:
-        raise TinyseekError(f"{stage.where}: tinyseek {stage.kind} exited with status {rc}")
+def run_stage(stage: Stage, out: Path, resume: bool) -> None:
+    """Run one stage into `out`. A training stage asked to resume continues from its last checkpoint; one
+    interrupted before its first checkpoint, and every other kind, starts over in a clean directory."""
+    _, run = stage_kind(stage.kind)
+    try:
+        cfg = stage_config(stage)
+        resume = resume and stage.kind in TRAINING_KINDS and _has_checkpoint(out)
+        if not resume and out.exists():
+            shutil.rmtree(out)
+        run(cfg, out, resume)
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(stage.where) else f"{stage.where}: {msg}") from None
 
 
-def _run_sample(stage: Stage, out: Path, resume: bool) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    _run_training(stage, out, resume=False)
-
-
-TOKENIZER_FIELDS = ("corpus", "tasks", "n_per_task", "vocab_size", "seed")
-
-
-def _run_tokenizer(stage: Stage, out: Path, resume: bool) -> None:
-    """`tinyseek tokenizer` with the fields as flags: corpus (a file or list), tasks, n_per_task, vocab_size, seed."""
-    argv = []
-    for k, v in stage.fields.items():
-        if k not in TOKENIZER_FIELDS:
-            raise ConfigError(
-                f"{stage.where}: unknown field {k!r} for a tokenizer stage (known: {', '.join(TOKENIZER_FIELDS)})"
-            )
-        flag = "--" + k.replace("_", "-")
-        if k == "corpus":
-            argv += [flag, *map(str, v if isinstance(v, list) else [v])]
-        else:
-            argv += [flag, ",".join(map(str, v)) if isinstance(v, list) else str(v)]
-    if out.exists():
-        shutil.rmtree(out)
-    rc = _command("tokenizer")(argv + ["--out", str(out)])
-    if rc:
-        raise TinyseekError(f"{stage.where}: tinyseek tokenizer exited with status {rc}")
-
-
-TASKS_FIELDS = {
-    "tasks": ["arithmetic"],
-    "seed": 0,
-    "difficulty": None,
-    "splits": {},
-    "test": 200,
-    "corpus": {},
-    "corpus_difficulty": None,
-    "corpus_format": "plain",
-    "shares": {},
-    "test_seed": 0,
-}
-
-
-def _difficulty(value: Any, where: str) -> Any:
-    """TOML has no tuples: [lo, hi] means the range lo..hi (tinyseek.tasks takes a tuple for that)."""
-    if isinstance(value, list):
-        if len(value) != 2 or not all(isinstance(v, int) for v in value):
-            raise ConfigError(f"{where}: a difficulty range is [lo, hi] (got {value!r})")
-        return tuple(value)
-    return value
-
-
-def role_parts(splits: dict[str, int], shares: dict[str, float], corpus: bool, where: str) -> dict[str, tuple]:
-    """Each role's slice (lo, hi) of the train side: the named splits, and "corpus" when there is one.
-
-    `shares` gives each role its fraction of the train side; by default the splits share it in proportion to
-    their counts, after a fifth for the corpus. A problem's role is decided by its hash alone (see
-    tinyseek.tasks.base), so the roles never share a problem, whatever the seed.
-    """
-    roles = [*splits, *(["corpus"] if corpus else [])]
-    for k, n in splits.items():
-        if n <= 0:
-            raise ConfigError(
-                f"{where}: splits.{k}: an empty split ({n} problems); give it a positive count or drop it"
-            )
-    if shares:
-        extra = sorted(set(shares) - set(roles))
-        if extra:
-            raise ConfigError(f"{where}: shares.{extra[0]}: no such split (splits: {', '.join(roles)})")
-        missing = [k for k in roles if k not in shares]
-        if missing:
-            raise ConfigError(f"{where}: shares.{missing[0]}: every split needs a share when shares are given")
-        frac = {k: float(shares[k]) for k in roles}
-    else:
-        corpus_share = 0.2 if corpus else 0.0
-        total = sum(splits.values())
-        frac = {k: (1 - corpus_share) * n / total for k, n in splits.items()} if total else {}
-        if corpus:
-            frac["corpus"] = corpus_share
-    for k, v in frac.items():
-        if not 0 < v <= 1:
-            raise ConfigError(f"{where}: shares.{k}: must be in (0, 1] (got {v!r}); a role without problems is empty")
-    if sum(frac.values()) > 1 + 1e-9:
-        raise ConfigError(f"{where}: shares: the roles overlap (their shares add up to {sum(frac.values()):g} > 1)")
-    parts, lo = {}, 0.0
-    for k in roles:
-        parts[k] = (lo, min(1.0, lo + frac[k]))
-        lo = parts[k][1]
-    return parts
-
-
-def _run_tasks(stage: Stage, out: Path, resume: bool) -> None:
-    """Problem sets whose roles are disjoint: RUN/tasks/<split>.jsonl per named split, test.jsonl, corpus.txt,
-    roles.json.
-
-    Fields: tasks (names), splits (name -> count of distinct problems), test (count, from the held-out side),
-    seed, difficulty (an int or [lo, hi]), corpus (task -> count: worked problems, prompt + completion, as
-    blank-line separated documents in corpus.txt for the tokenizer and pretraining; drawn with repeats),
-    corpus_difficulty, corpus_format, shares (role -> fraction of the train side; see `role_parts`), test_seed
-    (the held-out draw's own seed, so that every run seed is measured on the same test set). Counts
-    are per task. One hash of each problem decides its role: the held-out side (tinyseek.tasks), then one
-    slice of the train side per split and one for the corpus, so the test set, the corpus and every split
-    are disjoint sets of problems. A split whose slice cannot supply its count raises, naming the split,
-    before anything is written. roles.json records each role's slice and count for the report.
-    """
-    f = {**TASKS_FIELDS, **stage.fields}
-    unknown = set(f) - set(TASKS_FIELDS)
-    if unknown:
+def run_recipe_stage(kind: str, argv: list[str]) -> int | None:
+    """`tinyseek KIND --config RECIPE --out RUN [--quick] [--resume] [--field value ...]`: when --config names a
+    recipe rather than a stage config, the command runs the recipe's one stage of that kind ({run} = RUN, --quick
+    applies its quick fields), the flags over its fields, into RUN. None for any other argv: the command's own."""
+    ap = argparse.ArgumentParser(prog=f"tinyseek {kind}", add_help=False, allow_abbrev=False)
+    ap.add_argument("--config")
+    ap.add_argument("--out")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--resume", action="store_true")
+    a, rest = ap.parse_known_args(argv)
+    if not a.config or not a.out or {"-h", "--help"} & set(rest) or "stage" not in read_file(a.config):
+        return None
+    stages = [s for s in load_recipe(a.config, a.out, quick=a.quick).stages if s.kind == kind]
+    if len(stages) != 1:
         raise ConfigError(
-            f"{stage.where}: unknown field {sorted(unknown)[0]!r} for a tasks stage (known: {', '.join(TASKS_FIELDS)})"
+            f"{a.config}: a recipe given to tinyseek {kind} must hold exactly one {kind} stage (it has {len(stages)})"
         )
-    from tinyseek import tasks as T
-
-    names = f["tasks"] if isinstance(f["tasks"], list) else [f["tasks"]]
-    for n in [*names, *f["corpus"]]:
-        T.get(n, field=f"{stage.where}: tasks")
-    splits: dict[str, int] = {k: int(v) for k, v in f["splits"].items()}
-    if "test" in splits or "corpus" in splits:
-        raise ConfigError(f"{stage.where}: splits: 'test' and 'corpus' are reserved names")
-    parts = role_parts(splits, dict(f["shares"]), bool(f["corpus"]), stage.where)
-    diff = _difficulty(f["difficulty"], f"{stage.where}: difficulty")
-    out_recs: dict[str, list[dict]] = {k: [] for k in splits}
-    test: list[dict] = []
-    for name in names:
-        task = T.get(name)
-        for k, n in splits.items():
-            # distinct problems within a split, too: its interval counts problems, not repeats
-            try:
-                out_recs[k] += task.generate(
-                    n, seed=int(f["seed"]), split="train", difficulty=diff, unique=True, part=parts[k]
-                )
-            except TinyseekError as e:
-                raise ConfigError(f"{stage.where}: splits.{k}: {e}; or give the split a larger share") from None
-        # the held-out set has its own seed: runs with different seeds are measured on the same problems
-        test += task.generate(int(f["test"]), seed=int(f["test_seed"]), split="test", difficulty=diff, unique=True)
-    cdiff = _difficulty(f["corpus_difficulty"], f"{stage.where}: corpus_difficulty")
-    if f["corpus_format"] not in ("plain", "chat"):
-        raise ConfigError(f"{stage.where}: corpus_format must be plain or chat (got {f['corpus_format']!r})")
-    corpus = []
-    if f["corpus"]:
-        try:
-            corpus = T.documents(f["corpus"], int(f["seed"]), "train", f["corpus_format"], cdiff, part=parts["corpus"])
-        except TinyseekError as e:
-            raise ConfigError(f"{stage.where}: corpus: {e}") from None
-    roles = {k: {"part": list(parts[k]), "problems": len(out_recs[k])} for k in splits}
-    if corpus:
-        roles["corpus"] = {"part": list(parts["corpus"]), "documents": len(corpus)}
-    roles["test"] = {"part": "held-out side", "problems": len(test)}
-    with atomic_dir(out) as tmp:
-        for k, recs in out_recs.items():
-            write_jsonl(tmp / f"{k}.jsonl", recs)
-        write_jsonl(tmp / "test.jsonl", test)
-        write_json(tmp / "roles.json", roles)
-        if corpus:
-            (tmp / "corpus.txt").write_text("\n\n".join(corpus) + "\n", encoding="utf-8")
-
-
-EVAL_FIELDS = {
-    "model": None,
-    "data": None,
-    "n": 0,
-    "samples": 8,  # R1's evaluation protocol (DeepSeek-R1 §3.1): k >= 4 samples at T = 0.6, top-p 0.95
-    "temperature": 0.6,
-    "top_p": 0.95,
-    "max_new_tokens": 128,
-    "seed": 0,
-    "greedy": True,
-    "batch": 64,
-    "system": "",
-}
-
-
-def _run_eval(stage: Stage, out: Path, resume: bool) -> None:
-    """K samples per held-out problem (pass@1, pass@k, cons@K with 95% intervals) and greedy -> eval.json.
-
-    Fields: model (checkpoint dir), data (records JSONL, e.g. {run}/tasks/test.jsonl), n (first n records;
-    0 = all), samples (K), temperature, top_p, max_new_tokens, seed (sampling), greedy (also decode at
-    temperature 0), batch (sequences decoded together), system (a system message).
-    eval.json holds tinyseek.evaluate's result for the sampled run, with the greedy run under "greedy".
-    """
-    f = {**EVAL_FIELDS, **stage.fields}
-    unknown = set(f) - set(EVAL_FIELDS)
-    if unknown:
-        raise ConfigError(
-            f"{stage.where}: unknown field {sorted(unknown)[0]!r} for an eval stage (known: {', '.join(EVAL_FIELDS)})"
-        )
-    for k in ("model", "data"):
-        if not f[k]:
-            raise ConfigError(f"{stage.where}: an eval stage needs {k}")
-    from tinyseek import tasks
-    from tinyseek.evaluate import evaluate
-    from tinyseek.inference.load import load_engine
-    from tinyseek.inference.sampling import SamplingParams
-
-    records = tasks.load_records(f["data"])
-    if int(f["n"]) > 0:
-        records = records[: int(f["n"])]
-    samples, batch = int(f["samples"]), int(f["batch"])
-    if samples < 1 or batch < 1:
-        raise ConfigError(f"{stage.where}: samples and batch must be >= 1")
-    engine = load_engine(f["model"], max_batch=max(batch, samples))
-    chunk = max(1, batch // samples)  # problems per generate call: their K samples fill the batch
-    params = SamplingParams(
-        temperature=float(f["temperature"]),
-        top_p=float(f["top_p"]),
-        max_new_tokens=int(f["max_new_tokens"]),
-        seed=int(f["seed"]),
+    cls, run = stage_kind(kind)
+    run(
+        from_dict(cls, overlay(cls, stages[0].fields, parse_overrides(rest)), where=stages[0].where),
+        Path(a.out),
+        a.resume,
     )
-    t0 = time.perf_counter()
-    result = {
-        "model": str(f["model"]),
-        "data": str(f["data"]),
-        "n": len(records),
-        **evaluate(engine, records, samples, params, system=f["system"], chunk=chunk),
-    }
-    gen = sum(sum(p["lengths"]) for p in result["problems"])
-    if f["greedy"]:
-        g = evaluate(
-            engine,
-            records,
-            1,
-            SamplingParams(temperature=0.0, max_new_tokens=int(f["max_new_tokens"]), seed=int(f["seed"])),
-            system=f["system"],
-            keep_text=False,
-            chunk=batch,
-        )
-        gen += sum(sum(p["lengths"]) for p in g["problems"])
-        result["greedy"] = g
-    result["generated_tokens"] = gen
-    result["wall_s"] = round(time.perf_counter() - t0, 3)
-    with atomic_dir(out) as tmp:
-        write_json(tmp / "eval.json", result, indent=1)
-
-
-RUNNERS: dict[str, Callable[[Stage, Path, bool], None]] = {
-    "tasks": _run_tasks,
-    "tokenizer": _run_tokenizer,
-    "pretrain": _run_training,
-    "sft": _run_training,
-    "prm": _run_training,
-    "grpo": _run_training,
-    "distill": _run_training,
-    "sample": _run_sample,
-    "eval": _run_eval,
-}
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -580,11 +328,7 @@ def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = pri
         key = stage.name if recipe.seed is None else f"{stage.name}|{recipe.seed}"
         seed_everything(int(hashlib.sha256(key.encode()).hexdigest()[:8], 16))
         t0 = time.perf_counter()
-        try:
-            RUNNERS[stage.kind](stage, out, resume)
-        except ConfigError as e:
-            msg = str(e)
-            raise ConfigError(msg if msg.startswith(str(recipe.path)) else f"{stage.where}: {msg}") from None
+        run_stage(stage, out, resume)
         wall = time.perf_counter() - t0
         if not out.is_dir():
             raise TinyseekError(f"{stage.where}: the stage finished but wrote no {out}")

@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from tinyseek.config import ConfigError, from_dict
 from tinyseek.errors import TinyseekError
 from tinyseek.io import atomic_file, write_atomic
 from tinyseek.r1 import BOS, CHAT_TEMPLATE, EOS, PAD, SPECIAL_TOKENS, render_chat
@@ -176,10 +178,41 @@ def task_texts(names: list[str], n: int, seed: int = 0) -> list[str]:
     """Prompt + completion text of `n` training problems of each named task (the tokenizer's task corpus)."""
     from tinyseek import tasks
 
-    return tasks.documents({name: n for name in names}, seed, "train", field="--tasks")
+    return tasks.documents({name: n for name in names}, seed, "train", field="tasks")
+
+
+@dataclass
+class TokenizerConfig:
+    """The fields of `tinyseek tokenizer` and of a recipe's tokenizer stage."""
+
+    corpus: list[str] = field(default_factory=list)  # UTF-8 .txt files (paragraphs) or JSONL files with a 'text' field
+    tasks: list[str] = field(default_factory=list)  # task names whose problems and traces are added to the corpus
+    n_per_task: int = 5000  # problems generated per task for tasks
+    vocab_size: int = 4096  # vocabulary size, special tokens included
+    seed: int = 0  # seed of the task problems
+
+    def validate(self) -> None:
+        if not self.corpus and not self.tasks:
+            raise ConfigError("corpus: give corpus files and/or tasks")
+
+
+def run(cfg: TokenizerConfig, out: Path, resume: bool = False) -> Path:
+    """Train the tokenizer and write OUT/tokenizer.json with transformers' config files; returns tokenizer.json's
+    path. A tokenizer trains in seconds: `resume` changes nothing (it trains again)."""
+    texts: list[str] = task_texts(cfg.tasks, cfg.n_per_task, cfg.seed) if cfg.tasks else []
+    from tinyseek.io import text_documents
+
+    lines = [d for f in cfg.corpus for d in text_documents(f)]  # read (and check) every file before anything is written
+    tok = Tokenizer.train(texts + lines, cfg.vocab_size)
+    f = tok.save(out)
+    for name, text in hf_tokenizer_files(f).items():
+        write_atomic(out / name, text)
+    print(f"tokenizer: {tok.vocab_size} tokens -> {f}")
+    return f
 
 
 def cli_tokenizer(argv: list[str]) -> int:
+    d = TokenizerConfig()
     ap = argparse.ArgumentParser(prog="tinyseek tokenizer", description="Train the byte-level BPE tokenizer.")
     ap.add_argument(
         "--corpus", nargs="*", default=[], help="UTF-8 .txt files (paragraphs) or JSONL files with a 'text' field"
@@ -187,26 +220,17 @@ def cli_tokenizer(argv: list[str]) -> int:
     ap.add_argument(
         "--tasks", default="", help="comma-separated task names whose problems and traces are added to the corpus"
     )
-    ap.add_argument("--n-per-task", type=int, default=5000, help="problems generated per task for --tasks")
+    ap.add_argument("--n-per-task", type=int, default=d.n_per_task, help="problems generated per task for --tasks")
     ap.add_argument(
-        "--vocab-size", type=int, default=4096, help=f"vocabulary size, special tokens included (>= {MIN_VOCAB})"
+        "--vocab-size",
+        type=int,
+        default=d.vocab_size,
+        help=f"vocabulary size, special tokens included (>= {MIN_VOCAB})",
     )
-    ap.add_argument("--seed", type=int, default=0, help="seed of the task problems")
+    ap.add_argument("--seed", type=int, default=d.seed, help="seed of the task problems")
     ap.add_argument(
         "--out", required=True, help="directory to write tokenizer.json (+ transformers' config files) into"
     )
     a = ap.parse_args(argv)
-    names = [t for t in a.tasks.split(",") if t]
-    if not a.corpus and not names:
-        raise TinyseekError("give --corpus FILES and/or --tasks NAMES")
-    texts: list[str] = task_texts(names, a.n_per_task, a.seed) if names else []
-    from tinyseek.io import text_documents
-
-    lines = [d for f in a.corpus for d in text_documents(f)]  # read (and check) every file before anything is written
-    tok = Tokenizer.train(texts + lines, a.vocab_size)
-    out = Path(a.out)
-    f = tok.save(out)
-    for name, text in hf_tokenizer_files(f).items():
-        write_atomic(out / name, text)
-    print(f"tokenizer: {tok.vocab_size} tokens -> {f}")
+    run(from_dict(TokenizerConfig, {f.name: getattr(a, f.name) for f in fields(TokenizerConfig)}), Path(a.out))
     return 0

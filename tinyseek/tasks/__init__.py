@@ -9,20 +9,14 @@
 A record is {id, task, prompt, answer (str), solution (a trace ending in the answer), difficulty, ...}
 (countdown adds numbers and target). Train and test sides are decided by a hash of the problem (see base.py),
 so they never share a problem whatever the seed. `difficulty` may be an int, a (lo, hi) range or a list
-(a uniform mix, for curricula). The command `tinyseek tasks [NAME]` lists the tasks or prints samples.
+(a uniform mix, for curricula). The command `tinyseek tasks` (tasks/stage.py) lists the tasks, prints samples
+or writes a run's problem files.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-
 from tinyseek.config import ConfigError
-from tinyseek.errors import TinyseekError
-from tinyseek.io import write_jsonl
-from tinyseek.r1 import completion_text, training_text
+from tinyseek.r1 import training_text
 from tinyseek.tasks.arithmetic import Arithmetic
 from tinyseek.tasks.base import Task
 from tinyseek.tasks.countdown import Countdown
@@ -83,54 +77,3 @@ def load_records(path) -> list[dict]:
     from tinyseek.tasks.userdata import load_records as _load
 
     return _load(path)
-
-
-def cli_tasks(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="tinyseek tasks", description="list the verifiable tasks, or print sample problems"
-    )
-    parser.add_argument("name", nargs="?", help="a task name; without one, list the tasks")
-    parser.add_argument("--n", type=int, default=5, help="how many problems to generate (default 5)")
-    parser.add_argument("--split", default="train", choices=["train", "test"], help="which side of the split")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same problems)")
-    parser.add_argument(
-        "--difficulty", type=str, default=None, help="an int, or LO-HI for a uniform mix (default: the task's)"
-    )
-    parser.add_argument("--unique", action="store_true", help="n distinct problems (error if the split has fewer)")
-    parser.add_argument("--out", default=None, help="write JSONL here (atomically) instead of printing")
-    parser.add_argument("--completion", action="store_true", help="add a `completion` field (R1 format) to each record")
-    parser.add_argument("--text", action="store_true", help="print prompt / trace / answer as plain text, not JSONL")
-    args = parser.parse_args(argv)
-
-    if args.name is None:
-        for name in names():
-            task = get(name)
-            print(f"{name:<16} {task.info()}")
-        return 0
-    difficulty = None
-    if args.difficulty is not None:
-        try:
-            lo, _, hi = args.difficulty.partition("-")
-            difficulty = (int(lo), int(hi)) if hi else int(lo)
-        except ValueError:
-            raise TinyseekError(f"--difficulty: expected an int or LO-HI, got {args.difficulty!r}") from None
-    t0 = time.perf_counter()
-    records = get(args.name).generate(
-        args.n, seed=args.seed, split=args.split, difficulty=difficulty, unique=args.unique
-    )
-    seconds = time.perf_counter() - t0
-    if args.out:
-        write_jsonl(args.out, ({**r, "completion": completion_text(r)} if args.completion else r for r in records))
-        print(
-            f"wrote {len(records)} {args.name} problems ({args.split}) to {args.out} in {seconds:.2f} s",
-            file=sys.stderr,
-        )
-    elif args.text:
-        for rec in records:
-            print(f"# {rec['id']} (difficulty {rec['difficulty']})\n{rec['prompt']}\n{completion_text(rec)}\n")
-    else:
-        for rec in records:
-            if args.completion:
-                rec = {**rec, "completion": completion_text(rec)}
-            print(json.dumps(rec, ensure_ascii=False))
-    return 0

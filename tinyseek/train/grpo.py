@@ -663,6 +663,11 @@ def build_stage(cfg: GrpoConfig, run_dir, resume: bool = False):
     return loop, stage
 
 
+def run(cfg: GrpoConfig, run_dir, resume: bool = False) -> dict:
+    loop, stage = build_stage(cfg, run_dir, resume=resume)
+    return loop.run(stage)
+
+
 def cli_grpo(argv: list[str]) -> int:
     from tinyseek.config import stage_cli
 
@@ -673,6 +678,5 @@ def cli_grpo(argv: list[str]) -> int:
         description="GRPO with rule-based rewards on a tinyseek checkpoint or a transformers "
         "model (a directory, a .gguf file or pkg:PACKAGE/FILE).",
     )
-    loop, stage = build_stage(cfg, run_dir, resume=resume)
-    loop.run(stage)
+    run(cfg, run_dir, resume)
     return 0

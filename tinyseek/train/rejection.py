@@ -16,7 +16,7 @@ output is a directory, to stats.json beside it. It is also R1's input to black-b
 
 Two ways to call it:
     tinyseek sample CKPT --task arithmetic --n 500 --samples 8 --out sft.jsonl [--shortest] [--dedup]
-    tinyseek sample --config stage.toml --out RUN/sample        (the recipe runner: RUN/sample/sft.jsonl)
+    tinyseek sample --config stage.toml --out RUN/sample        (a directory: RUN/sample/sft.jsonl, stats.json)
 """
 
 from __future__ import annotations
@@ -180,11 +180,34 @@ def rejection_sample(cfg: SampleConfig) -> tuple[list[dict], dict]:
     return rows, stats
 
 
+def run(cfg: SampleConfig, out: Path, resume: bool = False) -> dict:
+    """`rejection_sample` -> OUT (a .jsonl file, or a directory: OUT/sft.jsonl and OUT/stats.json); returns the
+    statistics. Sampling runs whole: `resume` changes nothing (it samples again)."""
+    from tinyseek.dist import is_main
+    from tinyseek.io import atomic_dir, write_json, write_jsonl
+
+    rows, stats = rejection_sample(cfg)
+    if not is_main():  # every rank sampled its share; rank 0 writes
+        return stats
+    if out.suffix == ".jsonl":
+        write_jsonl(out, rows)
+        target = out
+    else:
+        with atomic_dir(out) as tmp:
+            write_jsonl(tmp / "sft.jsonl", rows)
+            write_json(tmp / "stats.json", stats)
+        target = out / "sft.jsonl"
+    print(
+        f"sample: kept {stats['rows']} completions for {stats['problems_kept']}/{stats['problems']} problems "
+        f"(acceptance {stats['acceptance']:.1%} of {stats['completions']}) -> {target}"
+    )
+    return stats
+
+
 def cli_sample(argv: list[str]) -> int:
     import argparse
 
     from tinyseek.config import from_dict, read_file
-    from tinyseek.io import atomic_dir, write_json, write_jsonl
 
     ap = argparse.ArgumentParser(
         prog="tinyseek sample",
@@ -192,7 +215,7 @@ def cli_sample(argv: list[str]) -> int:
     )
     ap.add_argument("ckpt", nargs="?", help="checkpoint (tinyseek dir, transformers dir or .gguf) to sample from")
     ap.add_argument(
-        "--config", help="a TOML/JSON file of SampleConfig fields (the recipe runner's form); flags override it"
+        "--config", help="a TOML/JSON file of SampleConfig fields (a recipe's sample stage); flags override it"
     )
     ap.add_argument("--task", help="task name: problems from its train split")
     ap.add_argument("--data", help="a JSONL/Parquet file of records (prompt, answer, ...) instead of --task")
@@ -230,22 +253,5 @@ def cli_sample(argv: list[str]) -> int:
     }
     data.update({k: v for k, v in flags.items() if v is not None})
     cfg = from_dict(SampleConfig, data, where=a.config or "flags")
-    rows, stats = rejection_sample(cfg)
-    from tinyseek.dist import is_main
-
-    if not is_main():  # every rank sampled its share; rank 0 writes
-        return 0
-    out = Path(a.out)
-    if out.suffix == ".jsonl":
-        write_jsonl(out, rows)
-        target = out
-    else:
-        with atomic_dir(out) as tmp:
-            write_jsonl(tmp / "sft.jsonl", rows)
-            write_json(tmp / "stats.json", stats)
-        target = out / "sft.jsonl"
-    print(
-        f"sample: kept {stats['rows']} completions for {stats['problems_kept']}/{stats['problems']} problems "
-        f"(acceptance {stats['acceptance']:.1%} of {stats['completions']}) -> {target}"
-    )
+    run(cfg, Path(a.out))
     return 0
