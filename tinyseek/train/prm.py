@@ -417,6 +417,7 @@ def run(cfg: PrmConfig, run_dir: Path, resume: bool = False) -> dict:
         "score": "sigmoid(score_head([hidden, token log-prob, lowest log-prob so far])) at each step's last token",
         "trunk_trained": cfg.train_trunk,
     }
+    # prm.json carries the compute spent so far: a GRPO run scoring with this PRM counts it in its own cost
     loop = Loop(
         cfg,
         model,
@@ -426,12 +427,11 @@ def run(cfg: PrmConfig, run_dir: Path, resume: bool = False) -> dict:
         resume=resume,
         stage_name="prm",
         seq_len=cfg.seq_len,
+        save_model=lambda m, out, tf=None, trainer_state=None: save_prm(
+            m, out, tf, trainer_state, {**meta, "train_flops": loop.flops, "train_steps": loop.step}
+        ),
     )
     loop.flops_per_token = train_flops_per_token(model.cfg, cfg.seq_len, cfg.train_trunk)
-    # prm.json carries the compute spent so far: a GRPO run scoring with this PRM counts it in its own cost
-    loop.save_model = lambda m, out, tf=None, trainer_state=None: save_prm(
-        m, out, tf, trainer_state, {**meta, "train_flops": loop.flops, "train_steps": loop.step}
-    )
     return loop.run(PrmStage(cfg, tok, train, heldout))
 
 
