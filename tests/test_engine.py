@@ -8,7 +8,7 @@ from conftest import tiny_llama
 
 import tinyseek.model as model_mod
 from tinyseek.config import ModelConfig
-from tinyseek.engine import Engine, PromptCache
+from tinyseek.engine import Engine, PromptRows
 from tinyseek.errors import TinyseekError
 from tinyseek.model import Transformer
 from tinyseek.sampling import SamplingParams
@@ -322,7 +322,7 @@ def test_prompt_cache_round_trip(model):
     rid = eng.add_request(PROMPTS[0], p, capture_prompt_cache=True)
     first = eng.step()
     pc = next(e for e in first if e.rid == rid).prompt_cache
-    assert isinstance(pc, PromptCache) and pc.n == len(PROMPTS[0]) and pc.nbytes > 0
+    assert isinstance(pc, PromptRows) and pc.n == len(PROMPTS[0]) and pc.nbytes > 0
     assert eng.prompt_cache(rid) is pc
     while eng.has_unfinished():
         eng.step()

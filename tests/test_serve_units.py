@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from tinyseek.errors import TinyseekError
 from tinyseek.serve.app import RateLimiter, _is_loopback, cli_serve
 from tinyseek.serve.ledger import ApiKeys, Ledger, Prices, cli_usage, key_digest, key_id
-from tinyseek.serve.prefix_cache import PrefixCache
+from tinyseek.serve.prefix_cache import BlockCache
 from tinyseek.serve.reasoning import CONTENT, REASONING, ReasoningSplitter, reasoning_tokens
 from tinyseek.tokenizer import Tokenizer
 
@@ -33,7 +33,7 @@ def rows_for(ids, width=3):
 
 
 def test_prefix_cache_hits_whole_blocks_and_leaves_the_last_token():
-    pc = PrefixCache(block_size=4, budget_bytes=1 << 20)
+    pc = BlockCache(block_size=4, budget_bytes=1 << 20)
     ids = list(range(10))  # blocks [0..3] [4..7], 2 tokens left over
     assert pc.insert(ids, rows_for(ids)) == 2
     hit = pc.lookup(ids)
@@ -56,7 +56,7 @@ def test_prefix_cache_against_a_brute_force_reference(ops, budget):
     the longest block-aligned prefix shared with an inserted prompt, equals it while nothing was evicted,
     and always returns exactly the rows of those tokens; the byte budget always holds."""
     bs = 2
-    pc = PrefixCache(block_size=bs, budget_bytes=budget)
+    pc = BlockCache(block_size=bs, budget_bytes=budget)
     inserted: list[list[int]] = []
     for is_insert, ids in ops:
         if is_insert:
@@ -81,7 +81,7 @@ def test_prefix_cache_against_a_brute_force_reference(ops, budget):
 
 def test_prefix_cache_lru_eviction_under_a_byte_budget():
     block_bytes = 4 * 3 * 4  # 4 tokens x width 3 x float32
-    pc = PrefixCache(block_size=4, budget_bytes=3 * block_bytes)
+    pc = BlockCache(block_size=4, budget_bytes=3 * block_bytes)
     a, b = list(range(100, 109)), list(range(200, 209))
     pc.insert(a, rows_for(a))  # 2 blocks
     assert pc.nbytes == 2 * block_bytes
@@ -98,7 +98,7 @@ def test_prefix_cache_lru_eviction_under_a_byte_budget():
 def test_prefix_cache_served_rows_give_the_same_greedy_tokens_as_a_fresh_prefill(one_thread):
     """The fast path (rows from the cache) against the reference (no cache) on a random nano model."""
     from tinyseek.config import ModelConfig
-    from tinyseek.engine import Engine, PromptCache, SamplingParams
+    from tinyseek.engine import Engine, PromptRows, SamplingParams
     from tinyseek.model import Transformer
 
     torch.manual_seed(0)
@@ -107,7 +107,7 @@ def test_prefix_cache_served_rows_give_the_same_greedy_tokens_as_a_fresh_prefill
     shared = torch.randint(0, 256, (40,), generator=g).tolist()
     prompts = [shared + torch.randint(0, 256, (k,), generator=g).tolist() for k in (1, 5, 17)]
     params = SamplingParams(max_new_tokens=12, temperature=0.0)
-    pc = PrefixCache(block_size=8)
+    pc = BlockCache(block_size=8)
     eng = Engine(model, max_batch=2)
     rid = eng.add_request(prompts[0], params, capture_prompt_cache=True)
     while eng.has_unfinished():
@@ -118,7 +118,7 @@ def test_prefix_cache_served_rows_give_the_same_greedy_tokens_as_a_fresh_prefill
     for p in prompts[1:]:
         hit = pc.lookup(p)
         assert hit.n_tokens == 40
-        rid = eng.add_request(p, params, prefix=PromptCache(tuple(p[:40]), hit.tensors))
+        rid = eng.add_request(p, params, prefix=PromptRows(tuple(p[:40]), hit.tensors))
         while eng.has_unfinished():
             eng.step()
         cached = eng.collect(rid).token_ids

@@ -60,7 +60,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tinyseek.errors import TinyseekError
 from tinyseek.r1 import THINK, THINK_END
 from tinyseek.serve.ledger import ApiKeys, Ledger, Prices, key_id
-from tinyseek.serve.prefix_cache import PrefixCache
+from tinyseek.serve.prefix_cache import BlockCache
 from tinyseek.serve.protocol import (
     APIError,
     ChatRequest,
@@ -164,7 +164,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
     The scheduler thread starts with the app (lifespan) and stops with it.
     """
     ctx_len = cfg.context_len or int(getattr(engine, "max_len", 0) or engine.model.cfg.max_seq_len)
-    cache = PrefixCache(cfg.cache_block, int(cfg.cache_budget_mb * (1 << 20))) if cfg.prefix_cache else None
+    cache = BlockCache(cfg.cache_block, int(cfg.cache_budget_mb * (1 << 20))) if cfg.prefix_cache else None
     sched = Scheduler(engine, cache, max_queue=cfg.max_queue)
     limiter = RateLimiter(cfg.rate_limit)
     ledger = ledger if ledger is not None else Ledger(cfg.db, cfg.prices)
@@ -277,7 +277,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 call.finish[i] = reason
             yield i, pieces, reason
 
-    def build_jobs(req: ChatRequest, loop) -> tuple[list[int], list[Job], asyncio.Queue, int]:
+    def build_jobs(req: ChatRequest, event_loop) -> tuple[list[int], list[Job], asyncio.Queue, int]:
         from tinyseek.inference.sampling import SamplingParams, derive_seed
 
         if req.model not in model_names:
@@ -319,7 +319,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 stop_strings=tuple(req.stop_list()),
                 seed=seed,
             )
-            jobs.append(Job(prompt, params, queue, loop, index=i, use_cache=cache is not None))
+            jobs.append(Job(prompt, params, queue, event_loop, index=i, use_cache=cache is not None))
         return prompt, jobs, queue, max_tokens
 
     def admit(request: Request, kid: str, jobs: list[Job]) -> None:
@@ -520,7 +520,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
         app.post(path, openapi_extra=chat_body, response_model=None)(chat_completions)
 
     # -- completions on token ids, and weight updates: an inference server for RL (train/rollout.py) --------
-    def build_completion_jobs(req: CompletionRequest, loop) -> tuple[list[list[int]], list[Job], asyncio.Queue]:
+    def build_completion_jobs(req: CompletionRequest, event_loop) -> tuple[list[list[int]], list[Job], asyncio.Queue]:
         from tinyseek.inference.sampling import SamplingParams, derive_seed
 
         if req.model not in model_names:
@@ -564,7 +564,7 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                     )
                 except TinyseekError as e:
                     raise APIError(422, str(e), code="invalid_value") from None
-                jobs.append(Job(ids, params, queue, loop, index=i * req.n + j, use_cache=cache is not None))
+                jobs.append(Job(ids, params, queue, event_loop, index=i * req.n + j, use_cache=cache is not None))
         return prompts, jobs, queue
 
     async def completions(request: Request):
