@@ -32,7 +32,8 @@ import torch  # noqa: E402
 from tinyseek.config import ModelConfig  # noqa: E402
 from tinyseek.engine import Engine, SamplingParams  # noqa: E402
 from tinyseek.model import Transformer  # noqa: E402
-from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread  # noqa: E402
+from tinyseek.serve.app import ServeConfig, create_app  # noqa: E402
+from tinyseek.serve.cli import serve_in_thread  # noqa: E402
 from tinyseek.tokenizer import Tokenizer  # noqa: E402
 
 WORDS = "the model thinks about a sum then answers with one number and a short check of its work".split()

@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinyseek.errors import TinyseekError
-from tinyseek.serve.app import RateLimiter, _is_loopback, cli_serve
+from tinyseek.serve.app import RateLimiter
+from tinyseek.serve.cli import _is_loopback, cli_serve
 from tinyseek.serve.ledger import ApiKeys, Ledger, Prices, cli_usage, key_digest, key_id
 from tinyseek.serve.prefix_cache import BlockCache
 from tinyseek.serve.reasoning import CONTENT, REASONING, ReasoningSplitter, reasoning_tokens
