@@ -33,7 +33,8 @@ from tinyseek.config import ModelConfig  # noqa: E402
 from tinyseek.inference.engine import Engine  # noqa: E402
 from tinyseek.inference.sampling import SamplingParams  # noqa: E402
 from tinyseek.model import Transformer  # noqa: E402
-from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread  # noqa: E402
+from tinyseek.serve.app import ServeConfig, create_app  # noqa: E402
+from tinyseek.serve.cli import serve_in_thread  # noqa: E402
 from tinyseek.tokenizer import Tokenizer  # noqa: E402
 
 WORDS = "the model thinks about a sum then answers with one number and a short check of its work".split()

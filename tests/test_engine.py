@@ -11,7 +11,7 @@ from tinyseek.config import ModelConfig
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.engine import Engine
 from tinyseek.inference.sampling import SamplingParams
-from tinyseek.inference.sequence import PromptCache
+from tinyseek.inference.sequence import PromptRows
 from tinyseek.model import Transformer
 
 PROMPTS = [[5, 9, 17, 3, 44, 21, 8], [100, 7], [31, 32, 33, 34], [250]]
@@ -323,7 +323,7 @@ def test_prompt_cache_round_trip(model):
     rid = eng.add_request(PROMPTS[0], p, capture_prompt_cache=True)
     first = eng.step()
     pc = next(e for e in first if e.rid == rid).prompt_cache
-    assert isinstance(pc, PromptCache) and pc.n == len(PROMPTS[0]) and pc.nbytes > 0
+    assert isinstance(pc, PromptRows) and pc.n == len(PROMPTS[0]) and pc.nbytes > 0
     assert eng.prompt_cache(rid) is pc
     while eng.has_unfinished():
         eng.step()

@@ -13,7 +13,8 @@ import torch
 
 from tinyseek.checkpoint import load_model, read_weights
 from tinyseek.inference.engine import Engine
-from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread
+from tinyseek.serve.app import ServeConfig, create_app
+from tinyseek.serve.cli import serve_in_thread
 from tinyseek.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops, one torch thread

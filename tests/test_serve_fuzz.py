@@ -9,7 +9,8 @@ import pytest
 
 from tinyseek.checkpoint import load_model
 from tinyseek.inference.engine import Engine
-from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread
+from tinyseek.serve.app import ServeConfig, create_app
+from tinyseek.serve.cli import serve_in_thread
 from tinyseek.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.timeout(300)

@@ -27,7 +27,8 @@ from conftest import R1_CHATS
 
 from tinyseek.checkpoint import load_model
 from tinyseek.inference.engine import Engine
-from tinyseek.serve.app import ServeConfig, create_app, serve_in_thread
+from tinyseek.serve.app import ServeConfig, create_app
+from tinyseek.serve.cli import serve_in_thread
 from tinyseek.tokenizer import Tokenizer
 
 SOAK_S = 75.0

@@ -1,14 +1,17 @@
 """`tinyseek serve` parts on their own: the prefix cache, the reasoning splitter, the ledger and
-`tinyseek usage`, the rate limiter, the loopback rule, and the `tinyseek serve` command as a process."""
+`tinyseek usage`, the rate limiter, the app's pieces (jobs from a request, the consumer, billing, admission), the
+loopback rule, and the `tinyseek serve` command as a process."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -17,10 +20,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinyseek.errors import TinyseekError
-from tinyseek.serve.app import RateLimiter, _is_loopback, cli_serve
+from tinyseek.inference.sampling import SamplingParams, derive_seed
+from tinyseek.serve.app import (
+    Call,
+    RateLimiter,
+    ServeConfig,
+    Service,
+    _ClientGone,
+    consume,
+    reasoning_deltas,
+    sampling_params,
+)
+from tinyseek.serve.cli import _is_loopback, cli_serve
 from tinyseek.serve.ledger import ApiKeys, Ledger, Prices, cli_usage, key_digest, key_id
-from tinyseek.serve.prefix_cache import PrefixCache
+from tinyseek.serve.prefix_cache import BlockCache
+from tinyseek.serve.protocol import APIError, ChatRequest, CompletionRequest
 from tinyseek.serve.reasoning import CONTENT, REASONING, ReasoningSplitter, reasoning_tokens
+from tinyseek.serve.scheduler import Job
 from tinyseek.tokenizer import Tokenizer
 
 # -- prefix cache --------------------------------------------------------------------------------
@@ -33,7 +49,7 @@ def rows_for(ids, width=3):
 
 
 def test_prefix_cache_hits_whole_blocks_and_leaves_the_last_token():
-    pc = PrefixCache(block_size=4, budget_bytes=1 << 20)
+    pc = BlockCache(block_size=4, budget_bytes=1 << 20)
     ids = list(range(10))  # blocks [0..3] [4..7], 2 tokens left over
     assert pc.insert(ids, rows_for(ids)) == 2
     hit = pc.lookup(ids)
@@ -56,7 +72,7 @@ def test_prefix_cache_against_a_brute_force_reference(ops, budget):
     the longest block-aligned prefix shared with an inserted prompt, equals it while nothing was evicted,
     and always returns exactly the rows of those tokens; the byte budget always holds."""
     bs = 2
-    pc = PrefixCache(block_size=bs, budget_bytes=budget)
+    pc = BlockCache(block_size=bs, budget_bytes=budget)
     inserted: list[list[int]] = []
     for is_insert, ids in ops:
         if is_insert:
@@ -81,7 +97,7 @@ def test_prefix_cache_against_a_brute_force_reference(ops, budget):
 
 def test_prefix_cache_lru_eviction_under_a_byte_budget():
     block_bytes = 4 * 3 * 4  # 4 tokens x width 3 x float32
-    pc = PrefixCache(block_size=4, budget_bytes=3 * block_bytes)
+    pc = BlockCache(block_size=4, budget_bytes=3 * block_bytes)
     a, b = list(range(100, 109)), list(range(200, 209))
     pc.insert(a, rows_for(a))  # 2 blocks
     assert pc.nbytes == 2 * block_bytes
@@ -100,7 +116,7 @@ def test_prefix_cache_served_rows_give_the_same_greedy_tokens_as_a_fresh_prefill
     from tinyseek.config import ModelConfig
     from tinyseek.inference.engine import Engine
     from tinyseek.inference.sampling import SamplingParams
-    from tinyseek.inference.sequence import PromptCache
+    from tinyseek.inference.sequence import PromptRows
     from tinyseek.model import Transformer
 
     torch.manual_seed(0)
@@ -109,7 +125,7 @@ def test_prefix_cache_served_rows_give_the_same_greedy_tokens_as_a_fresh_prefill
     shared = torch.randint(0, 256, (40,), generator=g).tolist()
     prompts = [shared + torch.randint(0, 256, (k,), generator=g).tolist() for k in (1, 5, 17)]
     params = SamplingParams(max_new_tokens=12, temperature=0.0)
-    pc = PrefixCache(block_size=8)
+    pc = BlockCache(block_size=8)
     eng = Engine(model, max_batch=2)
     rid = eng.add_request(prompts[0], params, capture_prompt_cache=True)
     while eng.has_unfinished():
@@ -120,7 +136,7 @@ def test_prefix_cache_served_rows_give_the_same_greedy_tokens_as_a_fresh_prefill
     for p in prompts[1:]:
         hit = pc.lookup(p)
         assert hit.n_tokens == 40
-        rid = eng.add_request(p, params, prefix=PromptCache(tuple(p[:40]), hit.tensors))
+        rid = eng.add_request(p, params, prefix=PromptRows(tuple(p[:40]), hit.tensors))
         while eng.has_unfinished():
             eng.step()
         cached = eng.collect(rid).token_ids
@@ -272,6 +288,166 @@ def test_rate_limiter_sliding_window():
     assert rl.check("other", now=2.0) == 0
     assert rl.check("k", now=60.5) == 0  # the first request left the window
     assert RateLimiter(0).check("k") == 0
+
+
+# -- the app's pieces, each alone (no server, no model) -------------------------------------------
+
+
+def service(tok, tmp_path, **cfg) -> Service:
+    """A `Service` over a stand-in engine: a 48-token context; nothing here runs the model."""
+    engine = SimpleNamespace(max_len=48, max_batch=4, cfg=SimpleNamespace(vocab_size=tok.vocab_size))
+    return Service(engine, tok, ServeConfig(db=str(tmp_path / "usage.sqlite"), **cfg))
+
+
+def call_of(prompts, n, outputs=None, cached=None) -> Call:
+    """A call whose choice c generated outputs[c] (then finished), with cached[c] prompt tokens from the cache."""
+    jobs = [Job(prompts[c // n], SamplingParams(), None, None, index=c) for c in range(len(prompts) * n)]
+    for c, job in enumerate(jobs):
+        if outputs is not None:
+            job.token_ids, job.done = list(outputs[c]), True
+        job.cached_tokens = cached[c] if cached else 0
+    return Call("key-x", "cmpl-1", prompts, n, jobs, asyncio.Queue())
+
+
+def test_build_call_makes_n_jobs_a_prompt_each_choice_seeded_by_its_index(tok, tmp_path):
+    svc = service(tok, tmp_path)
+    req = CompletionRequest(model="tinyseek", prompt=[[1, 2], [3]], n=2, seed=5, temperature=0.5, stop="x")
+    call = svc.build_call("k", "cmpl-1", [[1, 2], [3]], req, 7, None, top_k=3)
+    assert [(j.index, j.prompt_ids) for j in call.jobs] == [(0, [1, 2]), (1, [1, 2]), (2, [3]), (3, [3])]
+    assert [j.params.seed for j in call.jobs] == [derive_seed(5, c) for c in range(4)]
+    assert len({j.params.seed for j in call.jobs}) == 4  # copies of one prompt sample independently
+    for j in call.jobs:
+        p = j.params
+        assert (p.max_new_tokens, p.temperature, p.top_p, p.top_k, p.stop_strings) == (7, 0.5, 1.0, 3, ("x",))
+        assert j.queue is call.queue and j.use_cache and not j.token_ids
+    assert call.finish == [None] * 4 and call.usage is None
+    # the chat endpoint reads the fields both share the same way: choice 1 of either samples alike
+    chat = ChatRequest(model="tinyseek", messages=[{"role": "user", "content": "hi"}], n=2, seed=5, temperature=0.5,
+                       stop="x")  # fmt: skip
+    assert sampling_params(chat, 7, 1) == sampling_params(req, 7, 1)
+    assert sampling_params(chat, 7, 1, presence_penalty=0.5).presence_penalty == 0.5
+    with pytest.raises(APIError) as e:  # what the sampler refuses is the client's doing: 422, not a 500
+        sampling_params(req, 7, 0, top_k=-2)
+    assert e.value.status == 422 and "top_k" in e.value.message
+
+
+def test_prompts_from_a_request_and_their_context_checks(tok, tmp_path):
+    svc = service(tok, tmp_path, default_max_tokens=8)
+    msgs = [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hello world"}]
+    prompt, max_tokens = svc.chat_prompt(ChatRequest(model="tinyseek", messages=msgs))
+    as_system = [{"role": "system", "content": "be brief"}, msgs[1]]
+    assert prompt == tok.encode(tok.chat(as_system, add_generation_prompt=True)) and max_tokens == 8
+    _, max_tokens = svc.chat_prompt(ChatRequest(model="tinyseek", messages=msgs, max_completion_tokens=3))
+    assert max_tokens == 3
+    with pytest.raises(APIError) as e:
+        svc.chat_prompt(ChatRequest(model="tinyseek", messages=msgs, max_tokens=48))
+    assert (e.value.status, e.value.code) == (400, "context_length_exceeded") and "48 tokens" in e.value.message
+    for prompt, ids in (
+        ("hello", [tok.encode("hello", add_special=True)]),
+        ([1, 2], [[1, 2]]),
+        ([[1], [2]], [[1], [2]]),
+    ):
+        assert svc.completion_prompts(CompletionRequest(model="tinyseek", prompt=prompt, max_tokens=4)) == ids
+    for prompt, status in (([[1, tok.vocab_size]], 422), ([[1] * 45], 400)):
+        with pytest.raises(APIError) as e:
+            svc.completion_prompts(CompletionRequest(model="tinyseek", prompt=prompt, max_tokens=4))
+        assert e.value.status == status and e.value.message.startswith("prompt[0]:")
+    svc.check_model("deepseek-reasoner")  # an alias is served
+    with pytest.raises(APIError) as e:
+        svc.check_model("gpt-4")
+    assert (e.value.status, e.value.code) == (404, "model_not_found")
+
+
+def test_the_consumer_turns_engine_events_into_reasoning_and_content_deltas():
+    events = [
+        (0, "step", ("<think>\nAdd 2", None)),
+        (1, "step", ("Hi", None)),
+        (0, "step", (" and 3.\n</think>\n<ans", None)),
+        (1, "step", ("", None)),
+        (0, "step", ("wer>5</answer>", "stop")),
+        (0, "step", ("late", None)),  # nothing after a choice's last event counts
+        (1, "step", (" there", "length")),
+    ]
+
+    async def run():
+        call = call_of([[1, 2]], 2)
+        for e in events:
+            call.queue.put_nowait(e)
+        splitters = [ReasoningSplitter() for _ in call.jobs]
+        return call, splitters, [d async for d in reasoning_deltas(call, splitters)]
+
+    call, splitters, deltas = asyncio.run(run())
+    assert deltas == [
+        (0, [(REASONING, "Add 2")], None),
+        (1, [(CONTENT, "Hi")], None),
+        (0, [(REASONING, " and 3.")], None),
+        (1, [], None),
+        (0, [(CONTENT, "5")], "stop"),
+        (1, [(CONTENT, " there")], "length"),
+    ]
+    assert call.finish == ["stop", "length"] and call.queue.empty()
+    assert [sp.result() for sp in splitters] == [("Add 2 and 3.", "5"), (None, "Hi there")]
+
+
+def test_the_consumer_raises_on_an_engine_error_and_on_a_client_that_left():
+    async def run(events, disconnected=None):
+        call = call_of([[1, 2]], 1)
+        for e in events:
+            call.queue.put_nowait(e)
+        return [d async for d in consume(call, disconnected)]
+
+    assert asyncio.run(run([(0, "step", ("a", None)), (0, "step", ("b", "stop"))])) == [
+        (0, "a", None),
+        (0, "b", "stop"),
+    ]
+    with pytest.raises(APIError) as e:
+        asyncio.run(run([(0, "step", ("a", None)), (0, "error", "engine error: boom")]))
+    assert (e.value.status, e.value.code, e.value.message) == (500, "engine_error", "engine error: boom")
+
+    async def gone():
+        return True
+
+    with pytest.raises(_ClientGone):  # polled while no event comes
+        asyncio.run(run([(0, "step", ("a", None))], gone))
+
+
+def test_billing_a_finished_call_counts_once_and_records_what_it_returns(tok, tmp_path):
+    svc = service(tok, tmp_path)
+    think, end, eos = tok.token_id("<think>"), tok.token_id("</think>"), tok.eos_id
+    outputs = [[think, 7, end, 8, eos], [9, 10], [think, 7, 7], []]  # choice 2 still reasoning at its last token
+    call = call_of([[1, 2, 3, 4, 5, 6], [1, 2, 3]], 2, outputs, cached=[4, 4, 2, 0])
+    svc.close(call)  # every choice is done: billed at once
+    usage = {
+        "prompt_tokens": 9,  # each prompt once, whatever n
+        "completion_tokens": 10,
+        "total_tokens": 19,
+        "prompt_cache_hit_tokens": 6,  # each prompt's first choice: 4 + 2
+        "prompt_cache_miss_tokens": 3,
+        "prompt_tokens_details": {"cached_tokens": 6},
+        "completion_tokens_details": {"reasoning_tokens": 6},  # through </think> (3), or all while reasoning (3)
+    }
+    assert call.usage == usage
+    assert svc.bill(call) is call.usage  # the same numbers again, not billed twice
+    (row,) = svc.ledger.totals("key-x")
+    assert row["requests"] == 1
+    assert {k: row[k] for k in ("prompt_cache_hit_tokens", "prompt_cache_miss_tokens", "completion_tokens")} == {
+        "prompt_cache_hit_tokens": 6,
+        "prompt_cache_miss_tokens": 3,
+        "completion_tokens": 10,
+    }
+    assert row["reasoning_tokens"] == 6
+
+
+def test_admission_counts_the_rate_then_queues_the_jobs(tok, tmp_path):
+    svc = service(tok, tmp_path, rate_limit=1, max_queue=2)
+    svc.admit("key-a", call_of([[1]], 2).jobs)
+    with pytest.raises(APIError) as e:
+        svc.admit("key-a", call_of([[1]], 1).jobs)
+    assert (e.value.status, e.value.code) == (429, "rate_limit_exceeded") and int(e.value.headers["Retry-After"]) >= 1
+    with pytest.raises(APIError) as e:  # another key is within its rate, but the queue holds two jobs already
+        svc.admit("key-b", call_of([[1]], 1).jobs)
+    assert (e.value.status, e.value.headers) == (503, {"Retry-After": "1"})
+    assert svc.scheduler.load()["waiting"] == 2
 
 
 # -- the command ------------------------------------------------------------------------------------

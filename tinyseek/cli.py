@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "generate": ("tinyseek.chat:cli_generate", "generate text from a prompt (streams to the console)"),
     "chat": ("tinyseek.chat:cli_chat", "interactive multi-turn chat"),
-    "serve": ("tinyseek.serve.app:cli_serve", "DeepSeek/OpenAI-compatible HTTP API and chat page"),
+    "serve": ("tinyseek.serve.cli:cli_serve", "DeepSeek/OpenAI-compatible HTTP API and chat page"),
     "usage": ("tinyseek.serve.ledger:cli_usage", "usage totals per key and day from a server's ledger"),
     "run": ("tinyseek.recipe:cli_run", "run a recipe (a TOML list of stages) into a run directory"),
     "report": ("tinyseek.report:cli_report", "write the report card (JSON, Markdown, plots) for a run"),

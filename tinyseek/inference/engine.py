@@ -50,7 +50,7 @@ back past what it rejected. Greedy output is identical to plain decoding; `engin
 stats["drafted"]` is the acceptance rate.
 
 Prefix caching (the server's): `add_request(..., capture_prompt_cache=True)` hands back the prompt's cache
-rows as a `PromptCache`, and a later `add_request(..., prefix=pc)` writes them into its row so that only the
+rows as a `PromptRows`, and a later `add_request(..., prefix=pc)` writes them into its row so that only the
 rest of its prompt is prefilled (see `add_request`).
 
 Reference path: `Engine(..., recompute=True)` runs the full sequence through the model without a cache
@@ -71,7 +71,7 @@ import torch
 
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.sampling import BatchParams, SamplingParams, derive_seed, sample
-from tinyseek.inference.sequence import Completion, PromptCache, Seq
+from tinyseek.inference.sequence import Completion, PromptRows, Seq
 
 
 @dataclass
@@ -83,7 +83,7 @@ class StepEvent:
     logprobs: list[float] | None
     text: str = ""  # new text since the last event (streaming; "" without a tokenizer)
     finish_reason: str | None = None
-    prompt_cache: PromptCache | None = None
+    prompt_cache: PromptRows | None = None
 
 
 def _chain_draft(mtp_step, h_mtp: torch.Tensor, tok: torch.Tensor, cache, rows: torch.Tensor, i: int, length: int):
@@ -197,14 +197,14 @@ class Engine:
         self,
         prompt_ids: list[int],
         params: SamplingParams | None = None,
-        prefix: PromptCache | None = None,
+        prefix: PromptRows | None = None,
         capture_prompt_cache: bool = False,
         stream: bool = True,
     ) -> int:
         """Queue one sequence; returns its request id.
 
         `capture_prompt_cache=True`: once the prompt is prefilled, its cache rows are copied out into a
-        `PromptCache`: the token ids and one tensor per `KVCache` buffer (`cache._tensors()`, main layers then MTP
+        `PromptRows`: the token ids and one tensor per `KVCache` buffer (`cache._tensors()`, main layers then MTP
         layers), each `[n, ...]` — for absorbed MLA one `[n, kv_lora_rank + qk_rope_head_dim]` latent-and-RoPE-key
         buffer per layer. It arrives on the request's first `StepEvent.prompt_cache` and stays readable through
         `prompt_cache(rid)` until collected. While speculating, the capture happens after the MTP layers' rows are
@@ -258,7 +258,7 @@ class Engine:
             self.waiting.append(group[i : i + self.max_batch])
         return [s.rid for s in group]
 
-    def _check_prefix(self, prefix: PromptCache, prompt: list[int]) -> None:
+    def _check_prefix(self, prefix: PromptRows, prompt: list[int]) -> None:
         if tuple(prompt[: prefix.n]) != tuple(prefix.token_ids):
             raise TinyseekError(f"prefix: its {prefix.n} token ids are not a prefix of the prompt")
         mine = self.cache._tensors()
@@ -280,7 +280,7 @@ class Engine:
         self._retire(s)
         return self.collect(rid)
 
-    def prompt_cache(self, rid: int) -> PromptCache | None:
+    def prompt_cache(self, rid: int) -> PromptRows | None:
         s = self.seqs.get(rid)
         return None if s is None else s.prompt_cache
 
@@ -445,7 +445,7 @@ class Engine:
             head = grp[0]
             if head.capture:
                 n = len(head.prompt)
-                pc = PromptCache(tuple(head.prompt[:n]), [x[head.row, :n].clone() for x in self.cache._tensors()])
+                pc = PromptRows(tuple(head.prompt[:n]), [x[head.row, :n].clone() for x in self.cache._tensors()])
                 for s in grp:
                     s.prompt_cache = pc
         self._emit(members, [[t] for t in toks], [[x] for x in lps] if lps is not None else None, events)

@@ -38,8 +38,8 @@ class Completion:
 
 
 @dataclass
-class PromptCache:
-    """The cached state of the first n tokens of a prompt, one tensor per KVCache tensor, each [n, ...]."""
+class PromptRows:
+    """A prompt's first n token ids and their KV-cache rows, one tensor per KVCache tensor, each [n, ...]."""
 
     token_ids: tuple[int, ...]
     tensors: list[torch.Tensor]
@@ -62,7 +62,7 @@ class Seq:
     params: SamplingParams
     seed: int
     stream: bool = True  # keep the text up to date for streaming (`delta`)
-    prefix: PromptCache | None = None
+    prefix: PromptRows | None = None
     capture: bool = False
     group: int = 0  # sequences of one group share a prefill
     row: int = -1
@@ -72,7 +72,7 @@ class Seq:
     draft: list[int] = field(default_factory=list)  # speculative: the MTP's guesses for the tokens after `pending`
     finish: str | None = None
     budget: int = 0  # max new tokens after capping at the cache length
-    prompt_cache: PromptCache | None = None
+    prompt_cache: PromptRows | None = None
     text: str = ""  # the output text so far, whole characters only (kept while streaming or matching stop strings)
     sent: int = 0  # characters of text already streamed
     _prefix: int = 0  # incremental decoding: out[_prefix:_read] is the window decoded last

@@ -1,4 +1,4 @@
-"""The HTTP API: DeepSeek/OpenAI-compatible chat completions, the chat page, and `tinyseek serve`.
+"""The HTTP API: DeepSeek/OpenAI-compatible chat completions, completions on token ids, and the chat page.
 
 Endpoints
 - `POST /v1/chat/completions` (also `/chat/completions`): see `protocol.ChatRequest`. Non-streaming
@@ -19,16 +19,22 @@ Endpoints
 
 Stop strings (`stop`) go to the engine with the other sampling parameters and are matched on the
 completion's text as generated (the R1 tags included): the engine ends a choice in the step whose token
-completes one, and never streams the stop string. One consumer (`consume`) reads a request's engine events
-for the streaming and the non-streaming answer alike.
+completes one, and never streams the stop string.
+
+One request, either endpoint: a `Service` handler authenticates the caller, reads and validates the body,
+checks the model, builds the prompt(s) and a `Call` holding one `scheduler.Job` per choice (`sampling_params`)
+and admits the jobs (rate limit, queue). One consumer (`consume`) reads a call's engine events for the chat
+stream, the chat answer and the completions answer alike; `Service.close` frees the slots and bills once
+however the response ends. `create_app` only wires the routes to the handlers.
 
 Usage. `prompt_tokens` counts the prompt once whatever `n`; `prompt_cache_hit_tokens` are the prompt
 tokens whose attention rows came from the prefix cache for the first choice (the others are misses);
 `completion_tokens` sums every token the engine generated for the choices (the end-of-sentence token
 included; for a client that left, up to the step that stopped its rows);
 `completion_tokens_details.reasoning_tokens` sums the tokens from each completion's start through
-`</think>`. `bill` computes these once per request, when no choice can produce another token, and records
-them in the ledger: the numbers a response or a stream's usage chunk shows are the ones billed.
+`</think>`. `Service.bill` computes these once per request, when no choice can produce another token, and
+records them in the ledger: the numbers a response or a stream's usage chunk shows are the ones billed
+(`/v1/completions` shows OpenAI's three: prompt, completion and total tokens; each prompt counted once).
 
 Keys. With `--api-key` given, every `/v1/*` and `/chat/completions` request needs
 `Authorization: Bearer KEY` (401 otherwise); `/`, `/health` and `/openapi.json` are open. Rate limits
@@ -37,18 +43,15 @@ are per key (or for everyone together without keys): at most `--rate-limit` requ
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
 import dataclasses
-import ipaddress
+import functools
 import json
 import secrets
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,10 +60,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tinyseek import __version__
 from tinyseek.errors import TinyseekError
+from tinyseek.inference.sampling import SamplingParams, derive_seed
 from tinyseek.r1 import THINK, THINK_END
 from tinyseek.serve.ledger import ApiKeys, Ledger, Prices, key_id
-from tinyseek.serve.prefix_cache import PrefixCache
+from tinyseek.serve.prefix_cache import BlockCache
 from tinyseek.serve.protocol import (
     APIError,
     ChatRequest,
@@ -73,6 +78,18 @@ from tinyseek.serve.scheduler import Job, QueueFull, Scheduler
 
 STATIC = Path(__file__).parent / "static"
 MODEL_ALIASES = ("deepseek-reasoner", "deepseek-chat")  # so DeepSeek clients work unchanged
+SYSTEM_FINGERPRINT = f"tinyseek-{__version__}"
+COMPLETION_USAGE = ("prompt_tokens", "completion_tokens", "total_tokens")  # the usage /v1/completions shows
+NO_USAGE = {  # a key's totals before its first request
+    "requests": 0,
+    "prompt_cache_hit_tokens": 0,
+    "prompt_cache_miss_tokens": 0,
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "reasoning_tokens": 0,
+    "total_tokens": 0,
+    "cost_usd": 0.0,
+}
 
 
 @dataclass
@@ -137,88 +154,171 @@ class _ClientGone(Exception):
 
 
 @dataclass
-class _Call:
-    """One chat completion request in flight: its jobs (one per choice), their splitters, and its bill."""
+class Call:
+    """One request in flight: its prompts, its jobs (choice c is sample c % n of prompt c // n), the queue their
+    engine events arrive on, how each choice finished, and its bill."""
 
     kid: str
     rid: str
-    prompt: list[int]
+    prompts: list[list[int]]
+    n: int  # choices per prompt
     jobs: list[Job]
-    splitters: list[ReasoningSplitter] = field(default_factory=list)
+    queue: asyncio.Queue
     finish: list[str | None] = field(default_factory=list)
     usage: dict | None = None  # set when billed (once)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.splitters = [ReasoningSplitter() for _ in self.jobs]
         self.finish = [None] * len(self.jobs)
 
 
-def _error_response(e: APIError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+def sampling_params(req: ChatRequest | CompletionRequest, max_tokens: int, choice: int, **extra) -> SamplingParams:
+    """Choice `choice`'s sampling parameters: the fields both endpoints share (OpenAI's defaults), plus an endpoint's
+    own (`extra`); a value the sampler refuses is a 422."""
+    try:
+        return SamplingParams(
+            max_new_tokens=max_tokens,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            stop_strings=tuple(req.stop_list()),
+            # a hash, not seed + choice: requests seeded 11 and 12 must not share choices' seeds
+            seed=None if req.seed is None else derive_seed(req.seed, choice),
+            **extra,
+        )
+    except TinyseekError as e:
+        raise APIError(422, str(e), code="invalid_value") from None
 
 
-def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None) -> FastAPI:
-    """The FastAPI app around an `Engine` (continuous batching) and a tinyseek `Tokenizer`.
+def usage_of(call: Call, think_ids: tuple[int, int]) -> dict:
+    """A call's usage from its jobs' token ids: every prompt counted once, its cache hits those of its first
+    choice; every token the engine generated for a choice (a stop token included; a choice the client abandoned
+    counts up to the step that stopped it); reasoning through `</think>` (`think_ids`: `<think>`, `</think>`)."""
+    hit = sum(call.jobs[i * call.n].cached_tokens for i in range(len(call.prompts)))
+    n_prompt = sum(len(p) for p in call.prompts)
+    completion = sum(len(j.token_ids) for j in call.jobs)
+    reasoning = sum(reasoning_tokens(j.token_ids, *think_ids) for j in call.jobs)
+    return {
+        "prompt_tokens": n_prompt,
+        "completion_tokens": completion,
+        "total_tokens": n_prompt + completion,
+        "prompt_cache_hit_tokens": hit,
+        "prompt_cache_miss_tokens": n_prompt - hit,
+        "prompt_tokens_details": {"cached_tokens": hit},
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
 
-    The scheduler thread starts with the app (lifespan) and stops with it.
-    """
-    ctx_len = cfg.context_len or int(getattr(engine, "max_len", 0) or engine.model.cfg.max_seq_len)
-    cache = PrefixCache(cfg.cache_block, int(cfg.cache_budget_mb * (1 << 20))) if cfg.prefix_cache else None
-    sched = Scheduler(engine, cache, max_queue=cfg.max_queue)
-    limiter = RateLimiter(cfg.rate_limit)
-    ledger = ledger if ledger is not None else Ledger(cfg.db, cfg.prices)
-    keys = ApiKeys(cfg.api_keys)  # digests only: the plain keys are not kept, not even in app.state.config
-    cfg = dataclasses.replace(cfg, api_keys=keys.hashed())
-    think_ids = (tokenizer.token_id(THINK), tokenizer.token_id(THINK_END))
-    model_names = (cfg.model_name,) + tuple(a for a in MODEL_ALIASES if a != cfg.model_name)
-    created = int(time.time())
 
-    from contextlib import asynccontextmanager
+async def consume(call: Call, disconnected=None):
+    """The one consumer of a call's engine events, whichever endpoint, streaming or not: yields (choice, text,
+    finish_reason or None) as they come, until every choice has finished (`call.finish`). `disconnected()` is
+    polled while waiting (a non-streaming client that leaves); an engine error is a 500."""
+    while any(f is None for f in call.finish):
+        try:
+            i, kind, payload = await asyncio.wait_for(call.queue.get(), timeout=0.5)
+        except asyncio.TimeoutError:
+            if disconnected is not None and await disconnected():
+                raise _ClientGone from None
+            continue
+        if kind == "error":
+            raise APIError(500, payload, type="server_error", code="engine_error")
+        if call.finish[i] is not None:
+            continue
+        text, reason = payload
+        if reason is not None:
+            call.finish[i] = reason
+        yield i, text, reason
 
-    @asynccontextmanager
-    async def lifespan(app):
-        sched.start()
+
+async def reasoning_deltas(call: Call, splitters: list[ReasoningSplitter], disconnected=None):
+    """`consume` for the chat endpoint: yields (choice, [(field, text)], finish_reason or None), each choice's text
+    split into `reasoning_content` and `content` pieces by its splitter (which keeps the whole message)."""
+    async for i, text, reason in consume(call, disconnected):
+        pieces = splitters[i].feed(text) if text else []
+        if reason is not None:
+            pieces += splitters[i].finish()
+        yield i, pieces, reason
+
+
+def chat_answer(call: Call, splitters: list[ReasoningSplitter], model: str, usage: dict) -> dict:
+    """The non-streaming chat completion of a finished call."""
+    choices = []
+    for i, sp in enumerate(splitters):
+        reasoning, content = sp.result()
+        choices.append(
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": content, "reasoning_content": reasoning},
+                "logprobs": None,
+                "finish_reason": call.finish[i],
+            }
+        )
+    return {
+        "id": call.rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": choices,
+        "usage": usage,
+    }
+
+
+def completion_answer(call: Call, texts: list[str], req: CompletionRequest, tokenizer, usage: dict) -> dict:
+    """The text completion of a finished call: each choice's text, and as asked its log-probs and token ids."""
+    choices = []
+    for i, job in enumerate(call.jobs):
+        c = {"index": i, "text": texts[i], "logprobs": None, "finish_reason": call.finish[i]}
+        if req.logprobs is not None:
+            c["logprobs"] = {
+                "tokens": [tokenizer.decode([t]) for t in job.token_ids],
+                "token_logprobs": list(job.logprobs),
+                "top_logprobs": None,
+                "text_offset": None,
+            }
+        if req.return_token_ids:
+            c["token_ids"], c["prompt_token_ids"] = list(job.token_ids), call.prompts[i // call.n]
+        choices.append(c)
+    return {
+        "id": call.rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": req.model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": choices,
+        "usage": {k: usage[k] for k in COMPLETION_USAGE},
+    }
+
+
+class Service:
+    """What the routes share (engine, tokenizer, config, ledger, scheduler, rate limiter, prefix cache) and the
+    steps of a request. The route handlers carry no docstrings: FastAPI would publish them in /openapi.json."""
+
+    def __init__(self, engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None):
+        self.engine, self.tokenizer = engine, tokenizer
+        self.ctx_len = cfg.context_len or int(getattr(engine, "max_len", 0) or engine.model.cfg.max_seq_len)
+        self.cache = BlockCache(cfg.cache_block, int(cfg.cache_budget_mb * (1 << 20))) if cfg.prefix_cache else None
+        self.scheduler = Scheduler(engine, self.cache, max_queue=cfg.max_queue)
+        self.limiter = RateLimiter(cfg.rate_limit)
+        self.ledger = ledger if ledger is not None else Ledger(cfg.db, cfg.prices)
+        self.keys = ApiKeys(cfg.api_keys)  # digests only: the plain keys are not kept, not even in self.cfg
+        self.cfg = dataclasses.replace(cfg, api_keys=self.keys.hashed())
+        self.think_ids = (tokenizer.token_id(THINK), tokenizer.token_id(THINK_END))
+        self.model_names = (cfg.model_name,) + tuple(a for a in MODEL_ALIASES if a != cfg.model_name)
+        self.created = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        """The scheduler thread runs while the app does."""
+        self.scheduler.start()
         try:
             yield
         finally:
-            sched.stop()
+            self.scheduler.stop()
 
-    app = FastAPI(
-        title="tinyseek",
-        version="0.1.0",
-        lifespan=lifespan,
-        description="DeepSeek-API-compatible chat completions from a tinyseek model.",
-    )
-    app.state.scheduler, app.state.prefix_cache, app.state.ledger, app.state.config = sched, cache, ledger, cfg
-
-    # -- errors: always the OpenAI shape, never a 500 for a client's input --------------------------
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, e: APIError):
-        return _error_response(e)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, e: RequestValidationError):
-        err = e.errors()[0] if e.errors() else {"loc": ("body",), "msg": "invalid request"}
-        field_ = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        return _error_response(APIError(400, f"{field_}: {err.get('msg')}", param=field_, code="invalid_format"))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, e: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
-        msg = f"{request.method} {request.url.path}: {e.detail}"
-        return _error_response(APIError(e.status_code, msg, code=code))
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, e: Exception):
-        return _error_response(
-            APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error", code="internal_error")
-        )
-
-    # -- helpers ----------------------------------------------------------------------------------
-    def authenticate(request: Request) -> str:
+    # -- the steps of a request -------------------------------------------------------------------
+    def authenticate(self, request: Request) -> str:
         """The caller's key id; raises 401 when keys are configured and this one is missing or wrong."""
-        if not keys:
+        if not self.keys:
             return key_id(None)
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
@@ -229,123 +329,14 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                 type="authentication_error",
                 code="invalid_api_key",
             )
-        kid = keys.check(token.strip())
+        kid = self.keys.check(token.strip())
         if kid is None:
             raise APIError(401, "wrong API key", type="authentication_error", code="invalid_api_key")
         return kid
 
-    def bill(call: _Call) -> dict:
-        """The request's usage, recorded in the ledger exactly once: the one place usage is counted. Completion
-        tokens are every token the engine generated for its choices (a stop token included; a choice the
-        client abandoned counts up to the step that stopped it)."""
-        with call.lock:
-            if call.usage is None:
-                hit, n_prompt = call.jobs[0].cached_tokens, len(call.prompt)
-                completion = sum(len(j.token_ids) for j in call.jobs)
-                reasoning = sum(reasoning_tokens(j.token_ids, *think_ids) for j in call.jobs)
-                ledger.record(call.kid, cfg.model_name, call.rid, hit, n_prompt - hit, completion, reasoning)
-                call.usage = {
-                    "prompt_tokens": n_prompt,
-                    "completion_tokens": completion,
-                    "total_tokens": n_prompt + completion,
-                    "prompt_cache_hit_tokens": hit,
-                    "prompt_cache_miss_tokens": n_prompt - hit,
-                    "prompt_tokens_details": {"cached_tokens": hit},
-                    "completion_tokens_details": {"reasoning_tokens": reasoning},
-                }
-        return call.usage
-
-    async def consume(call: _Call, queue: asyncio.Queue, disconnected=None):
-        """The one consumer of a request's engine events, streaming or not: yields (choice, [(field, text)],
-        finish_reason or None) as they come, until every choice has finished. `disconnected()` is polled while
-        waiting (a non-streaming client that leaves); an engine error is a 500."""
-        while any(f is None for f in call.finish):
-            try:
-                i, kind, payload = await asyncio.wait_for(queue.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                if disconnected is not None and await disconnected():
-                    raise _ClientGone from None
-                continue
-            if kind == "error":
-                raise APIError(500, payload, type="server_error", code="engine_error")
-            if call.finish[i] is not None:
-                continue
-            text, reason = payload
-            pieces = call.splitters[i].feed(text) if text else []
-            if reason is not None:
-                pieces += call.splitters[i].finish()
-                call.finish[i] = reason
-            yield i, pieces, reason
-
-    def build_jobs(req: ChatRequest, loop) -> tuple[list[int], list[Job], asyncio.Queue, int]:
-        from tinyseek.inference.sampling import SamplingParams, derive_seed
-
-        if req.model not in model_names:
-            raise APIError(
-                404,
-                f"model {req.model!r} does not exist (served: {', '.join(model_names)})",
-                param="model",
-                code="model_not_found",
-            )
-        msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-        try:
-            prompt = tokenizer.encode(tokenizer.chat(msgs, add_generation_prompt=True))
-        except TinyseekError as e:
-            raise APIError(400, f"messages: {e}", param="messages") from None
-        max_tokens = req.max_tokens or req.max_completion_tokens
-        room = ctx_len - len(prompt)
-        if max_tokens is None:
-            max_tokens = min(cfg.default_max_tokens, room)
-        if max_tokens < 1 or len(prompt) + max_tokens > ctx_len:
-            asked = req.max_tokens or req.max_completion_tokens or max_tokens
-            raise APIError(
-                400,
-                f"this model's maximum context length is {ctx_len} tokens; the messages are "
-                f"{len(prompt)} tokens and max_tokens is {asked} ({len(prompt) + asked} in all)",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        queue: asyncio.Queue = asyncio.Queue()
-        jobs = []
-        for i in range(req.n):
-            # a hash, not seed + i: requests seeded 11 and 12 must not share choices' seeds
-            seed = None if req.seed is None else derive_seed(req.seed, i)
-            params = SamplingParams(
-                max_new_tokens=max_tokens,
-                temperature=1.0 if req.temperature is None else req.temperature,
-                top_p=1.0 if req.top_p is None else req.top_p,
-                presence_penalty=req.presence_penalty or 0.0,
-                frequency_penalty=req.frequency_penalty or 0.0,
-                stop_strings=tuple(req.stop_list()),
-                seed=seed,
-            )
-            jobs.append(Job(prompt, params, queue, loop, index=i, use_cache=cache is not None))
-        return prompt, jobs, queue, max_tokens
-
-    def admit(request: Request, kid: str, jobs: list[Job]) -> None:
-        wait = limiter.check(kid)
-        if wait > 0:
-            raise APIError(
-                429,
-                f"rate limit of {cfg.rate_limit} requests per minute reached; retry in {wait:.1f} s",
-                type="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(max(1, round(wait)))},
-            )
-        try:
-            sched.submit(jobs)
-        except QueueFull as e:
-            raise APIError(
-                503,
-                f"server overloaded: {e}; retry later",
-                type="server_error",
-                code="server_overloaded",
-                headers={"Retry-After": "1"},
-            ) from None
-
-    async def read_body(request: Request) -> bytes:
+    async def read_body(self, request: Request) -> bytes:
         """The body, refused with 413 beyond `max_body_bytes` (checked while reading, not after)."""
-        limit = cfg.max_body_bytes
+        limit = self.cfg.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise APIError(
@@ -364,126 +355,133 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
             chunks.append(chunk)
         return b"".join(chunks)
 
-    # -- routes -----------------------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(STATIC / "index.html", media_type="text/html")
-
-    @app.get("/health")
-    async def health():
-        return {
-            "status": "ok",
-            "model": cfg.model_name,
-            **sched.load(),
-            "prefix_cache": cache.stats() if cache is not None else None,
-        }
-
-    @app.get("/v1/models")
-    async def models(request: Request):
-        authenticate(request)
-        return {
-            "object": "list",
-            "data": [{"id": m, "object": "model", "created": created, "owned_by": "tinyseek"} for m in model_names],
-        }
-
-    @app.get("/v1/usage")
-    async def usage(request: Request):
-        kid = authenticate(request)
-        rows = ledger.totals(kid)
-        tot = (
-            rows[0]
-            if rows
-            else {
-                "requests": 0,
-                "prompt_cache_hit_tokens": 0,
-                "prompt_cache_miss_tokens": 0,
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-                "reasoning_tokens": 0,
-                "total_tokens": 0,
-                "cost_usd": 0.0,
-            }
-        )
-        tot = {k: v for k, v in tot.items() if k != "key_id"}
-        p = cfg.prices
-        return {
-            "object": "usage",
-            "key_id": kid,
-            **tot,
-            "prices_per_million_tokens": {"cache_hit": p.cache_hit, "cache_miss": p.cache_miss, "output": p.output},
-            "by_day": [{k: v for k, v in r.items() if k != "key_id"} for r in ledger.totals(kid, by_day=True)],
-        }
-
-    # the body is validated by hand (protocol.parse_chat_request) so that each failure gets its DeepSeek
-    # status; the schema still goes into /openapi.json, with its sub-models as components
-    body_schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    body_defs = body_schema.pop("$defs", {})
-    body_schema["properties"]["model"]["enum"] = list(model_names)
-    chat_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}}}
-
-    def openapi():
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            doc.setdefault("components", {}).setdefault("schemas", {}).update(body_defs)
-            app.openapi_schema = doc
-        return app.openapi_schema
-
-    app.openapi = openapi
-
-    async def chat_completions(request: Request):
-        kid = authenticate(request)
-        req = parse_chat_request(await read_body(request))
-        prompt, jobs, queue, _ = build_jobs(req, asyncio.get_running_loop())
-        admit(request, kid, jobs)
-        call = _Call(kid, "chatcmpl-" + secrets.token_hex(12), prompt, jobs)
-
-        def close() -> None:
-            """However the response ends (done, client gone, error, never started): free the slots, bill once."""
-            sched.cancel(jobs, on_done=lambda: bill(call))
-
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _EventStream(_stream(call, req, queue, include_usage, close), close)
-        try:
-            async for _ in consume(call, queue, request.is_disconnected):
-                pass
-        except _ClientGone:  # nobody to answer; close() frees the slots and bills what ran
-            return JSONResponse({}, status_code=499)
-        finally:
-            close()
-        choices = []
-        for i, sp in enumerate(call.splitters):
-            reasoning, content = sp.result()
-            choices.append(
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": content, "reasoning_content": reasoning},
-                    "logprobs": None,
-                    "finish_reason": call.finish[i],
-                }
+    def check_model(self, model: str) -> None:
+        """404 unless `model` is the served name or an alias."""
+        if model not in self.model_names:
+            raise APIError(
+                404,
+                f"model {model!r} does not exist (served: {', '.join(self.model_names)})",
+                param="model",
+                code="model_not_found",
             )
-        return {
-            "id": call.rid,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": req.model,
-            "system_fingerprint": "tinyseek-0.1.0",
-            "choices": choices,
-            "usage": bill(call),
-        }
 
-    async def _stream(call: _Call, req: ChatRequest, queue: asyncio.Queue, include_usage: bool, close):
-        created_ = int(time.time())
+    def chat_prompt(self, req: ChatRequest) -> tuple[list[int], int]:
+        """The messages as prompt token ids (the chat template), and max_tokens (by default what fits, at most
+        `default_max_tokens`); 400 when the two overflow the context."""
+        msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        try:
+            prompt = self.tokenizer.encode(self.tokenizer.chat(msgs, add_generation_prompt=True))
+        except TinyseekError as e:
+            raise APIError(400, f"messages: {e}", param="messages") from None
+        ctx_len = self.ctx_len
+        max_tokens = req.max_tokens or req.max_completion_tokens
+        room = ctx_len - len(prompt)
+        if max_tokens is None:
+            max_tokens = min(self.cfg.default_max_tokens, room)
+        if max_tokens < 1 or len(prompt) + max_tokens > ctx_len:
+            asked = req.max_tokens or req.max_completion_tokens or max_tokens
+            raise APIError(
+                400,
+                f"this model's maximum context length is {ctx_len} tokens; the messages are "
+                f"{len(prompt)} tokens and max_tokens is {asked} ({len(prompt) + asked} in all)",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return prompt, max_tokens
+
+    def completion_prompts(self, req: CompletionRequest) -> list[list[int]]:
+        """The prompts as token ids (a text is encoded), each within the vocabulary (422) and, with max_tokens,
+        the context (400)."""
+        V = self.engine.cfg.vocab_size
+        prompts = []
+        for i, p in enumerate(req.prompts()):
+            ids = self.tokenizer.encode(p, add_special=True) if isinstance(p, str) else list(p)
+            bad = next((t for t in ids if not 0 <= t < V), None)
+            if bad is not None:
+                raise APIError(422, f"prompt[{i}]: token id {bad} outside the vocabulary 0..{V - 1}", param="prompt")
+            if len(ids) + req.max_tokens > self.ctx_len:
+                raise APIError(
+                    400,
+                    f"prompt[{i}]: {len(ids)} tokens plus max_tokens {req.max_tokens} exceed the context length "
+                    f"of {self.ctx_len}",
+                    param="prompt",
+                    code="context_length_exceeded",
+                )
+            prompts.append(ids)
+        return prompts
+
+    def build_call(
+        self,
+        kid: str,
+        rid: str,
+        prompts: list[list[int]],
+        req: ChatRequest | CompletionRequest,
+        max_tokens: int,
+        event_loop: asyncio.AbstractEventLoop,
+        **extra,
+    ) -> Call:
+        """A `Call` with `req.n` jobs for each prompt, choice c = i * n + j (sample j of prompt i) seeded from
+        (seed, c); `extra` are the endpoint's own sampling parameters. Nothing is submitted yet."""
+        queue: asyncio.Queue = asyncio.Queue()
+        jobs = []
+        for i, ids in enumerate(prompts):
+            for j in range(req.n):
+                c = i * req.n + j
+                params = sampling_params(req, max_tokens, c, **extra)
+                jobs.append(Job(ids, params, queue, event_loop, index=c, use_cache=self.cache is not None))
+        return Call(kid, rid, prompts, req.n, jobs, queue)
+
+    def admit(self, kid: str, jobs: list[Job]) -> None:
+        """Count the request against the caller's rate (429) and queue its jobs (503 when the queue is full)."""
+        wait = self.limiter.check(kid)
+        if wait > 0:
+            raise APIError(
+                429,
+                f"rate limit of {self.cfg.rate_limit} requests per minute reached; retry in {wait:.1f} s",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
+        try:
+            self.scheduler.submit(jobs)
+        except QueueFull as e:
+            raise APIError(
+                503,
+                f"server overloaded: {e}; retry later",
+                type="server_error",
+                code="server_overloaded",
+                headers={"Retry-After": "1"},
+            ) from None
+
+    def bill(self, call: Call) -> dict:
+        """The call's usage, recorded in the ledger exactly once: the one place usage is counted."""
+        with call.lock:
+            if call.usage is None:
+                u = usage_of(call, self.think_ids)
+                hit, miss = u["prompt_cache_hit_tokens"], u["prompt_cache_miss_tokens"]
+                reasoning = u["completion_tokens_details"]["reasoning_tokens"]
+                self.ledger.record(
+                    call.kid, self.cfg.model_name, call.rid, hit, miss, u["completion_tokens"], reasoning
+                )
+                call.usage = u
+        return call.usage
+
+    def close(self, call: Call) -> None:
+        """However a response ends (done, client gone, error, never started): free the slots, bill once (when no
+        choice can produce another token)."""
+        self.scheduler.cancel(call.jobs, on_done=lambda: self.bill(call))
+
+    async def chat_stream(self, call: Call, splitters: list[ReasoningSplitter], model: str, include_usage: bool):
+        """The SSE body of a streamed chat completion."""
+        created = int(time.time())
 
         def chunk(choices, usage=None):
             obj = {
                 "id": call.rid,
                 "object": "chat.completion.chunk",
-                "created": created_,
-                "model": req.model,
-                "system_fingerprint": "tinyseek-0.1.0",
+                "created": created,
+                "model": model,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
                 "choices": choices,
             }
             if include_usage:
@@ -502,146 +500,84 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
                         }
                     ]
                 )
-            async for i, pieces, reason in consume(call, queue):
+            async for i, pieces, reason in reasoning_deltas(call, splitters):
                 for field_, text in pieces:
                     yield chunk([{"index": i, "delta": {field_: text}, "logprobs": None, "finish_reason": None}])
                 if reason is not None:
                     yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}])
-            close()
+            self.close(call)
             if include_usage:
-                yield chunk([], bill(call))
+                yield chunk([], self.bill(call))
             yield "data: [DONE]\n\n"
         except APIError as e:
             yield f"data: {json.dumps(e.body())}\n\n"
         finally:
-            close()  # a client that went away: free its slots now, and bill what it consumed
+            self.close(call)  # a client that went away: free its slots now, and bill what it consumed
 
-    for path in ("/v1/chat/completions", "/chat/completions"):
-        app.post(path, openapi_extra=chat_body, response_model=None)(chat_completions)
+    def swap_weights(self, path: str) -> None:
+        """On the engine thread, with no job running: the model's weights replaced by those of checkpoint `path`."""
+        import torch
 
-    # -- completions on token ids, and weight updates: an inference server for RL (train/rollout.py) --------
-    def build_completion_jobs(req: CompletionRequest, loop) -> tuple[list[list[int]], list[Job], asyncio.Queue]:
-        from tinyseek.inference.sampling import SamplingParams, derive_seed
+        from tinyseek.checkpoint import read_weights
+        from tinyseek.hf import check_state_dict
 
-        if req.model not in model_names:
-            raise APIError(
-                404,
-                f"model {req.model!r} does not exist (served: {', '.join(model_names)})",
-                param="model",
-                code="model_not_found",
-            )
-        V = engine.cfg.vocab_size
-        prompts = []
-        for i, p in enumerate(req.prompts()):
-            ids = tokenizer.encode(p, add_special=True) if isinstance(p, str) else list(p)
-            bad = next((t for t in ids if not 0 <= t < V), None)
-            if bad is not None:
-                raise APIError(422, f"prompt[{i}]: token id {bad} outside the vocabulary 0..{V - 1}", param="prompt")
-            if len(ids) + req.max_tokens > ctx_len:
-                raise APIError(
-                    400,
-                    f"prompt[{i}]: {len(ids)} tokens plus max_tokens {req.max_tokens} exceed the context length "
-                    f"of {ctx_len}",
-                    param="prompt",
-                    code="context_length_exceeded",
-                )
-            prompts.append(ids)
-        queue: asyncio.Queue = asyncio.Queue()
-        jobs = []
-        for i, ids in enumerate(prompts):
-            for j in range(req.n):
-                try:
-                    params = SamplingParams(
-                        max_new_tokens=req.max_tokens,
-                        temperature=1.0 if req.temperature is None else req.temperature,
-                        top_p=1.0 if req.top_p is None else req.top_p,
-                        top_k=max(0, req.top_k or 0),
-                        stop_strings=tuple(req.stop_list()),
-                        # choice c = i * n + j seeded from (seed, c), as the chat endpoint seeds its choices
-                        seed=None if req.seed is None else derive_seed(req.seed, i * req.n + j),
-                        logprobs=req.logprobs is not None,
-                        ignore_eos=req.ignore_eos,
-                    )
-                except TinyseekError as e:
-                    raise APIError(422, str(e), code="invalid_value") from None
-                jobs.append(Job(ids, params, queue, loop, index=i * req.n + j, use_cache=cache is not None))
-        return prompts, jobs, queue
+        model = self.engine.model
+        sd = read_weights(path)
+        check_state_dict(model.state_dict(), sd, path)
+        with torch.no_grad():
+            model.load_state_dict(sd)  # copied into the served dtype and device
+        if self.cache is not None:
+            self.cache.clear()  # its rows were computed with the old weights
 
-    async def completions(request: Request):
-        kid = authenticate(request)
-        req = parse_completion_request(await read_body(request))
-        prompts, jobs, queue = build_completion_jobs(req, asyncio.get_running_loop())
-        admit(request, kid, jobs)
-        rid = "cmpl-" + secrets.token_hex(12)
-        billed: dict = {}
-        lock = threading.Lock()
-
-        def bill_once() -> dict:
-            with lock:
-                if not billed:
-                    hit = sum(jobs[i * req.n].cached_tokens for i in range(len(prompts)))
-                    n_prompt = sum(len(p) for p in prompts)
-                    completion = sum(len(j.token_ids) for j in jobs)
-                    reasoning = sum(reasoning_tokens(j.token_ids, *think_ids) for j in jobs)
-                    ledger.record(kid, cfg.model_name, rid, hit, n_prompt - hit, completion, reasoning)
-                    billed.update(
-                        prompt_tokens=n_prompt, completion_tokens=completion, total_tokens=n_prompt + completion
-                    )
-            return billed
-
-        texts, finish = [""] * len(jobs), [None] * len(jobs)
+    # -- route handlers (no docstrings: see the class) --------------------------------------------
+    async def chat_completions(self, request: Request):
+        kid = self.authenticate(request)
+        req = parse_chat_request(await self.read_body(request))
+        self.check_model(req.model)
+        prompt, max_tokens = self.chat_prompt(req)
+        penalties = {"presence_penalty": req.presence_penalty or 0.0, "frequency_penalty": req.frequency_penalty or 0.0}
+        rid = "chatcmpl-" + secrets.token_hex(12)
+        call = self.build_call(kid, rid, [prompt], req, max_tokens, asyncio.get_running_loop(), **penalties)
+        self.admit(kid, call.jobs)
+        splitters = [ReasoningSplitter() for _ in call.jobs]
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            stream = self.chat_stream(call, splitters, req.model, include_usage)
+            return _EventStream(stream, functools.partial(self.close, call))
         try:
-            while any(f is None for f in finish):
-                try:
-                    i, kind, payload = await asyncio.wait_for(queue.get(), timeout=0.5)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return JSONResponse({}, status_code=499)
-                    continue
-                if kind == "error":
-                    raise APIError(500, payload, type="server_error", code="engine_error")
-                text, reason = payload
-                texts[i] += text or ""
-                if reason is not None:
-                    finish[i] = reason
+            async for _ in reasoning_deltas(call, splitters, request.is_disconnected):
+                pass
+        except _ClientGone:  # nobody to answer; close() frees the slots and bills what ran
+            return JSONResponse({}, status_code=499)
         finally:
-            sched.cancel(jobs, on_done=bill_once)
-        choices = []
-        for i, job in enumerate(jobs):
-            c = {"index": i, "text": texts[i], "logprobs": None, "finish_reason": finish[i]}
-            if req.logprobs is not None:
-                c["logprobs"] = {
-                    "tokens": [tokenizer.decode([t]) for t in job.token_ids],
-                    "token_logprobs": list(job.logprobs),
-                    "top_logprobs": None,
-                    "text_offset": None,
-                }
-            if req.return_token_ids:
-                c["token_ids"], c["prompt_token_ids"] = list(job.token_ids), prompts[i // req.n]
-            choices.append(c)
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": req.model,
-            "system_fingerprint": "tinyseek-0.1.0",
-            "choices": choices,
-            "usage": bill_once(),
-        }
+            self.close(call)
+        return chat_answer(call, splitters, req.model, self.bill(call))
 
-    comp_schema = CompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    comp_schema.pop("$defs", None)
-    comp_schema["properties"]["model"]["enum"] = list(model_names)
-    comp_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": comp_schema}}}}
-    app.post("/v1/completions", openapi_extra=comp_body, response_model=None)(completions)
+    async def completions(self, request: Request):
+        kid = self.authenticate(request)
+        req = parse_completion_request(await self.read_body(request))
+        self.check_model(req.model)
+        prompts = self.completion_prompts(req)
+        vllm = {"top_k": max(0, req.top_k or 0), "logprobs": req.logprobs is not None, "ignore_eos": req.ignore_eos}
+        rid = "cmpl-" + secrets.token_hex(12)
+        call = self.build_call(kid, rid, prompts, req, req.max_tokens, asyncio.get_running_loop(), **vllm)
+        self.admit(kid, call.jobs)
+        texts = [""] * len(call.jobs)
+        try:
+            async for i, text, _ in consume(call, request.is_disconnected):
+                texts[i] += text or ""
+        except _ClientGone:
+            return JSONResponse({}, status_code=499)
+        finally:
+            self.close(call)
+        return completion_answer(call, texts, req, self.tokenizer, self.bill(call))
 
-    @app.post("/update_weights_from_disk", include_in_schema=False)
-    async def update_weights(request: Request):
-        authenticate(request)
-        if not cfg.allow_weight_updates:
+    async def update_weights(self, request: Request):
+        self.authenticate(request)
+        if not self.cfg.allow_weight_updates:
             raise APIError(403, "weight updates are off (start the server with --allow-weight-updates)",
                            type="permission_error", code="forbidden")  # fmt: skip
-        raw = await read_body(request)
+        raw = await self.read_body(request)
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -649,170 +585,125 @@ def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None
         path = body.get("model_path") if isinstance(body, dict) else None
         if not isinstance(path, str) or not path:
             raise APIError(400, 'body: expected {"model_path": "a checkpoint directory"}', param="model_path")
-
-        def swap() -> None:
-            import torch
-
-            from tinyseek.checkpoint import read_weights
-            from tinyseek.hf import check_state_dict
-
-            model = engine.model
-            sd = read_weights(path)
-            check_state_dict(model.state_dict(), sd, path)
-            with torch.no_grad():
-                model.load_state_dict(sd)  # copied into the served dtype and device
-            if cache is not None:
-                cache.clear()  # its rows were computed with the old weights
-
         try:
-            await asyncio.wrap_future(sched.call(swap))
+            await asyncio.wrap_future(self.scheduler.call(functools.partial(self.swap_weights, path)))
         except TinyseekError as e:
             raise APIError(400, f"model_path: {e}", param="model_path") from None
         return {"success": True, "message": f"weights updated from {path}"}
 
+    async def health(self):
+        return {
+            "status": "ok",
+            "model": self.cfg.model_name,
+            **self.scheduler.load(),
+            "prefix_cache": self.cache.stats() if self.cache is not None else None,
+        }
+
+    async def models(self, request: Request):
+        self.authenticate(request)
+        return {
+            "object": "list",
+            "data": [
+                {"id": m, "object": "model", "created": self.created, "owned_by": "tinyseek"} for m in self.model_names
+            ],
+        }
+
+    async def usage(self, request: Request):
+        kid = self.authenticate(request)
+        rows = self.ledger.totals(kid)
+        tot = {k: v for k, v in (rows[0] if rows else NO_USAGE).items() if k != "key_id"}
+        p = self.cfg.prices
+        return {
+            "object": "usage",
+            "key_id": kid,
+            **tot,
+            "prices_per_million_tokens": {"cache_hit": p.cache_hit, "cache_miss": p.cache_miss, "output": p.output},
+            "by_day": [{k: v for k, v in r.items() if k != "key_id"} for r in self.ledger.totals(kid, by_day=True)],
+        }
+
+
+async def page():
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+# -- errors: always the OpenAI shape, never a 500 for a client's input ----------------------------
+def _error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+async def _api_error(request: Request, e: APIError):
+    return _error_response(e)
+
+
+async def _validation_error(request: Request, e: RequestValidationError):
+    err = e.errors()[0] if e.errors() else {"loc": ("body",), "msg": "invalid request"}
+    field_ = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+    return _error_response(APIError(400, f"{field_}: {err.get('msg')}", param=field_, code="invalid_format"))
+
+
+async def _http_error(request: Request, e: StarletteHTTPException):
+    code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+    msg = f"{request.method} {request.url.path}: {e.detail}"
+    return _error_response(APIError(e.status_code, msg, code=code))
+
+
+async def _bug(request: Request, e: Exception):
+    return _error_response(
+        APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error", code="internal_error")
+    )
+
+
+ERROR_HANDLERS = (
+    (APIError, _api_error),
+    (RequestValidationError, _validation_error),
+    (StarletteHTTPException, _http_error),
+    (Exception, _bug),
+)
+
+
+# -- the schema: bodies are validated by hand (protocol.parse_*_request) so that each failure gets its DeepSeek
+# status; their schemas still go into /openapi.json, with their sub-models as components -----------------------
+def _request_body(cls, model_names: tuple[str, ...]) -> tuple[dict, dict]:
+    """(the route's openapi_extra, the sub-models' schemas) of a request model, its `model` one of `model_names`."""
+    schema = cls.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    schema["properties"]["model"]["enum"] = list(model_names)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}, defs
+
+
+def _openapi(app: FastAPI, defs: dict) -> dict:
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        doc.setdefault("components", {}).setdefault("schemas", {}).update(defs)
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+def create_app(engine, tokenizer, cfg: ServeConfig, ledger: Ledger | None = None) -> FastAPI:
+    """The FastAPI app around an `Engine` (continuous batching) and a tinyseek `Tokenizer`: a `Service`'s handlers
+    wired to the routes. The scheduler thread starts with the app (lifespan) and stops with it."""
+    service = Service(engine, tokenizer, cfg, ledger)
+    app = FastAPI(
+        title="tinyseek",
+        version=__version__,
+        lifespan=service.lifespan,
+        description="DeepSeek-API-compatible chat completions from a tinyseek model.",
+    )
+    app.state.scheduler, app.state.prefix_cache = service.scheduler, service.cache
+    app.state.ledger, app.state.config = service.ledger, service.cfg
+    for exc, handler in ERROR_HANDLERS:
+        app.add_exception_handler(exc, handler)
+    app.get("/", include_in_schema=False)(page)
+    app.get("/health")(service.health)
+    app.get("/v1/models")(service.models)
+    app.get("/v1/usage")(service.usage)
+    chat_body, chat_defs = _request_body(ChatRequest, service.model_names)
+    for path in ("/v1/chat/completions", "/chat/completions"):
+        app.post(path, openapi_extra=chat_body, response_model=None)(service.chat_completions)
+    completion_body, completion_defs = _request_body(CompletionRequest, service.model_names)
+    app.post("/v1/completions", openapi_extra=completion_body, response_model=None)(service.completions)
+    app.post("/update_weights_from_disk", include_in_schema=False)(service.update_weights)
+    app.openapi = functools.partial(_openapi, app, {**chat_defs, **completion_defs})
     return app
-
-
-# ----------------------------------------------------------------------------------------------
-# the command
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def cli_serve(argv: list[str]) -> int:
-    from tinyseek.inference.load import add_compile_flag, load_engine
-
-    p = argparse.ArgumentParser(
-        prog="tinyseek serve", description="DeepSeek/OpenAI-compatible HTTP API and chat page for a checkpoint."
-    )
-    p.add_argument("ckpt", help="checkpoint directory (with tokenizer.json)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port to bind")
-    p.add_argument(
-        "--api-key",
-        action="append",
-        default=[],
-        help="accepted API key, or sha256:HEX of one (repeatable; held only hashed); none = no authentication",
-    )
-    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without any --api-key")
-    p.add_argument("--db", default=None, help="SQLite usage ledger (default: usage.sqlite in the current directory)")
-    p.add_argument(
-        "--model-name", default="tinyseek", help="the model id clients send (deepseek-reasoner/-chat are aliases)"
-    )
-    p.add_argument("--max-batch", type=int, default=32, help="requests decoded together (engine slots)")
-    p.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 503")
-    p.add_argument("--max-tokens", type=int, default=1024, help="default max_tokens when a request gives none")
-    p.add_argument("--rate-limit", type=int, default=600, help="requests per minute per key (0 = unlimited)")
-    p.add_argument("--no-prefix-cache", action="store_true", help="disable context caching")
-    p.add_argument("--cache-block", type=int, default=16, help="prefix cache block size in tokens")
-    p.add_argument("--cache-mb", type=float, default=256.0, help="prefix cache memory budget in MiB")
-    p.add_argument("--price-hit", type=float, default=Prices.cache_hit, help="$ per million cache-hit input tokens")
-    p.add_argument("--price-miss", type=float, default=Prices.cache_miss, help="$ per million cache-miss input tokens")
-    p.add_argument("--price-output", type=float, default=Prices.output, help="$ per million output tokens")
-    p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
-    add_compile_flag(p)
-    p.add_argument(
-        "--allow-weight-updates",
-        action="store_true",
-        help="accept POST /update_weights_from_disk (a GRPO trainer pushing its weights after each update)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch CPU threads (0 = torch's default; 1 is fastest for tiny models on a busy box)",
-    )
-    args = p.parse_args(argv)
-
-    if not _is_loopback(args.host) and not args.api_key and not args.insecure:
-        raise TinyseekError(
-            f"--host {args.host}: refusing to serve beyond loopback without --api-key (or pass --insecure)"
-        )
-    if args.port < 0 or args.port > 65535:
-        raise TinyseekError(f"--port: must be in 0..65535, got {args.port}")
-    for name in ("max_batch", "max_queue", "max_tokens", "cache_block"):
-        if getattr(args, name) < 1:
-            raise TinyseekError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
-
-    import torch
-    import uvicorn
-
-    from tinyseek.inference.engine import Engine
-
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    engine = load_engine(args.ckpt, max_batch=args.max_batch, device=device, compile=args.compile)
-    if not isinstance(engine, Engine):
-        raise TinyseekError(
-            f"{args.ckpt}: tinyseek serve runs tinyseek checkpoints (continuous batching on the MLA cache), "
-            "not other transformers models"
-        )
-    tokenizer = engine.tokenizer
-    if tokenizer is None:
-        raise TinyseekError(f"{args.ckpt}: no tokenizer with the checkpoint (tokenizer.json)")
-    if tokenizer.vocab_size > engine.cfg.vocab_size:
-        raise TinyseekError(
-            f"{args.ckpt}: tokenizer.json has {tokenizer.vocab_size} tokens, more than the model's "
-            f"vocab_size={engine.cfg.vocab_size}"
-        )
-    cfg = ServeConfig(
-        model_name=args.model_name,
-        api_keys=tuple(args.api_key),
-        rate_limit=args.rate_limit,
-        max_queue=args.max_queue,
-        default_max_tokens=args.max_tokens,
-        prefix_cache=not args.no_prefix_cache,
-        cache_block=args.cache_block,
-        cache_budget_mb=args.cache_mb,
-        prices=Prices(args.price_hit, args.price_miss, args.price_output),
-        db=args.db or str(Path.cwd() / "usage.sqlite"),
-        allow_weight_updates=args.allow_weight_updates,
-    )
-    app = create_app(engine, tokenizer, cfg)
-    for k in cfg.api_keys:
-        print(f"tinyseek serve: key {k[:4]}... is {key_id(k)} in the ledger", file=sys.stderr)
-    print(
-        f"tinyseek serve: {args.ckpt} as {cfg.model_name!r} on http://{args.host}:{args.port}/  (ledger {cfg.db})",
-        file=sys.stderr,
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
-
-
-@contextlib.contextmanager
-def serve_in_thread(app, host: str = "127.0.0.1", timeout: float = 30.0) -> Iterator[str]:
-    """Run `app` under uvicorn in a background thread on a free port of `host`; yields the base URL.
-
-    For tests and notebooks: the socket is bound before the server starts (no port race), and the
-    server is shut down (lifespan included, so the scheduler thread stops) when the block exits.
-    """
-    import socket
-
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("tinyseek: the server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=timeout)
-        sock.close()

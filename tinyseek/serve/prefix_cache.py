@@ -36,7 +36,9 @@ class _Block:
 
 
 @dataclass
-class PrefixHit:
+class CachedPrefix:
+    """What a lookup found: the longest cached block prefix of a prompt and its rows."""
+
     n_tokens: int  # cached prompt tokens (a multiple of block_size)
     tensors: list[torch.Tensor] = field(default_factory=list)  # each [n_tokens, ...], concatenated blocks
 
@@ -47,7 +49,7 @@ def _chain(prev: bytes, tokens: tuple[int, ...]) -> bytes:
     return h.digest()
 
 
-class PrefixCache:
+class BlockCache:
     """LRU block cache of prompt attention rows, bounded by `budget_bytes`. Thread-safe."""
 
     def __init__(self, block_size: int = 16, budget_bytes: int = 256 << 20):
@@ -72,7 +74,7 @@ class PrefixCache:
             out.append((prev, toks))
         return out
 
-    def lookup(self, ids: list[int]) -> PrefixHit:
+    def lookup(self, ids: list[int]) -> CachedPrefix:
         """The longest cached block prefix of `ids`, leaving at least the last token uncached."""
         max_blocks = max(len(ids) - 1, 0) // self.block_size
         with self._lock:
@@ -89,9 +91,9 @@ class PrefixCache:
             n = len(found) * self.block_size
             self.hits += n
         if not found:
-            return PrefixHit(0, [])
+            return CachedPrefix(0, [])
         tensors = [torch.cat([b.tensors[j] for b in found], dim=0) for j in range(len(found[0].tensors))]
-        return PrefixHit(n, tensors)
+        return CachedPrefix(n, tensors)
 
     def insert(self, ids: list[int], tensors: list[torch.Tensor]) -> int:
         """Cache every full block of `ids` whose rows are in `tensors` (each [>= covered tokens, ...]).

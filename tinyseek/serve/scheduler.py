@@ -4,7 +4,7 @@ The engine does continuous batching (`add_request` / `step` / `abort`) but is no
 every engine call happens on this one thread. Handlers (on uvicorn's event loop) `submit` jobs and
 `cancel` them; the thread admits waiting jobs while the engine has free slots, runs `step()` (one
 decode step shared by every running request, plus the prefill of newly admitted ones), and posts each
-new token to its job's asyncio queue with `loop.call_soon_threadsafe`.
+new token to its job's asyncio queue with `event_loop.call_soon_threadsafe`.
 
 - Bounded queue: at most `max_queue` jobs wait for a slot; `submit` raises `QueueFull` beyond that
   (the API answers 503).
@@ -15,8 +15,8 @@ new token to its job's asyncio queue with `loop.call_soon_threadsafe`.
 - Cancellation (a client that disconnects, or an error) is applied at the top of the next loop iteration,
   before the next step, so the slot is free for the next waiting job at once; `cancel(jobs, on_done)`
   runs `on_done` once none of the jobs can produce another token, so usage is counted after the last one.
-- Context caching: before admission a job's prompt is looked up in the `PrefixCache`; the cached rows
-  go to the engine as `prefix=` (a `PromptCache`) and only the rest of the prompt is prefilled. Jobs
+- Context caching: before admission a job's prompt is looked up in the `BlockCache`; the cached rows
+  go to the engine as `prefix=` (a `PromptRows`) and only the rest of the prompt is prefilled. Jobs
   are added with `capture_prompt_cache=True`: the engine hands back the prompt's rows on the request's
   first event, and they are inserted block by block.
 - Slots: jobs go to the engine only while it has a free row (`max_running` = its `max_batch`), so the
@@ -36,8 +36,8 @@ import traceback
 from dataclasses import dataclass, field
 
 from tinyseek.errors import TinyseekError
-from tinyseek.inference.sequence import PromptCache
-from tinyseek.serve.prefix_cache import PrefixCache
+from tinyseek.inference.sequence import PromptRows
+from tinyseek.serve.prefix_cache import BlockCache
 
 
 class QueueFull(Exception):
@@ -51,7 +51,7 @@ class Job:
     prompt_ids: list[int]
     params: object  # engine.SamplingParams
     queue: asyncio.Queue  # receives (index, kind, payload): ("step", (text, finish_reason | None)) | ("error", msg)
-    loop: asyncio.AbstractEventLoop
+    event_loop: asyncio.AbstractEventLoop
     index: int = 0  # choice index within its request
     use_cache: bool = True
     cached_tokens: int = 0  # prompt tokens served by the prefix cache (set at admission)
@@ -65,14 +65,14 @@ class Job:
 
     def post(self, kind: str, payload) -> None:
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.index, kind, payload))
-        except RuntimeError:  # the loop is closed (server shutting down)
+            self.event_loop.call_soon_threadsafe(self.queue.put_nowait, (self.index, kind, payload))
+        except RuntimeError:  # the event loop is closed (server shutting down)
             pass
 
 
 class Scheduler:
     def __init__(
-        self, engine, prefix_cache: PrefixCache | None = None, max_queue: int = 64, max_running: int | None = None
+        self, engine, prefix_cache: BlockCache | None = None, max_queue: int = 64, max_running: int | None = None
     ):
         self.engine = engine
         self.prefix_cache = prefix_cache
@@ -212,7 +212,7 @@ class Scheduler:
             if self.prefix_cache is not None and job.use_cache:
                 hit = self.prefix_cache.lookup(job.prompt_ids)
                 if hit.n_tokens:
-                    prefix = PromptCache(tuple(job.prompt_ids[: hit.n_tokens]), hit.tensors)
+                    prefix = PromptRows(tuple(job.prompt_ids[: hit.n_tokens]), hit.tensors)
                     job.cached_tokens = hit.n_tokens
             try:
                 job.rid = self.engine.add_request(
