@@ -1,9 +1,11 @@
-"""The outcome-vs-process experiment's part of the report (recipes/outcome-vs-process.toml): its section, its
-Markdown and its plot, read from the same run files as the rest of the card.
+"""The outcome-vs-process experiment's part of the report card: its section, its Markdown and its plot.
 
-It lives here, beside the card it joins, rather than beside the experiment's training code (train/grpo.py's
-process advantages, train/prm.py): the report sits above train/ in the import order, and a run without a
-process-supervised GRPO arm never reaches this module's output.
+The experiment is recipes/outcome-vs-process.toml; its figures are read from the same run files as the rest of
+the card.
+
+It lives in report/, not beside the experiment's training code (train/grpo.py's process advantages,
+train/prm.py), because it is built on the report's readers, cells and plots, and report/ sits above train/ in
+the import order.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""The report as text: report.md (every section, with the sentences that say how to read each table) and the
-tables printed on the console.
+"""The report as text: report.md, and the tables printed on the console.
+
+report.md holds every section, each table with the sentences that say how to read it; the console shows the
+main tables and where the card was written.
 """
 
 from __future__ import annotations
