@@ -113,13 +113,10 @@ def stage_entry(s: dict, run: Path, cpu_price: float, gpu_price: float) -> dict:
 def eval_entry(s: dict, by_name: dict, run: Path) -> dict:
     """An evaluation stage's accuracies (from its eval.json) and the model it evaluated."""
     e = s["eval"]
-    model_stage = stage_of(e.get("model") or s["fields"].get("model"), run)
+    model = e.get("model") or s["fields"].get("model")
+    model_stage = stage_of(model, run)
     ms = by_name.get(model_stage)
-    params = (
-        model_params(Path(e.get("model") or s["fields"].get("model", "")))
-        if (e.get("model") or s["fields"].get("model"))
-        else None
-    )
+    params = model_params(Path(model)) if model else None
     K = e.get("samples")
     g = e.get("greedy") or {}
     return {
