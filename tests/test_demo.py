@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyseek.report import read_metrics
+from tinyseek.report.run import read_metrics
 
 STAGE_OUTPUTS = {  # stage -> files it must leave
     "tasks": ["sft.jsonl", "rl.jsonl", "distill.jsonl", "test.jsonl", "corpus.txt"],

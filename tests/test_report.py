@@ -10,7 +10,8 @@ import pytest
 
 from tinyseek.config import ModelConfig
 from tinyseek.errors import TinyseekError
-from tinyseek.report import build_report, read_metrics, write_report
+from tinyseek.report.card import build_report, write_report
+from tinyseek.report.run import read_metrics
 
 
 def _stage(run: Path, name: str, kind: str, wall: float, metrics=None, summary=None, ev=None, ckpt_cfg=None):
@@ -321,7 +322,7 @@ def test_report_md_holds_only_numbers_from_report_json(run):
 def test_h200_projection_prices_generated_tokens_at_the_generation_rate(run):
     """GRPO's rollouts and rejection sampling are generation, not training: at 1,390 generated tokens/s they
     dominate a RL run's projected time (the bug was pricing them at the 108,000 training tokens/s)."""
-    from tinyseek import report as R
+    from tinyseek.report import sections as R
 
     metrics = [json.loads(x) for x in (run / "grpo" / "metrics.jsonl").read_text().splitlines()]
     for i, m in enumerate(metrics):
@@ -353,7 +354,7 @@ def test_shipped_report_card_names_no_machine_directory(card):
 def test_given_says_where_a_cold_start_stopped_and_names_gold_traces_a_student_saw(tmp_path):
     """The card's "what each stage was given": a stopping rule is stated with the step it fired at, and a
     distillation file no sample stage wrote (gold traces here) is named as not the teacher's samples."""
-    from tinyseek.report import given
+    from tinyseek.report.given import given
 
     run = tmp_path / "run"
     for name, rows in (("tasks/sft.jsonl", 3), ("sample/sft.jsonl", 2)):

@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("tinyseek.serve.cli:cli_serve", "DeepSeek/OpenAI-compatible HTTP API and chat page"),
     "usage": ("tinyseek.serve.ledger:cli_usage", "usage totals per key and day from a server's ledger"),
     "run": ("tinyseek.recipe:cli_run", "run a recipe (a TOML list of stages) into a run directory"),
-    "report": ("tinyseek.report:cli_report", "write the report card (JSON, Markdown, plots) for a run"),
+    "report": ("tinyseek.report.card:cli_report", "write the report card (JSON, Markdown, plots) for a run"),
     "demo": ("tinyseek.recipe:cli_demo", "the whole R1 recipe in miniature, ending in a report card"),
 }
 

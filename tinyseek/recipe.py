@@ -353,7 +353,7 @@ def _run_and_report(recipe_path: Path, out: Path, quick: bool, report: bool, see
         "this invocation)"
     )
     if report:
-        from tinyseek.report import write_report
+        from tinyseek.report.card import write_report
 
         rep = write_report(out)
         print(rep["console"])

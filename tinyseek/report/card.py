@@ -1,0 +1,84 @@
+"""The report card of a run, put together and written: `build_report`, `write_report` and `tinyseek report`.
+
+    tinyseek report RUN            # writes RUN/report/{report.json, report.md, *.png}, prints the tables
+
+The card is the general sections (sections.py) plus an experiment's own where the run holds one
+(outcome_vs_process.py), written as JSON, Markdown (render.py) and PNG plots (plots.py) into RUN/report/
+atomically, so a failed report never leaves half a card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tinyseek.report.outcome_vs_process import outcome_vs_process, plot_outcome_vs_process
+from tinyseek.report.plots import plot_accuracy, plot_expert_load, plot_losses, plot_rl
+from tinyseek.report.render import render_console, render_markdown
+from tinyseek.report.run import REPORT_DIR, load_run
+from tinyseek.report.sections import build_sections
+
+
+def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_price: float | None = None) -> dict:
+    """The report as a JSON-able dict (also the source of the Markdown and the console tables)."""
+    from tinyseek.train.loop import TrainConfig
+
+    data = load_run(run)
+    defaults = TrainConfig()
+    cpu_price = defaults.cpu_hour_price if cpu_hour_price is None else cpu_hour_price
+    gpu_price = defaults.gpu_hour_price if gpu_hour_price is None else gpu_hour_price
+    rep = build_sections(data, cpu_price, gpu_price)
+    ovp = outcome_vs_process(data)
+    if ovp is not None:
+        rep["outcome_vs_process"] = ovp
+    return rep
+
+
+def write_report(
+    run: str | Path, cpu_hour_price: float | None = None, gpu_hour_price: float | None = None, plots: bool = True
+) -> dict:
+    """Build the report and write RUN/report/ (atomically); returns the report with a "console" string added."""
+    from tinyseek.io import atomic_dir
+
+    run = Path(run)
+    rep = build_report(run, cpu_hour_price, gpu_hour_price)
+    data = load_run(run) if plots else None
+    with atomic_dir(run / REPORT_DIR) as tmp:
+        if plots:
+            for name, fn, arg in (
+                ("accuracy.png", plot_accuracy, rep),
+                ("losses.png", plot_losses, data),
+                ("rl.png", plot_rl, data),
+                ("expert_load.png", plot_expert_load, data),
+                ("outcome_vs_process.png", plot_outcome_vs_process, rep.get("outcome_vs_process")),
+            ):
+                if fn(arg, tmp / name):
+                    rep["plots"].append(str(run / REPORT_DIR / name))
+        (tmp / "report.json").write_text(json.dumps(rep, indent=2, default=str) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(render_markdown(rep), encoding="utf-8")
+    rep["console"] = render_console(rep)
+    return rep
+
+
+def cli_report(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="tinyseek report",
+        description="Write the report card of a recipe run: "
+        "RUN/report/report.json, report.md and PNG plots; prints the tables.",
+    )
+    p.add_argument("run", help="a run directory written by `tinyseek run` / `tinyseek demo`")
+    p.add_argument(
+        "--cpu-hour-price", type=float, default=None, help="$ per CPU-machine-hour (default: the training loop's)"
+    )
+    p.add_argument(
+        "--gpu-hour-price",
+        type=float,
+        default=None,
+        help="$ per GPU-hour (default: the training loop's, $2 as DeepSeek-V3's report)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    a = p.parse_args(argv)
+    rep = write_report(a.run, a.cpu_hour_price, a.gpu_hour_price, plots=not a.no_plots)
+    print(rep["console"])
+    return 0
