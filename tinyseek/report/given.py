@@ -7,6 +7,7 @@ stage's fields, the stage (its dict from `run.load_run`) and the run directory.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,17 @@ def _sample(f: dict, stage: dict, run: Path) -> str:
     )
 
 
+def _defaults(cls: type, f: dict) -> dict:
+    """A stage's fields over its config's defaults: recipe.json keeps only what the recipe wrote."""
+    out = {x.name: x.default for x in dataclasses.fields(cls) if x.default is not dataclasses.MISSING}
+    return {**out, **f}
+
+
 def _distill(f: dict, stage: dict, run: Path) -> str:
+    from tinyseek.train.distill import DistillConfig
+
+    f = _defaults(DistillConfig, f)
+
     # the teacher's own samples are what a sample stage wrote; any other file (gold traces of the tasks stage,
     # a user's traces) is something a student "taught by its teacher" must not have seen, and is named so
     def sampled(p: Any) -> bool:
@@ -108,16 +119,17 @@ def _distill(f: dict, stage: dict, run: Path) -> str:
         ("the teacher's verified samples " if sampled(p) else "NOT the teacher's samples: ") + _rows(p, run)
         for p in _files(f, "data")
     )
-    return f"{f.get('mode', 'blackbox')} from {short_path(f.get('teacher'), run)}: {sources}" + (
-        f", KL {f.get('kd', 'forward')} on the teacher's top-{f.get('kd_top_k', 20)}"
-        if f.get("mode") == "whitebox"
-        else ""
+    return f"{f['mode']} from {short_path(f.get('teacher'), run)}: {sources}" + (
+        f", KL {f['kd']} on the teacher's top-{f['kd_top_k']}" if f.get("mode") == "whitebox" else ""
     )
 
 
 def _eval(f: dict, stage: dict, run: Path) -> str:
-    model, data = short_path(f.get("model"), run), short_path(f.get("data"), run)
-    return f"{model} on {data}: {f.get('samples', 8)} samples at T={f.get('temperature', 1.0)} + greedy"
+    from tinyseek.evaluate import EvalConfig
+
+    f = _defaults(EvalConfig, f)
+    model, data = short_path(f.get("model"), run), short_path(f.get("data") or f.get("task"), run)
+    return f"{model} on {data}: {f['samples']} samples at T={f['temperature']}" + (" + greedy" if f["greedy"] else "")
 
 
 GIVEN = {
