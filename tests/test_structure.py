@@ -206,3 +206,37 @@ def test_every_tinyseek_name_is_imported_from_the_module_that_defines_it():
     files = [*mods.values(), *sorted((root / "tests").rglob("*.py")), *sorted((root / "benchmarks").rglob("*.py"))]
     problems = [f"{f}: {p}" for f in files for p in _imports_from_elsewhere(f.read_text(encoding="utf-8"), defined)]
     assert not problems, "\n".join(problems)
+
+
+# ----------------------------------------------------------------------------------------------
+# functions a reader can hold in their head
+
+MAX_FUNCTION_LINES = 120  # def line to last line, docstring included; model.py, the one-file model, is exempt
+LONG_FUNCTION_EXEMPT = {"tinyseek.model"}
+
+
+def _long_functions(src: str, limit: int) -> list[str]:
+    """Functions and methods (nested ones too) longer than `limit` lines, as 'name (N lines, line L)'."""
+    return [
+        f"{n.name} ({n.end_lineno - n.lineno + 1} lines, line {n.lineno})"
+        for n in ast.walk(ast.parse(src))
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > limit
+    ]
+
+
+def test_the_length_check_flags_a_probe():
+    lines = [f"x{i} = {i}\n" for i in range(10)]
+    probe = "def short():\n" + "".join("    " + x for x in lines[:5])
+    probe += "\nclass C:\n    def long(self):\n" + "".join("        " + x for x in lines)
+    assert _long_functions(probe, limit=8) == ["long (11 lines, line 9)"]
+    assert _long_functions(probe, limit=11) == []
+
+
+def test_no_function_longer_than_the_rule_outside_the_model():
+    problems = [
+        f"{path}: {f}"
+        for name, path in _modules().items()
+        if name not in LONG_FUNCTION_EXEMPT
+        for f in _long_functions(path.read_text(encoding="utf-8"), MAX_FUNCTION_LINES)
+    ]
+    assert not problems, f"longer than {MAX_FUNCTION_LINES} lines (split into named steps):\n" + "\n".join(problems)

@@ -632,8 +632,9 @@ class Loop:
         """The compute budget (`max_flops`) is used up: the step that crossed it was the last."""
         return self.cfg.max_flops > 0 and self.flops + self.prior_flops >= self.cfg.max_flops
 
-    def run(self, stage: Any) -> dict:
-        cfg = self.cfg
+    def _start(self, stage: Any) -> None:
+        """Resume from the last checkpoint (--resume), or clear an earlier run's checkpoints out of the way; open
+        the run directory's files."""
         if self.resume_requested:
             ckpt = latest_checkpoint(self.run_dir)
             if ckpt is not None:
@@ -662,76 +663,64 @@ class Loop:
             if self.resolved_config is not None:
                 write_toml(self.resolved_config, self.run_dir / "config.toml")
             self._open_metrics()
-        t_prev = time.perf_counter()
-        steps_this_run = 0
-        time_this_run = 0.0
-        while self.step < cfg.max_steps and not self.stopped and not self.budget_spent:
-            lr = lr_at(self.step, cfg)
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
-            m = stage.train_step(self)
-            self.step += 1
-            now = time.perf_counter()
-            dt = now - t_prev
-            t_prev = now
-            self.elapsed += dt
-            time_this_run += dt
-            steps_this_run += 1
-            tokens = int(m.pop("tokens", 0))
-            self.tokens += tokens
-            # FLOPs the stage did beside its training tokens (GRPO: the rollouts), counted in the cost meter too
-            step_flops = self.flops_per_token * tokens + float(m.pop("extra_flops", 0.0))
-            self.flops += step_flops
-            rec: dict[str, Any] = {
-                "step": self.step,
-                **{k: v for k, v in m.items() if k != "expert_load"},
-                "lr": lr,
-                "tokens": tokens,
-            }
-            load = m.get("expert_load")
-            if load is not None and load.numel():  # a dense model reports an empty [0, 0] load
-                mean = load.mean(dim=-1).clamp_min(1e-9)
-                rec["moe_maxvio"] = [round(float(v), 4) for v in (load.max(dim=-1).values / mean - 1)]
-                rec["moe_cv"] = [round(float(v), 4) for v in (load.std(dim=-1) / mean)]
-            rec["tokens_per_s"] = tokens / dt if dt > 0 else 0.0
-            rec["mfu"] = step_flops / dt / (self.peak * self.dist.world) if dt > 0 else 0.0
-            rec.update(
-                elapsed_s=self.elapsed,
-                total_tokens=self.tokens,
-                total_flops=self.flops,
-                cost_usd=self.cost()["cost_usd"],
-                bad_steps=self.bad_steps,
-            )
-            if self.bad_in_a_row >= cfg.max_bad_steps:
+
+    def _record(self, m: dict, lr: float, dt: float) -> dict:
+        """Count a step's tokens and FLOPs in the meter; its metrics.jsonl record."""
+        tokens = int(m.pop("tokens", 0))
+        self.tokens += tokens
+        # FLOPs the stage did beside its training tokens (GRPO: the rollouts), counted in the cost meter too
+        step_flops = self.flops_per_token * tokens + float(m.pop("extra_flops", 0.0))
+        self.flops += step_flops
+        rec: dict[str, Any] = {
+            "step": self.step,
+            **{k: v for k, v in m.items() if k != "expert_load"},
+            "lr": lr,
+            "tokens": tokens,
+        }
+        load = m.get("expert_load")
+        if load is not None and load.numel():  # a dense model reports an empty [0, 0] load
+            mean = load.mean(dim=-1).clamp_min(1e-9)
+            rec["moe_maxvio"] = [round(float(v), 4) for v in (load.max(dim=-1).values / mean - 1)]
+            rec["moe_cv"] = [round(float(v), 4) for v in (load.std(dim=-1) / mean)]
+        rec["tokens_per_s"] = tokens / dt if dt > 0 else 0.0
+        rec["mfu"] = step_flops / dt / (self.peak * self.dist.world) if dt > 0 else 0.0
+        rec.update(
+            elapsed_s=self.elapsed,
+            total_tokens=self.tokens,
+            total_flops=self.flops,
+            cost_usd=self.cost()["cost_usd"],
+            bad_steps=self.bad_steps,
+        )
+        return rec
+
+    def _stop_if_diverged(self, stage: Any, rec: dict) -> None:
+        if self.bad_in_a_row < self.cfg.max_bad_steps:
+            return
+        if self.is_main:
+            self._log(rec)
+        self.save(stage)  # skipped steps leave the weights alone: these are the last good step's weights
+        good = self.step - self.bad_in_a_row
+        raise TrainingStopped(
+            f"loss: {self.cfg.max_bad_steps} non-finite steps in a row (steps {good + 1}-{self.step}); "
+            f"stopped, the weights of step {good} are saved in "
+            f"{self.run_dir / 'checkpoints' / f'step-{self.step}'}"
+        )
+
+    def _evaluate(self, stage: Any, rec: dict, last: bool) -> bool:
+        """The stage's evaluation into `rec`; whether this step is the last (the stage's stopping rule may say so)."""
+        if hasattr(stage, "evaluate"):
+            self.last_eval = stage.evaluate(self)
+            rec.update(self.last_eval)
+            if self.last_eval.get("stop") and not last:
+                # the stage's own stopping rule (SFT's stop_accuracy) met: this step is the last
+                self.stopped, last = True, True
                 if self.is_main:
-                    self._log(rec)
-                self.save(stage)  # skipped steps leave the weights alone: these are the last good step's weights
-                good = self.step - self.bad_in_a_row
-                raise TrainingStopped(
-                    f"loss: {cfg.max_bad_steps} non-finite steps in a row (steps {good + 1}-{self.step}); "
-                    f"stopped, the weights of step {good} are saved in "
-                    f"{self.run_dir / 'checkpoints' / f'step-{self.step}'}"
-                )
-            last = self.step == cfg.max_steps or self.budget_spent
-            if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
-                if hasattr(stage, "evaluate"):
-                    self.last_eval = stage.evaluate(self)
-                    rec.update(self.last_eval)
-                    if self.last_eval.get("stop") and not last:
-                        # the stage's own stopping rule (SFT's stop_accuracy) met: this step is the last
-                        self.stopped, last = True, True
-                        if self.is_main:
-                            why = self.last_eval.get("stop_reason", "")
-                            print(f"{self.stage_name}: stopping at step {self.step}: {why}", flush=True)
-                t_prev = time.perf_counter()  # evaluation time is not training time
-            self.last_metrics = rec
-            if self.is_main:
-                self._log(rec)
-                if cfg.progress and (self.step % cfg.log_every == 0 or last):
-                    self._print(rec, time_this_run / steps_this_run)
-            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not last:
-                self.save(stage)
-                t_prev = time.perf_counter()
+                    why = self.last_eval.get("stop_reason", "")
+                    print(f"{self.stage_name}: stopping at step {self.step}: {why}", flush=True)
+        return last
+
+    def _finish(self, stage: Any, steps_this_run: int) -> dict:
+        cfg = self.cfg
         if steps_this_run == 0 and self.is_main:
             print(
                 f"nothing to do: already at step {self.step} of max_steps={cfg.max_steps}"
@@ -754,6 +743,40 @@ class Loop:
                     flush=True,
                 )
         return summary
+
+    def run(self, stage: Any) -> dict:
+        cfg = self.cfg
+        self._start(stage)
+        t_prev = time.perf_counter()
+        steps_this_run = 0
+        time_this_run = 0.0
+        while self.step < cfg.max_steps and not self.stopped and not self.budget_spent:
+            lr = lr_at(self.step, cfg)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            m = stage.train_step(self)
+            self.step += 1
+            now = time.perf_counter()
+            dt = now - t_prev
+            t_prev = now
+            self.elapsed += dt
+            time_this_run += dt
+            steps_this_run += 1
+            rec = self._record(m, lr, dt)
+            self._stop_if_diverged(stage, rec)
+            last = self.step == cfg.max_steps or self.budget_spent
+            if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
+                last = self._evaluate(stage, rec, last)
+                t_prev = time.perf_counter()  # evaluation time is not training time
+            self.last_metrics = rec
+            if self.is_main:
+                self._log(rec)
+                if cfg.progress and (self.step % cfg.log_every == 0 or last):
+                    self._print(rec, time_this_run / steps_this_run)
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not last:
+                self.save(stage)
+                t_prev = time.perf_counter()
+        return self._finish(stage, steps_this_run)
 
     def _print(self, rec: dict, sec_per_step: float) -> None:
         eta = (self.cfg.max_steps - self.step) * sec_per_step
