@@ -235,6 +235,7 @@ def test_rl_curve_and_same_start_comparisons(tmp_path):
 
 NUM = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?")
 LABEL_COLUMNS = {"stage", "model", "kind", "vs", "", "from", "other stage", "GRPO stage", "arm", "advantage"}
+LABEL_COLUMNS |= {"set", "behaviour", "problem", "completion", "right"}  # R1-Zero's section (report/r1_zero.py)
 UNITS = (1.0, 100.0, 1e-6, 1 / 3600)  # as is, percent, millions (params), hours (wall time)
 
 
@@ -290,6 +291,12 @@ def check_md_against_json(md: str, rep: dict) -> int:
         sources[("steps", "PRM score (min over steps)")] = [
             w for a in ovp["arms"] if a.get("hacking") for w in a["hacking"]["windows"]
         ]
+    zero = rep.get("r1_zero")  # recipes/r1-zero.toml's section
+    if zero:
+        sources[("set", "model")] = zero["evals"]
+        sources[("behaviour", "first tenth")] = zero["tenth_rows"]
+        sources[("step", "pass@1 %")] = zero["curve_table"]
+        sources[("problem", "step")] = zero["aha"]
     checked = 0
     for head, rows in md_tables(md):
         assert tuple(head[:2]) in sources, f"a table this check does not know yet: {head}"

@@ -35,8 +35,9 @@ def test_recipe_runs_quick_to_the_report(name, tmp_path):
     for stage in recipe.stages:
         assert json.loads((out / stage.name / "stage.json").read_text())["name"] == stage.name
     kinds = {s.kind: s.name for s in recipe.stages}
+    grpo_stage = next(s for s in recipe.stages if s.kind == "grpo")
     grpo = [json.loads(x) for x in (out / kinds["grpo"] / "metrics.jsonl").read_text().splitlines()]
-    assert len(grpo) == 2 and all(m["rollout_tok_s"] > 0 for m in grpo)
+    assert len(grpo) == grpo_stage.fields["max_steps"] and all(m["rollout_tok_s"] > 0 for m in grpo)
     assert (out / kinds["grpo"] / "final" / "model.safetensors").is_file()
     rep = json.loads((out / "report" / "report.json").read_text())
     assert rep["totals"]["rollout_tokens"] > 0
@@ -46,6 +47,14 @@ def test_recipe_runs_quick_to_the_report(name, tmp_path):
         ev = json.loads((out / "eval" / "eval.json").read_text())
         assert ev["params"]["temperature"] == 0.6 and ev["params"]["top_p"] == 0.95
         assert ev["pass@1"]["value"] is not None and rep["evals"][0]["pass@1"] == ev["pass@1"]["value"]
+    if name == "r1-zero":  # RL straight from the base: no SFT stage, the accuracy reward alone, R1's figures reported
+        assert "sft" not in kinds and grpo_stage.fields["rewards"] == ["accuracy"]
+        assert grpo_stage.fields["prompt_template"] == "r1-zero"
+        zero = rep["r1_zero"]
+        assert [p["step"] for p in zero["curve"]] == [m["step"] for m in grpo]
+        assert {"len_right", "len_wrong", "share_reasons", "share_verifies"} <= set(grpo[-1])
+        assert {e["set"] for e in zero["evals"]} == {"test", "ood"} and zero["aha"][0]["step"] == 0
+        assert (out / "report" / "r1_zero.png").is_file()
 
 
 @pytest.mark.slow

@@ -260,7 +260,10 @@ def test_tasks_write_gives_every_role_its_own_problems(tmp_path, capsys):
         (["--splits", "sft=0"], "splits.sft: an empty split"),
         (["--splits", "sft=5", "--shares", "sft=1.5"], r"shares.sft: must be in \(0, 1\]"),
         (["--difficulty", "1-2-3"], r"difficulty: a difficulty range is \[lo, hi\]"),
-        (["--corpus", "addition=5", "--corpus-format", "html"], "corpus_format must be plain or chat"),
+        (
+            ["--corpus", "addition=5", "--corpus-format", "html"],
+            "corpus_format must be one of plain, chat, dialogue, r1-zero",
+        ),
         (["--tasks", "addition", "--difficulty", "1", "--splits", "sft=5000"], "splits.sft: task addition"),
     ],
 )

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from tinyseek.errors import TinyseekError
-from tinyseek.r1 import completion_text, render_chat
+from tinyseek.r1 import R1_ZERO_TEMPLATE, completion_text, render_chat
 from tinyseek.tokenizer import Tokenizer
 
 IGNORE = -100
@@ -47,6 +47,12 @@ def task_documents(task_counts: dict[str, int], seed: int, split: str, fmt: str 
 def tokenize_documents(tok: Tokenizer, docs: list[str]) -> list[list[int]]:
     """BOS + tokens + EOS per document."""
     return [[tok.bos_id, *ids, tok.eos_id] for ids in tok.encode_batch(docs)]
+
+
+def document_examples(docs: list[list[int]], seq_len: int) -> list[tuple[list[int], list[int]]]:
+    """Tokenised documents as (ids, labels) rows of their own, cut to seq_len + 1 tokens: the loss is on every
+    token, and nothing but the document itself is in view (`collate` pads a batch of them)."""
+    return [(d[: seq_len + 1], d[: seq_len + 1]) for d in docs]
 
 
 class PackedStream:
@@ -155,28 +161,42 @@ def row_to_messages(row: Any, where: str) -> list[dict]:
     return msgs
 
 
-def sft_example(tok: Tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+def sft_example(tok: Tokenizer, messages: list[dict], template: str = "chat") -> tuple[list[int], list[int]]:
     """(ids, labels) of one conversation: labels are -100 except on the last assistant turn + EOS.
 
     Only the last assistant turn is trained (with its reasoning); earlier assistant turns are context,
     rendered without reasoning exactly as the chat template shows them at inference. The prompt ends with
     the special token `<｜Assistant｜>`, at which BPE never merges, so encoding the two parts separately
-    gives the same ids as encoding the whole text.
+    gives the same ids as encoding the whole text. `template = "r1-zero"`: the one user turn in R1-Zero's
+    template (BOS first, as a generation prompt gets it) and the completion after a space, as the template's
+    documents read; the prompt ends in `:` and the completion's space is a piece of its own, so the ids are again
+    those of the whole text.
     """
-    prompt = render_chat(messages[:-1], add_generation_prompt=True)
-    p_ids = tok.encode(prompt)
-    c_ids = tok.encode(messages[-1]["content"]) + [tok.eos_id]
+    if template == "r1-zero":
+        users = [m["content"] for m in messages[:-1] if m["role"] == "user"]
+        if len(users) != 1 or len(messages) != 2:
+            raise TinyseekError("prompt_template r1-zero: an example must be one user turn and the answer")
+        p_ids = tok.encode(R1_ZERO_TEMPLATE.format(prompt=users[0]), add_special=True)
+        c_ids = tok.encode(" " + messages[-1]["content"]) + [tok.eos_id]
+    else:
+        p_ids = tok.encode(render_chat(messages[:-1], add_generation_prompt=True))
+        c_ids = tok.encode(messages[-1]["content"]) + [tok.eos_id]
     return p_ids + c_ids, [IGNORE] * len(p_ids) + c_ids
 
 
 def sft_examples_from_rows(
-    tok: Tokenizer, rows: Iterable[tuple[str, Any]], max_len: int
+    tok: Tokenizer, rows: Iterable[tuple[str, Any]], max_len: int, template: str = "chat", answers_only: bool = False
 ) -> tuple[list[tuple[list[int], list[int]]], int]:
     """Tokenised examples cut to max_len + 1 tokens; examples with no assistant token left are dropped.
-    Returns (examples, number dropped)."""
+    `answers_only`: task records are trained on their answer alone (an empty think block), which is all an outcome
+    reward tells RL. Returns (examples, number dropped)."""
     out, dropped = [], 0
     for where, row in rows:
-        ids, labels = sft_example(tok, row_to_messages(row, where))
+        if answers_only:
+            if not isinstance(row, dict) or "answer" not in row or "prompt" not in row:
+                raise TinyseekError(f"{where}: completion = answer needs task records (prompt and answer)")
+            row = {"prompt": row["prompt"], "answer": row["answer"], "solution": ""}
+        ids, labels = sft_example(tok, row_to_messages(row, where), template)
         ids, labels = ids[: max_len + 1], labels[: max_len + 1]
         if all(lab == IGNORE for lab in labels[1:]):
             dropped += 1

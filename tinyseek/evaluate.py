@@ -37,6 +37,7 @@ from tinyseek.config import ConfigError
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.sampling import SamplingParams, derive_seed
 from tinyseek.io import write_json
+from tinyseek.r1 import R1_ZERO_TEMPLATE
 
 Z95 = 1.959963984540054
 
@@ -148,6 +149,28 @@ def summarize(
     return out
 
 
+def reasoning_stats(
+    texts: list[str], lengths: list[int], truncated: list[bool], correct: list[float | None]
+) -> dict[str, float | None]:
+    """How a set of completions reasons, R1's Figures 2-3 at one point: the mean length in tokens of the right
+    completions that stopped by themselves and of the wrong ones (length alone proves nothing, so the two apart),
+    the share cut at the token limit, and the shares that reason at all, verify and backtrack, read by the tasks'
+    own trace markers (`tinyseek.tasks.base.behaviours`: exact in the tasks' vocabulary, not keyword guesses).
+    None where no completion falls in a group; unscored completions count in the shares, not the lengths."""
+    from tinyseek.tasks.base import BEHAVIOURS, behaviours
+
+    def mean(xs: list[float]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    marks = [behaviours(t) for t in texts]
+    return {
+        "len_right": mean([n for n, c, t in zip(lengths, correct, truncated) if c == 1.0 and not t]),
+        "len_wrong": mean([n for n, c in zip(lengths, correct) if c is not None and c < 1.0]),
+        "truncated": mean([float(t) for t in truncated]),
+        **{f"share_{b}": mean([float(m[b]) for m in marks]) for b in BEHAVIOURS},
+    }
+
+
 # ----------------------------------------------------------------------------------------------
 # running an engine
 
@@ -191,7 +214,7 @@ def evaluate(
     def msgs(r: dict) -> list[dict]:
         return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": r["prompt"]}]
 
-    rows = []  # (record index, correct, answers, formats, lengths, texts): this rank's
+    rows = []  # (record index, correct, answers, formats, lengths, texts, truncated): this rank's
     n_tokens = 0
     for start in range(0, len(records), chunk):
         share = range(start, min(start + chunk, len(records)))
@@ -219,6 +242,7 @@ def evaluate(
                     rewards.format_reward([prompt_text] * len(comps), comps),
                     [len(c.token_ids) for c in grp],
                     comps,
+                    [c.finish_reason == "length" for c in grp],
                 )
             )
             n_tokens += sum(len(c.token_ids) for c in grp)
@@ -227,9 +251,11 @@ def evaluate(
     if dist is not None and dist.enabled:
         rows = sorted(dist_.gather(rows, dist), key=lambda row: row[0])
         n_tokens = int(dist_.all_sum(float(n_tokens), dist))
-    _, correct, answers, formats, lengths, texts = (list(col) for col in zip(*rows))
+    _, correct, answers, formats, lengths, texts, truncated = (list(col) for col in zip(*rows))
     elapsed = time.time() - t0
     out = summarize(correct, answers, formats, lengths)
+    flat = lambda xs: [x for row in xs for x in row]  # noqa: E731
+    out["reasoning"] = reasoning_stats(flat(texts), flat(lengths), flat(truncated), flat(correct))
     out["params"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(params).items()}
     out["time_s"] = round(elapsed, 3)
     out["tokens_per_s"] = round(n_tokens / elapsed, 1) if elapsed > 0 else None
@@ -282,6 +308,7 @@ class EvalConfig:
     greedy: bool = False  # also decode every problem once at temperature 0 (eval.json's "greedy")
     batch: int = 64  # sequences decoded together (problems per call: batch // samples)
     system: str = ""  # system message
+    prompt_template: str = "chat"  # chat: the model's chat template | r1-zero: R1-Zero's template (a base model)
     dtype: str = ""  # fp32 | bf16 (default: as stored)
     compile: bool = False  # compile the decode step (tinyseek checkpoints; see inference/engine.py)
     threads: int = 0  # CPU threads for torch (0: torch's choice; 1 is best on a busy machine)
@@ -300,6 +327,10 @@ class EvalConfig:
         for name in ("samples", "batch", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1 (got {getattr(self, name)})")
+        if self.prompt_template not in ("chat", "r1-zero"):
+            raise ConfigError(f"prompt_template: must be chat or r1-zero (got {self.prompt_template!r})")
+        if self.prompt_template == "r1-zero" and self.system:
+            raise ConfigError("system: R1-Zero's template has no system message")
 
     @property
     def name(self) -> str:
@@ -348,6 +379,9 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False) -> dict:
         if d.is_main:
             print(f"\r{done}/{total} problems", end="", file=sys.stderr, flush=True)
 
+    render = None  # the chat template; R1-Zero's, as GRPO renders it (train/policy.Policy.render)
+    if cfg.prompt_template == "r1-zero":
+        render = lambda r: engine.tokenizer.encode(R1_ZERO_TEMPLATE.format(prompt=r["prompt"]), add_special=True)  # noqa: E731
     params = SamplingParams(
         temperature=cfg.temperature,
         top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
@@ -368,6 +402,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False) -> dict:
             system=cfg.system,
             progress=prog,
             chunk=max(1, cfg.batch // cfg.samples),
+            render=render,
             dist=d,
         ),
     }
@@ -381,6 +416,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False) -> dict:
             system=cfg.system,
             keep_text=False,
             chunk=cfg.batch,
+            render=render,
             dist=d,
         )
         gen += sum(sum(p["lengths"]) for p in g["problems"])
@@ -438,6 +474,12 @@ def cli_eval(argv: list[str]) -> int:
         "--greedy", action="store_true", help="also decode every problem once at temperature 0 (eval.json's greedy)"
     )
     ap.add_argument("--system", default=d.system, help="system message")
+    ap.add_argument(
+        "--prompt-template",
+        default=d.prompt_template,
+        choices=["chat", "r1-zero"],
+        help="chat: the model's chat template; r1-zero: R1-Zero's template, for a base model (default %(default)s)",
+    )
     ap.add_argument("--batch", type=int, default=d.batch, help="sequences decoded together (default %(default)s)")
     ap.add_argument("--dtype", default=d.dtype, help="fp32 | bf16 (default: as stored)")
     add_compile_flag(ap)

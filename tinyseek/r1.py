@@ -72,17 +72,10 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = True, where:
 
 
 def completion_text(rec: dict) -> str:
-    """The R1-format completion for a task record: its trace in a think block, then its answer."""
-    return f"<think>\n{rec['solution']}\n</think>\n<answer>{rec['answer']}</answer>"
-
-
-def training_text(rec: dict, fmt: str = "plain") -> str:
-    """A solved task record as a training document: "plain" is the prompt, a newline and the completion;
-    "chat" is the prompt in the chat template (without BOS: a document gets its own) and the completion, so
-    pretraining already sees the SFT format."""
-    if fmt == "chat":
-        return render_chat([{"role": "user", "content": rec["prompt"]}])[len(BOS) :] + completion_text(rec)
-    return rec["prompt"] + "\n" + completion_text(rec)
+    """The R1-format completion for a task record: its trace in a think block, then its answer. An empty trace
+    leaves the think block empty (one newline: a corpus file separates documents by blank lines)."""
+    think = f"<think>\n{rec['solution']}\n</think>" if rec["solution"] else "<think>\n</think>"
+    return f"{think}\n<answer>{rec['answer']}</answer>"
 
 
 R1_ZERO_TEMPLATE = (
@@ -92,3 +85,22 @@ R1_ZERO_TEMPLATE = (
     "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
     "User: {prompt}. Assistant:"
 )  # DeepSeek-R1 paper, Table 1: the prompt of R1-Zero, for base models that never saw the chat template
+DIALOGUE_TEMPLATE = "User: {prompt}. Assistant:"  # R1-Zero's turn, without its preamble: a plain chat transcript
+
+# how a solved problem is laid out as a training document (`training_text`)
+LAYOUTS = ("plain", "chat", "dialogue", "r1-zero")
+
+
+def training_text(rec: dict, fmt: str = "plain") -> str:
+    """A solved task record as a training document. "plain" is the prompt, a newline and the completion; "chat"
+    is the prompt in the chat template (without BOS: a document gets its own) and the completion, so pretraining
+    already sees the SFT format; "r1-zero" is the prompt in R1-Zero's template, a space and the completion, as a
+    base model continues that template; "dialogue" is the same turn without the template's preamble."""
+    if fmt == "chat":
+        return render_chat([{"role": "user", "content": rec["prompt"]}])[len(BOS) :] + completion_text(rec)
+    if fmt in ("dialogue", "r1-zero"):
+        template = DIALOGUE_TEMPLATE if fmt == "dialogue" else R1_ZERO_TEMPLATE
+        return template.format(prompt=rec["prompt"]) + " " + completion_text(rec)
+    if fmt != "plain":
+        raise TinyseekError(f"layout: unknown document layout {fmt!r} (known: {', '.join(LAYOUTS)})")
+    return rec["prompt"] + "\n" + completion_text(rec)

@@ -118,21 +118,39 @@ def _substitute(value: Any, run: Path, recipe_dir: Path) -> Any:
     return value
 
 
+def parse_sets(items: list[str]) -> dict[str, dict[str, str]]:
+    """`--set STAGE.FIELD=VALUE` flags -> {stage: {field: value}}; the values are read like a stage command's
+    `--field value` flags (`config.overlay`: `--set pretrain.model.dim=64` merges into the [model] table)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        stage, dot, name = key.partition(".")
+        if not eq or not dot or not stage or not name:
+            raise ConfigError(f"--set {item}: expected STAGE.FIELD=VALUE (e.g. grpo.loss_type=dr_grpo)")
+        out.setdefault(stage, {})[name] = text
+    return out
+
+
 def load_recipe(
-    path: str | Path, run: str | Path, quick: bool = False, seed: int | None = None, threads: int | None = None
+    path: str | Path,
+    run: str | Path,
+    quick: bool = False,
+    seed: int | None = None,
+    threads: int | None = None,
+    sets: dict[str, dict[str, str]] | None = None,
 ) -> Recipe:
     """Parse and check a recipe; every error names the file and the stage. `seed` replaces every stage's
-    seed (the held-out test set stays the same: its draw has its own `test_seed`); `threads` the recipe's."""
+    seed (the held-out test set stays the same: its draw has its own `test_seed`); `threads` the recipe's;
+    `sets` ({stage name: {field: value}}, from `--set`) goes over the named stages' fields, after --quick.
+    A recipe may `include` another (a shipped name or a path beside it): its stages come first, so a recipe that
+    extends an experiment runs into the same directory and finds the shared stages complete."""
     path = Path(path)
     data = read_file(path)
-    run = Path(run)
-    stages_raw = data.get("stage")
-    if not isinstance(stages_raw, list) or not stages_raw:
-        raise ConfigError(f"{path}: no [[stage]] tables")
-    unknown_top = set(data) - {"name", "description", "stage", "threads"}
+    unknown_top = set(data) - {"name", "description", "stage", "threads", "include"}
     if unknown_top:
         raise ConfigError(
-            f"{path}: unknown top-level field {sorted(unknown_top)[0]!r} (known: name, description, threads, stage)"
+            f"{path}: unknown top-level field {sorted(unknown_top)[0]!r} (known: name, description, threads, include, "
+            "stage)"
         )
     file_threads = data.get("threads", 0)
     if not isinstance(file_threads, int) or file_threads < 0:
@@ -147,7 +165,27 @@ def load_recipe(
         threads=file_threads if threads is None else threads,
         seed=seed,
     )
-    seen: set[str] = set()
+    recipe.stages = _stages(path, data, Path(run), quick, seed, sets or {}, chain=[path.resolve()])
+    seen = [s.name for s in recipe.stages]
+    unknown = sorted(set(sets or {}) - set(seen))
+    if unknown:
+        raise ConfigError(f"--set {unknown[0]}.…: the recipe has no stage {unknown[0]!r} (stages: {', '.join(seen)})")
+    return recipe
+
+
+def _stages(path: Path, data: dict, run: Path, quick: bool, seed, sets: dict, chain: list[Path]) -> list[Stage]:
+    """A recipe file's stages, after those of the recipe it includes."""
+    stages: list[Stage] = []
+    if "include" in data:
+        beside = path.parent / str(data["include"])
+        inc = beside if beside.is_file() else find_recipe(str(data["include"]))
+        if inc.resolve() in chain:
+            raise ConfigError(f"{path}: include {data['include']!r} includes itself")
+        stages = _stages(inc, read_file(inc), run, quick, seed, sets, [*chain, inc.resolve()])
+    stages_raw = data.get("stage")
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise ConfigError(f"{path}: no [[stage]] tables")
+    seen = {s.name for s in stages}
     for i, raw in enumerate(stages_raw, 1):
         where = f"{path} stage {i}"
         kind = raw.get("kind")
@@ -172,11 +210,13 @@ def load_recipe(
             raise ConfigError(f"{where}: quick must be a table of overrides")
         if quick:
             fields_.update(q)
+        if name in sets:
+            fields_ = overlay(stage_kind(kind)[0], fields_, sets[name])
         if seed is not None:
             fields_["seed"] = seed
         fields_ = _substitute(fields_, run, path.parent.resolve())
-        recipe.stages.append(Stage(kind=kind, name=name, fields=fields_, where=where))
-    return recipe
+        stages.append(Stage(kind=kind, name=name, fields=fields_, where=where))
+    return stages
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,8 +384,8 @@ def run_recipe(recipe: Recipe, run: str | Path, log: Callable[[str], None] = pri
 # commands
 
 
-def _run_and_report(recipe_path: Path, out: Path, quick: bool, report: bool, seed=None, threads=None) -> int:
-    recipe = load_recipe(recipe_path, out, quick=quick, seed=seed, threads=threads)
+def _run_and_report(recipe_path: Path, out: Path, quick: bool, report: bool, seed=None, threads=None, sets=None) -> int:
+    recipe = load_recipe(recipe_path, out, quick=quick, seed=seed, threads=threads, sets=sets)
     t0 = time.perf_counter()
     run_recipe(recipe, out)
     print(
@@ -372,9 +412,17 @@ def cli_run(argv: list[str]) -> int:
         "--quick", action="store_true", help="apply each stage's [stage.quick] overrides (same stages, smaller)"
     )
     p.add_argument("--no-report", action="store_true", help="do not write the report card at the end")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STAGE.FIELD=VALUE",
+        help="change one stage's field for this run (repeatable; VALUE in TOML), e.g. --set grpo.loss_type=dr_grpo",
+    )
     _seed_threads_flags(p)
     a = p.parse_args(argv)
-    return _run_and_report(find_recipe(a.recipe), Path(a.out), a.quick, not a.no_report, a.seed, a.threads)
+    sets = parse_sets(a.set)
+    return _run_and_report(find_recipe(a.recipe), Path(a.out), a.quick, not a.no_report, a.seed, a.threads, sets)
 
 
 def _seed_threads_flags(p: argparse.ArgumentParser) -> None:

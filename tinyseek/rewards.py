@@ -264,6 +264,27 @@ def accuracy_reward(prompts, completions, **columns) -> list[float | None]:
     return out
 
 
+# --------------------------------------------------------------------------------------------------- hacks
+
+
+def reward_hacks(completion) -> list[str]:
+    """What makes a completion suspect when it earns a reward (Logic-RL lists such format hacks): `no_reasoning`
+    (its think block holds no worked step, by the tasks' markers), `no_answer_tags` (the accuracy reward fell back
+    to the last number), `work_in_answer` (a worked step inside <answer>). [] for a clean one. A bare right answer
+    is not cheating, but RL that rewards it is not rewarding reasoning: the log makes that visible."""
+    from tinyseek.tasks.base import STEP_RE, behaviours
+
+    text = _content(completion)
+    flags = [] if behaviours(text)["reasons"] else ["no_reasoning"]
+    end = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, end) if end >= 0 else -1
+    if start < 0:
+        flags.append("no_answer_tags")
+    elif STEP_RE.search(text[start:end]):
+        flags.append("work_in_answer")
+    return flags
+
+
 # --------------------------------------------------------------------------------------------------- format
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")

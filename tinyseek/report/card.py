@@ -3,7 +3,7 @@
     tinyseek report RUN            # writes RUN/report/{report.json, report.md, *.png}, prints the tables
 
 The card is the general sections (sections.py) plus an experiment's own where the run holds one
-(outcome_vs_process.py), written as JSON, Markdown (render.py) and PNG plots (plots.py) into RUN/report/
+(outcome_vs_process.py, r1_zero.py), written as JSON, Markdown (render.py) and PNG plots (plots.py) into RUN/report/
 atomically, so a failed report never leaves half a card.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tinyseek.report.outcome_vs_process import outcome_vs_process, plot_outcome_vs_process
 from tinyseek.report.plots import plot_accuracy, plot_expert_load, plot_losses, plot_rl
+from tinyseek.report.r1_zero import plot_r1_zero, r1_zero
 from tinyseek.report.render import render_console, render_markdown
 from tinyseek.report.run import REPORT_DIR, load_run
 from tinyseek.report.sections import build_sections
@@ -32,6 +33,9 @@ def build_report(run: str | Path, cpu_hour_price: float | None = None, gpu_hour_
     ovp = outcome_vs_process(data)
     if ovp is not None:
         rep["outcome_vs_process"] = ovp
+    zero = r1_zero(data)
+    if zero is not None:
+        rep["r1_zero"] = zero
     return rep
 
 
@@ -52,6 +56,7 @@ def write_report(
                 ("rl.png", plot_rl, data),
                 ("expert_load.png", plot_expert_load, data),
                 ("outcome_vs_process.png", plot_outcome_vs_process, rep.get("outcome_vs_process")),
+                ("r1_zero.png", plot_r1_zero, rep.get("r1_zero")),
             ):
                 if fn(arg, tmp / name):
                     rep["plots"].append(str(run / REPORT_DIR / name))

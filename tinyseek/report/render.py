@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tinyseek.report.cells import human, interval, money, num, pct, table
 from tinyseek.report.outcome_vs_process import ovp_arm_rows, render_outcome_vs_process
+from tinyseek.report.r1_zero import render_r1_zero
 from tinyseek.report.run import REPORT_DIR
 
 
@@ -179,6 +180,8 @@ def render_markdown(rep: dict) -> str:
         out += ["## Reinforcement learning", "", f"{r['stage']}: {r['steps']} steps; " + "; ".join(bits) + ".", ""]
     if rep.get("outcome_vs_process"):
         out += render_outcome_vs_process(rep["outcome_vs_process"])
+    if rep.get("r1_zero"):
+        out += render_r1_zero(rep["r1_zero"])
     out += (
         ["## Stages", "", "What each stage was given:", ""]
         + [f"- **{r['name']}** ({r['kind']}): {r['given']}" for r in rep["stages"]]

@@ -15,10 +15,12 @@ or writes a run's problem files.
 
 from __future__ import annotations
 
+import random
+
 from tinyseek.config import ConfigError
-from tinyseek.r1 import training_text
+from tinyseek.r1 import LAYOUTS, training_text
 from tinyseek.tasks.arithmetic import Arithmetic
-from tinyseek.tasks.base import Task
+from tinyseek.tasks.base import Task, stream_seed
 from tinyseek.tasks.countdown import Countdown
 from tinyseek.tasks.equations import Equations
 from tinyseek.tasks.wordproblems import WordProblems
@@ -58,6 +60,22 @@ def records(
     ]
 
 
+COMPLETIONS = ("worked", "bare", "checked")  # the task's trace; no reasoning; the trace with its steps judged
+
+
+def parse_style(style: str) -> tuple[str, str]:
+    """ "LAYOUT" or "LAYOUT:COMPLETION" (e.g. "r1-zero:bare") -> (layout, completion); a bad one is a one-line
+    error naming the known ones."""
+    layout, _, completion = style.partition(":")
+    completion = completion or "worked"
+    if layout not in LAYOUTS or completion not in COMPLETIONS:
+        raise ConfigError(
+            f"corpus style {style!r}: expected LAYOUT[:COMPLETION], layouts {', '.join(LAYOUTS)}, completions "
+            f"{', '.join(COMPLETIONS)}"
+        )
+    return layout, completion
+
+
 def documents(
     counts: dict[str, int],
     seed: int = 0,
@@ -66,10 +84,35 @@ def documents(
     difficulty=None,
     field: str = "tasks",
     part=None,
+    mix: dict[str, float] | None = None,
 ) -> list[str]:
-    """Worked problems as training text (`r1.training_text`): the task corpus of the tokenizer, pretraining and
-    recipes."""
-    return [training_text(rec, fmt) for rec in records(counts, seed, split, difficulty, field, part)]
+    """Solved problems as training text (`r1.training_text`): the task corpus of the tokenizer, pretraining and
+    recipes. Every document is laid out as `fmt`, or, with a `mix` ({style: share}, shares summing to 1), each
+    draws its style from the mix: a layout and what the completion shows (the worked trace, a bare answer, or the
+    trace checking its steps), so one corpus holds problems written the several ways a real base model's data
+    would. The draw is seeded: the same arguments give the same corpus."""
+    recs = records(counts, seed, split, difficulty, field, part)
+    if not mix:
+        return [training_text(rec, fmt) for rec in recs]
+    styles = [(parse_style(k), float(v)) for k, v in mix.items()]
+    if any(v < 0 for _, v in styles) or abs(sum(v for _, v in styles) - 1) > 1e-6:
+        raise ConfigError(f"corpus mix: the shares must be >= 0 and sum to 1 (got {dict(mix)})")
+    rng = random.Random(stream_seed("corpus-mix", seed, split))
+    out = []
+    for rec in recs:
+        u, acc = rng.random(), 0.0
+        (layout, completion), _ = styles[-1]
+        for (lay, comp), share in styles:
+            acc += share
+            if u < acc:
+                layout, completion = lay, comp
+                break
+        if completion == "bare":
+            rec = {**rec, "solution": ""}
+        elif completion == "checked":
+            rec = {**rec, "solution": get(rec["task"]).checked_solution(rec, rng)}
+        out.append(training_text(rec, layout))
+    return out
 
 
 def load_records(path) -> list[dict]:

@@ -4,6 +4,7 @@ Prompts are bare expressions (`4821+3967=`). Traces (measured learnable by a 0.8
 digit by digit from the right:
 
     addition     4821+3967=   1+7+0=08 2+6+0=08 8+9+0=17 4+3+1=08 so 8788      (x+y+carry=two-digit sum)
+    checked      47+85=       7+5+0=11 no 7+5+0=12 yes 4+8+1=13 yes so 132      (each column judged; a slip redone)
     subtraction  4821-3967=   11-7-0=4 12-6-1=5 18-9-1=8 4-3-1=0 so 854         (a leading 1 marks a borrow)
     negative     39-48=       swap 18-9-0=9 4-3-1=0 so -9                       (48-39, then the sign)
     product      482*37=      482*7=3374 482*30=14460 3374+14460=17834 so 17834 (partial products)
@@ -11,12 +12,18 @@ digit by digit from the right:
 
 Difficulty = digits per operand (the second factor of a product has ceil(d/2) digits so traces stay short;
 mixed expressions use three d-digit numbers). Difficulty 1-2 traces stay under ~60 characters.
+
+The checked form (`checked_solution`, addition only) is for corpora that should hold a few traces which check
+their work: every column is judged `yes`, and in about half of them one column is first written wrong, judged
+`no` and redone.
 """
 
 from __future__ import annotations
 
 import random
+import re
 
+from tinyseek.errors import TinyseekError
 from tinyseek.tasks.base import Task
 
 MIXED_SHAPES = ("({a}+{b})*{c}", "({a}-{b})*{c}", "{a}*({b}+{c})", "{a}+{b}*{c}", "{a}*{b}-{c}")
@@ -38,6 +45,25 @@ def add_trace(a: int, b: int) -> str:
         y = int(rb[i]) if i < len(rb) else 0
         s = x + y + carry
         parts.append(f"{x}+{y}+{carry}={s:02d}")
+        carry = s // 10
+    return " ".join(parts) + f" so {a + b}"
+
+
+def add_trace_checked(a: int, b: int, rng: random.Random, slip: float = 0.5) -> str:
+    """add_trace with every column judged `yes`; with probability `slip` one column is first written wrong (its
+    sum off by one or by ten), judged `no`, and redone."""
+    ra, rb = str(a)[::-1], str(b)[::-1]
+    n = max(len(ra), len(rb))
+    wrong_at = int(rng.random() * n) if rng.random() < slip else -1
+    carry, parts = 0, []
+    for i in range(n):
+        x = int(ra[i]) if i < len(ra) else 0
+        y = int(rb[i]) if i < len(rb) else 0
+        s = x + y + carry
+        if i == wrong_at:
+            w = [v for v in (s - 1, s + 1, s - 10, s + 10) if 0 <= v <= 19][int(rng.random() * 2)]
+            parts.append(f"{x}+{y}+{carry}={w:02d} no")
+        parts.append(f"{x}+{y}+{carry}={s:02d} yes")
         carry = s // 10
     return " ".join(parts) + f" so {a + b}"
 
@@ -135,3 +161,9 @@ class Arithmetic(Task):
             else:
                 value, solution = a * b, mul_trace(a, b)
         return {"prompt": f"{expr}=", "answer": str(value), "solution": solution}
+
+    def checked_solution(self, rec: dict, rng: random.Random) -> str:
+        m = re.fullmatch(r"(\d+)\+(\d+)=", rec["prompt"])
+        if m is None:
+            raise TinyseekError(f"task {self.name}: checked traces exist for additions only (got {rec['prompt']!r})")
+        return add_trace_checked(int(m.group(1)), int(m.group(2)), rng)

@@ -23,11 +23,45 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from typing import Any
 
 from tinyseek.errors import TinyseekError
 
 SPLITS = ("train", "test")
+
+# The vocabulary the tasks' traces share, read back exactly: a worked step is `operand op operand = number`
+# (`7+9+0=16`, `482*30=14460`, `9-7=2`); a step the trace judges is followed by `yes` or `no`; `no` retracts it,
+# and the trace goes on with another try (Countdown's search, a redone column of a checked addition).
+STEP_RE = re.compile(r"\d\s*[-+*/]\s*\d+(?:\s*[-+*/]\s*\d+)*\s*=\s*-?\d+")
+VERDICT_RE = re.compile(r"=\s*-?\d+\s+(yes|no)\b")
+BEHAVIOURS = ("reasons", "verifies", "backtracks")
+
+
+def think_block(completion: str) -> str:
+    """The reasoning of a completion: what lies between `<think>` and `</think>` (to the answer, or the end, when a
+    tag is missing)."""
+    start = completion.find("<think>")
+    text = completion[start + len("<think>") :] if start >= 0 else completion
+    end = text.find("</think>")
+    if end < 0:
+        end = text.find("<answer>")
+    return text if end < 0 else text[:end]
+
+
+def behaviours(completion: str) -> dict[str, bool]:
+    """What a completion's reasoning does, by the traces' own markers (exact, not keyword guesses): `reasons` (its
+    think block holds a worked step), `verifies` (a step judged `yes` or `no`), `backtracks` (a step judged `no`,
+    and the reasoning goes on)."""
+    think = think_block(completion)
+    verdicts = VERDICT_RE.findall(think)
+    return {
+        "reasons": STEP_RE.search(think) is not None,
+        "verifies": bool(verdicts),
+        "backtracks": "no" in verdicts,
+    }
+
+
 TEST_BUCKETS = 6554  # of 65536: the first two digest bytes below this mark a held-out problem (10.0%)
 
 
@@ -78,6 +112,11 @@ class Task:
 
     def build(self, rng: random.Random, problem: Any, difficulty: int) -> dict:
         raise NotImplementedError
+
+    def checked_solution(self, rec: dict, rng: random.Random) -> str:
+        """The record's trace with its steps judged `yes`/`no` (and a wrong step retracted and redone), for a
+        corpus's documents that check their work. Tasks without such traces say so."""
+        raise TinyseekError(f"task {self.name}: has no checked traces (a corpus style ':checked' needs them)")
 
     def _levels(self, difficulty) -> list[int]:
         """None -> the default; an int -> that level; a tuple (lo, hi) -> levels lo..hi; a list -> exactly

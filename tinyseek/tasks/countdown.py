@@ -198,6 +198,9 @@ class Countdown(Task):
         numbers = [1 + int(rng.random() * MAX_NUMBER) for _ in range(difficulty + 2)]
         return ",".join(map(str, sorted(numbers))), numbers
 
+    def checked_solution(self, rec: dict, rng: random.Random) -> str:
+        return rec["solution"]  # the search already judges every try (`no`, then `yes`)
+
     def build(self, rng: random.Random, numbers, difficulty: int) -> dict:
         while True:  # some constructions leave the target range (big products); rebuild those
             target, expr, steps = solve_by_construction(rng, numbers)

@@ -18,10 +18,8 @@ from typing import Any
 from tinyseek.config import ConfigError, from_dict, overlay, read_file
 from tinyseek.errors import TinyseekError
 from tinyseek.io import atomic_dir, write_json, write_jsonl
-from tinyseek.r1 import completion_text
-from tinyseek.tasks import documents, get, names
-
-CORPUS_FORMATS = ("plain", "chat")
+from tinyseek.r1 import LAYOUTS, completion_text
+from tinyseek.tasks import documents, get, names, parse_style
 
 
 @dataclass
@@ -35,9 +33,14 @@ class TasksConfig:
     test: int = 200  # distinct held-out problems (per task)
     corpus: dict[str, int] = field(default_factory=dict)  # task -> worked problems as corpus.txt documents (repeats)
     corpus_difficulty: int | list[int] | None = None  # the corpus problems' difficulty (default: the task's)
-    corpus_format: str = "plain"  # the corpus documents' layout: plain | chat
+    corpus_format: str = "plain"  # the corpus documents' layout: plain | chat | dialogue | r1-zero
+    # {style: share}: each corpus document draws its style, LAYOUT[:COMPLETION] (completion worked | bare | checked),
+    # e.g. {"dialogue" = 0.6, "r1-zero:bare" = 0.3, "r1-zero" = 0.07, "r1-zero:checked" = 0.03}; replaces corpus_format
+    corpus_mix: dict[str, float] = field(default_factory=dict)
     shares: dict[str, float] = field(default_factory=dict)  # role -> its fraction of the train side (see role_parts)
     test_seed: int = 0  # the held-out draw's own seed: every run seed is measured on the same test set
+    ood: int = 0  # distinct held-out problems at ood_difficulty, in ood.jsonl (an out-of-distribution test set)
+    ood_difficulty: int | list[int] | None = None  # e.g. harder than anything the splits hold
 
     def validate(self) -> None:
         for n in [*self.tasks, *self.corpus]:
@@ -47,8 +50,13 @@ class TasksConfig:
         role_parts(self.splits, self.shares, bool(self.corpus))
         _difficulty(self.difficulty, "difficulty")
         _difficulty(self.corpus_difficulty, "corpus_difficulty")
-        if self.corpus_format not in CORPUS_FORMATS:
-            raise ConfigError(f"corpus_format must be plain or chat (got {self.corpus_format!r})")
+        if self.corpus_format not in LAYOUTS:
+            raise ConfigError(f"corpus_format must be one of {', '.join(LAYOUTS)} (got {self.corpus_format!r})")
+        for style in self.corpus_mix:
+            parse_style(style)
+        if self.ood and self.ood_difficulty is None:
+            raise ConfigError("ood_difficulty: an out-of-distribution test set (ood > 0) needs its difficulty")
+        _difficulty(self.ood_difficulty, "ood_difficulty")
 
 
 def _difficulty(value: Any, name: str) -> Any:
@@ -108,6 +116,7 @@ def run(cfg: TasksConfig, out: Path, resume: bool = False) -> dict:
     diff = _difficulty(cfg.difficulty, "difficulty")
     out_recs: dict[str, list[dict]] = {k: [] for k in cfg.splits}
     test: list[dict] = []
+    ood: list[dict] = []
     for name in cfg.tasks:
         task = get(name)
         for k, n in cfg.splits.items():
@@ -120,21 +129,33 @@ def run(cfg: TasksConfig, out: Path, resume: bool = False) -> dict:
                 raise ConfigError(f"splits.{k}: {e}; or give the split a larger share") from None
         # the held-out set has its own seed: runs with different seeds are measured on the same problems
         test += task.generate(cfg.test, seed=cfg.test_seed, split="test", difficulty=diff, unique=True)
+        if cfg.ood:
+            odiff = _difficulty(cfg.ood_difficulty, "ood_difficulty")
+            ood += task.generate(cfg.ood, seed=cfg.test_seed, split="test", difficulty=odiff, unique=True)
     cdiff = _difficulty(cfg.corpus_difficulty, "corpus_difficulty")
     corpus = []
     if cfg.corpus:
         try:
-            corpus = documents(cfg.corpus, cfg.seed, "train", cfg.corpus_format, cdiff, part=parts["corpus"])
+            corpus = documents(
+                cfg.corpus, cfg.seed, "train", cfg.corpus_format, cdiff, part=parts["corpus"], mix=cfg.corpus_mix
+            )
         except TinyseekError as e:
             raise ConfigError(f"corpus: {e}") from None
+        split = next((d for d in corpus if "\n\n" in d), None)  # corpus.txt separates documents by blank lines
+        if split is not None:
+            raise ConfigError(f"corpus: a document holds a blank line and would be read back as two: {split[:80]!r}")
     roles = {k: {"part": list(parts[k]), "problems": len(out_recs[k])} for k in cfg.splits}
     if corpus:
         roles["corpus"] = {"part": list(parts["corpus"]), "documents": len(corpus)}
     roles["test"] = {"part": "held-out side", "problems": len(test)}
+    if ood:
+        roles["ood"] = {"part": "held-out side", "problems": len(ood), "difficulty": cfg.ood_difficulty}
     with atomic_dir(out) as tmp:
         for k, recs in out_recs.items():
             write_jsonl(tmp / f"{k}.jsonl", recs)
         write_jsonl(tmp / "test.jsonl", test)
+        if ood:
+            write_jsonl(tmp / "ood.jsonl", ood)
         write_json(tmp / "roles.json", roles)
         if corpus:
             (tmp / "corpus.txt").write_text("\n\n".join(corpus) + "\n", encoding="utf-8")
@@ -166,7 +187,12 @@ def cli_write(argv: list[str]) -> int:
     )
     ap.add_argument(
         "--corpus-format",
-        help=f"the corpus documents' layout: {' | '.join(CORPUS_FORMATS)} (default {d.corpus_format})",
+        help=f"the corpus documents' layout: {' | '.join(LAYOUTS)} (default {d.corpus_format})",
+    )
+    ap.add_argument(
+        "--corpus-mix",
+        help="STYLE=SHARE,...: each corpus document draws its style, LAYOUT[:COMPLETION] with COMPLETION worked, bare "
+        "or checked (e.g. dialogue=0.6,r1-zero:bare=0.4); replaces --corpus-format",
     )
     ap.add_argument(
         "--shares",
@@ -174,10 +200,16 @@ def cli_write(argv: list[str]) -> int:
         "in proportion to their counts, after a fifth for the corpus)",
     )
     ap.add_argument("--test-seed", help=f"the held-out draw's own seed (default {d.test_seed})")
+    ap.add_argument("--ood", help="distinct held-out problems at --ood-difficulty, written to ood.jsonl (default 0)")
+    ap.add_argument("--ood-difficulty", help="the out-of-distribution problems' difficulty: an int or LO-HI")
     ap.add_argument("--out", required=True, help="the directory to write (replaced as a whole)")
     a = ap.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if v is not None and k not in ("config", "out")}
-    for k in ("difficulty", "corpus_difficulty"):  # LO-HI, as `tinyseek tasks NAME --difficulty` takes it
+    for k in (
+        "difficulty",
+        "corpus_difficulty",
+        "ood_difficulty",
+    ):  # LO-HI, as `tinyseek tasks NAME --difficulty` takes it
         if k in flags:
             flags[k] = flags[k].replace("-", ",")
     data = read_file(a.config) if a.config else {}

@@ -134,6 +134,7 @@ class GrpoConfig(TrainConfig):
     eval_temperature: float = 0.6  # sampling temperature of the held-out pass@1 (R1's protocol: 0.6)
     eval_top_p: float = 0.95  # nucleus mass of the held-out pass@1 (R1's protocol: 0.95)
     eval_greedy: bool = True  # also greedy accuracy at every evaluation
+    heldout_logged: int = 8  # the first N held-out problems' completions at every evaluation (RUN/heldout/step-N)
     # where rollouts come from (train/rollout.py); the server gets the weights after each update (RUN/rollout_weights)
     rollout: str = "local"  # local (this process's engine) | server (an OpenAI-compatible server at rollout_url)
     rollout_url: str = ""  # e.g. http://127.0.0.1:8000 (tinyseek serve CKPT --allow-weight-updates)
@@ -329,8 +330,6 @@ class GrpoStage:
     def train_step(self, loop) -> dict:
         import time
 
-        from tinyseek import rewards as R
-
         cfg, pol, G = self.cfg, self.policy, self.cfg.group_size
         recs = self.prompts.batch(loop.step, cfg.batch_size)
         prompt_ids = [pol.render(r["prompt"], cfg.prompt_template, cfg.system_prompt) for r in recs]
@@ -389,28 +388,15 @@ class GrpoStage:
             adv, std, informative = group_advantages(r_t, G, cfg.scale_rewards, cfg.std_threshold)
         keep = [i for i in range(len(comps)) if not cfg.dynamic_sampling or bool(informative[i // G])]
         truncated = [c.finish_reason == "length" for c in comps]
-        m: dict = {}
-        m["reward"] = float(r_t.mean())
-        m["reward_std"] = float(r_t.std()) if r_t.numel() > 1 else 0.0
-        for name, key in zip(self.reward_names, self.reward.names):
-            short = name.rsplit(":", 1)[-1]
-            m[f"reward_{short}"] = mean_ignoring_none(parts[key])
-            m[f"reward_{short}_std"] = std_ignoring_none(parts[key])
-        acc = parts.get("accuracy_reward") or R.accuracy_reward(user_prompts, texts, **cols)
-        fmt = parts.get("format_reward") or R.format_reward(user_prompts, texts, **cols)
-        m["accuracy"] = mean_ignoring_none(acc)
-        m["format_rate"] = sum(1.0 for f in fmt if f == 1.0) / len(fmt)
-        lens = [len(c.token_ids) for c in comps]
-        m["len_mean"] = sum(lens) / len(lens)
-        m["len_max"] = max(lens)
-        m["clipped_frac"] = sum(truncated) / len(truncated)
+        m = self._rollout_metrics(loop, rows, comps, texts, cols, total, parts, truncated)
         m["groups_informative"] = float(informative.float().mean())
         m["seqs_updated"] = len(keep)
         if adv.dim() == 2:  # per-token advantages: statistics over the completions' real tokens
             a = torch.cat([adv[i, : len(comps[i].token_ids)] for i in keep]) if keep else torch.zeros(1)
-            m.update(self.process.metrics(loop, rows, comps, steps, acc))
+            m.update(self.process.metrics(loop, rows, comps, steps, m.pop("_accuracy")))
         else:
             a = adv[keep] if keep else torch.zeros(1)
+        m.pop("_accuracy", None)
         m["adv_mean"], m["adv_std"], m["adv_absmax"] = (
             float(a.mean()),
             float(a.std()) if a.numel() > 1 else 0.0,
@@ -439,6 +425,53 @@ class GrpoStage:
         m["extra_flops"] = rollout_flops  # the loop adds it to the update's FLOPs in the cost meter
         if self.scorer is not None and loop.step == 0:  # counted against max_flops (loop.prior_flops), not here
             m["prm_train_flops"] = self.scorer.train_flops
+        return m
+
+    def _rollout_metrics(self, loop, rows, comps, texts, cols, total, parts, truncated) -> dict:
+        """The step's rewards, accuracy, format and lengths, and how its completions reason (R1's Figures 2-3 on
+        the training prompts: `evaluate.reasoning_stats`). Rewarded completions that look like a hack (no worked
+        step, no answer tags, work inside the answer: `rewards.reward_hacks`) are counted, and written to
+        RUN/hacks/step-N.jsonl. `_accuracy` carries the per-completion accuracy to the caller."""
+        from tinyseek import rewards as R
+        from tinyseek.evaluate import reasoning_stats
+
+        user_prompts = [r["prompt"] for r in rows]
+        r_t = torch.tensor(total, dtype=torch.float32)
+        m: dict = {"reward": float(r_t.mean()), "reward_std": float(r_t.std()) if r_t.numel() > 1 else 0.0}
+        for name, key in zip(self.reward_names, self.reward.names):
+            short = name.rsplit(":", 1)[-1]
+            m[f"reward_{short}"] = mean_ignoring_none(parts[key])
+            m[f"reward_{short}_std"] = std_ignoring_none(parts[key])
+        acc = parts.get("accuracy_reward") or R.accuracy_reward(user_prompts, texts, **cols)
+        fmt = parts.get("format_reward") or R.format_reward(user_prompts, texts, **cols)
+        m["accuracy"] = mean_ignoring_none(acc)
+        m["format_rate"] = sum(1.0 for f in fmt if f == 1.0) / len(fmt)
+        lens = [len(c.token_ids) for c in comps]
+        m["len_mean"] = sum(lens) / len(lens)
+        m["len_max"] = max(lens)
+        m["clipped_frac"] = sum(truncated) / len(truncated)
+        m.update({k: v for k, v in reasoning_stats(texts, lens, truncated, acc).items() if k != "truncated"})
+        hacks = [(i, R.reward_hacks(texts[i])) for i in range(len(comps)) if total[i] > 0]
+        hacks = [(i, flags) for i, flags in hacks if flags]
+        m["rewarded_hacks"] = len(hacks) / len(comps)
+        if hacks and loop.is_main:
+            from tinyseek.io import write_jsonl
+
+            write_jsonl(
+                self.run_dir / "hacks" / f"step-{loop.step + 1}.jsonl",
+                (
+                    {
+                        "step": loop.step + 1,
+                        "prompt": rows[i]["prompt"],
+                        "answer": rows[i].get("answer"),
+                        "completion": texts[i],
+                        "reward": total[i],
+                        "flags": flags,
+                    }
+                    for i, flags in hacks
+                ),
+            )
+        m["_accuracy"] = acc
         return m
 
     def _update(self, loop, prompts, completions, adv, loss_mask, old_logprobs=None) -> dict:
@@ -602,13 +635,38 @@ class GrpoStage:
             engine = engine_for(
                 pol, prompt_ids, cfg.max_new_tokens, max_batch=min(256, len(recs) * k), n=k, impl=cfg.rollout_impl
             )
-            res = evaluate(engine, recs, k, params, render=render, keep_text=False, chunk=max(1, 256 // k), dist=d)
+            res = evaluate(
+                engine, recs, k, params, render=render, keep_text=name == "pass1", chunk=max(1, 256 // k), dist=d
+            )
             out[f"eval_{name}"] = res["pass@1"]["value"]
             out[f"eval_{name}_lo"], out[f"eval_{name}_hi"] = res["pass@1"]["ci95"]
             if name == "pass1":
                 out["eval_format_rate"] = res["format"]["value"]
                 out["eval_len_mean"] = res["mean_length"]["value"]
+                out.update({f"eval_{k}": v for k, v in res["reasoning"].items()})
+                if loop is not None and loop.is_main and cfg.heldout_logged:
+                    self._write_heldout(loop.step, res["problems"][: cfg.heldout_logged])
         return out
+
+    def _write_heldout(self, step: int, problems: list[dict]) -> None:
+        """The first held-out problems' completions at this evaluation, RUN/heldout/step-N.jsonl: the same problems
+        at every step, so a report can show how one problem's answers changed over RL (the "aha" table)."""
+        from tinyseek.io import write_jsonl
+
+        write_jsonl(
+            self.run_dir / "heldout" / f"step-{step}.jsonl",
+            (
+                {
+                    "step": step,
+                    "prompt": p["prompt"],
+                    "answer": p["answer"],
+                    "completions": p["completions"],
+                    "correct": p["correct"],
+                    "lengths": p["lengths"],
+                }
+                for p in problems
+            ),
+        )
 
 
 # ----------------------------------------------------------------------------------------------

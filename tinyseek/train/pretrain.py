@@ -1,10 +1,16 @@
-"""`tinyseek pretrain`: next-token prediction (plus MTP) on packed documents — task traces and plain text.
+"""`tinyseek pretrain`: next-token prediction (plus MTP) on documents — task traces and plain text.
 
 The corpus is `tasks` (name -> number of generated training problems, each with its worked solution)
 and `text_files`; held-out loss is measured on the tasks' test side and on every `eval_text_every`-th
 text document (kept out of training). Without a `tokenizer`, one is trained on the training corpus
 (vocabulary `vocab_size`, default the preset's) and saved as RUN/tokenizer.json; it travels into every
 checkpoint. See tinyseek/train/loop.py for everything around the step (checkpoints, resume, metrics, cost).
+
+`packing` decides what a row holds. `packed` (the default) concatenates documents and cuts the stream into rows of
+`seq_len` tokens: no padding, but a document sees the ones before it in its row (the model has no document mask).
+`document` gives every document a row of its own, padded per batch: padding costs compute, but nothing outside
+the document is in view. For short worked problems that matters: a small model finds the operands it must copy
+from its own prompt much sooner when earlier problems' digits are not in the row (dev/LOG.md, 2026-12-07).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinyseek.config import ConfigError, stage_cli, to_dict
-from tinyseek.data import PackedStream, task_documents, tokenize_documents
+from tinyseek.data import ExampleStream, PackedStream, collate, document_examples, task_documents, tokenize_documents
 from tinyseek.io import text_documents
 from tinyseek.tokenizer import MIN_VOCAB, TOKENIZER_FILE, Tokenizer
 from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything
@@ -34,12 +40,15 @@ class PretrainConfig(TrainConfig):
     text_files: list[str] = field(default_factory=list)  # UTF-8 .txt (paragraph documents) or JSONL with "text"
     eval_tasks: dict[str, int] = field(default_factory=dict)  # task -> held-out problems; default a tenth of tasks
     eval_text_every: int = 20  # every N-th text document is held out for evaluation
-    seq_len: int = 128  # tokens per packed row
+    seq_len: int = 128  # tokens per packed row (packing = document: the longest row; longer documents are cut)
+    packing: str = "packed"  # packed: documents concatenated into rows | document: one document per (padded) row
     lr: float = 3e-3  # peak learning rate (AdamW)
     batch_size: int = 16  # sequences per optimizer step, over all ranks and micro-steps together
 
     def validate(self) -> None:
         super().validate()
+        if self.packing not in ("packed", "document"):
+            raise ConfigError(f"packing: must be packed or document (got {self.packing!r})")
         if self.task_format not in ("plain", "chat"):
             raise ConfigError(f"task_format: must be plain or chat (got {self.task_format!r})")
         if self.seq_len < 2:
@@ -54,13 +63,18 @@ class PretrainConfig(TrainConfig):
 
 
 class PretrainStage(StreamStage):
-    """Packed rows from a PackedStream; held-out loss on fixed batches."""
+    """Rows from a PackedStream, or padded batches of whole documents from an ExampleStream; held-out loss on
+    fixed batches."""
 
-    def __init__(self, stream: PackedStream, eval_batches: list[dict]):
+    def __init__(self, stream: PackedStream | ExampleStream, eval_batches: list[dict], pad_id: int):
         self.stream = stream
         self.eval_batches = eval_batches
+        self.pad_id = pad_id
 
     def train_step(self, loop: Loop) -> dict:
+        if isinstance(self.stream, ExampleStream):
+            docs = self.stream.next(loop.cfg.batch_size)
+            return loop.supervised_step([collate(mb, self.pad_id) for mb in loop.split_batch(docs)])
         x, y = self.stream.next_rows(loop.cfg.batch_size)  # the global batch, identical on every rank
         items = list(range(loop.cfg.batch_size))
         micro = [
@@ -69,7 +83,9 @@ class PretrainStage(StreamStage):
         return loop.supervised_step(micro)
 
 
-def prepare(cfg: PretrainConfig, run_dir: Path, resume: bool) -> tuple[Tokenizer, PackedStream, list[dict]]:
+def prepare(
+    cfg: PretrainConfig, run_dir: Path, resume: bool
+) -> tuple[Tokenizer, PackedStream | ExampleStream, list[dict]]:
     """Documents, tokenizer and streams (train + fixed eval batches)."""
     train_docs = task_documents(cfg.tasks, cfg.seed, "train", cfg.task_format)
     eval_counts = cfg.eval_tasks or {k: max(1, v // 10) for k, v in cfg.tasks.items() if v > 0}
@@ -89,11 +105,15 @@ def prepare(cfg: PretrainConfig, run_dir: Path, resume: bool) -> tuple[Tokenizer
             MIN_VOCAB, int(cfg.model.get("vocab_size", PRESETS.get(cfg.preset, {}).get("vocab_size", 4096)))
         )
         tok = Tokenizer.train(train_docs, vocab)
+    mb = max(1, cfg.batch_size // cfg.grad_accum)
+    if cfg.packing == "document":
+        train = ExampleStream(document_examples(tokenize_documents(tok, train_docs), cfg.seq_len), seed=cfg.seed)
+        ev = document_examples(tokenize_documents(tok, eval_docs), cfg.seq_len)[: mb * cfg.eval_batches]
+        return tok, train, [collate(ev[i : i + mb], tok.pad_id) for i in range(0, len(ev), mb)]
     train = PackedStream(tokenize_documents(tok, train_docs), cfg.seq_len, tok.eos_id, seed=cfg.seed)
     eval_batches = []
     if eval_docs:
         es = PackedStream(tokenize_documents(tok, eval_docs), cfg.seq_len, tok.eos_id, seed=cfg.seed + 1)
-        mb = max(1, cfg.batch_size // cfg.grad_accum)
         for _ in range(cfg.eval_batches):
             x, y = es.next_rows(mb)
             eval_batches.append({"tokens": x, "targets": y})
@@ -121,7 +141,7 @@ def run(cfg: PretrainConfig, run_dir: Path, resume: bool = False) -> dict:
         stage_name="pretrain",
         seq_len=cfg.seq_len,
     )
-    return loop.run(PretrainStage(stream, eval_batches))
+    return loop.run(PretrainStage(stream, eval_batches, tok.pad_id))
 
 
 def cli_pretrain(argv: list[str]) -> int:

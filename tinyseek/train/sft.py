@@ -26,6 +26,7 @@ from tinyseek.config import ConfigError, stage_cli, to_dict
 from tinyseek.data import ExampleStream, collate, sft_examples_from_rows
 from tinyseek.dist import is_main
 from tinyseek.io import read_rows
+from tinyseek.r1 import R1_ZERO_TEMPLATE
 from tinyseek.tokenizer import TOKENIZER_FILE, Tokenizer
 from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything
 
@@ -41,6 +42,8 @@ class SFTConfig(TrainConfig):
     eval_data: list[str] = field(default_factory=list)  # held-out data files (same formats as data)
     eval_tasks: dict[str, int] = field(default_factory=dict)  # task -> held-out problems; default a tenth of tasks
     seq_len: int = 256  # examples are cut to this many tokens
+    prompt_template: str = "chat"  # chat (the R1 chat template) | r1-zero (R1-Zero's template, one user turn)
+    completion: str = "trace"  # trace: task records' worked traces | answer: the answer alone (RL's information)
     max_steps: int = 200  # optimizer steps in all
     batch_size: int = 64  # examples per optimizer step, over all ranks and micro-steps together
     lr: float = 1e-3  # peak learning rate (AdamW)
@@ -59,6 +62,10 @@ class SFTConfig(TrainConfig):
             raise ConfigError("data: give data files and/or tasks to train on")
         if self.seq_len < 2:
             raise ConfigError(f"seq_len: must be >= 2 (got {self.seq_len})")
+        if self.prompt_template not in ("chat", "r1-zero"):
+            raise ConfigError(f"prompt_template: must be chat or r1-zero (got {self.prompt_template!r})")
+        if self.completion not in ("trace", "answer"):
+            raise ConfigError(f"completion: must be trace or answer (got {self.completion!r})")
         if not 0 <= self.stop_accuracy <= 1:
             raise ConfigError(f"stop_accuracy: must be in [0, 1] (got {self.stop_accuracy})")
         if self.stop_accuracy > 0 and (not self.stop_data or not self.eval_every):
@@ -103,7 +110,10 @@ class SFTStage(StreamStage):
 
             engine = Engine(loop.raw_model, tokenizer=self.tok, max_batch=min(256, len(self.stop_records)))
             params = SamplingParams(temperature=0.0, max_new_tokens=cfg.seq_len)
-            acc = evaluate(engine, self.stop_records, 1, params, keep_text=False)["pass@1"]["value"]
+            render = None  # the chat template (the engine's own), or R1-Zero's
+            if cfg.prompt_template == "r1-zero":
+                render = lambda r: self.tok.encode(R1_ZERO_TEMPLATE.format(prompt=r["prompt"]), add_special=True)  # noqa: E731
+            acc = evaluate(engine, self.stop_records, 1, params, keep_text=False, render=render)["pass@1"]["value"]
             out["stop_check_accuracy"] = acc
             if acc >= cfg.stop_accuracy:
                 out["stop"] = True
@@ -118,11 +128,12 @@ def prepare(cfg: SFTConfig) -> tuple[Tokenizer, ExampleStream, list[dict]]:
     if not tok_path:
         raise ConfigError("tokenizer: a random-preset SFT run needs a tokenizer file")
     tok = Tokenizer.load(tok_path)
-    train, dropped = sft_examples_from_rows(tok, _rows(cfg.data, cfg.tasks, cfg.seed, "train"), cfg.seq_len)
+    how = {"template": cfg.prompt_template, "answers_only": cfg.completion == "answer"}
+    train, dropped = sft_examples_from_rows(tok, _rows(cfg.data, cfg.tasks, cfg.seed, "train"), cfg.seq_len, **how)
     if dropped and is_main():
         print(f"sft: {dropped} training examples dropped (prompt longer than seq_len={cfg.seq_len})", flush=True)
     eval_counts = cfg.eval_tasks or {k: max(1, v // 10) for k, v in cfg.tasks.items() if v > 0}
-    ev, _ = sft_examples_from_rows(tok, _rows(cfg.eval_data, eval_counts, cfg.seed, "test"), cfg.seq_len)
+    ev, _ = sft_examples_from_rows(tok, _rows(cfg.eval_data, eval_counts, cfg.seed, "test"), cfg.seq_len, **how)
     mb = max(1, cfg.batch_size // cfg.grad_accum)
     eval_batches = [collate(ev[i : i + mb], tok.pad_id) for i in range(0, min(len(ev), mb * cfg.eval_batches), mb)]
     return tok, ExampleStream(train, seed=cfg.seed), eval_batches
