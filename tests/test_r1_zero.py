@@ -135,3 +135,58 @@ def test_document_rows_hold_one_document_and_train_on_all_of_it():
     b = collate(ex, pad_id=0)
     assert b["tokens"].tolist() == [[1, 5, 6, 0, 0], [1, 7, 7, 7, 7], [1, 9, 0, 0, 0]]
     assert b["targets"].tolist() == [[5, 6, 2, -100, -100], [7, 7, 7, 7, 7], [9, 2, -100, -100, -100]]
+
+
+def test_sft_in_r1_zero_template_trains_on_the_answer_only_or_the_trace(tmp_path):
+    from tinyseek.data import IGNORE, sft_examples_from_rows
+    from tinyseek.tokenizer import Tokenizer
+
+    rec = {"prompt": "47+85=", "solution": "7+5+0=12 4+8+1=13 so 132", "answer": "132"}
+    text = training_text(rec, "r1-zero")
+    tok = Tokenizer.train([text, training_text({**rec, "solution": ""}, "r1-zero")] * 20, 300)
+    ((ids, labels),) = sft_examples_from_rows(tok, [("row 1", rec)], max_len=400, template="r1-zero")[0]
+    assert ids == tok.encode(text, add_special=True) + [tok.eos_id]  # the whole document, as pretraining saw it
+    n_prompt = len(tok.encode(R1_ZERO_TEMPLATE.format(prompt="47+85="), add_special=True))
+    assert labels[:n_prompt] == [IGNORE] * n_prompt and IGNORE not in labels[n_prompt:]
+    assert tok.decode(labels[n_prompt:]).startswith(" <think>\n7+5+0=12")
+    ((ids, labels),) = sft_examples_from_rows(tok, [("row 1", rec)], 400, template="r1-zero", answers_only=True)[0]
+    assert tok.decode([t for t in labels if t != IGNORE]).startswith(" <think>\n</think>\n<answer>132</answer>")
+    with pytest.raises(Exception, match="needs task records"):
+        sft_examples_from_rows(tok, [("row 2", {"messages": []})], 400, answers_only=True)
+
+
+def test_run_set_changes_one_stage_and_names_bad_flags(tmp_path):
+    from tinyseek.recipe import load_recipe, parse_sets, recipes_dir
+
+    sets = parse_sets(["grpo.loss_type=dr_grpo", "grpo.lr=1e-5", "pretrain.model.dim=64"])
+    r = load_recipe(recipes_dir() / "r1-zero.toml", tmp_path, sets=sets)
+    by = {s.name: s.fields for s in r.stages}
+    assert by["grpo"]["loss_type"] == "dr_grpo" and by["grpo"]["lr"] == 1e-5
+    assert by["pretrain"]["model"]["dim"] == 64 and by["pretrain"]["model"]["n_routed_experts"] == 8  # merged
+    plain = {s.name: s.fields for s in load_recipe(recipes_dir() / "r1-zero.toml", tmp_path).stages}
+    assert {k: v for k, v in by.items() if k not in ("grpo", "pretrain")} == {
+        k: v for k, v in plain.items() if k not in ("grpo", "pretrain")
+    }
+    with pytest.raises(ConfigError, match="expected STAGE.FIELD=VALUE"):
+        parse_sets(["loss_type=dr_grpo"])
+    with pytest.raises(ConfigError, match="no stage 'gpro'"):
+        load_recipe(recipes_dir() / "r1-zero.toml", tmp_path, sets=parse_sets(["gpro.lr=1"]))
+
+
+def test_a_recipe_includes_another_and_its_stages_come_first(tmp_path):
+    from tinyseek.recipe import load_recipe, recipes_dir
+
+    zero = load_recipe(recipes_dir() / "r1-zero.toml", tmp_path)
+    both = load_recipe(recipes_dir() / "r1-zero-vs-sft.toml", tmp_path)
+    n = len(zero.stages)
+    assert [(s.name, s.config_hash) for s in both.stages[:n]] == [(s.name, s.config_hash) for s in zero.stages]
+    assert {s.name for s in both.stages[n:]} >= {"sft-answers", "sft-traces"}
+    grpo = next(s for s in zero.stages if s.kind == "grpo")
+    for s in both.stages[n:]:
+        if s.kind == "sft":  # the controls get the RL stage's compute, from its start, on its problems
+            assert s.fields["max_flops"] == grpo.fields["max_flops"] and s.fields["init"] == grpo.fields["model"]
+            assert s.fields["data"] == [grpo.fields["data"]] and s.fields["prompt_template"] == "r1-zero"
+    loop = tmp_path / "a.toml"
+    loop.write_text('include = "a.toml"\n[[stage]]\nkind = "tasks"\n')
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_recipe(loop, tmp_path)

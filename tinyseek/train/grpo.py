@@ -388,15 +388,14 @@ class GrpoStage:
             adv, std, informative = group_advantages(r_t, G, cfg.scale_rewards, cfg.std_threshold)
         keep = [i for i in range(len(comps)) if not cfg.dynamic_sampling or bool(informative[i // G])]
         truncated = [c.finish_reason == "length" for c in comps]
-        m = self._rollout_metrics(loop, rows, comps, texts, cols, total, parts, truncated)
+        m, acc = self._rollout_metrics(loop, rows, comps, texts, cols, total, parts, truncated)
         m["groups_informative"] = float(informative.float().mean())
         m["seqs_updated"] = len(keep)
         if adv.dim() == 2:  # per-token advantages: statistics over the completions' real tokens
             a = torch.cat([adv[i, : len(comps[i].token_ids)] for i in keep]) if keep else torch.zeros(1)
-            m.update(self.process.metrics(loop, rows, comps, steps, m.pop("_accuracy")))
+            m.update(self.process.metrics(loop, rows, comps, steps, acc))
         else:
             a = adv[keep] if keep else torch.zeros(1)
-        m.pop("_accuracy", None)
         m["adv_mean"], m["adv_std"], m["adv_absmax"] = (
             float(a.mean()),
             float(a.std()) if a.numel() > 1 else 0.0,
@@ -427,11 +426,11 @@ class GrpoStage:
             m["prm_train_flops"] = self.scorer.train_flops
         return m
 
-    def _rollout_metrics(self, loop, rows, comps, texts, cols, total, parts, truncated) -> dict:
+    def _rollout_metrics(self, loop, rows, comps, texts, cols, total, parts, truncated) -> tuple[dict, list]:
         """The step's rewards, accuracy, format and lengths, and how its completions reason (R1's Figures 2-3 on
         the training prompts: `evaluate.reasoning_stats`). Rewarded completions that look like a hack (no worked
         step, no answer tags, work inside the answer: `rewards.reward_hacks`) are counted, and written to
-        RUN/hacks/step-N.jsonl. `_accuracy` carries the per-completion accuracy to the caller."""
+        RUN/hacks/step-N.jsonl. Returns (metrics, each completion's accuracy)."""
         from tinyseek import rewards as R
         from tinyseek.evaluate import reasoning_stats
 
@@ -471,8 +470,7 @@ class GrpoStage:
                     for i, flags in hacks
                 ),
             )
-        m["_accuracy"] = acc
-        return m
+        return m, acc
 
     def _update(self, loop, prompts, completions, adv, loss_mask, old_logprobs=None) -> dict:
         """`old_logprobs`: the sampler's log-probs of each completion's tokens, or None. `train_step` passes them
