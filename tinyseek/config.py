@@ -190,6 +190,14 @@ def write_toml(data: dict, path: str | Path) -> None:
     write_atomic(path, tomli_w.dumps(clean(data)))
 
 
+def parse_value(text: str) -> Any:
+    """A command-line value as a TOML file would give it (1e-5, 64, true, [2, 3], "x"); a bare word is itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
 def parse_overrides(argv: list[str]) -> dict:
     """`--field value` / `--field=value` / `--flag` pairs to a dict (values stay strings; from_dict coerces)."""
     out: dict[str, Any] = {}

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyseek.config import ConfigError, from_dict, overlay, parse_overrides, read_file
+from tinyseek.config import ConfigError, from_dict, overlay, parse_overrides, parse_value, read_file
 from tinyseek.errors import TinyseekError
 from tinyseek.io import write_json
 
@@ -118,16 +118,30 @@ def _substitute(value: Any, run: Path, recipe_dir: Path) -> Any:
     return value
 
 
-def parse_sets(items: list[str]) -> dict[str, dict[str, str]]:
-    """`--set STAGE.FIELD=VALUE` flags -> {stage: {field: value}}; the values are read like a stage command's
-    `--field value` flags (`config.overlay`: `--set pretrain.model.dim=64` merges into the [model] table)."""
-    out: dict[str, dict[str, str]] = {}
+def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`--set STAGE.FIELD=VALUE` flags -> {stage: {field: value}}, VALUE read as in a recipe file (`parse_value`);
+    `--set pretrain.model.dim=64` sets one key of the stage's [model] table."""
+    out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, eq, text = item.partition("=")
         stage, dot, name = key.partition(".")
         if not eq or not dot or not stage or not name:
             raise ConfigError(f"--set {item}: expected STAGE.FIELD=VALUE (e.g. grpo.loss_type=dr_grpo)")
-        out.setdefault(stage, {})[name] = text
+        out.setdefault(stage, {})[name] = parse_value(text)
+    return out
+
+
+def _set_fields(fields: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with --set's values over them; a dotted name goes into its table."""
+    out = dict(fields)
+    for name, value in sets.items():
+        head, dot, rest = name.partition(".")
+        if dot:
+            if not isinstance(out.get(head, {}), dict):
+                raise ConfigError(f"--set {name}: {head} is not a table")
+            out[head] = {**out.get(head, {}), rest: value}
+        else:
+            out[name] = value
     return out
 
 
@@ -211,7 +225,7 @@ def _stages(path: Path, data: dict, run: Path, quick: bool, seed, sets: dict, ch
         if quick:
             fields_.update(q)
         if name in sets:
-            fields_ = overlay(stage_kind(kind)[0], fields_, sets[name])
+            fields_ = _set_fields(fields_, sets[name])
         if seed is not None:
             fields_["seed"] = seed
         fields_ = _substitute(fields_, run, path.parent.resolve())
