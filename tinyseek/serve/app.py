@@ -63,7 +63,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tinyseek import __version__
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.sampling import SamplingParams, derive_seed
-from tinyseek.r1 import THINK, THINK_END
+from tinyseek.r1 import TEMPERATURE, THINK, THINK_END, TOP_P, render_prompt
 from tinyseek.serve.ledger import ApiKeys, Ledger, Prices, key_id
 from tinyseek.serve.prefix_cache import BlockCache
 from tinyseek.serve.protocol import (
@@ -107,6 +107,9 @@ class ServeConfig:
     max_body_bytes: int = 4 << 20
     db: str = "usage.sqlite"
     allow_weight_updates: bool = False  # POST /update_weights_from_disk (RL trainers push their weights)
+    temperature: float = TEMPERATURE  # a request's temperature when it gives none (R1's recommended sampling)
+    top_p: float = TOP_P  # a request's top_p when it gives none
+    prompt_template: str = "chat"  # how chat messages become a prompt: chat | r1-zero (a model trained in R1-Zero's)
 
 
 class RateLimiter:
@@ -172,14 +175,22 @@ class Call:
         self.finish = [None] * len(self.jobs)
 
 
-def sampling_params(req: ChatRequest | CompletionRequest, max_tokens: int, choice: int, **extra) -> SamplingParams:
-    """Choice `choice`'s sampling parameters: the fields both endpoints share (OpenAI's defaults), plus an endpoint's
-    own (`extra`); a value the sampler refuses is a 422."""
+def sampling_params(
+    req: ChatRequest | CompletionRequest,
+    max_tokens: int,
+    choice: int,
+    default_temperature: float = TEMPERATURE,
+    default_top_p: float = TOP_P,
+    **extra,
+) -> SamplingParams:
+    """Choice `choice`'s sampling parameters: the fields both endpoints share (the server's defaults where the
+    request gives none: R1's recommended T 0.6, top-p 0.95 unless `tinyseek serve` was told otherwise), plus an
+    endpoint's own (`extra`); a value the sampler refuses is a 422."""
     try:
         return SamplingParams(
             max_new_tokens=max_tokens,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
+            temperature=default_temperature if req.temperature is None else req.temperature,
+            top_p=default_top_p if req.top_p is None else req.top_p,
             stop_strings=tuple(req.stop_list()),
             # a hash, not seed + choice: requests seeded 11 and 12 must not share choices' seeds
             seed=None if req.seed is None else derive_seed(req.seed, choice),
@@ -366,11 +377,12 @@ class Service:
             )
 
     def chat_prompt(self, req: ChatRequest) -> tuple[list[int], int]:
-        """The messages as prompt token ids (the chat template), and max_tokens (by default what fits, at most
-        `default_max_tokens`); 400 when the two overflow the context."""
+        """The messages as prompt token ids (the chat template, or R1-Zero's for a model trained in it), and
+        max_tokens (by default what fits, at most `default_max_tokens`); 400 when the two overflow the context."""
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         try:
-            prompt = self.tokenizer.encode(self.tokenizer.chat(msgs, add_generation_prompt=True))
+            text, bos = render_prompt(msgs, self.cfg.prompt_template)
+            prompt = self.tokenizer.encode(text, add_special=bos)
         except TinyseekError as e:
             raise APIError(400, f"messages: {e}", param="messages") from None
         ctx_len = self.ctx_len
@@ -427,7 +439,7 @@ class Service:
         for i, ids in enumerate(prompts):
             for j in range(req.n):
                 c = i * req.n + j
-                params = sampling_params(req, max_tokens, c, **extra)
+                params = sampling_params(req, max_tokens, c, self.cfg.temperature, self.cfg.top_p, **extra)
                 jobs.append(Job(ids, params, queue, event_loop, index=c, use_cache=self.cache is not None))
         return Call(kid, rid, prompts, req.n, jobs, queue)
 
