@@ -126,3 +126,47 @@ def test_a_run_directory_given_for_a_checkpoint_points_at_its_final(tmp_path, r1
     shutil.copytree(r1_checkpoint, tmp_path / "run" / "final")
     assert main(["generate", str(tmp_path / "run"), "--prompt", "hi"]) == 2
     assert f"did you mean {tmp_path / 'run' / 'final'}?" in capsys.readouterr().err
+
+
+def test_serve_checks_its_port_first_and_keeps_its_ledger_out_of_the_cwd(tmp_path, r1_checkpoint):
+    """A busy port: one line and exit 2, nothing announced (before: "serving on ..." and then uvicorn's Errno 98).
+    A free one: it says what the model was trained on and its template, and its ledger is in the user's state
+    directory (before: usage.sqlite in whatever directory the server was started from)."""
+    import json
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    from test_trained_on import make_run
+
+    ckpt = make_run(tmp_path, r1_checkpoint, template="r1-zero") / "grpo" / "final"
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "tinyseek.cli", "serve", str(ckpt), "--port", str(port), "--threads", "1"]
+    p = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert (p.returncode, p.stderr) == (2, f"tinyseek serve: error: --port {port}: 127.0.0.1:{port} is in use "
+                                           "(another server?); choose another --port\n")  # fmt: skip
+    busy.close()
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        said = []
+        deadline = time.monotonic() + 120
+        while not any("on http://" in s for s in said) and time.monotonic() < deadline:
+            said.append(proc.stderr.readline())
+            assert proc.poll() is None, "".join(said)
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30).read())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = "".join(said)
+    assert "was trained on addition at difficulty 2, r1-zero template" in text
+    assert f"(prompts in the r1-zero template; ledger {tmp_path / 'state' / 'tinyseek' / 'usage.sqlite'})" in text
+    assert re.fullmatch(r"\d{2}\+\d{2}=", health["example"]) and health["defaults"] == {
+        "temperature": 0.6,
+        "top_p": 0.95,
+    }
+    assert (tmp_path / "state" / "tinyseek" / "usage.sqlite").is_file() and not (tmp_path / "usage.sqlite").exists()

@@ -139,7 +139,13 @@ def test_chat_page_streams_reasoning_and_answer(r1_checkpoint, tmp_path):
     app = create_app(
         Engine(model, tok, max_batch=4),
         tok,
-        ServeConfig(rate_limit=0, cache_block=4, db=str(tmp_path / "usage.sqlite")),
+        ServeConfig(
+            rate_limit=0,
+            cache_block=4,
+            db=str(tmp_path / "usage.sqlite"),
+            trained_on="three chats",
+            example="What is 2 plus 3?",
+        ),
     )
     # (4-token cache blocks: the first turn's 15-token prompt leaves 3 blocks for the second turn to hit)
     with serve_in_thread(app) as url:
@@ -150,6 +156,10 @@ def test_chat_page_streams_reasoning_and_answer(r1_checkpoint, tmp_path):
                 "document.readyState === 'complete' && document.querySelectorAll('#model option').length > 0"
             )
             assert browser.js("document.querySelector('#model').value") == "tinyseek"
+            # what to try, and the server's default sampling (R1's), shown before anything is sent
+            browser.wait_for("document.querySelector('#input').placeholder.startsWith('Try What is 2 plus 3?')")
+            assert browser.js("document.querySelector('#temperature').placeholder") == "0.6"
+            browser.js("document.querySelector('#temperature').value = '0'; true")  # greedy: the trained answer
             # count DOM updates of the reasoning and the answer while they stream
             browser.js("""window.__updates = {reasoning: 0, answer: 0};
                 new MutationObserver((ms) => { for (const m of ms) {

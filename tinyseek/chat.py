@@ -195,11 +195,8 @@ def banner(ckpt: str, engine, info: TrainedOn, template: str) -> str:
     size = f", {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters" if model is not None else ""
     lines = [f"tinyseek chat: {ckpt}{size}"]
     if info.task:
-        from tinyseek import tasks
-
-        example = tasks.get(info.task).generate(1, seed=0, split="test", difficulty=info.difficulty)[0]["prompt"]
         lines.append(f"trained on {info.describe()}: it answers such problems, and gives noise to anything else")
-        lines.append(f"try: {example}")
+        lines.append(f"try: {info.example()}")
     else:
         lines.append(f"its run does not say what it was trained on; prompts use the {template} template")
     if template == "r1-zero":

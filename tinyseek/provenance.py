@@ -58,6 +58,17 @@ class TrainedOn:
         text = " ".join(parts)
         return f"{text}, {self.template} template" if text else f"{self.template} template"
 
+    def example(self) -> str:
+        """A held-out problem of its task and levels, for a person to try ("" when the task is not known)."""
+        if not self.task:
+            return ""
+        from tinyseek import tasks
+
+        try:
+            return tasks.get(self.task).generate(1, seed=0, split="test", difficulty=self.difficulty)[0]["prompt"]
+        except TinyseekError:  # a task name this version does not know
+            return ""
+
     def to_dict(self) -> dict:
         return {"task": self.task, "levels": self.levels, "prompt_template": self.template}
 

@@ -14,8 +14,9 @@ Endpoints
 - `POST /update_weights_from_disk` `{"model_path": CKPT}` (SGLang's endpoint; only with
   `--allow-weight-updates`): the model's weights are replaced by CKPT's once the running requests finish, and
   the prefix cache is emptied (its rows were computed with the old weights).
-- `GET /v1/models`, `GET /health`, `GET /v1/usage` (the caller's totals and cost from the ledger),
-  `GET /` (the chat page, `static/index.html`).
+- `GET /v1/models`, `GET /health` (load, cache, and for the page what the model was trained on, a prompt to try
+  and the default sampling), `GET /v1/usage` (the caller's totals and cost from the ledger), `GET /` (the chat
+  page, `static/index.html`).
 
 Stop strings (`stop`) go to the engine with the other sampling parameters and are matched on the
 completion's text as generated (the R1 tags included): the engine ends a choice in the step whose token
@@ -110,6 +111,8 @@ class ServeConfig:
     temperature: float = TEMPERATURE  # a request's temperature when it gives none (R1's recommended sampling)
     top_p: float = TOP_P  # a request's top_p when it gives none
     prompt_template: str = "chat"  # how chat messages become a prompt: chat | r1-zero (a model trained in R1-Zero's)
+    trained_on: str = ""  # what the model was trained on, in words (provenance.TrainedOn.describe), for the page
+    example: str = ""  # a prompt it answers, the page's placeholder
 
 
 class RateLimiter:
@@ -609,6 +612,10 @@ class Service:
             "model": self.cfg.model_name,
             **self.scheduler.load(),
             "prefix_cache": self.cache.stats() if self.cache is not None else None,
+            # for the chat page: what to try, and what a request that says nothing samples with
+            "trained_on": self.cfg.trained_on,
+            "example": self.cfg.example,
+            "defaults": {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p},
         }
 
     async def models(self, request: Request):

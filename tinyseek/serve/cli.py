@@ -116,6 +116,7 @@ def bind(host: str, port: int):
                 f"--port {port}: {host}:{port} is in use (another server?); choose another --port"
             ) from None
         raise TinyseekError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+    sock.listen(2048)  # connections wait in the backlog until the app runs: the address announced answers
     return sock
 
 
@@ -172,6 +173,8 @@ def cli_serve(argv: list[str]) -> int:
             temperature=args.temperature,
             top_p=args.top_p,
             prompt_template=args.prompt_template or info.template,
+            trained_on=info.describe() if info.task else "",
+            example=info.example(),
         )
         app = create_app(engine, tokenizer, cfg)
         for k in cfg.api_keys:
