@@ -163,7 +163,7 @@ def test_serve_checks_its_port_first_and_keeps_its_ledger_out_of_the_cwd(tmp_pat
         proc.terminate()
         proc.wait(timeout=30)
     text = "".join(said)
-    assert "was trained on addition at difficulty 2, r1-zero template" in text
+    assert "was trained on addition problems at difficulty 2, in the r1-zero template" in text
     assert f"(prompts in the r1-zero template; ledger {tmp_path / 'state' / 'tinyseek' / 'usage.sqlite'})" in text
     assert re.fullmatch(r"\d{2}\+\d{2}=", health["example"]) and health["defaults"] == {
         "temperature": 0.6,

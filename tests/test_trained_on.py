@@ -208,3 +208,23 @@ def test_exports_and_checkpoints_get_the_umasks_modes(tmp_path, r1_checkpoint, u
         modes = {p.name: p.stat().st_mode & 0o777 for p in d.iterdir()}
         assert modes["model.safetensors"] == mode and set(modes.values()) == {mode}, modes
         assert d.stat().st_mode & 0o777 == mode | (0o111 & ~umask)  # the directory: rwx as the umask allows
+
+
+def test_chat_asks_a_task_model_each_question_alone(tmp_path, r1_checkpoint, capsys, monkeypatch):
+    """A model trained on single problems answers a second one in a two-turn prompt with noise: chat sends each
+    message alone unless --history (a model of no known task keeps the conversation, tests/test_engine.py)."""
+    import tinyseek.chat as chat
+
+    ckpt = str(make_run(tmp_path, r1_checkpoint) / "grpo" / "final")
+    prompts = []
+    monkeypatch.setattr(chat, "_stream", lambda engine, ids, p, write: prompts.append(engine.decode(ids)) or "x")
+    for flags in ([], ["--history"]):
+        lines = iter(["12+34=", "58+67=", "exit"])
+        monkeypatch.setattr("builtins.input", lambda prompt="", lines=lines: next(lines))
+        assert chat.cli_chat([ckpt, *flags]) == 0
+    alone, kept = prompts[1], prompts[3]
+    assert alone.endswith("<｜User｜>58+67=<｜Assistant｜>") and "12+34=" not in alone
+    assert "<｜User｜>12+34=<｜Assistant｜>x" in kept and kept.endswith("<｜User｜>58+67=<｜Assistant｜>")
+    banner = capsys.readouterr().out
+    assert "trained on addition problems at difficulty 2, in the chat template" in banner
+    assert re.search(r"try: \d{2}\+\d{2}=", banner) and "each message is asked on its own" in banner

@@ -13,6 +13,7 @@ trained on 2-digit additions answers those, and gives noise to anything else), a
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -189,7 +190,7 @@ def cli_generate(argv: list[str]) -> int:
     return 0
 
 
-def banner(ckpt: str, engine, info: TrainedOn, template: str) -> str:
+def banner(ckpt: str, engine, info: TrainedOn, template: str, history: bool) -> str:
     """Who the model is, what it can answer (an example), and how to leave."""
     model = getattr(engine, "model", None)
     size = f", {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters" if model is not None else ""
@@ -199,8 +200,9 @@ def banner(ckpt: str, engine, info: TrainedOn, template: str) -> str:
         lines.append(f"try: {info.example()}")
     else:
         lines.append(f"its run does not say what it was trained on; prompts use the {template} template")
-    if template == "r1-zero":
-        lines.append("(R1-Zero's template: each question is asked as a fresh conversation turn)")
+    if not history:
+        why = "R1-Zero's template has one turn" if template == "r1-zero" else "it was trained on single problems"
+        lines.append(f"each message is asked on its own ({why}; --history keeps the conversation)")
     lines.append("/help for commands; /reset starts over; /exit or Ctrl-D quits")
     return "\n".join(lines)
 
@@ -229,6 +231,13 @@ def cli_chat(argv: list[str]) -> int:
     ap.add_argument("ckpt", help="tinyseek checkpoint, transformers model directory, or .gguf file")
     ap.add_argument("--system", default="", help="system message (chat template only)")
     ap.add_argument("--no-color", action="store_true", help="no ANSI dimming of the reasoning")
+    ap.add_argument(
+        "--history",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send the conversation so far with each message (default: yes, unless the checkpoint was trained on "
+        "single problems of a task or in R1-Zero's one-turn template)",
+    )
     _sampling_flags(ap)
     args = ap.parse_args(argv)
     params = _params(args)
@@ -239,10 +248,11 @@ def cli_chat(argv: list[str]) -> int:
     engine = _load_chat_engine(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history = list(system)
+    keep = args.history if args.history is not None else not (info.task or template == "r1-zero")
     color = not args.no_color and sys.stdout.isatty()
     if sys.stdin.isatty():
         import readline  # noqa: F401  (line editing and history for input())
-    print(banner(args.ckpt, engine, info, template))
+    print(banner(args.ckpt, engine, info, template, keep))
     while True:
         try:
             line = input("> ")
@@ -257,9 +267,7 @@ def cli_chat(argv: list[str]) -> int:
             continue
         if not line.strip():
             continue
-        turn = history + [{"role": "user", "content": line}]
-        if template == "r1-zero":
-            turn = turn[-1:]  # one question a prompt: what R1-Zero's template was trained on
+        turn = (history if keep else list(system)) + [{"role": "user", "content": line}]
         reply = Reply(sys.stdout, color)
         try:
             text = _stream(engine, prompt_ids(engine, turn, template), params, reply)

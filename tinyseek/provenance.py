@@ -51,12 +51,12 @@ class TrainedOn:
         return self.prompt_template or "chat"
 
     def describe(self) -> str:
-        """`addition at difficulty 2, chat template` (what is known of it)."""
-        parts = [self.task] if self.task else []
+        """`addition problems at difficulty 2, in the chat template` (what is known of it)."""
+        parts = [f"{self.task} problems"] if self.task else []
         if self.levels:
             parts.append(f"at difficulty {levels_text(self.levels)}")
         text = " ".join(parts)
-        return f"{text}, {self.template} template" if text else f"{self.template} template"
+        return f"{text}, in the {self.template} template" if text else f"the {self.template} template"
 
     def example(self) -> str:
         """A held-out problem of its task and levels, for a person to try ("" when the task is not known)."""
