@@ -170,3 +170,19 @@ def test_serve_checks_its_port_first_and_keeps_its_ledger_out_of_the_cwd(tmp_pat
         "top_p": 0.95,
     }
     assert (tmp_path / "state" / "tinyseek" / "usage.sqlite").is_file() and not (tmp_path / "usage.sqlite").exists()
+
+
+@pytest.mark.parametrize("kind", ["sample", "eval"])
+def test_every_field_of_a_stage_is_a_flag_of_its_command(capsys, kind):
+    """A recipe can do nothing a user cannot: each field of the stage's config has its flag (before: `tinyseek
+    sample` had no --accept, --split, --batch or --system-prompt)."""
+    import dataclasses
+
+    from tinyseek.recipe import stage_kind
+
+    text = _help(capsys, kind)
+    cls, _ = stage_kind(kind)
+    missing = [
+        f.name for f in dataclasses.fields(cls) if f.name != "model" and f"--{f.name.replace('_', '-')}" not in text
+    ]
+    assert missing == []

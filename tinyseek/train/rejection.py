@@ -230,6 +230,12 @@ def cli_sample(argv: list[str]) -> int:
         "--shortest", action="store_true", default=None, help="keep only the shortest verified completion per problem"
     )
     ap.add_argument("--dedup", action="store_true", default=None, help="drop repeated completions of a problem")
+    ap.add_argument("--split", help="the task's side to draw problems from: train (default) | test")
+    ap.add_argument("--system-prompt", help="system message of the chat template")
+    ap.add_argument(
+        "--accept", help="verified (default: rejection sampling) | any: every completion (a pipeline smoke test)"
+    )
+    ap.add_argument("--batch", type=int, help="sequences decoded together (default 256)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     ap.add_argument("--out", required=True, help="FILE.jsonl, or a directory (then DIR/sft.jsonl and DIR/stats.json)")
     a = ap.parse_args(argv)
@@ -248,6 +254,10 @@ def cli_sample(argv: list[str]) -> int:
         "prompt_template": a.prompt_template,
         "shortest": a.shortest,
         "dedup": a.dedup,
+        "split": a.split,
+        "system_prompt": a.system_prompt,
+        "accept": a.accept,
+        "batch": a.batch,
         "threads": a.threads,
     }
     data.update({k: v for k, v in flags.items() if v is not None})
