@@ -170,6 +170,7 @@ def test_serve_checks_its_port_first_and_keeps_its_ledger_out_of_the_cwd(tmp_pat
         "top_p": 0.95,
     }
     assert (tmp_path / "state" / "tinyseek" / "usage.sqlite").is_file() and not (tmp_path / "usage.sqlite").exists()
+    assert health["single_turn"] is True  # a model of a task: the chat page sends each message alone
 
 
 @pytest.mark.parametrize("kind", ["sample", "eval"])

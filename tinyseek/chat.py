@@ -196,7 +196,7 @@ def banner(ckpt: str, engine, info: TrainedOn, template: str, history: bool) -> 
     size = f", {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters" if model is not None else ""
     lines = [f"tinyseek chat: {ckpt}{size}"]
     if info.task:
-        lines.append(f"trained on {info.describe()}: it answers such problems, and gives noise to anything else")
+        lines.append(f"trained on {info.describe()}; anything else gets noise")
         lines.append(f"try: {info.example()}")
     else:
         lines.append(f"its run does not say what it was trained on; prompts use the {template} template")

@@ -113,6 +113,7 @@ class ServeConfig:
     prompt_template: str = "chat"  # how chat messages become a prompt: chat | r1-zero (a model trained in R1-Zero's)
     trained_on: str = ""  # what the model was trained on, in words (provenance.TrainedOn.describe), for the page
     example: str = ""  # a prompt it answers, the page's placeholder
+    single_turn: bool = False  # the page sends each message alone (a model trained on single problems, as chat)
 
 
 class RateLimiter:
@@ -615,6 +616,7 @@ class Service:
             # for the chat page: what to try, and what a request that says nothing samples with
             "trained_on": self.cfg.trained_on,
             "example": self.cfg.example,
+            "single_turn": self.cfg.single_turn,
             "defaults": {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p},
         }
 

@@ -175,6 +175,7 @@ def cli_serve(argv: list[str]) -> int:
             prompt_template=args.prompt_template or info.template,
             trained_on=info.describe() if info.task else "",
             example=info.example(),
+            single_turn=bool(info.task) or (args.prompt_template or info.template) == "r1-zero",
         )
         app = create_app(engine, tokenizer, cfg)
         for k in cfg.api_keys:
