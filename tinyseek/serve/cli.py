@@ -182,6 +182,12 @@ def cli_serve(argv: list[str]) -> int:
             print(f"tinyseek serve: key {k[:4]}... is {key_id(k)} in the ledger", file=sys.stderr)
         if info.task or info.prompt_template:
             print(f"tinyseek serve: {args.ckpt} was trained on {info.describe()}", file=sys.stderr)
+        if args.prompt_template and info.prompt_template and args.prompt_template != info.prompt_template:
+            print(
+                f"tinyseek serve: warning: {args.ckpt} was trained in the {info.prompt_template} template, not "
+                f"{args.prompt_template}",
+                file=sys.stderr,
+            )
         print(
             f"tinyseek serve: {args.ckpt} as {cfg.model_name!r} on http://{args.host}:{sock.getsockname()[1]}/  "
             f"(prompts in the {cfg.prompt_template} template; ledger {cfg.db})",
