@@ -10,11 +10,15 @@ same thing everywhere; `stage_cli` is the one command-line parser every stage co
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import inspect
+import io
 import json
 import math
 import sys
+import textwrap
+import tokenize
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -243,11 +247,6 @@ def _coerce_cli(cls: type, data: dict) -> dict:
 def _field_help(cls: type) -> dict[str, str]:
     """A config field's help line is the `# comment` on its line (or lines, for a field written over several) in
     the dataclass source, else the comment lines right above it (subclass first)."""
-    import ast
-    import io as _io
-    import textwrap
-    import tokenize
-
     out: dict[str, str] = {}
     for c in cls.__mro__:
         try:
@@ -256,7 +255,7 @@ def _field_help(cls: type) -> dict[str, str]:
             continue
         comments = {
             t.start[0]: t.string.lstrip("#").strip()
-            for t in tokenize.generate_tokens(_io.StringIO(src).readline)
+            for t in tokenize.generate_tokens(io.StringIO(src).readline)
             if t.type == tokenize.COMMENT
         }
         lines = src.splitlines()
@@ -287,8 +286,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class CommandParser(argparse.ArgumentParser):
-    """The parser of every `tinyseek` command: defaults shown in --help, and a mistyped flag or choice answered
-    with the closest known one ("did you mean --max-steps?")."""
+    """The parser of every `tinyseek` command: defaults shown in --help, and a mistyped flag answered with the
+    closest known one ("did you mean --max-steps?")."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
@@ -299,8 +298,6 @@ class CommandParser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments:"):
             given = [a.split("=", 1)[0] for a in message.split(":", 1)[1].split() if a.startswith("--")]
             if given:
-                from tinyseek.errors import unknown
-
                 message = unknown("flag", given[0], flags, hint=f"{self.prog} --help lists them")
         super().error(message)
 

@@ -44,12 +44,22 @@ import os
 import re
 import shutil
 import time
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tinyseek.config import CommandParser, ConfigError, check_flags, from_dict, overlay, parse_overrides, read_file
+from tinyseek.config import (
+    CommandParser,
+    ConfigError,
+    ModelConfig,
+    check_flags,
+    from_dict,
+    overlay,
+    parse_overrides,
+    read_file,
+)
 from tinyseek.errors import TinyseekError, unknown
 from tinyseek.io import write_json
 
@@ -280,18 +290,14 @@ def _toml_lines(path: Path) -> dict[tuple[int, tuple[str, ...]], int]:
 def check_stage(stage: Stage) -> Any:
     """Build the stage's config as its command would (every field known and valid) and return it; an error names
     the file and line the field came from, the stage, and for an unknown field the closest known one."""
-    import dataclasses
-
     cls, _ = stage_kind(stage.kind)
-    known = [f.name for f in dataclasses.fields(cls)]
+    known = [f.name for f in fields(cls)]
     for k in stage.fields:
         if k not in known:
             raise ConfigError(_at(stage, k, unknown("field", k, known, of=f"for a {stage.kind} stage")))
     model = stage.fields.get("model")
     if isinstance(model, dict) and _is_table(cls, "model"):  # ModelConfig overrides: checked by name here
-        from tinyseek.config import ModelConfig
-
-        names = [f.name for f in dataclasses.fields(ModelConfig)]
+        names = [f.name for f in fields(ModelConfig)]
         for k in model:
             if k not in names:
                 raise ConfigError(
@@ -307,8 +313,6 @@ def check_stage(stage: Stage) -> Any:
 
 def _is_table(cls: type, name: str) -> bool:
     """Whether dataclass field `name` of `cls` is a plain dict (a table passed on as it is, like `model`)."""
-    import typing
-
     tp = typing.get_type_hints(cls).get(name)
     return tp is dict or typing.get_origin(tp) is dict
 
