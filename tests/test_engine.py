@@ -432,24 +432,6 @@ def test_hf_engine_preallocated_cache_equals_transformers_dynamic_cache():
             assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5) and x.finish_reason == y.finish_reason
 
 
-def test_think_dimmer_dims_only_the_thinking_part():
-    import io
-
-    from tinyseek.chat import DIM, RESET, _ThinkDimmer
-
-    out = io.StringIO()
-    d = _ThinkDimmer(out, color=True)
-    for piece in ["<thi", "nk>let me ", "see</th", "ink><answer>4</answer>"]:  # tags split across pieces
-        d(piece)
-    d.close()
-    assert out.getvalue() == f"{DIM}let me {RESET}{DIM}see{RESET}<answer>4</answer>"
-    plain = io.StringIO()
-    d = _ThinkDimmer(plain, color=False)
-    d("<think>a</think>b")
-    d.close()
-    assert plain.getvalue() == "ab"
-
-
 def test_cli_generate_streams_text(tmp_path, capsys, monkeypatch):
     """Plain and with --compile (which reaches the engine; traced here by the "eager" backend, as inductor's
     code generation takes a minute): the same greedy text as the engine's."""
@@ -496,8 +478,58 @@ def test_cli_chat_multi_turn(r1_checkpoint, monkeypatch, capsys):
     monkeypatch.setattr("builtins.input", fake_input)
     assert cli_chat([str(r1_checkpoint), "--temperature", "0", "--max-new-tokens", "40"]) == 0
     out = capsys.readouterr().out
-    assert "Add 2 and 3 to get 5." in out and "<answer>5</answer>" in out and "<answer>8</answer>" in out
-    assert "<think>" not in out  # the thinking part is shown without its tags (dimmed on a terminal)
+    assert "thinking: Add 2 and 3 to get 5.\n5\n" in out and "thinking: Four twice is 8.\n8\n" in out
+    assert "<think>" not in out and "<answer>" not in out  # no tags: the reasoning (dimmed on a terminal), the answer
+
+
+def test_cli_chat_answers_its_commands_itself(r1_checkpoint, monkeypatch, capsys):
+    """A banner that says how to leave; /help, /reset (confirmed), a mistyped command and exit are the chat's, never
+    sent to the model (before: a bare `>`, and /help, exit, quit went to the model, /reset printed nothing)."""
+    import tinyseek.chat as chat
+
+    sent, real = [], chat._stream
+    monkeypatch.setattr(
+        chat, "_stream", lambda engine, ids, *a: sent.append(engine.decode(ids)) or real(engine, ids, *a)
+    )
+    lines = iter(["/help", "What is 2 plus 3?", "/reset", "/rset", "exit", "What is 4 times 2?"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert chat.cli_chat([str(r1_checkpoint), "--temperature", "0", "--max-new-tokens", "40"]) == 0
+    out = capsys.readouterr().out
+    banner = out.split("\n")[:4]
+    assert banner[0].startswith(f"tinyseek chat: {r1_checkpoint}") and any("/exit" in b for b in banner)
+    assert "/reset" in out.split("What is")[0] and "forget the conversation" in out  # /help's list
+    assert len(sent) == 1 and sent[0].endswith("<｜User｜>What is 2 plus 3?<｜Assistant｜>")
+    assert "thinking: Add 2 and 3 to get 5.\n5\n" in out
+    assert "(conversation cleared)" in out and "unknown command '/rset'; did you mean '/reset'?" in out
+    assert next(lines) == "What is 4 times 2?"  # exit left the loop: the last line was never read
+
+
+def test_the_terminal_reply_splits_as_the_server_does():
+    """The chat's reply writer: the reasoning dimmed (on a terminal), the answer plain on its own line, and the
+    same split as the server's for any text, a completion without <think> included."""
+    import io
+
+    from tinyseek.chat import DIM, RESET, Reply
+    from tinyseek.serve.reasoning import ReasoningSplitter
+
+    def show(text: str, color: bool, cut: int = 3) -> str:
+        out = io.StringIO()
+        reply = Reply(out, color)
+        for i in range(0, len(text), cut):
+            reply(text[i : i + cut])
+        reply.close()
+        return out.getvalue().replace(RESET + DIM, "")  # one dimmed run, however many pieces wrote it
+
+    assert show("<think>\nabc\n</think>\n<answer>5</answer>", True) == f"{DIM}thinking: abc{RESET}\n5\n"
+    assert show("<think>\nabc\n</think>\n<answer>5</answer>", False) == "thinking: abc\n5\n"
+    for cut in (1, 2, 4, 5):  # tags split across pieces anywhere
+        assert show("<think>let me see</think><answer>4</answer>", False, cut) == "thinking: let me see\n4\n"
+    for text in ("12</think>\n</think>", "<answer>56</answer>", " <think> 5+3 </think> <answer>8</answer>", "hi"):
+        sp = ReasoningSplitter()
+        sp.feed(text)
+        sp.finish()
+        reasoning, content = sp.result()
+        assert show(text, False) == (f"thinking: {reasoning}\n" if reasoning else "") + f"{content}\n", text
 
 
 def test_a_bad_prompt_in_a_batch_queues_nothing(model):
@@ -633,3 +665,27 @@ def test_compiled_step_is_one_graph_in_a_fresh_process(monkeypatch):
     Engine(m, max_batch=24, compile="eager").generate(PROMPTS * 3, p, n=2)  # 24 rows: the sorted path
     assert model_mod._GROUPED_MM_OK and not counters["graph_break"], dict(counters["graph_break"])
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("end", ["length", "stop"])
+def test_a_character_cut_short_is_never_streamed(end):
+    """A multi-byte character whose last bytes were never sampled (the token budget ran out, or the model ended)
+    streams nothing for it (before: a '\\ufffd' chunk); the whole characters before it all stream."""
+    from tinyseek.inference.sequence import Seq
+    from tinyseek.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["hello world"] * 5, 300)
+    ids = tok.encode("a中")  # "中" is three byte tokens here
+    assert len(ids) == 4 and tok.decode(ids[:3]).endswith("\ufffd")
+    take = ids[:3] + ([tok.eos_id] if end == "stop" else [])
+    seq = Seq(0, [1], SamplingParams(max_new_tokens=len(take)), seed=0, budget=len(take))
+    streamed = []
+    for t in take:
+        seq.add(t, None, {tok.eos_id}, tok)
+        streamed.append(seq.delta({tok.eos_id}, tok))
+    assert seq.finish == end and "".join(streamed) == "a" and "\ufffd" not in streamed
+    whole = Seq(0, [1], SamplingParams(max_new_tokens=8), seed=0, budget=8)
+    for t in ids:  # the same character completed: it streams whole, once
+        whole.add(t, None, {tok.eos_id}, tok)
+        streamed.append(whole.delta({tok.eos_id}, tok))
+    assert "".join(streamed[len(take) :]) == "a中"

@@ -19,18 +19,19 @@ name = "t"
 [[stage]]
 kind = "tasks"
 name = "data"
-n = 3
+test = 3
 [[stage]]
 kind = "pretrain"
 name = "base"
-steps = 10
-data = "{run}/data/x.txt"
+max_steps = 10
+text_files = ["{run}/data/x.txt"]
 [stage.quick]
-steps = 2
+max_steps = 2
 [[stage]]
 kind = "sft"
 name = "tuned"
 init = "{run}/base/final"
+data = ["{run}/data/sft.jsonl"]
 """
 
 
@@ -65,7 +66,7 @@ def test_runs_in_order_with_substitution_and_quick(tmp_path, calls):
     st = R.run_recipe(R.load_recipe(_recipe(tmp_path), run), run, log=lambda s: None)
     assert [s["status"] for s in st] == ["ran"] * 3
     assert [c[0] for c in calls.log] == ["data", "base", "tuned"]
-    assert calls.log[1][2] == {"steps": 10, "data": f"{run}/data/x.txt"}
+    assert calls.log[1][2] == {"max_steps": 10, "text_files": [f"{run}/data/x.txt"]}
     assert calls.log[2][2]["init"] == f"{run}/base/final"
     for name in ("data", "base", "tuned"):
         assert R.read_marker(run / name)["name"] == name
@@ -73,7 +74,7 @@ def test_runs_in_order_with_substitution_and_quick(tmp_path, calls):
     assert [s["kind"] for s in stages] == ["tasks", "pretrain", "sft"]
 
     quick = R.load_recipe(_recipe(tmp_path), run, quick=True)
-    assert quick.stages[1].fields["steps"] == 2
+    assert quick.stages[1].fields["max_steps"] == 2
 
 
 def test_complete_stages_are_skipped(tmp_path, calls):
@@ -109,7 +110,7 @@ def test_changed_config_reruns_that_stage_and_every_later_one(tmp_path, calls):
     st = R.run_recipe(R.load_recipe(_recipe(tmp_path), run, quick=True), run, log=lambda s: None)
     assert [s["status"] for s in st] == ["skipped", "ran", "ran"]
     assert [(c[0], c[1]) for c in calls.log] == [("base", False), ("tuned", False)]
-    assert json.loads((run / "base" / "done.txt").read_text())["steps"] == 2
+    assert json.loads((run / "base" / "done.txt").read_text())["max_steps"] == 2
 
 
 @pytest.mark.parametrize(
@@ -131,15 +132,15 @@ def test_bad_recipes_name_the_file_and_stage(tmp_path, text, needle):
 
 
 def test_config_file_is_relative_to_the_recipe_and_inline_fields_win(tmp_path, calls):
-    (tmp_path / "base.toml").write_text("steps = 5\nlr = 0.001\n")
-    p = _recipe(tmp_path, '[[stage]]\nkind = "pretrain"\nconfig = "base.toml"\nsteps = 7\n')
+    (tmp_path / "base.toml").write_text("max_steps = 5\nlr = 0.001\n")
+    p = _recipe(tmp_path, '[[stage]]\nkind = "pretrain"\nconfig = "base.toml"\nmax_steps = 7\n')
     rec = R.load_recipe(p, tmp_path / "run")
-    assert rec.stages[0].fields == {"steps": 7, "lr": 0.001}
+    assert rec.stages[0].fields == {"max_steps": 7, "lr": 0.001}
 
 
-def test_a_bad_stage_field_error_names_the_stage(tmp_path):
+def test_a_bad_stage_field_error_names_the_file_line_and_stage(tmp_path):
     p = _recipe(tmp_path, '[[stage]]\nkind = "tasks"\nname = "data"\ntaks = ["arithmetic"]\n')
-    with pytest.raises(TinyseekError, match=r"r.toml stage 1 \(data\): unknown field 'taks'"):
+    with pytest.raises(TinyseekError, match=r"r.toml:4: stage 1 \(data\): unknown field 'taks'.*did you mean 'tasks'"):
         R.run_recipe(R.load_recipe(p, tmp_path / "run"), tmp_path / "run", log=lambda s: None)
 
 
@@ -383,8 +384,8 @@ def test_a_recipe_given_to_a_stage_command_runs_its_stage_with_the_flags_over_it
     p = _recipe(
         tmp_path,
         RECIPE.replace(
-            'kind = "sft"\nname = "tuned"\n',
-            'kind = "sft"\nname = "tuned"\ndata = ["{run}/d.jsonl"]\n[stage.quick]\nmax_steps = 2\n',
+            'data = ["{run}/data/sft.jsonl"]\n',
+            'data = ["{run}/data/sft.jsonl"]\n[stage.quick]\nmax_steps = 2\n',
         ),
     )
     seen = []
@@ -393,7 +394,61 @@ def test_a_recipe_given_to_a_stage_command_runs_its_stage_with_the_flags_over_it
     assert main(["sft", "--config", str(p), "--out", str(run), "--quick", "--lr", "0.5", "--resume"]) == 0
     cfg, out, resume = seen[0]
     assert (out, resume) == (run, True)
-    assert (cfg.init, cfg.data, cfg.max_steps, cfg.lr) == (f"{run}/base/final", [f"{run}/d.jsonl"], 2, 0.5)
+    assert (cfg.init, cfg.data, cfg.max_steps, cfg.lr) == (f"{run}/base/final", [f"{run}/data/sft.jsonl"], 2, 0.5)
     with pytest.raises(TinyseekError, match="exactly one grpo stage"):
         R.run_recipe_stage("grpo", ["--config", str(p), "--out", str(run)])
     assert R.run_recipe_stage("sft", ["--config", str(p)]) is None  # no --out: the command's own parser decides
+
+
+def test_a_recipe_is_checked_whole_before_any_stage_runs(tmp_path, calls):
+    """A typo in the last stage fails at once, naming the user's file and line and the closest field; no stage
+    has run (before: the first stages ran, and the error came when the mistyped stage started)."""
+    text = RECIPE + "max_step = 2\n"  # the last line of the last stage (sft)
+    p = _recipe(tmp_path, text)
+    line = len(text.splitlines())
+    with pytest.raises(TinyseekError) as e:
+        R.run_recipe(R.load_recipe(p, tmp_path / "run"), tmp_path / "run", log=lambda s: None)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}:{line}: stage 3 (tuned): unknown field 'max_step'"), msg
+    assert "did you mean 'max_steps'?" in msg and "\n" not in msg
+    assert calls.log == [] and not (tmp_path / "run" / "data").exists()
+
+
+@pytest.mark.parametrize("where", ["inline", "quick", "config", "include", "set"])
+def test_a_bad_value_names_where_it_was_written(tmp_path, where):
+    """The field's own origin: the recipe's line, its [stage.quick] line, the stage's config file, an included
+    recipe, or the --set flag."""
+    bad = 'lr = "fast"\n'
+    files = {"base.toml": "max_steps = 3\n" + (bad if where == "config" else "")}
+    stage = '[[stage]]\nkind = "pretrain"\nname = "pt"\nconfig = "base.toml"\n'
+    text = (
+        stage + (bad if where == "inline" else "") + ("[stage.quick]\nseq_len = 64\n" + bad if where == "quick" else "")
+    )
+    if where == "include":
+        files["inner.toml"], text = text + bad, 'include = "inner.toml"\n[[stage]]\nkind = "tasks"\n'
+    for name, body in files.items():
+        (tmp_path / name).write_text(body)
+    p = _recipe(tmp_path, text)
+    sets = R.parse_sets(["pt.lr=fast"]) if where == "set" else None
+    with pytest.raises(TinyseekError) as e:
+        R.load_recipe(p, tmp_path / "run", quick=where == "quick", sets=sets)
+    origin = {
+        "inline": f"{p}:5",
+        "quick": f"{p}:7",
+        "config": f"{tmp_path / 'base.toml'}:2",
+        "include": f"{tmp_path / 'inner.toml'}:5",
+        "set": "--set pt.lr=fast",
+    }[where]
+    assert str(e.value).startswith(f"{origin}: stage 1 (pt): lr: expected a number"), str(e.value)
+
+
+def test_unknown_recipes_and_stages_get_a_did_you_mean(tmp_path):
+    with pytest.raises(TinyseekError, match=r"dmeo: no such recipe file or shipped recipe \(did you mean 'demo'\?\)"):
+        R.find_recipe("dmeo")
+    with pytest.raises(TinyseekError, match=r"shipped recipes: demo, .*r1-zero"):
+        R.find_recipe("nothing-like-it")
+    with pytest.raises(TinyseekError, match=r"unknown stage 'grop' in the recipe; did you mean 'grpo'\?"):
+        R.load_recipe(R.recipes_dir() / "demo.toml", tmp_path / "run", sets=R.parse_sets(["grop.lr=1e-5"]))
+    p = _recipe(tmp_path, 'nmae = "x"\n[[stage]]\nkind = "tasks"\n')
+    with pytest.raises(TinyseekError, match=r"r.toml:1: unknown top-level field 'nmae'; did you mean 'name'\?"):
+        R.load_recipe(p, tmp_path / "run")

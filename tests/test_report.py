@@ -162,7 +162,7 @@ def test_write_report_files_and_plots(run):
     d = run / "report"
     assert json.loads((d / "report.json").read_text())["evals"] == json.loads(json.dumps(rep["evals"]))
     md = (d / "report.md").read_text()
-    assert "| eval-grpo | grpo (grpo) |" in md and "45.0" in md and "| 2,788,000 | 5,576,000 |" in md
+    assert "| eval-grpo | grpo |" in md and "45.0" in md and "| 2,788,000 | 5,576,000 |" in md
     for png in ("accuracy.png", "losses.png", "rl.png", "expert_load.png"):
         assert (d / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "DeepSeek-V3 (published)" in rep["console"] and "5,576,000" in rep["console"]
@@ -386,3 +386,40 @@ def test_given_says_where_a_cold_start_stopped_and_names_gold_traces_a_student_s
     )
     only = given({"kind": "distill", "fields": {**both, "data": both["data"][:1]}, "dir": run / "distill"}, run)
     assert "NOT" not in only
+
+
+def test_the_card_opens_in_plain_words_and_plots_each_stage_apart(run, monkeypatch):
+    """A summary a newcomer can read first (its numbers the report's own), no `sft (sft)` labels, no two sections
+    of one name, the losses as a grid of explained panels (before: a 2200x352 strip of bare loss/ce/kd), and the
+    expert balance of each stage on its own steps (before: stages that branch from one start laid end to end)."""
+    from tinyseek.report import plots
+
+    figs = {}
+    real = plots.save
+    monkeypatch.setattr(plots, "save", lambda plt, fig, path: figs.setdefault(path.stem, fig) and real(plt, fig, path))
+    write_report(run)
+    md = (run / "report" / "report.md").read_text()
+    rep = json.loads((run / "report" / "report.json").read_text())
+    head, _, rest = md.partition("In short:\n\n")
+    assert head.startswith("# Report card") and head.count("\n") <= 3  # the summary comes first
+    said = rest.split("\n\n")[0].splitlines()
+    grpo = (
+        "took sft from 20.0% to 45.0% of the held-out problems right (+25.0 points; the 95% intervals do not overlap)"
+    )
+    assert said[0] == f"- **grpo** {grpo}."
+    assert said[1].startswith("- **distill**, distilled from grpo at 0.") and "42.0% of the held-out" in said[1]
+    assert "93% of its teacher's 45.0%" in said[1]
+    pool = list(_json_numbers(rep))
+    for n in (n for line in said for n in NUM.findall(line.replace("95% intervals", ""))):
+        assert any(shows(n, x) for x in pool), n
+    assert not re.search(r"\b([\w-]+) \(\1\)", md)  # `grpo`, not `grpo (grpo)`
+    titles = re.findall(r"^## (.+)$", md, re.M)
+    assert len(titles) == len(set(titles)) and not any(a != b and b.startswith(a) for a in titles for b in titles)
+    losses = [ax for ax in figs["losses"].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in losses] == ["sft", "distill, from grpo"]
+    assert any("KL to the teacher" in t.get_text() for t in losses[1].get_legend().get_texts())
+    w, h = figs["losses"].get_size_inches()
+    assert w / h < 4  # not a strip
+    balance = [ax for ax in figs["expert_load"].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in balance] == ["sft", "grpo, from sft"]
+    assert all(min(line.get_xdata()) == 1 for ax in balance for line in ax.get_lines())  # each on its own steps

@@ -139,7 +139,13 @@ def test_chat_page_streams_reasoning_and_answer(r1_checkpoint, tmp_path):
     app = create_app(
         Engine(model, tok, max_batch=4),
         tok,
-        ServeConfig(rate_limit=0, cache_block=4, db=str(tmp_path / "usage.sqlite")),
+        ServeConfig(
+            rate_limit=0,
+            cache_block=4,
+            db=str(tmp_path / "usage.sqlite"),
+            trained_on="three chats",
+            example="What is 2 plus 3?",
+        ),
     )
     # (4-token cache blocks: the first turn's 15-token prompt leaves 3 blocks for the second turn to hit)
     with serve_in_thread(app) as url:
@@ -150,6 +156,10 @@ def test_chat_page_streams_reasoning_and_answer(r1_checkpoint, tmp_path):
                 "document.readyState === 'complete' && document.querySelectorAll('#model option').length > 0"
             )
             assert browser.js("document.querySelector('#model').value") == "tinyseek"
+            # what to try, and the server's default sampling (R1's), shown before anything is sent
+            browser.wait_for("document.querySelector('#input').placeholder.startsWith('Try What is 2 plus 3?')")
+            assert browser.js("document.querySelector('#temperature').placeholder") == "0.6"
+            browser.js("document.querySelector('#temperature').value = '0'; true")  # greedy: the trained answer
             # count DOM updates of the reasoning and the answer while they stream
             browser.js("""window.__updates = {reasoning: 0, answer: 0};
                 new MutationObserver((ms) => { for (const m of ms) {
@@ -200,3 +210,33 @@ def test_chat_page_streams_reasoning_and_answer(r1_checkpoint, tmp_path):
     if not readme_copy.exists() or os.environ.get("TINYSEEK_UPDATE_SCREENSHOT") == "1":
         readme_copy.parent.mkdir(exist_ok=True)
         readme_copy.write_bytes(shot)
+
+
+def test_the_page_asks_a_single_problem_model_each_message_alone(r1_checkpoint, tmp_path):
+    """A server whose model was trained on single problems (`/health`'s single_turn, as `tinyseek serve` sets it for
+    a checkpoint of a task) gets each message alone from the page, which says so: the second question is answered
+    as trained (with the first one in its prompt, this model's answer is noise)."""
+    exe = find_chromium()
+    tok, model = Tokenizer.load(r1_checkpoint), load_model(r1_checkpoint)
+    cfg = ServeConfig(rate_limit=0, db=str(tmp_path / "usage.sqlite"), example="Say hi.", trained_on="three chats")
+    cfg.single_turn = True
+    app = create_app(Engine(model, tok, max_batch=4), tok, cfg)
+    with serve_in_thread(app) as url:
+        browser = Browser(exe, tmp_path / "chromium-profile")
+        try:
+            browser.open(url + "/")
+            browser.wait_for(
+                "document.querySelector('#input')?.placeholder.includes('each message is asked on its own')"
+            )
+            browser.js("document.querySelector('#temperature').value = '0'; true")
+            for i, q in enumerate(["What is 2 plus 3?", "Say hi."]):
+                browser.js(
+                    f"document.querySelector('#input').value = '{q}'; document.querySelector('#form').requestSubmit(); true"
+                )
+                browser.wait_for(f"document.querySelectorAll('.assistant .usage')[{i}]?.textContent.length > 0")
+            second = browser.js("""(() => { const a = document.querySelectorAll('.assistant')[1];
+                return {answer: a.querySelector('.answer').textContent, usage: a.querySelector('.usage').textContent}; })()""")
+        finally:
+            browser.close()
+    alone = len(tok.encode(tok.chat([{"role": "user", "content": "Say hi."}])))
+    assert second["usage"].startswith(f"prompt {alone} tokens") and second["answer"] == "Hi there!", second

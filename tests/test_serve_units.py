@@ -189,6 +189,24 @@ def test_split_without_reasoning_and_forced_reasoning(tok):
     assert sp.result() == (None, "42")
 
 
+def test_split_never_shows_a_tag_and_survives_a_missing_think():
+    """A model that does not open with <think> (an undertrained one, or R1-Zero's template, which leaves a space
+    first): no tag text reaches `content` or `reasoning_content` (before: '</think>\\n</think>' leaked)."""
+    assert split("12</think>\n</think>")[0].result() == (None, "12")
+    assert split(" <think> 5+3+0=08 </think> <answer> 8 </answer>")[0].result() == ("5+3+0=08", "8")
+    assert split("<think>\n5+3\n<answer>8</answer>")[0].result() == ("5+3", "8")  # no </think>: <answer> ends it
+    assert split("<answer>56</answer>")[0].result() == (None, "56")
+    assert split("a<think>b</think>c<answer>d</answer>")[0].result() == (None, "abcd")
+    g = torch.Generator().manual_seed(1)
+    words = ["<think>", "</think>", "<answer>", "</answer>", "\n", " ", "a", "42", "你好"]
+    for trial in range(300):
+        n = int(torch.randint(0, 12, (1,), generator=g))
+        text = "".join(words[int(i)] for i in torch.randint(0, len(words), (n,), generator=g))
+        sp, deltas = split(text, trial % 4 == 0)
+        shown = [sp.result()[0] or "", sp.result()[1], *(t for _, t in deltas)]
+        assert not any(tag in part for part in shown for tag in words[:4]), (text, shown)
+
+
 def test_split_is_the_same_however_the_text_is_cut():
     """The streaming path (pieces of any size, tags cut anywhere) against the reference (the text fed whole)."""
     g = torch.Generator().manual_seed(0)
@@ -318,13 +336,18 @@ def test_build_call_makes_n_jobs_a_prompt_each_choice_seeded_by_its_index(tok, t
     assert len({j.params.seed for j in call.jobs}) == 4  # copies of one prompt sample independently
     for j in call.jobs:
         p = j.params
-        assert (p.max_new_tokens, p.temperature, p.top_p, p.top_k, p.stop_strings) == (7, 0.5, 1.0, 3, ("x",))
+        # top_p left out: the server's default, R1's recommended 0.95 (`tinyseek serve --top-p`)
+        assert (p.max_new_tokens, p.temperature, p.top_p, p.top_k, p.stop_strings) == (7, 0.5, 0.95, 3, ("x",))
         assert j.queue is call.queue and j.use_cache and not j.token_ids
     assert call.finish == [None] * 4 and call.usage is None
     # the chat endpoint reads the fields both share the same way: choice 1 of either samples alike
     chat = ChatRequest(model="tinyseek", messages=[{"role": "user", "content": "hi"}], n=2, seed=5, temperature=0.5,
                        stop="x")  # fmt: skip
     assert sampling_params(chat, 7, 1) == sampling_params(req, 7, 1)
+    bare = ChatRequest(model="tinyseek", messages=[{"role": "user", "content": "hi"}])
+    assert (sampling_params(bare, 7, 0).temperature, sampling_params(bare, 7, 0).top_p) == (0.6, 0.95)
+    other = service(tok, tmp_path, temperature=1.0, top_p=1.0).build_call("k", "c", [[1]], bare, 7, None)
+    assert (other.jobs[0].params.temperature, other.jobs[0].params.top_p) == (1.0, 1.0)
     assert sampling_params(chat, 7, 1, presence_penalty=0.5).presence_penalty == 0.5
     with pytest.raises(APIError) as e:  # what the sampler refuses is the client's doing: 422, not a 500
         sampling_params(req, 7, 0, top_k=-2)

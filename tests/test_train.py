@@ -271,6 +271,15 @@ def test_tiny_pretrain_cli_reports_throughput_and_cost(tmp_path, capsys, tok_fil
         assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["cost_usd"] > 0 and r["total_flops"] > 0
         assert len(r["moe_maxvio"]) == ModelConfig.preset("tiny").n_moe_layers + 1  # + the MTP block
         assert {"ce", "mtp_loss", "aux", "grad_norm", "lr", "elapsed_s"} <= set(r)
+    # TensorBoard events (the `tb` extra, in the dev extras): the metrics' scalars at their steps
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert [(e.step, round(e.value, 4)) for e in events.Scalars("loss")] == [
+        (r["step"], round(r["loss"], 4)) for r in recs
+    ]
+    assert {"grad_norm", "lr", "tokens_per_s"} <= set(events.Tags()["scalars"])
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     from tinyseek import cost, precision
 

@@ -14,7 +14,6 @@ model (SmolLM2 from a GGUF file, say), so no command decides that for itself. `i
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 
 from tinyseek import cost
-from tinyseek.config import ConfigError, ModelConfig, parse_overrides
+from tinyseek.config import CommandParser, ConfigError, ModelConfig, parse_overrides
 from tinyseek.errors import TinyseekError
 from tinyseek.hf import (
     check_exportable,
@@ -120,7 +119,9 @@ def read_config_json(path: str | Path, missing: str = f"no {CONFIG_FILE}") -> An
     """A directory's config.json, parsed; a missing or malformed file is a one-line error naming it."""
     f = Path(path) / CONFIG_FILE
     if not f.is_file():
-        raise TinyseekError(f"{path}: {missing}")
+        final = Path(path) / "final"  # a run directory given for its checkpoint
+        hint = f"; did you mean {final}?" if (final / CONFIG_FILE).is_file() else ""
+        raise TinyseekError(f"{path}: {missing}{hint}")
     try:
         return json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -355,8 +356,11 @@ def export_dir(
     out: str | Path,
     tokenizer_file: str | Path | None = None,
     source: str = "checkpoint",
+    card_from: str | Path | None = None,
 ) -> Path:
-    """Write `sd` (tinyseek names) as a transformers DeepseekV3 directory, atomically."""
+    """Write `sd` (tinyseek names) as a transformers DeepseekV3 directory, atomically. With `card_from` (the
+    checkpoint exported) it also carries a model card, generation_config.json and trained_on.json
+    (tinyseek/model_card.py)."""
     from safetensors.torch import save_file
 
     check_exportable(cfg)
@@ -376,6 +380,10 @@ def export_dir(
             shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
             for name, text in hf_tokenizer_files(tokenizer_file).items():
                 (tmp / name).write_text(text, encoding="utf-8")
+        if card_from is not None:
+            from tinyseek.model_card import write_shared_files
+
+            write_shared_files(tmp, cfg, Path(card_from), _token_ids(tokenizer_file))
     return Path(out)
 
 
@@ -412,7 +420,7 @@ def init_model(cfg: ModelConfig, seed: int = 0, name: str = ""):
 
 
 def cli_init(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="tinyseek init",
         description="Write a randomly initialised checkpoint. Extra --FIELD VALUE pairs override ModelConfig fields.",
         epilog="example: tinyseek init --preset nano --out ckpt --seed 1 --n_layers 4",
@@ -457,7 +465,7 @@ def cli_init(argv: list[str]) -> int:
 
 
 def cli_export(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="tinyseek export",
         description="Export a checkpoint as a transformers DeepseekV3 directory "
         "(AutoModelForCausalLM.from_pretrained(DIR) loads it, no remote code).",
@@ -470,16 +478,17 @@ def cli_export(argv: list[str]) -> int:
         raise TinyseekError(f"{src}: no such checkpoint directory")
     cfg = read_config(src)
     sd = read_weights(src)
-    export_dir(cfg, sd, args.out, tokenizer_file=src / TOKENIZER_FILE, source=str(src / WEIGHTS_FILE))
+    export_dir(cfg, sd, args.out, tokenizer_file=src / TOKENIZER_FILE, source=str(src / WEIGHTS_FILE), card_from=src)
     print(
         f"wrote {args.out}: transformers DeepseekV3ForCausalLM ({len(sd)} "
-        f"tensors{', tokenizer' if (src / TOKENIZER_FILE).is_file() else ''})"
+        f"tensors{', tokenizer' if (src / TOKENIZER_FILE).is_file() else ''}), a model card (README.md) and "
+        "generation_config.json"
     )
     return 0
 
 
 def cli_import(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="tinyseek import", description="Import a transformers DeepseekV3 directory as a tinyseek checkpoint."
     )
     p.add_argument("directory", help="transformers DeepseekV3 directory (config.json + safetensors)")
@@ -492,7 +501,7 @@ def cli_import(argv: list[str]) -> int:
 
 def cli_cost(argv: list[str]) -> int:
     """`tinyseek cost`: the cost model (tinyseek/cost.py) of a preset, or of a checkpoint's config."""
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="tinyseek cost",
         description="Parameters, active parameters and FLOPs of a model, from its config (nothing is allocated).",
     )

@@ -53,12 +53,29 @@ RECIPE_STAGE_COMMANDS = ("pretrain", "sft", "grpo", "sample", "distill")
 
 def _usage() -> str:
     lines = ["usage: tinyseek COMMAND [options]   (tinyseek COMMAND --help for its flags)", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:  # the reader left (`tinyseek -h | head -2`): stop quietly, as `cat` would
+        _quiet_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by the signal
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's own flush at exit does not raise BrokenPipeError again."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (a test capturing it): nothing to flush there
+        pass
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -69,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"tinyseek: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        from tinyseek.errors import unknown
+
+        print(f"tinyseek: {unknown('command', name, COMMANDS, hint='tinyseek --help lists them')}", file=sys.stderr)
         return 2
     target, _ = COMMANDS[name]
     mod_name, fn_name = target.split(":")

@@ -10,12 +10,15 @@ same thing everywhere; `stage_cli` is the one command-line parser every stage co
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import inspect
+import io
 import json
 import math
-import re
 import sys
+import textwrap
+import tokenize
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,7 +30,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-from tinyseek.errors import TinyseekError
+from tinyseek.errors import TinyseekError, unknown
 from tinyseek.io import write_atomic, write_json
 
 
@@ -134,7 +137,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     prefix = f"{where}: " if where else ""
     for k in data:
         if k not in known:
-            raise ConfigError(f"{prefix}unknown field {k!r} for {cls.__name__} (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{prefix}{unknown('field', k, known, of=f'for {cls.__name__}')}")
     try:
         kwargs = {k: _coerce(v, hints[k], k) for k, v in data.items()}
     except ConfigError as e:  # a wrong type names the file/preset too, like every other error here
@@ -250,16 +253,61 @@ def _coerce_cli(cls: type, data: dict) -> dict:
 
 
 def _field_help(cls: type) -> dict[str, str]:
-    """A config field's help line is its trailing `# comment` in the dataclass source (subclass first)."""
+    """A config field's help line is the `# comment` on its line (or lines, for a field written over several) in
+    the dataclass source, else the comment lines right above it (subclass first)."""
     out: dict[str, str] = {}
     for c in cls.__mro__:
         try:
-            src = inspect.getsource(c)
+            src = textwrap.dedent(inspect.getsource(c))
         except (OSError, TypeError):
             continue
-        for m in re.finditer(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", src, re.M):
-            out.setdefault(m.group(1), m.group(2).strip())
+        comments = {
+            t.start[0]: t.string.lstrip("#").strip()
+            for t in tokenize.generate_tokens(io.StringIO(src).readline)
+            if t.type == tokenize.COMMENT
+        }
+        lines = src.splitlines()
+        for node in ast.parse(src).body[0].body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                own = range(node.lineno, (node.end_lineno or node.lineno) + 1)
+                text = next((comments[i] for i in own if comments.get(i)), "")
+                above = node.lineno - 1
+                while not text and above >= 1 and lines[above - 1].lstrip().startswith("#"):
+                    above -= 1
+                if not text and above < node.lineno - 1:
+                    text = " ".join(comments[i] for i in range(above + 1, node.lineno))
+                if text:
+                    out.setdefault(node.target.id, text)
     return out
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, with each flag's default shown where its help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, "", [], argparse.SUPPRESS) and not isinstance(default, bool)
+        if action.option_strings and shown and "default" not in text:
+            text += " (default %(default)s)"
+        return text
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of every `tinyseek` command: defaults shown in --help, and a mistyped flag answered with the
+    closest known one ("did you mean --max-steps?")."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> typing.NoReturn:
+        flags = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        if message.startswith("unrecognized arguments:"):
+            given = [a.split("=", 1)[0] for a in message.split(":", 1)[1].split() if a.startswith("--")]
+            if given:
+                message = unknown("flag", given[0], flags, hint=f"{self.prog} --help lists them")
+        super().error(message)
 
 
 def stage_cli(cls: type, argv: list[str], prog: str, description: str) -> tuple[Any, Path, bool]:
@@ -268,12 +316,13 @@ def stage_cli(cls: type, argv: list[str], prog: str, description: str) -> tuple[
     Fields come from the dataclass defaults, then the file, then the flags (`--max-steps 50`, `--lr 3e-4`,
     `--model.dim 128`). With `--resume` and no `--config`, RUN/config.toml (the resolved config the run wrote) is used.
     """
+    helps, width = _field_help(cls), max(len(f.name) for f in dataclasses.fields(cls))
     field_lines = "\n".join(
-        f"  --{f.name.replace('_', '-'):<18} {_field_help(cls).get(f.name, '')} "
+        f"  --{f.name.replace('_', '-'):<{width}}  {helps.get(f.name, '')} "
         f"(default {f.default if f.default is not dataclasses.MISSING else f.default_factory()!r})"
         for f in dataclasses.fields(cls)
     )
-    ap = argparse.ArgumentParser(
+    ap = CommandParser(
         prog=prog,
         description=description,
         allow_abbrev=False,
@@ -294,8 +343,20 @@ def stage_cli(cls: type, argv: list[str], prog: str, description: str) -> tuple[
         data, where = read_file(a.config), a.config
     elif a.resume and (run_dir / "config.toml").is_file():
         data, where = read_file(run_dir / "config.toml"), str(run_dir / "config.toml")
-    cfg = from_dict(cls, overlay(cls, data, parse_overrides(rest)), where=where)
+    flags = parse_overrides(rest)
+    check_flags(cls, flags, prog)
+    cfg = from_dict(cls, overlay(cls, data, flags), where=where)
     return cfg, run_dir, a.resume
+
+
+def check_flags(cls: type, flags: dict, prog: str) -> None:
+    """Every `--field value` flag names a field of `cls` (`--model.FIELD` one of a table field); the first that
+    does not is a one-line error with the closest flag ("did you mean --max-steps?")."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    for k in flags:
+        if k.split(".", 1)[0] not in known:
+            flag, dashed = k.split(".", 1)[0].replace("_", "-"), [n.replace("_", "-") for n in known]
+            raise ConfigError(unknown("flag", flag, dashed, show="--{}", hint=f"{prog} --help lists them"))
 
 
 def overlay(cls: type, data: dict, flags: dict) -> dict:
@@ -479,7 +540,7 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ModelConfig:
         if name not in PRESETS:
-            raise ConfigError(f"preset: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+            raise ConfigError(f"preset: {unknown('preset', name, PRESETS)}")
         return from_dict(cls, {**PRESETS[name], **overrides}, where=f"preset {name}")
 
 

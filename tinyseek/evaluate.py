@@ -33,11 +33,11 @@ from dataclasses import dataclass, fields
 from fractions import Fraction
 from pathlib import Path
 
-from tinyseek.config import ConfigError
+from tinyseek.config import CommandParser, ConfigError
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.sampling import SamplingParams, derive_seed
 from tinyseek.io import write_json
-from tinyseek.r1 import R1_ZERO_TEMPLATE
+from tinyseek.r1 import R1_ZERO_TEMPLATE, TEMPERATURE, TOP_P
 
 Z95 = 1.959963984540054
 
@@ -204,7 +204,7 @@ def evaluate(
     if not records:
         raise TinyseekError("evaluate: no records")
     if samples < 1:
-        raise TinyseekError(f"samples: must be >= 1, got {samples}")
+        raise TinyseekError(f"samples: must be >= 1 (got {samples})")
     params = params or SamplingParams(temperature=0.6, top_p=0.95, max_new_tokens=256)
     for i, r in enumerate(records):
         if not isinstance(r.get("prompt"), str) or "answer" not in r:
@@ -300,10 +300,10 @@ class EvalConfig:
     data: str = ""  # a JSONL/Parquet file of records (prompt, answer, ...) instead of a task
     n: int = 100  # number of problems (0: every record of data)
     samples: int = 4  # completions per problem, K (R1's protocol: K >= 4)
-    temperature: float = 0.6  # sampling temperature (0 = greedy)
-    top_p: float = 0.95  # nucleus sampling mass
+    temperature: float = TEMPERATURE  # sampling temperature (0 = greedy)
+    top_p: float = TOP_P  # nucleus sampling mass
     max_new_tokens: int = 256  # tokens per completion at most
-    difficulty: int | None = None  # task difficulty (default: the task's own)
+    difficulty: int | list[int] | None = None  # task difficulty, or a list of levels (default: the task's own)
     seed: int = 0  # problem and sampling seed
     greedy: bool = False  # also decode every problem once at temperature 0 (eval.json's "greedy")
     batch: int = 64  # sequences decoded together (problems per call: batch // samples)
@@ -393,6 +393,8 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False) -> dict:
         "task": cfg.name,
         "model": cfg.model,
         "data": cfg.data,
+        "difficulty": cfg.difficulty,
+        "prompt_template": cfg.prompt_template,
         "n": len(records),
         **evaluate(
             engine,
@@ -429,72 +431,138 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False) -> dict:
     return result
 
 
-def cli_eval(argv: list[str]) -> int:
+def levels_arg(text: str) -> int | list[int]:
+    """`--difficulty 2` or `--difficulty 2,3` (several levels, mixed)."""
     import argparse
 
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a level or levels like 2,3 (got {text!r})") from None
+    if not levels:
+        raise argparse.ArgumentTypeError(f"expected a level or levels like 2,3 (got {text!r})")
+    return levels[0] if len(levels) == 1 else levels
+
+
+def default_out(ckpt: str, name: str) -> Path:
+    """runs/eval/RUN-STAGE-CKPT-NAME for a checkpoint of a run (`runs/demo/grpo/final` -> demo-grpo-final-addition),
+    runs/eval/CKPT-NAME otherwise; a directory that holds an earlier evaluation gets the next free `-2`, `-3`, ...
+    (an evaluation is never overwritten by another's default)."""
+    p = Path(ckpt.rstrip("/"))
+    parts = [p.stem if p.suffix == ".gguf" else p.name]
+    stage = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    if (stage / "config.toml").is_file():
+        parts.insert(0, stage.name)
+        if (stage.parent / "recipe.json").is_file():
+            parts.insert(0, stage.parent.name)
+    base = Path("runs/eval") / "-".join([*parts, name]).replace(":", "-").replace("/", "-")
+    out, i = base, 1
+    while (out / "eval.json").exists():
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+def _defaults_from_checkpoint(a) -> None:
+    """What the flags leave out (task, difficulty, template) from what the checkpoint was trained on, said on one
+    line; a flag that differs from it gets a one-line warning (a 2-digit model scores 0% on 4-digit problems)."""
+    from tinyseek.provenance import levels_text, trained_on
+
+    info = trained_on(a.ckpt)
+    said, warn = [], []
+    if not a.task and not a.data and info.task:
+        a.task = info.task
+        said.append(f"task {info.task}")
+    if a.task and info.task and a.task != info.task:
+        warn.append(f"it was trained on {info.task}, not {a.task}")
+    if a.task == info.task and info.levels:
+        if a.difficulty is None:
+            a.difficulty = info.difficulty
+            said.append(f"difficulty {levels_text(info.levels)}")
+        elif not set([a.difficulty] if isinstance(a.difficulty, int) else a.difficulty) <= set(info.levels):
+            warn.append(f"it was trained on difficulty {levels_text(info.levels)}, not {a.difficulty}")
+    if a.prompt_template is None:
+        a.prompt_template = info.template
+        if info.prompt_template:
+            said.append(f"the {info.template} template")
+    elif info.prompt_template and a.prompt_template != info.prompt_template:
+        warn.append(f"it was trained in the {info.prompt_template} template, not {a.prompt_template}")
+    src = f" ({', '.join(info.sources)})" if info.sources else ""
+    if said:
+        print(f"tinyseek eval: {', '.join(said)}: what {a.ckpt} was trained on{src}", file=sys.stderr)
+    for w in warn:
+        print(f"tinyseek eval: warning: {a.ckpt}: {w}; expect a lower score", file=sys.stderr)
+
+
+def cli_eval(argv: list[str]) -> int:
     from tinyseek import tasks
     from tinyseek.config import from_dict
     from tinyseek.dist import is_main
     from tinyseek.inference.load import add_compile_flag
 
     d = EvalConfig()
-    ap = argparse.ArgumentParser(
-        prog="tinyseek eval", description="pass@1 / pass@k / cons@k with 95% intervals on held-out problems."
+    ap = CommandParser(
+        prog="tinyseek eval",
+        description="pass@1 / pass@k / cons@k with 95% intervals on held-out problems. The task, difficulty and "
+        "prompt template default to what the checkpoint was trained on, where its run says.",
     )
     ap.add_argument("ckpt", help="tinyseek checkpoint, transformers model directory, or .gguf file")
-    ap.add_argument("--task", default=d.task, help=f"task name ({', '.join(tasks.names())}); its test split is used")
+    ap.add_argument(
+        "--task",
+        default=d.task,
+        help=f"task name ({', '.join(tasks.names())}); its test split is used (default: the checkpoint's task)",
+    )
     ap.add_argument(
         "--data", default=d.data, help="a JSONL/Parquet file of records (prompt, answer, ...) instead of a task"
     )
+    ap.add_argument("--n", type=int, default=d.n, help="number of problems (0: every record of --data)")
+    ap.add_argument("--samples", type=int, default=d.samples, help="completions per problem, K (R1's protocol: K >= 4)")
+    ap.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature (0 = greedy)")
+    ap.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling mass")
+    ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="tokens per completion at most")
     ap.add_argument(
-        "--n", type=int, default=d.n, help="number of problems (0: every record of --data; default %(default)s)"
+        "--difficulty",
+        type=levels_arg,
+        default=None,
+        help="task difficulty, or levels like 2,3 (default: the checkpoint's, else the task's own)",
     )
-    ap.add_argument(
-        "--samples",
-        type=int,
-        default=d.samples,
-        help="completions per problem, K (R1's protocol: K >= 4; default %(default)s)",
-    )
-    ap.add_argument(
-        "--temperature",
-        type=float,
-        default=d.temperature,
-        help="sampling temperature (0 = greedy; default %(default)s)",
-    )
-    ap.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling mass (default %(default)s)")
-    ap.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=d.max_new_tokens,
-        help="tokens per completion at most (default %(default)s)",
-    )
-    ap.add_argument("--difficulty", type=int, default=d.difficulty, help="task difficulty (default: the task's own)")
-    ap.add_argument("--seed", type=int, default=d.seed, help="problem and sampling seed (default %(default)s)")
+    ap.add_argument("--seed", type=int, default=d.seed, help="problem and sampling seed")
     ap.add_argument(
         "--greedy", action="store_true", help="also decode every problem once at temperature 0 (eval.json's greedy)"
     )
     ap.add_argument("--system", default=d.system, help="system message")
     ap.add_argument(
         "--prompt-template",
-        default=d.prompt_template,
+        default=None,
         choices=["chat", "r1-zero"],
-        help="chat: the model's chat template; r1-zero: R1-Zero's template, for a base model (default %(default)s)",
+        help="chat: the model's chat template; r1-zero: R1-Zero's template, for a base model (default: the one the "
+        "checkpoint was trained in, else chat)",
     )
-    ap.add_argument("--batch", type=int, default=d.batch, help="sequences decoded together (default %(default)s)")
+    ap.add_argument("--batch", type=int, default=d.batch, help="sequences decoded together")
     ap.add_argument("--dtype", default=d.dtype, help="fp32 | bf16 (default: as stored)")
     add_compile_flag(ap)
-    ap.add_argument("--out", default=None, help="directory for eval.json (default runs/eval/<ckpt>-<task>)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="directory for eval.json (default: runs/eval/RUN-STAGE-CKPT-TASK, a fresh one for each evaluation)",
+    )
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier eval.json in --out")
     ap.add_argument(
         "--threads",
         type=int,
         default=d.threads,
-        help="CPU threads for torch (default: torch's choice; 1 is best on a busy machine)",
+        help="CPU threads for torch (0: torch's choice; 1 is best on a busy machine)",
     )
     a = ap.parse_args(argv)
+    _defaults_from_checkpoint(a)
     cfg = from_dict(
         EvalConfig, {"model": a.ckpt, **{f.name: getattr(a, f.name) for f in fields(EvalConfig) if f.name != "model"}}
     )
-    out = Path(a.out) if a.out else Path("runs/eval") / f"{Path(cfg.model.rstrip('/')).name}-{cfg.name}"
+    out = Path(a.out) if a.out else default_out(cfg.model, cfg.name)
+    if a.out and (out / "eval.json").exists() and not a.overwrite:
+        raise TinyseekError(
+            f"{out / 'eval.json'}: holds an earlier evaluation (--overwrite replaces it; or another --out)"
+        )
     result = run(cfg, out)
     if not is_main():
         return 0

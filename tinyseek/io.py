@@ -106,15 +106,43 @@ def text_documents(path: str | Path) -> list[str]:
 # writing
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc: no window in which another
+    thread would create files with umask 0); elsewhere set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def share_modes(path: Path) -> None:
+    """Give `path` (and, for a directory, everything in it) the mode an ordinary `open` or `mkdir` gives under the
+    umask (0644 / 0755 under the usual 022). Some writers create their files 0600 (safetensors writes through a
+    private temporary file), and what a user exports or shares must be readable by the others a umask allows."""
+    mask = umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in paths:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path` for a writer that takes a file name (safetensors, tokenizers,
-    torch.save); rename it to `path` only if the block succeeds. On any exception it is removed."""
+    torch.save); rename it to `path` only if the block succeeds (with the umask's mode, `share_modes`). On any
+    exception it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
         yield tmp
+        if tmp.exists():
+            share_modes(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -143,7 +171,8 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 @contextlib.contextmanager
 def atomic_dir(out: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary sibling of `out` to fill; rename it to `out` only if the block succeeds.
+    """Yield a temporary sibling of `out` to fill; rename it to `out` only if the block succeeds, its files and
+    directories given the umask's modes (`share_modes`).
 
     On any exception the temporary directory is removed and `out` is left exactly as it was.
     """
@@ -160,6 +189,7 @@ def atomic_dir(out: str | Path, overwrite: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    share_modes(tmp)
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"

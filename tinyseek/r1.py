@@ -26,6 +26,11 @@ ANSWER, ANSWER_END = "<answer>", "</answer>"
 PAD = "<｜pad｜>"
 SPECIAL_TOKENS = [BOS, EOS, USER, ASSISTANT, THINK, THINK_END, ANSWER, ANSWER_END, PAD]
 
+# DeepSeek-R1's recommended sampling (its model card: temperature 0.5-0.7, 0.6 recommended; top-p 0.95), the one
+# default of everything that samples for a person: `chat`, `generate`, `eval`, the server's requests, its chat page,
+# and an export's generation_config.json. (Training rollouts set their own: GRPO's `temperature`.)
+TEMPERATURE, TOP_P = 0.6, 0.95
+
 
 # The jinja twin of render_chat, written into exported model directories so transformers' apply_chat_template
 # matches (checked against render_chat in tests/test_tokenizer.py).
@@ -86,6 +91,38 @@ R1_ZERO_TEMPLATE = (
     "User: {prompt}. Assistant:"
 )  # DeepSeek-R1 paper, Table 1: the prompt of R1-Zero, for base models that never saw the chat template
 DIALOGUE_TEMPLATE = "User: {prompt}. Assistant:"  # R1-Zero's turn, without its preamble: a plain chat transcript
+PROMPT_TEMPLATES = ("chat", "r1-zero")  # how a person's messages become a prompt: `render_prompt`
+
+
+def render_r1_zero(messages: list[dict], where: str = "messages") -> str:
+    """A conversation in R1-Zero's template, as a base model continues it (`training_text`'s "r1-zero" layout): the
+    preamble with the first user turn, each assistant turn after a space (reduced as the chat template reduces it, to
+    what follows `</think>`), each later user turn as the template's own `User: .... Assistant:`. No BOS (encode
+    with it). The template has no system message."""
+    render_chat(messages, where=where)  # the same checks of the messages
+    if any(m["role"] == "system" for m in messages):
+        raise TinyseekError(f"{where}: R1-Zero's template has no system message")
+    text = ""
+    for m in messages:
+        if m["role"] == "user":
+            turn = R1_ZERO_TEMPLATE if not text else DIALOGUE_TEMPLATE
+            text += (" " if text else "") + turn.format(prompt=m["content"])
+        elif text:
+            text += " " + strip_reasoning(m["content"]).strip()
+    if not text or messages[-1]["role"] != "user":
+        raise TinyseekError(f"{where}: R1-Zero's template needs the conversation to end with a user turn")
+    return text
+
+
+def render_prompt(messages: list[dict], template: str = "chat", where: str = "messages") -> tuple[str, bool]:
+    """The prompt text of a conversation in `template` (chat | r1-zero), and whether it is to be encoded with a BOS
+    (the chat template writes its own)."""
+    if template == "r1-zero":
+        return render_r1_zero(messages, where), True
+    if template != "chat":
+        raise TinyseekError(f"prompt_template: must be one of {', '.join(PROMPT_TEMPLATES)} (got {template!r})")
+    return render_chat(messages, add_generation_prompt=True, where=where), False
+
 
 # how a solved problem is laid out as a training document (`training_text`)
 LAYOUTS = ("plain", "chat", "dialogue", "r1-zero")

@@ -28,23 +28,40 @@ Why the runner looks the way it does:
 - Every kind runs through the one entry of the module that owns it, `run(config, out, resume)`, with its
   config dataclass built by `config.from_dict` from the stage's fields, as `tinyseek KIND` builds it from a
   file and flags (`stage_kind` lists them): a recipe can do nothing a user cannot, and it has the same defaults.
+- A recipe is checked whole when it is loaded, before any stage runs: every stage's config is built (a typo in
+  the last stage's field fails at once, not minutes into the run), and an error names the file and line the
+  field came from (the recipe, an included recipe, a stage's `config` file, or the `--set` flag), with the
+  closest known field name for an unknown one.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tinyseek.config import ConfigError, from_dict, overlay, parse_overrides, parse_value, read_file
-from tinyseek.errors import TinyseekError
+from tinyseek.config import (
+    CommandParser,
+    ConfigError,
+    ModelConfig,
+    check_flags,
+    from_dict,
+    overlay,
+    parse_overrides,
+    parse_value,
+    read_file,
+)
+from tinyseek.errors import TinyseekError, unknown
 from tinyseek.io import write_json
 
 MARKER = "stage.json"  # written last into RUN/<name>/: the stage is complete
@@ -52,6 +69,7 @@ RECIPE_COPY = "recipe.json"  # the resolved recipe, written into RUN/ (the repor
 KINDS = ("tasks", "tokenizer", "pretrain", "sft", "prm", "grpo", "sample", "distill", "eval")
 TRAINING_KINDS = ("pretrain", "sft", "prm", "grpo", "distill")  # have --resume
 _RESERVED = ("kind", "name", "config", "quick")
+_TOP = ("name", "description", "threads", "include", "stage")  # a recipe file's top-level fields
 
 
 @dataclass
@@ -59,7 +77,8 @@ class Stage:
     kind: str
     name: str
     fields: dict[str, Any]  # the stage config: config file overlaid by the inline fields, {run} substituted
-    where: str  # "recipe.toml stage 3 (sft)", for error messages
+    where: str  # "recipe.toml:40: stage 3 (sft)", for error messages
+    origins: dict[str, str] = field(default_factory=dict)  # field (or "table.field") -> "file:line" or "--set ..."
 
     @property
     def config_hash(self) -> str:
@@ -101,11 +120,13 @@ def find_recipe(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.is_file():
         return p
+    shipped = sorted(f.stem for f in recipes_dir().glob("*.toml") if "stage" in read_file(f))
     if p.suffix != ".toml" and os.sep not in name_or_path:
-        shipped = recipes_dir() / f"{name_or_path}.toml"
-        if shipped.is_file():
-            return shipped
-    raise TinyseekError(f"{name_or_path}: no such recipe file")
+        if name_or_path in shipped:
+            return recipes_dir() / f"{name_or_path}.toml"
+    close = difflib.get_close_matches(name_or_path, shipped, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"the shipped recipes: {', '.join(shipped)}"
+    raise TinyseekError(f"{name_or_path}: no such recipe file or shipped recipe ({hint})")
 
 
 def _substitute(value: Any, run: Path, recipe_dir: Path) -> Any:
@@ -160,12 +181,10 @@ def load_recipe(
     extends an experiment runs into the same directory and finds the shared stages complete."""
     path = Path(path)
     data = read_file(path)
-    unknown_top = set(data) - {"name", "description", "stage", "threads", "include"}
+    unknown_top = sorted(set(data) - set(_TOP))
     if unknown_top:
-        raise ConfigError(
-            f"{path}: unknown top-level field {sorted(unknown_top)[0]!r} (known: name, description, threads, include, "
-            "stage)"
-        )
+        line = _toml_lines(path).get((0, (unknown_top[0],)), 1)
+        raise ConfigError(f"{path}:{line}: {unknown('top-level field', unknown_top[0], _TOP)}")
     file_threads = data.get("threads", 0)
     if not isinstance(file_threads, int) or file_threads < 0:
         raise ConfigError(f"{path}: threads must be an integer >= 0 (got {file_threads!r})")
@@ -181,9 +200,11 @@ def load_recipe(
     )
     recipe.stages = _stages(path, data, Path(run), quick, seed, sets or {}, chain=[path.resolve()])
     seen = [s.name for s in recipe.stages]
-    unknown = sorted(set(sets or {}) - set(seen))
-    if unknown:
-        raise ConfigError(f"--set {unknown[0]}.…: the recipe has no stage {unknown[0]!r} (stages: {', '.join(seen)})")
+    missing = sorted(set(sets or {}) - set(seen))
+    if missing:
+        raise ConfigError(f"--set {missing[0]}.…: {unknown('stage', missing[0], seen, of='in the recipe')}")
+    for stage in recipe.stages:  # the whole recipe, before any stage runs
+        check_stage(stage)
     return recipe
 
 
@@ -199,9 +220,10 @@ def _stages(path: Path, data: dict, run: Path, quick: bool, seed, sets: dict, ch
     stages_raw = data.get("stage")
     if not isinstance(stages_raw, list) or not stages_raw:
         raise ConfigError(f"{path}: no [[stage]] tables")
+    lines = _toml_lines(path)
     seen = {s.name for s in stages}
     for i, raw in enumerate(stages_raw, 1):
-        where = f"{path} stage {i}"
+        where = f"{path}:{lines.get((i, ()), '?')}: stage {i}"
         kind = raw.get("kind")
         if kind not in KINDS:
             raise ConfigError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -211,26 +233,110 @@ def _stages(path: Path, data: dict, run: Path, quick: bool, seed, sets: dict, ch
         if name in seen:
             raise ConfigError(f"{where}: name {name!r} is used by an earlier stage")
         seen.add(name)
-        where = f"{path} stage {i} ({name})"
-        fields_: dict[str, Any] = {}
-        if "config" in raw:
-            cfg_path = Path(raw["config"])
-            if not cfg_path.is_absolute():
-                cfg_path = path.parent / cfg_path
-            fields_.update(read_file(cfg_path))
-        fields_.update({k: v for k, v in raw.items() if k not in _RESERVED})
-        q = raw.get("quick", {})
-        if not isinstance(q, dict):
-            raise ConfigError(f"{where}: quick must be a table of overrides")
-        if quick:
-            fields_.update(q)
-        if name in sets:
-            fields_ = _set_fields(fields_, sets[name])
+        stage = Stage(kind=kind, name=name, fields={}, where=f"{where} ({name})")
+        _stage_fields(stage, raw, path, lines, i, quick, sets.get(name, {}))
         if seed is not None:
-            fields_["seed"] = seed
-        fields_ = _substitute(fields_, run, path.parent.resolve())
-        stages.append(Stage(kind=kind, name=name, fields=fields_, where=where))
+            stage.fields["seed"] = seed
+            stage.origins["seed"] = "--seed"
+        stage.fields = _substitute(stage.fields, run, path.parent.resolve())
+        stages.append(stage)
     return stages
+
+
+def _stage_fields(stage: Stage, raw: dict, path: Path, lines: dict, i: int, quick: bool, sets: dict) -> None:
+    """The stage's fields, each with where it was written: its config file, then the recipe's inline fields, then
+    its [stage.quick] table (with --quick), then --set flags."""
+
+    def note(values: dict, at: Callable[[tuple[str, ...]], str]) -> None:
+        for k, v in values.items():
+            stage.origins[k] = at((k,))
+            for sub in v if isinstance(v, dict) else ():
+                stage.origins[f"{k}.{sub}"] = at((k, sub))
+
+    if "config" in raw:
+        cfg_path = Path(raw["config"])
+        if not cfg_path.is_absolute():
+            cfg_path = path.parent / cfg_path
+        from_file = read_file(cfg_path)
+        cfg_lines = _toml_lines(cfg_path) if cfg_path.suffix == ".toml" else {}
+        stage.fields.update(from_file)
+        note(from_file, lambda key: f"{cfg_path}:{cfg_lines.get((0, key), cfg_lines.get((0, key[:1]), '?'))}")
+    inline = {k: v for k, v in raw.items() if k not in _RESERVED}
+    stage.fields.update(inline)
+    note(inline, lambda key: f"{path}:{lines.get((i, key), lines.get((i, key[:1]), '?'))}")
+    q = raw.get("quick", {})
+    if not isinstance(q, dict):
+        raise ConfigError(f"{stage.where}: quick must be a table of overrides")
+    if quick:
+        stage.fields.update(q)
+        at = (i, ("quick",))
+        note(q, lambda key: f"{path}:{lines.get((i, ('quick', *key)), lines.get(at, '?'))}")
+    if sets:
+        stage.fields = _set_fields(stage.fields, sets)
+        for k, v in sets.items():
+            stage.origins[k] = stage.origins[k.split(".", 1)[0]] = f"--set {stage.name}.{k}={v}"
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+(?:\s*\.\s*[A-Za-z0-9_\-]+)*|\"[^\"]*\")\s*=")
+
+
+def _toml_lines(path: Path) -> dict[tuple[int, tuple[str, ...]], int]:
+    """Where a TOML file writes each key: (stage number (0 before the first [[stage]]), key path) -> line. Keys of
+    [stage.quick] or [stage.model] tables come as ("quick", key); a stage's [[stage]] header as (i, ())."""
+    out: dict[tuple[int, tuple[str, ...]], int] = {}
+    stage, table = 0, ()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        head = _HEADER.match(line)
+        if head:
+            name = tuple(p.strip().strip('"') for p in head.group(2).split("."))
+            if head.group(1) == "[[" and name == ("stage",):
+                stage, table = stage + 1, ()
+                out[(stage, ())] = n
+            else:
+                table = name[1:] if name[0] == "stage" and stage else name
+            continue
+        key = _KEY.match(line)
+        if key:
+            out.setdefault((stage, (*table, *(p.strip().strip('"') for p in key.group(1).split(".")))), n)
+    return out
+
+
+def check_stage(stage: Stage) -> Any:
+    """Build the stage's config as its command would (every field known and valid) and return it; an error names
+    the file and line the field came from, the stage, and for an unknown field the closest known one."""
+    cls, _ = stage_kind(stage.kind)
+    known = [f.name for f in fields(cls)]
+    for k in stage.fields:
+        if k not in known:
+            raise ConfigError(_at(stage, k, unknown("field", k, known, of=f"for a {stage.kind} stage")))
+    model = stage.fields.get("model")
+    if isinstance(model, dict) and _is_table(cls, "model"):  # ModelConfig overrides: checked by name here
+        names = [f.name for f in fields(ModelConfig)]
+        for k in model:
+            if k not in names:
+                raise ConfigError(
+                    _at(stage, f"model.{k}", unknown("field", f"model.{k}", [f"model.{n}" for n in names]))
+                )
+    try:
+        return from_dict(cls, stage.fields)
+    except ConfigError as e:
+        m = re.match(r"([A-Za-z_]\w*)(?:[.\[](\w+))?", str(e))
+        key = (f"{m.group(1)}.{m.group(2)}" if m and m.group(2) else m.group(1)) if m else ""
+        raise ConfigError(_at(stage, key, str(e))) from None
+
+
+def _is_table(cls: type, name: str) -> bool:
+    """Whether dataclass field `name` of `cls` is a plain dict (a table passed on as it is, like `model`)."""
+    tp = typing.get_type_hints(cls).get(name)
+    return tp is dict or typing.get_origin(tp) is dict
+
+
+def _at(stage: Stage, key: str, msg: str) -> str:
+    """`file:line: stage 3 (sft): msg`, the line that of `key` (a field, or table.field) where it is known."""
+    origin = stage.origins.get(key) or stage.origins.get(key.split(".", 1)[0])
+    where = stage.where.split(": ", 1)[1] if origin else stage.where
+    return f"{origin}: {where}: {msg}" if origin else f"{where}: {msg}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,9 +364,9 @@ def stage_kind(kind: str) -> tuple[type, Callable[[Any, Path, bool], Any]]:
 
 
 def stage_config(stage: Stage) -> Any:
-    """The stage's config, built as its command builds it (`config.from_dict`); an error names the stage."""
-    cls, _ = stage_kind(stage.kind)
-    return from_dict(cls, stage.fields, where=stage.where)
+    """The stage's config, built as its command builds it (`config.from_dict`); an error names the stage and the
+    file and line of the field."""
+    return check_stage(stage)
 
 
 def _has_checkpoint(out: Path) -> bool:
@@ -272,8 +378,8 @@ def run_stage(stage: Stage, out: Path, resume: bool) -> None:
     """Run one stage into `out`. A training stage asked to resume continues from its last checkpoint; one
     interrupted before its first checkpoint, and every other kind, starts over in a clean directory."""
     _, run = stage_kind(stage.kind)
+    cfg = stage_config(stage)
     try:
-        cfg = stage_config(stage)
         resume = resume and stage.kind in TRAINING_KINDS and _has_checkpoint(out)
         if not resume and out.exists():
             shutil.rmtree(out)
@@ -301,11 +407,12 @@ def run_recipe_stage(kind: str, argv: list[str]) -> int | None:
             f"{a.config}: a recipe given to tinyseek {kind} must hold exactly one {kind} stage (it has {len(stages)})"
         )
     cls, run = stage_kind(kind)
-    run(
-        from_dict(cls, overlay(cls, stages[0].fields, parse_overrides(rest)), where=stages[0].where),
-        Path(a.out),
-        a.resume,
-    )
+    flags = parse_overrides(rest)
+    check_flags(cls, flags, f"tinyseek {kind}")
+    stage = stages[0]
+    stage.fields = overlay(cls, stage.fields, flags)
+    stage.origins.update({k: f"--{k.replace('_', '-')}" for k in flags})
+    run(check_stage(stage), Path(a.out), a.resume)
     return 0
 
 
@@ -415,7 +522,7 @@ def _run_and_report(recipe_path: Path, out: Path, quick: bool, report: bool, see
 
 
 def cli_run(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="tinyseek run",
         description="Run a recipe (a TOML list of stages) into a run directory; "
         "complete stages are skipped and an interrupted one resumes.",
@@ -456,7 +563,7 @@ def _seed_threads_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cli_demo(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="tinyseek demo",
         description="The whole R1 recipe in miniature (tasks, tokenizer, MoE teacher "
         "pretrain, cold-start SFT, GRPO, rejection sampling, distillation into a dense student, "

@@ -18,13 +18,12 @@ writes them next to tokenizer.json so transformers' AutoTokenizer and `apply_cha
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from tinyseek.config import ConfigError, from_dict
+from tinyseek.config import CommandParser, ConfigError, from_dict
 from tinyseek.errors import TinyseekError
 from tinyseek.io import atomic_file, write_atomic
 from tinyseek.r1 import BOS, CHAT_TEMPLATE, EOS, PAD, SPECIAL_TOKENS, render_chat
@@ -213,7 +212,7 @@ def run(cfg: TokenizerConfig, out: Path, resume: bool = False) -> Path:
 
 def cli_tokenizer(argv: list[str]) -> int:
     d = TokenizerConfig()
-    ap = argparse.ArgumentParser(prog="tinyseek tokenizer", description="Train the byte-level BPE tokenizer.")
+    ap = CommandParser(prog="tinyseek tokenizer", description="Train the byte-level BPE tokenizer.")
     ap.add_argument(
         "--corpus", nargs="*", default=[], help="UTF-8 .txt files (paragraphs) or JSONL files with a 'text' field"
     )

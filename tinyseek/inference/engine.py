@@ -322,7 +322,7 @@ class Engine:
         if len(plist) != len(prompts):
             raise TinyseekError(f"params: {len(plist)} given for {len(prompts)} prompts")
         if n < 1:
-            raise TinyseekError(f"n: must be >= 1, got {n}")
+            raise TinyseekError(f"n: must be >= 1 (got {n})")
         rids: list[list[int]] = []
         try:
             for j, (p, sp) in enumerate(zip(prompts, plist)):

@@ -120,12 +120,13 @@ class Seq:
 
     def delta(self, eos_ids: set[int], tokenizer) -> str:
         """The text to stream since the last call: while running, whole characters only and never what could still
-        turn out to be the start of a stop string; once finished, the rest of `output_text`."""
+        turn out to be the start of a stop string; once finished, the rest of `output_text`, less an incomplete
+        character at its end (U+FFFD: a multi-byte character whose last bytes were never sampled)."""
         if self.finish is None:
             hold = max((len(x) - 1 for x in self.params.stop_strings), default=0)
             text = self.text[: max(self.sent, len(self.text) - hold)]
-        else:
-            text = self.output_text(eos_ids, tokenizer)
+        else:  # the bytes of a character the budget or the end token cut short never were text: not streamed
+            text = self.output_text(eos_ids, tokenizer).rstrip("\ufffd")
         delta = text[self.sent :]
         self.sent = max(self.sent, len(text))
         return delta

@@ -9,10 +9,10 @@ atomically, so a failed report never leaves half a card.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+from tinyseek.config import CommandParser
 from tinyseek.report.outcome_vs_process import outcome_vs_process, plot_outcome_vs_process
 from tinyseek.report.plots import plot_accuracy, plot_expert_load, plot_losses, plot_rl
 from tinyseek.report.r1_zero import plot_r1_zero, r1_zero
@@ -67,7 +67,7 @@ def write_report(
 
 
 def cli_report(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="tinyseek report",
         description="Write the report card of a recipe run: "
         "RUN/report/report.json, report.md and PNG plots; prints the tables.",

@@ -40,3 +40,8 @@ def table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + [
         "| " + " | ".join(r) + " |" for r in rows
     ]
+
+
+def label(name: str, kind: str) -> str:
+    """A stage as a reader names it: `sft-control (sft)`, but `sft`, not `sft (sft)`."""
+    return name if name == kind else f"{name} ({kind})"

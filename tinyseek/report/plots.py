@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from tinyseek.report.cells import label
 from tinyseek.report.run import RL_KEYS, evals_by_model, metric_value, stage_of
 
 
@@ -53,7 +54,7 @@ def plot_accuracy(rep: dict, path: Path) -> bool:
             )
     for x, y, h in zip(xs, p1, hi):
         ax.text(x, y + h + 1.5, f"{y:.1f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(xs), [f"{e['model_stage']}\n({e['model_kind']})" for e in evals], fontsize=8)
+    ax.set_xticks(list(xs), [label(e["model_stage"], e["model_kind"]).replace(" (", "\n(") for e in evals], fontsize=8)
     ax.set_ylabel("% of held-out problems")
     ax.set_ylim(0, 105)
     ax.set_title(f"Accuracy per stage (n = {evals[0]['n']} held-out problems)")
@@ -61,24 +62,49 @@ def plot_accuracy(rep: dict, path: Path) -> bool:
     return save(plt, fig, path)
 
 
+LOSS_KEYS = (  # what each curve of a training stage is, for the legend
+    ("loss", "-", "loss (what the optimizer minimises)"),
+    ("ce", "--", "ce (next-token cross-entropy)"),
+    ("kd", ":", "kd (KL to the teacher's top-k)"),
+    ("eval_loss", "o", "eval_loss (held-out documents)"),
+)
+
+
+def grid(plt, n: int, width: float = 4.2, height: float = 3.0, cols: int = 3):
+    """n panels in rows of at most `cols` (not one long strip), the spare panels hidden."""
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + 0.6), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
 def plot_losses(data: dict, path: Path) -> bool:
+    """Each supervised stage's losses over its steps, one panel a stage: the objective, and its parts where it has
+    several (SFT's loss is the cross-entropy; pretraining adds the MTP and balance terms; distillation the KL)."""
     stages = [s for s in data["stages"] if s["kind"] in ("pretrain", "sft", "distill") and s["metrics"]]
     if not stages:
         return False
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.2), squeeze=False)
-    for ax, s in zip(axes[0], stages):
+    fig, axes = grid(plt, len(stages))
+    for ax, s in zip(axes, stages):
         steps = [r["step"] for r in s["metrics"]]
-        for key, style in (("loss", "-"), ("ce", "--"), ("kd", ":"), ("eval_loss", "o")):
+        for key, style, name in LOSS_KEYS:
             ys = [r.get(key) for r in s["metrics"]]
             pts = [(x, y) for x, y in zip(steps, ys) if isinstance(y, (int, float))]
             if pts and (key != "ce" or any(r.get("ce") != r.get("loss") for r in s["metrics"])):
-                ax.plot(*zip(*pts), style, label=key, markersize=3)
-        ax.set_title(f"{s['name']} ({s['kind']})", fontsize=9)
+                ax.plot(*zip(*pts), style, label=name, markersize=3)
+        start = next(
+            (stage_of(s["fields"].get(k), data["run"]) for k in ("init", "teacher") if s["fields"].get(k)), None
+        )
+        ax.set_title(label(s["name"], s["kind"]) + (f", from {start}" if start else ""), fontsize=9)
         ax.set_xlabel("step")
+        ax.set_ylabel("loss (log scale)")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("loss")
+    fig.suptitle("Training losses of the supervised stages (nats per token)", fontsize=10)
     return save(plt, fig, path)
 
 
@@ -115,8 +141,8 @@ def plot_rl(data: dict, path: Path) -> bool:
         ax.legend(fontsize=7)
     s = grpo[0]
     steps = [r["step"] for r in s["metrics"]]
-    for ax, label in zip(axes[1:], ("reward", "response length")):
-        k = next((k for k in RL_KEYS[label] if k in s["metrics"][0]), None)
+    for ax, signal in zip(axes[1:], ("reward", "response length")):
+        k = next((k for k in RL_KEYS[signal] if k in s["metrics"][0]), None)
         if k is not None:
             ys = [r.get(k) for r in s["metrics"]]
             pts = [(x, y) for x, y in zip(steps, ys) if isinstance(y, (int, float))]
@@ -127,40 +153,36 @@ def plot_rl(data: dict, path: Path) -> bool:
                 for i in range(len(pts))
             ]
             ax.plot([x for x, _ in pts], sm, "-", color="#c44e52")
-        ax.set_title(f"{s['name']}: training {label} ({k or 'not logged'})", fontsize=9)
+        ax.set_title(f"{s['name']}: training {signal} ({k or 'not logged'})", fontsize=9)
         ax.set_xlabel("GRPO step")
     fig.suptitle("Reinforcement learning: held-out accuracy, and reward on the training prompts", fontsize=10)
     return save(plt, fig, path)
 
 
 def plot_expert_load(data: dict, path: Path) -> bool:
-    """MaxVio (max expert load / mean load - 1, the loss-free balancing paper's measure) per MoE layer,
-    over the steps of every MoE training stage laid end to end."""
+    """MaxVio (max expert load / mean load - 1, the loss-free balancing paper's measure) per MoE layer over each MoE
+    training stage's own steps, one panel a stage: stages that branch from one checkpoint are not a sequence."""
     stages = [s for s in data["stages"] if s["metrics"] and any("moe_maxvio" in r for r in s["metrics"])]
     if not stages:
         return False
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3.4))
-    offset = 0
+    fig, axes = grid(plt, len(stages), width=4.0, height=2.8)
     n_layers = max(len(r["moe_maxvio"]) for s in stages for r in s["metrics"] if "moe_maxvio" in r)
     colors = plt.cm.viridis([i / max(1, n_layers - 1) for i in range(n_layers)])
-    for si, s in enumerate(stages):
+    for ax, s in zip(axes, stages):
         rows = [r for r in s["metrics"] if "moe_maxvio" in r]
         for layer in range(n_layers):
             pts = [
-                (offset + r["step"], r["moe_maxvio"][layer])
+                (r["step"], r["moe_maxvio"][layer])
                 for r in rows
                 if layer < len(r["moe_maxvio"]) and r["moe_maxvio"][layer] is not None
             ]
             if pts:
-                ax.plot(*zip(*pts), color=colors[layer], lw=1, label=f"MoE layer {layer + 1}" if si == 0 else None)
-        end = offset + max(r["step"] for r in rows)
-        ax.axvline(end, color="gray", lw=0.5, ls="--")
-        ax.text(
-            (offset + end) / 2, 1.0, s["name"], transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8
-        )
-        offset = end
-    ax.set_xlabel("step (stages laid end to end)")
-    ax.set_ylabel("MaxVio (max/mean load - 1)")
-    ax.legend(fontsize=7, loc="upper right")
+                ax.plot(*zip(*pts), color=colors[layer], lw=1, label=f"MoE layer {layer + 1}")
+        start = next((stage_of(s["fields"].get(k), data["run"]) for k in ("init", "model") if s["fields"].get(k)), None)
+        ax.set_title(label(s["name"], s["kind"]) + (f", from {start}" if start else ""), fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("MaxVio")
+    axes[0].legend(fontsize=7, loc="upper right")
+    fig.suptitle("Expert balance per MoE layer: MaxVio = max / mean expert load - 1 (0 = even)", fontsize=10)
     return save(plt, fig, path)

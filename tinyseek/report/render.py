@@ -8,10 +8,47 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tinyseek.report.cells import human, interval, money, num, pct, table
+from tinyseek.report.cells import human, interval, label, money, num, pct, table
 from tinyseek.report.outcome_vs_process import ovp_arm_rows, render_outcome_vs_process
 from tinyseek.report.r1_zero import render_r1_zero
 from tinyseek.report.run import REPORT_DIR
+
+
+def summary(rep: dict) -> list[str]:
+    """The card's opening, in plain words: what each trained stage did to held-out accuracy against the model it
+    started from, what two stages from one start did at their costs, and what the whole run took."""
+    out = []
+    for c in rep["comparisons"]:
+        if c["pass@1"] is None or c["parent_pass@1"] is None:
+            continue
+        now, then = 100 * c["pass@1"], 100 * c["parent_pass@1"]
+        sure = "the 95% intervals do not overlap" if c["ci_disjoint"] else "within the noise: the 95% intervals overlap"
+        if c["relation"] == "teacher":
+            size = c.get("active_params_ratio")
+            rel = f"{100 * c['ratio']:.0f}% of its teacher's {then:.1f}%" if c["ratio"] else f"its teacher: {then:.1f}%"
+            out.append(
+                f"- **{c['stage']}**, distilled from {c['parent']}"
+                + (f" at {size:.2f} of its active parameters" if size else "")
+                + f": {now:.1f}% of the held-out problems right ({rel})."
+            )
+        else:
+            out.append(
+                f"- **{c['stage']}** took {c['parent']} from {then:.1f}% to {now:.1f}% of the held-out problems "
+                f"right ({c['delta_points']:+.1f} points; {sure})."
+            )
+    for s in rep.get("siblings") or []:
+        if s["a_pass@1"] is None or s["b_pass@1"] is None:
+            continue
+        out.append(
+            f"- From the same start ({s['parent']}): {s['a']} reached {100 * s['a_pass@1']:.1f}% for "
+            f"{human(s['a_flops'])} FLOPs, {s['b']} {100 * s['b_pass@1']:.1f}% for {human(s['b_flops'])}."
+        )
+    t = rep["totals"]
+    out.append(
+        f"- The whole run: {t['wall_s']:.0f} s of stage wall time, {human(t['flops'])} FLOPs, "
+        f"${t['cost_usd']:.4f} at the prices below."
+    )
+    return out
 
 
 def accuracy_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
@@ -33,7 +70,7 @@ def accuracy_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
         rows.append(
             [
                 e["stage"],
-                f"{e['model_stage']} ({e['model_kind']})",
+                label(e["model_stage"], e["model_kind"]),
                 f"{p['active'] / 1e6:.2f}M / {p['total'] / 1e6:.2f}M" if p else "—",
                 pct(e["pass@1"]),
                 interval(e["pass@1_ci95"]),
@@ -80,9 +117,9 @@ def sibling_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
     rows = [
         [
             c["parent"],
-            f"{c['a']} ({c['a_kind']})",
+            label(c["a"], c["a_kind"]),
             pct(c["a_pass@1"]),
-            f"{c['b']} ({c['b_kind']})",
+            label(c["b"], c["b_kind"]),
             pct(c["b_pass@1"]),
             num(c["delta_points"], "{:+.1f}"),
             {True: "yes", False: "no", None: "—"}[c["ci_disjoint"]],
@@ -141,7 +178,8 @@ def cost_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def render_markdown(rep: dict) -> str:
-    out = [f"# Report card: {rep['recipe']} ({rep['run']})", "", f"Machine: {rep['machine']}.", ""]
+    out = [f"# Report card: {rep['recipe']} ({rep['run']})", "", "In short:", "", *summary(rep), ""]
+    out += [f"Machine: {rep['machine']}.", ""]
     t = rep["totals"]
     out += [
         f"Total wall time of the stages: {t['wall_s']:.0f} s. Every figure below is read from this run's files "
@@ -164,7 +202,7 @@ def render_markdown(rep: dict) -> str:
             "",
         ]
     if any(c["heldout"] for c in rep.get("rl_curves", [])):
-        out += ["## Reinforcement learning, measured on the held-out problems", ""] + table(*curve_rows(rep)) + [""]
+        out += ["## Held-out accuracy during GRPO", ""] + table(*curve_rows(rep)) + [""]
         out += [
             "Held-out pass@1 during GRPO at the evaluation protocol (the stage's eval_samples samples at "
             "eval_temperature), step 0 being the evaluation of the checkpoint it started from.",
@@ -177,14 +215,20 @@ def render_markdown(rep: dict) -> str:
             for k, v in r.items()
             if isinstance(v, dict)
         ]
-        out += ["## Reinforcement learning", "", f"{r['stage']}: {r['steps']} steps; " + "; ".join(bits) + ".", ""]
+        out += [
+            "## GRPO's own signals, on its training prompts",
+            "",
+            f"{r['stage']}: {r['steps']} steps; " + "; ".join(bits) + " (first step -> last step; the reward is what "
+            "GRPO maximises, on prompts it trains on: the held-out table above is the measure of learning).",
+            "",
+        ]
     if rep.get("outcome_vs_process"):
         out += render_outcome_vs_process(rep["outcome_vs_process"])
     if rep.get("r1_zero"):
         out += render_r1_zero(rep["r1_zero"])
     out += (
         ["## Stages", "", "What each stage was given:", ""]
-        + [f"- **{r['name']}** ({r['kind']}): {r['given']}" for r in rep["stages"]]
+        + [f"- **{label(r['name'], r['kind'])}**: {r['given']}" for r in rep["stages"]]
         + [""]
     )
     out += table(*stage_rows(rep)) + [""]
@@ -207,7 +251,8 @@ def render_console(rep: dict) -> str:
         line = lambda r: "  ".join(str(x).ljust(n) for x, n in zip(r, w))  # noqa: E731
         return "\n".join([line(head), line(["-" * n for n in w])] + [line(r) for r in rows])
 
-    parts = [f"report card: {rep['run']}   ({rep['machine']})", "", fmt(*accuracy_rows(rep))]
+    said = [line.replace("**", "") for line in summary(rep)]
+    parts = [f"report card: {rep['run']}   ({rep['machine']})", "", *said, "", fmt(*accuracy_rows(rep))]
     if rep["comparisons"]:
         parts += ["", fmt(*comparison_rows(rep))]
     if rep.get("outcome_vs_process"):

@@ -14,8 +14,9 @@ Endpoints
 - `POST /update_weights_from_disk` `{"model_path": CKPT}` (SGLang's endpoint; only with
   `--allow-weight-updates`): the model's weights are replaced by CKPT's once the running requests finish, and
   the prefix cache is emptied (its rows were computed with the old weights).
-- `GET /v1/models`, `GET /health`, `GET /v1/usage` (the caller's totals and cost from the ledger),
-  `GET /` (the chat page, `static/index.html`).
+- `GET /v1/models`, `GET /health` (load, cache, and for the page what the model was trained on, a prompt to try
+  and the default sampling), `GET /v1/usage` (the caller's totals and cost from the ledger), `GET /` (the chat
+  page, `static/index.html`).
 
 Stop strings (`stop`) go to the engine with the other sampling parameters and are matched on the
 completion's text as generated (the R1 tags included): the engine ends a choice in the step whose token
@@ -63,7 +64,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tinyseek import __version__
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.sampling import SamplingParams, derive_seed
-from tinyseek.r1 import THINK, THINK_END
+from tinyseek.r1 import TEMPERATURE, THINK, THINK_END, TOP_P, render_prompt
 from tinyseek.serve.ledger import ApiKeys, Ledger, Prices, key_id
 from tinyseek.serve.prefix_cache import BlockCache
 from tinyseek.serve.protocol import (
@@ -107,6 +108,12 @@ class ServeConfig:
     max_body_bytes: int = 4 << 20
     db: str = "usage.sqlite"
     allow_weight_updates: bool = False  # POST /update_weights_from_disk (RL trainers push their weights)
+    temperature: float = TEMPERATURE  # a request's temperature when it gives none (R1's recommended sampling)
+    top_p: float = TOP_P  # a request's top_p when it gives none
+    prompt_template: str = "chat"  # how chat messages become a prompt: chat | r1-zero (a model trained in R1-Zero's)
+    trained_on: str = ""  # what the model was trained on, in words (provenance.TrainedOn.describe), for the page
+    example: str = ""  # a prompt it answers, the page's placeholder
+    single_turn: bool = False  # the page sends each message alone (a model trained on single problems, as chat)
 
 
 class RateLimiter:
@@ -172,14 +179,22 @@ class Call:
         self.finish = [None] * len(self.jobs)
 
 
-def sampling_params(req: ChatRequest | CompletionRequest, max_tokens: int, choice: int, **extra) -> SamplingParams:
-    """Choice `choice`'s sampling parameters: the fields both endpoints share (OpenAI's defaults), plus an endpoint's
-    own (`extra`); a value the sampler refuses is a 422."""
+def sampling_params(
+    req: ChatRequest | CompletionRequest,
+    max_tokens: int,
+    choice: int,
+    default_temperature: float = TEMPERATURE,
+    default_top_p: float = TOP_P,
+    **extra,
+) -> SamplingParams:
+    """Choice `choice`'s sampling parameters: the fields both endpoints share (the server's defaults where the
+    request gives none: R1's recommended T 0.6, top-p 0.95 unless `tinyseek serve` was told otherwise), plus an
+    endpoint's own (`extra`); a value the sampler refuses is a 422."""
     try:
         return SamplingParams(
             max_new_tokens=max_tokens,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
+            temperature=default_temperature if req.temperature is None else req.temperature,
+            top_p=default_top_p if req.top_p is None else req.top_p,
             stop_strings=tuple(req.stop_list()),
             # a hash, not seed + choice: requests seeded 11 and 12 must not share choices' seeds
             seed=None if req.seed is None else derive_seed(req.seed, choice),
@@ -366,11 +381,12 @@ class Service:
             )
 
     def chat_prompt(self, req: ChatRequest) -> tuple[list[int], int]:
-        """The messages as prompt token ids (the chat template), and max_tokens (by default what fits, at most
-        `default_max_tokens`); 400 when the two overflow the context."""
+        """The messages as prompt token ids (the chat template, or R1-Zero's for a model trained in it), and
+        max_tokens (by default what fits, at most `default_max_tokens`); 400 when the two overflow the context."""
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         try:
-            prompt = self.tokenizer.encode(self.tokenizer.chat(msgs, add_generation_prompt=True))
+            text, bos = render_prompt(msgs, self.cfg.prompt_template)
+            prompt = self.tokenizer.encode(text, add_special=bos)
         except TinyseekError as e:
             raise APIError(400, f"messages: {e}", param="messages") from None
         ctx_len = self.ctx_len
@@ -427,7 +443,7 @@ class Service:
         for i, ids in enumerate(prompts):
             for j in range(req.n):
                 c = i * req.n + j
-                params = sampling_params(req, max_tokens, c, **extra)
+                params = sampling_params(req, max_tokens, c, self.cfg.temperature, self.cfg.top_p, **extra)
                 jobs.append(Job(ids, params, queue, event_loop, index=c, use_cache=self.cache is not None))
         return Call(kid, rid, prompts, req.n, jobs, queue)
 
@@ -597,6 +613,11 @@ class Service:
             "model": self.cfg.model_name,
             **self.scheduler.load(),
             "prefix_cache": self.cache.stats() if self.cache is not None else None,
+            # for the chat page: what to try, and what a request that says nothing samples with
+            "trained_on": self.cfg.trained_on,
+            "example": self.cfg.example,
+            "single_turn": self.cfg.single_turn,
+            "defaults": {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p},
         }
 
     async def models(self, request: Request):

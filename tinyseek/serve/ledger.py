@@ -16,7 +16,6 @@ handlers (several threads) may record concurrently.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import hashlib
 import hmac
@@ -25,6 +24,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinyseek.config import CommandParser
 from tinyseek.errors import TinyseekError
 
 ANONYMOUS = "anonymous"
@@ -183,11 +183,22 @@ class Ledger:
             self._db.close()
 
 
+def default_ledger() -> Path:
+    """Where `tinyseek serve` keeps its ledger unless told (`--db`): the user's state directory
+    ($XDG_STATE_HOME, else ~/.local/state) under tinyseek/, not whatever directory the server was started in."""
+    import os
+
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "tinyseek" / "usage.sqlite"
+
+
 def cli_usage(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="tinyseek usage", description="Usage totals per key and UTC day from a server's ledger."
+    p = CommandParser(prog="tinyseek usage", description="Usage totals per key and UTC day from a server's ledger.")
+    p.add_argument(
+        "--db",
+        default=str(default_ledger()),
+        help="the SQLite ledger written by `tinyseek serve` (its --db; default: the server's default)",
     )
-    p.add_argument("--db", required=True, help="the SQLite ledger written by `tinyseek serve --db`")
     p.add_argument("--key-id", default=None, help="only this key id (as printed by `tinyseek serve`)")
     args = p.parse_args(argv)
     if not Path(args.db).is_file():

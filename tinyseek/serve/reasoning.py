@@ -2,10 +2,14 @@
 
 A tinyseek completion reads `<think>\\n...\\n</think>\\n<answer>...</answer>` (R1's format). The splitter
 reads the text as the engine streams it, which is already final: stop tokens are left out and stop strings
-cut by the engine (it owns the stop rules, and stops a row in the very step that completes one).
-- a completion that opens with `<think>` is reasoning up to `</think>`; the tags themselves are not shown;
-- everything else is the answer (`content`). `<answer>` and `</answer>` are dropped from the text
-  (they are protocol, not prose), so a client sees `content = "42"`, not `"<answer>42</answer>"`;
+cut by the engine (it owns the stop rules, and stops a row in the very step that completes one). The server's
+chat endpoint and the terminal chat (`tinyseek chat`, `tinyseek generate` on a terminal) both split with it.
+- a completion that opens with `<think>` (after any whitespace: R1-Zero's template ends in `Assistant:`) is
+  reasoning up to `</think>`, or up to `<answer>` when the model skips `</think>`;
+- everything else is the answer (`content`);
+- the tags themselves are never shown, wherever they come: `<answer>` and `</answer>` are protocol, not prose, so
+  a client sees `content = "42"`, not `"<answer>42</answer>"`, and a model that did not open with `<think>` but
+  writes `</think>` later (an undertrained one does) leaks no tag into `content`;
 - if the prompt already ends in `<think>` (a template that forces reasoning), the completion starts in
   reasoning; a completion that never opens `<think>` is all content.
 Leading and trailing whitespace of each part is dropped (the newlines around the tags); whitespace inside
@@ -22,7 +26,8 @@ from __future__ import annotations
 from tinyseek.r1 import ANSWER, ANSWER_END, THINK, THINK_END
 
 REASONING, CONTENT = "reasoning_content", "content"
-_DROPPED = {REASONING: (THINK_END, ANSWER, ANSWER_END), CONTENT: (ANSWER, ANSWER_END)}  # tags that mean something there
+TAGS = (THINK, THINK_END, ANSWER, ANSWER_END)  # never shown
+_ENDS_REASONING = (THINK_END, ANSWER)  # in the reasoning, the answer starts at either
 
 
 def reasoning_tokens(ids: list[int], think_id: int, end_think_id: int, start_in_reasoning: bool = False) -> int:
@@ -53,37 +58,35 @@ class ReasoningSplitter:
         self.buf += text
         out: list[tuple[str, str]] = []
         while self.buf:
-            if self.mode is None:  # the completion's first characters decide: reasoning, or straight to the answer
-                if any(tag.startswith(self.buf) and tag != self.buf for tag in (THINK, THINK_END)):
-                    break
-                if self.buf.startswith(THINK):
-                    self.buf, self.mode, self.reasoned = self.buf[len(THINK) :], REASONING, True
-                elif self.buf.startswith(THINK_END):
-                    self.buf, self.mode = self.buf[len(THINK_END) :], CONTENT
+            if self.mode is None:  # the first visible characters decide: reasoning, or straight to the answer
+                head = self.buf.lstrip()
+                if not head or (THINK.startswith(head) and head != THINK):
+                    break  # only whitespace yet, or what may still become <think>
+                if head.startswith(THINK):
+                    self.buf, self.mode, self.reasoned = head[len(THINK) :], REASONING, True
                 else:
-                    self.mode = CONTENT
+                    self.buf, self.mode = head, CONTENT
                 continue
-            tags = _DROPPED[self.mode]
-            hits = [(self.buf.find(t), t) for t in tags if t in self.buf]
+            hits = [(self.buf.find(t), t) for t in TAGS if t in self.buf]
             if not hits:  # place everything but a tail that could still become a tag
-                keep = max((k for t in tags for k in range(1, len(t)) if self.buf.endswith(t[:k])), default=0)
+                keep = max((k for t in TAGS for k in range(1, len(t)) if self.buf.endswith(t[:k])), default=0)
                 self.parts[self.mode].text += self.buf[: len(self.buf) - keep]
                 self.buf = self.buf[len(self.buf) - keep :]
                 break
             at, tag = min(hits)
             self.parts[self.mode].text += self.buf[:at]
             self.buf = self.buf[at + len(tag) :]
-            if tag == THINK_END:
+            if self.mode == REASONING and tag in _ENDS_REASONING:
                 out += self._emit(REASONING)
                 self.mode = CONTENT
         return out + (self._emit(self.mode) if self.mode else [])
 
     def finish(self) -> list[tuple[str, str]]:
         """Flush what was held back (the end of the completion: nothing more can complete it)."""
-        if self.buf:
+        if self.buf.strip():
             self.mode = self.mode or CONTENT
             self.parts[self.mode].text += self.buf
-            self.buf = ""
+        self.buf = ""
         return self._emit(self.mode) if self.mode else []
 
     def _emit(self, field: str) -> list[tuple[str, str]]:

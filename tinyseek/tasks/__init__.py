@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 
 from tinyseek.config import ConfigError
+from tinyseek.errors import unknown
 from tinyseek.r1 import LAYOUTS, training_text
 from tinyseek.tasks.arithmetic import Arithmetic
 from tinyseek.tasks.base import Task, stream_seed
@@ -45,7 +46,7 @@ def names() -> list[str]:
 def get(name: str, field: str = "task") -> Task:
     """The task called `name` (see names()); an unknown name is a one-line error naming `field`."""
     if name not in _REGISTRY:
-        raise ConfigError(f"{field}: unknown task {name!r} (known: {', '.join(_REGISTRY)})")
+        raise ConfigError(f"{field}: {unknown('task', name, _REGISTRY)}")
     return _REGISTRY[name]()
 
 

@@ -161,8 +161,10 @@ class Task:
                 f"task {self.name}: part must be (lo, hi) with 0 <= lo < hi <= 1 on the train side, got {part!r}"
             )
         lo16, hi16 = (0, 65536) if part is None else (round(part[0] * 65536), round(part[1] * 65536))
-        if not isinstance(n, int) or n < 0:
-            raise TinyseekError(f"task {self.name}: n must be a non-negative int, got {n!r}")
+        if not isinstance(n, int):
+            raise TinyseekError(f"task {self.name}: n: expected an integer (got {n!r})")
+        if n < 0:
+            raise TinyseekError(f"task {self.name}: n: must be >= 0 (got {n})")
         levels = self._levels(difficulty)
         rng = random.Random(stream_seed(self.name, seed, split, levels, *(() if part is None else (part,))))
         want_test = split == "test"

@@ -7,7 +7,6 @@ problems, whatever the seed. A recipe's tasks stage and `tinyseek tasks write` b
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyseek.config import ConfigError, from_dict, overlay, read_file
+from tinyseek.config import CommandParser, ConfigError, from_dict, overlay, read_file
 from tinyseek.errors import TinyseekError
 from tinyseek.io import atomic_dir, write_json, write_jsonl
 from tinyseek.r1 import LAYOUTS, completion_text
@@ -168,7 +167,7 @@ def run(cfg: TasksConfig, out: Path, resume: bool = False) -> dict:
 
 def cli_write(argv: list[str]) -> int:
     d = TasksConfig()
-    ap = argparse.ArgumentParser(
+    ap = CommandParser(
         prog="tinyseek tasks write",
         description="Write a run's problem files (a recipe's tasks stage): OUT/<split>.jsonl per split, test.jsonl, "
         "corpus.txt and roles.json, every role its own problems. Counts are per task.",
@@ -223,7 +222,7 @@ def cli_write(argv: list[str]) -> int:
 def cli_tasks(argv: list[str]) -> int:
     if argv[:1] == ["write"]:
         return cli_write(argv[1:])
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="tinyseek tasks",
         description="list the verifiable tasks, or print sample problems",
         epilog="tinyseek tasks write --out DIR ...: a run's problem files (tinyseek tasks write --help)",

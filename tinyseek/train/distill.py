@@ -53,9 +53,9 @@ class DistillConfig(TrainConfig):
     verify: bool = True  # drop rows whose answer the rule reward does not confirm (rows without an answer are an error)
     kd: str = "forward"  # forward | reverse | mix
     kd_mix: float = 0.5  # weight of forward KL in "mix"
-    kd_temperature: float = 1.0
-    kd_top_k: int = 20
-    kd_weight: float = 1.0
+    kd_temperature: float = 1.0  # softens both distributions before the KL (Hinton et al.)
+    kd_top_k: int = 20  # the teacher's top-k logits kept per token (the rest of its mass lumped together)
+    kd_weight: float = 1.0  # weight of the KD loss beside the cross-entropy on the traces
     teacher_cache: str = "auto"  # auto: RUN/teacher_topk.safetensors | none: on the fly | a file path
     max_len: int = 256  # tokens per example (longer ones are cut)
     lr: float = 1e-3

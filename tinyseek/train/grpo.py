@@ -86,13 +86,13 @@ class GrpoConfig(TrainConfig):
     model: str = ""  # tinyseek checkpoint dir, a transformers model dir, a .gguf file, or pkg:PACKAGE/FILE
     tokenizer: str = ""  # default: the model's own
     task: str = "arithmetic"  # prompts from tinyseek.tasks (train split) unless `data` is given; "a,b" mixes tasks
-    difficulty: int | None = None
+    difficulty: int | None = None  # the task's difficulty (default: the task's own)
     data: str = ""  # prompt records (JSONL / Parquet / datasets dir) with at least `prompt`
     prompt_template: str = "chat"  # chat | r1-zero | raw | any text holding {prompt}
-    system_prompt: str = ""
+    system_prompt: str = ""  # system message of the chat template (chat only)
     # rollouts
     group_size: int = 8  # G completions per prompt
-    max_new_tokens: int = 64
+    max_new_tokens: int = 64  # tokens per rollout at most
     temperature: float = 1.0  # rollout sampling temperature (log-probs are taken at the same temperature)
     top_p: float = 1.0  # rollout nucleus mass
     top_k: int = 0  # rollout top-k (0 = off)

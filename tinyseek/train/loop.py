@@ -52,7 +52,8 @@ What the loop does around `train_step` (and what a stage therefore must not do i
   RUN/final at the end, each with the tokenizer and (in step-N) `trainer_state.pt`: optimizer, step,
   RNG states, the stage's `state_dict()` and the counters, so `--resume` continues bitwise on CPU;
 - RUN/metrics.jsonl (one object a step: the stage's metrics plus lr, grad_norm, tokens/s, MFU, expert
-  balance, elapsed, cumulative FLOPs and cost), a console line with ETA, TensorBoard when installed,
+  balance, elapsed, cumulative FLOPs and cost), a console line with ETA, the same scalars as TensorBoard events
+  in RUN/tb/ with the `tb` extra (`pip install 'tinyseek[tb]'`; `make install` has it),
   RUN/config.toml (resolved config) and RUN/summary.json (cost meter, throughput, final metrics).
 - parallelism: under `torchrun` the process group is set up here (gloo on CPU, NCCL on GPU; tinyseek/dist.py);
   `parallel.wrap_model` is the one place that applies parallelism and compile (`parallel` = ddp | fsdp, `ep`);
@@ -598,11 +599,11 @@ class Loop:
                 except json.JSONDecodeError:
                     break  # a line cut short by the kill
             write_atomic(f, "".join(k + "\n" for k in keep))
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+        try:  # TensorBoard events in RUN/tb/ when the `tb` extra is installed (pip install 'tinyseek[tb]')
+            from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.run_dir / "tb"))
-        except Exception:
+        except ImportError:
             self._tb = None
 
     def _log(self, rec: dict) -> None:

@@ -40,7 +40,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from tinyseek.config import ConfigError
+from tinyseek.config import CommandParser, ConfigError
 from tinyseek.dist import DistInfo
 from tinyseek.errors import TinyseekError
 from tinyseek.model import Experts, MoE, probe_kernels
@@ -441,9 +441,8 @@ def consolidate(step_dir: str | Path, out: str | Path) -> Path:
 
 
 def cli_consolidate(argv: list[str]) -> int:
-    import argparse
 
-    ap = argparse.ArgumentParser(
+    ap = CommandParser(
         prog="tinyseek consolidate",
         description="Turn a sharded (FSDP2 / expert-parallel) step checkpoint into an ordinary checkpoint.",
     )

@@ -28,7 +28,6 @@ lower than the same step of the gold trace).
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -40,7 +39,7 @@ from torch import nn
 
 from tinyseek import cost
 from tinyseek.checkpoint import TRAINER_STATE_FILE, read_config, read_weights, write_weights
-from tinyseek.config import ConfigError, stage_cli, to_dict
+from tinyseek.config import CommandParser, ConfigError, stage_cli, to_dict
 from tinyseek.errors import TinyseekError
 from tinyseek.hf import check_state_dict
 from tinyseek.io import atomic_dir, read_rows, write_json, write_jsonl
@@ -452,7 +451,7 @@ def cli_prm_train(argv: list[str]) -> int:
 
 
 def cli_prm_score(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="tinyseek prm score",
         description="Score every reasoning step of the traces in a file with a PRM. A row is a prompt with a "
         "`completion` (scored as written; labelled by the step rule when it also has `solution` and `answer`) or "

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyseek.config import ConfigError
+from tinyseek.config import CommandParser, ConfigError
 from tinyseek.errors import TinyseekError
 
 
@@ -33,21 +33,21 @@ from tinyseek.errors import TinyseekError
 class SampleConfig:
     """The fields of a sample stage (the same names as the flags)."""
 
-    model: str = ""
-    task: str = ""
+    model: str = ""  # the teacher: tinyseek checkpoint, transformers model directory, or .gguf file
+    task: str = ""  # problems of this task (its `split` side)
     data: str = ""  # prompt records instead of a task (prompt, answer, ...)
     n: int = 100  # problems
     samples: int = 8  # completions per problem (K)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 128
-    difficulty: int | None = None
-    seed: int = 0
+    temperature: float = 1.0  # sampling temperature (R1 sampled its SFT data from the RL model)
+    top_p: float = 1.0  # nucleus sampling mass
+    max_new_tokens: int = 128  # tokens per completion at most
+    difficulty: int | None = None  # the task's difficulty (default: the task's own)
+    seed: int = 0  # problem and sampling seed
     split: str = "train"  # rejection sampling runs on training problems
     prompt_template: str = "chat"  # as tinyseek grpo: chat | r1-zero | raw | text with {prompt}
-    system_prompt: str = ""
-    shortest: bool = False
-    dedup: bool = False
+    system_prompt: str = ""  # system message of the chat template
+    shortest: bool = False  # keep only the shortest verified completion of each problem
+    dedup: bool = False  # keep each distinct verified completion of a problem once
     accept: str = "verified"  # verified (rejection sampling) | any: every completion, for smoke tests of a pipeline
     threads: int = 0  # torch CPU threads (0 = default)
     batch: int = 256  # sequences decoded together
@@ -205,11 +205,10 @@ def run(cfg: SampleConfig, out: Path, resume: bool = False) -> dict:
 
 
 def cli_sample(argv: list[str]) -> int:
-    import argparse
 
     from tinyseek.config import from_dict, read_file
 
-    ap = argparse.ArgumentParser(
+    ap = CommandParser(
         prog="tinyseek sample",
         description="Rejection sampling: keep correct, well-formed completions as an SFT dataset.",
     )
@@ -231,6 +230,12 @@ def cli_sample(argv: list[str]) -> int:
         "--shortest", action="store_true", default=None, help="keep only the shortest verified completion per problem"
     )
     ap.add_argument("--dedup", action="store_true", default=None, help="drop repeated completions of a problem")
+    ap.add_argument("--split", help="the task's side to draw problems from: train (default) | test")
+    ap.add_argument("--system-prompt", help="system message of the chat template")
+    ap.add_argument(
+        "--accept", help="verified (default: rejection sampling) | any: every completion (a pipeline smoke test)"
+    )
+    ap.add_argument("--batch", type=int, help="sequences decoded together (default 256)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     ap.add_argument("--out", required=True, help="FILE.jsonl, or a directory (then DIR/sft.jsonl and DIR/stats.json)")
     a = ap.parse_args(argv)
@@ -249,9 +254,13 @@ def cli_sample(argv: list[str]) -> int:
         "prompt_template": a.prompt_template,
         "shortest": a.shortest,
         "dedup": a.dedup,
+        "split": a.split,
+        "system_prompt": a.system_prompt,
+        "accept": a.accept,
+        "batch": a.batch,
         "threads": a.threads,
     }
     data.update({k: v for k, v in flags.items() if v is not None})
-    cfg = from_dict(SampleConfig, data, where=a.config or "flags")
+    cfg = from_dict(SampleConfig, data, where=a.config or "")
     run(cfg, Path(a.out))
     return 0
