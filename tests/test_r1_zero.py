@@ -169,7 +169,7 @@ def test_run_set_changes_one_stage_and_names_bad_flags(tmp_path):
     }
     with pytest.raises(ConfigError, match="expected STAGE.FIELD=VALUE"):
         parse_sets(["loss_type=dr_grpo"])
-    with pytest.raises(ConfigError, match="no stage 'gpro'"):
+    with pytest.raises(ConfigError, match="unknown stage 'gpro'.*did you mean 'grpo'"):
         load_recipe(recipes_dir() / "r1-zero.toml", tmp_path, sets=parse_sets(["gpro.lr=1"]))
 
 
