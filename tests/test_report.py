@@ -177,9 +177,12 @@ def test_not_a_run_and_bad_lines_are_named(tmp_path, run):
         build_report(run)
 
 
-def test_rl_curve_and_same_start_comparisons(tmp_path):
+@pytest.mark.parametrize("ood", [False, True])
+def test_rl_curve_and_same_start_comparisons(tmp_path, ood):
     """The held-out curve of a GRPO stage starts at its parent's evaluation and follows metrics.jsonl; stages
-    that start from the same checkpoint are set side by side with their compute."""
+    that start from the same checkpoint are set side by side with their compute. With every model evaluated on a
+    second, out-of-distribution set too (after the test set), comparisons pair evaluations of the same data and the
+    curve still starts at the test set's."""
     run = tmp_path / "run"
     cfg = ModelConfig.preset("nano")
     stages = [
@@ -210,7 +213,24 @@ def test_rl_curve_and_same_start_comparisons(tmp_path):
     _stage(run, "eval-sft", "eval", 1.0, ev=_eval(run, "sft", 0.2, [0.15, 0.25]))
     _stage(run, "eval-grpo", "eval", 1.0, ev=_eval(run, "grpo", 0.41, [0.36, 0.46]))
     _stage(run, "eval-sft-control", "eval", 1.0, ev=_eval(run, "sft-control", 0.6, [0.55, 0.65]))
+    if ood:  # the evaluations above were of test.jsonl; each model also evaluated on ood.jsonl, after them
+        rec = json.loads((run / "recipe.json").read_text())
+        for name, p1 in (("sft", 0.01), ("grpo", 0.05), ("sft-control", 0.02)):
+            ev = json.loads((run / f"eval-{name}" / "eval.json").read_text())
+            (run / f"eval-{name}" / "eval.json").write_text(json.dumps({**ev, "data": str(run / "tasks/test.jsonl")}))
+            _stage(
+                run, f"eval-{name}-ood", "eval", 1.0, ev={**_eval(run, name, p1, [0, 0.1]), "data": "tasks/ood.jsonl"}
+            )
+            rec["stages"].append({"name": f"eval-{name}-ood", "kind": "eval", "fields": {"model": ev["model"]}})
+        (run / "recipe.json").write_text(json.dumps(rec))
     rep = write_report(run, plots=True)
+    if ood:
+        pairs = {(c["stage"], c["data"]): (c["pass@1"], c["parent_pass@1"]) for c in rep["comparisons"]}
+        assert pairs[("grpo", "test")] == (0.41, 0.2) and pairs[("grpo", "ood")] == (0.05, 0.01)
+        (sib_ood,) = [s for s in rep["siblings"] if s["data"] == "ood"]
+        assert {sib_ood["a_pass@1"], sib_ood["b_pass@1"]} == {0.05, 0.02}
+        rep["siblings"] = [s for s in rep["siblings"] if s["data"] == "test"]
+        assert "on ood" in (run / "report" / "report.md").read_text()
     (c,) = rep["rl_curves"]
     assert c["stage"] == "grpo" and c["parent"] == "sft"
     assert [p["step"] for p in c["heldout"]] == [0, 10, 20]
@@ -226,7 +246,7 @@ def test_rl_curve_and_same_start_comparisons(tmp_path):
     md = (run / "report" / "report.md").read_text()
     assert "held-out problems" in md and "| grpo | 20 | 40.0 | [35.0, 45.0] |" in md
     assert (run / "report" / "rl.png").is_file()
-    assert check_md_against_json(md, json.loads((run / "report" / "report.json").read_text())) > 30
+    assert check_md_against_json(md, json.loads((run / "report" / "report.json").read_text())) > 30 + 20 * ood
 
 
 # ----------------------------------------------------------------------------------------------

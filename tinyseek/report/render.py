@@ -14,6 +14,12 @@ from tinyseek.report.r1_zero import render_r1_zero
 from tinyseek.report.run import REPORT_DIR
 
 
+def on_data(rep: dict, row: dict) -> str:
+    """ " on ood" where a run evaluates on several data sets (test and out-of-distribution), else nothing."""
+    many = len({e.get("data") for e in rep["evals"]}) > 1
+    return f" on {row['data']}" if many and row.get("data") else ""
+
+
 def summary(rep: dict) -> list[str]:
     """The card's opening, in plain words: what each trained stage did to held-out accuracy against the model it
     started from, what two stages from one start did at their costs, and what the whole run took."""
@@ -34,13 +40,13 @@ def summary(rep: dict) -> list[str]:
         else:
             out.append(
                 f"- **{c['stage']}** took {c['parent']} from {then:.1f}% to {now:.1f}% of the held-out problems "
-                f"right ({c['delta_points']:+.1f} points; {sure})."
+                f"right{on_data(rep, c)} ({c['delta_points']:+.1f} points; {sure})."
             )
     for s in rep.get("siblings") or []:
         if s["a_pass@1"] is None or s["b_pass@1"] is None:
             continue
         out.append(
-            f"- From the same start ({s['parent']}): {s['a']} reached {100 * s['a_pass@1']:.1f}% for "
+            f"- From the same start ({s['parent']}){on_data(rep, s)}: {s['a']} reached {100 * s['a_pass@1']:.1f}% for "
             f"{human(s['a_flops'])} FLOPs, {s['b']} {100 * s['b_pass@1']:.1f}% for {human(s['b_flops'])}."
         )
     t = rep["totals"]
@@ -88,7 +94,7 @@ def comparison_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
     head = ["stage", "vs", "pass@1 %", "vs %", "delta (points)", "ratio", "95% CIs disjoint", "active params ratio"]
     rows = [
         [
-            c["stage"],
+            c["stage"] + on_data(rep, c),
             f"{c['parent']} ({c['relation']})",
             pct(c["pass@1"]),
             pct(c["parent_pass@1"]),
@@ -116,7 +122,7 @@ def sibling_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
     ]
     rows = [
         [
-            c["parent"],
+            c["parent"] + on_data(rep, c),
             label(c["a"], c["a_kind"]),
             pct(c["a_pass@1"]),
             label(c["b"], c["b_kind"]),

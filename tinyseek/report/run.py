@@ -112,9 +112,20 @@ def load_run(run: str | Path) -> dict:
     return {"run": run, "recipe": recipe, "stages": stages}
 
 
+def eval_data(ev: dict) -> str:
+    """What an eval.json measured: the stem of its records file (`test`, `ood`), else its task's name."""
+    return Path(str(ev.get("data") or ev.get("task"))).stem
+
+
 def evals_by_model(data: dict) -> dict:
-    """The run's eval.json files by the stage whose checkpoint they evaluated (the start of a stage that trains it)."""
-    return {stage_of(s["eval"].get("model"), data["run"]): s["eval"] for s in data["stages"] if s["eval"]}
+    """The run's eval.json files by the stage whose checkpoint they evaluated (the start of a stage that trains it):
+    a checkpoint evaluated on several sets is represented by its first evaluation in the recipe (the held-out test
+    set; a later out-of-distribution one is not the start of a curve)."""
+    out: dict = {}
+    for s in data["stages"]:
+        if s["eval"]:
+            out.setdefault(stage_of(s["eval"].get("model"), data["run"]), s["eval"])
+    return out
 
 
 def count_lines(path: Any) -> int | None:

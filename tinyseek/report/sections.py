@@ -17,7 +17,7 @@ import platform
 from pathlib import Path
 
 from tinyseek.report.given import given
-from tinyseek.report.run import RL_KEYS, metric_value, model_params, read_json, stage_of
+from tinyseek.report.run import RL_KEYS, eval_data, metric_value, model_params, read_json, stage_of
 
 # labelled assumptions (not measurements of this run)
 #
@@ -123,6 +123,7 @@ def eval_entry(s: dict, by_name: dict, run: Path) -> dict:
         "stage": s["name"],
         "model_stage": model_stage,
         "model_kind": ms["kind"] if ms else None,
+        "data": eval_data(e),
         "n": e.get("n_problems"),
         "samples": K,
         "temperature": (e.get("params") or {}).get("temperature"),
@@ -139,7 +140,7 @@ def eval_entry(s: dict, by_name: dict, run: Path) -> dict:
 
 
 def comparisons(evals: list[dict], by_name: dict, eval_of: dict, run: Path) -> list[dict]:
-    """Each evaluated stage against the evaluated stage it started from."""
+    """Each evaluated stage against the evaluated stage it started from, on the same data."""
     out = []
     for e in evals:
         st = by_name.get(e["model_stage"])
@@ -147,7 +148,7 @@ def comparisons(evals: list[dict], by_name: dict, eval_of: dict, run: Path) -> l
             continue
         for rel in ("init", "model", "teacher"):  # sft/pretrain/distill start from init, grpo from model
             parent = stage_of(st["fields"].get(rel), run)
-            pe = eval_of.get(parent)
+            pe = eval_of.get((parent, e["data"]))
             if parent is None or pe is None or pe is e or e["pass@1"] is None or pe["pass@1"] is None:
                 continue
             comp = {
@@ -155,6 +156,7 @@ def comparisons(evals: list[dict], by_name: dict, eval_of: dict, run: Path) -> l
                 "kind": st["kind"],
                 "parent": parent,
                 "relation": rel,
+                "data": e["data"],
                 "pass@1": e["pass@1"],
                 "parent_pass@1": pe["pass@1"],
                 "delta_points": 100 * (e["pass@1"] - pe["pass@1"]),
@@ -240,26 +242,29 @@ def costs(t: dict, cpu_price: float, gpu_price: float) -> list[dict]:
     ]
 
 
-def siblings(evals: list[dict], stage_rows: list[dict], by_name: dict, eval_of: dict, run: Path) -> list[dict]:
-    """Evaluated stages that start from the same checkpoint: what each kind of training bought, at what compute."""
+def siblings(evals: list[dict], stage_rows: list[dict], by_name: dict, run: Path) -> list[dict]:
+    """Evaluated stages that start from the same checkpoint, on the same data: what each kind of training bought,
+    at what compute."""
     flops_of = {r["name"]: r["flops"] for r in stage_rows}
+    starts = {e["model_stage"] for e in evals}
     parent_of = {}
-    for e in evals:
-        st = by_name.get(e["model_stage"])
+    for name in starts:
+        st = by_name.get(name)
         if st is not None:
-            parent_of[e["model_stage"]] = next(
-                (p for rel in ("init", "model") if (p := stage_of(st["fields"].get(rel), run)) in eval_of), None
+            parent_of[name] = next(
+                (p for rel in ("init", "model") if (p := stage_of(st["fields"].get(rel), run)) in starts), None
             )
     out = []
-    names = [e["model_stage"] for e in evals if parent_of.get(e["model_stage"])]
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            ea, eb = eval_of[a], eval_of[b]
-            if parent_of[a] != parent_of[b] or ea["pass@1"] is None or eb["pass@1"] is None:
+    paired = [e for e in evals if parent_of.get(e["model_stage"]) and e["pass@1"] is not None]
+    for i, ea in enumerate(paired):
+        for eb in paired[i + 1 :]:
+            a, b = ea["model_stage"], eb["model_stage"]
+            if a == b or parent_of[a] != parent_of[b] or ea["data"] != eb["data"]:
                 continue
             out.append(
                 {
                     "parent": parent_of[a],
+                    "data": ea["data"],
                     "a": a,
                     "a_kind": by_name[a]["kind"],
                     "b": b,
@@ -275,8 +280,9 @@ def siblings(evals: list[dict], stage_rows: list[dict], by_name: dict, eval_of: 
     return out
 
 
-def rl_curves(data: dict, eval_of: dict) -> list[dict]:
-    """The held-out curve of every GRPO stage, at the evaluation protocol, from its parent's evaluation on."""
+def rl_curves(data: dict, eval_of: dict, first_eval: dict) -> list[dict]:
+    """The held-out curve of every GRPO stage, at the evaluation protocol, from its parent's evaluation on (on the
+    stage's held-out records, else the parent's first evaluation)."""
     run = data["run"]
     curves = []
     for s in data["stages"]:
@@ -288,7 +294,8 @@ def rl_curves(data: dict, eval_of: dict) -> list[dict]:
             if isinstance(r.get("eval_pass1"), (int, float))
         ]
         parent = stage_of(s["fields"].get("model"), run)
-        pe = eval_of.get(parent)
+        held = Path(s["fields"]["eval_data"]).stem if s["fields"].get("eval_data") else None
+        pe = eval_of.get((parent, held)) or first_eval.get(parent)
         if pts and pe is not None and pe["pass@1"] is not None:
             pts.insert(0, {"step": 0, "pass@1": pe["pass@1"], "ci95": pe["pass@1_ci95"], "from": pe["stage"]})
         rewards = [(r["step"], r.get("reward")) for r in s["metrics"] if isinstance(r.get("reward"), (int, float))]
@@ -327,7 +334,10 @@ def build_sections(data: dict, cpu_price: float, gpu_price: float) -> dict:
     by_name = {s["name"]: s for s in data["stages"]}
     stage_rows = [stage_entry(s, run, cpu_price, gpu_price) for s in data["stages"]]
     evals = [eval_entry(s, by_name, run) for s in data["stages"] if s["eval"]]
-    eval_of = {e["model_stage"]: e for e in evals if e["model_stage"]}
+    eval_of = {(e["model_stage"], e["data"]): e for e in evals if e["model_stage"]}
+    first_eval: dict = {}
+    for e in evals:
+        first_eval.setdefault(e["model_stage"], e)
     t = totals(stage_rows)
     return {
         "run": str(run),
@@ -336,10 +346,10 @@ def build_sections(data: dict, cpu_price: float, gpu_price: float) -> dict:
         "stages": stage_rows,
         "evals": evals,
         "comparisons": comparisons(evals, by_name, eval_of, run),
-        "siblings": siblings(evals, stage_rows, by_name, eval_of, run),
+        "siblings": siblings(evals, stage_rows, by_name, run),
         "cost": costs(t, cpu_price, gpu_price),
         "rl": rl_summary(data),
-        "rl_curves": rl_curves(data, eval_of),
+        "rl_curves": rl_curves(data, eval_of, first_eval),
         "totals": t,
         "prices": {"cpu_hour_usd": cpu_price, "gpu_hour_usd": gpu_price},
         "plots": [],
