@@ -126,8 +126,8 @@ def gguf_tensors(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> Iterator[tupl
     H, dn, dv, r = cfg.n_heads, cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
 
     def named(kind: str, a: np.ndarray, bid: str | None = None) -> tuple[str, str, np.ndarray]:
-        name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR[kind]]
-        return (name.format(bid=bid) if bid is not None else name), kind, a
+        name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR[kind]].format(bid=bid)
+        return name + (".bias" if kind == "FFN_EXP_PROBS_B" else ".weight"), kind, a
 
     for key, t in sd.items():
         if key.startswith("mtp."):
