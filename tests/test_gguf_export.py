@@ -29,7 +29,7 @@ TEXTS = [f"{a}+{b}={a + b} <think>add {a} and {b}</think><answer>{a + b}</answer
 CASES = {
     "moe+groups+q-lora": {},  # nano: q_lora_rank 32, 2 expert groups (1 kept), 1 dense layer, MTP 1
     "dense+no-q-lora": dict(
-        q_lora_rank=0, n_routed_experts=0, n_shared_experts=0, n_activated_experts=0, n_dense_layers=3, mtp_depth=0
+        q_lora_rank=0, n_routed_experts=0, n_shared_experts=0, n_activated_experts=0, n_dense_layers=1, mtp_depth=0
     ),
     "yarn+softmax+all-groups-kept": dict(
         max_seq_len=128,
@@ -128,8 +128,11 @@ def test_every_tensor_reads_back_equal_in_llama_cpp_layout(tmp_path, tok_file, c
     ckpt = make_ckpt(tmp_path / "ckpt", tok_file, **CASES[case])
     assert main(["export", str(ckpt), "--format", "gguf", "--out", str(tmp_path / "m.gguf")]) == 0
     cfg, sd = read_config(ckpt), read_weights(ckpt)
-    _, got = read_gguf(tmp_path / "m.gguf")
+    meta, got = read_gguf(tmp_path / "m.gguf")
     want = llama_cpp_view(cfg, sd)
+    # llama.cpp gives the first leading_dense_block_count blocks a dense FFN and the rest experts
+    n_dense = sum(f"blk.{i}.ffn_gate.weight" in want for i in range(cfg.n_layers))
+    assert meta["deepseek2.leading_dense_block_count"] == n_dense and meta["deepseek2.block_count"] == cfg.n_layers
     assert sorted(got) == sorted(want)  # nothing missing, nothing extra: the MTP module is left out
     for name, (ne, t) in want.items():
         qtype, got_ne, a = got[name]
