@@ -21,7 +21,7 @@ from tinyseek.config import ModelConfig
 from tinyseek.errors import TinyseekError
 from tinyseek.gguf_export import write_gguf
 from tinyseek.model import Transformer
-from tinyseek.r1 import BOS, CHAT_TEMPLATE, EOS, SPECIAL_TOKENS
+from tinyseek.r1 import BOS, EOS, SPECIAL_TOKENS, render_chat
 from tinyseek.tokenizer import Tokenizer
 
 TEXTS = [f"{a}+{b}={a + b} <think>add {a} and {b}</think><answer>{a + b}</answer>" for a in range(30) for b in range(9)]
@@ -177,11 +177,30 @@ def test_metadata_is_what_llama_cpp_reads(tmp_path, tok_file):
         "tokenizer.ggml.pre": "smollm",
         "tokenizer.ggml.add_bos_token": True,
         "tokenizer.ggml.add_eos_token": False,
-        "tokenizer.chat_template": CHAT_TEMPLATE,
     }
     assert {k: meta.get(k) for k in want} == want
     assert meta["deepseek2.attention.layer_norm_rms_epsilon"] == pytest.approx(cfg.norm_eps)
     assert not any(k.startswith("deepseek2.rope.scaling") for k in meta)  # no YaRN in this config
+
+    # the chat template renders every conversation as tinyseek does; BOS and EOS are spelled out, so llama.cpp's
+    # built-in matching (without a jinja engine) recognises DeepSeek-V3's format by its tokens
+    import jinja2
+
+    template = meta["tokenizer.chat_template"]
+    assert BOS in template and EOS in template and "bos_token" not in template and "eos_token" not in template
+    chats = [
+        [{"role": "user", "content": "12+30="}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "<think>\ngreet\n</think>\n<answer>Hello</answer>"},
+            {"role": "user", "content": "2+2?"},
+        ],
+    ]
+    for msgs in chats:
+        for gen in (True, False):
+            got = jinja2.Environment().from_string(template).render(messages=msgs, add_generation_prompt=gen)
+            assert got == render_chat(msgs, gen)
 
 
 def test_yarn_and_softmax_metadata(tmp_path, tok_file):

@@ -21,19 +21,19 @@ with the code it runs DeepSeek-V3 with:
   (gguf.quants, pure numpy); a matrix whose rows are not a multiple of 32 is written f16, as llama.cpp's
   converter does.
 
-The tokenizer goes in as llama.cpp's byte-level BPE ("gpt2" model): tinyseek's tokens in id order (byte-level
-text; the special tokens as control tokens), its merges, BOS/EOS/pad, and the R1 chat template (tinyseek/r1.py).
-llama.cpp names a pre-tokenizer (how text is split before BPE) rather than reading it from the file; tinyseek's
-is `Digits(individual_digits=True)` then GPT-2's `ByteLevel` regex. The name written is "smollm": llama.cpp
-splits text for it with two regexes in turn, every `\\p{N}` on its own and then GPT-2's pattern, which is the
-same split (SmolLM's tokenizer is built the same way). The names a user would guess differ: "gpt-2" has no digit
-pass, so a run of whitespace before a digit is split differently ("x  1" gives " " + " 1" there, "  " + "1"
+The tokenizer goes in as llama.cpp's byte-level BPE ("gpt2" model): tinyseek's tokens in id order (byte-level text;
+the special tokens as control tokens), its merges, BOS/EOS/pad, and the R1 chat template (tinyseek/r1.py, with its
+BOS and EOS written out). llama.cpp names a pre-tokenizer (how text is split before BPE) rather than reading it from
+the file; tinyseek's is `Digits(individual_digits=True)` then GPT-2's `ByteLevel` regex. The name written is
+"smollm": llama.cpp splits text for it with two regexes in turn, every `\\p{N}` on its own and then GPT-2's pattern,
+which is the same split (SmolLM's tokenizer is built the same way). The names a user would guess differ: "gpt-2" has
+no digit pass, so a run of whitespace before a digit is split differently ("x 1" gives " " + " 1" there, " " + "1"
 here); "qwen2" joins a punctuation character to the word after it (".abc") and keeps newline runs whole;
-"deepseek-v3" groups digits by three and splits letters and punctuation by other rules. `make interop`
-tokenizes varied texts with llama.cpp under each of these names and counts the mismatches (dev/LOG.md). A
-tokenizer.json with any other pre-tokenizer, normaliser or model is refused: no name is known to split it as it
-does. BOS is added to plain text (`add_bos_token`), as tinyseek prefixes a text prompt with it; llama.cpp drops
-the template's own leading BOS when it adds one.
+"deepseek-v3" groups digits by three and splits letters and punctuation by other rules. `make interop` tokenizes
+varied texts with llama.cpp under each of these names and counts the mismatches (dev/LOG.md). A tokenizer.json with
+any other pre-tokenizer, normaliser or model is refused: no name is known to split it as it does. BOS is added to
+plain text (`add_bos_token`), as tinyseek prefixes a text prompt with it; llama.cpp drops the template's own leading
+BOS when it adds one.
 
 `modelfile` writes an Ollama Modelfile for the file: the R1 template in Ollama's Go syntax, R1's recommended
 sampling (temperature 0.6, top-p 0.95), the special tokens as stops and the model's context length.
@@ -59,6 +59,10 @@ ARCH = "deepseek2"
 PRE_TOKENIZER = "smollm"  # see the module docstring: digits one by one, then GPT-2's regex
 DTYPES = ("f32", "f16", "bf16", "q8_0")
 R1_SAMPLING = {"temperature": 0.6, "top_p": 0.95}  # DeepSeek-R1's recommended sampling (its model card)
+# The R1 chat template with BOS and EOS written out rather than named: the same text under jinja, and llama.cpp's
+# built-in template matching (what it falls back to without a jinja engine) recognises DeepSeek-V3's format by
+# these tokens (it then puts "\n\n" after a system prompt, which this template does not).
+GGUF_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("{{ bos_token }}", BOS).replace("eos_token", repr(EOS))
 
 # tinyseek name within a block -> the gguf package's tensor kind (the name llama.cpp loads)
 _BLOCK = {
@@ -275,7 +279,7 @@ def _tokenizer_metadata(w, tok: Tokenizer, vocab_size: int) -> None:
     w.add_pad_token_id(tok.pad_id)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    w.add_chat_template(CHAT_TEMPLATE)
+    w.add_chat_template(GGUF_CHAT_TEMPLATE)
 
 
 # ----------------------------------------------------------------------------------------------
