@@ -475,7 +475,9 @@ def cli_export(argv: list[str]) -> int:
     )
     p.add_argument("--name", default="tinyseek", help="gguf: the model's name in the file (general.name)")
     p.add_argument(
-        "--modelfile", action="store_true", help="gguf: also write an Ollama Modelfile beside it (OUT.Modelfile)"
+        "--modelfile",
+        action="store_true",
+        help="gguf: also write an Ollama Modelfile beside it (model.gguf -> model.Modelfile)",
     )
     args = p.parse_args(argv)
     if args.format not in ("hf", "gguf"):
