@@ -344,3 +344,13 @@ def test_a_write_that_fails_midway_leaves_the_old_file(tmp_path, tok_file, capsy
     assert rc == 1 and len(err.splitlines()) == 1 and "No space left on device" in err, err
     assert out.read_bytes() == b"an earlier export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.gguf"]
+
+
+def test_the_default_dtype_is_the_checkpoints_own(tmp_path, tok_file):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("nano", vocab_size=320)).eval().to(torch.bfloat16)
+    ckpt = save_checkpoint(model, tmp_path / "ckpt", tokenizer_file=tok_file)
+    assert main(["export", str(ckpt), "--format", "gguf", "--out", str(tmp_path / "m.gguf")]) == 0
+    meta, got = read_gguf(tmp_path / "m.gguf")
+    assert meta["general.file_type"] == 32 and got["blk.1.ffn_gate_exps.weight"][0] == "BF16"  # bf16 kept bf16
+    assert got["blk.1.exp_probs_b.bias"][0] == "F32"
