@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install browser bench clean
+.PHONY: demo test install browser bench clean interop
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,28 @@ test: install browser
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# llama.cpp itself, opt-in (make test never needs it). llama-cpp-python compiles llama.cpp (~13 minutes on 2 cores,
+# once) into a venv of its own, so the test venv stays as it is; tests/test_gguf_interop.py then exports CKPT as GGUF
+# and compares llama.cpp with tinyseek: logits, tokenization, the chat template, greedy continuations of held-out
+# prompts. CKPT must be a model that is right on its task (the demo's quick model is not), e.g. after
+# `tinyseek run recipes/r1-zero.toml --out runs/r1-zero`. The numbers measured go to runs/interop.json.
+LLAMA_VENV ?= .venv-interop
+CKPT ?= runs/r1-zero/grpo/final
+PROMPTS ?= runs/r1-zero/tasks/test.jsonl
+TEMPLATE ?= r1-zero
+N ?= 50
+
+$(LLAMA_VENV)/.installed:
+	$(PY) -m venv $(LLAMA_VENV)
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(LLAMA_VENV)/bin/pip install llama-cpp-python==0.3.36
+	touch $@
+
+interop: install $(LLAMA_VENV)/.installed
+	mkdir -p runs
+	TINYSEEK_LLAMA_PYTHON=$(LLAMA_VENV)/bin/python INTEROP_CKPT=$(CKPT) INTEROP_PROMPTS=$(PROMPTS) \
+		INTEROP_TEMPLATE=$(TEMPLATE) INTEROP_N=$(N) INTEROP_REPORT=runs/interop.json \
+		$(BIN)/python -m pytest -q --interop tests/test_gguf_interop.py
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py

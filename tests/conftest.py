@@ -4,6 +4,25 @@ from __future__ import annotations
 
 import pytest
 
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--interop",
+        action="store_true",
+        help="run the checks against llama.cpp itself (tests marked interop; make interop sets them up)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `interop` need llama.cpp (a 13-minute build): they run only under --interop (make interop)."""
+    if config.getoption("--interop"):
+        return
+    skip = pytest.mark.skip(reason="needs llama.cpp: opt-in, run by make interop")
+    for item in items:
+        if "interop" in item.keywords:
+            item.add_marker(skip)
+
+
 # R1-format chats a tiny model learns by heart in a few seconds: enough for a real checkpoint that
 # reasons (<think>...</think>) and answers (<answer>...</answer>) on cue.
 R1_CHATS = [

@@ -468,22 +468,62 @@ def cli_export(argv: list[str]) -> int:
     p = CommandParser(
         prog="tinyseek export",
         description="Export a checkpoint as a transformers DeepseekV3 directory "
-        "(AutoModelForCausalLM.from_pretrained(DIR) loads it, no remote code).",
+        "(AutoModelForCausalLM.from_pretrained(DIR) loads it, no remote code), or as one GGUF file that "
+        "llama.cpp, Ollama and LM Studio run as DeepSeek-V3 (--format gguf).",
+        epilog="example: tinyseek export runs/demo/grpo/final --format gguf --out tinyseek.gguf --modelfile",
     )
     p.add_argument("checkpoint", help="tinyseek checkpoint directory")
-    p.add_argument("--out", required=True, help="directory to write (replaced atomically)")
+    p.add_argument("--out", required=True, help="directory (hf) or file (gguf) to write (replaced atomically)")
+    p.add_argument("--format", default="hf", help="hf (transformers DeepseekV3, the default) or gguf (llama.cpp)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="gguf: f32, f16, bf16 or q8_0 (default: the checkpoint's own, f32 or bf16 or f16); norms and the "
+        "router stay f32",
+    )
+    p.add_argument("--name", default="tinyseek", help="gguf: the model's name in the file (general.name)")
+    p.add_argument(
+        "--modelfile",
+        action="store_true",
+        help="gguf: also write an Ollama Modelfile beside it (model.gguf -> model.Modelfile)",
+    )
     args = p.parse_args(argv)
+    if args.format not in ("hf", "gguf"):
+        raise TinyseekError(f"--format: {args.format!r} is not an export format (hf or gguf)")
+    if args.format == "hf" and (args.dtype or args.modelfile):
+        raise TinyseekError("--dtype and --modelfile are for --format gguf")
     src = Path(args.checkpoint)
     if not src.is_dir():
         raise TinyseekError(f"{src}: no such checkpoint directory")
     cfg = read_config(src)
     sd = read_weights(src)
+    if args.format == "gguf":
+        return _export_gguf(src, cfg, sd, args)
     export_dir(cfg, sd, args.out, tokenizer_file=src / TOKENIZER_FILE, source=str(src / WEIGHTS_FILE), card_from=src)
     print(
         f"wrote {args.out}: transformers DeepseekV3ForCausalLM ({len(sd)} "
         f"tensors{', tokenizer' if (src / TOKENIZER_FILE).is_file() else ''}), a model card (README.md) and "
         "generation_config.json"
     )
+    return 0
+
+
+def _export_gguf(src: Path, cfg: ModelConfig, sd: dict[str, torch.Tensor], args: argparse.Namespace) -> int:
+    from tinyseek.gguf_export import write_gguf, write_modelfile
+
+    dtypes = {v.dtype for k, v in sd.items() if not k.endswith("gate.bias")}
+    own = {torch.bfloat16: "bf16", torch.float16: "f16"}.get(dtypes.pop(), "f32") if len(dtypes) == 1 else "f32"
+    dtype = args.dtype or own
+    out = write_gguf(
+        cfg, sd, src / TOKENIZER_FILE, args.out, dtype=dtype, name=args.name, source=str(src / WEIGHTS_FILE)
+    )
+    n_mtp = sum(k.startswith("mtp.") for k in sd)
+    print(
+        f"wrote {out}: GGUF deepseek2 for llama.cpp, {dtype}, {out.stat().st_size / 2**20:.1f} MiB"
+        + (f" (the MTP module's {n_mtp} tensors left out: llama.cpp does not use them)" if n_mtp else "")
+    )
+    if args.modelfile:
+        print(f"wrote {write_modelfile(out, cfg)}: ollama create NAME -f {out.with_suffix('.Modelfile')}")
     return 0
 
 
