@@ -14,6 +14,7 @@ model (SmolLM2 from a GGUF file, say), so no command decides that for itself. `i
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from contextlib import contextmanager
