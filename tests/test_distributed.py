@@ -268,3 +268,13 @@ def test_expert_parallel_equals_the_single_process_moe_on_four_ranks():
     assert ep.returncode == 0, ep.stderr[-3000:]
     for line in ("ok ep=2 world=4 moe_impl=sorted", "ok ep=4 world=4 moe_impl=loop", "ok bad layouts"):
         assert line in ep.stdout
+
+
+def test_expert_parallel_with_two_threads_and_small_unequal_forwards():
+    """Two threads a process: a 2-token forward takes MoE's dense branch on one rank while the other rank's larger
+    batch takes the sorted one; both dispatch (all_to_all) and equal the single-process MoE. moe_impl = dense with
+    ep > 1 is refused in one line."""
+    ep = _run([*TORCHRUN, "--nproc-per-node", "2", str(ROOT / "tests" / "dist_checks.py"), "ep-threads"])
+    assert ep.returncode == 0, ep.stderr[-3000:]
+    for line in ("ok ep=2 world=2 moe_impl=sorted", "ok ep=2 world=2 moe_impl=loop", "ok bad layouts"):
+        assert line in ep.stdout

@@ -7,8 +7,13 @@ is the one place a training stage's model is parallelised, in a fixed order:
    `ExpertParallelExperts`, which holds this rank's `n_routed_experts / ep` experts (a DTensor sharded on the
    expert dimension over the EP group) and sends each routed token to the rank that holds its expert with
    `all_to_all_single` (and the expert's output back the same way). The gate and the shared expert stay
-   replicated; `MoE.forward` is unchanged: it calls `experts.sorted(...)` / `experts.loop(...)` as before,
-   and the local computation is the single-device `Experts` code on the local weights. EP groups are
+   replicated; `MoE.forward` is unchanged: it calls `experts.sorted(...)` / `experts.loop(...)` /
+   `experts.dense(...)` as before, and the local computation is the single-device `Experts` code on the local
+   weights. Every one of those calls dispatches with all_to_all: `MoE` picks its branch from this rank's token
+   count (`model.use_dense`: a few rows per expert and more than one thread), and ranks with different counts
+   must still make the same collectives, so under EP `dense` is the sorted dispatch (a dense product over
+   every expert would need every expert's weights here). `moe_impl = "dense"` (every expert on every token)
+   is refused with `ep` > 1 for the same reason. EP groups are
    consecutive ranks (0..ep-1, ep..2ep-1, ...); the ranks that hold the same experts form the expert-data-
    parallel group, over which the experts' gradients are summed (`finish_gradients`).
 2. Data parallelism over all ranks: `parallel = "ddp"` (DistributedDataParallel; the EP experts are left
@@ -74,6 +79,10 @@ def check_experts(model: nn.Module, ep: int) -> None:
         raise ConfigError(f"ep: {ep} asks for expert parallelism but the model has no MoE layer")
     if cfg.n_routed_experts % ep:
         raise ConfigError(f"ep: n_routed_experts = {cfg.n_routed_experts} is not divisible by the EP size {ep}")
+    if cfg.moe_impl == "dense":
+        raise ConfigError(
+            f"moe_impl: dense runs every expert on every token and cannot be expert-parallel (ep = {ep}); use sorted"
+        )
 
 
 def is_sharded(parallel: str, ep: int) -> bool:
@@ -132,10 +141,16 @@ class ExpertParallelExperts(nn.Module):
     def sorted(self, x_TD, weights_TK, experts_TK, counts_E) -> torch.Tensor:
         return self._dispatch(x_TD, weights_TK, experts_TK, counts_E, "sorted")
 
+    def dense(self, x_TD, weights_TK, experts_TK) -> torch.Tensor:
+        """What `MoE` calls for a few rows per expert: under EP the sorted dispatch, so that every rank makes the
+        same all_to_all whichever branch its own token count chose (see the module docstring)."""
+        return self._dispatch(x_TD, weights_TK, experts_TK, self._counts(experts_TK), "sorted")
+
     def loop(self, x_TD, weights_TK, experts_TK) -> torch.Tensor:
-        E = self.L * self.P
-        counts_E = torch.bincount(experts_TK.view(-1), minlength=E)
-        return self._dispatch(x_TD, weights_TK, experts_TK, counts_E, "loop")
+        return self._dispatch(x_TD, weights_TK, experts_TK, self._counts(experts_TK), "loop")
+
+    def _counts(self, experts_TK) -> torch.Tensor:
+        return torch.bincount(experts_TK.reshape(-1), minlength=self.L * self.P)
 
     def _dispatch(self, x_TD, weights_TK, experts_TK, counts_E, impl: str) -> torch.Tensor:
         from torch.distributed._functional_collectives import all_to_all_single_autograd
