@@ -12,8 +12,9 @@ clipped surrogate
 aggregated over tokens according to `loss_type` (grpo, dr_grpo, dapo: the maths and how it compares with
 TRL are in grpo_loss.py). With `dynamic_sampling`, groups whose rewards are all equal (zero advantage) are
 dropped from the update altogether (DAPO's dynamic sampling, without re-drawing: the step just has fewer
-sequences). Reference-model log-probs are taken under no_grad. With `advantage = "process"` each reasoning
-step gets its own reward instead (process supervision: train/process_reward.py).
+sequences); grpo and dr_grpo still divide by the generated batch's sequences, as TRL, dapo by the kept tokens.
+Reference-model log-probs are taken under no_grad. With `advantage = "process"` each reasoning step gets its own
+reward instead (process supervision: train/process_reward.py).
 
 The model is a `Policy` (policy.py): a tinyseek checkpoint, or any transformers causal LM (a directory, a
 .gguf file, or `pkg:PACKAGE/FILE` for a file shipped in a pip package), whose own weights the update
@@ -413,6 +414,7 @@ class GrpoStage:
             [comps[i].token_ids for i in keep],
             adv[keep],
             [not (cfg.mask_truncated_completions and truncated[i]) for i in keep],
+            n_generated=len(comps),
             **({"old_logprobs": [comps[i].logprobs for i in keep]} if sampler_old else {}),
         )
         t_upd = time.perf_counter() - t1
@@ -474,10 +476,11 @@ class GrpoStage:
         m["_accuracy"] = acc
         return m
 
-    def _update(self, loop, prompts, completions, adv, loss_mask, old_logprobs=None) -> dict:
-        """`old_logprobs`: the sampler's log-probs of each completion's tokens, or None. `train_step` passes them
-        when they may stand in for the no-grad forward of the ratio's denominators (num_iterations > 1, the
-        engine's own log-probs, a float32 update)."""
+    def _update(self, loop, prompts, completions, adv, loss_mask, n_generated=None, old_logprobs=None) -> dict:
+        """The kept sequences' updates. `n_generated`: the sequences the step sampled (default: the kept ones), the
+        grpo and dr_grpo normalisers (grpo_loss.py). `old_logprobs`: the sampler's log-probs of each completion's
+        tokens, or None. `train_step` passes them when they may stand in for the no-grad forward of the ratio's
+        denominators (num_iterations > 1, the engine's own log-probs, a float32 update)."""
         cfg, pol = self.cfg, self.policy
         if not prompts:  # every group was uninformative: nothing to learn from, no optimizer step
             return dict(NO_UPDATE)
@@ -485,6 +488,7 @@ class GrpoStage:
         # the normalisers are the whole batch's (every rank holds every kept sequence); each rank then trains on its
         # share, and the loop's reduction sums the shares' gradients (the loss is scaled as for supervised steps)
         n_seq = len(prompts)
+        n_gen = n_seq if n_generated is None else n_generated  # grpo, dr_grpo: dropped groups count, as in TRL
         n_tok = float(sum(len(c) for c, keep in zip(completions, loss_mask) if keep))
         if n_tok == 0:
             return dict(NO_UPDATE)
@@ -556,7 +560,7 @@ class GrpoStage:
                     )
                     w_tok = float(mb.mask.sum()) / n_tok
                     # each micro-batch's share of the whole batch's loss (see grpo_loss for the normalisers)
-                    weight = w_tok if cfg.loss_type == "dapo" else mb.ids.size(0) / n_seq
+                    weight = w_tok if cfg.loss_type == "dapo" else mb.ids.size(0) / n_gen
                     if mb.tokens == 0:  # a padding micro-batch: its forward and (zero) backward keep ranks in step
                         weight = 0.0
                     # DDP/FSDP average gradients over ranks; * world turns that back into the sum of the shares
