@@ -7,7 +7,8 @@ batch; the reference is the plain model run on every rank's batch in one process
 divides the world (2, and 4 on four ranks: EP composed with data parallelism when ep < world), and for both
 dispatch implementations, the EP model's loss on each rank's batch equals the reference's, and after each
 rank's backward the replicated parameters' gradients summed over ranks, and each expert shard's gradient
-summed over its replicas, equal the reference's gradients of the summed loss. Bad layouts stop with the
+summed over its replicas by `parallel.finish_gradients` and divided by the world size, equal the reference's
+gradients of the summed loss (of the mean loss, for the experts). Bad layouts stop with the
 one-line error. Prints "ok <check>" on success; any failure raises (non-zero exit).
 
 `ep-threads`: the same with two torch threads a process and batches of different sizes on each rank: rank 0
@@ -63,16 +64,15 @@ def check_ep(shapes=None) -> None:
             with torch.no_grad():  # the forward without targets (no balance loss) dispatches the same way
                 torch.testing.assert_close(model(x).logits, ref(x).logits, rtol=1e-5, atol=1e-5)
             out.loss.backward()
-            edp = model._ep_mesh["edp"].get_group()
+            parallel.finish_gradients(model, d)  # the experts' shards: summed over their replicas, / world
             for name, p in model.named_parameters():
                 if p.grad is None:
                     continue
-                if name.split(".")[-2] == "experts":  # this rank's shard: summed over the ranks holding it
+                if name.split(".")[-2] == "experts":  # this rank's shard of the gradient of the mean loss
                     g = p.grad.to_local().clone()
-                    dist.all_reduce(g, group=edp)
                     L = g.shape[0]
                     r = model._ep_mesh["ep"].get_local_rank()
-                    want = ref_grads[name][r * L : (r + 1) * L]
+                    want = ref_grads[name][r * L : (r + 1) * L] / d.world
                 else:
                     g = p.grad.clone()
                     dist.all_reduce(g)

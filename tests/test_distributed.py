@@ -5,8 +5,13 @@
 - FSDP2 (`--parallel fsdp`): the same run, killed with SIGKILL after its first sharded (DCP) checkpoint, resumed on
   one process (a different world size), ends where the 1-process run ends; the sharded checkpoint consolidates
   to an ordinary one that exports to transformers with the same logits.
-- sft, grpo (ddp, fsdp, ep = 2), sample, distill and eval under a 2-process torchrun give the 1-process rollouts,
-  rewards, samples and evaluations exactly, and the same updates within float tolerance (tests/dist_stages.py).
+- sft, grpo (ddp, fsdp, ep = 2 with two threads a process), sample, distill and eval under a 2-process torchrun give
+  the 1-process rollouts, rewards, samples and evaluations exactly, and the same gradients (every parameter, every
+  optimizer step) and updates within float tolerance (tests/dist_stages.py); GRPO with two updates a batch, the
+  sampler's log-probs as the old ones and a KL penalty, at a learning rate where a wrong update shows. The EP run's
+  sharded checkpoint resumes on one process.
+- The 2-process pretrain runs with two threads a process; expert parallelism with two threads a process and small,
+  unequal forwards (MoE's dense branch on one rank, the sorted one on the other) equals the one-process MoE.
 - Expert parallelism on 4 processes (ep = 2 with data parallelism, and ep = 4) equals the single-process MoE in
   forward and backward (tests/dist_checks.py).
 """
@@ -23,7 +28,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+# OMP_WAIT_POLICY=PASSIVE: the runs with two threads a process put four threads on a machine that may have two
+# cores; spinning OpenMP threads then wait on each other (a 2-process pretrain: 28 s spinning, 15 s passive)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT)}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 pytestmark = [
@@ -34,8 +41,8 @@ pytestmark = [
 ]
 
 
-def _run(cmd, **kw):
-    return subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+def _run(cmd, env=None, **kw):
+    return subprocess.run(cmd, env=env or ENV, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -50,6 +57,20 @@ def _close_weights(a: dict, b: dict) -> None:
         d = (a[k] - b[k]).abs()
         assert d.max() < 5e-3, k
         assert (d > 1e-4).float().mean() < 1e-3, k
+
+
+def _close_grads(one: Path, two: Path) -> None:
+    """Every optimizer step's gradients (tests/dist_stages.py writes them: full tensors, after the reductions) equal
+    the one-process run's, parameter by parameter, to 1e-3 of each parameter's largest gradient."""
+    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
+    assert len(a) == len(b) > 0
+    for i, (ga, gb) in enumerate(zip(a, b)):
+        assert ga.keys() == gb.keys(), i
+        for k in ga:
+            scale = float(ga[k].abs().max())
+            torch.testing.assert_close(
+                gb[k], ga[k], rtol=1e-3, atol=1e-3 * scale + 1e-9, msg=lambda m, i=i, k=k: f"step {i + 1}, {k}: {m}"
+            )
 
 
 _EXIT_SCRIPT = """
@@ -97,8 +118,10 @@ def pretrain_one(tmp_path_factory):
 
 
 def test_two_process_torchrun_matches_one_process(pretrain_one):
+    """Two threads a process here (the one-process run has one): the result does not depend on the thread count."""
     tmp, args = pretrain_one
-    two = _run([*TORCHRUN, "--nproc-per-node", "2", "-m", "tinyseek.cli", *args, "--out", str(tmp / "two")])
+    cmd = [*TORCHRUN, "--nproc-per-node", "2", "-m", "tinyseek.cli", *args, "--threads", "2"]
+    two = _run([*cmd, "--out", str(tmp / "two")])
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("done:") == 1  # only rank 0 prints and writes
     r1, r2 = _metrics(tmp / "one"), _metrics(tmp / "two")
@@ -218,6 +241,7 @@ def test_sft_and_distill_under_torchrun_match_one_process(stage_runs):
             assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
         if stage == "distill":
             assert b["kd"] == pytest.approx(a["kd"], rel=1e-4)
+        _close_grads(one / "grads" / f"{stage}.pt", two / "grads" / f"{stage}.pt")
         _close_weights(
             load_file(one / stage / "final" / "model.safetensors"),
             load_file(two / stage / "final" / "model.safetensors"),
@@ -227,21 +251,25 @@ def test_sft_and_distill_under_torchrun_match_one_process(stage_runs):
 @pytest.mark.parametrize("variant", ["grpo", "grpo-fsdp", "grpo-ep"])
 def test_grpo_under_torchrun_gives_the_same_rollouts_rewards_and_updates(stage_runs, variant):
     """The issue's failure (MoE + MTP checkpoint, accuracy + format rewards, 2 processes) runs to the end, with the
-    1-process rollouts and rewards step by step, under DDP, FSDP2 and expert parallelism."""
+    1-process rollouts and rewards step by step, under DDP, FSDP2 and expert parallelism (two threads a process).
+    Every step updates (two updates a batch, sampler log-probs as the old ones, a KL penalty), with every
+    parameter's gradient equal to one process's, and at a learning rate where a wrong update shows in the weights."""
     one, two, _ = stage_runs
     from safetensors.torch import load_file
 
     r1, r2 = _metrics(one / "grpo"), _metrics(two / variant)
     assert [r["step"] for r in r2] == [1, 2]
     for a, b in zip(r1, r2):
+        assert a["seqs_updated"] > 0 and a["loss"] is not None  # the test's strength: every step trains
         for k in ("reward", "reward_accuracy", "reward_format", "accuracy", "len_mean", "seqs_updated", "tokens"):
             assert b[k] == a[k], k  # the same completions, scored the same
         assert b["rollout_flops"] == pytest.approx(a["rollout_flops"], rel=1e-12)
-        # a step whose groups all had equal rewards updates nothing and logs null: then on both sides
-        for k, rel in (("loss", 1e-4), ("grad_norm", 1e-3), ("entropy", 1e-4)):
-            assert (a[k] is None) == (b[k] is None), k
-            if a[k] is not None:
-                assert b[k] == pytest.approx(a[k], rel=rel, abs=1e-6 if k == "loss" else 0), k
+        for k, rel in (("loss", 1e-4), ("grad_norm", 1e-3), ("entropy", 1e-4), ("kl", 1e-3)):
+            assert b[k] == pytest.approx(a[k], rel=rel, abs=1e-6), k
+        for k in ("clip_low", "clip_high"):
+            assert b[k] == pytest.approx(a[k], abs=1e-6), k
+    assert r1[0]["kl"] > 0 and r1[0]["clip_low"] + r1[0]["clip_high"] > 0  # the second update is off-policy
+    _close_grads(one / "grads" / "grpo.pt", two / "grads" / f"{variant}.pt")
     for k in ("eval_greedy", "eval_pass1", "eval_format_rate", "eval_len_mean"):
         assert r2[-1][k] == r1[-1][k], k
     s1 = (one / "grpo" / "samples" / "step-2.jsonl").read_text()
@@ -252,6 +280,36 @@ def test_grpo_under_torchrun_gives_the_same_rollouts_rewards_and_updates(stage_r
     )
     sharded = (two / variant / "checkpoints" / "step-2" / "dcp").is_dir()
     assert sharded == (variant != "grpo")
+
+
+def test_expert_parallel_grpo_resumes_on_one_process(stage_runs, r1_checkpoint, tmp_path):
+    """The 2-process EP run's step-1 sharded checkpoint (each rank holding half the experts) resumed on one process
+    (no EP): DCP reshards it, and the resumed step 2 is the one-process run's step 2."""
+    import shutil
+
+    from dist_stages import grpo_argv
+    from safetensors.torch import load_file
+
+    one, two, _ = stage_runs
+    run = tmp_path / "grpo-ep"
+    shutil.copytree(two / "grpo-ep", run)
+    for p in (run / "checkpoints" / "step-2", run / "final"):  # as if the run had been killed after step 1
+        shutil.rmtree(p)
+    assert (run / "checkpoints" / "step-1" / "dcp" / ".metadata").is_file()
+    args = grpo_argv(str(r1_checkpoint), str(one.parent / "data"))
+    env = {**ENV, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}  # the reward dist_stages:char_code
+    res = _run([sys.executable, "-m", "tinyseek.cli", *args, "--ep", "1", "--resume", "--out", str(run)], env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "step-1 (step 1)" in res.stdout
+    r1, rr = _metrics(one / "grpo"), _metrics(run)
+    assert [r["step"] for r in rr] == [1, 2]
+    for k in ("reward", "seqs_updated", "tokens"):
+        assert rr[1][k] == r1[1][k], k
+    for k in ("loss", "grad_norm", "kl"):
+        assert rr[1][k] == pytest.approx(r1[1][k], rel=1e-3, abs=1e-6), k
+    _close_weights(
+        load_file(one / "grpo" / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
+    )
 
 
 def test_sample_and_eval_under_torchrun_match_one_process(stage_runs):
