@@ -6,7 +6,8 @@
 CKPT is a `nano` checkpoint (MoE + MTP) with its tokenizer; DATA holds prompts.jsonl (prompt, answer) and
 traces.jsonl (prompt, completion, answer). Stages run through `tinyseek.cli.main`, the path a user types, into
 OUT/<stage>: sft, grpo (and under torchrun also grpo with parallel = fsdp and with ep = 2, each compared with the
-same one-process run), sample, distill (white-box, teacher = CKPT), eval. Under torchrun it first checks that a
+same one-process run), a process reward model (prm train) and a GRPO step scored by it, sample, distill (white-box,
+teacher = CKPT), eval. Under torchrun it first checks that a
 global batch the world size does not divide stops with a one-line error on every rank.
 
 GRPO runs at a learning rate where one wrong update shows (AdamW moves a weight by ~lr a step: a flipped gradient
@@ -112,6 +113,16 @@ def main(out: str, ckpt: str, data: str) -> None:
     if two:
         run(*grpo, "--parallel", "fsdp", "--out", f"{out}/grpo-fsdp")
         run(*grpo, "--ep", "2", "--threads", "2", "--out", f"{out}/grpo-ep")
+    # the process reward model: trained (every rank on the whole batch), then scoring GRPO's rollouts (every rank
+    # scores the whole batch): the cost meter counts what every rank ran
+    run(
+        "prm", "train", "--init", ckpt, "--task", "addition", "--n", "32", "--eval-n", "4", "--max-steps", "2",
+        "--batch-size", "4", "--seq-len", "96", "--out", f"{out}/prm", *common,
+    )  # fmt: skip
+    run(
+        *grpo, "--advantage", "process", "--process-reward", f"prm:{out}/prm/final", "--max-steps", "1",
+        "--eval-n", "0", "--out", f"{out}/grpo-prm",
+    )  # fmt: skip
     run(
         "sample", ckpt, "--data", f"{data}/prompts.jsonl", "--n", "3", "--samples", "3", "--max-new-tokens", "16",
         "--threads", "1", "--out", f"{out}/sample.jsonl",

@@ -312,6 +312,27 @@ def test_expert_parallel_grpo_resumes_on_one_process(stage_runs, r1_checkpoint, 
     )
 
 
+def test_the_cost_meter_counts_what_every_rank_runs(stage_runs):
+    """Under torchrun every rank trains the PRM on the whole batch and scores every rollout with it: the meter counts
+    each rank's; the no-grad reference forwards (beta > 0) are shared out like the update: counted once."""
+    one, two, _ = stage_runs
+    p1, p2 = _metrics(one / "prm"), _metrics(two / "prm")
+    for a, b in zip(p1, p2):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["tokens"] == 2 * a["tokens"]
+    assert p2[-1]["total_flops"] == pytest.approx(2 * p1[-1]["total_flops"], rel=1e-9)
+    (a,), (b,) = _metrics(one / "grpo-prm"), _metrics(two / "grpo-prm")
+    assert b["reward"] == a["reward"] and b["prm_score"] == pytest.approx(a["prm_score"], rel=1e-5)
+    assert a["prm_flops"] > 0 and b["prm_flops"] == pytest.approx(2 * a["prm_flops"], rel=1e-9)
+    assert b["prm_train_flops"] == pytest.approx(2 * a["prm_train_flops"], rel=1e-9)
+    assert a["fixed_logprob_flops"] > 0 and b["fixed_logprob_flops"] == pytest.approx(a["fixed_logprob_flops"])
+    assert b["total_flops"] == pytest.approx(a["total_flops"] + a["prm_flops"], rel=1e-9)
+    for variant in ("grpo", "grpo-fsdp", "grpo-ep"):  # no PRM: the same meter on one and on two processes
+        assert _metrics(two / variant)[-1]["total_flops"] == pytest.approx(
+            _metrics(one / "grpo")[-1]["total_flops"], rel=1e-9
+        )
+
+
 def test_sample_and_eval_under_torchrun_match_one_process(stage_runs):
     one, two, proc = stage_runs
     assert (two / "sample.jsonl").read_text() == (one / "sample.jsonl").read_text()

@@ -1,6 +1,7 @@
 """GRPO: the loss maths against hand-computed values, advantages, KL, clipping, chunked log-probs, and
 end-to-end learning of a trivially learnable reward."""
 
+import json
 import math
 
 import pytest
@@ -705,3 +706,31 @@ def test_a_dropped_group_counts_in_the_grpo_and_dr_grpo_normalisers(tmp_path, lo
     for n, p in model.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-7, msg=lambda s, n=n: f"{n}: {s}")
+
+
+def test_the_cost_meter_counts_the_no_grad_forwards(tmp_path):
+    """The fixed log-probs' forwards (the reference model's with beta > 0; the old policy's with num_iterations > 1
+    and old_logprobs = recompute) are in the meter: a forward of every kept sequence each, about a third of the
+    update's training FLOPs per pass (forward + backward ~ 3 forwards)."""
+    import copy
+
+    fixed = {}
+    for name, kw in {
+        "neither": dict(beta=0.0, old_logprobs="sampler"),
+        "ref": dict(beta=0.1, old_logprobs="sampler"),
+        "ref+old": dict(beta=0.1, old_logprobs="recompute"),
+    }.items():
+        loop, stage = _stage(
+            tmp_path / name, "test_grpo:alternating_reward", max_steps=1, num_iterations=2, dtype="float32", **kw
+        )
+        if kw["beta"]:
+            stage.ref = copy.deepcopy(stage.policy.module).eval()
+        loop.run(stage)
+        (r,) = [json.loads(x) for x in (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()]
+        expect = loop.flops_per_token * r["tokens"] + r["rollout_flops"] + r["fixed_logprob_flops"]
+        assert r["total_flops"] == pytest.approx(expect, rel=1e-9)
+        fixed[name] = (r["fixed_logprob_flops"], loop.flops_per_token * r["tokens"] / 2)  # one pass's training
+    assert fixed["neither"][0] == 0.0
+    f, train_pass = fixed["ref"]
+    assert 0.2 < f / train_pass < 0.5
+    assert fixed["ref+old"][0] == pytest.approx(2 * f, rel=1e-12)

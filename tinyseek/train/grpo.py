@@ -280,6 +280,7 @@ NO_UPDATE = {
     "clip_low": 0.0,
     "clip_high": 0.0,
     "entropy": float("nan"),
+    "fixed_logprob_flops": 0.0,
     "grad_norm": 0.0,
     "skipped": 0,
 }
@@ -379,7 +380,7 @@ class GrpoStage:
         total, parts = self.reward(user_prompts, texts, **cols)
         r_t = torch.tensor(total, dtype=torch.float32)  # [P*G]
         if cfg.advantage == "process":  # per-step rewards -> per-token advantages [P*G, L]
-            steps = self.process.step_rewards(rows, comps, prompt_ids, G)
+            steps = self.process.step_rewards(rows, comps, prompt_ids, G, loop.dist.world)
             lens_ = [len(c.token_ids) for c in comps]
             adv, std, informative = process_advantages(
                 steps["rewards"], steps["ends"], lens_, G, cfg.scale_rewards, cfg.std_threshold
@@ -424,7 +425,9 @@ class GrpoStage:
         m["update_tok_s"] = upd["tokens"] / t_upd if t_upd > 0 and keep else 0.0  # tokens already x num_iterations
         m["completions_per_s"] = len(comps) / (t_roll + t_upd) if t_roll + t_upd > 0 else 0.0
         m["rollout_flops"] = rollout_flops  # with process_reward = prm:PATH, the PRM's scoring too (prm_flops)
-        m["extra_flops"] = rollout_flops  # the loop adds it to the update's FLOPs in the cost meter
+        # the loop adds these to the update's training FLOPs in the cost meter: the rollouts (and PRM scoring), and
+        # the no-grad forwards of the old (num_iterations > 1, recomputed) and reference (beta > 0) log-probs
+        m["extra_flops"] = rollout_flops + upd.get("fixed_logprob_flops", 0.0)
         if self.scorer is not None and loop.step == 0:  # counted against max_flops (loop.prior_flops), not here
             m["prm_train_flops"] = self.scorer.train_flops
         return m
@@ -515,7 +518,10 @@ class GrpoStage:
                     lp = old_logprobs[mine[i]]
                     mb.old[b, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
                 mb.old = mb.old.to(dev)
-        with torch.no_grad():  # fixed targets of the ratio and the KL, computed once per batch
+        # fixed targets of the ratio and the KL, computed once per batch; their forwards are counted in the meter
+        n_fixed = int(cfg.num_iterations > 1 and not use_sampler) + int(cfg.beta > 0)
+        fixed_flops = n_fixed * sum(pol.forward_flops(n, n / 2) for mb in mbs for n in mb.real.sum(1).tolist())
+        with torch.no_grad():
             for mb in mbs:
                 with loop.autocast():
                     if cfg.num_iterations > 1 and not use_sampler:
@@ -577,10 +583,19 @@ class GrpoStage:
             loss_total += loss_it / cfg.num_iterations
         tokens = sum(mb.tokens for mb in mbs)
         if loop.dist.enabled:  # the metrics of the whole batch: every rank's shares added up
-            t = loop.all_sum(torch.tensor([loss_total, tokens, ent_sum, *sums.values()], dtype=torch.float64))
-            loss_total, tokens, ent_sum = float(t[0]), int(t[1]), float(t[2])
-            sums = {k: float(v) for k, v in zip(sums, t[3:])}
-        return {"loss": loss_total, "tokens": tokens * cfg.num_iterations, **sums, "entropy": ent_sum / n_tok, **st}
+            t = loop.all_sum(
+                torch.tensor([loss_total, tokens, ent_sum, fixed_flops, *sums.values()], dtype=torch.float64)
+            )
+            loss_total, tokens, ent_sum, fixed_flops = float(t[0]), int(t[1]), float(t[2]), float(t[3])
+            sums = {k: float(v) for k, v in zip(sums, t[4:])}
+        return {
+            "loss": loss_total,
+            "tokens": tokens * cfg.num_iterations,
+            **sums,
+            "entropy": ent_sum / n_tok,
+            "fixed_logprob_flops": fixed_flops,
+            **st,
+        }
 
     # -- logging and evaluation ----------------------------------------------------------------------
     def _write_samples(self, step: int, rows, comps, total, parts, adv) -> None:
