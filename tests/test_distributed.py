@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers through /proc"),
     pytest.mark.skipif(
         not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo"
     ),
@@ -71,6 +73,59 @@ def _close_grads(one: Path, two: Path) -> None:
             torch.testing.assert_close(
                 gb[k], ga[k], rtol=1e-3, atol=1e-3 * scale + 1e-9, msg=lambda m, i=i, k=k: f"step {i + 1}, {k}: {m}"
             )
+
+
+def _children(pid: int) -> list[int]:
+    """The process ids whose parent is `pid`, read from /proc (Linux; no psutil, not a declared dependency)."""
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:  # it exited while we looked
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4, after the parenthesised command name
+                kids.append(int(d.name))
+    return kids
+
+
+def _rank_of(pid: int) -> str | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((e[5:].decode() for e in env if e.startswith(b"RANK=")), None)
+
+
+def _kill_rank_after(p: subprocess.Popen, path: Path, rank: int, timeout: float = 300) -> None:
+    """SIGKILL torchrun's worker of global rank `rank` as soon as `path` exists (the agent `p` stays up)."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert p.poll() is None, "the job ended before the kill"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    workers = [w for w in _children(p.pid) if _rank_of(w) == str(rank)]
+    assert len(workers) == 1, workers
+    os.kill(workers[0], signal.SIGKILL)
+
+
+def _elastic(cmd: list[str], kill_after: Path, rank: int, env=None) -> subprocess.CompletedProcess:
+    """Run a torchrun command line with --max-restarts 1, SIGKILL one rank's worker once `kill_after` exists, and
+    return the job once the agent has restarted the workers and they have finished. The agent does not share its
+    rendezvous store with the workers (tinyseek.dist refuses a restart on a shared one, where gloo hangs)."""
+    env = {**(env or ENV), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out: dict = {}
+        reader = threading.Thread(target=lambda: out.update(zip(("stdout", "stderr"), p.communicate())))
+        reader.start()  # read the pipes while waiting (a full pipe would stall the workers)
+        _kill_rank_after(p, kill_after, rank)
+        reader.join(timeout=600)
+        assert not reader.is_alive(), "the restarted job did not finish"
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return subprocess.CompletedProcess(cmd, p.returncode, out.get("stdout", ""), out.get("stderr", ""))
 
 
 _EXIT_SCRIPT = """
@@ -117,6 +172,22 @@ def pretrain_one(tmp_path_factory):
     return tmp, args
 
 
+def _matches_one(tmp: Path, run: Path) -> None:
+    """A pretrain run under torchrun follows the 1-process run step by step and ends with its weights."""
+    from safetensors.torch import load_file
+
+    r1, r2 = _metrics(tmp / "one"), _metrics(run)
+    assert [r["step"] for r in r2] == list(range(1, 7))
+    for a, b in zip(r1, r2):
+        assert b["tokens"] == a["tokens"] and b["loss_tokens"] == a["loss_tokens"]  # the same global batch
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+    assert r2[-1]["eval_loss"] == pytest.approx(r1[-1]["eval_loss"], rel=1e-4)
+    _close_weights(
+        load_file(tmp / "one" / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
+    )
+
+
 def test_two_process_torchrun_matches_one_process(pretrain_one):
     """Two threads a process here (the one-process run has one): the result does not depend on the thread count."""
     tmp, args = pretrain_one
@@ -124,27 +195,48 @@ def test_two_process_torchrun_matches_one_process(pretrain_one):
     two = _run([*cmd, "--out", str(tmp / "two")])
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("done:") == 1  # only rank 0 prints and writes
-    r1, r2 = _metrics(tmp / "one"), _metrics(tmp / "two")
-    assert [r["step"] for r in r2] == list(range(1, 7))
-    for a, b in zip(r1, r2):
-        assert b["tokens"] == a["tokens"] and b["loss_tokens"] == a["loss_tokens"]  # the same global batch
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
-    assert r2[-1]["eval_loss"] == pytest.approx(r1[-1]["eval_loss"], rel=1e-4)
-    from safetensors.torch import load_file
-
-    _close_weights(
-        load_file(tmp / "one" / "final" / "model.safetensors"), load_file(tmp / "two" / "final" / "model.safetensors")
-    )
+    _matches_one(tmp, tmp / "two")
     s = json.loads((tmp / "two" / "summary.json").read_text())
     assert s["cost"]["n_devices"] == 2
+
+
+def test_two_torchrun_agents_on_the_loopback_form_one_job_that_matches_one_process(pretrain_one):
+    """Multi-node on one machine: two agents (`--nnodes 2 --node-rank 0/1`, one process each) meet at a c10d
+    rendezvous on 127.0.0.1 (node 0 hosts the store) and train as one 2-process job; gloo stays on the loopback."""
+    import socket
+
+    tmp, args = pretrain_one
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**ENV, "GLOO_SOCKET_IFNAME": "lo"}
+    agents = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+               "--rdzv-id", "tinyseek-two-nodes", "--rdzv-conf", f"is_host={int(node == 0)}",
+               "--local-addr", "127.0.0.1", "-m", "tinyseek.cli", *args, "--out", str(tmp / "nodes")]  # fmt: skip
+        agents.append(
+            subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    try:
+        outs = [a.communicate(timeout=600) for a in agents]
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                a.kill()
+                a.wait()
+    for a, (_, err) in zip(agents, outs):
+        assert a.returncode == 0, err[-3000:]
+    assert sum(out.count("done:") for out, _ in outs) == 1  # one job: one rank 0
+    _matches_one(tmp, tmp / "nodes")
+    assert json.loads((tmp / "nodes" / "summary.json").read_text())["cost"]["n_devices"] == 2
 
 
 def test_fsdp_killed_then_resumed_on_another_world_size_matches_one_process(pretrain_one):
     """FSDP2 on 2 processes until SIGKILL right after its step-3 sharded checkpoint, then --resume on 1 process."""
     from safetensors.torch import load_file
 
-    psutil = pytest.importorskip("psutil")
     tmp, args = pretrain_one
     run = tmp / "fsdp"
     # evaluation every step (100 held-out batches, no effect on training) slows each step down, so the kill lands
@@ -159,8 +251,8 @@ def test_fsdp_killed_then_resumed_on_another_world_size_matches_one_process(pret
         assert p.poll() is None, p.stderr.read().decode()[-3000:]
         assert time.time() < deadline
         time.sleep(0.02)
-    for q in [*psutil.Process(p.pid).children(recursive=True), psutil.Process(p.pid)]:  # the workers: own sessions
-        q.send_signal(signal.SIGKILL)
+    for q in [*_children(p.pid), p.pid]:  # the workers (their own sessions), then the agent
+        os.kill(q, signal.SIGKILL)
     p.wait()
     step3 = run / "checkpoints" / "step-3"
     assert (step3 / "dcp" / ".metadata").is_file() and not (step3 / "model.safetensors").exists()
@@ -195,6 +287,45 @@ def test_fsdp_killed_then_resumed_on_another_world_size_matches_one_process(pret
     tokens = torch.randint(0, ours.cfg.vocab_size, (2, 24))
     with torch.no_grad():
         assert (ours(tokens).logits - theirs(tokens).logits).abs().max() < 1e-4
+
+
+def test_elastic_restart_after_a_rank_is_killed_resumes_and_matches_one_process(pretrain_one):
+    """`torchrun --max-restarts 1` with `--resume` in the command: rank 1 is SIGKILLed right after the step-3
+    checkpoint (ordinary, DDP); the agent restarts both workers, they resume from step 3, and the run ends where the
+    uninterrupted 1-process run ends."""
+    from safetensors.torch import load_file
+
+    tmp, args = pretrain_one
+    run = tmp / "elastic"
+    slow = ["--eval-every", "1", "--eval-batches", "100"]  # (as in the FSDP kill test: the kill lands before step 6)
+    cmd = [*TORCHRUN, "--nproc-per-node", "2", "--max-restarts", "1", "-m", "tinyseek.cli", *args, *slow]
+    res = _elastic([*cmd, "--resume", "--out", str(run)], run / "checkpoints" / "step-3", rank=1)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "no checkpoint" in res.stdout and res.stdout.count("resumed from") == 1
+    assert f"resumed from {run / 'checkpoints' / 'step-3'} (step 3)" in res.stdout
+    r1, re_ = _metrics(tmp / "one"), _metrics(run)
+    assert [r["step"] for r in re_] == list(range(1, 7))
+    for a, b in zip(r1, re_):
+        assert b["tokens"] == a["tokens"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+    _close_weights(
+        load_file(tmp / "one" / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
+    )
+
+
+def test_a_restart_on_torchruns_shared_store_is_refused_in_one_line(monkeypatch):
+    """Restarted workers on the rendezvous store the agent shares (torch's default) would read the dead workers'
+    gloo addresses and wait 30 minutes; they stop at once, naming the setting that avoids it."""
+    from tinyseek.dist import init_distributed
+    from tinyseek.errors import TinyseekError
+
+    env = {"WORLD_SIZE": "2", "RANK": "1", "TORCHELASTIC_RESTART_COUNT": "1", "TORCHELASTIC_USE_AGENT_STORE": "True"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(TinyseekError, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        init_distributed("cpu")
+    assert not torch.distributed.is_initialized()
 
 
 @pytest.fixture(scope="module")
@@ -307,6 +438,33 @@ def test_expert_parallel_grpo_resumes_on_one_process(stage_runs, r1_checkpoint, 
         assert rr[1][k] == r1[1][k], k
     for k in ("loss", "grad_norm", "kl"):
         assert rr[1][k] == pytest.approx(r1[1][k], rel=1e-3, abs=1e-6), k
+    _close_weights(
+        load_file(one / "grpo" / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
+    )
+
+
+def test_elastic_restart_of_fsdp_grpo_after_rank_0_is_killed(stage_runs, r1_checkpoint, tmp_path):
+    """GRPO under FSDP2 (sharded DCP checkpoints) with `torchrun --max-restarts 1 ... --resume`: rank 0 is SIGKILLed
+    right after the step-1 checkpoint; the restarted workers reshard it and end where the 1-process run ends."""
+    from dist_stages import grpo_argv
+    from safetensors.torch import load_file
+
+    one = stage_runs[0]
+    run = tmp_path / "grpo-elastic"
+    env = {**ENV, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}  # the reward dist_stages:char_code
+    args = grpo_argv(str(r1_checkpoint), str(one.parent / "data"))
+    cmd = [*TORCHRUN, "--nproc-per-node", "2", "--max-restarts", "1", "-m", "tinyseek.cli", *args, "--parallel", "fsdp"]
+    res = _elastic([*cmd, "--resume", "--out", str(run)], run / "checkpoints" / "step-1", rank=0, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed from {run / 'checkpoints' / 'step-1'} (step 1)" in res.stdout
+    assert (run / "checkpoints" / "step-2" / "dcp").is_dir()
+    r1, re_ = _metrics(one / "grpo"), _metrics(run)
+    assert [r["step"] for r in re_] == [1, 2]
+    for a, b in zip(r1, re_):
+        for k in ("reward", "seqs_updated", "tokens"):
+            assert b[k] == a[k], k
+        for k in ("loss", "grad_norm", "kl"):
+            assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-6), k
     _close_weights(
         load_file(one / "grpo" / "final" / "model.safetensors"), load_file(run / "final" / "model.safetensors")
     )
