@@ -19,7 +19,9 @@ is the one place a training stage's model is parallelised, in a fixed order:
 2. Data parallelism over all ranks: `parallel = "ddp"` (DistributedDataParallel; the EP experts are left
    out of its all-reduce) or `parallel = "fsdp"` (FSDP2, `fully_shard` on every transformer block, the MTP
    modules' included, then on the root; bf16 parameters with float32 gradient reduction when `dtype = "bfloat16"`).
-   FSDP2 together with EP is refused: the experts would need a second mesh dimension for FSDP, not built.
+   FSDP2 together with EP is refused in one line (`check_parallel`, before any work): the experts would be left
+   out of FSDP2 (`ignored_params`) and summed over the expert-data-parallel group as under DDP, with DCP and the
+   gradient clipping spanning two meshes; not built or tested against one process here.
 3. `torch.compile`, if asked.
 
 Gradient scale. The loop multiplies each rank's loss by the world size because DDP and FSDP *average*
@@ -67,7 +69,10 @@ def check_parallel(parallel: str, ep: int, world: int) -> None:
     if world % ep:
         raise ConfigError(f"ep: {ep} does not divide the number of processes, {world} (torchrun --nproc-per-node)")
     if ep > 1 and parallel == "fsdp":
-        raise ConfigError("ep: expert parallelism composes with parallel = ddp here (FSDP2 + EP is not built)")
+        raise ConfigError(
+            f"parallel: fsdp with ep = {ep} (FSDP2 together with expert parallelism) is not supported; "
+            "use parallel = ddp with ep > 1, or fsdp with ep = 1"
+        )
 
 
 def check_experts(model: nn.Module, ep: int) -> None:
