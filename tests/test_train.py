@@ -501,14 +501,6 @@ def test_a_compute_budget_stops_the_run_after_the_step_that_spends_it(tmp_path, 
     assert summary["cost"]["flops"] == 10.0 * last
 
 
-def test_fsdp2_with_expert_parallelism_is_refused_in_one_line_before_any_work(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match=r"^parallel: fsdp with ep = 2 \(FSDP2 together with expert parallelism\)"):
-        TrainConfig(parallel="fsdp", ep=2).validate()
-    TrainConfig(parallel="ddp", ep=2).validate()  # each alone is accepted
-    TrainConfig(parallel="fsdp", ep=1).validate()
-
-
 def test_auto_dtype_reaches_the_parallel_wrapper(monkeypatch, tmp_path):
     """dtype = "auto" is resolved before the model is wrapped: FSDP2 gets bf16 parameters exactly where the loop's
     autocast is bf16 (native bf16), and an explicit float32 never gets them."""
