@@ -1,6 +1,7 @@
 """GRPO: the loss maths against hand-computed values, advantages, KL, clipping, chunked log-probs, and
 end-to-end learning of a trivially learnable reward."""
 
+import json
 import math
 
 import pytest
@@ -442,12 +443,12 @@ def test_the_loss_trains_on_the_stop_token_the_model_sampled(tmp_path):
     seen = []
     update = stage._update
 
-    def spy(loop_, prompts, completions, adv, loss_mask):
+    def spy(loop_, prompts, completions, adv, loss_mask, **kw):
         seen.extend(completions)
         mbs = build_micro_batches(prompts, completions, adv, loss_mask, cfg.micro_batch, policy.pad_id)
         targets = torch.cat([mb.tgt for mb in mbs]).tolist()
         assert targets.count(7) == len(completions) and eos not in targets
-        return update(loop_, prompts, completions, adv, loss_mask)
+        return update(loop_, prompts, completions, adv, loss_mask, **kw)
 
     stage._update = spy
     m = stage.train_step(loop)
@@ -634,3 +635,102 @@ def test_reward_resolution_errors_name_the_reward():
         resolve_reward("no_such_module:f")
     with pytest.raises(ConfigError, match="rewards"):
         resolve_reward("correctness")
+
+
+class _FixedRollout:
+    """A rollout that returns the same completions whatever the policy (so rewards and advantages are known)."""
+
+    own_logprobs = False
+
+    def __init__(self, texts):
+        from tinyseek.inference.sequence import Completion
+
+        tok = CharTok()
+        self.comps = [Completion(tok.encode(t) + [tok.eos_id], None, "stop", t) for t in texts]
+
+    def generate(self, loop, prompt_ids, n, *args, **kw):
+        return list(self.comps)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_a_dropped_group_counts_in_the_grpo_and_dr_grpo_normalisers(tmp_path, loss_type):
+    """Two prompts, two completions each: group 1 ("7", "12": rewards 1, 0) is kept, group 2 ("3", "45": rewards
+    0, 0) is dropped by dynamic sampling. grpo and dr_grpo divide by the 4 generated sequences, as TRL does with the
+    zero-advantage group left in the batch; dapo by the kept sequences' 5 tokens (DAPO's token mean)."""
+    loop, stage = _stage(
+        tmp_path, "test_grpo:starts_with_7", batch_size=2, group_size=2, loss_type=loss_type, dtype="float32"
+    )
+    stage._rollout = _FixedRollout(["7", "12", "3", "45"])
+    stage.prompts = ListPrompts(PROMPTS[:2])
+    grads = {}
+
+    def keep_gradient(loss, expert_load=None):
+        grads.update({n: p.grad.clone() for n, p in loop.raw_model.named_parameters() if p.grad is not None})
+        loop.raw_model.zero_grad(set_to_none=True)
+        return {"grad_norm": 0.0, "skipped": 0}
+
+    loop.optimizer_step = keep_gradient
+    m = stage.train_step(loop)
+    assert m["seqs_updated"] == 2 and m["groups_informative"] == 0.5
+    a = 0.5 / (math.sqrt(0.5) + 1e-4)  # group 1's advantages: +a, -a (Bessel std of [1, 0], TRL's 1e-4)
+    M = stage.cfg.max_new_tokens
+    lens = [2, 3, 2, 3]  # each completion's tokens, its stop token included
+    # at ratio 1 the loss is minus the advantage at every token; the whole generated batch, TRL's way:
+    expected = {
+        "grpo": (-a + a + 0 + 0) / 4,
+        "dr_grpo": (-a * lens[0] + a * lens[1]) / (4 * M),
+        "dapo": (-a * lens[0] + a * lens[1]) / (lens[0] + lens[1]),
+    }[loss_type]
+    assert m["loss"] == pytest.approx(expected, abs=1e-6)
+    # the gradient is that of TRL's loss over all four sequences (the dropped group's advantages are zero)
+    model = loop.raw_model
+    prompt_ids = [stage.policy.render(r["prompt"], "raw", "") for r in PROMPTS[:2]]
+    mbs = build_micro_batches(
+        [prompt_ids[i // 2] for i in range(4)],
+        [c.token_ids for c in stage._rollout.comps],
+        torch.tensor([a, -a, 0.0, 0.0]),
+        [True] * 4,
+        4,
+        CharTok.pad_id,
+    )
+    (mb,) = mbs
+    logp = sequence_logprobs(stage.policy, model, mb, 1.0, "full", 1024)[0]  # [4, L]
+    per_seq = (-mb.adv[:, None] * logp * mb.mask).sum(1)  # d/dθ of -A * ratio at ratio 1
+    ref = {
+        "grpo": (per_seq / mb.mask.sum(1)).sum() / 4,
+        "dr_grpo": per_seq.sum() / (4 * M),
+        "dapo": per_seq.sum() / (lens[0] + lens[1]),
+    }[loss_type]
+    model.zero_grad(set_to_none=True)
+    ref.backward()
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-7, msg=lambda s, n=n: f"{n}: {s}")
+
+
+def test_the_cost_meter_counts_the_no_grad_forwards(tmp_path):
+    """The fixed log-probs' forwards (the reference model's with beta > 0; the old policy's with num_iterations > 1
+    and old_logprobs = recompute) are in the meter: a forward of every kept sequence each, about a third of the
+    update's training FLOPs per pass (forward + backward ~ 3 forwards)."""
+    import copy
+
+    fixed = {}
+    for name, kw in {
+        "neither": dict(beta=0.0, old_logprobs="sampler"),
+        "ref": dict(beta=0.1, old_logprobs="sampler"),
+        "ref+old": dict(beta=0.1, old_logprobs="recompute"),
+    }.items():
+        loop, stage = _stage(
+            tmp_path / name, "test_grpo:alternating_reward", max_steps=1, num_iterations=2, dtype="float32", **kw
+        )
+        if kw["beta"]:
+            stage.ref = copy.deepcopy(stage.policy.module).eval()
+        loop.run(stage)
+        (r,) = [json.loads(x) for x in (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()]
+        expect = loop.flops_per_token * r["tokens"] + r["rollout_flops"] + r["fixed_logprob_flops"]
+        assert r["total_flops"] == pytest.approx(expect, rel=1e-9)
+        fixed[name] = (r["fixed_logprob_flops"], loop.flops_per_token * r["tokens"] / 2)  # one pass's training
+    assert fixed["neither"][0] == 0.0
+    f, train_pass = fixed["ref"]
+    assert 0.2 < f / train_pass < 0.5
+    assert fixed["ref+old"][0] == pytest.approx(2 * f, rel=1e-12)

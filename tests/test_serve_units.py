@@ -5,12 +5,14 @@ loopback rule, and the `tinyseek serve` command as a process."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -493,40 +495,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_process(ckpt, port: int, db, key: str) -> subprocess.Popen:
+    """`tinyseek serve` as a process on the loopback, once /health answers."""
+    cmd = [sys.executable, "-m", "tinyseek.cli", "serve", str(ckpt), "--port", str(port), "--db", str(db),
+           "--api-key", key, "--max-batch", "2", "--threads", "1"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the server did not come up: {proc.stdout.read().decode()[-3000:]}")
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.slow
 def test_serve_command_runs_as_a_process(r1_checkpoint, tmp_path):
     port = free_port()
     db = tmp_path / "ledger.sqlite"
-    cmd = [
-        sys.executable,
-        "-m",
-        "tinyseek.cli",
-        "serve",
-        str(r1_checkpoint),
-        "--port",
-        str(port),
-        "--db",
-        str(db),
-        "--api-key",
-        "sk-proc",
-        "--max-batch",
-        "2",
-    ]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
+    proc = serve_process(r1_checkpoint, port, db, "sk-proc")
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
         body = {
             "model": "tinyseek",
             "messages": [{"role": "user", "content": "Say hi."}],
@@ -538,11 +542,94 @@ def test_serve_command_runs_as_a_process(r1_checkpoint, tmp_path):
         assert r.json()["choices"][0]["message"]["content"] == "Hi there!"
         assert httpx.post(url + "/v1/chat/completions", json=body, timeout=60).status_code == 401
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     rows = sqlite3.connect(db).execute("SELECT key_id, completion_tokens FROM requests").fetchall()
     assert rows == [(key_id("sk-proc"), r.json()["usage"]["completion_tokens"])]
+
+
+def _stream_chat(url: str, key: str, prompt: str, seen: dict) -> None:
+    """One streamed chat completion; `seen` gets its id, its usage chunk and [DONE] as they arrive (the server may
+    die under it)."""
+    body = {"model": "tinyseek", "messages": [{"role": "user", "content": prompt}], "max_tokens": 40,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    try:
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body,
+                          headers={"Authorization": f"Bearer {key}"}, timeout=120) as r:  # fmt: skip
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    obj = json.loads(line[6:])
+                    seen["id"] = obj["id"]
+                    if obj.get("usage"):
+                        seen["usage"] = obj["usage"]
+                elif line == "data: [DONE]":
+                    seen["done"] = True
+    except httpx.HTTPError:
+        pass
+
+
+_ROWS = "SELECT id, request_id, key_id, completion_tokens, cost_usd FROM requests ORDER BY id"
+
+
+@pytest.mark.slow
+def test_server_killed_mid_stream_and_restarted_bills_each_finished_request_once(r1_checkpoint, tmp_path):
+    """SIGKILL of `tinyseek serve` while 16 streams run (two decode at a time, the rest queue), then a restart on
+    the same ledger: every stream the client saw finish (usage chunk, [DONE]) is billed once, with the tokens it
+    was shown; the restart replays the ledger's log and adds only the new requests; the API key still works."""
+    import signal
+    import threading
+
+    from conftest import R1_CHATS
+
+    port, db, key = free_port(), tmp_path / "usage.sqlite", "sk-crash"
+    url = f"http://127.0.0.1:{port}"
+    proc = serve_process(r1_checkpoint, port, db, key)
+    seen = [{} for _ in range(16)]
+    try:
+        threads = [
+            threading.Thread(target=_stream_chat, args=(url, key, R1_CHATS[i % 3][0], seen[i])) for i in range(16)
+        ]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 120
+        while sum("done" in s for s in seen) < 3:  # kill once a few have finished, the rest in flight or queued
+            assert proc.poll() is None and time.monotonic() < deadline, "the streams did not finish"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    finished = [s for s in seen if "done" in s]
+    assert 3 <= len(finished) < 16, len(finished)  # the kill landed mid-run
+    assert all("usage" in s for s in finished)
+    assert Path(f"{db}-wal").exists()  # the log the killed server left: replayed by the next opening
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    before = con.execute(_ROWS).fetchall()
+    con.close()
+    rids = [r[1] for r in before]
+    assert len(set(rids)) == len(rids) and {r[2] for r in before} == {key_id(key)}
+    for s in finished:  # billed once, with the numbers the client was shown
+        (row,) = [r for r in before if r[1] == s["id"]]
+        assert row[3] == s["usage"]["completion_tokens"]
+
+    proc = serve_process(r1_checkpoint, port, db, key)  # the same port, the same ledger
+    try:
+        auth = {"Authorization": f"Bearer {key}"}
+        u = httpx.get(url + "/v1/usage", headers=auth, timeout=30).json()
+        assert u["requests"] == len(before)
+        after = [{} for _ in range(2)]
+        for s in after:
+            _stream_chat(url, key, "Say hi.", s)
+            assert "done" in s and "usage" in s
+        assert httpx.get(url + "/v1/usage", headers={"Authorization": "Bearer sk-wrong"}, timeout=30).status_code == 401
+    finally:
+        stop(proc)
+    con = sqlite3.connect(db)
+    rows = con.execute(_ROWS).fetchall()
+    con.close()
+    assert rows[: len(before)] == before  # nothing replayed, nothing billed again
+    assert [r[1] for r in rows[len(before) :]] == [s["id"] for s in after]

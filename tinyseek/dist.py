@@ -79,9 +79,23 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not torch_dist.is_initialized():
+        _check_restart_store()
         torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         atexit.register(_destroy_process_group)
     return DistInfo(rank=rank_, world=world, local_rank=local, device=dev)
+
+
+def _check_restart_store() -> None:
+    """Refuse, in one line, to start the process group in workers that `torchrun --max-restarts` restarted on the
+    rendezvous store it shares with them (torch's default): the store still holds the previous attempt's keys, so
+    gloo connects to the dead workers' addresses and every rank waits for the 30-minute timeout (seen on torch 2.13;
+    pytorch/pytorch#135712). TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives each rendezvous round its own keys."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if restarted and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise TinyseekError(
+            "torchrun restarted the workers on its shared rendezvous store, where the process group would hang on "
+            "the previous attempt's addresses: run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 set"
+        )
 
 
 def _destroy_process_group() -> None:

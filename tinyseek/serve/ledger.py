@@ -11,7 +11,10 @@ Keys are never stored: a row holds a key id, `key-` + the first 12 hex digits of
 the keys themselves only as SHA-256 digests (`ApiKeys`); it may be given `sha256:HEX` instead of a key.
 
 The database is opened per call with `check_same_thread=False` under a lock, so the server's request
-handlers (several threads) may record concurrently.
+handlers (several threads) may record concurrently. It is kept in SQLite's write-ahead-log mode: a row is durable
+once `record` returns (before the response or the stream's usage chunk that shows it is sent), so a server killed
+with SIGKILL loses no billed request and bills none twice; the next server (or `tinyseek usage`, which may read
+while a server writes) replays the log on opening.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ class Ledger:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")  # persistent: the file stays in WAL mode
             self._db.executescript(_SCHEMA)
             self._db.commit()
         except sqlite3.DatabaseError as e:

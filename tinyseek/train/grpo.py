@@ -12,8 +12,9 @@ clipped surrogate
 aggregated over tokens according to `loss_type` (grpo, dr_grpo, dapo: the maths and how it compares with
 TRL are in grpo_loss.py). With `dynamic_sampling`, groups whose rewards are all equal (zero advantage) are
 dropped from the update altogether (DAPO's dynamic sampling, without re-drawing: the step just has fewer
-sequences). Reference-model log-probs are taken under no_grad. With `advantage = "process"` each reasoning
-step gets its own reward instead (process supervision: train/process_reward.py).
+sequences); grpo and dr_grpo still divide by the generated batch's sequences, as TRL, dapo by the kept tokens.
+Reference-model log-probs are taken under no_grad. With `advantage = "process"` each reasoning step gets its own
+reward instead (process supervision: train/process_reward.py).
 
 The model is a `Policy` (policy.py): a tinyseek checkpoint, or any transformers causal LM (a directory, a
 .gguf file, or `pkg:PACKAGE/FILE` for a file shipped in a pip package), whose own weights the update
@@ -279,6 +280,7 @@ NO_UPDATE = {
     "clip_low": 0.0,
     "clip_high": 0.0,
     "entropy": float("nan"),
+    "fixed_logprob_flops": 0.0,
     "grad_norm": 0.0,
     "skipped": 0,
 }
@@ -378,7 +380,7 @@ class GrpoStage:
         total, parts = self.reward(user_prompts, texts, **cols)
         r_t = torch.tensor(total, dtype=torch.float32)  # [P*G]
         if cfg.advantage == "process":  # per-step rewards -> per-token advantages [P*G, L]
-            steps = self.process.step_rewards(rows, comps, prompt_ids, G)
+            steps = self.process.step_rewards(rows, comps, prompt_ids, G, loop.dist.world)
             lens_ = [len(c.token_ids) for c in comps]
             adv, std, informative = process_advantages(
                 steps["rewards"], steps["ends"], lens_, G, cfg.scale_rewards, cfg.std_threshold
@@ -412,6 +414,7 @@ class GrpoStage:
             [comps[i].token_ids for i in keep],
             adv[keep],
             [not (cfg.mask_truncated_completions and truncated[i]) for i in keep],
+            n_generated=len(comps),
             **({"old_logprobs": [comps[i].logprobs for i in keep]} if sampler_old else {}),
         )
         t_upd = time.perf_counter() - t1
@@ -421,7 +424,9 @@ class GrpoStage:
         m["update_tok_s"] = upd["tokens"] / t_upd if t_upd > 0 and keep else 0.0  # tokens already x num_iterations
         m["completions_per_s"] = len(comps) / (t_roll + t_upd) if t_roll + t_upd > 0 else 0.0
         m["rollout_flops"] = rollout_flops  # with process_reward = prm:PATH, the PRM's scoring too (prm_flops)
-        m["extra_flops"] = rollout_flops  # the loop adds it to the update's FLOPs in the cost meter
+        # the loop adds these to the update's training FLOPs in the cost meter: the rollouts (and PRM scoring), and
+        # the no-grad forwards of the old (num_iterations > 1, recomputed) and reference (beta > 0) log-probs
+        m["extra_flops"] = rollout_flops + upd.get("fixed_logprob_flops", 0.0)
         if self.scorer is not None and loop.step == 0:  # counted against max_flops (loop.prior_flops), not here
             m["prm_train_flops"] = self.scorer.train_flops
         return m
@@ -472,10 +477,11 @@ class GrpoStage:
             )
         return m, acc
 
-    def _update(self, loop, prompts, completions, adv, loss_mask, old_logprobs=None) -> dict:
-        """`old_logprobs`: the sampler's log-probs of each completion's tokens, or None. `train_step` passes them
-        when they may stand in for the no-grad forward of the ratio's denominators (num_iterations > 1, the
-        engine's own log-probs, a float32 update)."""
+    def _update(self, loop, prompts, completions, adv, loss_mask, n_generated=None, old_logprobs=None) -> dict:
+        """The kept sequences' updates. `n_generated`: the sequences the step sampled (default: the kept ones), the
+        grpo and dr_grpo normalisers (grpo_loss.py). `old_logprobs`: the sampler's log-probs of each completion's
+        tokens, or None. `train_step` passes them when they may stand in for the no-grad forward of the ratio's
+        denominators (num_iterations > 1, the engine's own log-probs, a float32 update)."""
         cfg, pol = self.cfg, self.policy
         if not prompts:  # every group was uninformative: nothing to learn from, no optimizer step
             return dict(NO_UPDATE)
@@ -483,6 +489,7 @@ class GrpoStage:
         # the normalisers are the whole batch's (every rank holds every kept sequence); each rank then trains on its
         # share, and the loop's reduction sums the shares' gradients (the loss is scaled as for supervised steps)
         n_seq = len(prompts)
+        n_gen = n_seq if n_generated is None else n_generated  # grpo, dr_grpo: dropped groups count, as in TRL
         n_tok = float(sum(len(c) for c, keep in zip(completions, loss_mask) if keep))
         if n_tok == 0:
             return dict(NO_UPDATE)
@@ -509,7 +516,10 @@ class GrpoStage:
                     lp = old_logprobs[mine[i]]
                     mb.old[b, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
                 mb.old = mb.old.to(dev)
-        with torch.no_grad():  # fixed targets of the ratio and the KL, computed once per batch
+        # fixed targets of the ratio and the KL, computed once per batch; their forwards are counted in the meter
+        n_fixed = int(cfg.num_iterations > 1 and not use_sampler) + int(cfg.beta > 0)
+        fixed_flops = n_fixed * sum(pol.forward_flops(n, n / 2) for mb in mbs for n in mb.real.sum(1).tolist())
+        with torch.no_grad():
             for mb in mbs:
                 with loop.autocast():
                     if cfg.num_iterations > 1 and not use_sampler:
@@ -554,7 +564,7 @@ class GrpoStage:
                     )
                     w_tok = float(mb.mask.sum()) / n_tok
                     # each micro-batch's share of the whole batch's loss (see grpo_loss for the normalisers)
-                    weight = w_tok if cfg.loss_type == "dapo" else mb.ids.size(0) / n_seq
+                    weight = w_tok if cfg.loss_type == "dapo" else mb.ids.size(0) / n_gen
                     if mb.tokens == 0:  # a padding micro-batch: its forward and (zero) backward keep ranks in step
                         weight = 0.0
                     # DDP/FSDP average gradients over ranks; * world turns that back into the sum of the shares
@@ -571,10 +581,19 @@ class GrpoStage:
             loss_total += loss_it / cfg.num_iterations
         tokens = sum(mb.tokens for mb in mbs)
         if loop.dist.enabled:  # the metrics of the whole batch: every rank's shares added up
-            t = loop.all_sum(torch.tensor([loss_total, tokens, ent_sum, *sums.values()], dtype=torch.float64))
-            loss_total, tokens, ent_sum = float(t[0]), int(t[1]), float(t[2])
-            sums = {k: float(v) for k, v in zip(sums, t[3:])}
-        return {"loss": loss_total, "tokens": tokens * cfg.num_iterations, **sums, "entropy": ent_sum / n_tok, **st}
+            t = loop.all_sum(
+                torch.tensor([loss_total, tokens, ent_sum, fixed_flops, *sums.values()], dtype=torch.float64)
+            )
+            loss_total, tokens, ent_sum, fixed_flops = float(t[0]), int(t[1]), float(t[2]), float(t[3])
+            sums = {k: float(v) for k, v in zip(sums, t[4:])}
+        return {
+            "loss": loss_total,
+            "tokens": tokens * cfg.num_iterations,
+            **sums,
+            "entropy": ent_sum / n_tok,
+            "fixed_logprob_flops": fixed_flops,
+            **st,
+        }
 
     # -- logging and evaluation ----------------------------------------------------------------------
     def _write_samples(self, step: int, rows, comps, total, parts, adv) -> None:

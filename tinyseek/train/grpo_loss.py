@@ -12,6 +12,15 @@ is checked against hand-computed values in tests/test_grpo.py. The conventions f
                      by the tokens of the whole generation batch; with one update per batch that is this mean.
 - std: unbiased (Bessel) like TRL's `nanstd`, and A = (r - mean) / (std + 1e-4) like TRL.
 
+With dynamic sampling (grpo.py: the zero-advantage groups are left out of the update) the normalisers are:
+- grpo and dr_grpo: the *generated* batch's sequence count, as TRL, whose zero-advantage sequences stay in the
+  batch and in the mean: a dropped group's sequences count in the denominator and add nothing to the sum, so
+  dr_grpo's normaliser (generated sequences * max_completion_len) is the constant Dr. GRPO asks for, and both
+  equal TRL's loss on the whole batch whenever beta = 0 (with beta > 0 the dropped sequences' KL terms are not
+  computed: set dynamic_sampling = false for TRL's loss exactly).
+- dapo: the tokens of the *kept* sequences, DAPO's token mean over the batch that survives its dynamic-sampling
+  filter (TRL, which keeps every sequence, divides by the whole batch's tokens instead).
+
 What differs from TRL, on purpose: a group whose reward std is below `std_threshold` gets advantage
 exactly 0 (TRL only logs it). A group of equal rewards has a std that is float noise; ~1e-5 advantages
 went through, Adam scaled them up to full-size random steps and the policy collapsed (dev/LOG.md).

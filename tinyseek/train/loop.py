@@ -132,7 +132,7 @@ class TrainConfig:
     cpu_hour_price: float = 0.05  # $ per CPU-machine-hour
     progress: bool = True  # print the console line
     parallel: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2: weights, grads, optimizer sharded)
-    ep: int = 1  # expert parallelism: routed experts sharded over groups of this many ranks (ddp only)
+    ep: int = 1  # expert parallelism: routed experts sharded over groups of this many ranks
 
     def validate(self) -> None:
         def need(cond: bool, name: str, msg: str) -> None:

@@ -7,14 +7,22 @@ is the one place a training stage's model is parallelised, in a fixed order:
    `ExpertParallelExperts`, which holds this rank's `n_routed_experts / ep` experts (a DTensor sharded on the
    expert dimension over the EP group) and sends each routed token to the rank that holds its expert with
    `all_to_all_single` (and the expert's output back the same way). The gate and the shared expert stay
-   replicated; `MoE.forward` is unchanged: it calls `experts.sorted(...)` / `experts.loop(...)` as before,
-   and the local computation is the single-device `Experts` code on the local weights. EP groups are
+   replicated; `MoE.forward` is unchanged: it calls `experts.sorted(...)` / `experts.loop(...)` /
+   `experts.dense(...)` as before, and the local computation is the single-device `Experts` code on the local
+   weights. Every one of those calls dispatches with all_to_all: `MoE` picks its branch from this rank's token
+   count (`model.use_dense`: a few rows per expert and more than one thread), and ranks with different counts
+   must still make the same collectives, so under EP `dense` is the sorted dispatch (a dense product over
+   every expert would need every expert's weights here). `moe_impl = "dense"` (every expert on every token)
+   is refused with `ep` > 1 for the same reason. EP groups are
    consecutive ranks (0..ep-1, ep..2ep-1, ...); the ranks that hold the same experts form the expert-data-
    parallel group, over which the experts' gradients are summed (`finish_gradients`).
 2. Data parallelism over all ranks: `parallel = "ddp"` (DistributedDataParallel; the EP experts are left
    out of its all-reduce) or `parallel = "fsdp"` (FSDP2, `fully_shard` on every transformer block, the MTP
    modules' included, then on the root; bf16 parameters with float32 gradient reduction when `dtype = "bfloat16"`).
-   FSDP2 together with EP is refused: the experts would need a second mesh dimension for FSDP, not built.
+   With EP as well, FSDP2 leaves the EP experts out (`ignored_params`): they stay sharded over their EP group and
+   their gradients are summed as under DDP (`finish_gradients`), so the mesh is two-dimensional in effect (experts
+   over `ep` within groups, everything else over all ranks); under the bf16 policy the experts compute on bf16
+   copies of their float32 weights, like the rest of the block. The clipping sums each mesh's shards.
 3. `torch.compile`, if asked.
 
 Gradient scale. The loop multiplies each rank's loss by the world size because DDP and FSDP *average*
@@ -61,8 +69,6 @@ def check_parallel(parallel: str, ep: int, world: int) -> None:
         raise ConfigError(f"ep: must be >= 1 (got {ep})")
     if world % ep:
         raise ConfigError(f"ep: {ep} does not divide the number of processes, {world} (torchrun --nproc-per-node)")
-    if ep > 1 and parallel == "fsdp":
-        raise ConfigError("ep: expert parallelism composes with parallel = ddp here (FSDP2 + EP is not built)")
 
 
 def check_experts(model: nn.Module, ep: int) -> None:
@@ -74,6 +80,10 @@ def check_experts(model: nn.Module, ep: int) -> None:
         raise ConfigError(f"ep: {ep} asks for expert parallelism but the model has no MoE layer")
     if cfg.n_routed_experts % ep:
         raise ConfigError(f"ep: n_routed_experts = {cfg.n_routed_experts} is not divisible by the EP size {ep}")
+    if cfg.moe_impl == "dense":
+        raise ConfigError(
+            f"moe_impl: dense runs every expert on every token and cannot be expert-parallel (ep = {ep}); use sorted"
+        )
 
 
 def is_sharded(parallel: str, ep: int) -> bool:
@@ -126,16 +136,24 @@ class ExpertParallelExperts(nn.Module):
             local = full[r * self.L : (r + 1) * self.L].clone()
             self.register_parameter(name, nn.Parameter(DTensor.from_local(local, mesh, [Shard(0)], run_check=False)))
 
-    def _local(self) -> _LocalExperts:
-        return _LocalExperts(self.w1.to_local(), self.w2.to_local(), self.w3.to_local())
+    def _local(self, dtype: torch.dtype) -> _LocalExperts:
+        """This rank's weights in the activations' dtype: under FSDP2's bf16 policy the rest of the block computes in
+        bf16 while these float32 parameters stay outside FSDP2 (a no-op in float32, and under autocast)."""
+        return _LocalExperts(*(getattr(self, n).to_local().to(dtype) for n in ("w1", "w2", "w3")))
 
     def sorted(self, x_TD, weights_TK, experts_TK, counts_E) -> torch.Tensor:
         return self._dispatch(x_TD, weights_TK, experts_TK, counts_E, "sorted")
 
+    def dense(self, x_TD, weights_TK, experts_TK) -> torch.Tensor:
+        """What `MoE` calls for a few rows per expert: under EP the sorted dispatch, so that every rank makes the
+        same all_to_all whichever branch its own token count chose (see the module docstring)."""
+        return self._dispatch(x_TD, weights_TK, experts_TK, self._counts(experts_TK), "sorted")
+
     def loop(self, x_TD, weights_TK, experts_TK) -> torch.Tensor:
-        E = self.L * self.P
-        counts_E = torch.bincount(experts_TK.view(-1), minlength=E)
-        return self._dispatch(x_TD, weights_TK, experts_TK, counts_E, "loop")
+        return self._dispatch(x_TD, weights_TK, experts_TK, self._counts(experts_TK), "loop")
+
+    def _counts(self, experts_TK) -> torch.Tensor:
+        return torch.bincount(experts_TK.reshape(-1), minlength=self.L * self.P)
 
     def _dispatch(self, x_TD, weights_TK, experts_TK, counts_E, impl: str) -> torch.Tensor:
         from torch.distributed._functional_collectives import all_to_all_single_autograd
@@ -157,7 +175,7 @@ class ExpertParallelExperts(nn.Module):
         # received rows come source by source, each source's rows sorted by expert: the local expert of each row
         local_R = torch.arange(L, device=x_TD.device).repeat(P).repeat_interleave(recv_PL.reshape(-1))
         ones_R1 = torch.ones(x_RD.shape[0], 1, dtype=torch.float32, device=x_TD.device)
-        experts = self._local()
+        experts = self._local(x_RD.dtype)
         if impl == "sorted":
             y_RD = experts.sorted(x_RD, ones_R1, local_R.unsqueeze(1), recv_PL.sum(0))
         else:
@@ -225,7 +243,9 @@ def apply_fsdp(model: nn.Module, d: DistInfo, bf16: bool) -> nn.Module:
 
     mesh = init_device_mesh(d.device.type, (d.world,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
-    kw = {"mesh": mesh, **({"mp_policy": mp} if mp is not None else {})}
+    # EP experts are already sharded (over the EP mesh) and their gradients summed by finish_gradients: FSDP2
+    # leaves them alone, as DDP does
+    kw = {"mesh": mesh, "ignored_params": {p for _, p in _ep_params(model)}, **({"mp_policy": mp} if mp else {})}
     # the MTP modules' own norms and projection are used around their block (model._mtp_train): they stay with the root
     blocks = list(getattr(model, "layers", [])) + [m.block for m in getattr(model, "mtp", [])]
     if not blocks:
@@ -316,13 +336,14 @@ def finish_gradients(model: nn.Module, d: DistInfo) -> None:
 def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
     """Clip the gradients to a total 2-norm of `max_norm` (inf: measure only); returns the norm before clipping.
 
-    Plain tensors or all-DTensor (FSDP2) lists go through torch's `clip_grad_norm_`; a mix (EP experts next to
-    replicated parameters) adds each sharded gradient's local square sum over its mesh's process group."""
+    Plain tensors, or DTensors on one mesh (FSDP2), go through torch's `clip_grad_norm_`; a mix (EP experts next to
+    replicated or FSDP2-sharded parameters) adds each sharded gradient's local square sum over its mesh's process
+    group."""
     from torch.distributed.tensor import DTensor
 
     grads = [p.grad for p in params if p.grad is not None]
-    kinds = {isinstance(g, DTensor) for g in grads}
-    if len(kinds) <= 1:
+    meshes = {g.device_mesh if isinstance(g, DTensor) else None for g in grads}
+    if len(meshes) <= 1:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()

@@ -364,7 +364,9 @@ class PrmStage:
         st = loop.optimizer_step(float(loss.detach()), out.expert_load if self.cfg.train_trunk else None)
         with torch.no_grad():
             acc = float(((logit > 0).float() == y).float().mean())
-        m = {"loss": float(loss.detach()), "step_acc": acc, "good_frac": float(y.mean()), "tokens": ids.numel(), **st}
+        # under torchrun every rank trains on the whole batch (DDP averages equal gradients): the meter counts each
+        tokens = ids.numel() * loop.dist.world
+        m = {"loss": float(loss.detach()), "step_acc": acc, "good_frac": float(y.mean()), "tokens": tokens, **st}
         if out.expert_load is not None and self.cfg.train_trunk:
             m["expert_load"] = out.expert_load.detach()
         return m

@@ -7,7 +7,8 @@ over every step of the group and gives a token the sum of the normalised rewards
 (grpo_loss.process_advantages); the reward functions are then only logged. A PRM's scoring of every rollout is
 counted in the cost meter, its training against `max_flops`; the PRM's score is logged against the truth on the
 policy's own samples (prm_score, prm_score_right / _wrong, prm_liked_wrong, prm_step_acc) to measure reward
-hacking, and the wrong samples it liked most go to RUN/prm_liked_wrong.jsonl.
+hacking, and the wrong samples it liked most go to RUN/prm_liked_wrong.jsonl. Under torchrun every process scores
+every rollout (the scores are then the same everywhere without a gather), and the meter counts every process's.
 """
 
 from __future__ import annotations
@@ -56,10 +57,11 @@ class ProcessReward:
                 )
             check_separator(completion_text(r), cfg.step_separator, where(i))
 
-    def step_rewards(self, rows: list[dict], comps, prompt_ids: list[list[int]], G: int) -> dict:
+    def step_rewards(self, rows: list[dict], comps, prompt_ids: list[list[int]], G: int, world: int = 1) -> dict:
         """Each completion's steps (tinyseek.steps), where they end in its tokens, and their rewards: the PRM's
         scores (process_reward = prm:PATH) or the oracle's 0/1. The oracle's verdict is kept beside the PRM's
-        whenever the records carry worked solutions, to measure the PRM on the policy's own samples."""
+        whenever the records carry worked solutions, to measure the PRM on the policy's own samples. Every one of
+        the `world` processes scores the whole batch: `flops` counts each."""
         cfg, pol = self.cfg, self.policy
         sep = self.scorer.sep if self.scorer is not None else cfg.step_separator
         ends, oracle = [], []
@@ -79,7 +81,7 @@ class ProcessReward:
             prompts = [prompt_ids[i // G] for i in range(len(comps))]
             toks = [c.token_ids for c in comps]
             out["prm"] = self.scorer.score(prompts, toks, ends)
-            out["flops"] = self.scorer.flops(prompts, toks)
+            out["flops"] = self.scorer.flops(prompts, toks) * world
             out["rewards"] = out["prm"]
         else:
             out["rewards"] = oracle
