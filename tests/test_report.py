@@ -371,7 +371,7 @@ def test_h200_projection_prices_generated_tokens_at_the_generation_rate(run):
     assert f"{gen:,} generated tokens" in proj["basis"] and f"GRPO rollouts {rollouts:,}" in proj["basis"]
 
 
-@pytest.mark.parametrize("card", ["demo-report.md", "outcome-vs-process-report.md"])
+@pytest.mark.parametrize("card", ["demo-report.md", "outcome-vs-process-report.md", "r1-zero-report.md"])
 def test_shipped_report_card_names_no_machine_directory(card):
     """docs/demo-report.md is read on other machines: no temporary or home directory of the one it ran on."""
     text = (Path(__file__).resolve().parents[1] / "docs" / card).read_text()
