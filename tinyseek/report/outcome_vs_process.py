@@ -136,8 +136,8 @@ def _prm_stages(data: dict) -> list[dict]:
 def outcome_vs_process(data: dict) -> dict | None:
     """The GRPO arms of a run that has a process-supervised one (advantage = process): each arm's held-out pass@1
     over steps and FLOPs with 95% intervals, its compute (rollouts, updates, the PRM's training and scoring),
-    the PRM's held-out step accuracy, and the PRM arm's reward hacking (the PRM's score against the truth on the
-    policy's own samples, and samples it liked that were wrong). None for a run without a process arm."""
+    the PRM's held-out step accuracy, and the PRM arm's score against the truth on the policy's own samples (and
+    samples it liked that were wrong). None for a run without a process arm."""
     grpo = [s for s in data["stages"] if s["kind"] == "grpo" and s["metrics"]]
     if not any(s["fields"].get("advantage") == "process" for s in grpo):
         return None
@@ -234,7 +234,7 @@ def _hacking_lines(a: dict) -> list[str]:
         ]
         for w in a["hacking"]["windows"]
     ]
-    out = [f"### Reward hacking: what the PRM said vs what was true ({a['stage']})", ""]
+    out = [f"### Reward hacking, not measured here: what the PRM said vs what was true ({a['stage']})", ""]
     out += table(
         [
             "steps",
@@ -249,9 +249,11 @@ def _hacking_lines(a: dict) -> list[str]:
     )
     out += [
         "",
-        "On the policy's own rollouts at each step: a PRM score that rises while the accuracy does not, a "
-        "shrinking gap between its scores of right and wrong answers, or a growing share of wrong answers scored "
-        "above 0.5 is the policy learning what the PRM likes rather than what is right.",
+        "On the policy's own rollouts, means over windows of steps of one run, without intervals. The share of "
+        "wrong answers scored above 0.5 is how often the PRM was fooled. A PRM score that rises while the accuracy "
+        "does not is what reward hacking would look like, but not only that: the PRM reads the frozen SFT model's "
+        "log-probabilities, so a policy that merely grew sharper raises its score too. This table does not tell "
+        "the two apart.",
         "",
     ]
     for ex in a.get("liked_wrong_examples", []):

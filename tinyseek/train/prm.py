@@ -6,15 +6,17 @@ A step's score is sigmoid(logit) at the step's last token (tinyseek.steps says w
 probability that the trace is still right after this step. Scores are read from one causal forward, so a
 step's score sees the prompt and every step up to it, never a later one.
 
-Labels are made from the tasks' worked solutions, no human in the loop: *corrupt one step* of a gold trace
-(one digit of one step changed: a wrong carry, a misread operand, a wrong product, a wrong answer) and label
-the steps before it good, the corrupted one and every later one bad (tinyseek.steps.corrupt). Why not
-Math-Shepherd's rollouts (a step is good when sampled completions from it still reach the answer): they cost
-N completions per step per trace, more than the whole PRM training on this CPU, and on a task whose right
-trace is unique they estimate the same label with sampling noise. The price of the cheap way is a
-distribution shift: the PRM sees one-digit slips in otherwise perfect traces, not the policy's own errors
-(truncations, repetitions, garbled formats), and that gap is what a policy trained against it can exploit.
-The GRPO stage measures that (tinyseek.train.grpo: prm_score vs accuracy on the policy's own samples).
+Labels are *first-error labels from synthetic corruptions*, made from the tasks' worked solutions with no
+human in the loop: one digit of one step of a gold trace changed (a wrong carry, a misread operand, a wrong
+result, a wrong answer), the steps before it labelled good, the corrupted one and every later one bad
+(tinyseek.steps.corrupt). These are not Math-Shepherd's completion labels (a step is good when sampled
+continuations from it still reach the right answer): a corrupted operand or carry that leaves the step's
+result right is labelled bad here, though a continuation from it can still reach the answer. Completion
+labels cost N continuations per step per trace, more than this PRM's whole training on a CPU, and are not
+built. The price of the cheap way is a distribution shift: the PRM sees one-digit slips in otherwise perfect
+traces, not the policy's own errors (truncations, repetitions, garbled formats), and that gap is what a
+policy trained against it can exploit. The GRPO stage logs the PRM's score against the truth on the
+policy's own samples (tinyseek.train.process_reward: prm_score vs accuracy).
 
     tinyseek prm train --config prm.toml --out RUN     # RUN/final is the PRM (config.json, model.safetensors,
                                                        # tokenizer.json, prm.json); held-out step accuracy in
