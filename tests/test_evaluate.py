@@ -7,7 +7,17 @@ from itertools import combinations
 
 import pytest
 
-from tinyseek.evaluate import majority_vote, mean_ci, normalize_answer, pass_at_k, summarize, wilson
+from tinyseek.errors import TinyseekError
+from tinyseek.evaluate import (
+    majority_vote,
+    mean_ci,
+    normalize_answer,
+    paired_comparison,
+    pass_at_k,
+    sign_test,
+    summarize,
+    wilson,
+)
 
 
 def test_pass_at_k_hand_values():
@@ -98,6 +108,77 @@ def test_mean_ci():
     assert m == 2.0 and hi - m == pytest.approx(1.959964 * 1.0 / math.sqrt(3), rel=1e-5)
 
 
+# ----------------------------------------------------------------------------------------------
+# paired comparison of two models on the same problems
+
+
+def test_sign_test_exact_by_hand():
+    assert sign_test(9, 0) == pytest.approx(2 / 2**9)  # 9 of 9 untied pairs for B: 2 * (1/2)^9
+    assert sign_test(9, 1) == pytest.approx(2 * (1 + 10) / 2**10)  # P(<= 1 of 10) both tails
+    assert sign_test(1, 9) == sign_test(9, 1)  # two-sided
+    assert sign_test(0, 0) == 1.0 and sign_test(5, 5) == 1.0  # capped at 1
+    assert sign_test(3, 1) == pytest.approx(2 * 5 / 16)
+    with pytest.raises(ValueError):
+        sign_test(-1, 2)
+
+
+def test_paired_comparison_of_equal_arms_is_zero_with_p_one():
+    a = [0.0, 0.25, 1.0, 0.5, 0.75] * 4
+    r = paired_comparison(a, list(a))
+    assert r["n"] == 20 and r["diff"] == 0.0 and r["ci95"] == [0.0, 0.0]
+    assert r["sign_p"] == 1.0 and r["ties"] == 20 and r["b_better"] == r["a_better"] == 0
+
+
+def test_paired_comparison_b_better_on_nine_of_ten():
+    a = [0.0] * 9 + [0.5]
+    b = [0.25, 0.5, 0.75, 1.0, 0.25, 0.5, 0.75, 1.0, 0.5] + [0.5]  # B better on 9, one tie
+    r = paired_comparison(a, b)
+    assert (r["b_better"], r["a_better"], r["ties"]) == (9, 0, 1)
+    assert r["sign_p"] == pytest.approx(2 / 2**9)
+    assert r["diff"] == pytest.approx(sum(b) / 10 - sum(a) / 10) and r["a"] < r["b"]
+    lo, hi = r["ci95"]
+    assert 0 < lo <= r["diff"] <= hi <= 1.0  # every resample's mean difference is >= 0, most > 0
+    assert paired_comparison(a, b) == r  # seeded: the same interval every time
+    s = paired_comparison(b, a)  # A and B swapped: the difference and its interval change sign
+    assert s["diff"] == pytest.approx(-r["diff"]) and s["sign_p"] == r["sign_p"]
+    assert s["ci95"] == pytest.approx([-hi, -lo], abs=1e-6)
+
+
+def test_paired_comparison_pools_seeds_by_concatenation():
+    rng = random.Random(3)
+    seeds = [([rng.random() for _ in range(30)], [rng.random() for _ in range(30)]) for _ in range(3)]
+    pooled = paired_comparison([x for a, _ in seeds for x in a], [y for _, b in seeds for y in b])
+    parts = [paired_comparison(a, b) for a, b in seeds]
+    assert pooled["n"] == 90 and pooled["b_better"] == sum(p["b_better"] for p in parts)
+    assert pooled["diff"] == pytest.approx(sum(p["diff"] for p in parts) / 3)
+
+
+def test_paired_comparison_bad_input_is_named():
+    with pytest.raises(TinyseekError, match="3 scores for A but 2 for B"):
+        paired_comparison([0, 1, 0], [1, 1])
+    with pytest.raises(TinyseekError, match="no problems"):
+        paired_comparison([], [])
+    with pytest.raises(TinyseekError, match="finite"):
+        paired_comparison([0.0], [math.nan])
+
+
+def test_paired_interval_covers_the_true_difference():
+    """Two models on the same problems, strongly correlated (a problem hard for one is hard for the other) with a
+    true difference of 0.1: the paired 95% interval covers 0.1 about 95% of the time. An interval that ignored the
+    pairing (A and B resampled apart) would be over twice as wide and cover nearly always; one too narrow, far less."""
+    rng = random.Random(7)
+    reps, n, cover, width = 200, 80, 0, 0.0
+    for rep in range(reps):
+        u = [rng.random() for _ in range(n)]
+        a = [float(x < 0.5) for x in u]
+        b = [float(x < 0.6) for x in u]  # B right wherever A is, and on a tenth more of the problems
+        lo, hi = paired_comparison(a, b, resamples=400, seed=rep)["ci95"]
+        cover += lo <= 0.1 <= hi
+        width += (hi - lo) / reps
+    assert 0.9 <= cover / reps <= 0.985
+    assert width < 2 * 1.96 * math.sqrt(2 * 0.25 / n) / 2  # under half the width of the unpaired interval
+
+
 class _OracleEngine:
     """An engine that answers each prompt from a table (right, wrong, or unformatted), K samples a prompt."""
 
@@ -140,6 +221,8 @@ def test_evaluate_end_to_end_with_english_and_chinese_records(tmp_path):
     assert res["pass@3"]["value"] == 1.0
     assert res["format"]["value"] == pytest.approx((2 / 3 + 1 / 3) / 2)
     assert res["problems"][1]["answers"] == ["7", "8", "8"]
+    # per problem, per sample: what a paired comparison of two evaluations pairs
+    assert [p["correct"] for p in res["problems"]] == [[1.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
     json.dumps(res)  # serialisable as eval.json
 
 

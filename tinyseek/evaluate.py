@@ -19,6 +19,10 @@ because a [0, 1] variable with mean p has variance at most p(1 - p). For mean_le
 errors over problems. Problems whose gold answer cannot be scored (`accuracy_reward` gives None) are left
 out of the accuracy metrics and counted in `n_unscored`.
 
+Two models evaluated on the same problems are compared pairwise (`paired_comparison`): the mean per-problem
+difference with a paired bootstrap 95% interval, and an exact sign test. Each result keeps its per-problem
+scores (`problems`: `correct` per sample) so that a report can pair them.
+
 `evaluate(engine, records, samples, params)` works with any engine that has `generate`, `encode_chat` and
 `decode` (`Engine`, `HFEngine`); GRPO and the demo call it in-process. `tinyseek eval` wraps it.
 """
@@ -78,6 +82,56 @@ def mean_ci(values: list[float], z: float = Z95) -> tuple[float, float, float]:
         return (m, m, m)
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
     return (m, m - z * sd / math.sqrt(n), m + z * sd / math.sqrt(n))
+
+
+def sign_test(b_better: int, a_better: int) -> float:
+    """Exact two-sided sign test: the chance of a split of the untied pairs at least as uneven as this one if each
+    favoured A or B with probability 1/2. Ties say nothing about the sign and are left out (p = 1 with none left)."""
+    if b_better < 0 or a_better < 0:
+        raise ValueError(f"sign_test: counts must be >= 0 (got {b_better}, {a_better})")
+    n = b_better + a_better
+    tail = sum(math.comb(n, i) for i in range(min(b_better, a_better) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def paired_bootstrap(diffs: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% interval of the mean of `diffs`, resampling the pairs with replacement (seeded: the same
+    input and seed give the same interval on any machine)."""
+    import random
+
+    rng, n = random.Random(seed), len(diffs)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
+    return means[math.floor(0.025 * resamples)], means[math.ceil(0.975 * resamples) - 1]
+
+
+def paired_comparison(a: list[float], b: list[float], resamples: int = 2000, seed: int = 0) -> dict:
+    """B against A on the same problems (a[i] and b[i]: one problem's per-problem score, e.g. pass@1, under each):
+    the mean difference B - A with a paired bootstrap 95% interval, and the exact sign test's p-value over the
+    problems where they differ. Pairing removes the problems' own difficulty from the comparison, so it resolves
+    differences that two overlapping per-arm intervals cannot. Seeds of a whole experiment pool by concatenating
+    their pairs (the pair, one problem under one seed, is what the bootstrap resamples)."""
+    if len(a) != len(b):
+        raise TinyseekError(f"paired comparison: {len(a)} scores for A but {len(b)} for B (one pair per problem)")
+    if not a:
+        raise TinyseekError("paired comparison: no problems scored by both A and B")
+    if resamples < 1:
+        raise TinyseekError(f"paired comparison: resamples must be >= 1 (got {resamples})")
+    diffs = [y - x for x, y in zip(a, b)]
+    if not all(math.isfinite(d) for d in diffs):
+        raise TinyseekError("paired comparison: a score is not a finite number")
+    wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    n = len(diffs)
+    return {
+        "n": n,
+        "a": sum(a) / n,
+        "b": sum(b) / n,
+        "diff": sum(diffs) / n,
+        "ci95": [round(x, 6) for x in paired_bootstrap(diffs, resamples, seed)],
+        "b_better": wins,
+        "a_better": losses,
+        "ties": n - wins - losses,
+        "sign_p": sign_test(wins, losses),
+    }
 
 
 def normalize_answer(ans: str | None) -> str | None:
