@@ -249,6 +249,77 @@ def test_rl_curve_and_same_start_comparisons(tmp_path, ood):
     assert check_md_against_json(md, json.loads((run / "report" / "report.json").read_text())) > 30 + 20 * ood
 
 
+def test_outcome_vs_process_pairs_the_arms_on_the_same_problems(tmp_path):
+    """The outcome-vs-process section pairs each arm with its start and each pair of arms on the same held-out
+    problems: per-problem pass@1 from the start's eval.json and from each arm's last heldout/step-N.jsonl, matched
+    by prompt (not by position), problems with an unscored sample left out; B - A, its paired interval and the
+    sign test's exact p, as JSON and as a table."""
+    from tinyseek.evaluate import sign_test
+
+    run = tmp_path / "run"
+    cfg = ModelConfig.preset("nano")
+    sft = str(run / "sft" / "final")
+    arms = {
+        "grpo-outcome": {"advantage": "outcome"},
+        "grpo-oracle": {"advantage": "process", "process_reward": "oracle"},
+        "grpo-prm": {"advantage": "process", "process_reward": f"prm:{run / 'prm' / 'final'}"},
+    }
+    stages = [("sft", "sft", {"init": "x"}), ("eval-sft", "eval", {"model": sft})]
+    stages += [(name, "grpo", {"model": sft, "max_flops": 3e12, **f}) for name, f in arms.items()]
+    run.mkdir()
+    (run / "recipe.json").write_text(
+        json.dumps({"name": "ovp", "stages": [{"name": n, "kind": k, "fields": f} for n, k, f in stages]})
+    )
+    _stage(run, "sft", "sft", 1.0, [{"step": 1, "loss": 1.0}], _summary(1, 10, 1e9, 1.0), ckpt_cfg=cfg)
+    # 21 problems, 4 samples each: the start gets 0-9 wrong and 10-19 right; problem 20 has an unscored sample
+    start = [[0.0] * 4] * 10 + [[1.0] * 4] * 10 + [[None, 1.0, 1.0, 1.0]]
+    prompt = lambda i: f"{i}+{i}="  # noqa: E731
+    ev = _eval(run, "sft", 0.5, [0.3, 0.7], n=21)
+    ev["problems"] = [{"prompt": prompt(i), "answer": str(2 * i), "correct": c} for i, c in enumerate(start)]
+    _stage(run, "eval-sft", "eval", 1.0, ev=ev)
+    right = [[1.0] * 4] * 11
+    finals = {  # each arm's per-problem verdicts at its last evaluation
+        "grpo-outcome": [[1.0, 1.0, 0.0, 0.0]] * 5 + [[0.0] * 4] * 5 + right,  # half right on 0-4
+        "grpo-oracle": [[1.0] * 4] * 9 + [[0.0] * 4] + right,  # all right on 0-8
+        "grpo-prm": [[0.0] * 4] * 11 + [[1.0] * 4] * 10,  # problem 10 now wrong
+    }
+    for name, correct in finals.items():
+        last = 30
+        ms = [{"step": i, "loss": 0.1, "total_flops": 1e11 * i, "rollout_flops": 5e10} for i in range(1, last + 1)]
+        p1 = sum(sum(c) / 4 for c in correct) / 21
+        ms[-1].update(eval_pass1=p1, eval_pass1_lo=p1 - 0.2, eval_pass1_hi=p1 + 0.2)
+        _stage(run, name, "grpo", 3.0, ms, _summary(last, 100, 3e12, 3.0), ckpt_cfg=cfg)
+        rows = [{"step": last, "prompt": prompt(i), "answer": str(2 * i), "correct": c} for i, c in enumerate(correct)]
+        if name == "grpo-oracle":
+            rows.reverse()  # pairing goes by the problem, not the line
+        (run / name / "heldout").mkdir()
+        (run / name / "heldout" / f"step-{last}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (run / name / "heldout" / "step-15.jsonl").write_text("")  # an earlier evaluation: not the one paired
+
+    rep = write_report(run)
+    got = {(r["a_stage"], r["b_stage"]): r for r in rep["outcome_vs_process"]["paired"]}
+    want = {  # (A, B): (problems, B - A, B better, A better, ties)
+        ("sft (start)", "grpo-outcome"): (20, 5 * 0.5 / 20, 5, 0, 15),
+        ("sft (start)", "grpo-oracle"): (20, 9 / 20, 9, 0, 11),
+        ("sft (start)", "grpo-prm"): (20, -1 / 20, 0, 1, 19),
+        ("grpo-outcome", "grpo-oracle"): (21, (5 * 0.5 + 4) / 21, 9, 0, 12),
+        ("grpo-outcome", "grpo-prm"): (21, (-5 * 0.5 - 1) / 21, 0, 6, 15),
+        ("grpo-oracle", "grpo-prm"): (21, (-9 - 1) / 21, 0, 10, 11),
+    }
+    assert list(got) == list(want)
+    for pair, (n, diff, wins, losses, ties) in want.items():
+        r = got[pair]
+        assert (r["n"], r["b_better"], r["a_better"], r["ties"]) == (n, wins, losses, ties), pair
+        assert r["diff"] == pytest.approx(diff) and r["ci95"][0] <= r["diff"] <= r["ci95"][1], pair
+        assert r["sign_p"] == pytest.approx(sign_test(wins, losses)), pair
+    assert got[("sft (start)", "grpo-oracle")]["sign_p"] == pytest.approx(2 / 2**9)  # 9 of 9 untied: by hand
+    assert got[("sft (start)", "grpo-oracle")]["ci95"][0] > 0  # resolved, though the arms' own intervals overlap
+    md = (run / "report" / "report.md").read_text()
+    assert "### Paired differences on the same held-out problems" in md
+    assert "| sft (start) | grpo-oracle | 20 | +45.0 |" in md and "| 9 / 0 / 11 | 0.0039 |" in md
+    assert check_md_against_json(md, rep) > 40
+
+
 # ----------------------------------------------------------------------------------------------
 # report.md against report.json: every number in the Markdown tables is a number of its row in the JSON
 
@@ -256,6 +327,7 @@ def test_rl_curve_and_same_start_comparisons(tmp_path, ood):
 NUM = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?")
 LABEL_COLUMNS = {"stage", "model", "kind", "vs", "", "from", "other stage", "GRPO stage", "arm", "advantage"}
 LABEL_COLUMNS |= {"set", "behaviour", "problem", "completion", "right"}  # R1-Zero's section (report/r1_zero.py)
+LABEL_COLUMNS |= {"A", "B"}  # the outcome-vs-process section's paired differences
 UNITS = (1.0, 100.0, 1e-6, 1 / 3600)  # as is, percent, millions (params), hours (wall time)
 
 
@@ -308,6 +380,7 @@ def check_md_against_json(md: str, rep: dict) -> int:
         sources[("arm", "advantage")] = ovp["arms"]
         sources[("arm", "step")] = [p for a in ovp["arms"] for p in a["curve"]]
         sources[("arm", "rollouts")] = ovp["arms"]
+        sources[("A", "B")] = ovp.get("paired", [])
         sources[("steps", "PRM score (min over steps)")] = [
             w for a in ovp["arms"] if a.get("hacking") for w in a["hacking"]["windows"]
         ]

@@ -1,7 +1,8 @@
 """The outcome-vs-process experiment's part of the report card: its section, its Markdown and its plot.
 
 The experiment is recipes/outcome-vs-process.toml; its figures are read from the same run files as the rest of
-the card.
+the card. Arms are compared pairwise on the same held-out problems (tinyseek.evaluate.paired_comparison) from the
+per-problem results each arm's evaluations log (RUN/<arm>/heldout/step-N.jsonl; the recipe logs every problem).
 
 It lives in report/, not beside the experiment's training code (train/grpo.py's process advantages,
 train/prm.py), because it is built on the report's readers, cells and plots, and report/ sits above train/ in
@@ -12,12 +13,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
+from tinyseek.evaluate import paired_comparison
 from tinyseek.report.cells import human, interval, num, pct, table
 from tinyseek.report.plots import pyplot, save
 from tinyseek.report.run import evals_by_model, metric_value, short_path, stage_of
 from tinyseek.report.sections import ci_disjoint
+
+PAIRED_RESAMPLES = 2000  # the paired bootstrap's resamples of the problems (seed 0: the same card from the same files)
 
 # ----------------------------------------------------------------------------------------------
 # the section
@@ -116,6 +121,58 @@ def _arm(s: dict, run: Path, eval_of_model: dict) -> dict:
     return arm
 
 
+def _per_problem(problems: list[dict]) -> dict:
+    """Each problem's pass@1 (the share of its samples that are right), keyed by its prompt and the how-many-th
+    time that prompt is asked; a problem with an unscored sample is left out, as the evaluator's metrics do."""
+    out, seen = {}, Counter()
+    for p in problems:
+        key = (p["prompt"], seen[p["prompt"]])
+        seen[p["prompt"]] += 1
+        c = p.get("correct")
+        if c and all(isinstance(x, (int, float)) for x in c):
+            out[key] = sum(c) / len(c)
+    return out
+
+
+def _final_problems(s: dict, step: int) -> dict | None:
+    """An arm's per-problem results at its last held-out evaluation (RUN/<arm>/heldout/step-N.jsonl: the first
+    `heldout_logged` held-out problems), or None when that evaluation logged none."""
+    f = s["dir"] / "heldout" / f"step-{step}.jsonl"
+    if not f.is_file():
+        return None
+    return _per_problem([json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()])
+
+
+def _pair(a: str, pa: dict, b: str, pb: dict) -> dict | None:
+    keys = [k for k in pa if k in pb]
+    if not keys:
+        return None
+    return {
+        "a_stage": a,
+        "b_stage": b,
+        **paired_comparison([pa[k] for k in keys], [pb[k] for k in keys], PAIRED_RESAMPLES),
+    }
+
+
+def _paired(data: dict, grpo: list[dict], arms: list[dict], eval_of_model: dict) -> list[dict]:
+    """B - A on the same held-out problems: each arm against the checkpoint it started from (its gain), then each
+    pair of arms in the recipe's order; from per-problem pass@1 of the start's eval.json and of each arm's last
+    evaluation."""
+    finals = {}
+    for s, a in zip(grpo, arms):
+        if a["final"] and a["final"]["step"] > 0 and (pp := _final_problems(s, a["final"]["step"])):
+            finals[a["stage"]] = pp
+    rows = []
+    for s in grpo:
+        start = stage_of(s["fields"].get("model"), data["run"])
+        ev = eval_of_model.get(start)
+        if s["name"] in finals and ev and ev.get("problems"):
+            rows.append(_pair(f"{start} (start)", _per_problem(ev["problems"]), s["name"], finals[s["name"]]))
+    names = list(finals)
+    rows += [_pair(a, finals[a], b, finals[b]) for i, a in enumerate(names) for b in names[i + 1 :]]
+    return [r for r in rows if r is not None]
+
+
 def _prm_stages(data: dict) -> list[dict]:
     """Each PRM stage's training steps, FLOPs and held-out step accuracy (from its summary.json)."""
     prm = []
@@ -136,8 +193,9 @@ def _prm_stages(data: dict) -> list[dict]:
 def outcome_vs_process(data: dict) -> dict | None:
     """The GRPO arms of a run that has a process-supervised one (advantage = process): each arm's held-out pass@1
     over steps and FLOPs with 95% intervals, its compute (rollouts, updates, the PRM's training and scoring),
-    the PRM's held-out step accuracy, and the PRM arm's score against the truth on the policy's own samples (and
-    samples it liked that were wrong). None for a run without a process arm."""
+    the PRM's held-out step accuracy, the PRM arm's score against the truth on the policy's own samples (and
+    samples it liked that were wrong), and paired differences on the same held-out problems (each arm against its
+    start, each pair of arms). None for a run without a process arm."""
     grpo = [s for s in data["stages"] if s["kind"] == "grpo" and s["metrics"]]
     if not any(s["fields"].get("advantage") == "process" for s in grpo):
         return None
@@ -149,7 +207,7 @@ def outcome_vs_process(data: dict) -> dict | None:
         if base is not None and a is not base and a["final"] and base["final"]:
             a["vs_outcome_points"] = 100 * (a["final"]["pass@1"] - base["final"]["pass@1"])
             a["vs_outcome_ci_disjoint"] = ci_disjoint(a["final"]["ci95"], base["final"]["ci95"])
-    return {"arms": arms, "prm": _prm_stages(data)}
+    return {"arms": arms, "prm": _prm_stages(data), "paired": _paired(data, grpo, arms, eval_of_model)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,6 +245,37 @@ def _curve_table(ovp: dict) -> list[str]:
     ]
     return ["### Held-out pass@1 over training", ""] + table(
         ["arm", "step", "FLOPs so far", "pass@1 %", "95% CI"], curve
+    )
+
+
+def _paired_lines(ovp: dict) -> list[str]:
+    rows = [
+        [
+            r["a_stage"],
+            r["b_stage"],
+            f"{r['n']}",
+            f"{100 * r['diff']:+.1f}",
+            interval(r["ci95"]),
+            f"{r['b_better']} / {r['a_better']} / {r['ties']}",
+            f"{r['sign_p']:.2g}",
+        ]
+        for r in ovp.get("paired", [])
+    ]
+    if not rows:
+        return []
+    head = ["A", "B", "problems", "B - A, points", "95% CI", "B better / A better / tied", "sign test p"]
+    return (
+        ["### Paired differences on the same held-out problems", ""]
+        + table(head, rows)
+        + [
+            "",
+            "Per-problem pass@1 of B minus A over the problems both were evaluated on (the start's evaluation, each "
+            f"arm's last one), with a paired bootstrap 95% interval ({PAIRED_RESAMPLES:,} resamples of the problems, "
+            "seed 0) and an exact two-sided sign test over the problems where they differ. Pairing takes the "
+            "problems' own difficulty out of the comparison: an interval excluding 0 resolves the order even where "
+            "the two arms' own intervals overlap. One run: the spread between seeds is not in it.",
+            "",
+        ]
     )
 
 
@@ -279,6 +368,7 @@ def render_outcome_vs_process(ovp: dict) -> list[str]:
         "pass@1 is on the held-out problems at the evaluation protocol, with 95% intervals over problems.",
         "",
     ]
+    out += _paired_lines(ovp)
     out += _curve_table(ovp) + [""]
     out += _compute_table(ovp) + [""]
     out += _prm_lines(ovp)
