@@ -172,6 +172,13 @@ def test_outcome_vs_process_quick_recipe_and_its_report(tmp_path):
     series = prm_arm["hacking"]["series"]
     assert len(series) == prm_arm["steps"] and all(0 <= r["prm_score"] <= 1 for r in series)
     assert ovp["prm"] and 0 <= ovp["prm"][0]["step_acc"] <= 1
+    # the arms paired on the same held-out problems: each with the SFT start, then each pair (8 quick problems)
+    pairs = [(r["a_stage"], r["b_stage"], r["n"]) for r in ovp["paired"]]
+    assert pairs == [("sft (start)", a, 8) for a in arms] + [
+        ("grpo-outcome", "grpo-oracle", 8),
+        ("grpo-outcome", "grpo-prm", 8),
+        ("grpo-oracle", "grpo-prm", 8),
+    ]
     md = (run / "report" / "report.md").read_text()
     assert "## Outcome rewards vs process rewards" in md and "Reward hacking" in md
     from test_report import check_md_against_json
