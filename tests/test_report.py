@@ -249,14 +249,9 @@ def test_rl_curve_and_same_start_comparisons(tmp_path, ood):
     assert check_md_against_json(md, json.loads((run / "report" / "report.json").read_text())) > 30 + 20 * ood
 
 
-def test_outcome_vs_process_pairs_the_arms_on_the_same_problems(tmp_path):
-    """The outcome-vs-process section pairs each arm with its start and each pair of arms on the same held-out
-    problems: per-problem pass@1 from the start's eval.json and from each arm's last heldout/step-N.jsonl, matched
-    by prompt (not by position), problems with an unscored sample left out; B - A, its paired interval and the
-    sign test's exact p, as JSON and as a table."""
-    from tinyseek.evaluate import sign_test
-
-    run = tmp_path / "run"
+def _ovp_run(run: Path) -> None:
+    """A fabricated outcome-vs-process run: an SFT start evaluated on 21 problems and three GRPO arms, each with
+    its per-problem verdicts at its last evaluation (see the test below for what each arm got right)."""
     cfg = ModelConfig.preset("nano")
     sft = str(run / "sft" / "final")
     arms = {
@@ -296,6 +291,16 @@ def test_outcome_vs_process_pairs_the_arms_on_the_same_problems(tmp_path):
         (run / name / "heldout" / f"step-{last}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (run / name / "heldout" / "step-15.jsonl").write_text("")  # an earlier evaluation: not the one paired
 
+
+def test_outcome_vs_process_pairs_the_arms_on_the_same_problems(tmp_path):
+    """The outcome-vs-process section pairs each arm with its start and each pair of arms on the same held-out
+    problems: per-problem pass@1 from the start's eval.json and from each arm's last heldout/step-N.jsonl, matched
+    by prompt (not by position), problems with an unscored sample left out; B - A, its paired interval and the
+    sign test's exact p, as JSON and as a table."""
+    from tinyseek.evaluate import sign_test
+
+    run = tmp_path / "run"
+    _ovp_run(run)
     rep = write_report(run)
     got = {(r["a_stage"], r["b_stage"]): r for r in rep["outcome_vs_process"]["paired"]}
     want = {  # (A, B): (problems, B - A, B better, A better, ties)
@@ -318,6 +323,36 @@ def test_outcome_vs_process_pairs_the_arms_on_the_same_problems(tmp_path):
     assert "### Paired differences on the same held-out problems" in md
     assert "| sft (start) | grpo-oracle | 20 | +45.0 |" in md and "| 9 / 0 / 11 | 0.0039 |" in md
     assert check_md_against_json(md, rep) > 40
+
+
+def test_outcome_vs_process_pools_the_pairs_of_several_runs(tmp_path, run):
+    """`tinyseek report RUN --pool RUN2`: each pair's per-problem scores concatenated over the runs (a second seed
+    identical to the first here: twice the pairs, the same mean, the sign counts doubled and the exact p of the
+    doubled counts); a run that is not the experiment is refused by name."""
+    from tinyseek.evaluate import sign_test
+    from tinyseek.report.card import cli_report
+
+    a, b = tmp_path / "ovp-s0", tmp_path / "ovp-s1"
+    _ovp_run(a)
+    _ovp_run(b)
+    assert cli_report([str(a), "--pool", str(b), "--no-plots"]) == 0
+    rep = json.loads((a / "report" / "report.json").read_text())
+    ovp = rep["outcome_vs_process"]
+    one = {(r["a_stage"], r["b_stage"]): r for r in ovp["paired"]}
+    both = {(r["a_stage"], r["b_stage"]): r for r in ovp["paired_pooled"]}
+    assert list(both) == list(one) and ovp["pooled_runs"] == ["ovp-s0", "ovp-s1"]
+    for k, r in both.items():
+        assert r["runs"] == 2 and r["n"] == 2 * one[k]["n"] and r["diff"] == pytest.approx(one[k]["diff"])
+        assert (r["b_better"], r["a_better"]) == (2 * one[k]["b_better"], 2 * one[k]["a_better"])
+        assert r["sign_p"] == pytest.approx(sign_test(r["b_better"], r["a_better"]))
+    assert both[("sft (start)", "grpo-outcome")]["sign_p"] < one[("sft (start)", "grpo-outcome")]["sign_p"]
+    md = (a / "report" / "report.md").read_text()
+    assert "### Paired differences pooled over runs (seeds)" in md and "| 2 | sft (start) | grpo-oracle | 40 |" in md
+    assert check_md_against_json(md, rep) > 80
+    with pytest.raises(TinyseekError, match="not an outcome-vs-process run"):
+        build_report(a, pool=(run,))  # the fixture's run: a GRPO stage, but no process arm
+    with pytest.raises(TinyseekError, match="has no such arms"):
+        build_report(run, pool=(a,))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,6 +416,7 @@ def check_md_against_json(md: str, rep: dict) -> int:
         sources[("arm", "step")] = [p for a in ovp["arms"] for p in a["curve"]]
         sources[("arm", "rollouts")] = ovp["arms"]
         sources[("A", "B")] = ovp.get("paired", [])
+        sources[("runs", "A")] = ovp.get("paired_pooled", [])
         sources[("steps", "PRM score (min over steps)")] = [
             w for a in ovp["arms"] if a.get("hacking") for w in a["hacking"]["windows"]
         ]

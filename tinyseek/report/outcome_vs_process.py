@@ -16,6 +16,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from tinyseek.errors import TinyseekError
 from tinyseek.evaluate import paired_comparison
 from tinyseek.report.cells import human, interval, num, pct, table
 from tinyseek.report.plots import pyplot, save
@@ -143,34 +144,50 @@ def _final_problems(s: dict, step: int) -> dict | None:
     return _per_problem([json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()])
 
 
-def _pair(a: str, pa: dict, b: str, pb: dict) -> dict | None:
-    keys = [k for k in pa if k in pb]
-    if not keys:
-        return None
-    return {
-        "a_stage": a,
-        "b_stage": b,
-        **paired_comparison([pa[k] for k in keys], [pb[k] for k in keys], PAIRED_RESAMPLES),
-    }
-
-
-def _paired(data: dict, grpo: list[dict], arms: list[dict], eval_of_model: dict) -> list[dict]:
-    """B - A on the same held-out problems: each arm against the checkpoint it started from (its gain), then each
-    pair of arms in the recipe's order; from per-problem pass@1 of the start's eval.json and of each arm's last
-    evaluation."""
+def _paired_scores(data: dict) -> list[tuple[str, str, list[float], list[float]]]:
+    """(A, B, A's scores, B's scores) on the problems both were evaluated on: each GRPO arm against the checkpoint
+    it started from (its gain), then each pair of arms in the recipe's order; per-problem pass@1 from the start's
+    eval.json and from each arm's last evaluation."""
+    grpo = [s for s in data["stages"] if s["kind"] == "grpo" and s["metrics"]]
     finals = {}
-    for s, a in zip(grpo, arms):
-        if a["final"] and a["final"]["step"] > 0 and (pp := _final_problems(s, a["final"]["step"])):
-            finals[a["stage"]] = pp
-    rows = []
+    for s in grpo:
+        steps = [r["step"] for r in s["metrics"] if isinstance(r.get("eval_pass1"), (int, float))]
+        if steps and (pp := _final_problems(s, steps[-1])):
+            finals[s["name"]] = pp
+    named = []
+    eval_of_model = evals_by_model(data)
     for s in grpo:
         start = stage_of(s["fields"].get("model"), data["run"])
         ev = eval_of_model.get(start)
         if s["name"] in finals and ev and ev.get("problems"):
-            rows.append(_pair(f"{start} (start)", _per_problem(ev["problems"]), s["name"], finals[s["name"]]))
+            named.append((f"{start} (start)", _per_problem(ev["problems"]), s["name"], finals[s["name"]]))
     names = list(finals)
-    rows += [_pair(a, finals[a], b, finals[b]) for i, a in enumerate(names) for b in names[i + 1 :]]
-    return [r for r in rows if r is not None]
+    named += [(a, finals[a], b, finals[b]) for i, a in enumerate(names) for b in names[i + 1 :]]
+    out = []
+    for a, pa, b, pb in named:
+        keys = [k for k in pa if k in pb]
+        if keys:
+            out.append((a, b, [pa[k] for k in keys], [pb[k] for k in keys]))
+    return out
+
+
+def _compare(a: str, b: str, xs: list[float], ys: list[float]) -> dict:
+    return {"a_stage": a, "b_stage": b, **paired_comparison(xs, ys, PAIRED_RESAMPLES)}
+
+
+def pooled_paired(datas: list[dict]) -> list[dict]:
+    """The paired comparisons of several runs of the experiment (its seeds) pooled: each pair's per-problem scores
+    concatenated over the runs that have it (`runs` says how many), then compared as one sample of pairs."""
+    pooled: dict = {}
+    for d in datas:
+        if not _has_process_arm(d):
+            raise TinyseekError(f"{d['run']}: not an outcome-vs-process run (no GRPO stage with advantage = process)")
+        for a, b, xs, ys in _paired_scores(d):
+            p = pooled.setdefault((a, b), ([], [], []))
+            p[0].extend(xs)
+            p[1].extend(ys)
+            p[2].append(d["run"])
+    return [{**_compare(a, b, xs, ys), "runs": len(runs)} for (a, b), (xs, ys, runs) in pooled.items()]
 
 
 def _prm_stages(data: dict) -> list[dict]:
@@ -190,15 +207,22 @@ def _prm_stages(data: dict) -> list[dict]:
     return prm
 
 
-def outcome_vs_process(data: dict) -> dict | None:
+def _has_process_arm(data: dict) -> bool:
+    return any(
+        s["kind"] == "grpo" and s["metrics"] and s["fields"].get("advantage") == "process" for s in data["stages"]
+    )
+
+
+def outcome_vs_process(data: dict, pool: list[dict] | tuple = ()) -> dict | None:
     """The GRPO arms of a run that has a process-supervised one (advantage = process): each arm's held-out pass@1
     over steps and FLOPs with 95% intervals, its compute (rollouts, updates, the PRM's training and scoring),
     the PRM's held-out step accuracy, the PRM arm's score against the truth on the policy's own samples (and
     samples it liked that were wrong), and paired differences on the same held-out problems (each arm against its
-    start, each pair of arms). None for a run without a process arm."""
-    grpo = [s for s in data["stages"] if s["kind"] == "grpo" and s["metrics"]]
-    if not any(s["fields"].get("advantage") == "process" for s in grpo):
+    start, each pair of arms), also pooled with the runs in `pool` (other seeds; `load_run`'s dicts) when given.
+    None for a run without a process arm."""
+    if not _has_process_arm(data):
         return None
+    grpo = [s for s in data["stages"] if s["kind"] == "grpo" and s["metrics"]]
     run = data["run"]
     eval_of_model = evals_by_model(data)
     arms = [_arm(s, run, eval_of_model) for s in grpo]
@@ -207,7 +231,11 @@ def outcome_vs_process(data: dict) -> dict | None:
         if base is not None and a is not base and a["final"] and base["final"]:
             a["vs_outcome_points"] = 100 * (a["final"]["pass@1"] - base["final"]["pass@1"])
             a["vs_outcome_ci_disjoint"] = ci_disjoint(a["final"]["ci95"], base["final"]["ci95"])
-    return {"arms": arms, "prm": _prm_stages(data), "paired": _paired(data, grpo, arms, eval_of_model)}
+    out = {"arms": arms, "prm": _prm_stages(data), "paired": [_compare(*x) for x in _paired_scores(data)]}
+    if pool:
+        out["paired_pooled"] = pooled_paired([data, *pool])
+        out["pooled_runs"] = [Path(d["run"]).name for d in (data, *pool)]  # names: no machine's directories
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,9 +276,11 @@ def _curve_table(ovp: dict) -> list[str]:
     )
 
 
-def _paired_lines(ovp: dict) -> list[str]:
-    rows = [
-        [
+def _paired_table(rows: list[dict], pooled: bool) -> list[str]:
+    """The paired differences as a table; pooled ones open with how many runs each pools."""
+    cells = [
+        ([f"{r['runs']}"] if pooled else [])
+        + [
             r["a_stage"],
             r["b_stage"],
             f"{r['n']}",
@@ -259,15 +289,17 @@ def _paired_lines(ovp: dict) -> list[str]:
             f"{r['b_better']} / {r['a_better']} / {r['ties']}",
             f"{r['sign_p']:.2g}",
         ]
-        for r in ovp.get("paired", [])
+        for r in rows
     ]
-    if not rows:
-        return []
     head = ["A", "B", "problems", "B - A, points", "95% CI", "B better / A better / tied", "sign test p"]
-    return (
-        ["### Paired differences on the same held-out problems", ""]
-        + table(head, rows)
-        + [
+    return table((["runs"] if pooled else []) + head, cells)
+
+
+def _paired_lines(ovp: dict) -> list[str]:
+    out = []
+    if ovp.get("paired"):
+        out += ["### Paired differences on the same held-out problems", ""] + _paired_table(ovp["paired"], False)
+        out += [
             "",
             "Per-problem pass@1 of B minus A over the problems both were evaluated on (the start's evaluation, each "
             f"arm's last one), with a paired bootstrap 95% interval ({PAIRED_RESAMPLES:,} resamples of the problems, "
@@ -276,7 +308,16 @@ def _paired_lines(ovp: dict) -> list[str]:
             "the two arms' own intervals overlap. One run: the spread between seeds is not in it.",
             "",
         ]
-    )
+    if ovp.get("paired_pooled"):
+        out += ["### Paired differences pooled over runs (seeds)", ""] + _paired_table(ovp["paired_pooled"], True)
+        out += [
+            "",
+            "The same comparisons with the pairs of every run concatenated (this run and `--pool`'s: "
+            + ", ".join(f"`{r}`" for r in ovp["pooled_runs"])
+            + "); a problem evaluated in several runs is several pairs.",
+            "",
+        ]
+    return out
 
 
 def _compute_table(ovp: dict) -> list[str]:
