@@ -353,6 +353,8 @@ def test_outcome_vs_process_pools_the_pairs_of_several_runs(tmp_path, run):
         build_report(a, pool=(run,))  # the fixture's run: a GRPO stage, but no process arm
     with pytest.raises(TinyseekError, match="has no such arms"):
         build_report(run, pool=(a,))
+    with pytest.raises(TinyseekError, match="given twice"):
+        build_report(a, pool=(b, a))
 
 
 # ----------------------------------------------------------------------------------------------

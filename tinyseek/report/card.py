@@ -36,6 +36,9 @@ def build_report(
     cpu_price = defaults.cpu_hour_price if cpu_hour_price is None else cpu_hour_price
     gpu_price = defaults.gpu_hour_price if gpu_hour_price is None else gpu_hour_price
     rep = build_sections(data, cpu_price, gpu_price)
+    seen = [Path(r).resolve() for r in (run, *pool)]
+    if len(set(seen)) < len(seen):
+        raise TinyseekError(f"--pool: a run is given twice ({', '.join(map(str, pool))}): its pairs would count twice")
     ovp = outcome_vs_process(data, [load_run(r) for r in pool])
     if pool and ovp is None:
         raise TinyseekError(f"{run}: --pool pools the outcome-vs-process arms' comparisons; this run has no such arms")
