@@ -120,8 +120,9 @@ class Seq:
 
     def delta(self, eos_ids: set[int], tokenizer) -> str:
         """The text to stream since the last call: while running, whole characters only and never what could still
-        turn out to be the start of a stop string; once finished, the rest of `output_text`, less an incomplete
-        character at its end (U+FFFD: a multi-byte character whose last bytes were never sampled)."""
+        turn out to be the start of a stop string; once finished, the rest of `output_text`, less the U+FFFD
+        characters at its end (bytes that never became a character, e.g. a multi-byte character whose last bytes
+        were never sampled: `output_text` keeps them, what rewards and evaluation read)."""
         if self.finish is None:
             hold = max((len(x) - 1 for x in self.params.stop_strings), default=0)
             text = self.text[: max(self.sent, len(self.text) - hold)]
