@@ -152,20 +152,6 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _set_fields(fields: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
-    """`fields` with --set's values over them; a dotted name goes into its table."""
-    out = dict(fields)
-    for name, value in sets.items():
-        head, dot, rest = name.partition(".")
-        if dot:
-            if not isinstance(out.get(head, {}), dict):
-                raise ConfigError(f"--set {name}: {head} is not a table")
-            out[head] = {**out.get(head, {}), rest: value}
-        else:
-            out[name] = value
-    return out
-
-
 def load_recipe(
     path: str | Path,
     run: str | Path,
@@ -272,7 +258,7 @@ def _stage_fields(stage: Stage, raw: dict, path: Path, lines: dict, i: int, quic
         at = (i, ("quick",))
         note(q, lambda key: f"{path}:{lines.get((i, ('quick', *key)), lines.get(at, '?'))}")
     if sets:
-        stage.fields = _set_fields(stage.fields, sets)
+        stage.fields = overlay(stage_kind(stage.kind)[0], stage.fields, sets)
         for k, v in sets.items():
             stage.origins[k] = stage.origins[k.split(".", 1)[0]] = f"--set {stage.name}.{k}={v}"
 

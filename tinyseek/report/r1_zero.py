@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tinyseek.report.cells import interval, num, pct, table
 from tinyseek.report.plots import pyplot, save
-from tinyseek.report.run import metric_value, stage_of
+from tinyseek.report.run import eval_data, metric_value, stage_of
 from tinyseek.report.sections import ci_disjoint
 
 CURVE_KEYS = (
@@ -76,7 +76,7 @@ def _raw_evals(data: dict, stage: str | None) -> dict:
     """The eval.json files of `stage`'s checkpoint, by the records they used: "test", "ood" (the data file's stem)."""
     run = data["run"]
     return {
-        Path(str(s["eval"].get("data") or s["eval"].get("task"))).stem: s["eval"]
+        eval_data(s["eval"]): s["eval"]
         for s in data["stages"]
         if s["eval"] and stage_of(s["eval"].get("model"), run) == stage
     }
