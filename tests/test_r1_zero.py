@@ -153,6 +153,12 @@ def test_sft_in_r1_zero_template_trains_on_the_answer_only_or_the_trace(tmp_path
     assert tok.decode([t for t in labels if t != IGNORE]).startswith(" <think>\n</think>\n<answer>132</answer>")
     with pytest.raises(Exception, match="needs task records"):
         sft_examples_from_rows(tok, [("row 2", {"messages": []})], 400, answers_only=True)
+    # evaluation (and SFT's stopping check) prompt a record as the SFT example's prompt part and GRPO's policy do
+    from tinyseek.evaluate import prompt_renderer
+
+    assert prompt_renderer(tok, "chat") is None  # the engine's own chat template
+    assert prompt_renderer(tok, "r1-zero")(rec) == tok.encode(R1_ZERO_TEMPLATE.format(prompt="47+85="), True)
+    assert ids[:n_prompt] == prompt_renderer(tok, "r1-zero")(rec)
 
 
 def test_run_set_changes_one_stage_and_names_bad_flags(tmp_path):

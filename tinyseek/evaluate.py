@@ -41,7 +41,7 @@ from tinyseek.config import CommandParser, ConfigError
 from tinyseek.errors import TinyseekError
 from tinyseek.inference.sampling import SamplingParams, derive_seed
 from tinyseek.io import write_json
-from tinyseek.r1 import R1_ZERO_TEMPLATE, TEMPERATURE, TOP_P
+from tinyseek.r1 import TEMPERATURE, TOP_P, render_prompt
 
 Z95 = 1.959963984540054
 
@@ -227,6 +227,19 @@ def reasoning_stats(
 
 # ----------------------------------------------------------------------------------------------
 # running an engine
+
+
+def prompt_renderer(tok, template: str):
+    """`evaluate`'s `render` for a prompt template: None for the chat template (the engine's own, with a system
+    prompt), else a record's prompt as `r1.render_prompt` writes it (R1-Zero's: as GRPO's policy renders it)."""
+    if template == "chat":
+        return None
+
+    def render(rec: dict) -> list[int]:
+        text, bos = render_prompt([{"role": "user", "content": rec["prompt"]}], template)
+        return tok.encode(text, add_special=bos)
+
+    return render
 
 
 def evaluate(
@@ -433,9 +446,7 @@ def run(cfg: EvalConfig, out: Path, resume: bool = False) -> dict:
         if d.is_main:
             print(f"\r{done}/{total} problems", end="", file=sys.stderr, flush=True)
 
-    render = None  # the chat template; R1-Zero's, as GRPO renders it (train/policy.Policy.render)
-    if cfg.prompt_template == "r1-zero":
-        render = lambda r: engine.tokenizer.encode(R1_ZERO_TEMPLATE.format(prompt=r["prompt"]), add_special=True)  # noqa: E731
+    render = prompt_renderer(engine.tokenizer, cfg.prompt_template)
     params = SamplingParams(
         temperature=cfg.temperature,
         top_p=cfg.top_p if cfg.temperature > 0 else 1.0,

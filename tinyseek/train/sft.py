@@ -26,7 +26,6 @@ from tinyseek.config import ConfigError, stage_cli, to_dict
 from tinyseek.data import ExampleStream, collate, sft_examples_from_rows
 from tinyseek.dist import is_main
 from tinyseek.io import read_rows
-from tinyseek.r1 import R1_ZERO_TEMPLATE
 from tinyseek.tokenizer import TOKENIZER_FILE, Tokenizer
 from tinyseek.train.loop import Loop, StreamStage, TrainConfig, build_model, seed_everything
 
@@ -104,15 +103,13 @@ class SFTStage(StreamStage):
         out = super().evaluate(loop)
         cfg = loop.cfg
         if cfg.stop_accuracy > 0 and self.stop_records:
-            from tinyseek.evaluate import evaluate
+            from tinyseek.evaluate import evaluate, prompt_renderer
             from tinyseek.inference.engine import Engine
             from tinyseek.inference.sampling import SamplingParams
 
             engine = Engine(loop.raw_model, tokenizer=self.tok, max_batch=min(256, len(self.stop_records)))
             params = SamplingParams(temperature=0.0, max_new_tokens=cfg.seq_len)
-            render = None  # the chat template (the engine's own), or R1-Zero's
-            if cfg.prompt_template == "r1-zero":
-                render = lambda r: self.tok.encode(R1_ZERO_TEMPLATE.format(prompt=r["prompt"]), add_special=True)  # noqa: E731
+            render = prompt_renderer(self.tok, cfg.prompt_template)
             acc = evaluate(engine, self.stop_records, 1, params, keep_text=False, render=render)["pass@1"]["value"]
             out["stop_check_accuracy"] = acc
             if acc >= cfg.stop_accuracy:
