@@ -132,3 +132,58 @@ def test_prm_with_another_tokenizer_is_refused(prm_run, r1_checkpoint):
     with pytest.raises(TinyseekError, match=r"config\.json: the PRM's vocab_size"):
         StepScorer(path, same.tok, same.module.cfg.vocab_size + 1, "policy")
     assert StepScorer(path, same.tok, same.module.cfg.vocab_size, "policy").sep == " "
+
+
+def test_completion_labels_are_paid_for_by_the_arm_that_scores_with_the_prm(trunk, tmp_path):
+    """labels = "completion": the policy's own completions are labelled by its continuations; the sampling's FLOPs
+    are on the PRM stage's meter beside its training, prm.json carries both, and a GRPO arm scoring with that PRM
+    counts them against its budget (one step then spends a budget set just above them)."""
+    from tinyseek.train.grpo import GrpoConfig, build_stage
+    from tinyseek.train.prm import PrmConfig, run
+
+    ckpt, d = trunk
+    cfg = PrmConfig(
+        init=str(ckpt),
+        data=[str(d / "train.jsonl")],
+        eval_data=[str(d / "test.jsonl")],
+        eval_n=8,
+        max_steps=3,
+        batch_size=8,
+        seq_len=64,
+        labels="completion",
+        label_n=12,
+        label_continuations=2,
+        label_max_new_tokens=24,
+        progress=False,
+    )
+    cfg.validate()
+    summary = run(cfg, tmp_path / "prm")
+    meta = json.loads((tmp_path / "prm" / "final" / "prm.json").read_text())
+    ls = meta["label_stats"]
+    assert ls["traces"] == 12 and ls["examples"] <= 12 and ls["flops"] > 0
+    assert ls["continuations"] % 2 == 0 and ls["continuations"] >= 2 * 12  # >= one reasoning step a trace
+    assert "completion labels (Math-Shepherd)" in meta["labels"]
+    training = summary["tokens"] * summary["flops_per_token"]
+    assert meta["train_flops"] == pytest.approx(summary["cost"]["flops"]) == pytest.approx(ls["flops"] + training)
+
+    grpo = GrpoConfig(
+        model=str(ckpt),
+        data=str(d / "train.jsonl"),
+        advantage="process",
+        process_reward=f"prm:{tmp_path / 'prm' / 'final'}",
+        batch_size=2,
+        group_size=2,
+        max_new_tokens=24,
+        max_steps=5,
+        max_flops=meta["train_flops"] * 1.0001,
+        eval_every=0,
+        eval_data=str(d / "test.jsonl"),
+        eval_n=2,
+        eval_samples=1,
+        progress=False,
+        sample_every=0,
+    )
+    grpo.validate()
+    loop, stage = build_stage(grpo, tmp_path / "grpo")
+    assert loop.prior_flops == pytest.approx(ls["flops"] + training)
+    assert loop.run(stage)["steps"] == 1

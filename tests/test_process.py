@@ -159,7 +159,7 @@ def test_outcome_vs_process_quick_recipe_and_its_report(tmp_path):
     rep = json.loads((run / "report" / "report.json").read_text())
     ovp = rep["outcome_vs_process"]
     arms = {a["stage"]: a for a in ovp["arms"]}
-    assert set(arms) == {"grpo-outcome", "grpo-oracle", "grpo-prm"}
+    assert set(arms) == {"grpo-outcome", "grpo-oracle", "grpo-prm", "grpo-prm-completion"}
     assert arms["grpo-outcome"]["advantage"] == "outcome" and arms["grpo-oracle"]["process_reward"] == "oracle"
     for a in arms.values():
         assert a["flops"] > 0 and a["curve"] and a["curve"][0]["step"] == 0  # from the SFT evaluation on
@@ -172,15 +172,24 @@ def test_outcome_vs_process_quick_recipe_and_its_report(tmp_path):
     series = prm_arm["hacking"]["series"]
     assert len(series) == prm_arm["steps"] and all(0 <= r["prm_score"] <= 1 for r in series)
     assert ovp["prm"] and 0 <= ovp["prm"][0]["step_acc"] <= 1
+    # the completion-label PRM: its labelling's sampling is in its training FLOPs, which its arm pays
+    mc = next(p for p in ovp["prm"] if p["stage"] == "prm-completion")
+    mc_meta = json.loads((run / "prm-completion" / "final" / "prm.json").read_text())
+    assert mc["labels"] == "completion" and 0 < mc["label_stats"]["flops"] < mc_meta["train_flops"]
+    assert arms["grpo-prm-completion"]["flops_prm_train"] == pytest.approx(mc_meta["train_flops"])
+    # held-out evaluations of a PRM arm carry the PRM's verdict on the same samples, with intervals
+    for name in ("grpo-prm", "grpo-prm-completion"):
+        verdicts = [p["prm"] for p in arms[name]["curve"] if p["step"]]
+        assert verdicts and all(p and 0 <= p["prm_score"] <= 1 for p in verdicts)
+        assert all(v["prm_score_ci95"][0] <= v["prm_score"] <= v["prm_score_ci95"][1] for v in verdicts)
     # the arms paired on the same held-out problems: each with the SFT start, then each pair (8 quick problems)
     pairs = [(r["a_stage"], r["b_stage"], r["n"]) for r in ovp["paired"]]
-    assert pairs == [("sft (start)", a, 8) for a in arms] + [
-        ("grpo-outcome", "grpo-oracle", 8),
-        ("grpo-outcome", "grpo-prm", 8),
-        ("grpo-oracle", "grpo-prm", 8),
+    names = list(arms)
+    assert pairs == [("sft (start)", a, 8) for a in names] + [
+        (a, b, 8) for i, a in enumerate(names) for b in names[i + 1 :]
     ]
     md = (run / "report" / "report.md").read_text()
-    assert "## Outcome rewards vs process rewards" in md and "Reward hacking" in md
+    assert "## Outcome rewards vs process rewards" in md and "### Over-optimisation" in md
     from test_report import check_md_against_json
 
     assert check_md_against_json(md, rep) > 50  # every number of every table is one of report.json's
@@ -207,3 +216,27 @@ def test_grpo_oracle_needs_worked_solutions_with_a_separator(tmp_path):
     ProcessReward(cfg, None, PromptSource(cfg), tmp_path)  # a worked solution with steps: fine
     with pytest.raises(ConfigError, match="process_reward"):
         GrpoConfig(model="x", advantage="process").validate()
+
+
+def test_an_arm_that_ran_past_the_common_budget_is_read_at_its_budget_evaluation(tmp_path):
+    """The report compares an arm at the evaluation where it reached the common budget (eval_at_flops), its
+    compute summed up to that step; the evaluations after it stay on its curve (the over-optimisation part)."""
+    from tinyseek.report.outcome_vs_process import _arm
+
+    def row(step, **kw):
+        return {"step": step, "total_flops": 10.0 * step, "rollout_flops": 4.0, "prm_flops": 1.0, **kw}
+
+    ms = [row(1, prm_train_flops=5.0)] + [row(k) for k in range(2, 7)]
+    ms[2].update(eval_pass1=0.5, eval_pass1_lo=0.4, eval_pass1_hi=0.6)  # step 3
+    ms[3].update(eval_pass1=0.7, eval_pass1_lo=0.6, eval_pass1_hi=0.8, at_eval_flops=True)  # step 4: the budget
+    ms[5].update(eval_pass1=0.2, eval_pass1_lo=0.1, eval_pass1_hi=0.3, eval_prm_score=0.9)  # step 6: past it
+    stage = {"name": "grpo-prm", "fields": {"advantage": "process"}, "metrics": ms, "dir": tmp_path, "marker": None}
+    arm = _arm(stage, tmp_path, {})
+    assert arm["steps"] == 4 and arm["steps_run"] == 6
+    assert arm["final"]["pass@1"] == 0.7 and arm["final"]["at_budget"]
+    assert arm["flops"] == 40.0 + 5.0 and arm["flops_prm_scoring"] == 4.0 and arm["flops_rollouts"] == 12.0
+    assert [p["step"] for p in arm["curve"]] == [3, 4, 6] and arm["curve"][-1]["prm"]["prm_score"] == 0.9
+    # an arm that stopped at the budget is read at its last evaluation
+    for r in ms:
+        r.pop("at_eval_flops", None)
+    assert _arm(stage, tmp_path, {})["final"]["pass@1"] == 0.2

@@ -326,9 +326,9 @@ def test_outcome_vs_process_pairs_the_arms_on_the_same_problems(tmp_path):
 
 
 def test_outcome_vs_process_pools_the_pairs_of_several_runs(tmp_path, run):
-    """`tinyseek report RUN --pool RUN2`: each pair's per-problem scores concatenated over the runs (a second seed
-    identical to the first here: twice the pairs, the same mean, the sign counts doubled and the exact p of the
-    doubled counts); a run that is not the experiment is refused by name."""
+    """`tinyseek report RUN --pool RUN2`: each problem's scores averaged over the runs, then paired over problems
+    (a second seed identical to the first: the same pairs, not twice as many; a third whose PRM arm got every
+    problem right: the pooled difference is the mean of the runs'); a run that is not the experiment is refused."""
     from tinyseek.evaluate import sign_test
     from tinyseek.report.card import cli_report
 
@@ -342,13 +342,24 @@ def test_outcome_vs_process_pools_the_pairs_of_several_runs(tmp_path, run):
     both = {(r["a_stage"], r["b_stage"]): r for r in ovp["paired_pooled"]}
     assert list(both) == list(one) and ovp["pooled_runs"] == ["ovp-s0", "ovp-s1"]
     for k, r in both.items():
-        assert r["runs"] == 2 and r["n"] == 2 * one[k]["n"] and r["diff"] == pytest.approx(one[k]["diff"])
-        assert (r["b_better"], r["a_better"]) == (2 * one[k]["b_better"], 2 * one[k]["a_better"])
-        assert r["sign_p"] == pytest.approx(sign_test(r["b_better"], r["a_better"]))
-    assert both[("sft (start)", "grpo-outcome")]["sign_p"] < one[("sft (start)", "grpo-outcome")]["sign_p"]
+        assert r["runs"] == 2 and r["n"] == one[k]["n"] and r["diff"] == pytest.approx(one[k]["diff"])
+        assert (r["b_better"], r["a_better"], r["sign_p"]) == (one[k]["b_better"], one[k]["a_better"], one[k]["sign_p"])
     md = (a / "report" / "report.md").read_text()
-    assert "### Paired differences pooled over runs (seeds)" in md and "| 2 | sft (start) | grpo-oracle | 40 |" in md
+    assert "### Paired differences pooled over runs (seeds)" in md and "| 2 | sft (start) | grpo-oracle | 20 |" in md
     assert check_md_against_json(md, rep) > 80
+    c = tmp_path / "ovp-s2"
+    _ovp_run(c)
+    f = c / "grpo-prm" / "heldout" / "step-30.jsonl"
+    rows = [json.loads(x) for x in f.read_text().splitlines()]
+    f.write_text("".join(json.dumps({**r, "correct": [1, 1, 1, 1]}) + "\n" for r in rows))
+    three = {
+        (r["a_stage"], r["b_stage"]): r for r in build_report(a, pool=(b, c))["outcome_vs_process"]["paired_pooled"]
+    }
+    alone = {(r["a_stage"], r["b_stage"]): r for r in build_report(c)["outcome_vs_process"]["paired"]}
+    k = ("grpo-outcome", "grpo-prm")
+    assert three[k]["runs"] == 3 and three[k]["n"] == one[k]["n"] == alone[k]["n"]
+    assert three[k]["diff"] == pytest.approx((2 * one[k]["diff"] + alone[k]["diff"]) / 3)
+    assert three[k]["sign_p"] == pytest.approx(sign_test(three[k]["b_better"], three[k]["a_better"]))
     with pytest.raises(TinyseekError, match="not an outcome-vs-process run"):
         build_report(a, pool=(run,))  # the fixture's run: a GRPO stage, but no process arm
     with pytest.raises(TinyseekError, match="has no such arms"):
@@ -419,9 +430,13 @@ def check_md_against_json(md: str, rep: dict) -> int:
         sources[("arm", "rollouts")] = ovp["arms"]
         sources[("A", "B")] = ovp.get("paired", [])
         sources[("runs", "A")] = ovp.get("paired_pooled", [])
-        sources[("steps", "PRM score (min over steps)")] = [
-            w for a in ovp["arms"] if a.get("hacking") for w in a["hacking"]["windows"]
-        ]
+        # one table per PRM arm, in the arms' order: an iterator of their rows
+        sources[("steps", "PRM score (min over steps)")] = iter(
+            [a["hacking"]["windows"] for a in ovp["arms"] if a.get("hacking")]
+        )
+        sources[("step", "FLOPs so far")] = iter(
+            [[p for p in a["curve"] if p.get("prm")] for a in ovp["arms"] if any(p.get("prm") for p in a["curve"])]
+        )
     zero = rep.get("r1_zero")  # recipes/r1-zero.toml's section
     if zero:
         sources[("set", "model")] = zero["evals"]
@@ -432,6 +447,8 @@ def check_md_against_json(md: str, rep: dict) -> int:
     for head, rows in md_tables(md):
         assert tuple(head[:2]) in sources, f"a table this check does not know yet: {head}"
         src = sources[tuple(head[:2])]
+        if not isinstance(src, list):  # a table repeated per arm: the next arm's rows
+            src = next(src)
         assert len(rows) == len(src), head
         for row, obj in zip(rows, src):
             pool = list(_json_numbers(obj))

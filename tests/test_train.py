@@ -510,6 +510,23 @@ def test_a_compute_budget_stops_the_run_after_the_step_that_spends_it(tmp_path, 
     assert summary["cost"]["flops"] == 10.0 * last
 
 
+@pytest.mark.parametrize("prior,at,last", [(0.0, 4, 7), (15.0, 2, 6)])
+def test_a_run_past_a_common_budget_is_evaluated_where_it_reaches_it(tmp_path, prior, at, last):
+    """eval_at_flops: the step whose FLOPs (prior included) first reach it is evaluated and marked, once; the run
+    goes on to max_flops."""
+    import json
+
+    model = Transformer(ModelConfig.preset("nano", vocab_size=64))
+    cfg = TrainConfig(max_steps=100, max_flops=70.0, eval_at_flops=35.0, batch_size=4, progress=False)
+    loop = Loop(cfg, model, tmp_path / "run", stage_name="t")
+    loop.flops_per_token = 0.0
+    loop.prior_flops = prior
+    stage = _FlopsStage()
+    assert loop.run(stage)["steps"] == last and stage.evaluated == [at, last]
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if r.get("at_eval_flops")] == [at]
+
+
 def test_auto_dtype_reaches_the_parallel_wrapper(monkeypatch, tmp_path):
     """dtype = "auto" is resolved before the model is wrapped: FSDP2 gets bf16 parameters exactly where the loop's
     autocast is bf16 (native bf16), and an explicit float32 never gets them."""

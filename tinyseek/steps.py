@@ -13,8 +13,8 @@ nothing after the error is good): *first-error labels*, the exact step rule's, a
 computes. They are not Math-Shepherd's completion labels ("can a completion from this step still reach the
 right answer"): a step whose operand or carry is wrong but whose result is right (`5+4+0=08` for `5+3+0=08`)
 is bad here, while a continuation from it can still reach the right answer, so Math-Shepherd would call it
-good. `corrupt` changes any digit of a step (operands and carries included), so its labels are first-error
-labels of synthetic corruptions, not reachability:
+good (train/prm_labels.py makes those, from the policy's continuations). `corrupt` changes any digit of a step
+(operands and carries included), so its labels are first-error labels of synthetic corruptions, not reachability:
 
     oracle_step_rewards   a step is right when it equals the task's worked solution's step at the same place;
                           the answer step when, besides, the final answer is right (the accuracy reward's

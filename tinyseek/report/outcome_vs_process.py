@@ -44,8 +44,10 @@ def _windows(rows: list[dict], keys: tuple[str, ...], n: int = 5) -> list[dict]:
 
 
 def _curve(ms: list[dict], prm_train: float, start: dict | None) -> list[dict]:
-    """An arm's held-out pass@1 over steps and FLOPs (the PRM's training counted from step 0), from the
-    evaluation of the checkpoint it started from on."""
+    """An arm's held-out pass@1 over steps and FLOPs (the PRM's labelling and training counted from step 0),
+    from the evaluation of the checkpoint it started from on; `at_budget` marks the evaluation where the arms'
+    common budget was reached (eval_at_flops), and a PRM arm's points carry the PRM's verdict on the same
+    samples (`prm`: its score, its score of the wrong ones, the share of wrong ones it liked, with intervals)."""
     curve = []
     if start and metric_value(start, "pass@1") is not None:
         curve.append(
@@ -62,11 +64,29 @@ def _curve(ms: list[dict], prm_train: float, start: dict | None) -> list[dict]:
             "flops": None if r.get("total_flops") is None else r["total_flops"] + prm_train,
             "pass@1": r["eval_pass1"],
             "ci95": [r.get("eval_pass1_lo"), r.get("eval_pass1_hi")],
+            "at_budget": bool(r.get("at_eval_flops")),
+            **({"prm": _prm_verdict(r)} if isinstance(r.get("eval_prm_score"), (int, float)) else {}),
         }
         for r in ms
         if isinstance(r.get("eval_pass1"), (int, float))
     ]
     return curve
+
+
+PRM_VERDICT = ("prm_score", "prm_score_right", "prm_score_wrong", "prm_liked_wrong")
+
+
+def _prm_verdict(r: dict) -> dict:
+    """The PRM's verdict on one held-out evaluation's samples (train/process_reward.heldout_metrics)."""
+    out = {}
+    for k in PRM_VERDICT:
+        v = r.get(f"eval_{k}")
+        ok = isinstance(v, (int, float)) and math.isfinite(v)
+        out[k] = v if ok else None
+        lo, hi = r.get(f"eval_{k}_lo"), r.get(f"eval_{k}_hi")
+        # scores and shares lie in [0, 1]: so does their interval (the logged one is a normal approximation)
+        out[f"{k}_ci95"] = [max(0.0, lo), min(1.0, hi)] if ok and None not in (lo, hi) else None
+    return out
 
 
 def _process_signals(s: dict) -> dict:
@@ -89,15 +109,24 @@ def _process_signals(s: dict) -> dict:
     return out
 
 
+def _budget_step(ms: list[dict]) -> int:
+    """The step an arm is compared at: where it reached the common budget (eval_at_flops), else its last."""
+    return next((r["step"] for r in ms if r.get("at_eval_flops")), ms[-1]["step"])
+
+
 def _arm(s: dict, run: Path, eval_of_model: dict) -> dict:
-    """One GRPO arm: its compute (rollouts, updates, the PRM's training and scoring) and its held-out curve."""
-    f, ms = s["fields"], s["metrics"]
+    """One GRPO arm at the common budget: its compute (rollouts, updates, the PRM's labelling, training and
+    scoring) up to the step it was compared at, and its held-out curve (beyond that step too, for an arm that
+    ran past the budget)."""
+    f, all_ms = s["fields"], s["metrics"]
+    at = _budget_step(all_ms)
+    ms = [r for r in all_ms if r["step"] <= at]
     prm_train = sum(r.get("prm_train_flops", 0.0) for r in ms)
     scoring = sum(r.get("prm_flops", 0.0) for r in ms)
     rollouts = sum(r.get("rollout_flops", 0.0) for r in ms) - scoring
     own = ms[-1].get("total_flops")  # the stage's cost meter; the PRM's training is the prm stage's
     total = None if own is None else own + prm_train
-    curve = _curve(ms, prm_train, eval_of_model.get(stage_of(f.get("model"), run)))
+    curve = _curve(all_ms, prm_train, eval_of_model.get(stage_of(f.get("model"), run)))
     pr = f.get("process_reward") or None
     if isinstance(pr, str) and pr.startswith("prm:"):
         pr = "prm:" + short_path(pr[4:], run)
@@ -105,8 +134,10 @@ def _arm(s: dict, run: Path, eval_of_model: dict) -> dict:
         "stage": s["name"],
         "advantage": f.get("advantage", "outcome"),
         "process_reward": pr,
-        "steps": ms[-1]["step"],
+        "steps": at,
+        "steps_run": all_ms[-1]["step"],
         "max_flops": f.get("max_flops"),
+        "eval_at_flops": f.get("eval_at_flops") or None,
         "flops": total,
         "flops_rollouts": rollouts,
         "flops_updates": None if own is None else own - rollouts - scoring,
@@ -115,7 +146,7 @@ def _arm(s: dict, run: Path, eval_of_model: dict) -> dict:
         "flops_prm": prm_train + scoring,
         "wall_s": (s["marker"] or {}).get("wall_s"),
         "curve": curve,
-        "final": curve[-1] if curve else None,
+        "final": next((p for p in curve if p["step"] == at and p["step"]), curve[-1] if curve else None),
         "train_accuracy": _windows(ms, ("accuracy",), 1)[0]["accuracy"] if ms else None,
     }
     arm.update(_process_signals(s))
@@ -147,11 +178,12 @@ def _final_problems(s: dict, step: int) -> dict | None:
 def _paired_scores(data: dict) -> list[tuple[str, str, list[float], list[float]]]:
     """(A, B, A's scores, B's scores) on the problems both were evaluated on: each GRPO arm against the checkpoint
     it started from (its gain), then each pair of arms in the recipe's order; per-problem pass@1 from the start's
-    eval.json and from each arm's last evaluation."""
+    eval.json and from each arm's evaluation at the common budget (its last, for an arm that stopped there)."""
     grpo = [s for s in data["stages"] if s["kind"] == "grpo" and s["metrics"]]
     finals = {}
     for s in grpo:
-        steps = [r["step"] for r in s["metrics"] if isinstance(r.get("eval_pass1"), (int, float))]
+        at = _budget_step(s["metrics"])
+        steps = [r["step"] for r in s["metrics"] if isinstance(r.get("eval_pass1"), (int, float)) and r["step"] <= at]
         if steps and (pp := _final_problems(s, steps[-1])):
             finals[s["name"]] = pp
     named = []
@@ -167,27 +199,35 @@ def _paired_scores(data: dict) -> list[tuple[str, str, list[float], list[float]]
     for a, pa, b, pb in named:
         keys = [k for k in pa if k in pb]
         if keys:
-            out.append((a, b, [pa[k] for k in keys], [pb[k] for k in keys]))
+            out.append((a, b, [pa[k] for k in keys], [pb[k] for k in keys], keys))
     return out
 
 
-def _compare(a: str, b: str, xs: list[float], ys: list[float]) -> dict:
+def _compare(a: str, b: str, xs: list[float], ys: list[float], keys=None) -> dict:
     return {"a_stage": a, "b_stage": b, **paired_comparison(xs, ys, PAIRED_RESAMPLES)}
 
 
 def pooled_paired(datas: list[dict]) -> list[dict]:
-    """The paired comparisons of several runs of the experiment (its seeds) pooled: each pair's per-problem scores
-    concatenated over the runs that have it (`runs` says how many), then compared as one sample of pairs."""
+    """The paired comparisons of several runs of the experiment (its seeds) pooled by problem: each problem's
+    score under A and under B averaged over the runs that evaluated it (`runs` says how many runs have the pair),
+    then compared as pairs over problems. The seeds share their held-out problems, so a problem is one pair
+    however many runs saw it: the bootstrap resamples problems, not (run, problem) rows, which would count one
+    problem's difficulty several times as independent evidence."""
     pooled: dict = {}
     for d in datas:
         if not _has_process_arm(d):
             raise TinyseekError(f"{d['run']}: not an outcome-vs-process run (no GRPO stage with advantage = process)")
-        for a, b, xs, ys in _paired_scores(d):
-            p = pooled.setdefault((a, b), ([], [], []))
-            p[0].extend(xs)
-            p[1].extend(ys)
-            p[2].append(d["run"])
-    return [{**_compare(a, b, xs, ys), "runs": len(runs)} for (a, b), (xs, ys, runs) in pooled.items()]
+        for a, b, xs, ys, keys in _paired_scores(d):
+            per, runs = pooled.setdefault((a, b), ({}, []))
+            for k, x, y in zip(keys, xs, ys):
+                per.setdefault(k, []).append((x, y))
+            runs.append(d["run"])
+    out = []
+    for (a, b), (per, runs) in pooled.items():
+        xs = [sum(x for x, _ in v) / len(v) for v in per.values()]
+        ys = [sum(y for _, y in v) / len(v) for v in per.values()]
+        out.append({**_compare(a, b, xs, ys), "runs": len(runs)})
+    return out
 
 
 def _prm_stages(data: dict) -> list[dict]:
@@ -196,9 +236,13 @@ def _prm_stages(data: dict) -> list[dict]:
     for s in data["stages"]:
         if s["kind"] == "prm" and s["summary"]:
             ev = s["summary"].get("eval") or {}
+            meta = s["dir"] / "final" / "prm.json"
+            meta = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
             prm.append(
                 {
                     "stage": s["name"],
+                    "labels": s["fields"].get("labels", "corruption"),
+                    "label_stats": meta.get("label_stats") or {},
                     "train_steps": s["summary"].get("steps"),
                     "flops": (s["summary"].get("cost") or {}).get("flops"),
                     **{k[5:]: v for k, v in ev.items() if k.startswith("eval_")},
@@ -231,7 +275,11 @@ def outcome_vs_process(data: dict, pool: list[dict] | tuple = ()) -> dict | None
         if base is not None and a is not base and a["final"] and base["final"]:
             a["vs_outcome_points"] = 100 * (a["final"]["pass@1"] - base["final"]["pass@1"])
             a["vs_outcome_ci_disjoint"] = ci_disjoint(a["final"]["ci95"], base["final"]["ci95"])
-    out = {"arms": arms, "prm": _prm_stages(data), "paired": [_compare(*x) for x in _paired_scores(data)]}
+    prm = _prm_stages(data)
+    labelling = {p["stage"]: (p.get("label_stats") or {}).get("flops") for p in prm}
+    for a in arms:  # what labelling the arm's PRM cost (a part of flops_prm_train)
+        a["flops_prm_labelling"] = labelling.get(_prm_stage(a))
+    out = {"arms": arms, "prm": prm, "paired": [_compare(*x) for x in _paired_scores(data)]}
     if pool:
         out["paired_pooled"] = pooled_paired([data, *pool])
         out["pooled_runs"] = [Path(d["run"]).name for d in (data, *pool)]  # names: no machine's directories
@@ -267,13 +315,66 @@ def ovp_arm_rows(ovp: dict) -> tuple[list[str], list[list[str]]]:
 
 def _curve_table(ovp: dict) -> list[str]:
     curve = [
-        [a["stage"], f"{p['step']}", human(p["flops"]), pct(p["pass@1"]), interval(p["ci95"])]
+        [
+            a["stage"],
+            f"{p['step']}" + (" (budget)" if p.get("at_budget") else ""),
+            human(p["flops"]),
+            pct(p["pass@1"]),
+            interval(p["ci95"]),
+        ]
         for a in ovp["arms"]
         for p in a["curve"]
     ]
     return ["### Held-out pass@1 over training", ""] + table(
         ["arm", "step", "FLOPs so far", "pass@1 %", "95% CI"], curve
     )
+
+
+def _overoptimisation_lines(a: dict) -> list[str]:
+    """A PRM arm's held-out evaluations: the PRM's score of the samples next to their true accuracy, and its
+    score of the wrong ones (Gao et al. 2022's over-optimisation curve, with intervals over problems)."""
+    pts = [p for p in a["curve"] if p.get("prm")]
+    if not pts:
+        return []
+    rows = [
+        [
+            f"{p['step']}" + (" (budget)" if p.get("at_budget") else ""),
+            human(p["flops"]),
+            pct(p["pass@1"]) + " " + interval(p["ci95"]),
+            _with_ci(p["prm"], "prm_score"),
+            _with_ci(p["prm"], "prm_score_right"),
+            _with_ci(p["prm"], "prm_score_wrong"),
+            _with_ci(p["prm"], "prm_liked_wrong"),
+        ]
+        for p in pts
+    ]
+    out = [f"### Over-optimisation: the PRM's verdict vs the truth on held-out samples ({a['stage']})", ""]
+    out += table(
+        [
+            "step",
+            "FLOPs so far",
+            "true pass@1 % [95% CI]",
+            "PRM score %",
+            "of right samples %",
+            "of wrong samples %",
+            "wrong samples it liked %",
+        ],
+        rows,
+    )
+    out += [
+        "",
+        "Every held-out evaluation's samples (400 problems x 4) scored by the arm's PRM (the minimum over a "
+        "sample's steps), 95% intervals over problems. The PRM is frozen (its features are the SFT checkpoint's, "
+        "not the policy's), so the same completion gets the same score at every step: a rising score on *wrong* "
+        "samples, or a rising share of wrong samples it likes, is the policy finding wrong answers the PRM "
+        "prefers (exploitation); a rising overall score with flat within-class scores is the accuracy changing.",
+        "",
+    ]
+    return out
+
+
+def _with_ci(d: dict, k: str) -> str:
+    return "—" if d.get(k) is None else f"{pct(d[k])} {interval(d.get(k + '_ci95'))}"
 
 
 def _paired_table(rows: list[dict], pooled: bool) -> list[str]:
@@ -302,8 +403,9 @@ def _paired_lines(ovp: dict) -> list[str]:
         out += [
             "",
             "Per-problem pass@1 of B minus A over the problems both were evaluated on (the start's evaluation, each "
-            f"arm's last one), with a paired bootstrap 95% interval ({PAIRED_RESAMPLES:,} resamples of the problems, "
-            "seed 0) and an exact two-sided sign test over the problems where they differ. Pairing takes the "
+            "arm's evaluation at the common budget), with a paired bootstrap 95% interval "
+            f"({PAIRED_RESAMPLES:,} resamples of the problems, seed 0) and an exact two-sided sign test over the "
+            "problems where they differ. Pairing takes the "
             "problems' own difficulty out of the comparison: an interval excluding 0 resolves the order even where "
             "the two arms' own intervals overlap. One run: the spread between seeds is not in it.",
             "",
@@ -312,9 +414,11 @@ def _paired_lines(ovp: dict) -> list[str]:
         out += ["### Paired differences pooled over runs (seeds)", ""] + _paired_table(ovp["paired_pooled"], True)
         out += [
             "",
-            "The same comparisons with the pairs of every run concatenated (this run and `--pool`'s: "
+            "The same comparisons over the runs together (this run and `--pool`'s: "
             + ", ".join(f"`{r}`" for r in ovp["pooled_runs"])
-            + "); a problem evaluated in several runs is several pairs.",
+            + "): each problem's pass@1 under A and under B averaged over the runs, then paired over problems (the "
+            "runs share their held-out problems: a problem is one pair, so the interval is not narrowed by "
+            "counting a problem once per run).",
             "",
         ]
     return out
@@ -326,22 +430,48 @@ def _compute_table(ovp: dict) -> list[str]:
             a["stage"],
             human(a["flops_rollouts"]),
             human(a["flops_updates"]),
+            human(a["flops_prm_labelling"]) if a.get("flops_prm_labelling") else "—",
             human(a["flops_prm_train"]) if a["flops_prm_train"] else "—",
             human(a["flops_prm_scoring"]) if a["flops_prm_scoring"] else "—",
             num(a["wall_s"]),
         ]
         for a in ovp["arms"]
     ]
-    return ["### Compute per arm", ""] + table(
-        ["arm", "rollouts", "updates", "PRM training", "PRM scoring", "wall s"], comp
+    return ["### Compute per arm, up to the common budget", ""] + table(
+        [
+            "arm",
+            "rollouts",
+            "updates",
+            "of which PRM labelling",
+            "PRM labelling + training",
+            "PRM scoring",
+            "wall s (whole stage)",
+        ],
+        comp,
     )
+
+
+def _prm_stage(a: dict) -> str | None:
+    """The PRM stage an arm scores with (its process_reward's directory, as the report names it)."""
+    pr = a.get("process_reward") or ""
+    return pr[4:].split("/")[0] if pr.startswith("prm:") else None
 
 
 def _prm_lines(ovp: dict) -> list[str]:
     out = []
     for p in ovp["prm"]:
+        ls = p.get("label_stats") or {}
+        if p.get("labels") == "completion" and ls:
+            out += [
+                f"`{p['stage']}`'s completion labels: the SFT policy's completions of {ls.get('traces')} problems "
+                f"({pct(ls.get('right'))}% right), {ls.get('continuations'):,} continuations from their steps, "
+                f"{pct(ls.get('good_steps'))}% of steps labelled good; {human(ls.get('flops'))} FLOPs of sampling, "
+                "counted in the PRM's compute.",
+                "",
+            ]
         out += [
-            f"The PRM (`{p['stage']}`, {p.get('train_steps')} steps, {human(p.get('flops'))} FLOPs), on held-out "
+            f"The PRM (`{p['stage']}`, {p.get('labels', 'corruption')} labels, {p.get('train_steps')} steps, "
+            f"{human(p.get('flops'))} FLOPs), on held-out "
             f"traces and one corruption of each: step accuracy {pct(p.get('step_acc'))}% (good steps "
             f"{pct(p.get('good_step_acc'))}%, bad steps {pct(p.get('bad_step_acc'))}%); the corrupted step scored "
             f"below its gold version in {pct(p.get('pair_acc'))}% of {p.get('pairs')} pairs.",
@@ -364,7 +494,7 @@ def _hacking_lines(a: dict) -> list[str]:
         ]
         for w in a["hacking"]["windows"]
     ]
-    out = [f"### Reward hacking, not measured here: what the PRM said vs what was true ({a['stage']})", ""]
+    out = [f"### The PRM's verdict on its arm's training rollouts ({a['stage']})", ""]
     out += table(
         [
             "steps",
@@ -379,11 +509,9 @@ def _hacking_lines(a: dict) -> list[str]:
     )
     out += [
         "",
-        "On the policy's own rollouts, means over windows of steps of one run, without intervals. The share of "
-        "wrong answers scored above 0.5 is how often the PRM was fooled. A PRM score that rises while the accuracy "
-        "does not is what reward hacking would look like, but not only that: the PRM reads the frozen SFT model's "
-        "log-probabilities, so a policy that merely grew sharper raises its score too. This table does not tell "
-        "the two apart.",
+        "On the rollouts it scored for training, means over windows of steps of one run, without intervals "
+        "(the held-out table above has them). The share of wrong answers scored above 0.5 is how often the PRM "
+        "was fooled.",
         "",
     ]
     for ex in a.get("liked_wrong_examples", []):
@@ -404,13 +532,16 @@ def _hacking_lines(a: dict) -> list[str]:
 def render_outcome_vs_process(ovp: dict) -> list[str]:
     out = ["## Outcome rewards vs process rewards", ""] + table(*ovp_arm_rows(ovp)) + [""]
     out += [
-        "Each arm starts from the same checkpoint and stops when its cost meter reaches the common compute budget "
-        "(max_flops): rollouts, updates, and for a learned PRM its training and its scoring of every rollout. "
-        "pass@1 is on the held-out problems at the evaluation protocol, with 95% intervals over problems.",
+        "Each arm starts from the same checkpoint and is read where its cost meter reaches the common compute "
+        "budget: rollouts, updates, and for a learned PRM its labelling, its training and its scoring of every "
+        "rollout (an arm that ran on, to show over-optimisation, is read at its evaluation at the budget). pass@1 "
+        "is on the held-out problems at the evaluation protocol, with 95% intervals over problems.",
         "",
     ]
     out += _paired_lines(ovp)
     out += _curve_table(ovp) + [""]
+    for a in ovp["arms"]:
+        out += _overoptimisation_lines(a)
     out += _compute_table(ovp) + [""]
     out += _prm_lines(ovp)
     for a in ovp["arms"]:
@@ -423,45 +554,53 @@ def render_outcome_vs_process(ovp: dict) -> list[str]:
 # the plot
 
 
+def _band(ax, xs, pts, label, style="o-"):
+    """A line of (value, [lo, hi]) points in % with its 95% band."""
+    line = ax.plot(xs, [100 * v for v, _ in pts], style, markersize=3, lw=1, label=label)[0]
+    if all(ci and None not in ci for _, ci in pts):
+        ax.fill_between(
+            xs, [100 * ci[0] for _, ci in pts], [100 * ci[1] for _, ci in pts], alpha=0.15, color=line.get_color()
+        )
+
+
 def plot_outcome_vs_process(ovp: dict | None, path: Path) -> bool:
-    """Held-out pass@1 of every arm against FLOPs spent (95% bands), and the PRM arm's score vs true accuracy."""
+    """Held-out pass@1 of every arm against FLOPs spent (95% bands), and per PRM arm the over-optimisation
+    curve: the PRM's score of the held-out samples next to their true accuracy, and its score of the wrong ones."""
     if not ovp:
         return False
     plt = pyplot()
-    hack = [a for a in ovp["arms"] if a.get("hacking")]
-    fig, axes = plt.subplots(1, 1 + bool(hack), figsize=(6 + 5 * bool(hack), 3.6), squeeze=False)
+    over = [a for a in ovp["arms"] if any(p.get("prm") for p in a["curve"])]
+    fig, axes = plt.subplots(1, 1 + len(over), figsize=(6 + 5 * len(over), 3.8), squeeze=False)
     ax = axes[0][0]
+    budget = None
     for a in ovp["arms"]:
         pts = [p for p in a["curve"] if p["flops"] is not None]
-        if not pts:
-            continue
-        xs = [p["flops"] for p in pts]
-        line = ax.plot(xs, [100 * p["pass@1"] for p in pts], "o-", markersize=3, label=a["stage"])[0]
-        if all(p["ci95"] and None not in p["ci95"] for p in pts):
-            ax.fill_between(
-                xs,
-                [100 * p["ci95"][0] for p in pts],
-                [100 * p["ci95"][1] for p in pts],
-                alpha=0.15,
-                color=line.get_color(),
-            )
-    ax.set_xlabel("FLOPs spent (PRM training and scoring included)")
-    ax.set_title("held-out pass@1 % (95% CI)", fontsize=9)
+        if pts:
+            _band(ax, [p["flops"] for p in pts], [(p["pass@1"], p["ci95"]) for p in pts], a["stage"])
+        budget = budget or next((p["flops"] for p in pts if p.get("at_budget")), None)
+    if budget:
+        ax.axvline(budget, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("FLOPs spent (PRM labelling, training and scoring included)")
+    ax.set_title("held-out pass@1 % (95% CI); dashed: the common budget", fontsize=9)
     ax.legend(fontsize=7)
-    if hack:
-        ax = axes[0][1]
-        a = hack[0]
-        ser = a["hacking"]["series"]
-        for k, label in (
-            ("prm_score", "PRM score (min over steps)"),
-            ("accuracy", "true accuracy"),
-            ("prm_liked_wrong", "wrong answers the PRM liked"),
+    for k, a in enumerate(over, start=1):
+        ax = axes[0][k]
+        pts = [p for p in a["curve"] if p.get("prm") and p["flops"] is not None]
+        xs = [p["flops"] for p in pts]
+        _band(ax, xs, [(p["pass@1"], p["ci95"]) for p in pts], "true pass@1")
+        for key, label in (
+            ("prm_score", "PRM score"),
+            ("prm_score_wrong", "PRM score of wrong samples"),
+            ("prm_liked_wrong", "wrong samples the PRM liked"),
         ):
-            pts = [(r["step"], r[k]) for r in ser if isinstance(r.get(k), (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), ".-", markersize=2, lw=0.8, label=label)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("GRPO step")
-        ax.set_title(f"{a['stage']}: the PRM's verdict vs the truth on its own rollouts", fontsize=9)
+            ok = [(x, p["prm"]) for x, p in zip(xs, pts) if p["prm"].get(key) is not None]
+            if ok:
+                _band(ax, [x for x, _ in ok], [(v[key], v[key + "_ci95"]) for _, v in ok], label, ".-")
+        at = next((p["flops"] for p in pts if p.get("at_budget")), None)
+        if at:
+            ax.axvline(at, color="grey", lw=0.8, ls="--")
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("FLOPs spent")
+        ax.set_title(f"{a['stage']}: the PRM's verdict vs the truth, held-out (%, 95% CI)", fontsize=9)
         ax.legend(fontsize=7)
     return save(plt, fig, path)

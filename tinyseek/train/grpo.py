@@ -663,6 +663,8 @@ class GrpoStage:
                 out.update({f"eval_{k}": v for k, v in res["reasoning"].items()})
                 if loop is not None and loop.is_main and cfg.heldout_logged:
                     self._write_heldout(loop.step, res["problems"][: cfg.heldout_logged])
+                if self.scorer is not None:  # the over-optimisation curve: the PRM's verdict vs the truth
+                    out.update(self.process.heldout_metrics(prompt_ids, res["problems"]))
         return out
 
     def _write_heldout(self, step: int, problems: list[dict]) -> None:

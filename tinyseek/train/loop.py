@@ -103,6 +103,9 @@ class TrainConfig:
 
     max_steps: int = 200  # optimizer steps in all (a resumed run continues to this)
     max_flops: float = 0.0  # also stop once the cost meter's FLOPs reach this (0 = no compute budget)
+    # also evaluate at the step whose FLOPs first reach this: a common budget that this run goes past (the
+    # arms of an equal-compute comparison are read there; the steps after it show what more compute does)
+    eval_at_flops: float = 0.0
     batch_size: int = 16  # sequences per optimizer step, over all ranks and micro-steps together
     grad_accum: int = 1  # micro-steps per optimizer step
     lr: float = 1e-3  # peak learning rate (AdamW)
@@ -158,6 +161,7 @@ class TrainConfig:
             "grad_clip",
             "peak_tflops",
             "max_flops",
+            "eval_at_flops",
             "gpu_hour_price",
             "cpu_hour_price",
             "adam_eps",
@@ -755,6 +759,7 @@ class Loop:
             lr = lr_at(self.step, cfg)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
+            before = self.flops + self.prior_flops
             m = stage.train_step(self)
             self.step += 1
             now = time.perf_counter()
@@ -766,7 +771,10 @@ class Loop:
             rec = self._record(m, lr, dt)
             self._stop_if_diverged(stage, rec)
             last = self.step == cfg.max_steps or self.budget_spent
-            if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
+            at_budget = 0 < cfg.eval_at_flops <= self.flops + self.prior_flops and before < cfg.eval_at_flops
+            if at_budget:
+                rec["at_eval_flops"] = True  # the step that crossed eval_at_flops (evaluated below)
+            if (cfg.eval_every and self.step % cfg.eval_every == 0) or last or at_budget:
                 last = self._evaluate(stage, rec, last)
                 t_prev = time.perf_counter()  # evaluation time is not training time
             self.last_metrics = rec

@@ -6,17 +6,21 @@ A step's score is sigmoid(logit) at the step's last token (tinyseek.steps says w
 probability that the trace is still right after this step. Scores are read from one causal forward, so a
 step's score sees the prompt and every step up to it, never a later one.
 
-Labels are *first-error labels from synthetic corruptions*, made from the tasks' worked solutions with no
-human in the loop: one digit of one step of a gold trace changed (a wrong carry, a misread operand, a wrong
-result, a wrong answer), the steps before it labelled good, the corrupted one and every later one bad
-(tinyseek.steps.corrupt). These are not Math-Shepherd's completion labels (a step is good when sampled
-continuations from it still reach the right answer): a corrupted operand or carry that leaves the step's
-result right is labelled bad here, though a continuation from it can still reach the answer. Completion
-labels cost N continuations per step per trace, more than this PRM's whole training on a CPU, and are not
-built. The price of the cheap way is a distribution shift: the PRM sees one-digit slips in otherwise perfect
-traces, not the policy's own errors (truncations, repetitions, garbled formats), and that gap is what a
-policy trained against it can exploit. The GRPO stage logs the PRM's score against the truth on the
-policy's own samples (tinyseek.train.process_reward: prm_score vs accuracy).
+Two label schemes (`labels`), each named for what it is:
+
+- `corruption`: *first-error labels of synthetic corruptions*, made from the tasks' worked solutions with no
+  model in the loop: one digit of one step of a gold trace changed (a wrong carry, a misread operand, a wrong
+  result, a wrong answer), the steps before it labelled good, the corrupted one and every later one bad
+  (tinyseek.steps.corrupt). Cheap, but the PRM sees one-digit slips in otherwise perfect traces, not the
+  policy's own errors (truncations, repetitions, garbled formats), and that gap is what a policy trained
+  against it can exploit. A corrupted operand whose step result stays right is bad here, though a
+  continuation from it can still reach the answer.
+- `completion`: *completion labels* (Math-Shepherd): the init policy's own completions, each reasoning step
+  good when one of `label_continuations` continuations sampled from its end reaches the right answer (or the
+  share that do, `label_soft`); train/prm_labels.py. The sampling is counted on this stage's cost meter.
+
+The GRPO stage logs the PRM's score against the truth on the policy's own samples and on its held-out samples
+(tinyseek.train.process_reward).
 
     tinyseek prm train --config prm.toml --out RUN     # RUN/final is the PRM (config.json, model.safetensors,
                                                        # tokenizer.json, prm.json); held-out step accuracy in
@@ -277,6 +281,15 @@ class PrmConfig(TrainConfig):
     difficulty: int | None = None  # the task's difficulty (default: the task's)
     eval_data: list[str] = field(default_factory=list)  # held-out records (default: the task's test split)
     eval_n: int = 200  # held-out traces per evaluation (each also corrupted once)
+    # corruption: first-error labels of one-digit corruptions of the worked traces (tinyseek.steps.corrupt) |
+    # completion: Math-Shepherd's, on the init policy's own completions (train/prm_labels.py; the sampling's
+    # FLOPs are on this stage's meter, so an arm scoring with this PRM pays for them)
+    labels: str = "corruption"
+    label_n: int = 0  # completion labels: problems of `data` the policy completes and labels (0 = all)
+    label_continuations: int = 4  # continuations sampled from each reasoning step's end
+    label_soft: bool = False  # a step's label is the share of its continuations that reach the answer (else any)
+    label_temperature: float = 0.7  # the policy's sampling temperature for completions and continuations
+    label_max_new_tokens: int = 48  # the longest completion or continuation
     train_trunk: bool = False  # train the whole model (False: only the score head, on the frozen policy's features)
     paired: bool = True  # each trace twice in a batch: as it is and with one step corrupted (corrupt_rate unused)
     corrupt_rate: float = 0.5  # unpaired: the share of training traces with one corrupted step
@@ -302,6 +315,13 @@ class PrmConfig(TrainConfig):
             raise ConfigError("step_separator: must be a non-empty string")
         if self.eval_n < 1:
             raise ConfigError(f"eval_n: must be >= 1 (got {self.eval_n})")
+        if self.labels not in ("corruption", "completion"):
+            raise ConfigError(f"labels: must be corruption or completion (got {self.labels!r})")
+        for name in ("label_continuations", "label_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1 (got {getattr(self, name)})")
+        if self.label_n < 0 or self.label_temperature <= 0:
+            raise ConfigError("label_n must be >= 0 and label_temperature > 0")
 
 
 def _records(files: list[str], task: str, n: int, difficulty, seed: int, split: str) -> list[tuple[str, dict]]:
@@ -316,8 +336,16 @@ class PrmStage:
     """Batches of traces, each corrupted with probability `corrupt_rate` (a pure function of the step and the
     seed, so resuming needs no data position); binary cross-entropy on every step's score."""
 
-    def __init__(self, cfg: PrmConfig, tok: Tokenizer, train: list[tuple[dict, str]], heldout: list[Example]):
+    def __init__(
+        self,
+        cfg: PrmConfig,
+        tok: Tokenizer,
+        train: list[tuple[dict, str]],
+        heldout: list[Example],
+        labelled: list[Example] | None = None,
+    ):
         self.cfg, self.tok, self.train, self.heldout = cfg, tok, train, heldout
+        self.labelled = labelled  # completion labels: the policy's own labelled completions, trained on as they are
         self.dropped = 0
 
     def state_dict(self) -> dict:
@@ -328,6 +356,8 @@ class PrmStage:
 
     def batch(self, step: int) -> list[Example]:
         cfg, N = self.cfg, len(self.train)
+        if self.labelled is not None:
+            return self._labelled_batch(step)
         out = []
         k = step * cfg.batch_size
         while len(out) < cfg.batch_size:
@@ -352,6 +382,16 @@ class PrmStage:
                 continue
             out += exs
         return out[: cfg.batch_size]
+
+    def _labelled_batch(self, step: int) -> list[Example]:
+        """The next `batch_size` labelled completions of a seeded shuffle per epoch."""
+        N, out = len(self.labelled), []
+        for k in range(step * self.cfg.batch_size, (step + 1) * self.cfg.batch_size):
+            epoch, i = divmod(k, N)
+            order = list(range(N))
+            random.Random(stream_seed("prm", self.cfg.seed, epoch)).shuffle(order)
+            out.append(self.labelled[order[i]])
+        return out
 
     def train_step(self, loop: Loop) -> dict:
         exs = self.batch(loop.step)
@@ -412,9 +452,14 @@ def run(cfg: PrmConfig, run_dir: Path, resume: bool = False) -> dict:
     if not held:
         raise ConfigError("eval_data: give held-out traces (or a task, whose test split is used)")
     heldout = heldout_pairs(tok, held, sep)
+    labelled, label_stats = None, {}
+    if cfg.labels == "completion":
+        labelled, label_stats = _completion_examples(cfg, [r for r, _ in train])
     meta = {
         "kind": "process reward model",
-        "labels": "corrupt-one-step (tinyseek.steps.corrupt): good before the corrupted step, bad from it on",
+        "labels": LABELS[cfg.labels]
+        + (" (soft: the share that do)" if cfg.labels == "completion" and cfg.label_soft else ""),
+        "label_stats": label_stats,
         "step_separator": sep,
         "init": str(cfg.init),
         "score": "sigmoid(score_head([hidden, token log-prob, lowest log-prob so far])) at each step's last token",
@@ -435,7 +480,42 @@ def run(cfg: PrmConfig, run_dir: Path, resume: bool = False) -> dict:
         ),
     )
     loop.flops_per_token = train_flops_per_token(model.cfg, cfg.seq_len, cfg.train_trunk)
-    return loop.run(PrmStage(cfg, tok, train, heldout))
+    loop.flops += label_stats.get("flops", 0.0)  # the labelling's sampling (a resumed run's meter has it already)
+    return loop.run(PrmStage(cfg, tok, train, heldout, labelled))
+
+
+LABELS = {
+    "corruption": "first-error labels of synthetic corruptions (tinyseek.steps.corrupt): one digit of one step of a "
+    "worked trace changed; good before the corrupted step, bad from it on",
+    "completion": "completion labels (Math-Shepherd): the init policy's own completions; a reasoning step is good "
+    "when one of label_continuations continuations sampled from its end reaches the right answer; the answer "
+    "step is the completion's own verdict",
+}
+
+
+def _completion_examples(cfg: PrmConfig, records: list[dict]) -> tuple[list[Example], dict]:
+    """The init policy's labelled completions of the first `label_n` records (train/prm_labels.py), those longer
+    than seq_len dropped, and the labelling's figures (FLOPs, traces, continuations, share right, share good)."""
+    from tinyseek.train.policy import Policy
+    from tinyseek.train.prm_labels import sample_labelled
+
+    policy = Policy.load(cfg.init)
+    policy.module.eval()
+    recs = records[: cfg.label_n or None]
+    examples, stats = sample_labelled(
+        policy,
+        recs,
+        cfg.label_continuations,
+        cfg.step_separator,
+        cfg.label_soft,
+        cfg.label_max_new_tokens,
+        cfg.label_temperature,
+        cfg.seed,
+    )
+    examples = [Example(*row) for row in examples if len(row[0]) + len(row[1]) <= cfg.seq_len]
+    if not examples:
+        raise ConfigError(f"seq_len: {cfg.seq_len} is shorter than every labelled completion (prompt + completion)")
+    return examples, {**stats, "examples": len(examples)}
 
 
 def cli_prm_train(argv: list[str]) -> int:
@@ -443,8 +523,9 @@ def cli_prm_train(argv: list[str]) -> int:
         PrmConfig,
         argv,
         "tinyseek prm train",
-        "Train a process reward model: the policy's checkpoint plus a scalar step head, on step labels made by "
-        "corrupting one step of the tasks' worked traces.",
+        "Train a process reward model: the policy's checkpoint plus a scalar step head, on first-error labels of "
+        "one-step corruptions of worked traces (labels = corruption) or on completion labels of the policy's own "
+        "completions (labels = completion: Math-Shepherd's, continuations sampled from each step).",
     )
     run(cfg, run_dir, resume)
     return 0

@@ -87,6 +87,46 @@ class ProcessReward:
             out["rewards"] = oracle
         return out
 
+    def heldout_metrics(self, prompt_ids: list[list[int]], problems: list[dict]) -> dict:
+        """The PRM's verdict on a held-out evaluation's samples (each problem's completions, re-encoded from their
+        text with the end-of-sequence token) against the truth: its mean score (the minimum over a sample's
+        steps), that score on wrong samples, and the share of wrong samples it liked (min score > 0.5), each with
+        a 95% interval over problems (a problem's value is the mean over its samples; normal approximation,
+        clipped to [0, 1]). The PRM is frozen, so a
+        change of the score on wrong samples over training is the policy finding wrong answers the PRM likes
+        (exploitation); a change of the overall score that the accuracy explains is not."""
+        from tinyseek.evaluate import mean_ci
+
+        sc, tok = self.scorer, self.scorer.tok
+        cache: dict = {}
+        prompts, comps, ends, where = [], [], [], []
+        for i, (p, ids) in enumerate(zip(problems, prompt_ids)):
+            for j, text in enumerate(p.get("completions") or []):
+                c = tok.encode(text or "") + [tok.eos_id]
+                ends.append(token_step_ends(step_spans(text or "", sc.sep), token_char_ends(tok.decode, c, cache)))
+                prompts.append(ids)
+                comps.append(c)
+                where.append((i, j))
+        if not comps:
+            return {}
+        mins = [min(s) if s else 0.0 for s in sc.score(prompts, comps, ends)]
+        per: list[dict] = [{"all": [], "wrong": [], "right": []} for _ in problems]
+        for (i, j), m in zip(where, mins):
+            per[i]["all"].append(m)
+            per[i]["right" if problems[i]["correct"][j] == 1.0 else "wrong"].append(m)
+        out = {}
+        for name, key, fn in (
+            ("prm_score", "all", lambda v: sum(v) / len(v)),
+            ("prm_score_right", "right", lambda v: sum(v) / len(v)),
+            ("prm_score_wrong", "wrong", lambda v: sum(v) / len(v)),
+            ("prm_liked_wrong", "wrong", lambda v: sum(x > 0.5 for x in v) / len(v)),
+        ):
+            vals = [fn(q[key]) for q in per if q[key]]
+            m, lo, hi = mean_ci(vals)  # scores and shares lie in [0, 1]: so does their interval
+            out.update({f"eval_{name}": m, f"eval_{name}_lo": max(0.0, lo), f"eval_{name}_hi": min(1.0, hi)})
+        out["eval_prm_wrong_problems"] = sum(1 for q in per if q["wrong"])
+        return out
+
     def metrics(self, loop, rows, comps, steps: dict, acc) -> dict:
         """What the process reward said against what was true, on the policy's own samples: the oracle's share of
         right steps; with a PRM, its mean score (the minimum over a sample's steps, as Math-Shepherd aggregates),
