@@ -571,3 +571,19 @@ def test_the_card_opens_in_plain_words_and_plots_each_stage_apart(run, monkeypat
     balance = [ax for ax in figs["expert_load"].axes if ax.get_visible()]
     assert [ax.get_title() for ax in balance] == ["sft", "grpo, from sft"]
     assert all(min(line.get_xdata()) == 1 for ax in balance for line in ax.get_lines())  # each on its own steps
+
+
+def test_the_machine_line_names_the_threads_the_run_used(tmp_path, run):
+    """A run made with --threads 1 says 1 thread, whatever the process writing its report uses (recipe.json's
+    threads; 0, the machine default, falls back to this process's)."""
+    import torch
+
+    rec, n = json.loads((run / "recipe.json").read_text()), torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        for threads, want in ((1, 1), (0, 3)):
+            (run / "recipe.json").write_text(json.dumps({**rec, "threads": threads}))
+            assert f"({want} threads)" in build_report(run)["machine"]
+    finally:
+        torch.set_num_threads(n)
+        (run / "recipe.json").write_text(json.dumps(rec))

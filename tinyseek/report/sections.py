@@ -41,7 +41,9 @@ V3_SOURCE = (
 )
 
 
-def machine() -> str:
+def machine(threads: int | None = None) -> str:
+    """The machine the report is written on; `threads`: the torch threads the run used (its recipe.json's), else
+    this process's."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -53,7 +55,8 @@ def machine() -> str:
     import torch
 
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
+    threads = threads or torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({threads} threads){gpu}"
 
 
 def ci_disjoint(a: list[float] | None, b: list[float] | None) -> bool | None:
@@ -342,7 +345,7 @@ def build_sections(data: dict, cpu_price: float, gpu_price: float) -> dict:
     return {
         "run": str(run),
         "recipe": data["recipe"].get("name"),
-        "machine": machine(),
+        "machine": machine(data["recipe"].get("threads")),
         "stages": stage_rows,
         "evals": evals,
         "comparisons": comparisons(evals, by_name, eval_of, run),
