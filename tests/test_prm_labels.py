@@ -66,3 +66,20 @@ def test_n_bounds_the_continuations_and_a_policy_returning_too_few_is_an_error()
 
 def test_is_right_reads_the_final_answer_block():
     assert is_right(REC, RIGHT) and not is_right(REC, SLIP) and not is_right(REC, "<think>\n3+8+0=11")
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("labels", "reachability", "labels: must be corruption or completion"),
+        ("label_continuations", 0, "label_continuations: must be >= 1"),
+        ("label_n", -1, "label_n: must be >= 0"),
+        ("label_temperature", 0.0, "label_temperature: must be > 0"),
+    ],
+)
+def test_a_bad_labelling_field_is_named(field, value, match):
+    from tinyseek.config import ConfigError
+    from tinyseek.train.prm import PrmConfig
+
+    with pytest.raises(ConfigError, match=match):
+        PrmConfig(init="x", data=["d.jsonl"], **{field: value}).validate()

@@ -320,8 +320,10 @@ class PrmConfig(TrainConfig):
         for name in ("label_continuations", "label_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1 (got {getattr(self, name)})")
-        if self.label_n < 0 or self.label_temperature <= 0:
-            raise ConfigError("label_n must be >= 0 and label_temperature > 0")
+        if self.label_n < 0:
+            raise ConfigError(f"label_n: must be >= 0 (got {self.label_n})")
+        if self.label_temperature <= 0:
+            raise ConfigError(f"label_temperature: must be > 0 (got {self.label_temperature})")
 
 
 def _records(files: list[str], task: str, n: int, difficulty, seed: int, split: str) -> list[tuple[str, dict]]:
