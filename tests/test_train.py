@@ -495,16 +495,20 @@ class _FlopsStage:
         return {}
 
 
+def _flops_loop(tmp_path, prior: float, **fields):
+    """A loop whose steps each cost 10 FLOPs (_FlopsStage), with `prior` FLOPs spent before it."""
+    model = Transformer(ModelConfig.preset("nano", vocab_size=64))
+    loop = Loop(TrainConfig(max_steps=100, batch_size=4, progress=False, **fields), model, tmp_path / "run")
+    loop.flops_per_token = 0.0
+    loop.prior_flops = prior
+    return loop, _FlopsStage()
+
+
 @pytest.mark.parametrize("prior,last", [(0.0, 4), (15.0, 2)])
 def test_a_compute_budget_stops_the_run_after_the_step_that_spends_it(tmp_path, prior, last):
     """max_flops: the step whose FLOPs reach the budget is the last (and is evaluated); FLOPs another stage spent
     for this run (prior_flops: a PRM's training) count against the budget but not in this run's meter."""
-    model = Transformer(ModelConfig.preset("nano", vocab_size=64))
-    cfg = TrainConfig(max_steps=100, max_flops=35.0, eval_every=0, batch_size=4, progress=False)
-    loop = Loop(cfg, model, tmp_path / "run", stage_name="t")
-    loop.flops_per_token = 0.0
-    loop.prior_flops = prior
-    stage = _FlopsStage()
+    loop, stage = _flops_loop(tmp_path, prior, max_flops=35.0, eval_every=0)
     summary = loop.run(stage)
     assert summary["steps"] == last and stage.evaluated == [last]
     assert summary["cost"]["flops"] == 10.0 * last
@@ -516,12 +520,7 @@ def test_a_run_past_a_common_budget_is_evaluated_where_it_reaches_it(tmp_path, p
     goes on to max_flops."""
     import json
 
-    model = Transformer(ModelConfig.preset("nano", vocab_size=64))
-    cfg = TrainConfig(max_steps=100, max_flops=70.0, eval_at_flops=35.0, batch_size=4, progress=False)
-    loop = Loop(cfg, model, tmp_path / "run", stage_name="t")
-    loop.flops_per_token = 0.0
-    loop.prior_flops = prior
-    stage = _FlopsStage()
+    loop, stage = _flops_loop(tmp_path, prior, max_flops=70.0, eval_at_flops=35.0)
     assert loop.run(stage)["steps"] == last and stage.evaluated == [at, last]
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if r.get("at_eval_flops")] == [at]

@@ -128,12 +128,15 @@ def _arm(s: dict, run: Path, eval_of_model: dict) -> dict:
     total = None if own is None else own + prm_train
     curve = _curve(all_ms, prm_train, eval_of_model.get(stage_of(f.get("model"), run)))
     pr = f.get("process_reward") or None
+    prm_stage = None
     if isinstance(pr, str) and pr.startswith("prm:"):
+        prm_stage = stage_of(pr[4:], run)  # the PRM stage of this run it scores with (None: a PRM from elsewhere)
         pr = "prm:" + short_path(pr[4:], run)
     arm = {
         "stage": s["name"],
         "advantage": f.get("advantage", "outcome"),
         "process_reward": pr,
+        "prm_stage": prm_stage,
         "steps": at,
         "steps_run": all_ms[-1]["step"],
         "max_flops": f.get("max_flops"),
@@ -146,7 +149,7 @@ def _arm(s: dict, run: Path, eval_of_model: dict) -> dict:
         "flops_prm": prm_train + scoring,
         "wall_s": (s["marker"] or {}).get("wall_s"),
         "curve": curve,
-        "final": next((p for p in curve if p["step"] == at and p["step"]), curve[-1] if curve else None),
+        "final": next((p for p in curve if p["step"] == at), curve[-1] if curve else None),
         "train_accuracy": _windows(ms, ("accuracy",), 1)[0]["accuracy"] if ms else None,
     }
     arm.update(_process_signals(s))
@@ -203,7 +206,7 @@ def _paired_scores(data: dict) -> list[tuple[str, str, list[float], list[float]]
     return out
 
 
-def _compare(a: str, b: str, xs: list[float], ys: list[float], keys=None) -> dict:
+def _compare(a: str, b: str, xs: list[float], ys: list[float]) -> dict:
     return {"a_stage": a, "b_stage": b, **paired_comparison(xs, ys, PAIRED_RESAMPLES)}
 
 
@@ -278,8 +281,8 @@ def outcome_vs_process(data: dict, pool: list[dict] | tuple = ()) -> dict | None
     prm = _prm_stages(data)
     labelling = {p["stage"]: (p.get("label_stats") or {}).get("flops") for p in prm}
     for a in arms:  # what labelling the arm's PRM cost (a part of flops_prm_train)
-        a["flops_prm_labelling"] = labelling.get(_prm_stage(a))
-    out = {"arms": arms, "prm": prm, "paired": [_compare(*x) for x in _paired_scores(data)]}
+        a["flops_prm_labelling"] = labelling.get(a["prm_stage"])
+    out = {"arms": arms, "prm": prm, "paired": [_compare(a, b, xs, ys) for a, b, xs, ys, _ in _paired_scores(data)]}
     if pool:
         out["paired_pooled"] = pooled_paired([data, *pool])
         out["pooled_runs"] = [Path(d["run"]).name for d in (data, *pool)]  # names: no machine's directories
@@ -449,12 +452,6 @@ def _compute_table(ovp: dict) -> list[str]:
         ],
         comp,
     )
-
-
-def _prm_stage(a: dict) -> str | None:
-    """The PRM stage an arm scores with (its process_reward's directory, as the report names it)."""
-    pr = a.get("process_reward") or ""
-    return pr[4:].split("/")[0] if pr.startswith("prm:") else None
 
 
 def _prm_lines(ovp: dict) -> list[str]:

@@ -364,12 +364,7 @@ class GrpoStage:
         )
         t_roll = time.perf_counter() - t0
         gen_tokens = sum(len(c.token_ids) for c in comps)
-        # the rollout's compute: each prompt prefilled once for its group, then every generated token
-        prompt_tokens = sum(len(p) for p in prompt_ids)
-        mean_prompt = prompt_tokens / max(1, len(prompt_ids))
-        rollout_flops = pol.forward_flops(prompt_tokens, mean_prompt / 2) + pol.forward_flops(
-            gen_tokens, mean_prompt + cfg.max_new_tokens / 2
-        )
+        rollout_flops = pol.sampling_flops(prompt_ids, gen_tokens, cfg.max_new_tokens)  # each prompt once per group
 
         # rewards and advantages
         rows = [r for r in recs for _ in range(G)]

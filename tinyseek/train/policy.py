@@ -93,6 +93,15 @@ class Policy:
         """Forward FLOPs of `tokens` tokens that each see about `context` earlier ones: a rollout's compute."""
         raise NotImplementedError
 
+    def sampling_flops(self, prompts: list[list[int]], generated: int, max_new_tokens: int) -> float:
+        """The compute of sampling `generated` tokens in all from `prompts`: each prompt prefilled once (for all
+        its samples), then every generated token seeing the mean prompt and half the longest completion."""
+        prompt_tokens = sum(len(p) for p in prompts)
+        mean_prompt = prompt_tokens / max(1, len(prompts))
+        return self.forward_flops(prompt_tokens, mean_prompt / 2) + self.forward_flops(
+            generated, mean_prompt + max_new_tokens / 2
+        )
+
     def logits(self, module: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
         """Full logits [B, T, V] without a cache (the reference rollout)."""
         raise NotImplementedError

@@ -106,12 +106,7 @@ class PolicyContinuations:
             seed=seed,
             max_batch=min(self.max_batch, len(prompts) * n),
         )
-        prompt_tokens = sum(len(p) for p in prompts)
-        mean_prompt = prompt_tokens / max(1, len(prompts))
-        gen = sum(len(c.token_ids) for c in out)
-        self.flops += pol.forward_flops(prompt_tokens, mean_prompt / 2) + pol.forward_flops(
-            gen, mean_prompt + self.max_new_tokens / 2
-        )
+        self.flops += pol.sampling_flops(prompts, sum(len(c.token_ids) for c in out), self.max_new_tokens)
         return out
 
     def __call__(self, requests: list[Prefix], n: int) -> list[list[str]]:
